@@ -1,0 +1,33 @@
+//! The wire contract between `vigil-proxy` and the Vigil control plane.
+//!
+//! Two gRPC services, both in package `vigil.v1`:
+//! - [`identity`]: a proxy sends a CSR and its bootstrap credential and gets back
+//!   an X.509-SVID chain and the trust bundle (port 15012, server-authenticated TLS);
+//! - [`discovery`]: a proxy, authenticated by its SVID, watches a stream of
+//!   [`Snapshot`]s: the services it may call, their endpoints and the identity expected
+//!   at each, the trust bundle and the policy bundle (port 15010, mutual TLS).
+//!
+//! ```
+//! use vigil_api::{SignRequest, TokenKind};
+//! let req = SignRequest { csr_der: vec![], token: "join-token".into(), kind: TokenKind::Join as i32 };
+//! assert_eq!(req.token, "join-token");
+//! ```
+#![forbid(unsafe_code)]
+
+mod pb {
+    tonic::include_proto!("vigil.v1");
+}
+
+pub use pb::*;
+
+/// Client and server for the identity (CSR signing) service.
+pub mod identity {
+    pub use super::pb::identity_client::IdentityClient;
+    pub use super::pb::identity_server::{Identity, IdentityServer};
+}
+
+/// Client and server for the discovery (snapshot watch) service.
+pub mod discovery {
+    pub use super::pb::discovery_client::DiscoveryClient;
+    pub use super::pb::discovery_server::{Discovery, DiscoveryServer};
+}

@@ -1,0 +1,388 @@
+//! Policy bundles: the files, their compiled form and the options they run with.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::{Program, RegoVM};
+use regorus::{Engine, Value};
+use sha2::{Digest, Sha256};
+
+use crate::decision::Decision;
+use crate::engine::{self, EvalError};
+use crate::input::AuthzInput;
+use crate::source::{self, TestFiles};
+
+/// Upper bound on VM instructions per decision, so a runaway policy fails closed instead of
+/// stalling the proxy. regorus's default (25k) is too low for policies that loop over a few
+/// hundred routes.
+pub(crate) const MAX_INSTRUCTIONS: usize = 1_000_000;
+
+/// One file of a bundle: a Rego module or a JSON/YAML data document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFile {
+    /// Path relative to the bundle root, with `/` separators.
+    pub path: String,
+    /// The file's text.
+    pub contents: String,
+}
+
+/// How a bundle is evaluated and logged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyOptions {
+    /// The rule whose value is the decision, e.g. `data.vigil.authz.allow`.
+    pub rule: String,
+    /// Log denials but let every request through (see [`PolicyBundle::enforce`]).
+    pub dry_run: bool,
+    /// Also write decision records for allowed requests.
+    pub log_allows: bool,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            rule: "data.vigil.authz.allow".to_string(),
+            dry_run: false,
+            log_allows: false,
+        }
+    }
+}
+
+impl PolicyOptions {
+    /// Whether a decision should be written to the decision log: denials and errors always,
+    /// allows only with `log_allows`.
+    pub fn should_log(&self, decision: &Decision) -> bool {
+        !decision.allowed() || self.log_allows
+    }
+}
+
+/// One compile problem, displayed as `file:line:col: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileProblem {
+    /// The file, relative to the bundle root.
+    pub file: String,
+    /// 1-based line (0 when regorus gave no location).
+    pub line: u32,
+    /// 1-based column (0 when regorus gave no location).
+    pub column: u32,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for CompileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Why a bundle could not be read, compiled or run by the CLI helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// A file or directory could not be read (or CLI output could not be written).
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A module does not parse or compile.
+    #[error("{file}:{line}:{column}: {message}")]
+    Compile {
+        /// The file, relative to the bundle root.
+        file: String,
+        /// 1-based line.
+        line: u32,
+        /// 1-based column.
+        column: u32,
+        /// What is wrong.
+        message: String,
+    },
+    /// Several modules do not parse; one problem per line.
+    #[error("{}", join_lines(.0))]
+    Problems(Vec<CompileProblem>),
+    /// No module defines the decision rule.
+    #[error("rule {0} is not defined by any module in the bundle")]
+    MissingRule(String),
+    /// A data file does not parse or conflicts with other data or rules.
+    #[error("{file}: {message}")]
+    Data {
+        /// The data file, relative to the bundle root.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Input given to a CLI helper is invalid (bad JSON, bad header name).
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+fn join_lines(problems: &[CompileProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl BundleError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        BundleError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn output(source: std::io::Error) -> Self {
+        BundleError::Io {
+            path: "<output>".to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn from_problems(mut problems: Vec<CompileProblem>) -> Self {
+        if problems.len() == 1 {
+            let p = problems.remove(0);
+            BundleError::Compile {
+                file: p.file,
+                line: p.line,
+                column: p.column,
+                message: p.message,
+            }
+        } else {
+            BundleError::Problems(problems)
+        }
+    }
+
+    /// Every problem as `file:line:col: message` entries (empty for non-compile errors).
+    pub fn problems(&self) -> Vec<CompileProblem> {
+        match self {
+            BundleError::Compile {
+                file,
+                line,
+                column,
+                message,
+            } => vec![CompileProblem {
+                file: file.clone(),
+                line: *line,
+                column: *column,
+                message: message.clone(),
+            }],
+            BundleError::Problems(p) => p.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Which evaluator a bundle uses on the request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// regorus's register VM running bytecode compiled once per bundle (the fast path).
+    Rvm,
+    /// regorus's tree interpreter, used when the RVM compiler does not support the policy
+    /// (e.g. `with` outside tests, or some partial-object rules); `reason` says why.
+    Interpreter {
+        /// The RVM compiler's error.
+        reason: String,
+    },
+}
+
+impl Backend {
+    /// `"rvm"` or `"interpreter"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Rvm => "rvm",
+            Backend::Interpreter { .. } => "interpreter",
+        }
+    }
+}
+
+static NEXT_BUNDLE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A compiled policy bundle: immutable, `Send + Sync`, cheap to share in an `Arc`.
+///
+/// Evaluation keeps one VM (or interpreter) per thread per bundle, so concurrent requests never
+/// contend on a lock.
+pub struct PolicyBundle {
+    /// Process-unique id keying the per-thread evaluators (never reused, unlike versions).
+    pub(crate) id: u64,
+    version: String,
+    files: Vec<PolicyFile>,
+    options: PolicyOptions,
+    pub(crate) backend: Backend,
+    /// RVM bytecode, compiled once; `None` when the interpreter backend is used.
+    pub(crate) program: Option<Arc<Program>>,
+    /// The merged data document.
+    pub(crate) data: Value,
+    /// A prepared interpreter: template for per-thread clones, cross-checks and `explain`.
+    pub(crate) interpreter: Engine,
+}
+
+impl fmt::Debug for PolicyBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyBundle")
+            .field("version", &self.version)
+            .field("rule", &self.options.rule)
+            .field("backend", &self.backend.name())
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+impl PolicyBundle {
+    /// Reads *.rego (skipping *_test.rego), *.json and *.yaml/*.yml data files under `dir`
+    /// (recursive, sorted paths). Data files merge into `data` at the path of their directory.
+    pub fn read_dir(dir: &Path) -> Result<Vec<PolicyFile>, BundleError> {
+        source::read_dir(dir, TestFiles::Skip)
+    }
+
+    /// Compiles a bundle. Parse and compile problems are reported as `file:line:col: message`;
+    /// a decision rule that no module defines is refused with [`BundleError::MissingRule`].
+    pub fn compile(
+        mut files: Vec<PolicyFile>,
+        options: PolicyOptions,
+    ) -> Result<PolicyBundle, BundleError> {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let version = bundle_version(&files, &options);
+        let mut interpreter = source::load_engine(&files)?;
+
+        if !source::rule_is_declared(&interpreter, &options.rule) {
+            return Err(BundleError::MissingRule(options.rule.clone()));
+        }
+        // Analysis (unsafe variables, unknown functions, ...) happens here.
+        let rule: regorus::Rc<str> = options.rule.as_str().into();
+        let compiled = interpreter
+            .compile_with_entrypoint(&rule)
+            .map_err(|e| compile_error(&e.to_string()))?;
+        let data = interpreter.get_data();
+
+        let (backend, program) = match Compiler::compile_from_policy(&compiled, &[&options.rule]) {
+            Ok(program) => {
+                // Validates rule/data conflicts once, here, rather than on a request thread.
+                let mut vm = RegoVM::new();
+                vm.load_program(program.clone());
+                vm.set_data(data.clone()).map_err(|e| BundleError::Data {
+                    file: "<data>".into(),
+                    message: e.to_string(),
+                })?;
+                (Backend::Rvm, Some(program))
+            }
+            Err(e) => {
+                let reason = source::condense_error(&e.to_string());
+                tracing::warn!(
+                    rule = %options.rule,
+                    %reason,
+                    "policy not supported by the RVM compiler; using the slower tree interpreter"
+                );
+                (Backend::Interpreter { reason }, None)
+            }
+        };
+
+        Ok(PolicyBundle {
+            id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
+            version,
+            files,
+            options,
+            backend,
+            program,
+            data,
+            interpreter,
+        })
+    }
+
+    /// `sha256:<first 16 hex digits>` over the sorted (path, contents) pairs and the options.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The bundle's files, sorted by path.
+    pub fn files(&self) -> &[PolicyFile] {
+        &self.files
+    }
+
+    /// The options the bundle was compiled with.
+    pub fn options(&self) -> &PolicyOptions {
+        &self.options
+    }
+
+    /// The evaluator used on the request path.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Evaluates the decision rule for one request or connection. Never panics: evaluation
+    /// errors and undefined or malformed decisions become [`Decision::Error`].
+    pub fn evaluate(&self, input: &AuthzInput<'_>) -> Decision {
+        self.evaluate_value(input.to_value())
+    }
+
+    /// Like [`evaluate`](Self::evaluate) for an input document that is already built.
+    pub fn evaluate_value(&self, input: Value) -> Decision {
+        match self.eval_raw(input) {
+            Ok(value) => Decision::from_value(&value, &self.options.rule),
+            Err(e) => Decision::Error {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// The raw value of the decision rule (`Value::Undefined` when undefined).
+    pub fn eval_raw(&self, input: Value) -> Result<Value, EvalError> {
+        engine::eval(self, input)
+    }
+
+    /// The raw value computed by the tree interpreter, regardless of the backend; used to
+    /// cross-check the VM and by `explain`.
+    pub fn eval_raw_interpreted(&self, input: Value) -> Result<Value, EvalError> {
+        engine::eval_interpreted(self, input)
+    }
+
+    /// Applies dry-run: when `dry_run` is set, a deny or error becomes an allow (the caller
+    /// logs the original decision). Otherwise the decision is returned unchanged.
+    pub fn enforce(&self, decision: Decision) -> Decision {
+        if self.options.dry_run && !decision.allowed() {
+            Decision::allow()
+        } else {
+            decision
+        }
+    }
+
+    /// Whether a decision should be written to the decision log, per the options.
+    pub fn should_log(&self, decision: &Decision) -> bool {
+        self.options.should_log(decision)
+    }
+}
+
+fn compile_error(text: &str) -> BundleError {
+    BundleError::from_problems(vec![source::problem_from_error(text, "<bundle>")])
+}
+
+fn bundle_version(files: &[PolicyFile], options: &PolicyOptions) -> String {
+    let mut hasher = Sha256::new();
+    for file in files {
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        hasher.update((file.path.len() as u64).to_le_bytes());
+        hasher.update(file.path.as_bytes());
+        hasher.update((file.contents.len() as u64).to_le_bytes());
+        hasher.update(file.contents.as_bytes());
+    }
+    hasher.update((options.rule.len() as u64).to_le_bytes());
+    hasher.update(options.rule.as_bytes());
+    hasher.update([u8::from(options.dry_run), u8::from(options.log_allows)]);
+    let digest = hasher.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+// The proxy holds bundles in an ArcSwap shared by all worker threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PolicyBundle>();
+};

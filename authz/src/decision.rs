@@ -1,0 +1,217 @@
+//! Interpreting the decision rule's value the way OPA-Envoy does.
+
+use regorus::Value;
+use serde::Serialize;
+
+/// The outcome of evaluating a bundle for one request or connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Decision {
+    /// Let the request through, adjusting headers as the policy asked.
+    Allow {
+        /// Headers to add to the request sent upstream (the decision's `headers`).
+        request_headers_to_add: Vec<(String, String)>,
+        /// Headers to strip from the request sent upstream.
+        request_headers_to_remove: Vec<String>,
+        /// Headers to add to the response sent back to the client.
+        response_headers_to_add: Vec<(String, String)>,
+    },
+    /// Refuse the request with this response.
+    Deny {
+        /// HTTP status (403 unless the policy set `http_status`).
+        status: u16,
+        /// Response body.
+        body: String,
+        /// Response headers.
+        headers: Vec<(String, String)>,
+        /// Why, for logs: the policy's body, or which rule said no.
+        reason: String,
+    },
+    /// Evaluation failed, or the decision was undefined or malformed. The caller fails closed,
+    /// with a status distinct from a denial (e.g. 500).
+    Error {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// An allow with no header changes.
+    pub fn allow() -> Decision {
+        Decision::Allow {
+            request_headers_to_add: Vec::new(),
+            request_headers_to_remove: Vec::new(),
+            response_headers_to_add: Vec::new(),
+        }
+    }
+
+    /// Whether the request may proceed.
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    /// `"allow"`, `"deny"` or `"error"`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Deny { .. } => "deny",
+            Decision::Error { .. } => "error",
+        }
+    }
+
+    /// The denial's HTTP status, if this is a denial.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Decision::Deny { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The reason of a denial or error (empty for an allow).
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Allow { .. } => "",
+            Decision::Deny { reason, .. } | Decision::Error { reason } => reason,
+        }
+    }
+
+    /// Interprets a decision value: a boolean, or an object
+    /// `{allowed, http_status, body, headers, response_headers_to_add, request_headers_to_remove}`.
+    pub fn from_value(value: &Value, rule: &str) -> Decision {
+        match value {
+            Value::Bool(true) => Decision::allow(),
+            Value::Bool(false) => Decision::Deny {
+                status: 403,
+                body: String::new(),
+                headers: Vec::new(),
+                reason: format!("{rule} is false"),
+            },
+            Value::Object(_) => from_object(value, rule).unwrap_or_else(|reason| Decision::Error {
+                reason: format!("{rule}: {reason}"),
+            }),
+            Value::Undefined => Decision::Error {
+                reason: format!("{rule} is undefined"),
+            },
+            other => Decision::Error {
+                reason: format!(
+                    "{rule} must be a boolean or an object, got {}",
+                    type_name(other)
+                ),
+            },
+        }
+    }
+}
+
+fn from_object(value: &Value, rule: &str) -> Result<Decision, String> {
+    let allowed = match &value["allowed"] {
+        Value::Bool(b) => *b,
+        Value::Undefined => return Err("decision object has no \"allowed\" field".into()),
+        other => return Err(format!("\"allowed\" must be a boolean, got {}", type_name(other))),
+    };
+    let headers = header_pairs(&value["headers"], "headers")?;
+    if allowed {
+        let request_headers_to_remove = match &value["request_headers_to_remove"] {
+            Value::Undefined => Vec::new(),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| string_of(v, "request_headers_to_remove"))
+                .collect::<Result<_, _>>()?,
+            Value::Set(items) => items
+                .iter()
+                .map(|v| string_of(v, "request_headers_to_remove"))
+                .collect::<Result<_, _>>()?,
+            other => {
+                return Err(format!(
+                    "\"request_headers_to_remove\" must be an array, got {}",
+                    type_name(other)
+                ))
+            }
+        };
+        return Ok(Decision::Allow {
+            request_headers_to_add: headers,
+            request_headers_to_remove,
+            response_headers_to_add: header_pairs(
+                &value["response_headers_to_add"],
+                "response_headers_to_add",
+            )?,
+        });
+    }
+    let status = match &value["http_status"] {
+        Value::Undefined => 403,
+        v => match v.as_u64() {
+            Ok(n) if (100..=599).contains(&n) => n as u16,
+            _ => return Err(format!("\"http_status\" is not a valid HTTP status: {v}")),
+        },
+    };
+    let body = match &value["body"] {
+        Value::Undefined => String::new(),
+        v => string_of(v, "body")?,
+    };
+    // Not part of OPA-Envoy's object, but lets a policy give logs a reason apart from the body.
+    let reason = match &value["reason"] {
+        Value::String(s) => s.to_string(),
+        _ if !body.is_empty() => body.clone(),
+        _ => format!("{rule} denied the request (status {status})"),
+    };
+    Ok(Decision::Deny {
+        status,
+        body,
+        headers,
+        reason,
+    })
+}
+
+/// Header objects map names to a string or to an array of strings (one header line each).
+fn header_pairs(value: &Value, field: &str) -> Result<Vec<(String, String)>, String> {
+    let object = match value {
+        Value::Undefined => return Ok(Vec::new()),
+        Value::Object(o) => o,
+        other => {
+            return Err(format!(
+                "\"{field}\" must be an object, got {}",
+                type_name(other)
+            ))
+        }
+    };
+    let mut pairs = Vec::with_capacity(object.len());
+    for (name, v) in object.iter_sorted() {
+        let name = string_of(name, field)?;
+        match v {
+            Value::Array(values) => {
+                for v in values.iter() {
+                    pairs.push((name.clone(), string_of(v, field)?));
+                }
+            }
+            Value::Set(values) => {
+                for v in values.iter() {
+                    pairs.push((name.clone(), string_of(v, field)?));
+                }
+            }
+            v => pairs.push((name, string_of(v, field)?)),
+        }
+    }
+    Ok(pairs)
+}
+
+fn string_of(value: &Value, field: &str) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s.to_string()),
+        other => Err(format!(
+            "\"{field}\" must hold strings, got {}",
+            type_name(other)
+        )),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Set(_) => "set",
+        Value::Object(_) => "object",
+        Value::Undefined => "undefined",
+    }
+}

@@ -1,0 +1,131 @@
+//! Running a bundle's decision rule.
+//!
+//! `RegoVM` and `Engine` need `&mut self` to evaluate, so each thread keeps its own evaluator
+//! per bundle (a handful at most, most recently used first). Creating one costs a clone of
+//! reference-counted program and data; after that a decision takes no lock and allocates only
+//! what the policy itself needs.
+
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use regorus::rvm::RegoVM;
+use regorus::{Engine, Value};
+
+use crate::bundle::{PolicyBundle, MAX_INSTRUCTIONS};
+use crate::source::condense_error;
+
+/// Why the decision rule could not be evaluated.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+/// Evaluators kept per thread. Old bundles fall out after a few reloads; keeping more than one
+/// avoids thrashing while requests for the old and new bundle overlap during a swap.
+const RUNNERS_PER_THREAD: usize = 4;
+
+struct Runner {
+    bundle_id: u64,
+    kind: RunnerKind,
+}
+
+enum RunnerKind {
+    Vm(Box<RegoVM>),
+    Interpreter(Box<Engine>),
+}
+
+thread_local! {
+    static RUNNERS: RefCell<Vec<Runner>> = const { RefCell::new(Vec::new()) };
+}
+
+fn new_runner(bundle: &PolicyBundle) -> Result<Runner, EvalError> {
+    let kind = match &bundle.program {
+        Some(program) => {
+            let mut vm = RegoVM::new();
+            vm.load_program(program.clone());
+            vm.set_max_instructions(MAX_INSTRUCTIONS);
+            vm.set_data(bundle.data.clone())
+                .map_err(|e| EvalError(e.to_string()))?;
+            RunnerKind::Vm(Box::new(vm))
+        }
+        None => RunnerKind::Interpreter(Box::new(bundle.interpreter.clone())),
+    };
+    Ok(Runner {
+        bundle_id: bundle.id,
+        kind,
+    })
+}
+
+impl Runner {
+    fn run(&mut self, input: Value, rule: &str) -> Result<Value, EvalError> {
+        match &mut self.kind {
+            RunnerKind::Vm(vm) => {
+                vm.set_input(input);
+                let result = vm.execute_entry_point_by_index(0);
+                // Don't keep request data (tokens, bodies) alive until the next request.
+                vm.set_input(Value::Undefined);
+                result.map_err(|e| EvalError(condense_error(&e.to_string())))
+            }
+            RunnerKind::Interpreter(engine) => run_interpreter(engine, input, rule),
+        }
+    }
+}
+
+fn run_interpreter(engine: &mut Engine, input: Value, rule: &str) -> Result<Value, EvalError> {
+    engine.set_input(input);
+    let result = engine.eval_rule(rule.to_string());
+    engine.set_input(Value::Undefined);
+    result.map_err(|e| EvalError(condense_error(&format!("{e:#}"))))
+}
+
+/// Evaluates the decision rule with the bundle's backend on this thread's evaluator.
+pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
+    let rule = bundle.options().rule.as_str();
+    let mut input = Some(input);
+    let cached = RUNNERS.try_with(|cell| {
+        // Only fails on re-entrance, which evaluation never does; fall back rather than panic.
+        let Ok(mut runners) = cell.try_borrow_mut() else {
+            return None;
+        };
+        let index = match runners.iter().position(|r| r.bundle_id == bundle.id) {
+            Some(i) => i,
+            None => match new_runner(bundle) {
+                Ok(runner) => {
+                    runners.truncate(RUNNERS_PER_THREAD - 1);
+                    runners.push(runner);
+                    runners.len() - 1
+                }
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        // Most recently used first, so eviction drops the bundle that was swapped out.
+        runners[..=index].rotate_right(1);
+        let input = input.take().unwrap_or(Value::Undefined);
+        let outcome = catch_unwind(AssertUnwindSafe(|| runners[0].run(input, rule)));
+        Some(match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // A panicking evaluator may be left inconsistent; rebuild it next time.
+                runners.remove(0);
+                Err(EvalError("policy evaluation panicked".into()))
+            }
+        })
+    });
+    match cached {
+        Ok(Some(result)) => result,
+        // Thread-local storage is gone (thread exiting) or busy: use a one-off evaluator.
+        _ => {
+            let mut runner = new_runner(bundle)?;
+            let input = input.take().unwrap_or(Value::Undefined);
+            catch_unwind(AssertUnwindSafe(|| runner.run(input, rule)))
+                .unwrap_or_else(|_| Err(EvalError("policy evaluation panicked".into())))
+        }
+    }
+}
+
+/// Evaluates the decision rule with the tree interpreter, whatever the backend.
+pub(crate) fn eval_interpreted(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
+    let mut engine = bundle.interpreter.clone();
+    let rule = bundle.options().rule.as_str();
+    catch_unwind(AssertUnwindSafe(|| run_interpreter(&mut engine, input, rule)))
+        .unwrap_or_else(|_| Err(EvalError("policy evaluation panicked".into())))
+}

@@ -1,0 +1,130 @@
+//! Decision log records: one JSON line per logged decision.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::bundle::PolicyBundle;
+use crate::decision::Decision;
+use crate::input::{AuthzInput, InputKind};
+
+/// What the decision log records about one decision. The caller writes it as one JSON line
+/// (see [`DecisionRecord::to_json_line`]) when [`PolicyBundle::should_log`] says so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DecisionRecord {
+    /// The request id when there is one, otherwise a process-unique id.
+    pub decision_id: String,
+    /// When the decision was made, RFC 3339 in UTC.
+    pub time: String,
+    /// The bundle that decided.
+    pub bundle_version: String,
+    /// The verified peer SPIFFE ID.
+    pub source_principal: Option<String>,
+    /// This workload's SPIFFE ID.
+    pub destination_principal: Option<String>,
+    /// The peer's `ip:port`.
+    pub source_address: String,
+    /// HTTP method (absent for TCP).
+    pub method: Option<String>,
+    /// HTTP path with query (absent for TCP).
+    pub path: Option<String>,
+    /// `allow`, `deny` or `error` — what the policy decided, before dry-run.
+    pub result: &'static str,
+    /// Why it was denied or failed (empty for an allow).
+    pub reason: String,
+    /// Whether the bundle runs in dry-run mode (the decision was logged, not enforced).
+    pub dry_run: bool,
+    /// The denial's status; absent for allows and errors (the caller picks the error status).
+    pub http_status: Option<u16>,
+}
+
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+impl DecisionRecord {
+    /// Builds the record for `decision` (the policy's decision, before [`PolicyBundle::enforce`]).
+    pub fn new(bundle: &PolicyBundle, input: &AuthzInput<'_>, decision: &Decision) -> Self {
+        let (method, path, id) = match &input.kind {
+            InputKind::Http(http) => (
+                Some(http.method.to_string()),
+                Some(http.path.to_string()),
+                http.id,
+            ),
+            InputKind::Tcp => (None, None, ""),
+        };
+        let now = SystemTime::now();
+        let decision_id = if id.is_empty() {
+            let nanos = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            format!(
+                "{nanos:x}-{:x}",
+                SEQUENCE.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            id.to_string()
+        };
+        DecisionRecord {
+            decision_id,
+            time: rfc3339(now),
+            bundle_version: bundle.version().to_string(),
+            source_principal: input.source_principal.map(str::to_string),
+            destination_principal: input.destination_principal.map(str::to_string),
+            source_address: input.source_address.to_string(),
+            method,
+            path,
+            result: decision.outcome(),
+            reason: decision.reason().to_string(),
+            dry_run: bundle.options().dry_run,
+            http_status: decision.http_status(),
+        }
+    }
+
+    /// The record as one line of JSON (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        // Serializing plain strings, numbers and options cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with millisecond precision, e.g. `2024-05-01T12:00:00.123Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm, to avoid a date
+/// crate for one format.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+}

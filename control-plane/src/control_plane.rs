@@ -1,0 +1,236 @@
+//! `vigil control-plane`: the CA, the identity and discovery services, and the watch on
+//! the mesh file and policy directory that keeps every proxy's snapshot current.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vigil_identity::{CertificateAuthority, SpiffeId, SvidStore, TlsOptions, TrustStore};
+
+use crate::discovery_service::{ConnectedProxies, DiscoveryService, MeshState};
+use crate::identity_service::IdentityService;
+use crate::mesh::MeshFile;
+use crate::{policy_source, tls_listener};
+
+/// How the control plane is started.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    pub mesh_file: PathBuf,
+    pub data_dir: PathBuf,
+    /// Operator-supplied signing CA (certificate, key, chain up to the root).
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub ca_chain: Option<PathBuf>,
+    /// How often the mesh file and policy directory are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// The control plane's own identity, presented on 15012 and 15010.
+pub fn control_plane_id(trust_domain: &str) -> anyhow::Result<SpiffeId> {
+    SpiffeId::workload(trust_domain, "vigil-system", "vigil-control-plane")
+        .context("building the control plane's SPIFFE ID")
+}
+
+/// Where proxies find the trust bundle in local mode.
+pub fn trust_bundle_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("trust-bundle.pem")
+}
+
+/// Runs until the process is stopped.
+pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
+    let mesh = MeshFile::load(&opts.mesh_file)?;
+    let trust_domain = mesh.trust_domain.clone();
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
+        format!(
+            "creating data directory {} (pass a writable --data-dir)",
+            opts.data_dir.display()
+        )
+    })?;
+
+    let ca = Arc::new(load_ca(&opts, &trust_domain)?);
+    let bundle_path = trust_bundle_path(&opts.data_dir);
+    write_public_file(&bundle_path, &ca.trust_bundle().to_pem())?;
+    tracing::info!(path = %bundle_path.display(), "trust bundle written; give it to proxies with --trust-bundle");
+
+    let own_id = control_plane_id(&trust_domain)?;
+    let own_svid = SvidStore::new();
+    own_svid.set(issue_own(&ca, &own_id)?);
+    let trust = TrustStore::new(&trust_domain, ca.trust_bundle())?;
+    let tls = TlsOptions {
+        alpn: vec![b"h2".to_vec()],
+        ..TlsOptions::default()
+    };
+
+    let policy = policy_source::load(mesh.policy.as_ref()).map_err(anyhow::Error::msg)?;
+    tracing::info!(version = %policy.wire.version, "policy bundle loaded");
+    let state = MeshState {
+        model: mesh.model()?,
+        trust_bundle_der: ca
+            .trust_bundle()
+            .roots()
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect(),
+        policy: Some(policy.wire),
+    };
+    let (state_tx, state_rx) = watch::channel(Arc::new(state));
+    let mesh = Arc::new(ArcSwap::from_pointee(mesh));
+    let proxies = Arc::new(ConnectedProxies::default());
+
+    let addresses = mesh.load().control_plane.clone();
+    let identity_listener = bind(addresses.identity, "identity").await?;
+    let discovery_listener = bind(addresses.discovery, "discovery").await?;
+
+    let identity = tonic::transport::Server::builder()
+        .add_service(vigil_api::identity::IdentityServer::new(IdentityService::new(
+            ca.clone(),
+            mesh.clone(),
+        )))
+        .serve_with_incoming(tls_listener::incoming(
+            identity_listener,
+            vigil_identity::server_config(own_svid.clone(), &tls),
+            "identity",
+        ));
+    let discovery = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .add_service(vigil_api::discovery::DiscoveryServer::new(
+            DiscoveryService::new(state_rx, proxies.clone()),
+        ))
+        .serve_with_incoming(tls_listener::incoming(
+            discovery_listener,
+            vigil_identity::mtls_server_config(own_svid.clone(), trust.clone(), &tls),
+            "discovery",
+        ));
+    tracing::info!(identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
+
+    let reload = watch_sources(opts.clone(), mesh.clone(), state_tx);
+    let renew = renew_own(ca.clone(), own_id, own_svid);
+    tokio::select! {
+        r = identity => r.context("identity service stopped")?,
+        r = discovery => r.context("discovery service stopped")?,
+        _ = reload => {},
+        _ = renew => {},
+    }
+    Ok(())
+}
+
+fn load_ca(opts: &ControlPlaneOptions, trust_domain: &str) -> anyhow::Result<CertificateAuthority> {
+    match (&opts.ca_cert, &opts.ca_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let chain = opts.ca_chain.as_ref().map(read).transpose()?;
+            let ca = CertificateAuthority::from_pem(&read(cert)?, &read(key)?, chain.as_deref())
+                .context("loading the operator-supplied CA (--ca-cert/--ca-key/--ca-chain)")?;
+            if ca.trust_domain() != trust_domain {
+                tracing::info!(ca = %ca.trust_domain(), mesh = %trust_domain, "operator CA carries no trust domain of its own; issuing for the mesh's");
+            }
+            Ok(ca)
+        }
+        (None, None) => CertificateAuthority::load_or_generate(&opts.data_dir.join("ca"), trust_domain)
+            .context("loading or creating the CA under the data directory"),
+        _ => anyhow::bail!("--ca-cert and --ca-key go together; pass both or neither"),
+    }
+}
+
+fn issue_own(
+    ca: &CertificateAuthority,
+    id: &SpiffeId,
+) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    let names = vec![
+        "localhost".to_string(),
+        "vigil-control-plane".to_string(),
+        "vigil-control-plane.vigil-system.svc".to_string(),
+    ];
+    ca.issue_own(id, &names, Duration::from_secs(24 * 3600))
+        .context("issuing the control plane's own certificate")
+}
+
+/// Renews the control plane's own serving certificate well before it expires.
+async fn renew_own(ca: Arc<CertificateAuthority>, id: SpiffeId, store: Arc<SvidStore>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
+        match issue_own(&ca, &id) {
+            Ok(key) => store.set(key),
+            Err(e) => tracing::error!(error = %e, "renewing the control plane certificate failed; retrying in 12 h"),
+        }
+    }
+}
+
+/// Polls the mesh file and the policy directory. A change that does not parse or
+/// compile is reported and ignored: the last good state stays in force.
+async fn watch_sources(
+    opts: ControlPlaneOptions,
+    mesh: Arc<ArcSwap<MeshFile>>,
+    state: watch::Sender<Arc<MeshState>>,
+) {
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(opts.reload_interval).await;
+        let new_mesh = match MeshFile::load(&opts.mesh_file) {
+            Ok(m) => m,
+            Err(e) => {
+                report(&mut last_error, e.to_string());
+                continue;
+            }
+        };
+        let model = match new_mesh.model() {
+            Ok(m) => m,
+            Err(e) => {
+                report(&mut last_error, e.to_string());
+                continue;
+            }
+        };
+        let current = state.borrow().clone();
+        let policy = match policy_source::load(new_mesh.policy.as_ref()) {
+            Ok(p) => Some(p.wire),
+            Err(e) => {
+                report(&mut last_error, e);
+                current.policy.clone()
+            }
+        };
+        if model != current.model || policy != current.policy {
+            if policy != current.policy {
+                let version = policy.as_ref().map(|p| p.version.as_str()).unwrap_or("none");
+                tracing::info!(%version, "policy bundle changed; pushing to proxies");
+            }
+            if model != current.model {
+                tracing::info!("mesh changed; pushing to proxies");
+            }
+            let next = MeshState {
+                model,
+                trust_bundle_der: current.trust_bundle_der.clone(),
+                policy,
+            };
+            state.send_replace(Arc::new(next));
+            last_error.clear();
+        }
+        mesh.store(Arc::new(new_mesh));
+    }
+}
+
+/// Logs a reload problem once, not on every poll.
+fn report(last: &mut String, message: String) {
+    if *last != message {
+        tracing::error!("{message}");
+        *last = message;
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the {what} listener on {addr}: is another control plane running? change control_plane.{what} in the mesh file")
+    })
+}
+
+fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

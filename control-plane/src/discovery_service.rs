@@ -1,0 +1,173 @@
+//! The discovery service (port 15010): each proxy, authenticated by its SVID, watches a
+//! stream of snapshots of the mesh as its workload sees it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use vigil_api::{Snapshot, WatchRequest};
+
+use crate::model::MeshModel;
+use crate::tls_listener::PeerInfo;
+
+/// What the control plane currently serves; replaced whole on every change.
+#[derive(Debug, Clone)]
+pub struct MeshState {
+    pub model: MeshModel,
+    pub trust_bundle_der: Vec<Vec<u8>>,
+    pub policy: Option<vigil_api::PolicyBundle>,
+}
+
+/// A proxy currently watching, for `vigil check` and the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectedProxy {
+    pub workload: String,
+    pub spiffe_id: String,
+    pub address: String,
+    pub connected_since: SystemTime,
+    pub snapshot_version: String,
+    pub policy_version: String,
+}
+
+/// Registry of watching proxies, keyed by stream.
+#[derive(Default)]
+pub struct ConnectedProxies {
+    next: AtomicU64,
+    proxies: Mutex<BTreeMap<u64, ConnectedProxy>>,
+}
+
+impl ConnectedProxies {
+    pub fn list(&self) -> Vec<ConnectedProxy> {
+        match self.proxies.lock() {
+            Ok(p) => p.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<u64, ConnectedProxy>) -> R) -> R {
+        match self.proxies.lock() {
+            Ok(mut p) => f(&mut p),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// Serves snapshots from a `watch` channel of [`MeshState`].
+pub struct DiscoveryService {
+    state: watch::Receiver<Arc<MeshState>>,
+    proxies: Arc<ConnectedProxies>,
+}
+
+impl DiscoveryService {
+    pub fn new(state: watch::Receiver<Arc<MeshState>>, proxies: Arc<ConnectedProxies>) -> Self {
+        DiscoveryService { state, proxies }
+    }
+}
+
+#[tonic::async_trait]
+impl vigil_api::discovery::Discovery for DiscoveryService {
+    type WatchStream = ReceiverStream<Result<Snapshot, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("connection information missing"))?;
+        let Some(id) = peer.spiffe_id.clone() else {
+            return Err(Status::unauthenticated(
+                "discovery needs the proxy's workload certificate (mutual TLS)",
+            ));
+        };
+        let workload_name = request
+            .metadata()
+            .get("x-vigil-workload")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let req = request.into_inner();
+        let mut state = self.state.clone();
+        let initial = state.borrow_and_update().clone();
+        let Some(workload) = initial.model.workload_for(&id, &workload_name) else {
+            tracing::warn!(spiffe_id = %id, workload = %workload_name, "discovery refused: no such workload for this identity");
+            return Err(Status::permission_denied(format!(
+                "no workload {workload_name:?} with identity {id} in the mesh"
+            )));
+        };
+        let workload_name = workload.name.clone();
+
+        let key = self.proxies.next.fetch_add(1, Ordering::Relaxed);
+        self.proxies.with(|p| {
+            p.insert(
+                key,
+                ConnectedProxy {
+                    workload: workload_name.clone(),
+                    spiffe_id: id.to_string(),
+                    address: peer.address.to_string(),
+                    connected_since: SystemTime::now(),
+                    snapshot_version: String::new(),
+                    policy_version: req.policy_version.clone(),
+                },
+            )
+        });
+        tracing::info!(workload = %workload_name, spiffe_id = %id, peer = %peer.address, "proxy watching");
+
+        let (tx, rx) = mpsc::channel(4);
+        let proxies = self.proxies.clone();
+        tokio::spawn(async move {
+            let mut last_version = String::new();
+            loop {
+                let current = state.borrow_and_update().clone();
+                match current.model.workload_for(&id, &workload_name) {
+                    Some(workload) => {
+                        let snapshot = current.model.snapshot_for(
+                            workload,
+                            &current.trust_bundle_der,
+                            current.policy.clone(),
+                        );
+                        if snapshot.version != last_version {
+                            last_version = snapshot.version.clone();
+                            let policy_version = snapshot
+                                .policy
+                                .as_ref()
+                                .map(|p| p.version.clone())
+                                .unwrap_or_default();
+                            proxies.with(|p| {
+                                if let Some(entry) = p.get_mut(&key) {
+                                    entry.snapshot_version = last_version.clone();
+                                    entry.policy_version = policy_version;
+                                }
+                            });
+                            if tx.send(Ok(snapshot)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "workload {workload_name:?} was removed from the mesh"
+                            ))))
+                            .await;
+                        break;
+                    }
+                }
+                tokio::select! {
+                    changed = state.changed() => if changed.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+            }
+            proxies.with(|p| p.remove(&key));
+            tracing::info!(workload = %workload_name, "proxy stopped watching");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,30 @@
+//! The Vigil control plane and CLI.
+//!
+//! The control plane holds the mesh's CA and issues SPIFFE X.509-SVIDs to proxies that
+//! present a valid bootstrap credential ([`identity_service`]), and streams each proxy its
+//! view of the mesh and the policy bundle ([`discovery_service`]). Its source of truth is a
+//! local mesh file ([`mesh`]) turned into the internal [`model`].
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use vigil::control_plane::{run, ControlPlaneOptions};
+//! run(ControlPlaneOptions {
+//!     mesh_file: "examples/quickstart/mesh.yaml".into(),
+//!     data_dir: "/tmp/vigil".into(),
+//!     ca_cert: None,
+//!     ca_key: None,
+//!     ca_chain: None,
+//!     reload_interval: std::time::Duration::from_secs(1),
+//! })
+//! .await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod control_plane;
+pub mod discovery_service;
+pub mod identity_service;
+pub mod mesh;
+pub mod model;
+pub mod policy_source;
+pub mod tls_listener;

@@ -1,0 +1,414 @@
+//! The local mesh file: the embedded default source of truth when there is no Kubernetes.
+//!
+//! It is parsed into [`MeshFile`] and then turned into the same [`MeshModel`] that the
+//! Kubernetes source fills, so everything downstream (identity, discovery, dashboard) is
+//! indifferent to where the mesh came from.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vigil_identity::SpiffeId;
+
+use crate::model::{Endpoint, MeshModel, Protocol, Service, Workload};
+
+/// Default lifetime of an issued SVID.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A mesh file as written by an operator.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    /// SPIFFE trust domain, e.g. `vigil.local`.
+    pub trust_domain: String,
+    /// Lifetime of issued workload certificates (`24h`, `10s`, ...).
+    #[serde(default = "default_lifetime", with = "humantime_serde")]
+    pub certificate_lifetime: Duration,
+    #[serde(default)]
+    pub control_plane: ControlPlaneAddresses,
+    /// Rego bundle in force; the shipped default policy when absent.
+    #[serde(default)]
+    pub policy: Option<PolicySettings>,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadEntry>,
+    #[serde(default)]
+    pub services: Vec<ServiceEntry>,
+}
+
+fn default_lifetime() -> Duration {
+    DEFAULT_CERT_LIFETIME
+}
+
+/// Where the control plane listens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneAddresses {
+    pub identity: SocketAddr,
+    pub discovery: SocketAddr,
+    pub dashboard: SocketAddr,
+}
+
+impl Default for ControlPlaneAddresses {
+    fn default() -> Self {
+        ControlPlaneAddresses {
+            identity: SocketAddr::from(([127, 0, 0, 1], 15012)),
+            discovery: SocketAddr::from(([127, 0, 0, 1], 15010)),
+            dashboard: SocketAddr::from(([127, 0, 0, 1], 15080)),
+        }
+    }
+}
+
+/// The policy bundle the control plane compiles and distributes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Directory of Rego and data files, relative to the mesh file.
+    pub dir: PathBuf,
+    #[serde(default = "default_rule")]
+    pub rule: String,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub log_allows: bool,
+}
+
+fn default_rule() -> String {
+    "data.vigil.authz.allow".to_string()
+}
+
+/// One workload and the addresses of its sidecar.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadEntry {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Defaults to the workload name.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Secret the workload's proxy presents to obtain its certificate.
+    pub join_token: String,
+    /// Port the application listens on, on 127.0.0.1.
+    pub app_port: u16,
+    /// Further application ports that accept opaque TCP through the mesh.
+    #[serde(default)]
+    pub tcp_ports: Vec<u16>,
+    #[serde(default)]
+    pub proxy: ProxyAddresses,
+    /// How a launcher (`vigil demo`, the quickstart) starts the application; optional.
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// The listening addresses of one sidecar.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyAddresses {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    /// Extra outbound listeners each bound to one service (`127.0.0.1:16000: echo`), for
+    /// opaque TCP clients in explicit mode, where no Host header names the service.
+    pub upstreams: std::collections::BTreeMap<SocketAddr, String>,
+}
+
+impl Default for ProxyAddresses {
+    fn default() -> Self {
+        ProxyAddresses {
+            inbound: SocketAddr::from(([127, 0, 0, 1], 15006)),
+            outbound: SocketAddr::from(([127, 0, 0, 1], 15001)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 15090)),
+            upstreams: Default::default(),
+        }
+    }
+}
+
+/// A service: a name callers use and the workloads behind it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Port callers address the service on.
+    #[serde(default = "default_service_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Port on the endpoint workloads; their app port when absent.
+    #[serde(default)]
+    pub target_port: Option<u16>,
+    /// Workload names.
+    pub endpoints: Vec<String>,
+    /// Extra host names that mean this service.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Addresses that mean this service under transparent interception (a ClusterIP).
+    #[serde(default)]
+    pub virtual_addresses: Vec<SocketAddr>,
+    /// Traffic policy (retries, timeouts, circuit breaking); defaults when absent.
+    #[serde(default)]
+    pub traffic: Option<serde_json::Value>,
+}
+
+fn default_service_port() -> u16 {
+    80
+}
+
+/// A mesh file that could not be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cannot read mesh file {path}: {source} (check the path passed to --mesh)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mesh file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("mesh file is inconsistent: {0}")]
+    Invalid(String),
+}
+
+impl MeshFile {
+    /// Reads and validates a mesh file.
+    pub fn load(path: &Path) -> Result<MeshFile, MeshError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MeshError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut mesh = Self::parse(&text).map_err(|e| match e {
+            MeshError::Parse { message, .. } => MeshError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        // Relative policy paths are relative to the mesh file, not the working directory.
+        if let Some(policy) = mesh.policy.as_mut() {
+            if policy.dir.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                policy.dir = base.join(&policy.dir);
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// Parses and validates mesh YAML.
+    pub fn parse(text: &str) -> Result<MeshFile, MeshError> {
+        let mesh: MeshFile = serde_yaml::from_str(text).map_err(|e| MeshError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })?;
+        mesh.validate()?;
+        Ok(mesh)
+    }
+
+    fn validate(&self) -> Result<(), MeshError> {
+        let mut names = BTreeSet::new();
+        let mut tokens = BTreeSet::new();
+        for w in &self.workloads {
+            if !names.insert(w.name.as_str()) {
+                return Err(MeshError::Invalid(format!(
+                    "workload {:?} is declared twice; workload names must be unique",
+                    w.name
+                )));
+            }
+            if w.join_token.len() < 16 {
+                return Err(MeshError::Invalid(format!(
+                    "workload {:?} has a join token shorter than 16 characters; use a long random secret",
+                    w.name
+                )));
+            }
+            if !tokens.insert(w.join_token.as_str()) {
+                return Err(MeshError::Invalid(format!(
+                    "workload {:?} reuses another workload's join token; each workload needs its own",
+                    w.name
+                )));
+            }
+            SpiffeId::workload(&self.trust_domain, &w.namespace, w.service_account())
+                .map_err(|e| MeshError::Invalid(format!("workload {:?}: {e}", w.name)))?;
+        }
+        let mut services = BTreeSet::new();
+        for s in &self.services {
+            if !services.insert((s.namespace.as_str(), s.name.as_str())) {
+                return Err(MeshError::Invalid(format!(
+                    "service {}.{} is declared twice",
+                    s.name, s.namespace
+                )));
+            }
+            for e in &s.endpoints {
+                if !names.contains(e.as_str()) {
+                    return Err(MeshError::Invalid(format!(
+                        "service {:?} names endpoint {e:?}, which is not a declared workload",
+                        s.name
+                    )));
+                }
+            }
+        }
+        for w in &self.workloads {
+            for target in w.proxy.upstreams.values() {
+                if !self.services.iter().any(|s| s.matches_host(target)) {
+                    return Err(MeshError::Invalid(format!(
+                        "workload {:?} has an upstream to {target:?}, which is not a declared service",
+                        w.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The internal model: what discovery serves, whatever the source.
+    pub fn model(&self) -> Result<MeshModel, MeshError> {
+        let mut workloads = Vec::new();
+        for w in &self.workloads {
+            let spiffe_id =
+                SpiffeId::workload(&self.trust_domain, &w.namespace, w.service_account())
+                    .map_err(|e| MeshError::Invalid(format!("workload {:?}: {e}", w.name)))?;
+            workloads.push(Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account().to_string(),
+                spiffe_id,
+                app_port: w.app_port,
+                tcp_ports: w.tcp_ports.clone(),
+                inbound_address: w.proxy.inbound,
+            });
+        }
+        let services = self
+            .services
+            .iter()
+            .map(|s| {
+                let endpoints = s
+                    .endpoints
+                    .iter()
+                    .filter_map(|name| workloads.iter().find(|w| &w.name == name))
+                    .map(|w| Endpoint {
+                        address: w.inbound_address,
+                        spiffe_id: w.spiffe_id.clone(),
+                        workload: w.name.clone(),
+                        target_port: s.target_port.unwrap_or(w.app_port),
+                    })
+                    .collect();
+                Service {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    port: s.port,
+                    protocol: s.protocol,
+                    target_port: s.target_port,
+                    hosts: s.hosts.clone(),
+                    virtual_addresses: s.virtual_addresses.clone(),
+                    endpoints,
+                    traffic: s.traffic.clone(),
+                }
+            })
+            .collect();
+        Ok(MeshModel {
+            trust_domain: self.trust_domain.clone(),
+            workloads,
+            services,
+        })
+    }
+
+    /// The workload whose join token this is. Compared in constant time so the
+    /// response time leaks nothing about how close a guess was.
+    pub fn workload_for_token(&self, token: &str) -> Option<&WorkloadEntry> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for w in &self.workloads {
+            if bool::from(w.join_token.as_bytes().ct_eq(token.as_bytes())) {
+                found = Some(w);
+            }
+        }
+        found
+    }
+}
+
+impl WorkloadEntry {
+    /// The service account, defaulting to the workload name.
+    pub fn service_account(&self) -> &str {
+        self.service_account.as_deref().unwrap_or(&self.name)
+    }
+}
+
+impl ServiceEntry {
+    fn matches_host(&self, host: &str) -> bool {
+        host == self.name
+            || host == format!("{}.{}", self.name, self.namespace)
+            || self.hosts.iter().any(|h| h == host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+trust_domain: vigil.local
+certificate_lifetime: 10s
+workloads:
+  - name: client
+    namespace: demo
+    join_token: client-token-0123456789
+    app_port: 8081
+    proxy: { inbound: "127.0.0.1:15106", outbound: "127.0.0.1:15101", admin: "127.0.0.1:15100", metrics: "127.0.0.1:15190" }
+  - name: server
+    namespace: demo
+    service_account: web
+    join_token: server-token-0123456789
+    app_port: 8082
+services:
+  - name: server
+    namespace: demo
+    endpoints: [server]
+"#;
+
+    #[test]
+    fn parses_and_builds_the_model() {
+        let mesh = MeshFile::parse(MESH).expect("valid mesh");
+        assert_eq!(mesh.certificate_lifetime, Duration::from_secs(10));
+        let model = mesh.model().expect("model");
+        let server = &model.services[0];
+        assert_eq!(server.port, 80);
+        assert_eq!(server.endpoints[0].address.port(), 15006);
+        assert_eq!(
+            server.endpoints[0].spiffe_id.to_string(),
+            "spiffe://vigil.local/ns/demo/sa/web"
+        );
+    }
+
+    #[test]
+    fn token_decides_the_workload() {
+        let mesh = MeshFile::parse(MESH).expect("valid mesh");
+        assert_eq!(
+            mesh.workload_for_token("server-token-0123456789")
+                .map(|w| w.name.as_str()),
+            Some("server")
+        );
+        assert!(mesh.workload_for_token("server-token-012345678").is_none());
+        assert!(mesh.workload_for_token("").is_none());
+    }
+
+    #[test]
+    fn rejects_inconsistent_meshes_with_a_reason() {
+        let dup = MESH.replace("server-token-0123456789", "client-token-0123456789");
+        let err = MeshFile::parse(&dup).expect_err("shared token").to_string();
+        assert!(err.contains("reuses another workload's join token"), "{err}");
+
+        let unknown = MESH.replace("endpoints: [server]", "endpoints: [nope]");
+        let err = MeshFile::parse(&unknown).expect_err("unknown endpoint").to_string();
+        assert!(err.contains("not a declared workload"), "{err}");
+
+        let typo = MESH.replace("app_port: 8081", "app_prot: 8081");
+        let err = MeshFile::parse(&typo).expect_err("typo").to_string();
+        assert!(err.contains("app_prot"), "{err}");
+    }
+}

@@ -1,0 +1,64 @@
+//! Loads the policy bundle the control plane distributes: compiled here first, so a bundle
+//! that does not compile never reaches a proxy, and the last good one stays in force.
+
+use std::path::Path;
+
+use vigil_authz::{PolicyBundle, PolicyFile, PolicyOptions};
+
+use crate::mesh::PolicySettings;
+
+/// The shipped default policy, used when the mesh names none: mesh identities allowed,
+/// health checks and metrics scraping allowed, everything else denied.
+pub fn default_policy_files() -> Vec<PolicyFile> {
+    vec![PolicyFile {
+        path: "default/policy.rego".into(),
+        contents: include_str!("../../policies/default/policy.rego").into(),
+    }]
+}
+
+/// A compiled bundle and its wire form.
+pub struct LoadedPolicy {
+    pub bundle: PolicyBundle,
+    pub wire: vigil_api::PolicyBundle,
+}
+
+/// Reads and compiles the configured bundle (or the default one).
+pub fn load(settings: Option<&PolicySettings>) -> Result<LoadedPolicy, String> {
+    let (files, options) = match settings {
+        Some(s) => (
+            read(&s.dir)?,
+            PolicyOptions {
+                rule: s.rule.clone(),
+                dry_run: s.dry_run,
+                log_allows: s.log_allows,
+            },
+        ),
+        None => (default_policy_files(), PolicyOptions::default()),
+    };
+    let bundle = PolicyBundle::compile(files.clone(), options.clone()).map_err(|e| {
+        format!("policy bundle refused: {e} (fix the file; the last good bundle stays in force)")
+    })?;
+    let wire = vigil_api::PolicyBundle {
+        version: bundle.version().to_string(),
+        files: files
+            .into_iter()
+            .map(|f| vigil_api::PolicyFile {
+                path: f.path,
+                contents: f.contents,
+            })
+            .collect(),
+        rule: options.rule,
+        dry_run: options.dry_run,
+        log_allows: options.log_allows,
+    };
+    Ok(LoadedPolicy { bundle, wire })
+}
+
+fn read(dir: &Path) -> Result<Vec<PolicyFile>, String> {
+    PolicyBundle::read_dir(dir).map_err(|e| {
+        format!(
+            "cannot read policy directory {}: {e} (check policy.dir in the mesh file)",
+            dir.display()
+        )
+    })
+}

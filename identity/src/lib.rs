@@ -1,0 +1,69 @@
+//! SPIFFE identities for Vigil: SPIFFE IDs, the certificate authority, workload keys and CSRs,
+//! X.509-SVID verification, and the one place rustls configs are built.
+//!
+//! Defaults are closed: TLS 1.3 only, the ring provider passed explicitly (never the process
+//! default), no session resumption, private keys never leave the process that made them.
+//!
+//! ```
+//! use std::time::Duration;
+//! use vigil_identity::*;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Control plane: a CA for the trust domain.
+//! let ca = CertificateAuthority::generate("cluster.local")?;
+//!
+//! // Proxy: a key that never leaves the process, and a CSR for it.
+//! let key = WorkloadKey::generate()?;
+//! let id = SpiffeId::workload("cluster.local", "default", "web")?;
+//! let chain = ca.sign_csr(&key.csr_der()?, &id, Duration::from_secs(3600))?;
+//!
+//! // Live stores: configs are built once; renewal is `svid.set(..)`.
+//! let svid = SvidStore::new();
+//! svid.set(key.certified(chain)?);
+//! let trust = TrustStore::new("cluster.local", ca.trust_bundle())?;
+//! let _server = mtls_server_config(svid.clone(), trust.clone(), &TlsOptions::default());
+//! let peer = SpiffeId::workload("cluster.local", "default", "db")?;
+//! let _client = mtls_client_config(Some(svid), trust, peer, &TlsOptions::default());
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+
+mod ca;
+mod spiffe;
+mod store;
+mod svid;
+mod tls;
+mod trust;
+mod verify;
+mod workload_key;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use ca::{CaError, CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE};
+pub use spiffe::{SpiffeId, SpiffeIdError};
+pub use store::{SvidStore, TrustStore};
+pub use svid::{check_svid_leaf, peer_spiffe_id, SvidError, SvidInfo};
+pub use tls::{
+    mtls_client_config, mtls_server_config, server_config, server_name_for, TlsOptions,
+    PLACEHOLDER_SERVER_NAME,
+};
+pub use trust::{certs_to_pem, TrustBundle};
+pub use verify::{reason_of, svid_error_to_rustls};
+pub use workload_key::{KeyError, WorkloadKey};
+
+/// The ring crypto provider every config and verifier in this crate uses, built once.
+///
+/// Passed explicitly everywhere so behaviour never depends on a process-wide default.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
+}

@@ -1,0 +1,66 @@
+package vigil.authz
+
+import rego.v1
+
+http_input(principal, method, path) := {
+	"attributes": {
+		"source": {
+			"address": {"socketAddress": {"address": "10.0.0.1", "portValue": 40000}},
+			"principal": principal,
+		},
+		"request": {"http": {"method": method, "path": path}},
+	},
+	"parsed_path": split(trim_prefix(path, "/"), "/"),
+}
+
+anonymous_input(method, path) := {
+	"attributes": {"request": {"http": {"method": method, "path": path}}},
+	"parsed_path": split(trim_prefix(path, "/"), "/"),
+}
+
+test_mesh_identity_allowed if {
+	allow with input as http_input("spiffe://vigil.local/ns/shop/sa/web", "POST", "/orders")
+}
+
+test_other_trust_domain_denied if {
+	not allow with input as http_input("spiffe://evil.example/ns/shop/sa/web", "GET", "/orders")
+}
+
+test_trust_domain_prefix_is_not_enough if {
+	not allow with input as http_input("spiffe://vigil.local.evil.example/ns/a/sa/b", "GET", "/")
+}
+
+test_any_spiffe_id_without_trust_domain if {
+	allow with input as http_input("spiffe://elsewhere/ns/a/sa/b", "GET", "/x")
+		with data.vigil as {}
+}
+
+test_anonymous_denied if {
+	not allow with input as anonymous_input("GET", "/orders")
+}
+
+test_non_spiffe_principal_denied if {
+	not allow with input as http_input("CN=web", "GET", "/orders")
+}
+
+test_health_checks_allowed if {
+	every path in ["/healthz", "/readyz", "/livez", "/ready", "/live", "/metrics"] {
+		allow with input as anonymous_input("GET", path)
+	}
+}
+
+test_health_check_post_denied if {
+	not allow with input as anonymous_input("POST", "/healthz")
+}
+
+test_health_check_subpath_denied if {
+	not allow with input as anonymous_input("GET", "/healthz/admin")
+}
+
+test_tcp_mesh_identity_allowed if {
+	allow with input as {"attributes": {"source": {"principal": "spiffe://vigil.local/ns/db/sa/app"}}}
+}
+
+test_tcp_anonymous_denied if {
+	not allow with input as {"attributes": {"source": {"address": {"socketAddress": {"address": "10.0.0.9", "portValue": 1}}}}}
+}

@@ -1,0 +1,123 @@
+//! The admin endpoint (127.0.0.1:15000): `/live`, `/ready`, `/certs`, `/config`, `/stats`.
+//! It never serves a private key.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::body::{self, Body};
+use crate::listener::accept_loop;
+use crate::Proxy;
+
+/// Serves the admin listener.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    accept_loop(listener, "admin", move |tcp, _| {
+        let proxy = proxy.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(route(&proxy, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        }
+    })
+    .await;
+}
+
+fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            let problems = proxy.readiness_problems();
+            if problems.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {}\n", problems.join("; ")),
+                )
+            }
+        }
+        "/certs" => match proxy.identity.status() {
+            Some(status) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                json_response(json!({
+                    "spiffe_id": status.spiffe_id,
+                    "workload": status.workload,
+                    "namespace": status.namespace,
+                    "serial": status.serial,
+                    "issuer": status.issuer,
+                    "not_before": status.not_before,
+                    "not_after": status.not_after,
+                    "expires_in_seconds": status.not_after.saturating_sub(now),
+                    "renew_at": status.renew_at,
+                    "renewals": proxy.identity.renewals.load(std::sync::atomic::Ordering::Relaxed),
+                    "renewal_failures": proxy.identity.renewal_failures.load(std::sync::atomic::Ordering::Relaxed),
+                    "last_renewal_error": proxy.identity.last_error().map(|e| e.to_string()),
+                    "chain_pem": status.chain_pem,
+                    "trust_bundle_pem": proxy.identity.trust.bundle().to_pem(),
+                }))
+            }
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n"),
+        },
+        "/config" => {
+            let mesh = proxy.discovery.mesh.load_full();
+            json_response(json!({
+                "snapshot": mesh.as_deref(),
+                "control_plane_connected": proxy.discovery.connected.load(std::sync::atomic::Ordering::Relaxed),
+                "policy_version": proxy.authz.version(),
+                "policy_last_refused": proxy.authz.last_refused.load_full().map(|e| e.to_string()),
+                "listeners": {
+                    "inbound": proxy.config.inbound.to_string(),
+                    "outbound": proxy.config.outbound.to_string(),
+                    "admin": proxy.config.admin.to_string(),
+                    "upstreams": proxy.config.upstreams.iter().map(|(a, s)| json!({"address": a.to_string(), "service": s})).collect::<Vec<_>>(),
+                },
+                "control_plane": {
+                    "identity": proxy.config.identity_address.to_string(),
+                    "discovery": proxy.config.discovery_address.to_string(),
+                },
+            }))
+        }
+        "/stats" => json_response(json!({
+            "proxy": proxy.stats.snapshot(),
+            "policy": {
+                "allow": proxy.authz.counts.allow.load(std::sync::atomic::Ordering::Relaxed),
+                "deny": proxy.authz.counts.deny.load(std::sync::atomic::Ordering::Relaxed),
+                "error": proxy.authz.counts.error.load(std::sync::atomic::Ordering::Relaxed),
+            },
+            "peer_connections": proxy.pool.len(),
+        })),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "unknown admin path; try /ready, /live, /certs, /config or /stats\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(body::full(body.to_string()));
+    *r.status_mut() = status;
+    r
+}
+
+fn json_response(value: serde_json::Value) -> Response<Body> {
+    let mut bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut r = Response::new(body::full(bytes));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}

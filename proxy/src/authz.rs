@@ -1,0 +1,105 @@
+//! Policy enforcement: the bundle in force (swapped lock-free with arc-swap), the
+//! decision on each request, and the decision log.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use vigil_authz::{AuthzInput, Decision, DecisionRecord, PolicyBundle, PolicyFile, PolicyOptions};
+
+/// Counts of decisions, by outcome.
+#[derive(Default)]
+pub struct DecisionCounts {
+    pub allow: AtomicU64,
+    pub deny: AtomicU64,
+    pub error: AtomicU64,
+}
+
+/// Holds the bundle in force and evaluates requests against it.
+pub struct Authorizer {
+    bundle: ArcSwapOption<PolicyBundle>,
+    log: Mutex<Box<dyn Write + Send>>,
+    pub counts: DecisionCounts,
+    /// Last bundle the proxy refused, with the reason.
+    pub last_refused: ArcSwapOption<String>,
+}
+
+impl Authorizer {
+    /// An authorizer with no bundle yet (every request is refused until one arrives),
+    /// writing its decision log to `log`.
+    pub fn new(log: Box<dyn Write + Send>) -> Arc<Authorizer> {
+        Arc::new(Authorizer {
+            bundle: ArcSwapOption::empty(),
+            log: Mutex::new(log),
+            counts: DecisionCounts::default(),
+            last_refused: ArcSwapOption::empty(),
+        })
+    }
+
+    /// The version of the bundle in force.
+    pub fn version(&self) -> Option<String> {
+        self.bundle.load().as_ref().map(|b| b.version().to_string())
+    }
+
+    /// Installs a bundle from discovery unless it is the one in force. One that does
+    /// not compile is refused and the last good one stays.
+    pub fn update(&self, wire: &vigil_api::PolicyBundle) {
+        if self.version().as_deref() == Some(wire.version.as_str()) {
+            return;
+        }
+        let files = wire
+            .files
+            .iter()
+            .map(|f| PolicyFile {
+                path: f.path.clone(),
+                contents: f.contents.clone(),
+            })
+            .collect();
+        let options = PolicyOptions {
+            rule: wire.rule.clone(),
+            dry_run: wire.dry_run,
+            log_allows: wire.log_allows,
+        };
+        match PolicyBundle::compile(files, options) {
+            Ok(bundle) => {
+                tracing::info!(version = %bundle.version(), "policy bundle in force");
+                self.bundle.store(Some(Arc::new(bundle)));
+                self.last_refused.store(None);
+            }
+            Err(e) => {
+                tracing::error!(version = %wire.version, error = %e, "policy bundle refused; keeping the last good one");
+                self.last_refused.store(Some(Arc::new(e.to_string())));
+            }
+        }
+    }
+
+    /// Decides one request or connection. Evaluation errors and a missing bundle deny
+    /// (fail closed); dry-run allows but still logs what would have happened.
+    pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
+        let guard = self.bundle.load();
+        let Some(bundle) = guard.as_ref() else {
+            self.counts.error.fetch_add(1, Ordering::Relaxed);
+            return Decision::Error {
+                reason: "no policy bundle received from the control plane yet".into(),
+            };
+        };
+        let decision = bundle.evaluate(input);
+        match decision.outcome() {
+            "allow" => self.counts.allow.fetch_add(1, Ordering::Relaxed),
+            "deny" => self.counts.deny.fetch_add(1, Ordering::Relaxed),
+            _ => self.counts.error.fetch_add(1, Ordering::Relaxed),
+        };
+        if bundle.should_log(&decision) {
+            let mut line = DecisionRecord::new(bundle, input, &decision).to_json_line();
+            if !line.ends_with('\n') {
+                line.push('\n');
+            }
+            if let Ok(mut log) = self.log.lock() {
+                let _ = log.write_all(line.as_bytes());
+                let _ = log.flush();
+            }
+        }
+        bundle.enforce(decision)
+    }
+}

@@ -1,0 +1,132 @@
+//! The discovery watch: keeps the proxy's [`MeshView`], trust bundle and policy current.
+//! While the control plane is away the proxy keeps serving with its last snapshot and
+//! reconnects with backoff.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use vigil_identity::{TlsOptions, TrustBundle};
+
+use crate::authz::Authorizer;
+use crate::config::ProxyConfig;
+use crate::control_plane_client;
+use crate::identity::{Backoff, WorkloadIdentity};
+use crate::state::MeshView;
+
+/// Live state fed by discovery.
+pub struct Discovery {
+    pub mesh: ArcSwapOption<MeshView>,
+    pub connected: AtomicBool,
+}
+
+impl Discovery {
+    pub fn new() -> Arc<Discovery> {
+        Arc::new(Discovery {
+            mesh: ArcSwapOption::empty(),
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    /// Watches forever, reconnecting with backoff.
+    pub async fn run(
+        self: Arc<Self>,
+        config: ProxyConfig,
+        identity: Arc<WorkloadIdentity>,
+        authz: Arc<Authorizer>,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            match self.watch_once(&config, &identity, &authz).await {
+                Ok(()) => tracing::warn!("discovery stream ended; reconnecting"),
+                Err(e) => tracing::warn!(error = %e, "discovery unavailable; serving with the last snapshot"),
+            }
+            self.connected.store(false, Ordering::Relaxed);
+            let delay = if self.mesh.load().is_some() {
+                backoff.next_delay()
+            } else {
+                backoff.next_delay().min(Duration::from_secs(1))
+            };
+            tokio::time::sleep(delay).await;
+            if self.connected.load(Ordering::Relaxed) {
+                backoff.reset();
+            }
+        }
+    }
+
+    async fn watch_once(
+        &self,
+        config: &ProxyConfig,
+        identity: &Arc<WorkloadIdentity>,
+        authz: &Authorizer,
+    ) -> anyhow::Result<()> {
+        let cp = config.control_plane_id()?;
+        let tls = vigil_identity::mtls_client_config(
+            Some(identity.svid.clone()),
+            identity.trust.clone(),
+            cp.clone(),
+            &TlsOptions {
+                alpn: vec![b"h2".to_vec()],
+                ..TlsOptions::default()
+            },
+        );
+        let channel = control_plane_client::connect(config.discovery_address, tls, &cp).await?;
+        let mut client = vigil_api::discovery::DiscoveryClient::new(channel);
+        let workload = identity
+            .status()
+            .map(|s| s.workload.clone())
+            .unwrap_or_default();
+        let mut request = tonic::Request::new(vigil_api::WatchRequest {
+            known_version: self
+                .mesh
+                .load()
+                .as_ref()
+                .map(|m| m.version.clone())
+                .unwrap_or_default(),
+            policy_version: authz.version().unwrap_or_default(),
+        });
+        if let Ok(v) = workload.parse() {
+            request.metadata_mut().insert("x-vigil-workload", v);
+        }
+        let mut stream = client
+            .watch(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        while let Some(snapshot) = stream
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        {
+            self.connected.store(true, Ordering::Relaxed);
+            self.apply(&snapshot, identity, authz)?;
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        snapshot: &vigil_api::Snapshot,
+        identity: &WorkloadIdentity,
+        authz: &Authorizer,
+    ) -> anyhow::Result<()> {
+        let view = MeshView::from_snapshot(snapshot)?;
+        if !snapshot.trust_bundle_der.is_empty() {
+            let bundle = TrustBundle::from_der(
+                snapshot
+                    .trust_bundle_der
+                    .iter()
+                    .map(|d| rustls_pki_types::CertificateDer::from(d.clone()))
+                    .collect(),
+            )?;
+            identity.trust.set(bundle)?;
+        }
+        if let Some(policy) = &snapshot.policy {
+            authz.update(policy);
+        }
+        tracing::info!(version = %view.version, services = view.services.len(), "snapshot applied");
+        self.mesh.store(Some(Arc::new(view)));
+        Ok(())
+    }
+}

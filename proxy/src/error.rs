@@ -1,0 +1,89 @@
+//! The proxy's own failures, as small typed values mapped to HTTP in one place. Every
+//! response the proxy itself produces carries `x-vigil-error` naming the reason.
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// Header naming why the proxy, not the application, produced a response.
+pub const ERROR_HEADER: &str = "x-vigil-error";
+
+/// Why the proxy answered instead of the application.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no service known for {0:?}; check the Host header or the mesh's services")]
+    UnknownService(String),
+    #[error("service {0} has no endpoints")]
+    NoEndpoints(String),
+    #[error("connecting to {endpoint} failed: {reason}")]
+    ConnectFailed { endpoint: String, reason: String },
+    #[error("peer at {endpoint} did not prove identity {expected}: {reason}")]
+    PeerIdentity {
+        endpoint: String,
+        expected: String,
+        reason: String,
+    },
+    #[error("upstream request failed: {0}")]
+    Upstream(String),
+    #[error("the application on 127.0.0.1:{port} is unreachable: {reason}")]
+    AppUnreachable { port: u16, reason: String },
+    #[error("this proxy has no workload certificate yet; it is still starting")]
+    NotReady,
+    #[error("tunnel target {0} is not a port this workload exposes")]
+    TunnelTarget(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("policy evaluation failed: {0}")]
+    PolicyError(String),
+}
+
+impl ProxyError {
+    /// The stable reason token sent in `x-vigil-error` and used as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::UnknownService(_) => "unknown-service",
+            ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::ConnectFailed { .. } => "connect-failed",
+            ProxyError::PeerIdentity { .. } => "peer-identity-mismatch",
+            ProxyError::Upstream(_) => "upstream-failed",
+            ProxyError::AppUnreachable { .. } => "app-unreachable",
+            ProxyError::NotReady => "not-ready",
+            ProxyError::TunnelTarget(_) => "tunnel-target-refused",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::PolicyError(_) => "policy-error",
+        }
+    }
+
+    /// The HTTP status the caller sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints(_) | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::PeerIdentity { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::AppUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::TunnelTarget(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PolicyError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response the proxy sends for this error.
+    pub fn into_response(self) -> Response<Body> {
+        local_response(self.status(), self.reason(), format!("vigil: {self}\n"))
+    }
+}
+
+/// A response produced by the proxy itself, marked with its reason.
+pub fn local_response(status: StatusCode, reason: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,71 @@
+//! Header hygiene shared by inbound and outbound: hop-by-hop headers never cross a
+//! proxy, and identity is only ever asserted by the proxy that verified it.
+
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+
+/// Header carrying the verified peer SPIFFE ID to the application.
+pub const PEER_IDENTITY: &str = "x-vigil-peer-identity";
+
+/// Headers that claim a caller's identity; whatever arrives in them is discarded.
+const IDENTITY_HEADERS: [&str; 3] = [PEER_IDENTITY, "x-forwarded-client-cert", "x-client-spiffe-id"];
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes every header that claims an identity.
+pub fn strip_identity(headers: &mut HeaderMap) {
+    for name in IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_connection_named_and_standard_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn strips_claimed_identities() {
+        let mut h = HeaderMap::new();
+        h.insert(PEER_IDENTITY, HeaderValue::from_static("spiffe://evil/ns/a/sa/b"));
+        h.insert("X-Forwarded-Client-Cert", HeaderValue::from_static("By=x"));
+        strip_identity(&mut h);
+        assert!(h.is_empty());
+    }
+}

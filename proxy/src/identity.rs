@@ -1,0 +1,258 @@
+//! The proxy's own identity: a key made here that never leaves the process, a CSR
+//! signed by the control plane, and renewal at half-life with jitter. A failed renewal
+//! keeps the current certificate until it expires.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use rand::Rng;
+use serde::Serialize;
+use vigil_identity::{SvidInfo, SvidStore, TlsOptions, TrustBundle, TrustStore, WorkloadKey};
+
+use crate::config::ProxyConfig;
+use crate::control_plane_client;
+
+/// What `/certs` reports about the current certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateStatus {
+    pub spiffe_id: String,
+    pub workload: String,
+    pub namespace: String,
+    pub serial: String,
+    pub issuer: String,
+    pub not_before: u64,
+    pub not_after: u64,
+    /// When the proxy will next try to renew, seconds since the epoch.
+    pub renew_at: u64,
+    pub chain_pem: Vec<String>,
+}
+
+/// The proxy's live certificate and trust bundle.
+pub struct WorkloadIdentity {
+    config: ProxyConfig,
+    key: WorkloadKey,
+    pub svid: Arc<SvidStore>,
+    pub trust: Arc<TrustStore>,
+    status: ArcSwapOption<CertificateStatus>,
+    pub renewals: AtomicU64,
+    pub renewal_failures: AtomicU64,
+    last_error: ArcSwapOption<String>,
+}
+
+/// Outcome of one signing round trip.
+struct Issued {
+    status: CertificateStatus,
+    lifetime_left: Duration,
+}
+
+impl WorkloadIdentity {
+    /// Generates the workload key. Nothing is requested yet.
+    pub fn new(config: ProxyConfig) -> anyhow::Result<Arc<WorkloadIdentity>> {
+        let key = WorkloadKey::generate()?;
+        let trust = TrustStore::new(&config.trust_domain, config.bootstrap_trust.clone())?;
+        Ok(Arc::new(WorkloadIdentity {
+            config,
+            key,
+            svid: SvidStore::new(),
+            trust,
+            status: ArcSwapOption::empty(),
+            renewals: AtomicU64::new(0),
+            renewal_failures: AtomicU64::new(0),
+            last_error: ArcSwapOption::empty(),
+        }))
+    }
+
+    /// The current certificate's status, once there is one.
+    pub fn status(&self) -> Option<Arc<CertificateStatus>> {
+        self.status.load_full()
+    }
+
+    /// The last renewal error, cleared by the next success.
+    pub fn last_error(&self) -> Option<Arc<String>> {
+        self.last_error.load_full()
+    }
+
+    /// Obtains the first certificate, retrying with backoff until it succeeds, then
+    /// renews forever. Returns only if the task is dropped.
+    pub async fn run(self: Arc<Self>, first: tokio::sync::oneshot::Sender<()>) {
+        let mut first = Some(first);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            match self.request().await {
+                Ok(issued) => {
+                    backoff.reset();
+                    self.last_error.store(None);
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    } else {
+                        self.renewals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let wait = renewal_delay(issued.lifetime_left);
+                    let renew_at = SystemTime::now() + wait;
+                    let mut status = issued.status;
+                    status.renew_at = unix(renew_at);
+                    tracing::info!(spiffe_id = %status.spiffe_id, expires_in = ?issued.lifetime_left, renew_in = ?wait, "workload certificate installed");
+                    self.status.store(Some(Arc::new(status)));
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if first.is_some() {
+                        tracing::warn!(error = %e, retry_in = ?delay, "cannot get a workload certificate yet; is the control plane at {} running and the join token right?", self.config.identity_address);
+                    } else {
+                        self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, retry_in = ?delay, "certificate renewal failed; keeping the current certificate until it expires");
+                    }
+                    self.last_error.store(Some(Arc::new(e.to_string())));
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn request(&self) -> anyhow::Result<Issued> {
+        let cp = self.config.control_plane_id()?;
+        // Before the first certificate the proxy has no SVID to present; afterwards
+        // it still presents none here: the join token is the credential for signing.
+        let tls = vigil_identity::mtls_client_config(
+            None,
+            self.trust.clone(),
+            cp.clone(),
+            &TlsOptions {
+                alpn: vec![b"h2".to_vec()],
+                ..TlsOptions::default()
+            },
+        );
+        let channel = control_plane_client::connect(self.config.identity_address, tls, &cp).await?;
+        let mut client = vigil_api::identity::IdentityClient::new(channel);
+        let response = client
+            .sign(vigil_api::SignRequest {
+                csr_der: self.key.csr_der()?,
+                token: self.config.token.clone(),
+                kind: self.config.token_kind as i32,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        let chain: Vec<_> = response
+            .cert_chain_der
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        let leaf = chain
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("control plane returned no certificate"))?;
+        let info = SvidInfo::from_der(leaf.as_ref())?;
+        if info.spiffe_id.trust_domain() != self.config.trust_domain {
+            anyhow::bail!(
+                "control plane issued {} outside trust domain {}",
+                info.spiffe_id,
+                self.config.trust_domain
+            );
+        }
+        let bundle = TrustBundle::from_der(
+            response
+                .trust_bundle_der
+                .into_iter()
+                .map(rustls_pki_types::CertificateDer::from)
+                .collect(),
+        )?;
+        let chain_pem = chain.iter().map(|c| pem("CERTIFICATE", c.as_ref())).collect();
+        let certified = self.key.certified(chain)?;
+        self.trust.set(bundle)?;
+        self.svid.set(certified);
+        let lifetime_left = info
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Ok(Issued {
+            status: CertificateStatus {
+                spiffe_id: info.spiffe_id.to_string(),
+                workload: response.workload,
+                namespace: response.namespace,
+                serial: info.serial_hex,
+                issuer: info.issuer,
+                not_before: unix(info.not_before),
+                not_after: unix(info.not_after),
+                renew_at: 0,
+                chain_pem,
+            },
+            lifetime_left,
+        })
+    }
+}
+
+/// Renew at half of the remaining lifetime, ±10% jitter so a fleet started together
+/// does not renew together.
+fn renewal_delay(lifetime_left: Duration) -> Duration {
+    let half = lifetime_left / 2;
+    let jitter = lifetime_left.as_secs_f64() * 0.1;
+    let offset = rand::rng().random_range(-jitter..=jitter);
+    Duration::from_secs_f64((half.as_secs_f64() + offset).max(0.5))
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+/// Exponential backoff with full jitter.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        let cap = exp.min(self.max);
+        let lo = cap.as_secs_f64() / 2.0;
+        Duration::from_secs_f64(rand::rng().random_range(lo..=cap.as_secs_f64()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_happens_around_half_life() {
+        for _ in 0..100 {
+            let d = renewal_delay(Duration::from_secs(100));
+            assert!(d >= Duration::from_secs(40) && d <= Duration::from_secs(60), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = b.next_delay();
+        assert!(first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(2));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,316 @@
+//! Inbound (15006): mutual TLS from peer proxies → verified peer identity → policy →
+//! the application on 127.0.0.1. HTTP/1.1 and HTTP/2 by ALPN; CONNECT streams are opaque
+//! TCP tunnels to an application port.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use vigil_authz::{AuthzInput, Decision, HttpAttributes, InputKind};
+use vigil_identity::{SpiffeId, TlsOptions};
+
+use crate::body::{self, Body};
+use crate::error::{local_response, ProxyError, ERROR_HEADER};
+use crate::headers::{strip_hop_by_hop, strip_identity, PEER_IDENTITY};
+use crate::listener::accept_loop;
+use crate::Proxy;
+
+/// What inbound knows about a connection, all from the verified TLS session.
+struct Connection {
+    peer: SpiffeId,
+    peer_address: SocketAddr,
+    local_address: SocketAddr,
+}
+
+/// Serves the inbound listener until the process stops.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    let tls = vigil_identity::mtls_server_config(
+        proxy.identity.svid.clone(),
+        proxy.identity.trust.clone(),
+        &TlsOptions {
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            ..TlsOptions::default()
+        },
+    );
+    let acceptor = TlsAcceptor::from(tls);
+    accept_loop(listener, "inbound", move |tcp, peer_address| {
+        let proxy = proxy.clone();
+        let acceptor = acceptor.clone();
+        async move { connection(proxy, acceptor, tcp, peer_address).await }
+    })
+    .await;
+}
+
+async fn connection(
+    proxy: Arc<Proxy>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer_address: SocketAddr,
+) {
+    let local_address = match tcp.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let handshake = tokio::time::timeout(proxy.config.handshake_timeout, acceptor.accept(tcp)).await;
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .map(vigil_identity::reason_of)
+                .unwrap_or("not-tls");
+            proxy.stats.handshake_failure(reason);
+            tracing::info!(peer = %peer_address, %reason, error = %e, "inbound TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            proxy.stats.handshake_failure("timeout");
+            tracing::info!(peer = %peer_address, "inbound TLS handshake timed out");
+            return;
+        }
+    };
+    let peer = match stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(vigil_identity::peer_spiffe_id)
+    {
+        Some(Ok(id)) => id,
+        _ => {
+            proxy.stats.handshake_failure("no-identity");
+            return;
+        }
+    };
+    let conn = Arc::new(Connection {
+        peer,
+        peer_address,
+        local_address,
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(request(proxy, conn, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(1024);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(peer = %peer_address, error = %e, "inbound connection ended with an error");
+    }
+}
+
+async fn request(proxy: Arc<Proxy>, conn: Arc<Connection>, req: Request<Incoming>) -> Response<Body> {
+    proxy.stats.inbound_request();
+    let result = if req.method() == Method::CONNECT {
+        tunnel(&proxy, &conn, req).await
+    } else {
+        http(&proxy, &conn, req).await
+    };
+    result.unwrap_or_else(|e| {
+        tracing::debug!(peer = %conn.peer, error = %e, "inbound request failed");
+        e.into_response()
+    })
+}
+
+async fn http(
+    proxy: &Proxy,
+    conn: &Connection,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+    strip_identity(req.headers_mut());
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let request_id = request_id(&req);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
+    let peer = conn.peer.to_string();
+    let decision = proxy.authz.decide(&AuthzInput {
+        kind: InputKind::Http(HttpAttributes {
+            id: &request_id,
+            method: req.method().as_str(),
+            path: &path,
+            host: &host,
+            scheme: "https",
+            protocol: protocol_name(req.version()),
+            headers: req.headers(),
+            body: None,
+        }),
+        source_address: conn.peer_address,
+        destination_address: conn.local_address,
+        source_principal: Some(&peer),
+        destination_principal: own_id.as_deref(),
+    });
+    let (add, remove, response_add) = match decision {
+        Decision::Allow {
+            request_headers_to_add,
+            request_headers_to_remove,
+            response_headers_to_add,
+        } => (
+            request_headers_to_add,
+            request_headers_to_remove,
+            response_headers_to_add,
+        ),
+        Decision::Deny {
+            status,
+            body,
+            headers,
+            ..
+        } => return Ok(denied(status, body, headers)),
+        Decision::Error { reason } => return Err(ProxyError::PolicyError(reason)),
+    };
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    for name in remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in add {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&peer) {
+        headers.insert(PEER_IDENTITY, v);
+    }
+    if !host.is_empty() && !headers.contains_key(http::header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            headers.insert(http::header::HOST, v);
+        }
+    }
+    let port = mesh.workload.app_port;
+    *req.uri_mut() = Uri::try_from(format!("http://127.0.0.1:{port}{path}"))
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    *req.version_mut() = Version::HTTP_11;
+    let req = req.map(body::boxed);
+    let response = proxy
+        .app
+        .request(req)
+        .await
+        .map_err(|e| ProxyError::AppUnreachable {
+            port,
+            reason: e.to_string(),
+        })?;
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for (name, value) in response_add {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            parts.headers.append(n, v);
+        }
+    }
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
+}
+
+/// A CONNECT stream: policy on the connection, then bytes both ways to the app port.
+async fn tunnel(
+    proxy: &Proxy,
+    conn: &Connection,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+    let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+    let port = req
+        .uri()
+        .authority()
+        .and_then(|a| a.port_u16())
+        .filter(|p| mesh.workload.exposes(*p))
+        .ok_or_else(|| ProxyError::TunnelTarget(target.clone()))?;
+    let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
+    let peer = conn.peer.to_string();
+    let decision = proxy.authz.decide(&AuthzInput {
+        kind: InputKind::Tcp,
+        source_address: conn.peer_address,
+        destination_address: conn.local_address,
+        source_principal: Some(&peer),
+        destination_principal: own_id.as_deref(),
+    });
+    match decision {
+        Decision::Allow { .. } => {}
+        Decision::Deny { status, body, headers, .. } => return Ok(denied(status, body, headers)),
+        Decision::Error { reason } => return Err(ProxyError::PolicyError(reason)),
+    }
+    let mut app = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| ProxyError::AppUnreachable {
+            port,
+            reason: e.to_string(),
+        })?;
+    let _ = app.set_nodelay(true);
+    let upgrade = hyper::upgrade::on(&mut req);
+    let peer_address = conn.peer_address;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut upgraded = TokioIo::new(upgraded);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut upgraded, &mut app).await {
+                    tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel ended");
+                }
+            }
+            Err(e) => tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel upgrade failed"),
+        }
+    });
+    Ok(Response::new(body::empty()))
+}
+
+/// The policy's own answer: its status, body and headers, marked as a denial.
+fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = local_response(status, "policy-denied", body);
+    if !headers.is_empty() {
+        response.headers_mut().remove(http::header::CONTENT_TYPE);
+    }
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            if n.as_str() != ERROR_HEADER {
+                response.headers_mut().append(n, v);
+            }
+        }
+    }
+    response
+}
+
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}

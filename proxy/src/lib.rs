@@ -1,0 +1,130 @@
+//! `vigil-proxy`: the Vigil sidecar.
+//!
+//! Beside every workload, it terminates mutual TLS with SPIFFE identities issued by the
+//! control plane ([`identity`]), keeps a live view of the mesh from discovery
+//! ([`discovery`], [`state`]), checks every inbound request against Rego policy
+//! ([`authz`]) and carries the application's outbound calls to peer proxies over pooled
+//! HTTP/2 ([`outbound`], [`pool`]). The request paths read top to bottom in
+//! [`inbound`] and [`outbound`].
+//!
+//! ```no_run
+//! # async fn run(config: vigil_proxy::config::ProxyConfig) -> anyhow::Result<()> {
+//! vigil_proxy::run(config, Box::new(std::io::stdout())).await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod authz;
+pub mod body;
+pub mod config;
+pub mod control_plane_client;
+pub mod discovery;
+pub mod error;
+pub mod headers;
+pub mod identity;
+pub mod inbound;
+pub mod listener;
+pub mod orig_dst;
+pub mod outbound;
+pub mod pool;
+pub mod state;
+pub mod stats;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+use crate::authz::Authorizer;
+use crate::body::Body;
+use crate::config::ProxyConfig;
+use crate::discovery::Discovery;
+use crate::identity::WorkloadIdentity;
+use crate::pool::PeerPool;
+use crate::stats::Stats;
+
+/// Everything a request handler needs, shared by every listener.
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub identity: Arc<WorkloadIdentity>,
+    pub discovery: Arc<Discovery>,
+    pub authz: Arc<Authorizer>,
+    pub pool: PeerPool,
+    /// HTTP/1.1 keep-alive connections to the local application.
+    pub app: Client<HttpConnector, Body>,
+    pub stats: Stats,
+}
+
+impl Proxy {
+    /// Why the proxy is not ready, if it is not: empty means ready.
+    pub fn readiness_problems(&self) -> Vec<&'static str> {
+        let mut problems = Vec::new();
+        if self.identity.svid.current().is_none() {
+            problems.push("no workload certificate yet");
+        }
+        if self.discovery.mesh.load().is_none() {
+            problems.push("no snapshot from the control plane yet");
+        }
+        if self.authz.version().is_none() {
+            problems.push("no policy bundle yet");
+        }
+        problems
+    }
+}
+
+/// Binds every listener, obtains the workload certificate, starts discovery and runs
+/// until the process stops. Decision-log lines go to `decision_log`.
+pub async fn run(config: ProxyConfig, decision_log: Box<dyn std::io::Write + Send>) -> anyhow::Result<()> {
+    let identity = WorkloadIdentity::new(config.clone())?;
+    let discovery = Discovery::new();
+    let authz = Authorizer::new(decision_log);
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    let app = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build(connector);
+    let proxy = Arc::new(Proxy {
+        pool: PeerPool::new(identity.svid.clone(), identity.trust.clone(), config.connect_timeout),
+        config: config.clone(),
+        identity: identity.clone(),
+        discovery: discovery.clone(),
+        authz: authz.clone(),
+        app,
+        stats: Stats::default(),
+    });
+
+    let bind = |addr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {what} listener on {addr}: is another proxy using it? pass a different --{what}"))
+    };
+    let admin = bind(config.admin, "admin").await?;
+    let inbound = bind(config.inbound, "inbound").await?;
+    let outbound = bind(config.outbound, "outbound").await?;
+    let mut upstreams = Vec::new();
+    for (addr, service) in &config.upstreams {
+        upstreams.push((bind(*addr, "upstream").await?, service.clone()));
+    }
+    tokio::spawn(admin::serve(admin, proxy.clone()));
+
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(identity.clone().run(first_tx));
+    tracing::info!(control_plane = %config.identity_address, "requesting a workload certificate");
+    first_rx
+        .await
+        .context("the identity task stopped before a certificate was issued")?;
+    tokio::spawn(discovery.clone().run(config.clone(), identity.clone(), authz.clone()));
+
+    tokio::spawn(inbound::serve(inbound, proxy.clone()));
+    for (listener, service) in upstreams {
+        tokio::spawn(outbound::serve(listener, proxy.clone(), Some(service)));
+    }
+    tracing::info!(inbound = %config.inbound, outbound = %config.outbound, admin = %config.admin, "proxy listening");
+    outbound::serve(outbound, proxy, None).await;
+    Ok(())
+}

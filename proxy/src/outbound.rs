@@ -1,0 +1,264 @@
+//! Outbound (15001 and per-service upstream listeners): plain traffic from the local
+//! application → original destination or Host → service → endpoint → mutual TLS to the
+//! peer proxy, refusing any peer that is not the identity discovery expects. HTTP/1 and
+//! HTTP/2 are carried over pooled HTTP/2; anything else is an opaque TCP tunnel.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::headers::{strip_hop_by_hop, strip_identity};
+use crate::listener::accept_loop;
+use crate::orig_dst::original_destination;
+use crate::state::{MeshView, ServiceView};
+use crate::Proxy;
+
+/// How a connection's service is found.
+#[derive(Debug, Clone)]
+enum Target {
+    /// Explicit mode: the Host header of each request names the service.
+    ByHost,
+    /// Transparent mode: the original destination address.
+    Address(SocketAddr),
+    /// An upstream listener bound to one service.
+    Fixed(String),
+}
+
+/// Serves an outbound listener; `service` binds it to one service.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, service: Option<String>) {
+    accept_loop(listener, "outbound", move |tcp, client| {
+        let proxy = proxy.clone();
+        let service = service.clone();
+        async move { connection(proxy, tcp, client, service).await }
+    })
+    .await;
+}
+
+async fn connection(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, service: Option<String>) {
+    let target = match (service, original_destination(&tcp)) {
+        (Some(name), _) => Target::Fixed(name),
+        (None, Some(dst)) => Target::Address(dst),
+        (None, None) => Target::ByHost,
+    };
+    match detect(&tcp, proxy.config.detect_timeout).await {
+        Detected::Http => serve_http(proxy, tcp, target).await,
+        Detected::Opaque => {
+            if let Err(e) = opaque(&proxy, tcp, &target).await {
+                tracing::info!(%client, error = %e, "outbound TCP connection refused");
+            }
+        }
+        Detected::Closed => {}
+    }
+}
+
+/// What the client's first bytes say about its protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Detected {
+    Http,
+    Opaque,
+    Closed,
+}
+
+const HTTP_PREFIXES: [&[u8]; 10] = [
+    b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"TRACE ",
+    b"CONNECT ", b"PRI * HTTP/2.0",
+];
+
+/// Classifies a prefix of the client's first bytes: `Some` once certain, `None` while
+/// more bytes could still change the answer.
+pub fn classify(prefix: &[u8]) -> Option<Detected> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let mut undecided = false;
+    for p in HTTP_PREFIXES {
+        let n = prefix.len().min(p.len());
+        if prefix[..n] == p[..n] {
+            if prefix.len() >= p.len() {
+                return Some(Detected::Http);
+            }
+            undecided = true;
+        }
+    }
+    if undecided {
+        None
+    } else {
+        Some(Detected::Opaque)
+    }
+}
+
+/// Peeks (without consuming) until the protocol is certain or the client goes quiet;
+/// a server-speaks-first protocol simply times out into opaque TCP.
+async fn detect(tcp: &TcpStream, timeout: Duration) -> Detected {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 16];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await;
+        match peeked {
+            Err(_) => return Detected::Opaque,
+            Ok(Err(_)) | Ok(Ok(0)) => return Detected::Closed,
+            Ok(Ok(n)) => {
+                if let Some(d) = classify(&buf[..n]) {
+                    return d;
+                }
+                if n == buf.len() {
+                    return Detected::Opaque;
+                }
+                // Part of a method name so far: wait briefly for the rest.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, target: Target) {
+    let target = Arc::new(target);
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let target = target.clone();
+        async move {
+            Ok::<_, Infallible>(
+                request(&proxy, &target, req)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "outbound request failed");
+                        e.into_response()
+                    }),
+            )
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+        .await
+    {
+        tracing::debug!(error = %e, "outbound connection ended with an error");
+    }
+}
+
+fn resolve<'m>(mesh: &'m MeshView, target: &Target, host: &str) -> Result<&'m Arc<ServiceView>, ProxyError> {
+    match target {
+        Target::Fixed(name) => mesh
+            .service_for_host(name)
+            .ok_or_else(|| ProxyError::UnknownService(name.clone())),
+        Target::Address(addr) => mesh
+            .service_for_address(*addr)
+            .or_else(|| mesh.service_for_host(host))
+            .ok_or_else(|| ProxyError::UnknownService(addr.to_string())),
+        Target::ByHost => mesh
+            .service_for_host(host)
+            .ok_or_else(|| ProxyError::UnknownService(host.to_string())),
+    }
+}
+
+async fn request(
+    proxy: &Proxy,
+    target: &Target,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    proxy.stats.outbound_request();
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not supported on the outbound listener".into(),
+        ));
+    }
+    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
+    let service = resolve(&mesh, target, &host)?;
+    let endpoint = service
+        .pick()
+        .ok_or_else(|| ProxyError::NoEndpoints(service.qualified_name()))?;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = Uri::try_from(format!("http://{host}{path}"))
+        .map_err(|e| ProxyError::BadRequest(format!("invalid Host {host:?}: {e}")))?;
+    *req.version_mut() = Version::HTTP_2;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    strip_identity(headers);
+    headers.remove(http::header::HOST);
+    let response = proxy.pool.send(endpoint, req.map(body::boxed)).await?;
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
+}
+
+/// Opaque TCP: a CONNECT stream on the pooled HTTP/2 connection to the peer proxy.
+async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<(), ProxyError> {
+    proxy.stats.outbound_tunnel();
+    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+    if matches!(target, Target::ByHost) {
+        return Err(ProxyError::BadRequest(
+            "opaque TCP to the explicit outbound port has no destination; use an upstream listener".into(),
+        ));
+    }
+    let service = resolve(&mesh, target, "")?;
+    let endpoint = service
+        .pick()
+        .ok_or_else(|| ProxyError::NoEndpoints(service.qualified_name()))?;
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("127.0.0.1:{}", endpoint.target_port))
+        .body(body::empty())
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut response = proxy.pool.send(endpoint, req).await?;
+    if !response.status().is_success() {
+        let reason = response
+            .headers()
+            .get(crate::error::ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("refused")
+            .to_string();
+        return Err(ProxyError::Upstream(format!(
+            "peer refused the tunnel with {} ({reason})",
+            response.status()
+        )));
+    }
+    let upgraded = hyper::upgrade::on(&mut response)
+        .await
+        .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+    let mut upgraded = TokioIo::new(upgraded);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut upgraded).await {
+        tracing::debug!(error = %e, "outbound tunnel ended");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_protocols_from_first_bytes() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http));
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http));
+        assert_eq!(classify(b"DELETE /x"), Some(Detected::Http));
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"PRI * HT"), None);
+        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
+        assert_eq!(classify(b"ping\n"), Some(Detected::Opaque));
+        assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
+        assert_eq!(classify(b""), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! The proxy's live view of the mesh, rebuilt from each discovery snapshot and read
+//! lock-free on every request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use vigil_identity::SpiffeId;
+
+/// This proxy's own workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub namespace: String,
+    pub spiffe_id: String,
+    pub app_port: u16,
+    pub tcp_ports: Vec<u16>,
+}
+
+impl WorkloadInfo {
+    /// Whether inbound may forward to this application port.
+    pub fn exposes(&self, port: u16) -> bool {
+        port == self.app_port || self.tcp_ports.contains(&port)
+    }
+}
+
+/// A peer proxy and the identity it must prove.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointView {
+    pub address: SocketAddr,
+    #[serde(serialize_with = "display")]
+    pub spiffe_id: SpiffeId,
+    pub workload: String,
+    pub target_port: u16,
+}
+
+/// A service as this proxy routes to it.
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub namespace: String,
+    pub port: u16,
+    pub protocol: String,
+    pub hosts: Vec<String>,
+    pub endpoints: Vec<EndpointView>,
+    #[serde(skip)]
+    next: AtomicUsize,
+}
+
+impl ServiceView {
+    /// `name.namespace`, the label used in logs and metrics.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+
+    /// Picks the next endpoint, round robin.
+    pub fn pick(&self) -> Option<&EndpointView> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.endpoints.get(i)
+    }
+}
+
+/// Everything the proxy knows from its latest snapshot.
+#[derive(Debug, Serialize)]
+pub struct MeshView {
+    pub version: String,
+    pub trust_domain: String,
+    pub workload: WorkloadInfo,
+    pub services: Vec<Arc<ServiceView>>,
+    #[serde(skip)]
+    by_host: HashMap<String, Arc<ServiceView>>,
+    #[serde(skip)]
+    by_address: HashMap<SocketAddr, Arc<ServiceView>>,
+}
+
+/// A snapshot that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot has no workload section")]
+    NoWorkload,
+    #[error("snapshot field {field} is invalid: {value:?}")]
+    Invalid { field: &'static str, value: String },
+}
+
+impl MeshView {
+    /// Validates and indexes a snapshot.
+    pub fn from_snapshot(snapshot: &vigil_api::Snapshot) -> Result<MeshView, SnapshotError> {
+        let w = snapshot.workload.as_ref().ok_or(SnapshotError::NoWorkload)?;
+        let workload = WorkloadInfo {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            spiffe_id: w.spiffe_id.clone(),
+            app_port: port(w.app_port, "workload.app_port")?,
+            tcp_ports: w
+                .tcp_ports
+                .iter()
+                .map(|p| port(*p, "workload.tcp_ports"))
+                .collect::<Result<_, _>>()?,
+        };
+        let mut services = Vec::new();
+        let mut by_host = HashMap::new();
+        let mut by_address = HashMap::new();
+        for s in &snapshot.services {
+            let endpoints = s
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Ok(EndpointView {
+                        address: e.address.parse().map_err(|_| SnapshotError::Invalid {
+                            field: "endpoint.address",
+                            value: e.address.clone(),
+                        })?,
+                        spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|_| {
+                            SnapshotError::Invalid {
+                                field: "endpoint.spiffe_id",
+                                value: e.spiffe_id.clone(),
+                            }
+                        })?,
+                        workload: e.workload.clone(),
+                        target_port: port(e.target_port, "endpoint.target_port")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, SnapshotError>>()?;
+            let view = Arc::new(ServiceView {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                port: port(s.port, "service.port")?,
+                protocol: s.protocol.clone(),
+                hosts: s.hosts.clone(),
+                endpoints,
+                next: AtomicUsize::new(0),
+            });
+            for h in &s.hosts {
+                by_host.insert(h.to_ascii_lowercase(), view.clone());
+            }
+            for a in &s.virtual_addresses {
+                let addr = a.parse().map_err(|_| SnapshotError::Invalid {
+                    field: "service.virtual_addresses",
+                    value: a.clone(),
+                })?;
+                by_address.insert(addr, view.clone());
+            }
+            services.push(view);
+        }
+        Ok(MeshView {
+            version: snapshot.version.clone(),
+            trust_domain: snapshot.trust_domain.clone(),
+            workload,
+            services,
+            by_host,
+            by_address,
+        })
+    }
+
+    /// The service a Host header or authority names; the port, if any, is ignored.
+    pub fn service_for_host(&self, host: &str) -> Option<&Arc<ServiceView>> {
+        let name = strip_port(host).to_ascii_lowercase();
+        self.by_host.get(name.trim_end_matches('.'))
+    }
+
+    /// The service an intercepted connection's original destination means.
+    pub fn service_for_address(&self, addr: SocketAddr) -> Option<&Arc<ServiceView>> {
+        self.by_address.get(&addr)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn port(value: u32, field: &'static str) -> Result<u16, SnapshotError> {
+    u16::try_from(value).map_err(|_| SnapshotError::Invalid {
+        field,
+        value: value.to_string(),
+    })
+}
+
+fn display<S: serde::Serializer>(v: &SpiffeId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> vigil_api::Snapshot {
+        vigil_api::Snapshot {
+            version: "v1".into(),
+            trust_domain: "vigil.local".into(),
+            workload: Some(vigil_api::Workload {
+                name: "client".into(),
+                namespace: "demo".into(),
+                service_account: "client".into(),
+                spiffe_id: "spiffe://vigil.local/ns/demo/sa/client".into(),
+                app_port: 8080,
+                tcp_ports: vec![9000],
+            }),
+            services: vec![vigil_api::Service {
+                name: "server".into(),
+                namespace: "demo".into(),
+                port: 80,
+                hosts: vec!["server".into(), "server.demo.svc.cluster.local".into()],
+                protocol: "http".into(),
+                endpoints: vec![
+                    vigil_api::Endpoint {
+                        address: "127.0.0.1:15006".into(),
+                        spiffe_id: "spiffe://vigil.local/ns/demo/sa/server".into(),
+                        workload: "server-a".into(),
+                        target_port: 8080,
+                    },
+                    vigil_api::Endpoint {
+                        address: "127.0.0.1:15016".into(),
+                        spiffe_id: "spiffe://vigil.local/ns/demo/sa/server".into(),
+                        workload: "server-b".into(),
+                        target_port: 8080,
+                    },
+                ],
+                virtual_addresses: vec!["10.96.0.10:80".into()],
+                target_port: 0,
+                traffic_json: String::new(),
+            }],
+            trust_bundle_der: vec![],
+            policy: None,
+        }
+    }
+
+    #[test]
+    fn resolves_hosts_with_and_without_ports() {
+        let view = MeshView::from_snapshot(&snapshot()).expect("valid");
+        for host in ["server", "server:80", "SERVER.demo.svc.cluster.local:8080"] {
+            assert_eq!(view.service_for_host(host).map(|s| s.name.as_str()), Some("server"), "{host}");
+        }
+        assert!(view.service_for_host("other").is_none());
+        let vip = "10.96.0.10:80".parse().expect("addr");
+        assert!(view.service_for_address(vip).is_some());
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint() {
+        let view = MeshView::from_snapshot(&snapshot()).expect("valid");
+        let s = view.service_for_host("server").expect("service");
+        let picks: Vec<_> = (0..4).filter_map(|_| s.pick().map(|e| e.workload.clone())).collect();
+        assert_eq!(picks, ["server-a", "server-b", "server-a", "server-b"]);
+    }
+
+    #[test]
+    fn refuses_garbage_in_a_snapshot() {
+        let mut bad = snapshot();
+        bad.services[0].endpoints[0].spiffe_id = "https://evil".into();
+        assert!(MeshView::from_snapshot(&bad).is_err());
+        let mut bad = snapshot();
+        bad.services[0].port = 70000;
+        assert!(MeshView::from_snapshot(&bad).is_err());
+    }
+}

@@ -1,0 +1,488 @@
+//! Harness for Vigil's end-to-end tests: builds the real binaries, writes a mesh file
+//! with free loopback ports, and runs the control plane and proxies as child processes
+//! that are killed when the test ends. Applications are small servers in the test.
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const TRUST_DOMAIN: &str = "vigil.local";
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Path of a Vigil binary in the target directory this test was built into.
+///
+/// `cargo test --workspace` builds them: the `vigil`, `vigil-proxy` and
+/// `vigil-demo-apps` packages each have an integration test, which makes cargo build
+/// their binaries before any test runs.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .unwrap_or_else(|| workspace_root().join("target").join("debug"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A loopback address on a free port.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with stdout and stderr going to `<dir>/<name>.log`.
+    pub fn spawn(name: &str, dir: &Path, program: &Path, args: &[String]) -> anyhow::Result<Process> {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = Command::new(program)
+            .args(args)
+            .env("VIGIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Process {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// The process's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process now.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One workload of a test mesh with its proxy's addresses.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub name: String,
+    pub namespace: String,
+    pub token: String,
+    pub app_port: u16,
+    pub tcp_ports: Vec<u16>,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub upstreams: Vec<(SocketAddr, String)>,
+}
+
+impl WorkloadSpec {
+    pub fn new(name: &str, namespace: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.into(),
+            namespace: namespace.into(),
+            token: format!("{name}-join-token-{:016x}", free_port() as u64 * 7919),
+            app_port: free_port(),
+            tcp_ports: vec![],
+            inbound: free_addr(),
+            outbound: free_addr(),
+            admin: free_addr(),
+            metrics: free_addr(),
+            upstreams: vec![],
+        }
+    }
+
+    pub fn spiffe_id(&self) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}", self.namespace, self.name)
+    }
+}
+
+/// A test mesh: workloads, services and the mesh file text.
+#[derive(Debug, Clone)]
+pub struct MeshSpec {
+    pub lifetime: String,
+    pub identity: SocketAddr,
+    pub discovery: SocketAddr,
+    pub dashboard: SocketAddr,
+    pub workloads: Vec<WorkloadSpec>,
+    /// (name, namespace, protocol, endpoint workload names, target port)
+    pub services: Vec<(String, String, String, Vec<String>, Option<u16>)>,
+    pub policy_dir: Option<PathBuf>,
+    pub policy_rule: Option<String>,
+}
+
+impl MeshSpec {
+    pub fn new(workloads: Vec<WorkloadSpec>) -> MeshSpec {
+        MeshSpec {
+            lifetime: "1h".into(),
+            identity: free_addr(),
+            discovery: free_addr(),
+            dashboard: free_addr(),
+            workloads,
+            services: vec![],
+            policy_dir: None,
+            policy_rule: None,
+        }
+    }
+
+    pub fn service(mut self, name: &str, protocol: &str, endpoints: &[&str], target_port: Option<u16>) -> Self {
+        let ns = self
+            .workloads
+            .iter()
+            .find(|w| w.name == endpoints[0])
+            .map(|w| w.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        self.services.push((
+            name.into(),
+            ns,
+            protocol.into(),
+            endpoints.iter().map(|s| s.to_string()).collect(),
+            target_port,
+        ));
+        self
+    }
+
+    pub fn workload(&self, name: &str) -> &WorkloadSpec {
+        self.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .expect("workload in the test mesh")
+    }
+
+    /// The mesh file.
+    pub fn yaml(&self) -> String {
+        let mut y = format!(
+            "trust_domain: {TRUST_DOMAIN}\ncertificate_lifetime: {}\ncontrol_plane:\n  identity: \"{}\"\n  discovery: \"{}\"\n  dashboard: \"{}\"\n",
+            self.lifetime, self.identity, self.discovery, self.dashboard
+        );
+        if let Some(dir) = &self.policy_dir {
+            y += &format!("policy:\n  dir: \"{}\"\n", dir.display());
+            if let Some(rule) = &self.policy_rule {
+                y += &format!("  rule: \"{rule}\"\n");
+            }
+        }
+        y += "workloads:\n";
+        for w in &self.workloads {
+            y += &format!(
+                "  - name: {}\n    namespace: {}\n    join_token: \"{}\"\n    app_port: {}\n    tcp_ports: {:?}\n    proxy:\n      inbound: \"{}\"\n      outbound: \"{}\"\n      admin: \"{}\"\n      metrics: \"{}\"\n",
+                w.name, w.namespace, w.token, w.app_port, w.tcp_ports, w.inbound, w.outbound, w.admin, w.metrics
+            );
+        }
+        y += "services:\n";
+        for (name, ns, protocol, endpoints, target) in &self.services {
+            y += &format!(
+                "  - name: {name}\n    namespace: {ns}\n    protocol: {protocol}\n    endpoints: [{}]\n",
+                endpoints.join(", ")
+            );
+            if let Some(p) = target {
+                y += &format!("    target_port: {p}\n");
+            }
+        }
+        y
+    }
+}
+
+/// A running mesh: control plane and proxies as processes.
+pub struct Mesh {
+    pub spec: MeshSpec,
+    pub dir: tempfile::TempDir,
+    pub control_plane: Process,
+    pub proxies: Vec<Process>,
+}
+
+impl Mesh {
+    /// Writes the mesh file and starts the control plane.
+    pub async fn start(spec: MeshSpec) -> anyhow::Result<Mesh> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("mesh.yaml"), spec.yaml())?;
+        let control_plane = start_control_plane(dir.path(), &spec).await?;
+        Ok(Mesh {
+            spec,
+            dir,
+            control_plane,
+            proxies: vec![],
+        })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops the control plane (proxies keep running).
+    pub fn stop_control_plane(&mut self) {
+        self.control_plane.kill();
+    }
+
+    /// Starts the control plane again on the same data directory.
+    pub async fn restart_control_plane(&mut self) -> anyhow::Result<()> {
+        self.control_plane.kill();
+        self.control_plane = start_control_plane(self.dir.path(), &self.spec).await?;
+        Ok(())
+    }
+
+    /// Starts the proxy of `workload` and waits until it is ready.
+    pub async fn start_proxy(&mut self, workload: &str) -> anyhow::Result<()> {
+        let w = self.spec.workload(workload).clone();
+        self.start_proxy_as(&w, w.inbound).await
+    }
+
+    /// Starts `w`'s proxy with its inbound listener on `inbound` (to impersonate an
+    /// endpoint in identity tests).
+    pub async fn start_proxy_as(&mut self, w: &WorkloadSpec, inbound: SocketAddr) -> anyhow::Result<()> {
+        let mut args = vec![
+            "--trust-domain".to_string(),
+            TRUST_DOMAIN.into(),
+            "--token".into(),
+            w.token.clone(),
+            "--trust-bundle".into(),
+            self.data_dir().join("trust-bundle.pem").display().to_string(),
+            "--identity-addr".into(),
+            self.spec.identity.to_string(),
+            "--discovery-addr".into(),
+            self.spec.discovery.to_string(),
+            "--inbound".into(),
+            inbound.to_string(),
+            "--outbound".into(),
+            w.outbound.to_string(),
+            "--admin".into(),
+            w.admin.to_string(),
+            "--decision-log".into(),
+            self.dir.path().join(format!("{}-decisions.log", w.name)).display().to_string(),
+        ];
+        for (addr, service) in &w.upstreams {
+            args.push("--upstream".into());
+            args.push(format!("{addr}={service}"));
+        }
+        let name = format!("proxy-{}-{}", w.name, self.proxies.len());
+        let mut p = Process::spawn(&name, self.dir.path(), &binary("vigil-proxy"), &args)?;
+        wait_ready(&mut p, w.admin).await?;
+        self.proxies.push(p);
+        Ok(())
+    }
+
+    /// Everything the processes printed, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- control plane ---\n{}\n", self.control_plane.output());
+        for p in &self.proxies {
+            out += &format!("--- {} ---\n{}\n", p.name, p.output());
+        }
+        out
+    }
+}
+
+async fn start_control_plane(dir: &Path, spec: &MeshSpec) -> anyhow::Result<Process> {
+    let args = vec![
+        "control-plane".to_string(),
+        "--mesh".into(),
+        dir.join("mesh.yaml").display().to_string(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--reload-interval".into(),
+        "200ms".into(),
+    ];
+    let mut p = Process::spawn("control-plane", dir, &binary("vigil"), &args)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(spec.discovery).await.is_err() {
+        if !p.running() || Instant::now() > deadline {
+            bail!("control plane did not start:\n{}", p.output());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(p)
+}
+
+/// Waits for a proxy's `/ready`.
+pub async fn wait_ready(p: &mut Process, admin: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((status, _)) = get(admin, "/ready").await {
+            if status == 200 {
+                return Ok(());
+            }
+        }
+        if !p.running() || Instant::now() > deadline {
+            bail!("{} did not become ready:\n{}", p.name, p.output());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET to `addr` (the admin port), returning status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let r = http1(addr, "localhost", path, &[]).await?;
+    Ok((r.status, r.body))
+}
+
+/// A response as the test sees it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request on a fresh connection to `addr` with the given Host header.
+pub async fn http1(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder().uri(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender.send_request(req.body(Full::new(Bytes::new()))?).await?;
+    reply(res).await
+}
+
+/// One HTTP/2 (prior knowledge) request on a fresh connection to `addr`.
+pub async fn http2(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("http://{host}{path}"))
+        .body(Full::new(Bytes::new()))?;
+    let res = sender.send_request(req).await?;
+    reply(res).await
+}
+
+async fn reply(res: Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A keep-alive HTTP/1.1 client for steady traffic through a proxy.
+pub fn pooled_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a GET through `client` to `via` with Host `host`.
+pub async fn call(
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    via: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<Reply> {
+    let req = Request::builder()
+        .uri(format!("http://{via}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))?;
+    reply(client.request(req).await?).await
+}
+
+/// An application: answers every request with a JSON echo of what it received
+/// (method, path, the peer-identity header, all headers) and counts requests.
+pub async fn start_echo_app(port: u16, name: &'static str) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async move {
+                        let headers: serde_json::Map<String, serde_json::Value> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.to_str().unwrap_or(""))))
+                            .collect();
+                        let body = serde_json::json!({
+                            "app": name,
+                            "method": req.method().as_str(),
+                            "path": req.uri().to_string(),
+                            "version": format!("{:?}", req.version()),
+                            "peer": req.headers().get("x-vigil-peer-identity").and_then(|v| v.to_str().ok()),
+                            "headers": headers,
+                        });
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok(hits)
+}
+
+/// A raw TCP echo application.
+pub async fn start_tcp_echo(port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
