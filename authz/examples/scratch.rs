@@ -1,25 +1,33 @@
-use regorus::{Engine, Value};
+use std::path::Path;
 fn main() {
-    let mut e = Engine::new();
-    e.add_policy("p.rego".into(), r#"package vigil.authz
-mesh_identity if {
-	not data.vigil.trust_domain
-	startswith(input.p, "spiffe://")
-}
-t1 if { mesh_identity with input as {"p": "spiffe://x"} with data.vigil as {} }
-t2 if { mesh_identity with data.vigil as {} with input as {"p": "spiffe://x"} }
-t3 := x if { x := data.vigil with data.vigil as {} }
-t4 := x if { x := data.vigil.trust_domain with data.vigil as {} }
-t5 if { not data.vigil.trust_domain with data.vigil as {} }
-td := data.vigil.trust_domain
-t6 := x if { x := td with data.vigil.trust_domain as "other" }
-t7 := x if { x := td with data.vigil as {"trust_domain": "o2"} }
-nt if not data.vigil.trust_domain
-t8 := x if { x := nt with data.vigil as {"a": 1} }
-t9 := x if { x := nt with data.vigil.trust_domain as false }
-"#.into()).unwrap();
-    e.add_data(Value::from_json_str(r#"{"vigil": {"trust_domain": "vigil.local"}}"#).unwrap()).unwrap();
-    for r in ["t1","t2","t3","t4","t5","t6","t7","t8","t9"] {
-        println!("{r}: {:?}", e.eval_rule(format!("data.vigil.authz.{r}")));
-    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut out = std::io::stdout();
+    let s = vigil_authz::run_tests(&dir, &mut out, false).unwrap();
+    println!("{s:?}");
+    let req = vigil_authz::ExplainRequest {
+        source: Some("spiffe://vigil.local/ns/acme/sa/console".into()),
+        destination: Some("spiffe://vigil.local/ns/acme/sa/reports".into()),
+        method: "GET".into(),
+        path: "/reports?x=1".into(),
+        headers: vec![
+            (
+                "authorization".into(),
+                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYWRtaW4iLCJleHAiOjQxMDI0NDQ4MDB9.c2ln"
+                    .into(),
+            ),
+            ("x-tenant".into(), "globex".into()),
+        ],
+        host: "reports".into(),
+    };
+    vigil_authz::explain(&dir.join("jwt-claims"), req, None, &mut out).unwrap();
+    let req = vigil_authz::ExplainRequest {
+        source: Some("spiffe://vigil.local/ns/billing/sa/api".into()),
+        destination: Some("spiffe://vigil.local/ns/shop/sa/orders".into()),
+        method: "DELETE".into(),
+        path: "/orders/42".into(),
+        headers: vec![],
+        host: "orders".into(),
+    };
+    println!("==========");
+    vigil_authz::explain(&dir.join("method-path"), req, None, &mut out).unwrap();
 }

@@ -204,6 +204,16 @@ impl Backend {
     }
 }
 
+/// Which evaluator [`PolicyBundle::compile_with`] should use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendPreference {
+    /// The RVM, falling back to the interpreter when the RVM compiler refuses the policy.
+    #[default]
+    Rvm,
+    /// Always the tree interpreter.
+    Interpreter,
+}
+
 static NEXT_BUNDLE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A compiled policy bundle: immutable, `Send + Sync`, cheap to share in an `Arc`.
@@ -246,8 +256,19 @@ impl PolicyBundle {
     /// Compiles a bundle. Parse and compile problems are reported as `file:line:col: message`;
     /// a decision rule that no module defines is refused with [`BundleError::MissingRule`].
     pub fn compile(
+        files: Vec<PolicyFile>,
+        options: PolicyOptions,
+    ) -> Result<PolicyBundle, BundleError> {
+        Self::compile_with(files, options, BackendPreference::Rvm)
+    }
+
+    /// Like [`compile`](Self::compile), choosing the evaluator. The RVM is ~3x faster; the
+    /// interpreter is regorus's reference implementation, for policies that hit an RVM
+    /// difference (see the crate docs).
+    pub fn compile_with(
         mut files: Vec<PolicyFile>,
         options: PolicyOptions,
+        preference: BackendPreference,
     ) -> Result<PolicyBundle, BundleError> {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let version = bundle_version(&files, &options);
@@ -263,7 +284,12 @@ impl PolicyBundle {
             .map_err(|e| compile_error(&e.to_string()))?;
         let data = interpreter.get_data();
 
-        let (backend, program) = match Compiler::compile_from_policy(&compiled, &[&options.rule]) {
+        let rvm = match preference {
+            BackendPreference::Rvm => Compiler::compile_from_policy(&compiled, &[&options.rule])
+                .map_err(|e| source::condense_error(&e.to_string())),
+            BackendPreference::Interpreter => Err("interpreter requested".to_string()),
+        };
+        let (backend, program) = match rvm {
             Ok(program) => {
                 // Validates rule/data conflicts once, here, rather than on a request thread.
                 let mut vm = RegoVM::new();
@@ -274,8 +300,10 @@ impl PolicyBundle {
                 })?;
                 (Backend::Rvm, Some(program))
             }
-            Err(e) => {
-                let reason = source::condense_error(&e.to_string());
+            Err(reason) if preference == BackendPreference::Interpreter => {
+                (Backend::Interpreter { reason }, None)
+            }
+            Err(reason) => {
                 tracing::warn!(
                     rule = %options.rule,
                     %reason,

@@ -106,7 +106,12 @@ fn from_object(value: &Value, rule: &str) -> Result<Decision, String> {
     let allowed = match &value["allowed"] {
         Value::Bool(b) => *b,
         Value::Undefined => return Err("decision object has no \"allowed\" field".into()),
-        other => return Err(format!("\"allowed\" must be a boolean, got {}", type_name(other))),
+        other => {
+            return Err(format!(
+                "\"allowed\" must be a boolean, got {}",
+                type_name(other)
+            ))
+        }
     };
     let headers = header_pairs(&value["headers"], "headers")?;
     if allowed {

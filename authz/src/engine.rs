@@ -126,6 +126,8 @@ pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalErr
 pub(crate) fn eval_interpreted(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
     let mut engine = bundle.interpreter.clone();
     let rule = bundle.options().rule.as_str();
-    catch_unwind(AssertUnwindSafe(|| run_interpreter(&mut engine, input, rule)))
-        .unwrap_or_else(|_| Err(EvalError("policy evaluation panicked".into())))
+    catch_unwind(AssertUnwindSafe(|| {
+        run_interpreter(&mut engine, input, rule)
+    }))
+    .unwrap_or_else(|_| Err(EvalError("policy evaluation panicked".into())))
 }

@@ -147,15 +147,28 @@ pub fn explain(
                 if r.kind == DefinitionKind::Default {
                     w(
                         out,
-                        format_args!(
-                            "  default    {}:{}  {}\n",
-                            module.file, r.line, r.head_text
-                        ),
+                        format_args!("  default    {}:{}  {}\n", module.file, r.line, r.head_text),
                     )?;
                     continue;
                 }
+                // An `else` body only counts when every body before it in the chain failed.
+                let mut chain_matched = false;
                 for body in &r.bodies {
-                    explain_body(out, &base, module, &package, r.line, &r.head_text, body)?;
+                    let head = if body.is_else {
+                        &body.head_text
+                    } else {
+                        &r.head_text
+                    };
+                    let line = if body.is_else { body.line } else { r.line };
+                    if body.is_else && chain_matched {
+                        w(
+                            out,
+                            format_args!("  skipped    {}:{line}  {head}\n", module.file),
+                        )?;
+                        continue;
+                    }
+                    let at = format!("{}:{line}", module.file);
+                    chain_matched |= explain_body(out, &base, module, &package, &at, head, body)?;
                 }
             }
         }
@@ -163,28 +176,27 @@ pub fn explain(
     Ok(decision)
 }
 
+/// Prints whether one body matched (and where it stopped if not); returns whether it matched.
 fn explain_body(
     out: &mut dyn Write,
     base: &Engine,
     module: &ModuleOutline,
     package: &str,
-    rule_line: u32,
+    location: &str,
     head_text: &str,
     body: &BodyOutline,
-) -> Result<(), BundleError> {
-    let line = if body.is_else { body.line } else { rule_line };
-    let label = if body.is_else { "else " } else { "" };
-    let location = format!("{}:{}", module.file, line);
+) -> Result<bool, BundleError> {
     if body.stmts.is_empty() {
-        return w(
-            out,
-            format_args!("  matched    {location}  {label}{head_text} (no conditions)\n"),
-        );
+        w(out, format_args!("  matched    {location}  {head_text}\n"))?;
+        return Ok(true);
     }
     match probe(base, module, package, &body.stmts) {
-        Ok(true) => w(out, format_args!("  matched    {location}  {label}{head_text}\n")),
+        Ok(true) => {
+            w(out, format_args!("  matched    {location}  {head_text}\n"))?;
+            Ok(true)
+        }
         Ok(false) => {
-            w(out, format_args!("  no match   {location}  {label}{head_text}\n"))?;
+            w(out, format_args!("  no match   {location}  {head_text}\n"))?;
             if let Some(stmt) = first_failing(base, module, package, &body.stmts) {
                 w(
                     out,
@@ -196,12 +208,15 @@ fn explain_body(
                     ),
                 )?;
             }
-            Ok(())
+            Ok(false)
         }
-        Err(e) => w(
-            out,
-            format_args!("  error      {location}  {label}{head_text}\n             {e}\n"),
-        ),
+        Err(e) => {
+            w(
+                out,
+                format_args!("  error      {location}  {head_text}\n             {e}\n"),
+            )?;
+            Ok(false)
+        }
     }
 }
 
@@ -272,7 +287,10 @@ fn print_input(out: &mut dyn Write, r: &ExplainRequest) -> Result<(), BundleErro
     } else {
         w(
             out,
-            format_args!("  request      {} {} (host {:?})\n", r.method, r.path, r.host),
+            format_args!(
+                "  request      {} {} (host {:?})\n",
+                r.method, r.path, r.host
+            ),
         )?;
         for (name, value) in &r.headers {
             w(

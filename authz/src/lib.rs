@@ -45,7 +45,10 @@ mod rules;
 mod source;
 mod testing;
 
-pub use bundle::{Backend, BundleError, CompileProblem, PolicyBundle, PolicyFile, PolicyOptions};
+pub use bundle::{
+    Backend, BackendPreference, BundleError, CompileProblem, PolicyBundle, PolicyFile,
+    PolicyOptions,
+};
 pub use cli::eval_command;
 pub use decision::Decision;
 pub use engine::EvalError;

@@ -55,10 +55,7 @@ impl DecisionRecord {
         let now = SystemTime::now();
         let decision_id = if id.is_empty() {
             let nanos = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-            format!(
-                "{nanos:x}-{:x}",
-                SEQUENCE.fetch_add(1, Ordering::Relaxed)
-            )
+            format!("{nanos:x}-{:x}", SEQUENCE.fetch_add(1, Ordering::Relaxed))
         } else {
             id.to_string()
         };

@@ -50,6 +50,8 @@ pub(crate) struct RuleOutline {
 pub(crate) struct BodyOutline {
     pub line: u32,
     pub is_else: bool,
+    /// The body's first line as written (for `else` bodies, the `else` line).
+    pub head_text: String,
     pub stmts: Vec<StmtOutline>,
 }
 
@@ -100,13 +102,19 @@ fn outline_rule(rule: &Rule) -> RuleOutline {
                 .map(|b| BodyOutline {
                     line: b.span.line,
                     is_else: b.is_else,
+                    head_text: b
+                        .span
+                        .source
+                        .line(b.span.line.saturating_sub(1))
+                        .trim()
+                        .to_string(),
                     stmts: b
                         .query
                         .stmts
                         .iter()
                         .map(|s| StmtOutline {
                             line: s.span.line,
-                            text: s.span.text().to_string(),
+                            text: stmt_text(&s.span),
                         })
                         .collect(),
                 })
@@ -129,13 +137,23 @@ fn outline_rule(rule: &Rule) -> RuleOutline {
     }
 }
 
+/// A statement's source text. A statement's span ends where its last token's span ends, and a
+/// string token's span excludes the closing quote, so put that back.
+fn stmt_text(span: &regorus::unstable::Span) -> String {
+    let contents = span.source.contents();
+    let start = span.start as usize;
+    let mut end = span.end as usize;
+    if matches!(contents.as_bytes().get(end), Some(b'"' | b'`')) {
+        end += 1;
+    }
+    contents
+        .get(start..end)
+        .map_or_else(|| span.text().to_string(), str::to_string)
+}
+
 fn ref_name(refr: &regorus::unstable::Ref<regorus::unstable::Expr>) -> String {
     match Parser::get_path_ref_components(refr) {
-        Ok(parts) => parts
-            .iter()
-            .map(|s| s.text())
-            .collect::<Vec<_>>()
-            .join("."),
+        Ok(parts) => parts.iter().map(|s| s.text()).collect::<Vec<_>>().join("."),
         Err(_) => refr.span().text().to_string(),
     }
 }

@@ -191,7 +191,14 @@ pub(crate) fn problem_from_error(text: &str, fallback_file: &str) -> CompileProb
         let file = parts.next()?.to_string();
         let message = rest
             .find("error: ")
-            .map(|i| rest[i + 7..].lines().next().unwrap_or("").trim().to_string())
+            .map(|i| {
+                rest[i + 7..]
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_else(|| first_line(text));
         Some(CompileProblem {
             file,
@@ -231,8 +238,7 @@ pub(crate) fn rule_components(rule: &str) -> Option<Vec<&str>> {
     let parts: Vec<&str> = rest.split('.').collect();
     let valid = parts.iter().all(|p| {
         !p.is_empty()
-            && p
-                .chars()
+            && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     });
     (valid && parts.len() >= 2).then_some(parts)

@@ -171,9 +171,9 @@ fn bundle_roots(dir: &Path) -> Result<Vec<PathBuf>, BundleError> {
 fn has_rego(dir: &Path) -> bool {
     source::read_dir(dir, TestFiles::Include)
         .map(|files| {
-            files.iter().any(|f| {
-                matches!(FileKind::of(&f.path), FileKind::Rego | FileKind::RegoTest)
-            })
+            files
+                .iter()
+                .any(|f| matches!(FileKind::of(&f.path), FileKind::Rego | FileKind::RegoTest))
         })
         .unwrap_or(false)
 }

@@ -21,9 +21,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod control_plane;
 pub mod discovery_service;
 pub mod identity_service;
+pub mod launcher;
 pub mod mesh;
 pub mod model;
 pub mod policy_source;

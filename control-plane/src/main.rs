@@ -37,11 +37,26 @@ enum Command {
         #[arg(long, env = "VIGIL_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
         reload_interval: Duration,
     },
+    /// Run a whole local mesh from a mesh file: control plane, a proxy per workload and
+    /// each workload's command.
+    Up {
+        /// Mesh YAML whose workloads carry a `command`.
+        #[arg(long, env = "VIGIL_MESH")]
+        mesh: PathBuf,
+        /// Where the CA and logs are kept (a fresh temporary directory by default).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Stop after this long (for scripts); runs until Ctrl-C otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `vigil up` shows its own progress; the control plane inside it speaks up only
+    // for warnings unless VIGIL_LOG says otherwise.
+    init_logging(if matches!(cli.command, Command::Up { .. }) { "warn" } else { "info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -69,6 +84,26 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Up {
+                mesh,
+                data_dir,
+                duration,
+            } => {
+                let temp;
+                let data_dir = match data_dir {
+                    Some(d) => d,
+                    None => {
+                        temp = tempfile::tempdir()?;
+                        temp.path().to_path_buf()
+                    }
+                };
+                vigil::launcher::up(vigil::launcher::LaunchOptions {
+                    mesh_file: mesh,
+                    data_dir,
+                    duration,
+                })
+                .await
+            }
         }
     });
     match result {
@@ -80,9 +115,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -30,9 +30,11 @@ test_trust_domain_prefix_is_not_enough if {
 	not allow with input as http_input("spiffe://vigil.local.evil.example/ns/a/sa/b", "GET", "/")
 }
 
-test_any_spiffe_id_without_trust_domain if {
-	allow with input as http_input("spiffe://elsewhere/ns/a/sa/b", "GET", "/x")
-		with data.vigil as {}
+test_trust_domain_from_data if {
+	allow with input as http_input("spiffe://other.example/ns/a/sa/b", "GET", "/x")
+		with data.vigil.trust_domain as "other.example"
+	not allow with input as http_input("spiffe://vigil.local/ns/a/sa/b", "GET", "/x")
+		with data.vigil.trust_domain as "other.example"
 }
 
 test_anonymous_denied if {

@@ -60,9 +60,11 @@ segment_matches(glob, _) if glob == "*"
 
 segment_matches(glob, segment) if glob == segment
 
+# The HTTP test comes first as a condition: regorus's RVM (0.14) does not take an `else` when a
+# body fails on an assignment from an undefined value, only when a condition fails.
 deny_reason := msg if {
-	http := input.attributes.request.http
-	msg := sprintf("no route allows %s %s for %s", [http.method, request_path, caller])
+	input.attributes.request.http
+	msg := sprintf("no route allows %s %s for %s", [input.attributes.request.http.method, request_path, caller])
 } else := sprintf("no route allows TCP connections for %s (routes cover HTTP only)", [caller])
 
 request_path := concat("/", array.concat([""], input.parsed_path))

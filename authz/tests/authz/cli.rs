@@ -22,12 +22,22 @@ fn eval_prints_value_and_decision() {
     assert_eq!(printed["decision"]["result"], "allow");
     assert_eq!(printed["backend"], "rvm");
 
-    let err = eval_command(&policies_dir().join("default"), "{nope", None, &mut Vec::new())
-        .expect_err("bad JSON");
+    let err = eval_command(
+        &policies_dir().join("default"),
+        "{nope",
+        None,
+        &mut Vec::new(),
+    )
+    .expect_err("bad JSON");
     assert!(err.to_string().starts_with("invalid input"), "{err}");
 
-    let err = eval_command(&policies_dir().join("default"), "{}", Some("data.nope.allow"), &mut Vec::new())
-        .expect_err("missing rule");
+    let err = eval_command(
+        &policies_dir().join("default"),
+        "{}",
+        Some("data.nope.allow"),
+        &mut Vec::new(),
+    )
+    .expect_err("missing rule");
     assert!(err.to_string().contains("data.nope.allow"), "{err}");
 }
 
@@ -42,10 +52,14 @@ fn explain_says_which_rule_decided() {
         host: "orders".into(),
     };
     let mut out = Vec::new();
-    let d = explain(&policies_dir().join("method-path"), request, None, &mut out).expect("explains");
+    let d =
+        explain(&policies_dir().join("method-path"), request, None, &mut out).expect("explains");
     let text = String::from_utf8_lossy(&out);
     assert_eq!(d.outcome(), "deny", "{text}");
-    assert!(text.contains("decision: DENY 403: no route allows DELETE /orders/42"), "{text}");
+    assert!(
+        text.contains("decision: DENY 403: no route allows DELETE /orders/42"),
+        "{text}"
+    );
     assert!(text.contains("header       x-tenant: billing"), "{text}");
     assert!(text.contains("route_allows"), "{text}");
     assert!(text.contains("  no match   policy.rego:"), "{text}");
@@ -66,7 +80,16 @@ fn explain_says_which_rule_decided() {
     assert!(d.allowed(), "{text}");
     assert!(text.contains("decision: ALLOW"), "{text}");
     assert!(text.contains("mesh_identity"), "{text}");
-    assert!(text.contains("  matched    policy.rego:13  allow if {"), "{text}");
-    assert!(text.contains("  no match   policy.rego:10  allow if mesh_identity"), "{text}");
-    assert!(text.contains("  default    policy.rego:7  default allow := false"), "{text}");
+    assert!(
+        text.contains("  matched    policy.rego:13  allow if {"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  no match   policy.rego:10  allow if mesh_identity"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  default    policy.rego:7  default allow := false"),
+        "{text}"
+    );
 }

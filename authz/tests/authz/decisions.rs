@@ -32,7 +32,10 @@ fn decide(rego: &str) -> Decision {
 
 #[test]
 fn boolean_decisions() {
-    assert_eq!(decide("package vigil.authz\nallow := true"), Decision::allow());
+    assert_eq!(
+        decide("package vigil.authz\nallow := true"),
+        Decision::allow()
+    );
     let d = decide("package vigil.authz\nallow := false");
     assert_eq!(d.outcome(), "deny");
     assert_eq!(d.http_status(), Some(403));
@@ -78,8 +81,10 @@ fn object_decisions() {
     );
 
     // Denied without a status: 403.
-    let d = decide(r#"package vigil.authz
-        allow := {"allowed": false}"#);
+    let d = decide(
+        r#"package vigil.authz
+        allow := {"allowed": false}"#,
+    );
     assert_eq!(d.http_status(), Some(403));
 }
 
@@ -88,16 +93,35 @@ fn malformed_decisions_are_errors() {
     for (rego, needle) in [
         ("package vigil.authz\nallow if input.nope", "undefined"),
         ("package vigil.authz\nallow := 1", "boolean or an object"),
-        ("package vigil.authz\nallow := \"yes\"", "boolean or an object"),
-        ("package vigil.authz\nallow := {\"status\": 200}", "\"allowed\""),
-        ("package vigil.authz\nallow := {\"allowed\": \"yes\"}", "\"allowed\""),
-        ("package vigil.authz\nallow := {\"allowed\": false, \"http_status\": 99}", "http_status"),
-        ("package vigil.authz\nallow := {\"allowed\": true, \"headers\": [1]}", "headers"),
+        (
+            "package vigil.authz\nallow := \"yes\"",
+            "boolean or an object",
+        ),
+        (
+            "package vigil.authz\nallow := {\"status\": 200}",
+            "\"allowed\"",
+        ),
+        (
+            "package vigil.authz\nallow := {\"allowed\": \"yes\"}",
+            "\"allowed\"",
+        ),
+        (
+            "package vigil.authz\nallow := {\"allowed\": false, \"http_status\": 99}",
+            "http_status",
+        ),
+        (
+            "package vigil.authz\nallow := {\"allowed\": true, \"headers\": [1]}",
+            "headers",
+        ),
     ] {
         let d = decide(rego);
         assert_eq!(d.outcome(), "error", "{rego}");
         assert!(d.reason().contains(needle), "{rego}: {}", d.reason());
-        assert!(d.reason().contains("data.vigil.authz.allow"), "{}", d.reason());
+        assert!(
+            d.reason().contains("data.vigil.authz.allow"),
+            "{}",
+            d.reason()
+        );
     }
 }
 
@@ -143,7 +167,9 @@ fn dry_run_enforce_and_logging() {
     assert_eq!(line["path"], "/things/1?force=1");
     assert_eq!(line["source_principal"], "spiffe://vigil.local/ns/a/sa/b");
     assert_eq!(line["source_address"], "10.0.0.1:1234");
-    assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24));
+    assert!(line["time"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z') && t.len() == 24));
 
     // Enforcing: decisions pass through; allows are logged only with log_allows.
     let enforcing = bundle(rego);
@@ -246,12 +272,18 @@ fn data_files_merge_at_their_directory() {
 #[test]
 fn version_is_stable_and_content_addressed() {
     let a = PolicyBundle::compile(
-        vec![file("b.rego", "package x\ny := 1"), file("a.rego", "package vigil.authz\nallow := true")],
+        vec![
+            file("b.rego", "package x\ny := 1"),
+            file("a.rego", "package vigil.authz\nallow := true"),
+        ],
         PolicyOptions::default(),
     )
     .expect("compiles");
     let b = PolicyBundle::compile(
-        vec![file("a.rego", "package vigil.authz\nallow := true"), file("b.rego", "package x\ny := 1")],
+        vec![
+            file("a.rego", "package vigil.authz\nallow := true"),
+            file("b.rego", "package x\ny := 1"),
+        ],
         PolicyOptions::default(),
     )
     .expect("compiles");
@@ -262,7 +294,9 @@ fn version_is_stable_and_content_addressed() {
 
 #[test]
 fn v0_policies_still_load() {
-    let b = bundle("package vigil.authz\ndefault allow = false\nallow { input.attributes.source.principal }");
+    let b = bundle(
+        "package vigil.authz\ndefault allow = false\nallow { input.attributes.source.principal }",
+    );
     let h = HeaderMap::new();
     assert!(b.evaluate(&request(&h, "GET", "/")).allowed());
 }

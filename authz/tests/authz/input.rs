@@ -116,7 +116,10 @@ fn form_body_and_truncation() {
     .to_json();
     assert_eq!(doc["truncated_body"], json!(true));
     assert!(doc.get("parsed_body").is_none());
-    assert_eq!(doc["attributes"]["request"]["http"]["body"], json!("{\"a\": 1"));
+    assert_eq!(
+        doc["attributes"]["request"]["http"]["body"],
+        json!("{\"a\": 1")
+    );
     assert_eq!(doc["parsed_path"], json!(["x", ""]));
 
     // Without a body there is no body, parsed_body or truncated_body.

@@ -3,8 +3,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use vigil_authz::{
-    run_tests, AuthzInput, Backend, BodyInput, HttpAttributes, InputKind, PolicyBundle,
-    PolicyOptions, Value,
+    run_tests, AuthzInput, Backend, BackendPreference, BodyInput, HttpAttributes, InputKind,
+    PolicyBundle, PolicyOptions, Value,
 };
 
 use crate::{addr, policies_dir};
@@ -38,7 +38,10 @@ fn every_shipped_policy_passes_its_tests() {
         let text = String::from_utf8_lossy(&out);
         assert!(summary.success(), "{name}:\n{text}");
         assert!(summary.passed >= 2, "{name}:\n{text}");
-        assert!(text.contains(&format!("PASS: {}/{}", summary.passed, summary.passed)), "{text}");
+        assert!(
+            text.contains(&format!("PASS: {}/{}", summary.passed, summary.passed)),
+            "{text}"
+        );
     }
 }
 
@@ -51,7 +54,10 @@ fn whole_library_runs_as_separate_bundles() {
     for (name, _) in SHIPPED {
         assert!(text.contains(&format!("{name}:")), "{text}");
     }
-    assert!(text.contains("PASS data.envoy.authz.test_public_get_allowed ("), "{text}");
+    assert!(
+        text.contains("PASS data.envoy.authz.test_public_get_allowed ("),
+        "{text}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -91,12 +97,27 @@ fn broken_test_is_reported() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(summary.failed, 1, "{text}");
     assert_eq!(summary.errored, 1, "{text}");
-    assert!(text.contains("ERROR data.vigil.authz.test_errors ("), "{text}");
-    assert!(text.contains(&format!("ERROR: 1/{}", summary.total())), "{text}");
+    assert!(
+        text.contains("ERROR data.vigil.authz.test_errors ("),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ERROR: 1/{}", summary.total())),
+        "{text}"
+    );
     assert!(!summary.success());
-    assert!(text.contains("FAIL data.vigil.authz.test_health_check_post_denied ("), "{text}");
-    assert!(text.contains(&format!("FAIL: 1/{}", summary.total())), "{text}");
-    assert!(text.contains("PASS data.vigil.authz.test_mesh_identity_allowed ("), "{text}");
+    assert!(
+        text.contains("FAIL data.vigil.authz.test_health_check_post_denied ("),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("FAIL: 1/{}", summary.total())),
+        "{text}"
+    );
+    assert!(
+        text.contains("PASS data.vigil.authz.test_mesh_identity_allowed ("),
+        "{text}"
+    );
 }
 
 #[test]
@@ -105,6 +126,52 @@ fn test_runner_reports_compile_errors() {
     std::fs::write(tmp.path().join("p.rego"), "package p\nallow if {\n").expect("write");
     let err = run_tests(tmp.path(), &mut Vec::new(), false).expect_err("broken");
     assert!(err.to_string().starts_with("p.rego:"), "{err}");
+}
+
+#[test]
+fn default_policy_accepts_any_spiffe_id_without_trust_domain() {
+    let files: Vec<_> = PolicyBundle::read_dir(&policies_dir().join("default"))
+        .expect("readable")
+        .into_iter()
+        .filter(|f| f.path != "data.json")
+        .collect();
+    let b = PolicyBundle::compile(files, PolicyOptions::default()).expect("compiles");
+    let tcp = |principal| AuthzInput {
+        kind: InputKind::Tcp,
+        source_address: addr("10.0.0.1:1"),
+        destination_address: addr("10.0.0.2:2"),
+        source_principal: principal,
+        destination_principal: None,
+    };
+    assert!(b
+        .evaluate(&tcp(Some("spiffe://elsewhere/ns/a/sa/b")))
+        .allowed());
+    assert!(!b.evaluate(&tcp(Some("elsewhere"))).allowed());
+    assert!(!b.evaluate(&tcp(None)).allowed());
+    // With the shipped data, only vigil.local.
+    let b = shipped("default", "data.vigil.authz.allow");
+    assert!(!b
+        .evaluate(&tcp(Some("spiffe://elsewhere/ns/a/sa/b")))
+        .allowed());
+    assert!(b
+        .evaluate(&tcp(Some("spiffe://vigil.local/ns/a/sa/b")))
+        .allowed());
+}
+
+#[test]
+fn interpreter_backend_on_request() {
+    let dir = policies_dir().join("method-path");
+    let b = PolicyBundle::compile_with(
+        PolicyBundle::read_dir(&dir).expect("readable"),
+        PolicyOptions::default(),
+        BackendPreference::Interpreter,
+    )
+    .expect("compiles");
+    assert_eq!(b.backend().name(), "interpreter");
+    let vm = shipped("method-path", "data.vigil.authz.allow");
+    for input in sample_inputs().into_iter().step_by(11) {
+        assert_eq!(b.evaluate_value(input.clone()), vm.evaluate_value(input));
+    }
 }
 
 #[test]
@@ -119,7 +186,11 @@ fn b64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -172,7 +243,10 @@ fn sample_inputs() -> Vec<Value> {
         ("Bearer garbage".to_string(), "acme"),
     ] {
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_str(&token).expect("header"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&token).expect("header"),
+        );
         h.insert("x-tenant", HeaderValue::from_str(tenant).expect("header"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         headers.push(h);
@@ -235,7 +309,11 @@ fn vm_agrees_with_interpreter_on_shipped_policies() {
             let tree = b.eval_raw_interpreted(input.clone());
             assert_eq!(vm, tree, "{name}: input {input}");
             let decision = b.evaluate_value(input.clone());
-            assert_ne!(decision.outcome(), "error", "{name}: {decision:?} for {input}");
+            assert_ne!(
+                decision.outcome(),
+                "error",
+                "{name}: {decision:?} for {input}"
+            );
             if decision.allowed() {
                 allows += 1;
             } else {

@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# Vigil side-by-side benchmark: direct vs Vigil (mTLS sidecar pair) vs HAProxy (mTLS pair),
+# same upstream, same load generator, one after another. See bench/README.md.
+#
+#   bash bench/run.sh
+#
+# Environment (all optional):
+#   BENCH_DURATION=20      seconds per measured phase
+#   BENCH_WARMUP=3         seconds of unrecorded load before each measured phase
+#   BENCH_RATE=1000        requests/s of the fixed-rate phase
+#   BENCH_CONNECTIONS=32   keep-alive connections of the load generator (both phases)
+#   BENCH_SIZE=1024        response body bytes
+#   BENCH_PATHS="direct vigil haproxy"   which paths to measure, in order
+#   BENCH_MODES="rate max" which phases to run per path
+#   BENCH_WRK=5            seconds of a wrk cross-check of maximum throughput per path (0 = skip)
+#   BENCH_LOADGEN_THREADS=1  BENCH_UPSTREAM_THREADS=1   runtime threads of loadgen/upstream
+#   BENCH_HAPROXY_ALPN=h2  protocol between the two HAProxies (h2 like Vigil, or http/1.1)
+#   BENCH_SKIP_BUILD=1     use the binaries already in target/release
+#   BENCH_SKIP_INSTALL=1   do not apt-get install missing tools
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/bench"
+BIN="$ROOT/target/release"
+
+DURATION=${BENCH_DURATION:-20}
+WARMUP=${BENCH_WARMUP:-3}
+RATE=${BENCH_RATE:-1000}
+CONNS=${BENCH_CONNECTIONS:-32}
+SIZE=${BENCH_SIZE:-1024}
+PATHS=${BENCH_PATHS:-"direct vigil haproxy"}
+MODES=${BENCH_MODES:-"rate max"}
+WRK_SECS=${BENCH_WRK:-5}
+LOADGEN_THREADS=${BENCH_LOADGEN_THREADS:-1}
+UPSTREAM_THREADS=${BENCH_UPSTREAM_THREADS:-1}
+HAPROXY_ALPN=${BENCH_HAPROXY_ALPN:-h2}
+
+# Ports (all on 127.0.0.1).
+P_UPSTREAM=28082
+P_CP_DISCOVERY=25010 P_CP_IDENTITY=25012 P_CP_DASHBOARD=25080
+P_C_ADMIN=25100 P_C_OUT=25101 P_C_IN=25106 P_C_METRICS=25190
+P_S_ADMIN=25200 P_S_OUT=25201 P_S_IN=25206 P_S_METRICS=25290
+P_HA_FRONT=25301 P_HA_BACK=25306
+
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+OUT="$BENCH/out/run-$STAMP"
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
+ln -sfn "run-$STAMP" "$BENCH/out/latest"
+PROCS="$OUT/procs.tsv"   # path mode role pid cpu_ticks_delta vmhwm_kb load1_before load1_after
+printf 'path\tmode\trole\tpid\tcpu_ticks\tvmhwm_kb\tload1_before\tload1_after\n' >"$PROCS"
+
+T0=$(date +%s)
+log() { printf '\033[1m[bench %4ss]\033[0m %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
+die() {
+    printf '\n\033[1;31m[bench] FAILED:\033[0m %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------
+# processes we start, and their cleanup
+
+declare -a PIDS=()
+declare -A PNAME=()
+
+start_bg() { # name cmd... ; sets STARTED_PID
+    local name=$1
+    shift
+    "$@" >"$LOGS/$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    PNAME[$STARTED_PID]=$name
+    log "started $name (pid $STARTED_PID): $*"
+}
+
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 30); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    PIDS=()
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if ((${#PIDS[@]})); then
+        log "cleaning up ${#PIDS[@]} process(es)"
+        stop_all
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+tail_log() { # name
+    echo "----- last 30 lines of $LOGS/$1.log -----" >&2
+    tail -n 30 "$LOGS/$1.log" >&2 || true
+    echo "-----" >&2
+}
+
+assert_alive() { # pid
+    if ! kill -0 "$1" 2>/dev/null; then
+        tail_log "${PNAME[$1]}"
+        die "${PNAME[$1]} (pid $1) exited unexpectedly"
+    fi
+}
+
+port_free_or_die() {
+    local p holder
+    for p in "$@"; do
+        if [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then
+            holder=$(ss -Hltnp "sport = :$p" 2>/dev/null | sed -n 's/.*users:(\(.*\))/\1/p' | head -1)
+            die "port 127.0.0.1:$p is busy (held by ${holder:-an unknown process}); stop it or change the port in bench/run.sh"
+        fi
+    done
+}
+
+wait_port() { # port pid [seconds]
+    local port=$1 pid=$2 secs=${3:-15} i
+    for i in $(seq 1 $((secs * 10))); do
+        assert_alive "$pid"
+        if [ -n "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]; then return 0; fi
+        sleep 0.1
+    done
+    tail_log "${PNAME[$pid]}"
+    die "${PNAME[$pid]} never listened on port $port within ${secs}s"
+}
+
+wait_ready() { # admin_port pid [seconds]
+    local port=$1 pid=$2 secs=${3:-30} i code
+    for i in $(seq 1 $((secs * 5))); do
+        assert_alive "$pid"
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready" || true)
+        if [ "$code" = 200 ]; then return 0; fi
+        sleep 0.2
+    done
+    echo "last /ready answer: $(curl -s "http://127.0.0.1:$port/ready" || true)" >&2
+    tail_log "${PNAME[$pid]}"
+    die "${PNAME[$pid]} never became ready (GET 127.0.0.1:$port/ready) within ${secs}s"
+}
+
+smoke() { # path port
+    local path=$1 port=$2 got
+    got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 -H 'Host: server' "http://127.0.0.1:$port/" || true)
+    if [ "$got" != "200 $SIZE" ]; then
+        echo "curl -H 'Host: server' http://127.0.0.1:$port/ answered: '${got}', body: $(curl -s --max-time 5 -H 'Host: server' "http://127.0.0.1:$port/" | head -c 300)" >&2
+        local pid
+        for pid in "${PIDS[@]}"; do tail_log "${PNAME[$pid]}"; done
+        die "smoke request through the $path path did not return 200 with $SIZE bytes"
+    fi
+    log "smoke request through $path: 200, $SIZE bytes"
+}
+
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+vmhwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# ---------------------------------------------------------------------------------------
+# one measured phase
+
+# measure PATH MODE PORT role=pid...
+measure() {
+    local path=$1 mode=$2 port=$3
+    shift 3
+    local rate=$RATE
+    [ "$mode" = max ] && rate=0
+    local spec role pid
+    for spec in "$@"; do assert_alive "${spec#*=}"; done
+
+    log "$path / $mode: ${WARMUP}s warm-up"
+    "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate "$rate" \
+        --duration "${WARMUP}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
+        --progress 0s --label "$path-$mode-warmup" --out "$OUT/$path-$mode-warmup.json" 2>>"$LOGS/loadgen.log" \
+        || die "load generator failed during warm-up of $path/$mode (see $LOGS/loadgen.log)"
+
+    declare -A before=()
+    for spec in "$@"; do
+        role=${spec%%=*} pid=${spec#*=}
+        before[$role]=$(cpu_ticks "$pid")
+    done
+    local l_before
+    l_before=$(load1)
+    log "$path / $mode: measuring ${DURATION}s ($([ "$rate" = 0 ] && echo "closed loop, max rate" || echo "open loop, $rate req/s"), $CONNS connections)"
+    "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate "$rate" \
+        --duration "${DURATION}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
+        --progress 5s --label "$path-$mode" --out "$OUT/$path-$mode.json" \
+        || die "load generator failed on $path/$mode"
+    local l_after
+    l_after=$(load1)
+    for spec in "$@"; do
+        role=${spec%%=*} pid=${spec#*=}
+        assert_alive "$pid"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$path" "$mode" "$role" "$pid" \
+            "$(( $(cpu_ticks "$pid") - ${before[$role]} ))" "$(vmhwm_kb "$pid")" "$l_before" "$l_after" >>"$PROCS"
+    done
+    if [ $# -eq 0 ]; then
+        printf '%s\t%s\t-\t-\t0\t0\t%s\t%s\n' "$path" "$mode" "$l_before" "$l_after" >>"$PROCS"
+    fi
+    local errs
+    errs=$(jq -r .errors "$OUT/$path-$mode.json")
+    if [ "$errs" != 0 ]; then
+        log "WARNING: $errs errors on $path/$mode; first: $(jq -r .first_error "$OUT/$path-$mode.json")"
+    fi
+}
+
+wrk_check() { # path port
+    [ "$WRK_SECS" = 0 ] && return 0
+    log "$1: wrk cross-check, ${WRK_SECS}s max rate"
+    wrk -t1 -c"$CONNS" -d"${WRK_SECS}s" -H 'Host: server' "http://127.0.0.1:$2/" >"$OUT/$1-wrk.txt" 2>&1 || true
+    log "$1: wrk says $(grep -E 'Requests/sec' "$OUT/$1-wrk.txt" || echo 'nothing (see out file)')"
+}
+
+run_modes() { # path port role=pid...
+    local path=$1 port=$2 mode
+    shift 2
+    smoke "$path" "$port"
+    for mode in $MODES; do
+        measure "$path" "$mode" "$port" "$@"
+    done
+    wrk_check "$path" "$port"
+}
+
+# ---------------------------------------------------------------------------------------
+# setup
+
+log "output: $OUT"
+if [ "${BENCH_SKIP_INSTALL:-0}" != 1 ]; then
+    missing=()
+    for tool in haproxy wrk openssl jq curl; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]} (apt-get)"
+        apt-get update -qq >"$LOGS/apt.log" 2>&1 || { tail -20 "$LOGS/apt.log"; die "apt-get update failed"; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >>"$LOGS/apt.log" 2>&1 \
+            || { tail -20 "$LOGS/apt.log"; die "apt-get install ${missing[*]} failed"; }
+    fi
+fi
+for tool in haproxy wrk openssl jq curl python3 ss; do
+    command -v "$tool" >/dev/null || die "$tool is required but not installed"
+done
+
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    log "building release binaries (cargo build --release -p vigil -p vigil-proxy -p vigil-loadgen)"
+    (cd "$ROOT" && cargo build --release -p vigil -p vigil-proxy -p vigil-loadgen) \
+        || die "cargo build failed"
+fi
+for b in vigil vigil-proxy vigil-loadgen; do
+    [ -x "$BIN/$b" ] || die "$BIN/$b is missing (build it, or unset BENCH_SKIP_BUILD)"
+done
+
+port_free_or_die $P_UPSTREAM $P_CP_DISCOVERY $P_CP_IDENTITY $P_CP_DASHBOARD \
+    $P_C_ADMIN $P_C_OUT $P_C_IN $P_C_METRICS $P_S_ADMIN $P_S_OUT $P_S_IN $P_S_METRICS \
+    $P_HA_FRONT $P_HA_BACK
+
+# Context for RESULTS.md.
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+    echo "kernel=$(uname -r)"
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then rev="$rev (with uncommitted changes)"; fi
+    echo "vigil=$rev"
+    echo "haproxy=$(haproxy -v 2>&1 | head -1)"
+    echo "openssl=$(openssl version)"
+    echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "duration=$DURATION"
+    echo "warmup=$WARMUP"
+    echo "rate=$RATE"
+    echo "connections=$CONNS"
+    echo "size=$SIZE"
+    echo "loadgen_threads=$LOADGEN_THREADS"
+    echo "upstream_threads=$UPSTREAM_THREADS"
+    echo "haproxy_alpn=$HAPROXY_ALPN"
+    echo "load1_start=$(load1)"
+} >"$OUT/env.txt"
+
+log "starting the upstream (${SIZE}-byte responses) on 127.0.0.1:$P_UPSTREAM"
+start_bg upstream "$BIN/vigil-loadgen" upstream --listen "127.0.0.1:$P_UPSTREAM" --size "$SIZE" --threads "$UPSTREAM_THREADS"
+UPSTREAM_PID=$STARTED_PID
+wait_port $P_UPSTREAM "$UPSTREAM_PID"
+
+# ---------------------------------------------------------------------------------------
+# paths
+
+run_direct() {
+    log "=== path: direct (loadgen → upstream)"
+    run_modes direct $P_UPSTREAM
+}
+
+run_vigil() {
+    log "=== path: vigil (loadgen → client proxy → mTLS/h2 → server proxy → upstream)"
+    local dir="$OUT/vigil"
+    mkdir -p "$dir/data"
+    cat >"$dir/mesh.yaml" <<EOF
+trust_domain: vigil.local
+certificate_lifetime: 24h
+control_plane: { identity: "127.0.0.1:$P_CP_IDENTITY", discovery: "127.0.0.1:$P_CP_DISCOVERY", dashboard: "127.0.0.1:$P_CP_DASHBOARD" }
+workloads:
+  - name: client
+    namespace: bench
+    join_token: "client-join-token-0123456789"
+    app_port: 28081
+    proxy: { inbound: "127.0.0.1:$P_C_IN", outbound: "127.0.0.1:$P_C_OUT", admin: "127.0.0.1:$P_C_ADMIN", metrics: "127.0.0.1:$P_C_METRICS" }
+  - name: server
+    namespace: bench
+    join_token: "server-join-token-0123456789"
+    app_port: $P_UPSTREAM
+    proxy: { inbound: "127.0.0.1:$P_S_IN", outbound: "127.0.0.1:$P_S_OUT", admin: "127.0.0.1:$P_S_ADMIN", metrics: "127.0.0.1:$P_S_METRICS" }
+services:
+  - name: server
+    namespace: bench
+    endpoints: [server]
+EOF
+    start_bg control-plane "$BIN/vigil" control-plane --mesh "$dir/mesh.yaml" --data-dir "$dir/data" --reload-interval 1s
+    local cp=$STARTED_PID i
+    for i in $(seq 1 150); do
+        assert_alive "$cp"
+        [ -s "$dir/data/trust-bundle.pem" ] && [ -n "$(ss -Hltn "sport = :$P_CP_DISCOVERY")" ] && break
+        sleep 0.1
+    done
+    [ -s "$dir/data/trust-bundle.pem" ] || { tail_log control-plane; die "control plane wrote no trust bundle within 15s"; }
+    wait_port $P_CP_IDENTITY "$cp"
+
+    local common=(--trust-domain vigil.local --trust-bundle "$dir/data/trust-bundle.pem"
+        --identity-addr "127.0.0.1:$P_CP_IDENTITY" --discovery-addr "127.0.0.1:$P_CP_DISCOVERY")
+    start_bg vigil-server-proxy "$BIN/vigil-proxy" "${common[@]}" --token server-join-token-0123456789 \
+        --inbound "127.0.0.1:$P_S_IN" --outbound "127.0.0.1:$P_S_OUT" --admin "127.0.0.1:$P_S_ADMIN" \
+        --decision-log "$LOGS/vigil-server-decisions.log"
+    local sp=$STARTED_PID
+    start_bg vigil-client-proxy "$BIN/vigil-proxy" "${common[@]}" --token client-join-token-0123456789 \
+        --inbound "127.0.0.1:$P_C_IN" --outbound "127.0.0.1:$P_C_OUT" --admin "127.0.0.1:$P_C_ADMIN" \
+        --decision-log "$LOGS/vigil-client-decisions.log"
+    local clp=$STARTED_PID
+    wait_ready $P_S_ADMIN "$sp"
+    wait_ready $P_C_ADMIN "$clp"
+    log "both Vigil proxies ready"
+    run_modes vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp" "control-plane=$cp"
+    curl -s "http://127.0.0.1:$P_C_ADMIN/stats" >"$OUT/vigil-client-stats.txt" 2>/dev/null || true
+    curl -s "http://127.0.0.1:$P_S_ADMIN/stats" >"$OUT/vigil-server-stats.txt" 2>/dev/null || true
+    stop_pid "$clp"
+    stop_pid "$sp"
+    stop_pid "$cp"
+}
+
+run_haproxy() {
+    log "=== path: haproxy (loadgen → front haproxy → mTLS/$HAPROXY_ALPN → back haproxy → upstream)"
+    local dir="$OUT/haproxy"
+    mkdir -p "$dir"
+    log "generating an ECDSA P-256 CA and certificates with openssl"
+    (
+        set -e
+        cd "$dir"
+        openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+        openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=bench-ca" -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        for who in server client; do
+            openssl ecparam -name prime256v1 -genkey -noout -out "$who.key"
+            openssl req -new -key "$who.key" -subj "/CN=$who.bench" -out "$who.csr"
+            if [ "$who" = server ]; then eku=serverAuth; else eku=clientAuth; fi
+            printf 'subjectAltName=DNS:%s.bench,URI:spiffe://vigil.local/ns/bench/sa/%s\nextendedKeyUsage=%s\nkeyUsage=critical,digitalSignature\n' \
+                "$who" "$who" "$eku" >"$who.ext"
+            openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+                -extfile "$who.ext" -out "$who.crt"
+            cat "$who.crt" "$who.key" >"$who.pem"
+        done
+    ) >"$LOGS/openssl.log" 2>&1 || { tail -20 "$LOGS/openssl.log"; die "certificate generation failed"; }
+
+    local alpn_server="" alpn_bind=""
+    if [ "$HAPROXY_ALPN" = h2 ]; then
+        alpn_server="alpn h2"
+        alpn_bind="alpn h2,http/1.1"
+    fi
+    cat >"$dir/back.cfg" <<EOF
+global
+    maxconn 10000
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 3s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend mtls_in
+    bind 127.0.0.1:$P_HA_BACK ssl crt $dir/server.pem ca-file $dir/ca.pem verify required ssl-min-ver TLSv1.3 $alpn_bind
+    default_backend app
+backend app
+    http-reuse always
+    server upstream 127.0.0.1:$P_UPSTREAM
+EOF
+    cat >"$dir/front.cfg" <<EOF
+global
+    maxconn 10000
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 3s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend plain_in
+    bind 127.0.0.1:$P_HA_FRONT
+    default_backend mtls_out
+backend mtls_out
+    http-reuse always
+    server back 127.0.0.1:$P_HA_BACK ssl verify required ca-file $dir/ca.pem crt $dir/client.pem sni str(server.bench) verifyhost server.bench ssl-min-ver TLSv1.3 $alpn_server
+EOF
+    local cfg
+    for cfg in back front; do
+        haproxy -c -f "$dir/$cfg.cfg" >"$LOGS/haproxy-$cfg-check.log" 2>&1 \
+            || { cat "$LOGS/haproxy-$cfg-check.log" >&2; die "haproxy rejected $dir/$cfg.cfg"; }
+    done
+    # -db: foreground, no master-worker, so the pid we hold is the process doing the work.
+    start_bg haproxy-back haproxy -db -f "$dir/back.cfg"
+    local bp=$STARTED_PID
+    start_bg haproxy-front haproxy -db -f "$dir/front.cfg"
+    local fp=$STARTED_PID
+    wait_port $P_HA_BACK "$bp"
+    wait_port $P_HA_FRONT "$fp"
+    log "HAProxy threads: front $(awk '/^Threads:/ {print $2}' /proc/$fp/status), back $(awk '/^Threads:/ {print $2}' /proc/$bp/status)"
+    run_modes haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
+    stop_pid "$fp"
+    stop_pid "$bp"
+}
+
+for path in $PATHS; do
+    case "$path" in
+        direct) run_direct ;;
+        vigil) run_vigil ;;
+        haproxy) run_haproxy ;;
+        *) die "unknown path '$path' in BENCH_PATHS (use direct, vigil, haproxy)" ;;
+    esac
+done
+
+log "writing bench/RESULTS.md"
+python3 "$BENCH/report.py" "$OUT" "$BENCH/RESULTS.md" || die "report generation failed"
+log "done in $(( $(date +%s) - T0 ))s; raw data in $OUT"

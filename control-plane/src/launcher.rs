@@ -1,0 +1,220 @@
+//! `vigil up`: runs a whole local mesh from one mesh file on one machine — the control
+//! plane in this process, a `vigil-proxy` per workload and each workload's `command` —
+//! and stops every one of them on Ctrl-C or after `--duration`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::control_plane::{self, ControlPlaneOptions};
+use crate::mesh::{MeshFile, WorkloadEntry};
+
+/// How `vigil up` runs.
+pub struct LaunchOptions {
+    pub mesh_file: PathBuf,
+    pub data_dir: PathBuf,
+    /// Stop after this long; run until Ctrl-C when absent.
+    pub duration: Option<Duration>,
+}
+
+/// Starts everything, waits, stops everything.
+pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
+    let mesh = MeshFile::load(&opts.mesh_file)?;
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .context("locating the directory of the vigil binary")?;
+    let proxy_bin = bin_dir.join("vigil-proxy");
+    if !proxy_bin.exists() {
+        bail!(
+            "{} not found next to vigil; build it with `cargo build --release --bins`",
+            proxy_bin.display()
+        );
+    }
+    let total = 1 + mesh.workloads.len() * 2;
+    let mut step = 0;
+    let mut progress = |what: String| {
+        step += 1;
+        eprintln!("[{step}/{total}] {what}");
+    };
+
+    let cp_opts = ControlPlaneOptions {
+        mesh_file: opts.mesh_file.clone(),
+        data_dir: opts.data_dir.clone(),
+        ca_cert: None,
+        ca_key: None,
+        ca_chain: None,
+        reload_interval: Duration::from_secs(1),
+    };
+    let bundle = control_plane::trust_bundle_path(&opts.data_dir);
+    let _ = std::fs::remove_file(&bundle);
+    let control_plane = tokio::spawn(control_plane::run(cp_opts));
+    wait_for(|| bundle.exists(), Duration::from_secs(20))
+        .await
+        .context("the control plane did not start")?;
+    progress(format!(
+        "control plane up: identity {}, discovery {}",
+        mesh.control_plane.identity, mesh.control_plane.discovery
+    ));
+
+    let mut children: Vec<(String, Child)> = Vec::new();
+    let result = async {
+        for w in &mesh.workloads {
+            let child = spawn_proxy(&proxy_bin, &mesh, w, &bundle, &opts.data_dir)?;
+            children.push((format!("proxy/{}", w.name), child));
+            wait_ready(w).await?;
+            progress(format!(
+                "proxy for {} ready: inbound {}, outbound {}, admin http://{}",
+                w.name, w.proxy.inbound, w.proxy.outbound, w.proxy.admin
+            ));
+        }
+        for w in &mesh.workloads {
+            if w.command.is_empty() {
+                progress(format!("{}: no command in the mesh file; start it yourself", w.name));
+                continue;
+            }
+            children.push((w.name.clone(), spawn_app(&bin_dir, w)?));
+            progress(format!("{} started: {}", w.name, w.command.join(" ")));
+        }
+        eprintln!("mesh running; press Ctrl-C to stop");
+        let stop = async {
+            match opts.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop => {},
+            r = control_plane_exit(&control_plane) => return r,
+        }
+        Ok(())
+    }
+    .await;
+
+    eprintln!("stopping {} processes", children.len());
+    for (name, mut child) in children {
+        if let Err(e) = child.kill().await {
+            eprintln!("could not stop {name}: {e}");
+        }
+    }
+    control_plane.abort();
+    result
+}
+
+async fn control_plane_exit(
+    handle: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    while !handle.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the control plane stopped; see the messages above")
+}
+
+fn spawn_proxy(
+    bin: &Path,
+    mesh: &MeshFile,
+    w: &WorkloadEntry,
+    bundle: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--trust-domain")
+        .arg(&mesh.trust_domain)
+        .arg("--trust-bundle")
+        .arg(bundle)
+        .arg("--identity-addr")
+        .arg(mesh.control_plane.identity.to_string())
+        .arg("--discovery-addr")
+        .arg(mesh.control_plane.discovery.to_string())
+        .arg("--inbound")
+        .arg(w.proxy.inbound.to_string())
+        .arg("--outbound")
+        .arg(w.proxy.outbound.to_string())
+        .arg("--admin")
+        .arg(w.proxy.admin.to_string())
+        .arg("--decision-log")
+        .arg(data_dir.join(format!("{}-decisions.log", w.name)))
+        .env("VIGIL_TOKEN", &w.join_token)
+        .env("VIGIL_LOG", std::env::var("VIGIL_LOG").unwrap_or_else(|_| "warn".into()));
+    for (addr, service) in &w.proxy.upstreams {
+        cmd.arg("--upstream").arg(format!("{addr}={service}"));
+    }
+    spawn_prefixed(cmd, format!("proxy/{}", w.name))
+}
+
+fn spawn_app(bin_dir: &Path, w: &WorkloadEntry) -> anyhow::Result<Child> {
+    let program = &w.command[0];
+    // A bare name that is one of Vigil's own binaries runs from beside `vigil`.
+    let local = bin_dir.join(program);
+    let mut cmd = if !program.contains('/') && local.exists() {
+        Command::new(local)
+    } else {
+        Command::new(program)
+    };
+    cmd.args(&w.command[1..]);
+    spawn_prefixed(cmd, w.name.clone())
+}
+
+/// Starts a child whose output lines are printed with its name in front.
+fn spawn_prefixed(mut cmd: Command, name: String) -> anyhow::Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name}: {cmd:?}"))?;
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{name:>16} | {line}");
+            }
+        });
+    }
+    Ok(child)
+}
+
+async fn wait_ready(w: &WorkloadEntry) -> anyhow::Result<()> {
+    let admin = w.proxy.admin;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(status) = crate::admin_client::get_status(admin, "/ready").await {
+            if status == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the proxy for {} did not become ready within 30 s; its messages are above (is port {} free?)",
+                w.name,
+                w.proxy.inbound
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for(mut check: impl FnMut() -> bool, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

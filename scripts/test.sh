@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every Vigil test on a fresh Debian 12 machine: installs the system packages the
+# tests need when they are missing, then runs the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg_cmd in "iproute2:ip" "iptables:iptables"; do
+  pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing Debian packages the tests need: ${need[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing ${need[*]} and not root; install them with apt-get and rerun" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "==> cargo test --workspace" >&2
+cargo test --workspace "$@"
