@@ -1,7 +1,10 @@
 //! Compiles the protos with protox (pure Rust), so building Vigil needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/vigil/v1/identity.proto", "proto/vigil/v1/discovery.proto"];
+    let protos = [
+        "proto/vigil/v1/identity.proto",
+        "proto/vigil/v1/discovery.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

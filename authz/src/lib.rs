@@ -32,6 +32,21 @@
 //! };
 //! assert!(bundle.evaluate(&input).allowed());
 //! ```
+//!
+//! # Evaluation
+//!
+//! [`PolicyBundle::compile`] parses and analyzes the modules and compiles the decision rule to
+//! regorus's register VM (RVM) bytecode, once per bundle. Each thread keeps its own VM per
+//! bundle (created on first use), so evaluation takes no lock; the input document is built
+//! directly as a regorus [`Value`]. Policies the RVM compiler refuses (e.g. `with` outside
+//! tests) run on regorus's tree interpreter instead ([`Backend::Interpreter`]), which is also
+//! what the test runner and `explain` use.
+//!
+//! regorus 0.14's RVM differs from OPA in two corner cases: an `else` is not taken when a body
+//! fails on an assignment from an undefined value (only when a condition fails), and an array
+//! literal holding an undefined value is defined. The shipped policies avoid both and the tests
+//! cross-check the VM against the interpreter; [`BackendPreference::Interpreter`] forces the
+//! interpreter for a policy that trips on them.
 #![forbid(unsafe_code)]
 
 mod bundle;

@@ -20,17 +20,27 @@ pub(crate) enum TestFiles {
 /// Reads policy and data files under `dir`, recursively, in sorted path order.
 pub(crate) fn read_dir(dir: &Path, tests: TestFiles) -> Result<Vec<PolicyFile>, BundleError> {
     let mut files = Vec::new();
-    walk(dir, dir, tests, &mut files)?;
+    walk(dir, dir, tests, 0, &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
+
+/// Deeper than any real bundle; stops a symlink loop from recursing forever.
+const MAX_DEPTH: usize = 32;
 
 fn walk(
     root: &Path,
     dir: &Path,
     tests: TestFiles,
+    depth: usize,
     out: &mut Vec<PolicyFile>,
 ) -> Result<(), BundleError> {
+    if depth > MAX_DEPTH {
+        return Err(BundleError::io(
+            dir,
+            std::io::Error::other("directory nesting too deep (symlink loop?)"),
+        ));
+    }
     let entries = fs::read_dir(dir).map_err(|e| BundleError::io(dir, e))?;
     let mut paths = Vec::new();
     for entry in entries {
@@ -43,13 +53,14 @@ fn walk(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // Hidden entries (.git, .manifest, editor swap files) are never part of a bundle.
+        // Hidden entries (.git, .manifest, editor swap files, and the ..data directories of
+        // Kubernetes ConfigMap mounts, whose files are also linked from the top) are skipped.
         if name.starts_with('.') {
             continue;
         }
         let file_type = fs::metadata(&path).map_err(|e| BundleError::io(&path, e))?;
         if file_type.is_dir() {
-            walk(root, &path, tests, out)?;
+            walk(root, &path, tests, depth + 1, out)?;
             continue;
         }
         let kind = FileKind::of(&name);
@@ -103,13 +114,24 @@ impl FileKind {
     }
 }
 
-/// Loads every module and data file into a fresh engine, collecting all parse problems.
+/// Loads every module and data file (sorted by path) into a fresh engine, collecting all
+/// parse problems.
 pub(crate) fn load_engine(files: &[PolicyFile]) -> Result<Engine, BundleError> {
     let mut engine = Engine::new();
     // Builtins that fail (bad regex, bad base64) make the expression undefined, as in OPA,
     // instead of aborting the whole evaluation.
     engine.set_strict_builtin_errors(false);
     let mut problems = Vec::new();
+    for pair in files.windows(2) {
+        if pair[0].path == pair[1].path {
+            problems.push(CompileProblem {
+                file: pair[1].path.clone(),
+                line: 0,
+                column: 0,
+                message: "duplicate file path in bundle".into(),
+            });
+        }
+    }
     for file in files {
         match FileKind::of(&file.path) {
             FileKind::Rego | FileKind::RegoTest => {

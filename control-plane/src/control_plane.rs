@@ -65,7 +65,8 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
         ..TlsOptions::default()
     };
 
-    let policy = policy_source::load(mesh.policy.as_ref()).map_err(anyhow::Error::msg)?;
+    let policy =
+        policy_source::load(mesh.policy.as_ref(), &trust_domain).map_err(anyhow::Error::msg)?;
     tracing::info!(version = %policy.wire.version, "policy bundle loaded");
     let state = MeshState {
         model: mesh.model()?,
@@ -86,10 +87,9 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     let discovery_listener = bind(addresses.discovery, "discovery").await?;
 
     let identity = tonic::transport::Server::builder()
-        .add_service(vigil_api::identity::IdentityServer::new(IdentityService::new(
-            ca.clone(),
-            mesh.clone(),
-        )))
+        .add_service(vigil_api::identity::IdentityServer::new(
+            IdentityService::new(ca.clone(), mesh.clone()),
+        ))
         .serve_with_incoming(tls_listener::incoming(
             identity_listener,
             vigil_identity::server_config(own_svid.clone(), &tls),
@@ -132,8 +132,10 @@ fn load_ca(opts: &ControlPlaneOptions, trust_domain: &str) -> anyhow::Result<Cer
             }
             Ok(ca)
         }
-        (None, None) => CertificateAuthority::load_or_generate(&opts.data_dir.join("ca"), trust_domain)
-            .context("loading or creating the CA under the data directory"),
+        (None, None) => {
+            CertificateAuthority::load_or_generate(&opts.data_dir.join("ca"), trust_domain)
+                .context("loading or creating the CA under the data directory")
+        }
         _ => anyhow::bail!("--ca-cert and --ca-key go together; pass both or neither"),
     }
 }
@@ -157,7 +159,9 @@ async fn renew_own(ca: Arc<CertificateAuthority>, id: SpiffeId, store: Arc<SvidS
         tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
         match issue_own(&ca, &id) {
             Ok(key) => store.set(key),
-            Err(e) => tracing::error!(error = %e, "renewing the control plane certificate failed; retrying in 12 h"),
+            Err(e) => {
+                tracing::error!(error = %e, "renewing the control plane certificate failed; retrying in 12 h")
+            }
         }
     }
 }
@@ -187,7 +191,7 @@ async fn watch_sources(
             }
         };
         let current = state.borrow().clone();
-        let policy = match policy_source::load(new_mesh.policy.as_ref()) {
+        let policy = match policy_source::load(new_mesh.policy.as_ref(), &new_mesh.trust_domain) {
             Ok(p) => Some(p.wire),
             Err(e) => {
                 report(&mut last_error, e);
@@ -196,7 +200,10 @@ async fn watch_sources(
         };
         if model != current.model || policy != current.policy {
             if policy != current.policy {
-                let version = policy.as_ref().map(|p| p.version.as_str()).unwrap_or("none");
+                let version = policy
+                    .as_ref()
+                    .map(|p| p.version.as_str())
+                    .unwrap_or("none");
                 tracing::info!(%version, "policy bundle changed; pushing to proxies");
             }
             if model != current.model {

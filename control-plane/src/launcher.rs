@@ -74,7 +74,10 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         }
         for w in &mesh.workloads {
             if w.command.is_empty() {
-                progress(format!("{}: no command in the mesh file; start it yourself", w.name));
+                progress(format!(
+                    "{}: no command in the mesh file; start it yourself",
+                    w.name
+                ));
                 continue;
             }
             children.push((w.name.clone(), spawn_app(&bin_dir, w)?));
@@ -141,7 +144,10 @@ fn spawn_proxy(
         .arg("--decision-log")
         .arg(data_dir.join(format!("{}-decisions.log", w.name)))
         .env("VIGIL_TOKEN", &w.join_token)
-        .env("VIGIL_LOG", std::env::var("VIGIL_LOG").unwrap_or_else(|_| "warn".into()));
+        .env(
+            "VIGIL_LOG",
+            std::env::var("VIGIL_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     for (addr, service) in &w.proxy.upstreams {
         cmd.arg("--upstream").arg(format!("{addr}={service}"));
     }
@@ -171,8 +177,14 @@ fn spawn_prefixed(mut cmd: Command, name: String) -> anyhow::Result<Child> {
         .spawn()
         .with_context(|| format!("starting {name}: {cmd:?}"))?;
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
     ]
     .into_iter()
     .flatten()

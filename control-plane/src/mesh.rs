@@ -401,10 +401,15 @@ services:
     fn rejects_inconsistent_meshes_with_a_reason() {
         let dup = MESH.replace("server-token-0123456789", "client-token-0123456789");
         let err = MeshFile::parse(&dup).expect_err("shared token").to_string();
-        assert!(err.contains("reuses another workload's join token"), "{err}");
+        assert!(
+            err.contains("reuses another workload's join token"),
+            "{err}"
+        );
 
         let unknown = MESH.replace("endpoints: [server]", "endpoints: [nope]");
-        let err = MeshFile::parse(&unknown).expect_err("unknown endpoint").to_string();
+        let err = MeshFile::parse(&unknown)
+            .expect_err("unknown endpoint")
+            .to_string();
         assert!(err.contains("not a declared workload"), "{err}");
 
         let typo = MESH.replace("app_port: 8081", "app_prot: 8081");

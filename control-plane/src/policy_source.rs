@@ -7,13 +7,19 @@ use vigil_authz::{PolicyBundle, PolicyFile, PolicyOptions};
 
 use crate::mesh::PolicySettings;
 
-/// The shipped default policy, used when the mesh names none: mesh identities allowed,
-/// health checks and metrics scraping allowed, everything else denied.
-pub fn default_policy_files() -> Vec<PolicyFile> {
-    vec![PolicyFile {
-        path: "default/policy.rego".into(),
-        contents: include_str!("../../policies/default/policy.rego").into(),
-    }]
+/// The shipped default policy, used when the mesh names none: identities of this mesh's
+/// trust domain allowed, health checks and metrics scraping allowed, everything else denied.
+pub fn default_policy_files(trust_domain: &str) -> Vec<PolicyFile> {
+    vec![
+        PolicyFile {
+            path: "policy.rego".into(),
+            contents: include_str!("../../policies/default/policy.rego").into(),
+        },
+        PolicyFile {
+            path: "data.json".into(),
+            contents: serde_json::json!({ "vigil": { "trust_domain": trust_domain } }).to_string(),
+        },
+    ]
 }
 
 /// A compiled bundle and its wire form.
@@ -23,7 +29,7 @@ pub struct LoadedPolicy {
 }
 
 /// Reads and compiles the configured bundle (or the default one).
-pub fn load(settings: Option<&PolicySettings>) -> Result<LoadedPolicy, String> {
+pub fn load(settings: Option<&PolicySettings>, trust_domain: &str) -> Result<LoadedPolicy, String> {
     let (files, options) = match settings {
         Some(s) => (
             read(&s.dir)?,
@@ -33,7 +39,7 @@ pub fn load(settings: Option<&PolicySettings>) -> Result<LoadedPolicy, String> {
                 log_allows: s.log_allows,
             },
         ),
-        None => (default_policy_files(), PolicyOptions::default()),
+        None => (default_policy_files(trust_domain), PolicyOptions::default()),
     };
     let bundle = PolicyBundle::compile(files.clone(), options.clone()).map_err(|e| {
         format!("policy bundle refused: {e} (fix the file; the last good bundle stays in force)")

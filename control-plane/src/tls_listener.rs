@@ -109,18 +109,19 @@ pub fn incoming(
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::info!(listener = name, peer = %address, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(listener = name, peer = %address, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::info!(listener = name, peer = %address, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(listener = name, peer = %address, "TLS handshake timed out");
+                        return;
+                    }
+                };
                 let spiffe_id = stream
                     .get_ref()
                     .1

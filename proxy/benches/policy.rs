@@ -82,11 +82,17 @@ fn headers() -> HeaderMap {
     for (name, value) in [
         ("accept", "application/json"),
         ("accept-encoding", "gzip, deflate, br"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+        ),
         ("x-request-id", "7f9c2ba4-e88f-4a2b-9c0e-3b1f2d4a5e6f"),
         ("x-forwarded-for", "203.0.113.7"),
         ("x-forwarded-proto", "https"),
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
         ("content-type", "application/json"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
@@ -128,7 +134,12 @@ fn latency_percentiles() {
         let bundle = bundle(case);
         let input = input(case, &headers);
         let decision = bundle.evaluate(&input);
-        assert_eq!(decision.allowed(), case.allowed, "{}: {decision:?}", case.policy);
+        assert_eq!(
+            decision.allowed(),
+            case.allowed,
+            "{}: {decision:?}",
+            case.policy
+        );
         for _ in 0..WARMUP {
             black_box(bundle.evaluate(black_box(&input)));
         }

@@ -40,7 +40,9 @@ impl Discovery {
         loop {
             match self.watch_once(&config, &identity, &authz).await {
                 Ok(()) => tracing::warn!("discovery stream ended; reconnecting"),
-                Err(e) => tracing::warn!(error = %e, "discovery unavailable; serving with the last snapshot"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovery unavailable; serving with the last snapshot")
+                }
             }
             self.connected.store(false, Ordering::Relaxed);
             let delay = if self.mesh.load().is_some() {

@@ -7,7 +7,11 @@ use http::header::{HeaderMap, HeaderName, CONNECTION};
 pub const PEER_IDENTITY: &str = "x-vigil-peer-identity";
 
 /// Headers that claim a caller's identity; whatever arrives in them is discarded.
-const IDENTITY_HEADERS: [&str; 3] = [PEER_IDENTITY, "x-forwarded-client-cert", "x-client-spiffe-id"];
+const IDENTITY_HEADERS: [&str; 3] = [
+    PEER_IDENTITY,
+    "x-forwarded-client-cert",
+    "x-client-spiffe-id",
+];
 
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
@@ -63,7 +67,10 @@ mod tests {
     #[test]
     fn strips_claimed_identities() {
         let mut h = HeaderMap::new();
-        h.insert(PEER_IDENTITY, HeaderValue::from_static("spiffe://evil/ns/a/sa/b"));
+        h.insert(
+            PEER_IDENTITY,
+            HeaderValue::from_static("spiffe://evil/ns/a/sa/b"),
+        );
         h.insert("X-Forwarded-Client-Cert", HeaderValue::from_static("By=x"));
         strip_identity(&mut h);
         assert!(h.is_empty());

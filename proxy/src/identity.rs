@@ -159,7 +159,10 @@ impl WorkloadIdentity {
                 .map(rustls_pki_types::CertificateDer::from)
                 .collect(),
         )?;
-        let chain_pem = chain.iter().map(|c| pem("CERTIFICATE", c.as_ref())).collect();
+        let chain_pem = chain
+            .iter()
+            .map(|c| pem("CERTIFICATE", c.as_ref()))
+            .collect();
         let certified = self.key.certified(chain)?;
         self.trust.set(bundle)?;
         self.svid.set(certified);
@@ -240,7 +243,10 @@ mod tests {
     fn renewal_happens_around_half_life() {
         for _ in 0..100 {
             let d = renewal_delay(Duration::from_secs(100));
-            assert!(d >= Duration::from_secs(40) && d <= Duration::from_secs(60), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(40) && d <= Duration::from_secs(60),
+                "{d:?}"
+            );
         }
     }
 

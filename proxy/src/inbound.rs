@@ -56,7 +56,8 @@ async fn connection(
         Ok(a) => a,
         Err(_) => return,
     };
-    let handshake = tokio::time::timeout(proxy.config.handshake_timeout, acceptor.accept(tcp)).await;
+    let handshake =
+        tokio::time::timeout(proxy.config.handshake_timeout, acceptor.accept(tcp)).await;
     let stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -107,7 +108,11 @@ async fn connection(
     }
 }
 
-async fn request(proxy: Arc<Proxy>, conn: Arc<Connection>, req: Request<Incoming>) -> Response<Body> {
+async fn request(
+    proxy: Arc<Proxy>,
+    conn: Arc<Connection>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     proxy.stats.inbound_request();
     let result = if req.method() == Method::CONNECT {
         tunnel(&proxy, &conn, req).await
@@ -125,7 +130,11 @@ async fn http(
     conn: &Connection,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+    let mesh = proxy
+        .discovery
+        .mesh
+        .load_full()
+        .ok_or(ProxyError::NotReady)?;
     strip_identity(req.headers_mut());
     let host = req
         .uri()
@@ -234,8 +243,16 @@ async fn tunnel(
     conn: &Connection,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
-    let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+    let mesh = proxy
+        .discovery
+        .mesh
+        .load_full()
+        .ok_or(ProxyError::NotReady)?;
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let port = req
         .uri()
         .authority()
@@ -253,15 +270,21 @@ async fn tunnel(
     });
     match decision {
         Decision::Allow { .. } => {}
-        Decision::Deny { status, body, headers, .. } => return Ok(denied(status, body, headers)),
+        Decision::Deny {
+            status,
+            body,
+            headers,
+            ..
+        } => return Ok(denied(status, body, headers)),
         Decision::Error { reason } => return Err(ProxyError::PolicyError(reason)),
     }
-    let mut app = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| ProxyError::AppUnreachable {
-            port,
-            reason: e.to_string(),
-        })?;
+    let mut app =
+        TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| ProxyError::AppUnreachable {
+                port,
+                reason: e.to_string(),
+            })?;
     let _ = app.set_nodelay(true);
     let upgrade = hyper::upgrade::on(&mut req);
     let peer_address = conn.peer_address;
@@ -273,7 +296,9 @@ async fn tunnel(
                     tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel ended");
                 }
             }
-            Err(e) => tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel upgrade failed"),
+            Err(e) => {
+                tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel upgrade failed")
+            }
         }
     });
     Ok(Response::new(body::empty()))

@@ -34,8 +34,8 @@ pub mod stats;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
@@ -78,7 +78,10 @@ impl Proxy {
 
 /// Binds every listener, obtains the workload certificate, starts discovery and runs
 /// until the process stops. Decision-log lines go to `decision_log`.
-pub async fn run(config: ProxyConfig, decision_log: Box<dyn std::io::Write + Send>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ProxyConfig,
+    decision_log: Box<dyn std::io::Write + Send>,
+) -> anyhow::Result<()> {
     let identity = WorkloadIdentity::new(config.clone())?;
     let discovery = Discovery::new();
     let authz = Authorizer::new(decision_log);
@@ -89,7 +92,11 @@ pub async fn run(config: ProxyConfig, decision_log: Box<dyn std::io::Write + Sen
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build(connector);
     let proxy = Arc::new(Proxy {
-        pool: PeerPool::new(identity.svid.clone(), identity.trust.clone(), config.connect_timeout),
+        pool: PeerPool::new(
+            identity.svid.clone(),
+            identity.trust.clone(),
+            config.connect_timeout,
+        ),
         config: config.clone(),
         identity: identity.clone(),
         discovery: discovery.clone(),
@@ -118,7 +125,11 @@ pub async fn run(config: ProxyConfig, decision_log: Box<dyn std::io::Write + Sen
     first_rx
         .await
         .context("the identity task stopped before a certificate was issued")?;
-    tokio::spawn(discovery.clone().run(config.clone(), identity.clone(), authz.clone()));
+    tokio::spawn(
+        discovery
+            .clone()
+            .run(config.clone(), identity.clone(), authz.clone()),
+    );
 
     tokio::spawn(inbound::serve(inbound, proxy.clone()));
     for (listener, service) in upstreams {

@@ -10,13 +10,22 @@ use clap::{Parser, ValueEnum};
 use vigil_proxy::config::ProxyConfig;
 
 #[derive(Parser)]
-#[command(name = "vigil-proxy", version, about = "Vigil sidecar proxy: mTLS, policy and resilience for one workload")]
+#[command(
+    name = "vigil-proxy",
+    version,
+    about = "Vigil sidecar proxy: mTLS, policy and resilience for one workload"
+)]
 struct Args {
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "VIGIL_TRUST_DOMAIN", default_value = "vigil.local")]
     trust_domain: String,
     /// Bootstrap credential: the workload's join token (local mode).
-    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(
+        long,
+        env = "VIGIL_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
     /// File holding the bootstrap credential (e.g. a projected ServiceAccount token).
     #[arg(long, env = "VIGIL_TOKEN_FILE")]

@@ -42,7 +42,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, service: Option<Str
     .await;
 }
 
-async fn connection(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, service: Option<String>) {
+async fn connection(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    service: Option<String>,
+) {
     let target = match (service, original_destination(&tcp)) {
         (Some(name), _) => Target::Fixed(name),
         (None, Some(dst)) => Target::Address(dst),
@@ -68,8 +73,16 @@ pub enum Detected {
 }
 
 const HTTP_PREFIXES: [&[u8]; 10] = [
-    b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"TRACE ",
-    b"CONNECT ", b"PRI * HTTP/2.0",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+    b"PRI * HTTP/2.0",
 ];
 
 /// Classifies a prefix of the client's first bytes: `Some` once certain, `None` while
@@ -125,14 +138,10 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, target: Target) {
         let proxy = proxy.clone();
         let target = target.clone();
         async move {
-            Ok::<_, Infallible>(
-                request(&proxy, &target, req)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::debug!(error = %e, "outbound request failed");
-                        e.into_response()
-                    }),
-            )
+            Ok::<_, Infallible>(request(&proxy, &target, req).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "outbound request failed");
+                e.into_response()
+            }))
         }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -144,7 +153,11 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, target: Target) {
     }
 }
 
-fn resolve<'m>(mesh: &'m MeshView, target: &Target, host: &str) -> Result<&'m Arc<ServiceView>, ProxyError> {
+fn resolve<'m>(
+    mesh: &'m MeshView,
+    target: &Target,
+    host: &str,
+) -> Result<&'m Arc<ServiceView>, ProxyError> {
     match target {
         Target::Fixed(name) => mesh
             .service_for_host(name)
@@ -170,7 +183,11 @@ async fn request(
             "CONNECT is not supported on the outbound listener".into(),
         ));
     }
-    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+    let mesh = proxy
+        .discovery
+        .mesh
+        .load_full()
+        .ok_or(ProxyError::NotReady)?;
     let host = req
         .uri()
         .authority()
@@ -207,10 +224,15 @@ async fn request(
 /// Opaque TCP: a CONNECT stream on the pooled HTTP/2 connection to the peer proxy.
 async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<(), ProxyError> {
     proxy.stats.outbound_tunnel();
-    let mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+    let mesh = proxy
+        .discovery
+        .mesh
+        .load_full()
+        .ok_or(ProxyError::NotReady)?;
     if matches!(target, Target::ByHost) {
         return Err(ProxyError::BadRequest(
-            "opaque TCP to the explicit outbound port has no destination; use an upstream listener".into(),
+            "opaque TCP to the explicit outbound port has no destination; use an upstream listener"
+                .into(),
         ));
     }
     let service = resolve(&mesh, target, "")?;

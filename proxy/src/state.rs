@@ -90,7 +90,10 @@ pub enum SnapshotError {
 impl MeshView {
     /// Validates and indexes a snapshot.
     pub fn from_snapshot(snapshot: &vigil_api::Snapshot) -> Result<MeshView, SnapshotError> {
-        let w = snapshot.workload.as_ref().ok_or(SnapshotError::NoWorkload)?;
+        let w = snapshot
+            .workload
+            .as_ref()
+            .ok_or(SnapshotError::NoWorkload)?;
         let workload = WorkloadInfo {
             name: w.name.clone(),
             namespace: w.namespace.clone(),
@@ -239,7 +242,11 @@ mod tests {
     fn resolves_hosts_with_and_without_ports() {
         let view = MeshView::from_snapshot(&snapshot()).expect("valid");
         for host in ["server", "server:80", "SERVER.demo.svc.cluster.local:8080"] {
-            assert_eq!(view.service_for_host(host).map(|s| s.name.as_str()), Some("server"), "{host}");
+            assert_eq!(
+                view.service_for_host(host).map(|s| s.name.as_str()),
+                Some("server"),
+                "{host}"
+            );
         }
         assert!(view.service_for_host("other").is_none());
         let vip = "10.96.0.10:80".parse().expect("addr");
@@ -250,7 +257,9 @@ mod tests {
     fn round_robin_visits_every_endpoint() {
         let view = MeshView::from_snapshot(&snapshot()).expect("valid");
         let s = view.service_for_host("server").expect("service");
-        let picks: Vec<_> = (0..4).filter_map(|_| s.pick().map(|e| e.workload.clone())).collect();
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| s.pick().map(|e| e.workload.clone()))
+            .collect();
         assert_eq!(picks, ["server-a", "server-b", "server-a", "server-b"]);
     }
 

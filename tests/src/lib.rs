@@ -68,7 +68,12 @@ pub struct Process {
 
 impl Process {
     /// Starts `program` with stdout and stderr going to `<dir>/<name>.log`.
-    pub fn spawn(name: &str, dir: &Path, program: &Path, args: &[String]) -> anyhow::Result<Process> {
+    pub fn spawn(
+        name: &str,
+        dir: &Path,
+        program: &Path,
+        args: &[String],
+    ) -> anyhow::Result<Process> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
@@ -147,7 +152,10 @@ impl WorkloadSpec {
     }
 
     pub fn spiffe_id(&self) -> String {
-        format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}", self.namespace, self.name)
+        format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+            self.namespace, self.name
+        )
     }
 }
 
@@ -179,7 +187,13 @@ impl MeshSpec {
         }
     }
 
-    pub fn service(mut self, name: &str, protocol: &str, endpoints: &[&str], target_port: Option<u16>) -> Self {
+    pub fn service(
+        mut self,
+        name: &str,
+        protocol: &str,
+        endpoints: &[&str],
+        target_port: Option<u16>,
+    ) -> Self {
         let ns = self
             .workloads
             .iter()
@@ -282,14 +296,21 @@ impl Mesh {
 
     /// Starts `w`'s proxy with its inbound listener on `inbound` (to impersonate an
     /// endpoint in identity tests).
-    pub async fn start_proxy_as(&mut self, w: &WorkloadSpec, inbound: SocketAddr) -> anyhow::Result<()> {
+    pub async fn start_proxy_as(
+        &mut self,
+        w: &WorkloadSpec,
+        inbound: SocketAddr,
+    ) -> anyhow::Result<()> {
         let mut args = vec![
             "--trust-domain".to_string(),
             TRUST_DOMAIN.into(),
             "--token".into(),
             w.token.clone(),
             "--trust-bundle".into(),
-            self.data_dir().join("trust-bundle.pem").display().to_string(),
+            self.data_dir()
+                .join("trust-bundle.pem")
+                .display()
+                .to_string(),
             "--identity-addr".into(),
             self.spec.identity.to_string(),
             "--discovery-addr".into(),
@@ -301,7 +322,11 @@ impl Mesh {
             "--admin".into(),
             w.admin.to_string(),
             "--decision-log".into(),
-            self.dir.path().join(format!("{}-decisions.log", w.name)).display().to_string(),
+            self.dir
+                .path()
+                .join(format!("{}-decisions.log", w.name))
+                .display()
+                .to_string(),
         ];
         for (addr, service) in &w.upstreams {
             args.push("--upstream".into());
@@ -336,7 +361,10 @@ async fn start_control_plane(dir: &Path, spec: &MeshSpec) -> anyhow::Result<Proc
     ];
     let mut p = Process::spawn("control-plane", dir, &binary("vigil"), &args)?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(spec.discovery).await.is_err() {
+    while tokio::net::TcpStream::connect(spec.discovery)
+        .await
+        .is_err()
+    {
         if !p.running() || Instant::now() > deadline {
             bail!("control plane did not start:\n{}", p.output());
         }
@@ -376,7 +404,12 @@ pub struct Reply {
 }
 
 /// One HTTP/1.1 request on a fresh connection to `addr` with the given Host header.
-pub async fn http1(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+pub async fn http1(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Reply> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
@@ -384,7 +417,9 @@ pub async fn http1(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = sender.send_request(req.body(Full::new(Bytes::new()))?).await?;
+    let res = sender
+        .send_request(req.body(Full::new(Bytes::new()))?)
+        .await?;
     reply(res).await
 }
 
@@ -413,13 +448,19 @@ async fn reply(res: Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
 }
 
 /// A keep-alive HTTP/1.1 client for steady traffic through a proxy.
-pub fn pooled_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn pooled_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// Sends a GET through `client` to `via` with Host `host`.
 pub async fn call(
-    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
     via: SocketAddr,
     host: &str,
     path: &str,
@@ -433,7 +474,10 @@ pub async fn call(
 
 /// An application: answers every request with a JSON echo of what it received
 /// (method, path, the peer-identity header, all headers) and counts requests.
-pub async fn start_echo_app(port: u16, name: &'static str) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+pub async fn start_echo_app(
+    port: u16,
+    name: &'static str,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicU64>> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = hits.clone();
@@ -441,25 +485,34 @@ pub async fn start_echo_app(port: u16, name: &'static str) -> anyhow::Result<std
         while let Ok((tcp, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    async move {
-                        let headers: serde_json::Map<String, serde_json::Value> = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.to_str().unwrap_or(""))))
-                            .collect();
-                        let body = serde_json::json!({
-                            "app": name,
-                            "method": req.method().as_str(),
-                            "path": req.uri().to_string(),
-                            "version": format!("{:?}", req.version()),
-                            "peer": req.headers().get("x-vigil-peer-identity").and_then(|v| v.to_str().ok()),
-                            "headers": headers,
-                        });
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        async move {
+                            let headers: serde_json::Map<String, serde_json::Value> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.to_string(),
+                                        serde_json::Value::from(v.to_str().unwrap_or("")),
+                                    )
+                                })
+                                .collect();
+                            let body = serde_json::json!({
+                                "app": name,
+                                "method": req.method().as_str(),
+                                "path": req.uri().to_string(),
+                                "version": format!("{:?}", req.version()),
+                                "peer": req.headers().get("x-vigil-peer-identity").and_then(|v| v.to_str().ok()),
+                                "headers": headers,
+                            });
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                                body.to_string(),
+                            ))))
+                        }
+                    },
+                );
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;

@@ -10,8 +10,11 @@ use vigil_e2e::*;
 use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustBundle, TrustStore};
 
 fn pair() -> MeshSpec {
-    MeshSpec::new(vec![WorkloadSpec::new("client", "demo"), WorkloadSpec::new("server", "demo")])
-        .service("server", "http", &["server"], None)
+    MeshSpec::new(vec![
+        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("server", "demo"),
+    ])
+    .service("server", "http", &["server"], None)
 }
 
 async fn running_pair() -> Mesh {
@@ -21,7 +24,9 @@ async fn running_pair() -> Mesh {
         .await
         .expect("server app");
     for w in ["client", "server"] {
-        mesh.start_proxy(w).await.unwrap_or_else(|e| panic!("{e}\n{}", "proxy start"));
+        mesh.start_proxy(w)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", "proxy start"));
     }
     mesh
 }
@@ -40,7 +45,10 @@ async fn http1_and_http2_reach_the_server_with_the_callers_verified_identity() {
         client.outbound,
         "server",
         "/hello?x=1",
-        &[("x-vigil-peer-identity", "spiffe://vigil.local/ns/demo/sa/admin")],
+        &[(
+            "x-vigil-peer-identity",
+            "spiffe://vigil.local/ns/demo/sa/admin",
+        )],
     )
     .await
     .expect("request through the pair");
@@ -48,16 +56,24 @@ async fn http1_and_http2_reach_the_server_with_the_callers_verified_identity() {
     let body = json(&r.body);
     assert_eq!(body["app"], "server");
     assert_eq!(body["path"], "/hello?x=1");
-    assert_eq!(body["peer"], client.spiffe_id(), "the server sees the client's SPIFFE ID");
+    assert_eq!(
+        body["peer"],
+        client.spiffe_id(),
+        "the server sees the client's SPIFFE ID"
+    );
     assert_eq!(body["headers"]["host"], "server");
 
     // HTTP/2 with prior knowledge from the app.
-    let r = http2(client.outbound, "server.demo.svc.cluster.local", "/h2").await.expect("h2 request");
+    let r = http2(client.outbound, "server.demo.svc.cluster.local", "/h2")
+        .await
+        .expect("h2 request");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(json(&r.body)["peer"], client.spiffe_id());
 
     // An unknown service is the proxy's own answer, with its reason.
-    let r = http1(client.outbound, "nowhere", "/", &[]).await.expect("request");
+    let r = http1(client.outbound, "nowhere", "/", &[])
+        .await
+        .expect("request");
     assert_eq!(r.status, 404);
     assert_eq!(r.headers["x-vigil-error"], "unknown-service");
 }
@@ -78,7 +94,9 @@ async fn opaque_tcp_is_tunnelled_over_mtls() {
     mesh.start_proxy("client").await.expect("client proxy");
     mesh.start_proxy("server").await.expect("server proxy");
 
-    let mut tcp = tokio::net::TcpStream::connect(upstream).await.expect("connect");
+    let mut tcp = tokio::net::TcpStream::connect(upstream)
+        .await
+        .expect("connect");
     // Not HTTP: binary bytes, then a second write on the same connection.
     for message in [&b"\x00\x01binary ping\xff"[..], b"second message"] {
         tcp.write_all(message).await.expect("write");
@@ -108,7 +126,9 @@ fn client_with(
 }
 
 async fn handshake(config: Arc<rustls::ClientConfig>, server: &WorkloadSpec) -> Result<(), String> {
-    let tcp = tokio::net::TcpStream::connect(server.inbound).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(server.inbound)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = vigil_identity::server_name_for(&SpiffeId::parse(&server.spiffe_id()).expect("id"));
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
@@ -116,7 +136,9 @@ async fn handshake(config: Arc<rustls::ClientConfig>, server: &WorkloadSpec) -> 
         .map_err(|e| e.to_string())?;
     // TLS 1.3 client auth failures arrive after the client's handshake completes:
     // send a request and see whether the server answers or hangs up.
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: server\r\n\r\n").await.map_err(|e| e.to_string())?;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: server\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 64];
     match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
         Ok(Ok(n)) if n > 0 => Ok(()),
@@ -131,46 +153,80 @@ async fn bad_clients_are_refused_and_the_proxy_keeps_serving() {
     let mesh = running_pair().await;
     let server = mesh.spec.workload("server").clone();
     let client = mesh.spec.workload("client").clone();
-    let ca = vigil_identity::CertificateAuthority::load_or_generate(&mesh.data_dir().join("ca"), TRUST_DOMAIN)
-        .expect("the control plane's CA");
+    let ca = vigil_identity::CertificateAuthority::load_or_generate(
+        &mesh.data_dir().join("ca"),
+        TRUST_DOMAIN,
+    )
+    .expect("the control plane's CA");
     let trust = ca.trust_bundle();
     let me = SpiffeId::parse(&client.spiffe_id()).expect("id");
     use vigil_identity::testing;
 
-    let good = testing::valid_leaf(&ca, &me).expect("valid").certified_key().expect("key");
-    assert_eq!(handshake(client_with(Some(good), &trust, &server), &server).await, Ok(()));
+    let good = testing::valid_leaf(&ca, &me)
+        .expect("valid")
+        .certified_key()
+        .expect("key");
+    assert_eq!(
+        handshake(client_with(Some(good), &trust, &server), &server).await,
+        Ok(())
+    );
 
     let refused = [
         ("foreign CA", testing::foreign_ca_leaf(&me)),
         ("expired", testing::expired_leaf(&ca, &me)),
-        ("two URI SANs", testing::two_uri_sans_leaf(&ca, &me, &SpiffeId::parse("spiffe://vigil.local/ns/demo/sa/x").expect("id"))),
+        (
+            "two URI SANs",
+            testing::two_uri_sans_leaf(
+                &ca,
+                &me,
+                &SpiffeId::parse("spiffe://vigil.local/ns/demo/sa/x").expect("id"),
+            ),
+        ),
         ("CA as leaf", testing::ca_as_leaf(&ca, &me)),
     ];
     for (what, cred) in refused {
         let key = cred.expect("credential").certified_key().expect("key");
         let result = handshake(client_with(Some(key), &trust, &server), &server).await;
-        assert!(result.is_err(), "{what}: a bad client certificate was accepted");
+        assert!(
+            result.is_err(),
+            "{what}: a bad client certificate was accepted"
+        );
     }
     let result = handshake(client_with(None, &trust, &server), &server).await;
-    assert!(result.is_err(), "a client without a certificate was accepted");
+    assert!(
+        result.is_err(),
+        "a client without a certificate was accepted"
+    );
 
     // Plaintext HTTP straight at the mTLS port.
-    let mut tcp = tokio::net::TcpStream::connect(server.inbound).await.expect("connect");
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: server\r\n\r\n").await.expect("write");
+    let mut tcp = tokio::net::TcpStream::connect(server.inbound)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: server\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
         .await
         .expect("the proxy answers or closes")
         .unwrap_or(0);
-    assert!(!String::from_utf8_lossy(&buf[..n]).contains("200"), "plaintext got an answer");
+    assert!(
+        !String::from_utf8_lossy(&buf[..n]).contains("200"),
+        "plaintext got an answer"
+    );
 
     // Everyone else is still served.
-    let r = http1(client.outbound, "server", "/still-there", &[]).await.expect("request");
+    let r = http1(client.outbound, "server", "/still-there", &[])
+        .await
+        .expect("request");
     assert_eq!(r.status, 200, "{}", r.body);
     let (_, stats) = get(server.admin, "/stats").await.expect("stats");
     let stats = json(&stats);
     assert!(
-        stats["proxy"]["handshake_failures"].as_object().map(|m| !m.is_empty()).unwrap_or(false),
+        stats["proxy"]["handshake_failures"]
+            .as_object()
+            .map(|m| !m.is_empty())
+            .unwrap_or(false),
         "handshake failures are counted by reason: {stats}"
     );
 }
@@ -186,35 +242,57 @@ async fn a_server_with_the_wrong_identity_is_refused_by_the_caller() {
     let mut mesh = Mesh::start(spec).await.expect("control plane");
     let impostor = mesh.spec.workload("impostor").clone();
     let server_inbound = mesh.spec.workload("server").inbound;
-    let hits = start_echo_app(impostor.app_port, "impostor").await.expect("app");
+    let hits = start_echo_app(impostor.app_port, "impostor")
+        .await
+        .expect("app");
     mesh.start_proxy("client").await.expect("client proxy");
     // A valid mesh identity, but not the one discovery expects at that address.
-    mesh.start_proxy_as(&impostor, server_inbound).await.expect("impostor proxy");
+    mesh.start_proxy_as(&impostor, server_inbound)
+        .await
+        .expect("impostor proxy");
 
     let client = mesh.spec.workload("client").clone();
-    let r = http1(client.outbound, "server", "/secret", &[]).await.expect("request");
+    let r = http1(client.outbound, "server", "/secret", &[])
+        .await
+        .expect("request");
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(r.headers["x-vigil-error"], "peer-identity-mismatch");
-    assert_eq!(hits.load(Ordering::Relaxed), 0, "nothing reached the impostor's app");
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        0,
+        "nothing reached the impostor's app"
+    );
 }
 
-async fn sign(mesh: &Mesh, token: &str, csr_der: Vec<u8>) -> Result<vigil_api::SignResponse, tonic::Status> {
+async fn sign(
+    mesh: &Mesh,
+    token: &str,
+    csr_der: Vec<u8>,
+) -> Result<vigil_api::SignResponse, tonic::Status> {
     let bundle = TrustBundle::from_pem(
         &std::fs::read_to_string(mesh.data_dir().join("trust-bundle.pem")).expect("bundle"),
     )
     .expect("bundle parses");
-    let cp = SpiffeId::parse("spiffe://vigil.local/ns/vigil-system/sa/vigil-control-plane").expect("id");
+    let cp =
+        SpiffeId::parse("spiffe://vigil.local/ns/vigil-system/sa/vigil-control-plane").expect("id");
     let tls = vigil_identity::mtls_client_config(
         None,
         TrustStore::new(TRUST_DOMAIN, bundle).expect("trust"),
         cp.clone(),
-        &TlsOptions { alpn: vec![b"h2".to_vec()], ..TlsOptions::default() },
+        &TlsOptions {
+            alpn: vec![b"h2".to_vec()],
+            ..TlsOptions::default()
+        },
     );
     let channel = vigil_proxy::control_plane_client::connect(mesh.spec.identity, tls, &cp)
         .await
         .expect("channel to the identity service");
     vigil_api::identity::IdentityClient::new(channel)
-        .sign(vigil_api::SignRequest { csr_der, token: token.into(), kind: vigil_api::TokenKind::Join as i32 })
+        .sign(vigil_api::SignRequest {
+            csr_der,
+            token: token.into(),
+            kind: vigil_api::TokenKind::Join as i32,
+        })
         .await
         .map(|r| r.into_inner())
 }
@@ -233,16 +311,30 @@ async fn the_token_decides_the_identity_never_the_csr() {
     )];
     let csr = params.serialize_request(&key).expect("csr").der().to_vec();
 
-    let issued = sign(&mesh, &client.token, csr.clone()).await.expect("signed");
+    let issued = sign(&mesh, &client.token, csr.clone())
+        .await
+        .expect("signed");
     assert_eq!(issued.spiffe_id, client.spiffe_id());
     let leaf = vigil_identity::SvidInfo::from_der(&issued.cert_chain_der[0]).expect("svid");
-    assert_eq!(leaf.spiffe_id.to_string(), client.spiffe_id(), "the certificate carries the token's identity");
+    assert_eq!(
+        leaf.spiffe_id.to_string(),
+        client.spiffe_id(),
+        "the certificate carries the token's identity"
+    );
 
-    let wrong = sign(&mesh, "not-a-token-of-this-mesh", csr.clone()).await.expect_err("refused");
+    let wrong = sign(&mesh, "not-a-token-of-this-mesh", csr.clone())
+        .await
+        .expect_err("refused");
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
-    assert!(wrong.message().contains("join token"), "{}", wrong.message());
+    assert!(
+        wrong.message().contains("join token"),
+        "{}",
+        wrong.message()
+    );
 
-    let garbage = sign(&mesh, &client.token, b"not a csr".to_vec()).await.expect_err("refused");
+    let garbage = sign(&mesh, &client.token, b"not a csr".to_vec())
+        .await
+        .expect_err("refused");
     assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
 }
 
@@ -271,7 +363,9 @@ async fn short_lived_certificates_renew_under_traffic_without_losing_a_request()
     let mut spec = pair();
     spec.lifetime = "10s".into();
     let mut mesh = Mesh::start(spec).await.expect("control plane");
-    start_echo_app(mesh.spec.workload("server").app_port, "server").await.expect("app");
+    start_echo_app(mesh.spec.workload("server").app_port, "server")
+        .await
+        .expect("app");
     mesh.start_proxy("client").await.expect("client proxy");
     mesh.start_proxy("server").await.expect("server proxy");
     let client = mesh.spec.workload("client").clone();
@@ -280,17 +374,31 @@ async fn short_lived_certificates_renew_under_traffic_without_losing_a_request()
     let serial_before = json(&before)["serial"].clone();
 
     let (ok, failed, failures) = steady_traffic(client.outbound, Duration::from_secs(60)).await;
-    assert_eq!(failed, 0, "{failed} of {} requests failed: {failures:?}\n{}", ok + failed, mesh.logs());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {failures:?}\n{}",
+        ok + failed,
+        mesh.logs()
+    );
     assert!(ok > 100, "only {ok} requests went through");
 
     for w in [&client, &server] {
         let (_, certs) = get(w.admin, "/certs").await.expect("certs");
         let certs = json(&certs);
-        assert!(certs["renewals"].as_u64().unwrap_or(0) >= 5, "{} renewed too few times: {certs}", w.name);
+        assert!(
+            certs["renewals"].as_u64().unwrap_or(0) >= 5,
+            "{} renewed too few times: {certs}",
+            w.name
+        );
         assert!(certs.get("private_key").is_none() && !certs.to_string().contains("PRIVATE KEY"));
     }
     let (_, after) = get(server.admin, "/certs").await.expect("certs");
-    assert_ne!(json(&after)["serial"], serial_before, "the serving certificate changed");
+    assert_ne!(
+        json(&after)["serial"],
+        serial_before,
+        "the serving certificate changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,9 +409,16 @@ async fn traffic_keeps_flowing_while_the_control_plane_restarts() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     mesh.stop_control_plane();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    mesh.restart_control_plane().await.expect("control plane restarts");
+    mesh.restart_control_plane()
+        .await
+        .expect("control plane restarts");
     let (ok, failed, failures) = traffic.await.expect("traffic task");
-    assert_eq!(failed, 0, "{failed} requests failed: {failures:?}\n{}", mesh.logs());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} requests failed: {failures:?}\n{}",
+        mesh.logs()
+    );
     assert!(ok > 50);
 
     // The proxies found the new control plane again.
@@ -313,7 +428,11 @@ async fn traffic_keeps_flowing_while_the_control_plane_restarts() {
         if json(&config)["control_plane_connected"] == true {
             break;
         }
-        assert!(Instant::now() < deadline, "proxy never reconnected\n{}", mesh.logs());
+        assert!(
+            Instant::now() < deadline,
+            "proxy never reconnected\n{}",
+            mesh.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -33,7 +33,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
-#[command(name = "vigil-loadgen", version, about = "Upstream responder and load generator for Vigil's benchmark")]
+#[command(
+    name = "vigil-loadgen",
+    version,
+    about = "Upstream responder and load generator for Vigil's benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,7 +108,9 @@ fn main() -> Result<()> {
         Command::Load(a) => a.threads,
     };
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -131,11 +137,20 @@ fn main() -> Result<()> {
 
 async fn upstream(args: UpstreamArgs) -> Result<()> {
     let pattern = b"vigil-bench-0123456789abcdefghijklmnopqrstuvwxyz\n";
-    let body: Bytes = pattern.iter().copied().cycle().take(args.size).collect::<Vec<u8>>().into();
+    let body: Bytes = pattern
+        .iter()
+        .copied()
+        .cycle()
+        .take(args.size)
+        .collect::<Vec<u8>>()
+        .into();
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    eprintln!("vigil-loadgen upstream: {} bytes per response on {}", args.size, args.listen);
+    eprintln!(
+        "vigil-loadgen upstream: {} bytes per response on {}",
+        args.size, args.listen
+    );
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -148,17 +163,18 @@ async fn upstream(args: UpstreamArgs) -> Result<()> {
         let _ = stream.set_nodelay(true);
         let body = body.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                let body = body.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        hyper::Response::builder()
-                            .header(http::header::CONTENT_TYPE, "text/plain")
-                            .body(Full::new(body))
-                            .expect("static response"),
-                    )
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header(http::header::CONTENT_TYPE, "text/plain")
+                                .body(Full::new(body))
+                                .expect("static response"),
+                        )
+                    }
+                });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -239,7 +255,12 @@ async fn one_request(sender: &mut Sender, args: &LoadArgs) -> Result<usize> {
         .body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await.context("sending request")?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.context("reading body")?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading body")?
+        .to_bytes();
     if !status.is_success() {
         let snippet = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         anyhow::bail!("HTTP {status}: {snippet}");
@@ -339,7 +360,11 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
     let started_wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
     let start = Instant::now() + Duration::from_millis(20);
     let deadline = start + args.duration;
-    let label = if args.label.is_empty() { String::new() } else { format!("[{}] ", args.label) };
+    let label = if args.label.is_empty() {
+        String::new()
+    } else {
+        format!("[{}] ", args.label)
+    };
 
     // Open loop: a plain OS thread paces the schedule (tokio's timer wheel has 1 ms
     // granularity, which would be visible in sub-millisecond latencies).
@@ -371,7 +396,12 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
     tokio::time::sleep_until(start.into()).await;
     let mut workers = Vec::new();
     for _ in 0..args.connections {
-        workers.push(tokio::spawn(worker(args.clone(), shared.clone(), queue.clone(), deadline)));
+        workers.push(tokio::spawn(worker(
+            args.clone(),
+            shared.clone(),
+            queue.clone(),
+            deadline,
+        )));
     }
 
     // Progress lines.
@@ -389,7 +419,12 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
                 let (n, p50, p99, errs) = {
                     let mut r = shared.rec.lock().unwrap();
                     let n = r.window.len();
-                    let out = (n, r.window.value_at_quantile(0.5), r.window.value_at_quantile(0.99), r.window_errors);
+                    let out = (
+                        n,
+                        r.window.value_at_quantile(0.5),
+                        r.window.value_at_quantile(0.99),
+                        r.window_errors,
+                    );
                     r.window.reset();
                     r.window_errors = 0;
                     out
@@ -410,7 +445,10 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
     // Let queued work drain after the schedule ends, but never hang forever.
     let hard_stop = deadline + args.timeout + Duration::from_secs(2);
     let all = futures_join(workers);
-    if tokio::time::timeout_at(hard_stop.into(), all).await.is_err() {
+    if tokio::time::timeout_at(hard_stop.into(), all)
+        .await
+        .is_err()
+    {
         shared.stop.store(true, Ordering::Relaxed);
     }
     let end = Instant::now();

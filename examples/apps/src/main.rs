@@ -17,7 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "vigil-demo-app", about = "Demo applications for the Vigil mesh")]
+#[command(
+    name = "vigil-demo-app",
+    about = "Demo applications for the Vigil mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -157,7 +160,9 @@ async fn client(
                     String::from_utf8_lossy(&body).trim()
                 );
             }
-            Err(e) => println!("call {n} to {host}{path} failed: {e} (is the sidecar on {via} running?)"),
+            Err(e) => {
+                println!("call {n} to {host}{path} failed: {e} (is the sidecar on {via} running?)")
+            }
         }
         if count != 0 && n >= count {
             return Ok(());

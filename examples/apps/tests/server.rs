@@ -12,7 +12,13 @@ fn the_server_reports_its_caller() {
         .expect("port")
         .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-demo-app"))
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--name", "orders"])
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--name",
+            "orders",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("server starts");
