@@ -72,6 +72,10 @@ pub struct PolicySettings {
     pub dry_run: bool,
     #[serde(default)]
     pub log_allows: bool,
+    /// Buffer up to this many request body bytes so policies can read
+    /// `input.parsed_body`; 0 (the default) leaves bodies streaming untouched.
+    #[serde(default)]
+    pub request_body_bytes: u32,
 }
 
 fn default_rule() -> String {

@@ -30,6 +30,7 @@ pub struct LoadedPolicy {
 
 /// Reads and compiles the configured bundle (or the default one).
 pub fn load(settings: Option<&PolicySettings>, trust_domain: &str) -> Result<LoadedPolicy, String> {
+    let request_body_bytes = settings.map(|s| s.request_body_bytes).unwrap_or(0);
     let (files, options) = match settings {
         Some(s) => (
             read(&s.dir)?,
@@ -56,6 +57,7 @@ pub fn load(settings: Option<&PolicySettings>, trust_domain: &str) -> Result<Loa
         rule: options.rule,
         dry_run: options.dry_run,
         log_allows: options.log_allows,
+        request_body_bytes,
     };
     Ok(LoadedPolicy { bundle, wire })
 }

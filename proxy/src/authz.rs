@@ -16,9 +16,15 @@ pub struct DecisionCounts {
     pub error: AtomicU64,
 }
 
+/// The bundle in force and how much request body it wants to see.
+pub struct InForce {
+    pub bundle: PolicyBundle,
+    pub request_body_bytes: usize,
+}
+
 /// Holds the bundle in force and evaluates requests against it.
 pub struct Authorizer {
-    bundle: ArcSwapOption<PolicyBundle>,
+    bundle: ArcSwapOption<InForce>,
     log: Mutex<Box<dyn Write + Send>>,
     pub counts: DecisionCounts,
     /// Last bundle the proxy refused, with the reason.
@@ -39,14 +45,21 @@ impl Authorizer {
 
     /// The version of the bundle in force.
     pub fn version(&self) -> Option<String> {
-        self.bundle.load().as_ref().map(|b| b.version().to_string())
+        self.bundle
+            .load()
+            .as_ref()
+            .map(|b| b.bundle.version().to_string())
     }
 
     /// Installs a bundle from discovery unless it is the one in force. One that does
     /// not compile is refused and the last good one stays.
     pub fn update(&self, wire: &vigil_api::PolicyBundle) {
-        if self.version().as_deref() == Some(wire.version.as_str()) {
-            return;
+        if let Some(current) = self.bundle.load().as_ref() {
+            if current.bundle.version() == wire.version
+                && current.request_body_bytes == wire.request_body_bytes as usize
+            {
+                return;
+            }
         }
         let files = wire
             .files
@@ -64,7 +77,10 @@ impl Authorizer {
         match PolicyBundle::compile(files, options) {
             Ok(bundle) => {
                 tracing::info!(version = %bundle.version(), "policy bundle in force");
-                self.bundle.store(Some(Arc::new(bundle)));
+                self.bundle.store(Some(Arc::new(InForce {
+                    bundle,
+                    request_body_bytes: wire.request_body_bytes as usize,
+                })));
                 self.last_refused.store(None);
             }
             Err(e) => {
@@ -74,11 +90,20 @@ impl Authorizer {
         }
     }
 
+    /// How many request body bytes the bundle in force wants to read (0: none).
+    pub fn request_body_bytes(&self) -> usize {
+        self.bundle
+            .load()
+            .as_ref()
+            .map(|b| b.request_body_bytes)
+            .unwrap_or(0)
+    }
+
     /// Decides one request or connection. Evaluation errors and a missing bundle deny
     /// (fail closed); dry-run allows but still logs what would have happened.
     pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
         let guard = self.bundle.load();
-        let Some(bundle) = guard.as_ref() else {
+        let Some(bundle) = guard.as_ref().map(|f| &f.bundle) else {
             self.counts.error.fetch_add(1, Ordering::Relaxed);
             return Decision::Error {
                 reason: "no policy bundle received from the control plane yet".into(),

@@ -7,14 +7,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use vigil_authz::{AuthzInput, Decision, HttpAttributes, InputKind};
+use vigil_authz::{AuthzInput, BodyInput, Decision, HttpAttributes, InputKind};
 use vigil_identity::{SpiffeId, TlsOptions};
 
 use crate::body::{self, Body};
+use crate::buffer::buffer_prefix;
 use crate::error::{local_response, ProxyError, ERROR_HEADER};
 use crate::headers::{strip_hop_by_hop, strip_identity, PEER_IDENTITY};
 use crate::listener::accept_loop;
@@ -155,16 +157,34 @@ async fn http(
         .unwrap_or_else(|| "/".into());
     let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
     let peer = conn.peer.to_string();
+    let (mut parts, incoming) = req.into_parts();
+    let limit = proxy.authz.request_body_bytes();
+    let (buffered, forward) = if limit > 0 && !incoming.is_end_stream() {
+        let b = buffer_prefix(incoming, limit)
+            .await
+            .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+        (Some((b.prefix, b.truncated)), b.body)
+    } else {
+        (None, body::boxed(incoming))
+    };
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let decision = proxy.authz.decide(&AuthzInput {
         kind: InputKind::Http(HttpAttributes {
             id: &request_id,
-            method: req.method().as_str(),
+            method: parts.method.as_str(),
             path: &path,
             host: &host,
             scheme: "https",
-            protocol: protocol_name(req.version()),
-            headers: req.headers(),
-            body: None,
+            protocol: protocol_name(parts.version),
+            headers: &parts.headers,
+            body: buffered.as_ref().map(|(bytes, truncated)| BodyInput {
+                bytes,
+                truncated: *truncated,
+                content_type,
+            }),
         }),
         source_address: conn.peer_address,
         destination_address: conn.local_address,
@@ -190,7 +210,7 @@ async fn http(
         Decision::Error { reason } => return Err(ProxyError::PolicyError(reason)),
     };
 
-    let headers = req.headers_mut();
+    let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     for name in remove {
         headers.remove(name.as_str());
@@ -212,10 +232,10 @@ async fn http(
         }
     }
     let port = mesh.workload.app_port;
-    *req.uri_mut() = Uri::try_from(format!("http://127.0.0.1:{port}{path}"))
+    parts.uri = Uri::try_from(format!("http://127.0.0.1:{port}{path}"))
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    *req.version_mut() = Version::HTTP_11;
-    let req = req.map(body::boxed);
+    parts.version = Version::HTTP_11;
+    let req = Request::from_parts(parts, forward);
     let response = proxy
         .app
         .request(req)

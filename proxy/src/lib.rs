@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod authz;
 pub mod body;
+pub mod buffer;
 pub mod config;
 pub mod control_plane_client;
 pub mod discovery;

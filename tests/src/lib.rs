@@ -171,6 +171,8 @@ pub struct MeshSpec {
     pub services: Vec<(String, String, String, Vec<String>, Option<u16>)>,
     pub policy_dir: Option<PathBuf>,
     pub policy_rule: Option<String>,
+    /// `policy.request_body_bytes`: how much body the policy sees.
+    pub policy_body_bytes: u32,
 }
 
 impl MeshSpec {
@@ -184,6 +186,7 @@ impl MeshSpec {
             services: vec![],
             policy_dir: None,
             policy_rule: None,
+            policy_body_bytes: 0,
         }
     }
 
@@ -228,6 +231,7 @@ impl MeshSpec {
             if let Some(rule) = &self.policy_rule {
                 y += &format!("  rule: \"{rule}\"\n");
             }
+            y += &format!("  request_body_bytes: {}\n", self.policy_body_bytes);
         }
         y += "workloads:\n";
         for w in &self.workloads {
@@ -410,16 +414,29 @@ pub async fn http1(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Reply> {
+    send1(addr, "GET", host, path, headers, Bytes::new()).await
+}
+
+/// One HTTP/1.1 request with a method and body on a fresh connection.
+pub async fn send1(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> anyhow::Result<Reply> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let mut req = Request::builder().uri(path).header("host", host);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = sender
-        .send_request(req.body(Full::new(Bytes::new()))?)
-        .await?;
+    let res = sender.send_request(req.body(Full::new(body))?).await?;
     reply(res).await
 }
 

@@ -49,13 +49,23 @@ struct PolicyMesh {
 }
 
 async fn mesh_with_policy(policy_dir: &Path, rule: Option<&str>) -> PolicyMesh {
+    mesh_with(policy_dir, rule, "demo", 0).await
+}
+
+async fn mesh_with(
+    policy_dir: &Path,
+    rule: Option<&str>,
+    client_namespace: &str,
+    body_bytes: u32,
+) -> PolicyMesh {
     let mut spec = MeshSpec::new(vec![
-        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("client", client_namespace),
         WorkloadSpec::new("server", "demo"),
     ])
     .service("server", "http", &["server"], None);
     spec.policy_dir = Some(policy_dir.to_path_buf());
     spec.policy_rule = rule.map(str::to_string);
+    spec.policy_body_bytes = body_bytes;
     let mut mesh = Mesh::start(spec).await.expect("control plane");
     let client = mesh.spec.workload("client").clone();
     let server = mesh.spec.workload("server").clone();
@@ -172,6 +182,40 @@ async fn an_opa_envoy_policy_runs_unchanged() {
     assert_eq!(r.status, 403);
     assert_eq!(r.body, "Unauthorized Request");
     assert_eq!(r.headers["x-ext-auth-allow"], "no");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_reads_the_parsed_json_body_when_buffering_is_on() {
+    let dir = workspace_root().join("policies/envoy-compat");
+    let m = mesh_with(&dir, Some("data.envoy.authz.allow"), "shop", 4096).await;
+    let json = [("content-type", "application/json")];
+    let small = bytes::Bytes::from_static(br#"{"item":"tea","quantity":5}"#);
+    let r = send1(
+        m.client.outbound,
+        "POST",
+        "server",
+        "/api/orders",
+        &json,
+        small,
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, m.mesh.logs());
+    let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(seen["method"], "POST");
+
+    let large = bytes::Bytes::from_static(br#"{"item":"tea","quantity":50}"#);
+    let r = send1(
+        m.client.outbound,
+        "POST",
+        "server",
+        "/api/orders",
+        &json,
+        large,
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 403, "{}", r.body);
 }
 
 async fn policy_version(admin: std::net::SocketAddr) -> String {
