@@ -1,33 +1,169 @@
-use std::path::Path;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue};
+use vigil_authz::{AuthzInput, HttpAttributes, InputKind, PolicyBundle, PolicyOptions};
+
+struct Case {
+    policy: &'static str,
+    rule: &'static str,
+    source: &'static str,
+    destination: &'static str,
+    method: &'static str,
+    path: &'static str,
+    /// The outcome the input must produce, so the bench measures the intended path.
+    allowed: bool,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        policy: "default",
+        rule: "data.vigil.authz.allow",
+        source: "spiffe://vigil.local/ns/shop/sa/web",
+        destination: "spiffe://vigil.local/ns/shop/sa/orders",
+        method: "POST",
+        path: "/api/orders?expand=items",
+        allowed: true,
+    },
+    Case {
+        policy: "namespace-isolation",
+        rule: "data.vigil.authz.allow",
+        source: "spiffe://vigil.local/ns/frontend/sa/ui",
+        destination: "spiffe://vigil.local/ns/shop/sa/orders",
+        method: "GET",
+        path: "/api/orders/42",
+        allowed: true,
+    },
+    Case {
+        policy: "method-path",
+        rule: "data.vigil.authz.allow",
+        source: "spiffe://vigil.local/ns/shop/sa/web",
+        destination: "spiffe://vigil.local/ns/shop/sa/orders",
+        method: "GET",
+        path: "/orders/42?expand=items",
+        allowed: true,
+    },
+    Case {
+        policy: "envoy-compat",
+        rule: "data.envoy.authz.allow",
+        source: "spiffe://vigil.local/ns/shop/sa/web",
+        destination: "spiffe://vigil.local/ns/shop/sa/orders",
+        method: "GET",
+        path: "/api/public/status",
+        allowed: true,
+    },
+];
+
+fn bundle(case: &Case) -> PolicyBundle {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("policies")
+        .join(case.policy);
+    let files = PolicyBundle::read_dir(&dir).expect("policy directory is readable");
+    let options = PolicyOptions {
+        rule: case.rule.to_string(),
+        ..PolicyOptions::default()
+    };
+    PolicyBundle::compile(files, options).expect("shipped policy compiles")
+}
+
+/// Headers of a typical browser-originated request after an ingress gateway.
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in [
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate, br"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+        ),
+        ("x-request-id", "7f9c2ba4-e88f-4a2b-9c0e-3b1f2d4a5e6f"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("content-type", "application/json"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    h
+}
+
+fn input<'a>(case: &'a Case, headers: &'a HeaderMap) -> AuthzInput<'a> {
+    AuthzInput {
+        kind: InputKind::Http(HttpAttributes {
+            id: "7f9c2ba4-e88f-4a2b-9c0e-3b1f2d4a5e6f",
+            method: case.method,
+            path: case.path,
+            host: "orders.shop.svc:8080",
+            scheme: "https",
+            protocol: "HTTP/2",
+            headers,
+            body: None,
+        }),
+        source_address: SocketAddr::from(([10, 1, 2, 3], 41_234)),
+        destination_address: SocketAddr::from(([10, 1, 9, 8], 8080)),
+        source_principal: Some(case.source),
+        destination_principal: Some(case.destination),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+/// Times 100k individual decisions (input building included) and prints p50/p99.
+fn latency_percentiles() {
+    const WARMUP: usize = 10_000;
+    const DECISIONS: usize = 100_000;
+    let headers = headers();
+    eprintln!("\nper-decision latency, input building included ({DECISIONS} decisions each):");
+    for case in CASES {
+        let bundle = bundle(case);
+        let input = input(case, &headers);
+        let decision = bundle.evaluate(&input);
+        assert_eq!(
+            decision.allowed(),
+            case.allowed,
+            "{}: {decision:?}",
+            case.policy
+        );
+        for _ in 0..WARMUP {
+            black_box(bundle.evaluate(black_box(&input)));
+        }
+        let mut samples = Vec::with_capacity(DECISIONS);
+        for _ in 0..DECISIONS {
+            let start = Instant::now();
+            black_box(bundle.evaluate(black_box(&input)));
+            samples.push(start.elapsed());
+        }
+        let mean = samples.iter().sum::<Duration>() / DECISIONS as u32;
+        samples.sort_unstable();
+        let p99 = percentile(&samples, 0.99);
+        eprintln!(
+            "  {:<20} {:>7} p50 {:>8.2?}  p99 {:>8.2?}  p99.9 {:>8.2?}  mean {:>8.2?}  [{}]",
+            case.policy,
+            bundle.backend().name(),
+            percentile(&samples, 0.50),
+            p99,
+            percentile(&samples, 0.999),
+            mean,
+            if p99 < Duration::from_micros(10) {
+                "p99 < 10µs"
+            } else {
+                "p99 OVER 10µs TARGET"
+            }
+        );
+    }
+    eprintln!();
+}
+
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let mut out = std::io::stdout();
-    let s = vigil_authz::run_tests(&dir, &mut out, false).unwrap();
-    println!("{s:?}");
-    let req = vigil_authz::ExplainRequest {
-        source: Some("spiffe://vigil.local/ns/acme/sa/console".into()),
-        destination: Some("spiffe://vigil.local/ns/acme/sa/reports".into()),
-        method: "GET".into(),
-        path: "/reports?x=1".into(),
-        headers: vec![
-            (
-                "authorization".into(),
-                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYWRtaW4iLCJleHAiOjQxMDI0NDQ4MDB9.c2ln"
-                    .into(),
-            ),
-            ("x-tenant".into(), "globex".into()),
-        ],
-        host: "reports".into(),
-    };
-    vigil_authz::explain(&dir.join("jwt-claims"), req, None, &mut out).unwrap();
-    let req = vigil_authz::ExplainRequest {
-        source: Some("spiffe://vigil.local/ns/billing/sa/api".into()),
-        destination: Some("spiffe://vigil.local/ns/shop/sa/orders".into()),
-        method: "DELETE".into(),
-        path: "/orders/42".into(),
-        headers: vec![],
-        host: "orders".into(),
-    };
-    println!("==========");
-    vigil_authz::explain(&dir.join("method-path"), req, None, &mut out).unwrap();
+    latency_percentiles();
+    latency_percentiles();
 }

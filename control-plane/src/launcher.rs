@@ -141,6 +141,8 @@ fn spawn_proxy(
         .arg(w.proxy.outbound.to_string())
         .arg("--admin")
         .arg(w.proxy.admin.to_string())
+        .arg("--metrics")
+        .arg(w.proxy.metrics.to_string())
         .arg("--decision-log")
         .arg(data_dir.join(format!("{}-decisions.log", w.name)))
         .env("VIGIL_TOKEN", &w.join_token)

@@ -1,4 +1,4 @@
-//! The admin endpoint (127.0.0.1:15000): `/live`, `/ready`, `/certs`, `/config`, `/stats`.
+//! The admin endpoint (127.0.0.1:15000): `/live`, `/ready`, `/certs`, `/config` (metrics are on the metrics port).
 //! It never serves a private key.
 
 use std::convert::Infallible;
@@ -89,18 +89,9 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                 },
             }))
         }
-        "/stats" => json_response(json!({
-            "proxy": proxy.stats.snapshot(),
-            "policy": {
-                "allow": proxy.authz.counts.allow.load(std::sync::atomic::Ordering::Relaxed),
-                "deny": proxy.authz.counts.deny.load(std::sync::atomic::Ordering::Relaxed),
-                "error": proxy.authz.counts.error.load(std::sync::atomic::Ordering::Relaxed),
-            },
-            "peer_connections": proxy.pool.len(),
-        })),
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /ready, /live, /certs, /config or /stats\n",
+            "unknown admin path; try /ready, /live, /certs or /config\n",
         ),
     }
 }

@@ -2,19 +2,11 @@
 //! decision on each request, and the decision log.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::metrics::{Metrics, PolicyLabels};
 use arc_swap::ArcSwapOption;
 use vigil_authz::{AuthzInput, Decision, DecisionRecord, PolicyBundle, PolicyFile, PolicyOptions};
-
-/// Counts of decisions, by outcome.
-#[derive(Default)]
-pub struct DecisionCounts {
-    pub allow: AtomicU64,
-    pub deny: AtomicU64,
-    pub error: AtomicU64,
-}
 
 /// The bundle in force and how much request body it wants to see.
 pub struct InForce {
@@ -26,7 +18,7 @@ pub struct InForce {
 pub struct Authorizer {
     bundle: ArcSwapOption<InForce>,
     log: Mutex<Box<dyn Write + Send>>,
-    pub counts: DecisionCounts,
+    metrics: Arc<Metrics>,
     /// Last bundle the proxy refused, with the reason.
     pub last_refused: ArcSwapOption<String>,
 }
@@ -34,11 +26,11 @@ pub struct Authorizer {
 impl Authorizer {
     /// An authorizer with no bundle yet (every request is refused until one arrives),
     /// writing its decision log to `log`.
-    pub fn new(log: Box<dyn Write + Send>) -> Arc<Authorizer> {
+    pub fn new(log: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> Arc<Authorizer> {
         Arc::new(Authorizer {
             bundle: ArcSwapOption::empty(),
             log: Mutex::new(log),
-            counts: DecisionCounts::default(),
+            metrics,
             last_refused: ArcSwapOption::empty(),
         })
     }
@@ -104,17 +96,25 @@ impl Authorizer {
     pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
         let guard = self.bundle.load();
         let Some(bundle) = guard.as_ref().map(|f| &f.bundle) else {
-            self.counts.error.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .policy_decisions
+                .get_or_create(&PolicyLabels {
+                    outcome: "error",
+                    rule: String::new(),
+                })
+                .inc();
             return Decision::Error {
                 reason: "no policy bundle received from the control plane yet".into(),
             };
         };
         let decision = bundle.evaluate(input);
-        match decision.outcome() {
-            "allow" => self.counts.allow.fetch_add(1, Ordering::Relaxed),
-            "deny" => self.counts.deny.fetch_add(1, Ordering::Relaxed),
-            _ => self.counts.error.fetch_add(1, Ordering::Relaxed),
-        };
+        self.metrics
+            .policy_decisions
+            .get_or_create(&PolicyLabels {
+                outcome: decision.outcome(),
+                rule: bundle.options().rule.clone(),
+            })
+            .inc();
         if bundle.should_log(&decision) {
             let mut line = DecisionRecord::new(bundle, input, &decision).to_json_line();
             if !line.ends_with('\n') {

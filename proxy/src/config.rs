@@ -21,6 +21,8 @@ pub struct ProxyConfig {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// Prometheus `/metrics`.
+    pub metrics: SocketAddr,
     /// Extra outbound listeners, each bound to one service.
     pub upstreams: Vec<(SocketAddr, String)>,
     pub connect_timeout: Duration,

@@ -13,6 +13,7 @@ use vigil_identity::{SvidInfo, SvidStore, TlsOptions, TrustBundle, TrustStore, W
 
 use crate::config::ProxyConfig;
 use crate::control_plane_client;
+use crate::metrics::Metrics;
 
 /// What `/certs` reports about the current certificate.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +40,7 @@ pub struct WorkloadIdentity {
     pub renewals: AtomicU64,
     pub renewal_failures: AtomicU64,
     last_error: ArcSwapOption<String>,
+    metrics: Arc<Metrics>,
 }
 
 /// Outcome of one signing round trip.
@@ -49,7 +51,10 @@ struct Issued {
 
 impl WorkloadIdentity {
     /// Generates the workload key. Nothing is requested yet.
-    pub fn new(config: ProxyConfig) -> anyhow::Result<Arc<WorkloadIdentity>> {
+    pub fn new(
+        config: ProxyConfig,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<WorkloadIdentity>> {
         let key = WorkloadKey::generate()?;
         let trust = TrustStore::new(&config.trust_domain, config.bootstrap_trust.clone())?;
         Ok(Arc::new(WorkloadIdentity {
@@ -61,6 +66,7 @@ impl WorkloadIdentity {
             renewals: AtomicU64::new(0),
             renewal_failures: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
+            metrics,
         }))
     }
 
@@ -88,11 +94,15 @@ impl WorkloadIdentity {
                         let _ = tx.send(());
                     } else {
                         self.renewals.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.certificate_renewals.inc();
                     }
                     let wait = renewal_delay(issued.lifetime_left);
                     let renew_at = SystemTime::now() + wait;
                     let mut status = issued.status;
                     status.renew_at = unix(renew_at);
+                    self.metrics
+                        .certificate_expiry
+                        .set(i64::try_from(status.not_after).unwrap_or(i64::MAX));
                     tracing::info!(spiffe_id = %status.spiffe_id, expires_in = ?issued.lifetime_left, renew_in = ?wait, "workload certificate installed");
                     self.status.store(Some(Arc::new(status)));
                     tokio::time::sleep(wait).await;

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -17,9 +18,11 @@ use vigil_identity::{SpiffeId, TlsOptions};
 
 use crate::body::{self, Body};
 use crate::buffer::buffer_prefix;
-use crate::error::{local_response, ProxyError, ERROR_HEADER};
+use crate::error::{local_response, LocalReason, PolicyOutcome, ProxyError, ERROR_HEADER};
 use crate::headers::{strip_hop_by_hop, strip_identity, PEER_IDENTITY};
 use crate::listener::accept_loop;
+use crate::metrics::{Direction, ReasonLabels};
+use crate::observe::{now_secs, RequestRecord};
 use crate::Proxy;
 
 /// What inbound knows about a connection, all from the verified TLS session.
@@ -68,12 +71,12 @@ async fn connection(
                 .and_then(|i| i.downcast_ref::<rustls::Error>())
                 .map(vigil_identity::reason_of)
                 .unwrap_or("not-tls");
-            proxy.stats.handshake_failure(reason);
+            handshake_failed(&proxy, reason);
             tracing::info!(peer = %peer_address, %reason, error = %e, "inbound TLS handshake refused");
             return;
         }
         Err(_) => {
-            proxy.stats.handshake_failure("timeout");
+            handshake_failed(&proxy, "timeout");
             tracing::info!(peer = %peer_address, "inbound TLS handshake timed out");
             return;
         }
@@ -86,7 +89,7 @@ async fn connection(
     {
         Some(Ok(id)) => id,
         _ => {
-            proxy.stats.handshake_failure("no-identity");
+            handshake_failed(&proxy, "no-identity");
             return;
         }
     };
@@ -110,21 +113,96 @@ async fn connection(
     }
 }
 
+fn handshake_failed(proxy: &Proxy, reason: &'static str) {
+    proxy
+        .metrics
+        .tls_handshake_failures
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
 async fn request(
     proxy: Arc<Proxy>,
     conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    proxy.stats.inbound_request();
+    let started = Instant::now();
+    let service = inbound_service(&proxy, &req);
+    let details = proxy.observer.wants_records().then(|| {
+        (
+            req.method().to_string(),
+            req.uri().path().to_string(),
+            request_id(&req),
+            protocol_name(req.version()),
+        )
+    });
     let result = if req.method() == Method::CONNECT {
         tunnel(&proxy, &conn, req).await
     } else {
         http(&proxy, &conn, req).await
     };
-    result.unwrap_or_else(|e| {
+    let response = result.unwrap_or_else(|e| {
         tracing::debug!(peer = %conn.peer, error = %e, "inbound request failed");
         e.into_response()
-    })
+    });
+    let peer = conn.peer.to_string();
+    let error = response.extensions().get::<LocalReason>().map(|r| r.0);
+    let elapsed = started.elapsed();
+    proxy.observer.finished(
+        Direction::inbound,
+        &peer,
+        &service,
+        response.status(),
+        elapsed,
+        error,
+    );
+    if let Some((method, path, request_id, protocol)) = details {
+        proxy.observer.publish(RequestRecord {
+            time: now_secs(),
+            direction: "inbound",
+            source: peer,
+            destination: proxy
+                .identity
+                .status()
+                .map(|s| s.spiffe_id.clone())
+                .unwrap_or_default(),
+            service,
+            method,
+            path,
+            status: response.status().as_u16(),
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            policy: response
+                .extensions()
+                .get::<PolicyOutcome>()
+                .map(|p| p.0)
+                .unwrap_or(""),
+            error,
+            protocol,
+            request_id,
+        });
+    }
+    response
+}
+
+/// The service a caller addressed (by authority), or this workload when none matches.
+fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> String {
+    let mesh = proxy.discovery.mesh.load();
+    let Some(mesh) = mesh.as_ref() else {
+        return String::new();
+    };
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default();
+    mesh.service_for_host(host)
+        .map(|s| s.qualified_name())
+        .unwrap_or_else(|| format!("{}.{}", mesh.workload.name, mesh.workload.namespace))
 }
 
 async fn http(
@@ -254,7 +332,9 @@ async fn http(
             parts.headers.append(n, v);
         }
     }
-    Ok(Response::from_parts(parts, body::boxed(incoming)))
+    let mut response = Response::from_parts(parts, body::boxed(incoming));
+    response.extensions_mut().insert(PolicyOutcome("allow"));
+    Ok(response)
 }
 
 /// A CONNECT stream: policy on the connection, then bytes both ways to the app port.
@@ -321,13 +401,16 @@ async fn tunnel(
             }
         }
     });
-    Ok(Response::new(body::empty()))
+    let mut response = Response::new(body::empty());
+    response.extensions_mut().insert(PolicyOutcome("allow"));
+    Ok(response)
 }
 
 /// The policy's own answer: its status, body and headers, marked as a denial.
 fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response<Body> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = local_response(status, "policy-denied", body);
+    response.extensions_mut().insert(PolicyOutcome("deny"));
     if !headers.is_empty() {
         response.headers_mut().remove(http::header::CONTENT_TYPE);
     }

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # async fn run(config: vigil_proxy::config::ProxyConfig) -> anyhow::Result<()> {
-//! vigil_proxy::run(config, Box::new(std::io::stdout())).await
+//! vigil_proxy::run(config, Box::new(std::io::stdout()), None).await
 //! # }
 //! ```
 #![forbid(unsafe_code)]
@@ -26,11 +26,12 @@ pub mod headers;
 pub mod identity;
 pub mod inbound;
 pub mod listener;
+pub mod metrics;
+pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
 pub mod state;
-pub mod stats;
 
 use std::sync::Arc;
 
@@ -45,8 +46,8 @@ use crate::body::Body;
 use crate::config::ProxyConfig;
 use crate::discovery::Discovery;
 use crate::identity::WorkloadIdentity;
+use crate::metrics::Metrics;
 use crate::pool::PeerPool;
-use crate::stats::Stats;
 
 /// Everything a request handler needs, shared by every listener.
 pub struct Proxy {
@@ -57,7 +58,9 @@ pub struct Proxy {
     pub pool: PeerPool,
     /// HTTP/1.1 keep-alive connections to the local application.
     pub app: Client<HttpConnector, Body>,
-    pub stats: Stats,
+    pub metrics: Arc<Metrics>,
+    /// Where finished requests are reported (metrics, tap, access log).
+    pub observer: observe::Observer,
 }
 
 impl Proxy {
@@ -82,10 +85,12 @@ impl Proxy {
 pub async fn run(
     config: ProxyConfig,
     decision_log: Box<dyn std::io::Write + Send>,
+    access_log: Option<Box<dyn std::io::Write + Send>>,
 ) -> anyhow::Result<()> {
-    let identity = WorkloadIdentity::new(config.clone())?;
+    let metrics = Metrics::new();
+    let identity = WorkloadIdentity::new(config.clone(), metrics.clone())?;
     let discovery = Discovery::new();
-    let authz = Authorizer::new(decision_log);
+    let authz = Authorizer::new(decision_log, metrics.clone());
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.connect_timeout));
@@ -103,7 +108,8 @@ pub async fn run(
         discovery: discovery.clone(),
         authz: authz.clone(),
         app,
-        stats: Stats::default(),
+        metrics: metrics.clone(),
+        observer: observe::Observer::new(metrics.clone(), access_log),
     });
 
     let bind = |addr, what: &'static str| async move {
@@ -112,6 +118,7 @@ pub async fn run(
             .with_context(|| format!("binding the {what} listener on {addr}: is another proxy using it? pass a different --{what}"))
     };
     let admin = bind(config.admin, "admin").await?;
+    let metrics_listener = bind(config.metrics, "metrics").await?;
     let inbound = bind(config.inbound, "inbound").await?;
     let outbound = bind(config.outbound, "outbound").await?;
     let mut upstreams = Vec::new();
@@ -119,6 +126,7 @@ pub async fn run(
         upstreams.push((bind(*addr, "upstream").await?, service.clone()));
     }
     tokio::spawn(admin::serve(admin, proxy.clone()));
+    tokio::spawn(metrics::serve(metrics_listener, metrics));
 
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(identity.clone().run(first_tx));

@@ -51,6 +51,9 @@ struct Args {
     /// Admin listener; must be a loopback address.
     #[arg(long, env = "VIGIL_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Prometheus metrics listener (/metrics).
+    #[arg(long, env = "VIGIL_METRICS", default_value = "0.0.0.0:15090")]
+    metrics: SocketAddr,
     /// Extra outbound listener bound to one service, as ADDRESS=SERVICE (repeatable).
     #[arg(long = "upstream", value_parser = parse_upstream)]
     upstreams: Vec<(SocketAddr, String)>,
@@ -60,6 +63,10 @@ struct Args {
     /// Decision log destination: a file path, or "-" for standard output.
     #[arg(long, env = "VIGIL_DECISION_LOG", default_value = "-")]
     decision_log: String,
+    /// JSON access log, one line per request: a file path or "-" for standard output.
+    /// Off unless given.
+    #[arg(long, env = "VIGIL_ACCESS_LOG")]
+    access_log: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -132,22 +139,34 @@ fn start(args: Args) -> anyhow::Result<()> {
         inbound: args.inbound,
         outbound: args.outbound,
         admin: args.admin,
+        metrics: args.metrics,
         upstreams: args.upstreams,
         connect_timeout: args.connect_timeout,
         detect_timeout: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(10),
     };
-    let log: Box<dyn std::io::Write + Send> = if args.decision_log == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&args.decision_log)
-                .with_context(|| format!("opening --decision-log {}", args.decision_log))?,
-        )
-    };
+    let log = open_log(&args.decision_log, "--decision-log")?;
+    let access_log = args
+        .access_log
+        .as_deref()
+        .map(|path| open_log(path, "--access-log"))
+        .transpose()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(vigil_proxy::run(config, log))
+    runtime.block_on(vigil_proxy::run(config, log, access_log))
+}
+
+/// A log destination: "-" for standard output, otherwise a file appended to.
+fn open_log(path: &str, flag: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    use anyhow::Context;
+    if path == "-" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| {
+            format!("opening {flag} {path}: check the directory exists and is writable")
+        })?;
+    Ok(Box::new(file))
 }

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -14,9 +14,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{self, Body};
-use crate::error::ProxyError;
+use crate::error::{LocalReason, ProxyError};
 use crate::headers::{strip_hop_by_hop, strip_identity};
 use crate::listener::accept_loop;
+use crate::metrics::{Direction, TcpLabels};
+use crate::observe::{now_secs, RequestRecord};
 use crate::orig_dst::original_destination;
 use crate::state::{MeshView, ServiceView};
 use crate::Proxy;
@@ -137,12 +139,7 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, target: Target) {
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let target = target.clone();
-        async move {
-            Ok::<_, Infallible>(request(&proxy, &target, req).await.unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "outbound request failed");
-                e.into_response()
-            }))
-        }
+        async move { Ok::<_, Infallible>(request(&proxy, &target, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder
@@ -172,12 +169,83 @@ fn resolve<'m>(
     }
 }
 
-async fn request(
+/// Where an outbound request went, for reporting.
+#[derive(Default)]
+struct Routed {
+    service: String,
+    peer: String,
+}
+
+/// Forwards one request and reports it.
+async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let details = proxy.observer.wants_records().then(|| {
+        (
+            req.method().to_string(),
+            req.uri().path().to_string(),
+            req.headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            protocol_name(req.version()),
+        )
+    });
+    let mut routed = Routed::default();
+    let response = forward(proxy, target, req, &mut routed)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "outbound request failed");
+            e.into_response()
+        });
+    let error = response.extensions().get::<LocalReason>().map(|r| r.0);
+    let elapsed = started.elapsed();
+    proxy.observer.finished(
+        Direction::outbound,
+        &routed.peer,
+        &routed.service,
+        response.status(),
+        elapsed,
+        error,
+    );
+    if let Some((method, path, request_id, protocol)) = details {
+        proxy.observer.publish(RequestRecord {
+            time: now_secs(),
+            direction: "outbound",
+            source: proxy
+                .identity
+                .status()
+                .map(|s| s.spiffe_id.clone())
+                .unwrap_or_default(),
+            destination: routed.peer,
+            service: routed.service,
+            method,
+            path,
+            status: response.status().as_u16(),
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            policy: "",
+            error,
+            protocol,
+            request_id,
+        });
+    }
+    response
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+async fn forward(
     proxy: &Proxy,
     target: &Target,
     mut req: Request<Incoming>,
+    routed: &mut Routed,
 ) -> Result<Response<Body>, ProxyError> {
-    proxy.stats.outbound_request();
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(
             "CONNECT is not supported on the outbound listener".into(),
@@ -200,9 +268,11 @@ async fn request(
         })
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
     let service = resolve(&mesh, target, &host)?;
+    routed.service = service.qualified_name();
     let endpoint = service
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(service.qualified_name()))?;
+    routed.peer = endpoint.spiffe_id.to_string();
     let path = req
         .uri()
         .path_and_query()
@@ -223,7 +293,6 @@ async fn request(
 
 /// Opaque TCP: a CONNECT stream on the pooled HTTP/2 connection to the peer proxy.
 async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<(), ProxyError> {
-    proxy.stats.outbound_tunnel();
     let mesh = proxy
         .discovery
         .mesh
@@ -261,9 +330,28 @@ async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<()
         .await
         .map_err(|e| ProxyError::Upstream(e.to_string()))?;
     let mut upgraded = TokioIo::new(upgraded);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut upgraded).await {
-        tracing::debug!(error = %e, "outbound tunnel ended");
+    let labels = TcpLabels {
+        direction: Direction::outbound,
+        peer_identity: endpoint.spiffe_id.to_string(),
+        service: service.qualified_name(),
+    };
+    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
+    match tokio::io::copy_bidirectional(&mut tcp, &mut upgraded).await {
+        Ok((sent, received)) => {
+            proxy
+                .metrics
+                .tcp_bytes_sent
+                .get_or_create(&labels)
+                .inc_by(sent);
+            proxy
+                .metrics
+                .tcp_bytes_received
+                .get_or_create(&labels)
+                .inc_by(received);
+        }
+        Err(e) => tracing::debug!(error = %e, "outbound tunnel ended"),
     }
+    proxy.metrics.tcp_closed.get_or_create(&labels).inc();
     Ok(())
 }
 

@@ -325,6 +325,8 @@ impl Mesh {
             w.outbound.to_string(),
             "--admin".into(),
             w.admin.to_string(),
+            "--metrics".into(),
+            w.metrics.to_string(),
             "--decision-log".into(),
             self.dir
                 .path()
@@ -391,6 +393,14 @@ pub async fn wait_ready(p: &mut Process, admin: SocketAddr) -> anyhow::Result<()
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A proxy's Prometheus exposition.
+pub async fn metrics(addr: SocketAddr) -> String {
+    get(addr, "/metrics")
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default()
 }
 
 /// A plain HTTP/1.1 GET to `addr` (the admin port), returning status and body.

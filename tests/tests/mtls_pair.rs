@@ -220,15 +220,21 @@ async fn bad_clients_are_refused_and_the_proxy_keeps_serving() {
         .await
         .expect("request");
     assert_eq!(r.status, 200, "{}", r.body);
-    let (_, stats) = get(server.admin, "/stats").await.expect("stats");
-    let stats = json(&stats);
-    assert!(
-        stats["proxy"]["handshake_failures"]
-            .as_object()
-            .map(|m| !m.is_empty())
-            .unwrap_or(false),
-        "handshake failures are counted by reason: {stats}"
-    );
+    let exposition = metrics(server.metrics).await;
+    for reason in [
+        "unknown-ca",
+        "expired",
+        "several-uri-sans",
+        "ca-as-leaf",
+        "no-client-cert",
+    ] {
+        assert!(
+            exposition.contains(&format!(
+                "vigil_tls_handshake_failures_total{{reason=\"{reason}\"}} 1"
+            )),
+            "handshake failure {reason} is counted:\n{exposition}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -194,6 +194,9 @@ fn new_hist() -> Histogram<u64> {
 struct Recorder {
     latency: Histogram<u64>,
     service: Histogram<u64>,
+    /// Open loop only: how late the request left versus its intended send time (pacer
+    /// wake-up + hand-off + waiting for a free connection).
+    send_lag: Histogram<u64>,
     window: Histogram<u64>,
     window_errors: u64,
     bytes: u64,
@@ -208,12 +211,15 @@ struct Shared {
 }
 
 impl Shared {
-    fn record_ok(&self, latency: Duration, service: Duration, bytes: usize) {
+    fn record_ok(&self, latency: Duration, service: Duration, bytes: usize, open_loop: bool) {
         let l = (latency.as_nanos() as u64).clamp(1_000, HIST_MAX_NS);
         let s = (service.as_nanos() as u64).clamp(1_000, HIST_MAX_NS);
         let mut r = self.rec.lock().unwrap();
         r.latency.saturating_record(l);
         r.service.saturating_record(s);
+        if open_loop {
+            r.send_lag.saturating_record(l.saturating_sub(s).max(1_000));
+        }
         r.window.saturating_record(l);
         r.bytes += bytes as u64;
         drop(r);
@@ -307,7 +313,12 @@ async fn worker(args: Arc<LoadArgs>, shared: Arc<Shared>, queue: Option<Queue>, 
         let result = tokio::time::timeout(args.timeout, one_request(s, &args)).await;
         let end = Instant::now();
         match result {
-            Ok(Ok(bytes)) => shared.record_ok(end - intended.unwrap_or(start), end - start, bytes),
+            Ok(Ok(bytes)) => shared.record_ok(
+                end - intended.unwrap_or(start),
+                end - start,
+                bytes,
+                intended.is_some(),
+            ),
             Ok(Err(e)) => {
                 shared.record_err(format!("{e:#}"));
                 sender = None;
@@ -348,6 +359,7 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
         rec: Mutex::new(Recorder {
             latency: new_hist(),
             service: new_hist(),
+            send_lag: new_hist(),
             window: new_hist(),
             window_errors: 0,
             bytes: 0,
@@ -374,6 +386,8 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
         let rate = args.rate;
         let duration = args.duration;
         pacer_handle = Some(std::thread::spawn(move || {
+            // The default 50 µs timer slack would make every wake-up that much late.
+            let _ = nix::sys::prctl::set_timerslack(1);
             let interval_ns = 1_000_000_000f64 / rate as f64;
             let total = (duration.as_secs_f64() * rate as f64).round() as u64;
             for i in 0..total {
@@ -480,6 +494,7 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
         "bytes_received": r.bytes,
         "latency_us": summary(&r.latency),
         "service_time_us": summary(&r.service),
+        "send_lag_us": if args.rate > 0 { summary(&r.send_lag) } else { json!(null) },
         "latency_from": if args.rate > 0 { "intended send time" } else { "actual send time" },
         "first_error": *shared.first_error.lock().unwrap(),
     });

@@ -1,0 +1,310 @@
+//! The proxy's one metrics registry (Prometheus text on the metrics port, 15090).
+//!
+//! Label sets are bounded: directions, mesh identities, services and reasons the proxy
+//! itself names; never paths, addresses or anything a client can make up.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+
+use crate::body::{self, Body};
+use crate::listener::accept_loop;
+
+/// Which way traffic flows relative to this workload.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    #[allow(non_camel_case_types)]
+    inbound,
+    #[allow(non_camel_case_types)]
+    outbound,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub peer_identity: String,
+    pub service: String,
+    pub route: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: Direction,
+    pub peer_identity: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    pub peer_identity: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub outcome: &'static str,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub service: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    pub proxy_errors: Family<ErrorLabels, Counter>,
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    pub tcp_bytes_sent: Family<TcpLabels, Counter>,
+    pub tcp_bytes_received: Family<TcpLabels, Counter>,
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    pub policy_decisions: Family<PolicyLabels, Counter>,
+    pub retries: Family<ServiceLabels, Counter>,
+    pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    pub ejections: Family<EndpointLabels, Counter>,
+    pub breaker_open: Family<EndpointLabels, Gauge>,
+    pub certificate_expiry: Gauge,
+    pub certificate_renewals: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("vigil");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests handled, by direction, peer identity, service, route and status class",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request received to response headers, as the caller saw it",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let proxy_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "proxy_errors",
+            "Responses the proxy produced itself, by reason (x-vigil-error)",
+            proxy_errors.clone(),
+        );
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_opened",
+            "Opaque TCP connections opened",
+            tcp_opened.clone(),
+        );
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_closed",
+            "Opaque TCP connections closed",
+            tcp_closed.clone(),
+        );
+        let tcp_bytes_sent = Family::<TcpLabels, Counter>::default();
+        registry.register_with_unit(
+            "tcp_sent",
+            "Bytes sent to the peer over opaque TCP",
+            Unit::Bytes,
+            tcp_bytes_sent.clone(),
+        );
+        let tcp_bytes_received = Family::<TcpLabels, Counter>::default();
+        registry.register_with_unit(
+            "tcp_received",
+            "Bytes received from the peer over opaque TCP",
+            Unit::Bytes,
+            tcp_bytes_received.clone(),
+        );
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Inbound TLS handshakes refused, by reason",
+            tls_handshake_failures.clone(),
+        );
+        let policy_decisions = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Policy decisions by outcome (allow, deny, error) and decision rule",
+            policy_decisions.clone(),
+        );
+        let retries = Family::<ServiceLabels, Counter>::default();
+        registry.register("retries", "Requests retried, by service", retries.clone());
+        let retry_budget_exhausted = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries skipped because the retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        let ejections = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected by the circuit breaker",
+            ejections.clone(),
+        );
+        let breaker_open = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "circuit_breaker_open",
+            "1 while an endpoint's circuit breaker is open",
+            breaker_open.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register_with_unit(
+            "certificate_expiry_timestamp",
+            "When the workload certificate expires, seconds since the Unix epoch",
+            Unit::Seconds,
+            certificate_expiry.clone(),
+        );
+        let certificate_renewals = Counter::default();
+        registry.register(
+            "certificate_renewals",
+            "Certificates renewed",
+            certificate_renewals.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            request_duration,
+            proxy_errors,
+            tcp_opened,
+            tcp_closed,
+            tcp_bytes_sent,
+            tcp_bytes_received,
+            tls_handshake_failures,
+            policy_decisions,
+            retries,
+            retry_budget_exhausted,
+            ejections,
+            breaker_open,
+            certificate_expiry,
+            certificate_renewals,
+        })
+    }
+
+    /// Records one finished HTTP request.
+    pub fn request(
+        &self,
+        direction: Direction,
+        peer_identity: &str,
+        service: &str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                peer_identity: peer_identity.to_string(),
+                service: service.to_string(),
+                route: "default".to_string(),
+                status_class: status_class(status),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&LatencyLabels {
+                direction,
+                peer_identity: peer_identity.to_string(),
+                service: service.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The exposition, in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// `2xx`, `4xx`, ...
+pub fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Serves `/metrics` on the metrics listener.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    accept_loop(listener, "metrics", move |tcp, _| {
+        let metrics = metrics.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        }
+    })
+    .await;
+}
+
+fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
+    if req.uri().path() != "/metrics" {
+        let mut r = Response::new(body::full("only /metrics is served here\n"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    let mut r = Response::new(body::full(metrics.encode()));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    r
+}
