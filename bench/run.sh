@@ -17,6 +17,9 @@
 #   BENCH_HAPROXY_ALPN=h2  protocol between the two HAProxies (h2 like Vigil, or http/1.1)
 #   BENCH_SKIP_BUILD=1     use the binaries already in target/release
 #   BENCH_SKIP_INSTALL=1   do not apt-get install missing tools
+#   BENCH_VIGIL_REV=...    revision label for RESULTS.md (default: git HEAD of this tree)
+#   BENCH_WAIT_QUIET=0     before each phase, wait up to this many seconds for the machine to be
+#                          quiet (other processes < 0.2 cores over 2 s); 0 = don't wait
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,6 +52,8 @@ mkdir -p "$LOGS"
 ln -sfn "run-$STAMP" "$BENCH/out/latest"
 PROCS="$OUT/procs.tsv"   # path mode role pid cpu_ticks_delta vmhwm_kb load1_before load1_after
 printf 'path\tmode\trole\tpid\tcpu_ticks\tvmhwm_kb\tload1_before\tload1_after\n' >"$PROCS"
+PHASES="$OUT/phases.tsv" # path mode wall_s system_busy_ticks upstream_ticks
+printf 'path\tmode\twall_s\tsystem_busy_ticks\tupstream_ticks\n' >"$PHASES"
 
 T0=$(date +%s)
 log() { printf '\033[1m[bench %4ss]\033[0m %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
@@ -169,9 +174,37 @@ smoke() { # path port
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 vmhwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
+# Busy jiffies of the whole machine (user nice system irq softirq steal), to see how much CPU
+# processes other than ours took during a phase.
+sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+threads_of() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
+THREADS_NOTE=""
+established_to() { ss -Htn state established "dport = :$1" 2>/dev/null | wc -l; }
 
 # ---------------------------------------------------------------------------------------
 # one measured phase
+
+# wait_quiet: on a shared machine, give others' builds a chance to finish before a phase.
+wait_quiet() {
+    local limit=${BENCH_WAIT_QUIET:-0} waited=0 a b cores
+    [ "$limit" = 0 ] && return 0
+    while :; do
+        a=$(sys_busy)
+        sleep 2
+        b=$(sys_busy)
+        cores=$(awk -v d=$((b - a)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", d / hz / 2}')
+        if awk -v c="$cores" 'BEGIN {exit !(c < 0.2)}'; then
+            [ "$waited" -gt 0 ] && log "machine quiet after ${waited}s (${cores} cores busy)"
+            return 0
+        fi
+        waited=$((waited + 2))
+        if [ "$waited" -ge "$limit" ]; then
+            log "machine still busy (${cores} cores) after ${waited}s; measuring anyway"
+            return 0
+        fi
+        [ $((waited % 20)) = 0 ] && log "waiting for a quiet machine (${cores} cores busy)"
+    done
+}
 
 # measure PATH MODE PORT role=pid...
 measure() {
@@ -182,6 +215,7 @@ measure() {
     local spec role pid
     for spec in "$@"; do assert_alive "${spec#*=}"; done
 
+    wait_quiet
     log "$path / $mode: ${WARMUP}s warm-up"
     "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate "$rate" \
         --duration "${WARMUP}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
@@ -193,8 +227,11 @@ measure() {
         role=${spec%%=*} pid=${spec#*=}
         before[$role]=$(cpu_ticks "$pid")
     done
-    local l_before
+    local l_before sb_before ub_before t_before
     l_before=$(load1)
+    sb_before=$(sys_busy)
+    ub_before=$(cpu_ticks "$UPSTREAM_PID")
+    t_before=$(date +%s.%N)
     log "$path / $mode: measuring ${DURATION}s ($([ "$rate" = 0 ] && echo "closed loop, max rate" || echo "open loop, $rate req/s"), $CONNS connections)"
     "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate "$rate" \
         --duration "${DURATION}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
@@ -202,6 +239,8 @@ measure() {
         || die "load generator failed on $path/$mode"
     local l_after
     l_after=$(load1)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$path" "$mode" "$(awk -v a="$t_before" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')" \
+        "$(( $(sys_busy) - sb_before ))" "$(( $(cpu_ticks "$UPSTREAM_PID") - ub_before ))" >>"$PHASES"
     for spec in "$@"; do
         role=${spec%%=*} pid=${spec#*=}
         assert_alive "$pid"
@@ -275,12 +314,17 @@ port_free_or_die $P_UPSTREAM $P_CP_DISCOVERY $P_CP_IDENTITY $P_CP_DASHBOARD \
     echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
     echo "mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
     echo "kernel=$(uname -r)"
-    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if [ -n "$(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then rev="$rev (with uncommitted changes)"; fi
+    if [ -n "${BENCH_VIGIL_REV:-}" ]; then
+        rev=$BENCH_VIGIL_REV
+    else
+        rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+        if [ -n "$(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then rev="$rev (with uncommitted changes)"; fi
+    fi
     echo "vigil=$rev"
     echo "haproxy=$(haproxy -v 2>&1 | head -1)"
     echo "openssl=$(openssl version)"
     echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "vigil_proxy_built=$(date -u -r "$BIN/vigil-proxy" '+%Y-%m-%d %H:%M UTC')"
     echo "duration=$DURATION"
     echo "warmup=$WARMUP"
     echo "rate=$RATE"
@@ -341,20 +385,31 @@ EOF
 
     local common=(--trust-domain vigil.local --trust-bundle "$dir/data/trust-bundle.pem"
         --identity-addr "127.0.0.1:$P_CP_IDENTITY" --discovery-addr "127.0.0.1:$P_CP_DISCOVERY")
+    # Newer proxies also serve Prometheus metrics (default 0.0.0.0:15090): give each its own port.
+    local s_metrics=() c_metrics=()
+    if "$BIN/vigil-proxy" --help 2>/dev/null | grep -q -- '--metrics'; then
+        s_metrics=(--metrics "127.0.0.1:$P_S_METRICS")
+        c_metrics=(--metrics "127.0.0.1:$P_C_METRICS")
+    fi
     start_bg vigil-server-proxy "$BIN/vigil-proxy" "${common[@]}" --token server-join-token-0123456789 \
-        --inbound "127.0.0.1:$P_S_IN" --outbound "127.0.0.1:$P_S_OUT" --admin "127.0.0.1:$P_S_ADMIN" \
+        --inbound "127.0.0.1:$P_S_IN" --outbound "127.0.0.1:$P_S_OUT" --admin "127.0.0.1:$P_S_ADMIN" "${s_metrics[@]}" \
         --decision-log "$LOGS/vigil-server-decisions.log"
     local sp=$STARTED_PID
     start_bg vigil-client-proxy "$BIN/vigil-proxy" "${common[@]}" --token client-join-token-0123456789 \
-        --inbound "127.0.0.1:$P_C_IN" --outbound "127.0.0.1:$P_C_OUT" --admin "127.0.0.1:$P_C_ADMIN" \
+        --inbound "127.0.0.1:$P_C_IN" --outbound "127.0.0.1:$P_C_OUT" --admin "127.0.0.1:$P_C_ADMIN" "${c_metrics[@]}" \
         --decision-log "$LOGS/vigil-client-decisions.log"
     local clp=$STARTED_PID
     wait_ready $P_S_ADMIN "$sp"
     wait_ready $P_C_ADMIN "$clp"
-    log "both Vigil proxies ready"
+    log "both Vigil proxies ready (threads: client $(threads_of "$clp"), server $(threads_of "$sp"))"
+    THREADS_NOTE+="Vigil client proxy $(threads_of "$clp"), server proxy $(threads_of "$sp"); "
     run_modes vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp" "control-plane=$cp"
-    curl -s "http://127.0.0.1:$P_C_ADMIN/stats" >"$OUT/vigil-client-stats.txt" 2>/dev/null || true
-    curl -s "http://127.0.0.1:$P_S_ADMIN/stats" >"$OUT/vigil-server-stats.txt" 2>/dev/null || true
+    echo "vigil_peer_connections=$(established_to $P_S_IN)" >>"$OUT/env.txt"
+    log "Vigil: $(established_to $P_S_IN) mTLS connection(s) open from client proxy to server proxy"
+    if ((${#c_metrics[@]})); then
+        curl -s "http://127.0.0.1:$P_C_METRICS/metrics" >"$OUT/vigil-client-metrics.txt" 2>/dev/null || true
+        curl -s "http://127.0.0.1:$P_S_METRICS/metrics" >"$OUT/vigil-server-metrics.txt" 2>/dev/null || true
+    fi
     stop_pid "$clp"
     stop_pid "$sp"
     stop_pid "$cp"
@@ -390,7 +445,7 @@ run_haproxy() {
     fi
     cat >"$dir/back.cfg" <<EOF
 global
-    maxconn 10000
+    maxconn 4096
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
 defaults
@@ -409,7 +464,7 @@ backend app
 EOF
     cat >"$dir/front.cfg" <<EOF
 global
-    maxconn 10000
+    maxconn 4096
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
 defaults
@@ -438,8 +493,11 @@ EOF
     local fp=$STARTED_PID
     wait_port $P_HA_BACK "$bp"
     wait_port $P_HA_FRONT "$fp"
-    log "HAProxy threads: front $(awk '/^Threads:/ {print $2}' /proc/$fp/status), back $(awk '/^Threads:/ {print $2}' /proc/$bp/status)"
+    log "HAProxy threads: front $(threads_of "$fp"), back $(threads_of "$bp")"
+    THREADS_NOTE+="HAProxy front $(threads_of "$fp"), back $(threads_of "$bp") (OS threads per process); "
     run_modes haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
+    echo "haproxy_peer_connections=$(established_to $P_HA_BACK)" >>"$OUT/env.txt"
+    log "HAProxy: $(established_to $P_HA_BACK) mTLS connection(s) open from front to back"
     stop_pid "$fp"
     stop_pid "$bp"
 }
@@ -454,5 +512,6 @@ for path in $PATHS; do
 done
 
 log "writing bench/RESULTS.md"
+echo "threads=${THREADS_NOTE%; }" >>"$OUT/env.txt"
 python3 "$BENCH/report.py" "$OUT" "$BENCH/RESULTS.md" || die "report generation failed"
 log "done in $(( $(date +%s) - T0 ))s; raw data in $OUT"

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_cmd in "iproute2:ip" "iptables:iptables"; do
+for pkg_cmd in "iproute2:ip" "iptables:iptables" "tcpdump:tcpdump" "util-linux:setpriv" "python3-pip:pip3" "prometheus:promtool" "chromium:chromium"; do
   pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -17,6 +17,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Offline validation of manifests/ and `vigil inject` output (control-plane/tests/manifests.rs).
+if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+  echo "==> installing the kubernetes-validate Python package" >&2
+  pip3 install --quiet kubernetes-validate 2>/dev/null \
+    || pip3 install --quiet --break-system-packages kubernetes-validate
 fi
 
 echo "==> cargo test --workspace" >&2

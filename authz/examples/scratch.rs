@@ -163,7 +163,124 @@ fn latency_percentiles() {
     eprintln!();
 }
 
+fn compile_src(src: &str, data: &str) -> PolicyBundle {
+    let mut files = vec![vigil_authz::PolicyFile {
+        path: "p.rego".into(),
+        contents: src.into(),
+    }];
+    if !data.is_empty() {
+        files.push(vigil_authz::PolicyFile {
+            path: "data.json".into(),
+            contents: data.into(),
+        });
+    }
+    PolicyBundle::compile(files, PolicyOptions::default()).unwrap()
+}
+
 fn main() {
-    latency_percentiles();
-    latency_percentiles();
+    let headers = headers();
+    let which = std::env::var("CASE").unwrap_or_else(|_| "namespace-isolation".into());
+    let case = CASES.iter().find(|c| c.policy == which).unwrap();
+    let input = input(case, &headers);
+    let v = input.to_value();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    if std::env::args().nth(1).as_deref() == Some("to_value") {
+        for _ in 0..1_000_000 {
+            black_box(input.to_value());
+        }
+        return;
+    }
+    for path in std::env::args().skip(1) {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let data = std::fs::read_to_string(
+            std::env::var("DATA")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| dir.join(format!("{which}/data.json"))),
+        )
+        .unwrap_or_default();
+        let mut b = compile_src(&src, &data);
+        if which == "envoy-compat" {
+            let files = vec![vigil_authz::PolicyFile {
+                path: "p.rego".into(),
+                contents: src.clone(),
+            }];
+            b = PolicyBundle::compile(
+                files,
+                PolicyOptions {
+                    rule: "data.envoy.authz.allow".into(),
+                    ..PolicyOptions::default()
+                },
+            )
+            .unwrap();
+        }
+        let d = b.evaluate_value(v.clone());
+        let n = 200_000;
+        for _ in 0..n / 10 {
+            black_box(b.eval_raw(v.clone()).ok());
+        }
+        let start = Instant::now();
+        for _ in 0..n {
+            black_box(b.eval_raw(v.clone()).ok());
+        }
+        eprintln!(
+            "{path}: {:?} {:?} {:?} folded={:?}",
+            start.elapsed() / n,
+            d.outcome(),
+            b.backend(),
+            b.folded_rules()
+        );
+    }
+}
+
+fn time<F: FnMut()>(label: &str, n: usize, mut f: F) {
+    for _ in 0..n / 10 {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    eprintln!("  {label:<40} {:>8.2?}", start.elapsed() / n as u32);
+}
+
+pub fn breakdown() {
+    let headers = headers();
+    for case in CASES {
+        let bundle = bundle(case);
+        let input = input(case, &headers);
+        let prebuilt = input.to_value();
+        eprintln!("{}:", case.policy);
+        time("to_value", 50_000, || {
+            black_box(input.to_value());
+        });
+        time("eval_raw(prebuilt)", 50_000, || {
+            black_box(bundle.eval_raw(prebuilt.clone()).ok());
+        });
+        time("eval_raw_interpreted(prebuilt)", 5_000, || {
+            black_box(bundle.eval_raw_interpreted(prebuilt.clone()).ok());
+        });
+    }
+    let trivial = PolicyBundle::compile(
+        vec![vigil_authz::PolicyFile {
+            path: "p.rego".into(),
+            contents: "package vigil.authz\nallow := true".into(),
+        }],
+        PolicyOptions::default(),
+    )
+    .unwrap();
+    time("trivial eval_raw(Null)", 50_000, || {
+        black_box(trivial.eval_raw(vigil_authz::Value::Null).ok());
+    });
+    let small = PolicyBundle::compile(
+        vec![vigil_authz::PolicyFile {
+            path: "p.rego".into(),
+            contents: "package vigil.authz\nallow if input.a == 1".into(),
+        }],
+        PolicyOptions::default(),
+    )
+    .unwrap();
+    let v = vigil_authz::Value::from_json_str(r#"{"a":1}"#).unwrap();
+    time("small eval_raw", 50_000, || {
+        black_box(small.eval_raw(v.clone()).ok());
+    });
 }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decision::Decision;
 use crate::engine::{self, EvalError};
+use crate::fold;
 use crate::input::AuthzInput;
 use crate::source::{self, TestFiles};
 
@@ -229,8 +230,10 @@ pub struct PolicyBundle {
     pub(crate) backend: Backend,
     /// RVM bytecode, compiled once; `None` when the interpreter backend is used.
     pub(crate) program: Option<Arc<Program>>,
-    /// The merged data document.
+    /// The data document the VM sees: the bundle's data plus folded rule values.
     pub(crate) data: Value,
+    /// Rules evaluated once at compile time (see `fold.rs`).
+    folded: Vec<String>,
     /// A prepared interpreter: template for per-thread clones, cross-checks and `explain`.
     pub(crate) interpreter: Engine,
 }
@@ -282,12 +285,23 @@ impl PolicyBundle {
         let compiled = interpreter
             .compile_with_entrypoint(&rule)
             .map_err(|e| compile_error(&e.to_string()))?;
-        let data = interpreter.get_data();
-
+        let mut data = interpreter.get_data();
+        let mut folded = Vec::new();
         let rvm = match preference {
-            BackendPreference::Rvm => Compiler::compile_from_policy(&compiled, &[&options.rule])
-                .map_err(|e| source::condense_error(&e.to_string())),
             BackendPreference::Interpreter => Err("interpreter requested".to_string()),
+            BackendPreference::Rvm => {
+                match fold::fold(&files, &mut interpreter, &options.rule)
+                    .and_then(|f| compile_folded(f, &options.rule))
+                {
+                    Some((program, folded_data, rules)) => {
+                        data = folded_data;
+                        folded = rules;
+                        Ok(program)
+                    }
+                    None => Compiler::compile_from_policy(&compiled, &[&options.rule])
+                        .map_err(|e| source::condense_error(&e.to_string())),
+                }
+            }
         };
         let (backend, program) = match rvm {
             Ok(program) => {
@@ -312,6 +326,11 @@ impl PolicyBundle {
                 (Backend::Interpreter { reason }, None)
             }
         };
+        if program.is_none() {
+            // The interpreter evaluates the original modules against the original data.
+            data = interpreter.get_data();
+            folded.clear();
+        }
 
         Ok(PolicyBundle {
             id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
@@ -321,6 +340,7 @@ impl PolicyBundle {
             backend,
             program,
             data,
+            folded,
             interpreter,
         })
     }
@@ -343,6 +363,12 @@ impl PolicyBundle {
     /// The evaluator used on the request path.
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// Rules that do not depend on the request and were evaluated once, when the bundle was
+    /// compiled (e.g. `vigil.authz.public_endpoints`); the VM reads their values as data.
+    pub fn folded_rules(&self) -> &[String] {
+        &self.folded
     }
 
     /// Evaluates the decision rule for one request or connection. Never panics: evaluation
@@ -386,6 +412,26 @@ impl PolicyBundle {
     pub fn should_log(&self, decision: &Decision) -> bool {
         self.options.should_log(decision)
     }
+}
+
+/// Compiles the folded form of a bundle to RVM bytecode; `None` if anything about it fails
+/// (the caller then compiles the bundle as written).
+fn compile_folded(
+    folding: fold::Folding,
+    rule: &str,
+) -> Option<(Arc<Program>, Value, Vec<String>)> {
+    let mut engine = match source::load_engine(&folding.files) { Ok(e) => e, Err(e) => { eprintln!("DEBUG load {e}"); return None; } };
+    if let Err(e) = engine.add_data(folding.data) { eprintln!("DEBUG data {e}"); return None; }
+    if !source::rule_is_declared(&engine, rule) {
+        return None;
+    }
+    let compiled = match engine.compile_with_entrypoint(&rule.into()) { Ok(c) => c, Err(e) => { eprintln!("DEBUG compile {e}"); return None; } };
+    let program = match Compiler::compile_from_policy(&compiled, &[rule]) { Ok(p) => p, Err(e) => { eprintln!("DEBUG rvm {e}"); return None; } };
+    let data = engine.get_data();
+    let mut vm = RegoVM::new();
+    vm.load_program(program.clone());
+    vm.set_data(data.clone()).ok()?;
+    Some((program, data, folding.rules))
 }
 
 fn compile_error(text: &str) -> BundleError {

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use percent_encoding::percent_decode_str;
-use regorus::Value;
+use regorus::value::Object;
+use regorus::{Rc, Value};
 
 /// The facts about one request or connection, borrowed from the proxy.
 #[derive(Clone, Copy, Debug)]
@@ -66,8 +67,11 @@ pub struct BodyInput<'a> {
     pub content_type: Option<&'a str>,
 }
 
-/// Object keys of the document, created once per thread.
-struct Keys {
+/// Object keys and object shapes of the document, created once per thread.
+///
+/// Each fixed-shape object is cloned from a frozen template holding its (sorted) keys and then
+/// filled in place, which skips building and freezing a `BTreeMap` per object per request.
+struct Shapes {
     attributes: Value,
     source: Value,
     destination: Value,
@@ -92,41 +96,112 @@ struct Keys {
     pseudo_authority: Value,
     pseudo_method: Value,
     pseudo_path: Value,
+    empty_object: Value,
+    socket: Object,
+    peer_address: Object,
+    peer: Object,
+    peer_with_principal: Object,
+    attributes_tcp: Object,
+    attributes_http: Object,
+    request_http: Object,
+    http_attributes: Object,
+    http_attributes_with_body: Object,
+    doc_tcp: Object,
+    doc_http: Object,
+    doc_http_with_body: Object,
+    doc_http_with_parsed_body: Object,
 }
 
-impl Keys {
-    fn new() -> Keys {
-        Keys {
-            attributes: "attributes".into(),
-            source: "source".into(),
-            destination: "destination".into(),
-            address: "address".into(),
-            socket_address: "socketAddress".into(),
-            port_value: "portValue".into(),
-            principal: "principal".into(),
-            request: "request".into(),
-            http: "http".into(),
-            id: "id".into(),
-            method: "method".into(),
-            path: "path".into(),
-            host: "host".into(),
-            scheme: "scheme".into(),
-            protocol: "protocol".into(),
-            headers: "headers".into(),
-            body: "body".into(),
-            parsed_path: "parsed_path".into(),
-            parsed_query: "parsed_query".into(),
-            parsed_body: "parsed_body".into(),
-            truncated_body: "truncated_body".into(),
-            pseudo_authority: ":authority".into(),
-            pseudo_method: ":method".into(),
-            pseudo_path: ":path".into(),
+/// A frozen object with these keys (values null), to clone and fill.
+fn shape(keys: &[&Value]) -> Object {
+    let map: BTreeMap<Value, Value> = keys.iter().map(|k| ((*k).clone(), Value::Null)).collect();
+    match Value::from(map) {
+        Value::Object(o) => o.as_ref().clone(),
+        _ => Object::new(),
+    }
+}
+
+/// Clones `shape` and sets its values.
+fn fill<const N: usize>(shape: &Object, entries: [(&Value, Value); N]) -> Value {
+    let mut object = shape.clone();
+    for (key, value) in entries {
+        match object.get_mut(key) {
+            Some(slot) => *slot = value,
+            // Only if a shape lacks a key: still correct, just slower.
+            None => {
+                object.insert(key.clone(), value);
+            }
+        }
+    }
+    Value::Object(Rc::new(object))
+}
+
+impl Shapes {
+    fn new() -> Shapes {
+        let v = |s: &str| Value::from(s);
+        let (attributes, source, destination) = (v("attributes"), v("source"), v("destination"));
+        let (address, socket_address, port_value) =
+            (v("address"), v("socketAddress"), v("portValue"));
+        let (principal, request, http, id) = (v("principal"), v("request"), v("http"), v("id"));
+        let (method, path, host, scheme) = (v("method"), v("path"), v("host"), v("scheme"));
+        let (protocol, headers, body) = (v("protocol"), v("headers"), v("body"));
+        let (parsed_path, parsed_query) = (v("parsed_path"), v("parsed_query"));
+        let (parsed_body, truncated_body) = (v("parsed_body"), v("truncated_body"));
+        let http_keys = [&headers, &host, &id, &method, &path, &protocol, &scheme];
+        let http_body_keys = [
+            &body, &headers, &host, &id, &method, &path, &protocol, &scheme,
+        ];
+        Shapes {
+            socket: shape(&[&address, &port_value]),
+            peer_address: shape(&[&socket_address]),
+            peer: shape(&[&address]),
+            peer_with_principal: shape(&[&address, &principal]),
+            attributes_tcp: shape(&[&source, &destination]),
+            attributes_http: shape(&[&source, &destination, &request]),
+            request_http: shape(&[&http]),
+            http_attributes: shape(&http_keys),
+            http_attributes_with_body: shape(&http_body_keys),
+            doc_tcp: shape(&[&attributes]),
+            doc_http: shape(&[&attributes, &parsed_path, &parsed_query]),
+            doc_http_with_body: shape(&[&attributes, &parsed_path, &parsed_query, &truncated_body]),
+            doc_http_with_parsed_body: shape(&[
+                &attributes,
+                &parsed_path,
+                &parsed_query,
+                &truncated_body,
+                &parsed_body,
+            ]),
+            empty_object: Value::new_object(),
+            pseudo_authority: v(":authority"),
+            pseudo_method: v(":method"),
+            pseudo_path: v(":path"),
+            attributes,
+            source,
+            destination,
+            address,
+            socket_address,
+            port_value,
+            principal,
+            request,
+            http,
+            id,
+            method,
+            path,
+            host,
+            scheme,
+            protocol,
+            headers,
+            body,
+            parsed_path,
+            parsed_query,
+            parsed_body,
+            truncated_body,
         }
     }
 }
 
 thread_local! {
-    static KEYS: Keys = Keys::new();
+    static SHAPES: Shapes = Shapes::new();
 }
 
 impl AuthzInput<'_> {
@@ -135,59 +210,105 @@ impl AuthzInput<'_> {
     /// and for HTTP `attributes.request.http.{id,method,path,host,scheme,protocol,headers[,body]}`,
     /// `parsed_path`, `parsed_query` and, with a body, `parsed_body` and `truncated_body`.
     pub fn to_value(&self) -> Value {
-        KEYS.try_with(|keys| self.build(keys))
-            .unwrap_or_else(|_| self.build(&Keys::new()))
+        SHAPES
+            .try_with(|shapes| self.build(shapes))
+            .unwrap_or_else(|_| self.build(&Shapes::new()))
     }
 
-    fn build(&self, k: &Keys) -> Value {
-        let mut attributes = BTreeMap::new();
-        attributes.insert(
-            k.source.clone(),
-            peer(k, self.source_address, self.source_principal),
+    fn build(&self, s: &Shapes) -> Value {
+        let source = peer(s, self.source_address, self.source_principal);
+        let destination = peer(s, self.destination_address, self.destination_principal);
+        let InputKind::Http(http) = &self.kind else {
+            let attributes = fill(
+                &s.attributes_tcp,
+                [(&s.source, source), (&s.destination, destination)],
+            );
+            return fill(&s.doc_tcp, [(&s.attributes, attributes)]);
+        };
+
+        let (path_part, query_part) = split_target(http.path);
+        let method = Value::from(http.method);
+        let path = Value::from(http.path);
+        let host = Value::from(http.host);
+        let headers = headers_value(s, http, &method, &path, &host);
+        let common = [
+            (&s.headers, headers),
+            (&s.host, host),
+            (&s.id, Value::from(http.id)),
+            (&s.method, method),
+            (&s.path, path),
+            (&s.protocol, Value::from(http.protocol)),
+            (&s.scheme, Value::from(http.scheme)),
+        ];
+        let parsed_path = parsed_path(path_part);
+        let parsed_query = if query_part.is_empty() {
+            s.empty_object.clone()
+        } else {
+            parsed_query(query_part)
+        };
+
+        let Some(body) = &http.body else {
+            let attributes =
+                http_attributes(s, source, destination, fill(&s.http_attributes, common));
+            return fill(
+                &s.doc_http,
+                [
+                    (&s.attributes, attributes),
+                    (&s.parsed_path, parsed_path),
+                    (&s.parsed_query, parsed_query),
+                ],
+            );
+        };
+
+        let text = String::from_utf8_lossy(body.bytes);
+        let content_type = body.content_type.map(Cow::Borrowed).or_else(|| {
+            http.headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        });
+        // Like OPA-Envoy, a truncated body is not parsed: half a document would mislead.
+        let parsed_body = if body.truncated {
+            None
+        } else {
+            parse_body(&text, content_type.as_deref())
+        };
+        let [c0, c1, c2, c3, c4, c5, c6] = common;
+        let http_value = fill(
+            &s.http_attributes_with_body,
+            [
+                (&s.body, Value::from(text.as_ref())),
+                c0,
+                c1,
+                c2,
+                c3,
+                c4,
+                c5,
+                c6,
+            ],
         );
-        attributes.insert(
-            k.destination.clone(),
-            peer(k, self.destination_address, self.destination_principal),
-        );
-        let mut doc = BTreeMap::new();
-        if let InputKind::Http(http) = &self.kind {
-            let (path_part, query_part) = split_target(http.path);
-            let headers = headers_value(k, http);
-
-            let mut req = BTreeMap::new();
-            req.insert(k.id.clone(), Value::from(http.id));
-            req.insert(k.method.clone(), Value::from(http.method));
-            req.insert(k.path.clone(), Value::from(http.path));
-            req.insert(k.host.clone(), Value::from(http.host));
-            req.insert(k.scheme.clone(), Value::from(http.scheme));
-            req.insert(k.protocol.clone(), Value::from(http.protocol));
-            if let Some(body) = &http.body {
-                let text = String::from_utf8_lossy(body.bytes);
-                let content_type = body.content_type.map(Cow::Borrowed).or_else(|| {
-                    http.headers
-                        .get(http::header::CONTENT_TYPE)
-                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                });
-                // Like OPA-Envoy, a truncated body is not parsed: half a document would mislead.
-                if !body.truncated {
-                    if let Some(parsed) = parse_body(&text, content_type.as_deref()) {
-                        doc.insert(k.parsed_body.clone(), parsed);
-                    }
-                }
-                doc.insert(k.truncated_body.clone(), Value::Bool(body.truncated));
-                req.insert(k.body.clone(), Value::from(text.as_ref()));
-            }
-            req.insert(k.headers.clone(), headers);
-
-            let mut request = BTreeMap::new();
-            request.insert(k.http.clone(), Value::from(req));
-            attributes.insert(k.request.clone(), Value::from(request));
-
-            doc.insert(k.parsed_path.clone(), parsed_path(path_part));
-            doc.insert(k.parsed_query.clone(), parsed_query(query_part));
+        let attributes = http_attributes(s, source, destination, http_value);
+        let truncated = Value::Bool(body.truncated);
+        match parsed_body {
+            Some(parsed) => fill(
+                &s.doc_http_with_parsed_body,
+                [
+                    (&s.attributes, attributes),
+                    (&s.parsed_path, parsed_path),
+                    (&s.parsed_query, parsed_query),
+                    (&s.truncated_body, truncated),
+                    (&s.parsed_body, parsed),
+                ],
+            ),
+            None => fill(
+                &s.doc_http_with_body,
+                [
+                    (&s.attributes, attributes),
+                    (&s.parsed_path, parsed_path),
+                    (&s.parsed_query, parsed_query),
+                    (&s.truncated_body, truncated),
+                ],
+            ),
         }
-        doc.insert(k.attributes.clone(), Value::from(attributes));
-        Value::from(doc)
     }
 
     /// The document as JSON, for logs and the CLI.
@@ -196,42 +317,90 @@ impl AuthzInput<'_> {
     }
 }
 
-fn peer(k: &Keys, addr: SocketAddr, principal: Option<&str>) -> Value {
+fn http_attributes(s: &Shapes, source: Value, destination: Value, http: Value) -> Value {
+    let request = fill(&s.request_http, [(&s.http, http)]);
+    fill(
+        &s.attributes_http,
+        [
+            (&s.source, source),
+            (&s.destination, destination),
+            (&s.request, request),
+        ],
+    )
+}
+
+fn peer(s: &Shapes, addr: SocketAddr, principal: Option<&str>) -> Value {
     // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; policies match IPv4 CIDRs.
     let ip = addr.ip().to_canonical();
-    let mut socket = BTreeMap::new();
-    socket.insert(k.address.clone(), Value::from(ip.to_string()));
-    socket.insert(k.port_value.clone(), Value::from(u64::from(addr.port())));
-    let mut address = BTreeMap::new();
-    address.insert(k.socket_address.clone(), Value::from(socket));
-    let mut peer = BTreeMap::new();
-    peer.insert(k.address.clone(), Value::from(address));
+    let socket = fill(
+        &s.socket,
+        [
+            (&s.address, Value::from(ip.to_string())),
+            (&s.port_value, Value::from(u64::from(addr.port()))),
+        ],
+    );
+    let address = fill(&s.peer_address, [(&s.socket_address, socket)]);
     // Absent, not "": OPA-Envoy omits empty proto fields, and a policy must not be able to
     // mistake "no identity" for an identity.
-    if let Some(p) = principal {
-        peer.insert(k.principal.clone(), Value::from(p));
+    match principal {
+        Some(p) => fill(
+            &s.peer_with_principal,
+            [(&s.address, address), (&s.principal, Value::from(p))],
+        ),
+        None => fill(&s.peer, [(&s.address, address)]),
     }
-    Value::from(peer)
 }
 
 /// Header names are already lower-case in `http::HeaderMap`; repeated headers are joined with
 /// ", " like Envoy does. The pseudo-headers Envoy adds are included too.
-fn headers_value(k: &Keys, http: &HttpAttributes<'_>) -> Value {
-    let mut map = BTreeMap::new();
+fn headers_value(
+    s: &Shapes,
+    http: &HttpAttributes<'_>,
+    method: &Value,
+    path: &Value,
+    host: &Value,
+) -> Value {
+    let mut entries: Vec<(Value, Value)> = Vec::with_capacity(http.headers.keys_len() + 3);
+    entries.push((s.pseudo_authority.clone(), host.clone()));
+    entries.push((s.pseudo_method.clone(), method.clone()));
+    entries.push((s.pseudo_path.clone(), path.clone()));
+    let mut joined = String::new();
     for name in http.headers.keys() {
         let mut values = http.headers.get_all(name).iter();
         let Some(first) = values.next() else { continue };
-        let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
-        for v in values {
-            joined.push_str(", ");
-            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
-        }
-        map.insert(Value::from(name.as_str()), Value::from(joined));
+        let value = match values.next() {
+            None => text_value(first.as_bytes()),
+            Some(second) => {
+                joined.clear();
+                joined.push_str(&String::from_utf8_lossy(first.as_bytes()));
+                for v in std::iter::once(second).chain(values) {
+                    joined.push_str(", ");
+                    joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
+                Value::from(joined.as_str())
+            }
+        };
+        entries.push((Value::from(name.as_str()), value));
     }
-    map.insert(k.pseudo_authority.clone(), Value::from(http.host));
-    map.insert(k.pseudo_method.clone(), Value::from(http.method));
-    map.insert(k.pseudo_path.clone(), Value::from(http.path));
-    Value::from(map)
+    // Sorting by &str first is cheap and lets BTreeMap bulk-build from sorted input instead of
+    // searching the tree per insert (keys are all strings, so the orders agree).
+    entries.sort_unstable_by(|a, b| str_key(&a.0).cmp(str_key(&b.0)));
+    Value::from(entries.into_iter().collect::<BTreeMap<_, _>>())
+}
+
+fn str_key(v: &Value) -> &str {
+    match v {
+        Value::String(s) => s,
+        _ => "",
+    }
+}
+
+/// Bytes as a string value, replacing invalid UTF-8 (one allocation in the common case).
+fn text_value(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::from(text),
+        Err(_) => Value::from(String::from_utf8_lossy(bytes).as_ref()),
+    }
 }
 
 /// Splits a request target into its path and query, dropping any fragment and, for

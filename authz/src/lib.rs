@@ -54,6 +54,7 @@ mod cli;
 mod decision;
 mod engine;
 mod explain;
+mod fold;
 mod input;
 mod log;
 mod rules;

@@ -5,7 +5,7 @@
 //! `unstable` AST types, so this file is the one place that depends on them (pinned by the
 //! workspace's regorus 0.14 requirement).
 
-use regorus::unstable::{Parser, Rule, RuleHead};
+use regorus::unstable::{Expr, Parser, Ref, Rule, RuleHead};
 use regorus::Engine;
 
 /// One module's rules.
@@ -41,6 +41,10 @@ pub(crate) struct RuleOutline {
     pub name: String,
     pub kind: DefinitionKind,
     pub line: u32,
+    /// Byte range of the whole definition in its file (the closing quote of a final string
+    /// token is not included; see `stmt_text`).
+    pub start: u32,
+    pub end: u32,
     /// The definition's first line as written, for display.
     pub head_text: String,
     pub bodies: Vec<BodyOutline>,
@@ -123,6 +127,8 @@ fn outline_rule(rule: &Rule) -> RuleOutline {
                 name: ref_name(refr),
                 kind,
                 line: span.line,
+                start: span.start,
+                end: span.end,
                 head_text,
                 bodies,
             }
@@ -131,6 +137,8 @@ fn outline_rule(rule: &Rule) -> RuleOutline {
             name: ref_name(refr),
             kind: DefinitionKind::Default,
             line: span.line,
+            start: span.start,
+            end: span.end,
             head_text,
             bodies: Vec::new(),
         },
@@ -151,9 +159,38 @@ fn stmt_text(span: &regorus::unstable::Span) -> String {
         .map_or_else(|| span.text().to_string(), str::to_string)
 }
 
-fn ref_name(refr: &regorus::unstable::Ref<regorus::unstable::Expr>) -> String {
-    match Parser::get_path_ref_components(refr) {
-        Ok(parts) => parts.iter().map(|s| s.text()).collect::<Vec<_>>().join("."),
-        Err(_) => refr.span().text().to_string(),
+/// The static part of a rule head's reference: `a.b["c"][x]` is `a.b.c` (with `[x]` computed
+/// per definition). Rules are named by this prefix; their value is the document under it.
+fn ref_name(refr: &Ref<Expr>) -> String {
+    let mut parts = Vec::new();
+    let mut node = refr;
+    loop {
+        match node.as_ref() {
+            Expr::RefDot { refr, field, .. } => {
+                parts.push(field.0.text().to_string());
+                node = refr;
+            }
+            Expr::RefBrack { refr, index, .. } => {
+                match index.as_ref() {
+                    Expr::String { value, .. } => {
+                        parts.push(value.as_string().map(|s| s.to_string()).unwrap_or_default())
+                    }
+                    // A computed key: everything from here on is per definition.
+                    _ => parts.clear(),
+                }
+                node = refr;
+            }
+            Expr::Var { span, .. } => {
+                parts.push(span.text().to_string());
+                break;
+            }
+            _ => {
+                return Parser::get_path_ref_components(refr)
+                    .map(|p| p.iter().map(|s| s.text()).collect::<Vec<_>>().join("."))
+                    .unwrap_or_else(|_| refr.span().text().to_string())
+            }
+        }
     }
+    parts.reverse();
+    parts.join(".")
 }

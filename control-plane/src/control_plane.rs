@@ -13,6 +13,7 @@ use vigil_identity::{CertificateAuthority, SpiffeId, SvidStore, TlsOptions, Trus
 
 use crate::discovery_service::{ConnectedProxies, DiscoveryService, MeshState};
 use crate::identity_service::IdentityService;
+use crate::inject::{webhook, InjectConfig};
 use crate::mesh::MeshFile;
 use crate::{policy_source, tls_listener};
 
@@ -27,6 +28,8 @@ pub struct ControlPlaneOptions {
     pub ca_chain: Option<PathBuf>,
     /// How often the mesh file and policy directory are checked for changes.
     pub reload_interval: Duration,
+    /// Where the dashboard reads its numbers from and how much it keeps.
+    pub dashboard: crate::dashboard::DashboardOptions,
 }
 
 /// The control plane's own identity, presented on 15012 and 15010.
@@ -60,10 +63,6 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     let own_svid = SvidStore::new();
     own_svid.set(issue_own(&ca, &own_id)?);
     let trust = TrustStore::new(&trust_domain, ca.trust_bundle())?;
-    let tls = TlsOptions {
-        alpn: vec![b"h2".to_vec()],
-        ..TlsOptions::default()
-    };
 
     let policy =
         policy_source::load(mesh.policy.as_ref(), &trust_domain).map_err(anyhow::Error::msg)?;
@@ -85,35 +84,112 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     let addresses = mesh.load().control_plane.clone();
     let identity_listener = bind(addresses.identity, "identity").await?;
     let discovery_listener = bind(addresses.discovery, "discovery").await?;
+    // Only Kubernetes calls the webhook, so in local mode a busy port is not fatal.
+    let webhook = match TcpListener::bind(addresses.webhook).await {
+        Ok(listener) => {
+            let config = InjectConfig {
+                trust_domain: trust_domain.clone(),
+                identity_address: addresses.identity.to_string(),
+                discovery_address: addresses.discovery.to_string(),
+                trust_bundle_pem: Some(ca.trust_bundle().to_pem()),
+                ..InjectConfig::default()
+            };
+            Some((listener, Arc::new(ArcSwap::from_pointee(config))))
+        }
+        Err(e) => {
+            tracing::warn!(address = %addresses.webhook, error = %e, "injection webhook not served (set control_plane.webhook to a free address to serve it)");
+            None
+        }
+    };
+    tracing::info!(identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
 
+    let dashboard = crate::dashboard::run(
+        addresses.dashboard,
+        crate::dashboard::Sources {
+            mesh: mesh.clone(),
+            state: state_rx.clone(),
+            proxies: proxies.clone(),
+            data_dir: opts.data_dir.clone(),
+        },
+        opts.dashboard.clone(),
+    );
+    let servers = serve(Serving {
+        identity: IdentityService::local(ca.clone(), mesh.clone()),
+        state: state_rx,
+        proxies,
+        own_svid: own_svid.clone(),
+        trust,
+        identity_listener,
+        discovery_listener,
+        webhook,
+    });
+    let reload = watch_sources(opts.clone(), mesh.clone(), state_tx);
+    let renew = renew_own(ca.clone(), own_id, own_svid);
+    tokio::select! {
+        r = servers => r?,
+        _ = reload => {},
+        _ = renew => {},
+        _ = dashboard => {},
+    }
+    Ok(())
+}
+
+/// What the control plane serves in either mode: identity (15012), discovery (15010) and,
+/// when a listener is given, the injection webhook (15017).
+pub(crate) struct Serving {
+    pub identity: IdentityService,
+    pub state: watch::Receiver<Arc<MeshState>>,
+    pub proxies: Arc<ConnectedProxies>,
+    pub own_svid: Arc<SvidStore>,
+    pub trust: Arc<TrustStore>,
+    pub identity_listener: TcpListener,
+    pub discovery_listener: TcpListener,
+    pub webhook: Option<(TcpListener, Arc<ArcSwap<InjectConfig>>)>,
+}
+
+/// Runs the listeners until one of them stops.
+pub(crate) async fn serve(s: Serving) -> anyhow::Result<()> {
+    let tls = TlsOptions {
+        alpn: vec![b"h2".to_vec()],
+        ..TlsOptions::default()
+    };
     let identity = tonic::transport::Server::builder()
-        .add_service(vigil_api::identity::IdentityServer::new(
-            IdentityService::new(ca.clone(), mesh.clone()),
-        ))
+        .add_service(vigil_api::identity::IdentityServer::new(s.identity))
         .serve_with_incoming(tls_listener::incoming(
-            identity_listener,
-            vigil_identity::server_config(own_svid.clone(), &tls),
+            s.identity_listener,
+            vigil_identity::server_config(s.own_svid.clone(), &tls),
             "identity",
         ));
     let discovery = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .add_service(vigil_api::discovery::DiscoveryServer::new(
-            DiscoveryService::new(state_rx, proxies.clone()),
+            DiscoveryService::new(s.state, s.proxies),
         ))
         .serve_with_incoming(tls_listener::incoming(
-            discovery_listener,
-            vigil_identity::mtls_server_config(own_svid.clone(), trust.clone(), &tls),
+            s.discovery_listener,
+            vigil_identity::mtls_server_config(s.own_svid.clone(), s.trust, &tls),
             "discovery",
         ));
-    tracing::info!(identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
-
-    let reload = watch_sources(opts.clone(), mesh.clone(), state_tx);
-    let renew = renew_own(ca.clone(), own_id, own_svid);
+    let own_svid = s.own_svid;
+    let webhook = async move {
+        match s.webhook {
+            Some((listener, config)) => {
+                let tls = vigil_identity::server_config(
+                    own_svid,
+                    &TlsOptions {
+                        alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                        ..TlsOptions::default()
+                    },
+                );
+                webhook::serve(listener, tls, config).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = identity => r.context("identity service stopped")?,
         r = discovery => r.context("discovery service stopped")?,
-        _ = reload => {},
-        _ = renew => {},
+        _ = webhook => {},
     }
     Ok(())
 }
@@ -140,7 +216,7 @@ fn load_ca(opts: &ControlPlaneOptions, trust_domain: &str) -> anyhow::Result<Cer
     }
 }
 
-fn issue_own(
+pub(crate) fn issue_own(
     ca: &CertificateAuthority,
     id: &SpiffeId,
 ) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
@@ -154,7 +230,7 @@ fn issue_own(
 }
 
 /// Renews the control plane's own serving certificate well before it expires.
-async fn renew_own(ca: Arc<CertificateAuthority>, id: SpiffeId, store: Arc<SvidStore>) {
+pub(crate) async fn renew_own(ca: Arc<CertificateAuthority>, id: SpiffeId, store: Arc<SvidStore>) {
     loop {
         tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
         match issue_own(&ca, &id) {
@@ -229,7 +305,7 @@ fn report(last: &mut String, message: String) {
     }
 }
 
-async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("binding the {what} listener on {addr}: is another control plane running? change control_plane.{what} in the mesh file")
     })

@@ -1,6 +1,7 @@
 //! `vigil up`: runs a whole local mesh from one mesh file on one machine — the control
-//! plane in this process, a `vigil-proxy` per workload and each workload's `command` —
-//! and stops every one of them on Ctrl-C or after `--duration`.
+//! plane (and its dashboard) in this process, a `vigil-proxy` per workload and each
+//! workload's `command` — and stops every one of them on Ctrl-C, SIGTERM or after
+//! `--duration`. Each child's pid is written to `<data-dir>/pids/<name>.pid` while it runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -35,7 +36,18 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
             proxy_bin.display()
         );
     }
-    let total = 1 + mesh.workloads.len() * 2;
+    check_ports(&mesh, &opts.mesh_file)?;
+    let pid_dir = opts.data_dir.join("pids");
+    std::fs::create_dir_all(&pid_dir).with_context(|| {
+        format!(
+            "creating {} (pass a writable --data-dir)",
+            pid_dir.display()
+        )
+    })?;
+    clear_pid_files(&pid_dir);
+    write_pid(&pid_dir, "vigil", std::process::id());
+
+    let total = 2 + mesh.workloads.len() * 2;
     let mut step = 0;
     let mut progress = |what: String| {
         step += 1;
@@ -49,6 +61,7 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         ca_key: None,
         ca_chain: None,
         reload_interval: Duration::from_secs(1),
+        dashboard: crate::dashboard::DashboardOptions::default(),
     };
     let bundle = control_plane::trust_bundle_path(&opts.data_dir);
     let _ = std::fs::remove_file(&bundle);
@@ -65,7 +78,11 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
     let result = async {
         for w in &mesh.workloads {
             let child = spawn_proxy(&proxy_bin, &mesh, w, &bundle, &opts.data_dir)?;
-            children.push((format!("proxy/{}", w.name), child));
+            let name = format!("proxy-{}", w.name);
+            if let Some(pid) = child.id() {
+                write_pid(&pid_dir, &name, pid);
+            }
+            children.push((name, child));
             wait_ready(w).await?;
             progress(format!(
                 "proxy for {} ready: inbound {}, outbound {}, admin http://{}",
@@ -80,25 +97,48 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
                 ));
                 continue;
             }
-            children.push((w.name.clone(), spawn_app(&bin_dir, w)?));
+            let child = spawn_app(&bin_dir, w)?;
+            let name = format!("app-{}", w.name);
+            if let Some(pid) = child.id() {
+                write_pid(&pid_dir, &name, pid);
+            }
+            children.push((name, child));
             progress(format!("{} started: {}", w.name, w.command.join(" ")));
         }
+        let dashboard = mesh.control_plane.dashboard;
+        wait_dashboard(dashboard).await?;
+        progress(format!("dashboard serving on http://{dashboard}/"));
+        eprintln!();
+        eprintln!("  dashboard:  http://{dashboard}/");
+        eprintln!(
+            "  check it:   vigil check --mesh {}",
+            opts.mesh_file.display()
+        );
+        eprintln!(
+            "  watch it:   vigil tap --mesh {} --filter policy=deny",
+            opts.mesh_file.display()
+        );
+        eprintln!("  logs, pids: {}", opts.data_dir.display());
+        eprintln!();
         eprintln!("mesh running; press Ctrl-C to stop");
         let stop = async {
             match opts.duration {
                 Some(d) => tokio::time::sleep(d).await,
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
             _ = stop => {},
             r = control_plane_exit(&control_plane) => return r,
+            _ = report_exits(&mut children) => {},
         }
         Ok(())
-    }
-    .await;
+    };
+    // Ctrl-C or SIGTERM at any point, starting included, stops everything started so far.
+    let result = tokio::select! {
+        r = result => r,
+        _ = stop_signal() => Ok(()),
+    };
 
     eprintln!("stopping {} processes", children.len());
     for (name, mut child) in children {
@@ -107,7 +147,111 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         }
     }
     control_plane.abort();
+    clear_pid_files(&pid_dir);
+    eprintln!("stopped; nothing left running");
     result
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// Says when a child stops on its own; the rest keeps running. Never returns.
+async fn report_exits(children: &mut [(String, Child)]) {
+    let mut reported = vec![false; children.len()];
+    loop {
+        for (i, (name, child)) in children.iter_mut().enumerate() {
+            if reported[i] {
+                continue;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                reported[i] = true;
+                eprintln!("{name} stopped ({status}); the rest of the mesh keeps running");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Fails, naming the port and what it is for, when an address the mesh needs is taken.
+fn check_ports(mesh: &MeshFile, mesh_file: &Path) -> anyhow::Result<()> {
+    let mut wanted: Vec<(std::net::SocketAddr, String)> = vec![
+        (mesh.control_plane.identity, "control plane identity".into()),
+        (
+            mesh.control_plane.discovery,
+            "control plane discovery".into(),
+        ),
+        (mesh.control_plane.dashboard, "dashboard".into()),
+    ];
+    for w in &mesh.workloads {
+        let p = &w.proxy;
+        wanted.push((p.inbound, format!("{} proxy inbound", w.name)));
+        wanted.push((p.outbound, format!("{} proxy outbound", w.name)));
+        wanted.push((p.admin, format!("{} proxy admin", w.name)));
+        wanted.push((p.metrics, format!("{} proxy metrics", w.name)));
+        for addr in p.upstreams.keys() {
+            wanted.push((*addr, format!("{} proxy upstream", w.name)));
+        }
+        if !w.command.is_empty() {
+            wanted.push((
+                std::net::SocketAddr::from(([127, 0, 0, 1], w.app_port)),
+                format!("{} application", w.name),
+            ));
+        }
+    }
+    for (addr, what) in wanted {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!(
+                "port {} ({what}) is not free: {e}. Is another `vigil demo` or `vigil up` running? Stop it, find the owner with `ss -ltnp 'sport = :{}'`, or change the address in {}",
+                addr,
+                addr.port(),
+                mesh_file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_pid(dir: &Path, name: &str, pid: u32) {
+    let path = dir.join(format!("{name}.pid"));
+    if let Err(e) = std::fs::write(&path, format!("{pid}\n")) {
+        eprintln!("warning: cannot write {}: {e}", path.display());
+    }
+}
+
+fn clear_pid_files(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "pid") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+async fn wait_dashboard(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(200) = crate::admin_client::get_status(addr, "/api/overview").await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the dashboard did not answer on http://{addr}/ within 10 s; is control_plane.dashboard free?");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn control_plane_exit(

@@ -3,7 +3,11 @@
 //! The control plane holds the mesh's CA and issues SPIFFE X.509-SVIDs to proxies that
 //! present a valid bootstrap credential ([`identity_service`]), and streams each proxy its
 //! view of the mesh and the policy bundle ([`discovery_service`]). Its source of truth is a
-//! local mesh file ([`mesh`]) turned into the internal [`model`].
+//! local mesh file ([`mesh`]) or, in cluster mode, the Kubernetes API ([`kubernetes`]),
+//! both turned into the internal [`model`]. The sidecar injector ([`inject`]) adds the
+//! proxy to pods, as an admission webhook or offline with `vigil inject`. The SRE
+//! [`dashboard`] reads the proxies directly; [`check`] verifies a running mesh, and
+//! [`demo`] runs a whole example mesh with [`launcher`].
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -15,6 +19,7 @@
 //!     ca_key: None,
 //!     ca_chain: None,
 //!     reload_interval: std::time::Duration::from_secs(1),
+//!     dashboard: Default::default(),
 //! })
 //! .await
 //! # }
@@ -22,11 +27,20 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_client;
+pub mod check;
 pub mod control_plane;
+pub mod dashboard;
+pub mod demo;
 pub mod discovery_service;
 pub mod identity_service;
+pub mod inject;
+pub mod kubernetes;
 pub mod launcher;
 pub mod mesh;
 pub mod model;
+pub mod observe_cli;
 pub mod policy_source;
 pub mod tls_listener;
+
+#[cfg(test)]
+mod fixtures;

@@ -1,6 +1,7 @@
 //! `vigil`: the control plane server and the operator's CLI.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,11 +21,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane (CA, identity, discovery) from a local mesh file.
+    /// Run the control plane (CA, identity, discovery, injection webhook) from a local mesh
+    /// file, or from the Kubernetes API with --kubernetes.
     ControlPlane {
         /// Mesh YAML: trust domain, workloads, services, policy.
-        #[arg(long, env = "VIGIL_MESH")]
-        mesh: PathBuf,
+        #[arg(
+            long,
+            env = "VIGIL_MESH",
+            required_unless_present = "kubernetes",
+            conflicts_with = "kubernetes"
+        )]
+        mesh: Option<PathBuf>,
+        /// Cluster mode: watch Pods, Services, EndpointSlices and ServiceAccounts, keep the CA
+        /// in a Secret and check proxies' ServiceAccount tokens with TokenReviews.
+        #[arg(long, env = "VIGIL_KUBERNETES")]
+        kubernetes: bool,
+        #[command(flatten)]
+        cluster: Box<ClusterArgs>,
         /// Where the CA and the trust bundle are kept.
         #[arg(long, env = "VIGIL_DATA_DIR", default_value = "/var/lib/vigil")]
         data_dir: PathBuf,
@@ -40,6 +53,43 @@ enum Command {
         /// How often the mesh file and policy directory are checked for changes.
         #[arg(long, env = "VIGIL_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
         reload_interval: Duration,
+        /// The dashboard reads request metrics from this Prometheus (http://HOST:PORT)
+        /// instead of the proxies' metrics ports.
+        #[arg(long, env = "VIGIL_PROMETHEUS")]
+        prometheus: Option<String>,
+    },
+    /// Success rate, request rate and latency per workload and service, from the
+    /// proxies' own metrics.
+    Stat {
+        /// Mesh file naming the proxies (their metrics addresses).
+        #[arg(long, env = "VIGIL_MESH")]
+        mesh: PathBuf,
+        /// Only this workload's proxy.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Window over which rates are measured.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Output: table or json.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Watch live requests through the proxies (method, path, status, latency, policy).
+    Tap {
+        #[arg(long, env = "VIGIL_MESH")]
+        mesh: PathBuf,
+        /// Only this workload's proxy.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Filters, e.g. service=orders, status=5xx, policy=deny, path=/api (repeatable).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        /// Stop after this many requests (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+        /// Output: text or json.
+        #[arg(short, long, default_value = "text")]
+        output: String,
     },
     /// Write, test and debug Rego policies.
     #[command(subcommand)]
@@ -57,6 +107,127 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Run the demo mesh on this machine: a small shop behind sidecars, a traffic
+    /// generator, a policy that denies some calls, a flaky service and the dashboard.
+    Demo {
+        /// Stop after this long; runs until Ctrl-C otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Where the demo's mesh file, policy, CA, logs and pid files go
+        /// (default: <temp dir>/vigil-demo).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Verify a running mesh: control plane reachable, proxies ready, certificates valid,
+    /// one policy bundle everywhere, clocks in sync. Exits non-zero on any failure.
+    Check {
+        /// Mesh file of the running mesh (default: the running demo's).
+        #[arg(long, env = "VIGIL_MESH")]
+        mesh: Option<PathBuf>,
+        /// PEM roots that vouch for the control plane (default: trust-bundle.pem beside
+        /// the mesh file, else the one a proxy serves).
+        #[arg(long)]
+        trust_bundle: Option<PathBuf>,
+        /// Output: text or json.
+        #[arg(short, long, default_value = "text")]
+        output: String,
+    },
+    /// Add the sidecar to the Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs
+    /// and CronJobs of a multi-document YAML file, as the injection webhook would.
+    Inject {
+        /// Input YAML ("-" for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Output YAML (standard output by default).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// PEM roots for the proxies (the CA Secret's ca.crt); without it the webhook
+        /// fills it in when the pod is created in an injection-enabled namespace.
+        #[arg(long)]
+        trust_bundle: Option<PathBuf>,
+        /// SPIFFE trust domain of the mesh.
+        #[arg(long, env = "VIGIL_TRUST_DOMAIN", default_value = "cluster.local")]
+        trust_domain: String,
+        #[command(flatten)]
+        sidecar: SidecarArgs,
+    },
+}
+
+/// Cluster-mode settings (used with --kubernetes).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, env = "VIGIL_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The control plane's namespace (its CA Secret and policy objects live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "vigil-system")]
+    namespace: String,
+    /// Secret holding the CA (created on first start).
+    #[arg(long, env = "VIGIL_CA_SECRET", default_value = "vigil-ca")]
+    ca_secret: String,
+    /// VigilPolicy in force.
+    #[arg(long, env = "VIGIL_POLICY", default_value = "default")]
+    policy: String,
+    /// ConfigMap with the policy when there is no such VigilPolicy.
+    #[arg(long, env = "VIGIL_POLICY_CONFIGMAP", default_value = "vigil-policy")]
+    policy_configmap: String,
+    /// Listen address of the identity service (CSR signing).
+    #[arg(long, env = "VIGIL_IDENTITY_LISTEN", default_value = "0.0.0.0:15012")]
+    identity_listen: SocketAddr,
+    /// Listen address of the discovery service.
+    #[arg(long, env = "VIGIL_DISCOVERY_LISTEN", default_value = "0.0.0.0:15010")]
+    discovery_listen: SocketAddr,
+    /// Listen address of the injection webhook (HTTPS).
+    #[arg(long, env = "VIGIL_WEBHOOK_LISTEN", default_value = "0.0.0.0:15017")]
+    webhook_listen: SocketAddr,
+    /// MutatingWebhookConfiguration whose caBundle the control plane keeps current ("" for none).
+    #[arg(
+        long,
+        env = "VIGIL_WEBHOOK_CONFIGURATION",
+        default_value = "vigil-sidecar-injector"
+    )]
+    webhook_configuration: String,
+    /// Lifetime of issued workload certificates.
+    #[arg(long, env = "VIGIL_CERTIFICATE_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    certificate_lifetime: Duration,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+}
+
+/// What injected pods get.
+#[derive(clap::Args)]
+struct SidecarArgs {
+    /// Image with vigil-proxy and vigil-init.
+    #[arg(long, env = "VIGIL_PROXY_IMAGE", default_value = concat!("vigil/proxy:", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
+    /// Host name (or IP) proxies dial for the control plane's identity and discovery ports.
+    #[arg(
+        long,
+        env = "VIGIL_CONTROL_PLANE_HOST",
+        default_value = "vigil-control-plane.vigil-system.svc"
+    )]
+    control_plane_host: String,
+    /// UID the proxy runs as; its traffic is not intercepted.
+    #[arg(long, env = "VIGIL_PROXY_UID", default_value_t = 1337)]
+    proxy_uid: u32,
+}
+
+impl SidecarArgs {
+    fn config(
+        &self,
+        trust_domain: &str,
+        trust_bundle_pem: Option<String>,
+    ) -> vigil::inject::InjectConfig {
+        vigil::inject::InjectConfig {
+            proxy_image: self.proxy_image.clone(),
+            trust_domain: trust_domain.to_string(),
+            identity_address: format!("{}:15012", self.control_plane_host),
+            discovery_address: format!("{}:15010", self.control_plane_host),
+            proxy_uid: self.proxy_uid,
+            trust_bundle_pem,
+            ..vigil::inject::InjectConfig::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -154,9 +325,81 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
     }
 }
 
+/// `vigil inject`: reads, injects, writes; the report goes to standard error.
+fn inject(
+    file: PathBuf,
+    output: Option<PathBuf>,
+    trust_bundle: Option<PathBuf>,
+    trust_domain: String,
+    sidecar: SidecarArgs,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Read;
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let pem = match &trust_bundle {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --trust-bundle {}", p.display()))?,
+        ),
+        None => {
+            eprintln!(
+                "note: no --trust-bundle; the injection webhook adds it when the pods are created"
+            );
+            None
+        }
+    };
+    let config = sidecar.config(&trust_domain, pem);
+    let (out, reports) = vigil::inject::offline::inject_yaml(&text, &config)?;
+    for r in &reports {
+        match &r.outcome {
+            vigil::inject::Outcome::Injected { mode, warnings } => {
+                eprintln!("injected {} ({mode:?} sidecar)", r.object);
+                for w in warnings {
+                    eprintln!("  warning: {w}");
+                }
+            }
+            vigil::inject::Outcome::Skipped { reason } => {
+                eprintln!("skipped {}: {reason}", r.object)
+            }
+        }
+    }
+    match output {
+        Some(path) => {
+            std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            print!("{out}");
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cli = match cli.command {
+        Command::Inject {
+            file,
+            output,
+            trust_bundle,
+            trust_domain,
+            sidecar,
+        } => {
+            return match inject(file, output, trust_bundle, trust_domain, sidecar) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Policy(cmd) => {
             return match policy(cmd) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -171,11 +414,16 @@ fn main() -> ExitCode {
     };
     // `vigil up` shows its own progress; the control plane inside it speaks up only
     // for warnings unless VIGIL_LOG says otherwise.
-    init_logging(if matches!(cli.command, Command::Up { .. }) {
-        "warn"
-    } else {
-        "info"
-    });
+    init_logging(
+        if matches!(
+            cli.command,
+            Command::Up { .. } | Command::Demo { .. } | Command::Check { .. }
+        ) {
+            "warn"
+        } else {
+            "info"
+        },
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -186,13 +434,40 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::ControlPlane {
+                kubernetes: true,
+                cluster,
+                ..
+            } => {
+                let inject = cluster.sidecar.config(&cluster.trust_domain, None);
+                vigil::kubernetes::run(vigil::kubernetes::ClusterOptions {
+                    trust_domain: cluster.trust_domain,
+                    namespace: cluster.namespace,
+                    ca_secret: cluster.ca_secret,
+                    policy: cluster.policy,
+                    policy_config_map: cluster.policy_configmap,
+                    identity: cluster.identity_listen,
+                    discovery: cluster.discovery_listen,
+                    webhook: cluster.webhook_listen,
+                    certificate_lifetime: cluster.certificate_lifetime,
+                    inject,
+                    webhook_configuration: Some(cluster.webhook_configuration)
+                        .filter(|n| !n.is_empty()),
+                })
+                .await
+            }
+            Command::ControlPlane {
                 mesh,
                 data_dir,
                 ca_cert,
                 ca_key,
                 ca_chain,
                 reload_interval,
+                prometheus,
+                ..
             } => {
+                let Some(mesh) = mesh else {
+                    anyhow::bail!("--mesh is required without --kubernetes");
+                };
                 vigil::control_plane::run(vigil::control_plane::ControlPlaneOptions {
                     mesh_file: mesh,
                     data_dir,
@@ -200,10 +475,50 @@ fn main() -> ExitCode {
                     ca_key,
                     ca_chain,
                     reload_interval,
+                    dashboard: vigil::dashboard::DashboardOptions {
+                        prometheus,
+                        ..Default::default()
+                    },
                 })
                 .await
             }
-            Command::Policy(_) => Ok(()),
+            Command::Policy(_) | Command::Inject { .. } => Ok(()),
+            Command::Stat {
+                mesh,
+                workload,
+                window,
+                output,
+            } => {
+                let mesh = vigil::mesh::MeshFile::load(&mesh)?;
+                let targets = vigil::observe_cli::targets(&mesh, workload.as_deref())?;
+                eprintln!("measuring for {}…", humantime::format_duration(window));
+                let rows = vigil::observe_cli::stat(&targets, window).await?;
+                if output == "json" {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", vigil::observe_cli::render_table(&rows));
+                }
+                Ok(())
+            }
+            Command::Tap {
+                mesh,
+                workload,
+                filters,
+                count,
+                output,
+            } => {
+                let mesh = vigil::mesh::MeshFile::load(&mesh)?;
+                let targets = vigil::observe_cli::targets(&mesh, workload.as_deref())?;
+                let query = filters.join("&");
+                eprintln!("tapping {} proxies; Ctrl-C to stop", targets.len());
+                vigil::observe_cli::tap(&targets, &query, output == "json", count).await
+            }
+            Command::Demo { duration, data_dir } => vigil::demo::run(data_dir, duration).await,
+            Command::Check {
+                mesh,
+                trust_bundle,
+                output,
+            } => check(mesh, trust_bundle, &output).await,
             Command::Up {
                 mesh,
                 data_dir,
@@ -232,6 +547,38 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `vigil check`: prints the report; an error when any check failed.
+async fn check(
+    mesh: Option<PathBuf>,
+    trust_bundle: Option<PathBuf>,
+    output: &str,
+) -> anyhow::Result<()> {
+    let mesh = match mesh {
+        Some(m) => m,
+        None => {
+            let demo = vigil::demo::mesh_path(&vigil::demo::default_data_dir());
+            if !demo.exists() {
+                anyhow::bail!(
+                    "no --mesh given and no demo running ({} does not exist); pass the mesh file of the running mesh with --mesh",
+                    demo.display()
+                );
+            }
+            demo
+        }
+    };
+    let report = vigil::check::check(&mesh, trust_bundle.as_deref()).await?;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", vigil::check::render(&report));
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        anyhow::bail!("the mesh is not healthy; fix the ✗ lines above (their hints say how) and run vigil check again")
     }
 }
 

@@ -48,6 +48,9 @@ pub struct ControlPlaneAddresses {
     pub identity: SocketAddr,
     pub discovery: SocketAddr,
     pub dashboard: SocketAddr,
+    /// Sidecar-injection webhook (HTTPS). Only Kubernetes calls it; in local mode it is
+    /// served when the port is free and skipped with a warning otherwise.
+    pub webhook: SocketAddr,
 }
 
 impl Default for ControlPlaneAddresses {
@@ -56,6 +59,7 @@ impl Default for ControlPlaneAddresses {
             identity: SocketAddr::from(([127, 0, 0, 1], 15012)),
             discovery: SocketAddr::from(([127, 0, 0, 1], 15010)),
             dashboard: SocketAddr::from(([127, 0, 0, 1], 15080)),
+            webhook: SocketAddr::from(([127, 0, 0, 1], 15017)),
         }
     }
 }
@@ -158,7 +162,10 @@ pub struct ServiceEntry {
     /// Addresses that mean this service under transparent interception (a ClusterIP).
     #[serde(default)]
     pub virtual_addresses: Vec<SocketAddr>,
-    /// Traffic policy (retries, timeouts, circuit breaking); defaults when absent.
+    /// Traffic policy (timeouts, retries, circuit breaking, limits, per-route overrides
+    /// and fault injection), carried to the proxies as JSON; defaults when absent. The
+    /// proxies parse it strictly and refuse a snapshot with a bad one: see
+    /// `docs/traffic.md` for the fields.
     #[serde(default)]
     pub traffic: Option<serde_json::Value>,
 }

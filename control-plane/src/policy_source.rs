@@ -42,6 +42,15 @@ pub fn load(settings: Option<&PolicySettings>, trust_domain: &str) -> Result<Loa
         ),
         None => (default_policy_files(trust_domain), PolicyOptions::default()),
     };
+    compile(files, options, request_body_bytes)
+}
+
+/// Compiles policy files from any source (mesh file directory, ConfigMap, VigilPolicy).
+pub fn compile(
+    files: Vec<PolicyFile>,
+    options: PolicyOptions,
+    request_body_bytes: u32,
+) -> Result<LoadedPolicy, String> {
     let bundle = PolicyBundle::compile(files.clone(), options.clone()).map_err(|e| {
         format!("policy bundle refused: {e} (fix the file; the last good bundle stays in force)")
     })?;

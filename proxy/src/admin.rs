@@ -1,4 +1,5 @@
-//! The admin endpoint (127.0.0.1:15000): `/live`, `/ready`, `/certs`, `/config` (metrics are on the metrics port).
+//! The admin endpoint (127.0.0.1:15000): `/live`, `/ready`, `/certs`, `/config`, `/tap`,
+//! `/log-level` (metrics are on the metrics port).
 //! It never serves a private key.
 
 use std::convert::Infallible;
@@ -11,29 +12,70 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
-use crate::listener::accept_loop;
+use crate::listener::{accept_loop, ConnectionLimits};
 use crate::Proxy;
 
 /// Serves the admin listener.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    accept_loop(listener, "admin", move |tcp, _| {
-        let proxy = proxy.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(route(&proxy, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        }
-    })
+    accept_loop(
+        listener,
+        "admin",
+        None,
+        ConnectionLimits::default(),
+        move |tcp, _| {
+            let proxy = proxy.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(route(&proxy, req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        },
+    )
     .await;
 }
 
 fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
+        "/shutdown" if req.method() == http::Method::POST => {
+            proxy.drain.start();
+            text(
+                StatusCode::ACCEPTED,
+                "draining: not ready, no new connections, in-flight requests finishing\n",
+            )
+        }
+        "/tap" => match crate::tap::TapFilter::from_query(req.uri().query().unwrap_or("")) {
+            Ok(filter) => {
+                let mut r = Response::new(crate::tap::stream(proxy.observer.subscribe(), filter));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/x-ndjson"),
+                );
+                r
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        },
+        "/log-level" => {
+            let query = req.uri().query().unwrap_or("");
+            let wanted = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "level")
+                .map(|(_, v)| v.into_owned());
+            match (req.method(), wanted) {
+                (&http::Method::POST, Some(level)) => match crate::logging::set_level(&level) {
+                    Ok(()) => text(StatusCode::OK, &format!("log level: {level}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+                },
+                (&http::Method::POST, None) => text(
+                    StatusCode::BAD_REQUEST,
+                    "give the level as a query: POST /log-level?level=debug\n",
+                ),
+                _ => text(StatusCode::OK, &format!("{}\n", crate::logging::level())),
+            }
+        }
         "/ready" => {
             let problems = proxy.readiness_problems();
             if problems.is_empty() {
@@ -91,7 +133,7 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /ready, /live, /certs or /config\n",
+            "unknown admin path; try /ready, /live, /certs, /config, /tap, /log-level or POST /shutdown\n",
         ),
     }
 }

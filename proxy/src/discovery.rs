@@ -10,15 +10,19 @@ use arc_swap::ArcSwapOption;
 use vigil_identity::{TlsOptions, TrustBundle};
 
 use crate::authz::Authorizer;
+use crate::backoff::Backoff;
 use crate::config::ProxyConfig;
 use crate::control_plane_client;
-use crate::identity::{Backoff, WorkloadIdentity};
+use crate::identity::WorkloadIdentity;
 use crate::state::MeshView;
 
 /// Live state fed by discovery.
 pub struct Discovery {
     pub mesh: ArcSwapOption<MeshView>,
     pub connected: AtomicBool,
+    /// Why the latest snapshot was refused (the previous view stays), cleared by the
+    /// next one applied.
+    pub last_refused: ArcSwapOption<String>,
 }
 
 impl Discovery {
@@ -26,6 +30,7 @@ impl Discovery {
         Arc::new(Discovery {
             mesh: ArcSwapOption::empty(),
             connected: AtomicBool::new(false),
+            last_refused: ArcSwapOption::empty(),
         })
     }
 
@@ -102,7 +107,12 @@ impl Discovery {
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
         {
             self.connected.store(true, Ordering::Relaxed);
-            self.apply(&snapshot, identity, authz)?;
+            if let Err(e) = self.apply(&snapshot, identity, authz) {
+                // A mistake in the mesh (say, a bad traffic policy) must not cut the
+                // proxy off: keep the last good view and wait for a corrected snapshot.
+                tracing::error!(version = %snapshot.version, error = %e, "snapshot refused; keeping the previous view");
+                self.last_refused.store(Some(Arc::new(e.to_string())));
+            }
         }
         Ok(())
     }
@@ -113,7 +123,9 @@ impl Discovery {
         identity: &WorkloadIdentity,
         authz: &Authorizer,
     ) -> anyhow::Result<()> {
-        let view = MeshView::from_snapshot(snapshot)?;
+        // Trust and policy stand on their own: a CA rotation must land even when the
+        // service list cannot be used.
+        let view = MeshView::from_snapshot(snapshot);
         if !snapshot.trust_bundle_der.is_empty() {
             let bundle = TrustBundle::from_der(
                 snapshot
@@ -127,8 +139,10 @@ impl Discovery {
         if let Some(policy) = &snapshot.policy {
             authz.update(policy);
         }
+        let view = view?;
         tracing::info!(version = %view.version, services = view.services.len(), "snapshot applied");
         self.mesh.store(Some(Arc::new(view)));
+        self.last_refused.store(None);
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! The proxy's own failures, as small typed values mapped to HTTP in one place. Every
 //! response the proxy itself produces carries `x-vigil-error` naming the reason.
 
+use std::time::Duration;
+
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
@@ -35,6 +37,18 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("policy evaluation failed: {0}")]
     PolicyError(String),
+    #[error("request to service {service} timed out after {}; raise traffic.timeout (or the route's) if it needs longer", humantime::format_duration(*.after))]
+    RequestTimeout { service: String, after: Duration },
+    #[error("try to {endpoint} timed out after {}", humantime::format_duration(*.after))]
+    TryTimeout { endpoint: String, after: Duration },
+    #[error("service {service} already has {max_in_flight} requests in flight from this proxy (traffic.limits.max_in_flight)")]
+    Overloaded { service: String, max_in_flight: u32 },
+    #[error(
+        "service {service} has {max_queued} requests queued already (traffic.limits.max_queued)"
+    )]
+    QueueFull { service: String, max_queued: u32 },
+    #[error("fault injected by the route's traffic policy")]
+    FaultInjected { status: StatusCode },
 }
 
 impl ProxyError {
@@ -51,6 +65,11 @@ impl ProxyError {
             ProxyError::TunnelTarget(_) => "tunnel-target-refused",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::PolicyError(_) => "policy-error",
+            ProxyError::RequestTimeout { .. } => "request-timeout",
+            ProxyError::TryTimeout { .. } => "per-try-timeout",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::QueueFull { .. } => "queue-full",
+            ProxyError::FaultInjected { .. } => "fault-injected",
         }
     }
 
@@ -65,6 +84,13 @@ impl ProxyError {
             ProxyError::TunnelTarget(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PolicyError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RequestTimeout { .. } | ProxyError::TryTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Overloaded { .. } | ProxyError::QueueFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::FaultInjected { status } => *status,
         }
     }
 

@@ -11,6 +11,7 @@ use rand::Rng;
 use serde::Serialize;
 use vigil_identity::{SvidInfo, SvidStore, TlsOptions, TrustBundle, TrustStore, WorkloadKey};
 
+use crate::backoff::Backoff;
 use crate::config::ProxyConfig;
 use crate::control_plane_client;
 use crate::metrics::Metrics;
@@ -140,7 +141,7 @@ impl WorkloadIdentity {
         let response = client
             .sign(vigil_api::SignRequest {
                 csr_der: self.key.csr_der()?,
-                token: self.config.token.clone(),
+                token: self.config.current_token(),
                 kind: self.config.token_kind as i32,
             })
             .await
@@ -216,35 +217,6 @@ fn pem(label: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(label, der.to_vec()))
 }
 
-/// Exponential backoff with full jitter.
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
-        self.attempt = self.attempt.saturating_add(1);
-        let cap = exp.min(self.max);
-        let lo = cap.as_secs_f64() / 2.0;
-        Duration::from_secs_f64(rand::rng().random_range(lo..=cap.as_secs_f64()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,17 +230,5 @@ mod tests {
                 "{d:?}"
             );
         }
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = b.next_delay();
-        assert!(first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            assert!(b.next_delay() <= Duration::from_secs(2));
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -43,11 +43,17 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         },
     );
     let acceptor = TlsAcceptor::from(tls);
-    accept_loop(listener, "inbound", move |tcp, peer_address| {
-        let proxy = proxy.clone();
-        let acceptor = acceptor.clone();
-        async move { connection(proxy, acceptor, tcp, peer_address).await }
-    })
+    accept_loop(
+        listener,
+        "inbound",
+        Some(proxy.drain.clone()),
+        proxy.config.limits,
+        move |tcp, peer_address| {
+            let proxy = proxy.clone();
+            let acceptor = acceptor.clone();
+            async move { connection(proxy, acceptor, tcp, peer_address).await }
+        },
+    )
     .await;
 }
 
@@ -98,17 +104,26 @@ async fn connection(
         peer_address,
         local_address,
     });
+    let builder = http_server(&proxy.config);
+    let drain_state = proxy.drain.clone();
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(request(proxy, conn, req).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http2().max_concurrent_streams(1024);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let _open = drain_state.guard();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // Once draining starts: HTTP/1 gets `connection: close`, HTTP/2 a GOAWAY, and
+    // requests in flight finish.
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = drain_state.started() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(peer = %peer_address, error = %e, "inbound connection ended with an error");
     }
 }
@@ -119,6 +134,28 @@ fn handshake_failed(proxy: &Proxy, reason: &'static str) {
         .tls_handshake_failures
         .get_or_create(&ReasonLabels { reason })
         .inc();
+}
+
+/// The HTTP server settings both traffic listeners use: head size and read-time limits
+/// (slowloris), HTTP/2 stream and header-list limits, and reset-flood protection.
+pub fn http_server(
+    config: &crate::config::ProxyConfig,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(std::time::Duration::from_secs(60));
+    builder
 }
 
 async fn request(

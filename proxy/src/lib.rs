@@ -4,8 +4,9 @@
 //! control plane ([`identity`]), keeps a live view of the mesh from discovery
 //! ([`discovery`], [`state`]), checks every inbound request against Rego policy
 //! ([`authz`]) and carries the application's outbound calls to peer proxies over pooled
-//! HTTP/2 ([`outbound`], [`pool`]). The request paths read top to bottom in
-//! [`inbound`] and [`outbound`].
+//! HTTP/2 ([`outbound`], [`pool`]), making them survive bad endpoints with the service's
+//! [`traffic`] policy: balancing, retries, timeouts, circuit breaking, limits. The request
+//! paths read top to bottom in [`inbound`] and [`outbound::stack`].
 //!
 //! ```no_run
 //! # async fn run(config: vigil_proxy::config::ProxyConfig) -> anyhow::Result<()> {
@@ -16,22 +17,28 @@
 
 pub mod admin;
 pub mod authz;
+pub mod backoff;
 pub mod body;
 pub mod buffer;
 pub mod config;
 pub mod control_plane_client;
 pub mod discovery;
+pub mod drain;
 pub mod error;
 pub mod headers;
 pub mod identity;
 pub mod inbound;
+pub mod interception;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
 pub mod state;
+pub mod tap;
+pub mod traffic;
 
 use std::sync::Arc;
 
@@ -47,7 +54,12 @@ use crate::config::ProxyConfig;
 use crate::discovery::Discovery;
 use crate::identity::WorkloadIdentity;
 use crate::metrics::Metrics;
+use crate::outbound::endpoint::EndpointStates;
+use crate::outbound::service_state::ServiceStates;
 use crate::pool::PeerPool;
+
+/// Peer connections unused this long are closed.
+const PEER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Everything a request handler needs, shared by every listener.
 pub struct Proxy {
@@ -55,10 +67,16 @@ pub struct Proxy {
     pub identity: Arc<WorkloadIdentity>,
     pub discovery: Arc<Discovery>,
     pub authz: Arc<Authorizer>,
-    pub pool: PeerPool,
+    pub pool: Arc<PeerPool>,
+    /// Each peer's load estimate and circuit breaker, across snapshots.
+    pub endpoints: EndpointStates,
+    /// Each service's retry budget and in-flight limit, across snapshots.
+    pub services: ServiceStates,
     /// HTTP/1.1 keep-alive connections to the local application.
     pub app: Client<HttpConnector, Body>,
     pub metrics: Arc<Metrics>,
+    /// Graceful shutdown state.
+    pub drain: Arc<drain::Drain>,
     /// Where finished requests are reported (metrics, tap, access log).
     pub observer: observe::Observer,
 }
@@ -67,6 +85,9 @@ impl Proxy {
     /// Why the proxy is not ready, if it is not: empty means ready.
     pub fn readiness_problems(&self) -> Vec<&'static str> {
         let mut problems = Vec::new();
+        if self.drain.draining() {
+            problems.push("shutting down");
+        }
         if self.identity.svid.current().is_none() {
             problems.push("no workload certificate yet");
         }
@@ -97,18 +118,23 @@ pub async fn run(
     let app = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build(connector);
+    let pool = Arc::new(PeerPool::new(
+        identity.svid.clone(),
+        identity.trust.clone(),
+        config.connect_timeout,
+        PEER_IDLE_TIMEOUT,
+    ));
     let proxy = Arc::new(Proxy {
-        pool: PeerPool::new(
-            identity.svid.clone(),
-            identity.trust.clone(),
-            config.connect_timeout,
-        ),
+        endpoints: EndpointStates::with_pool(pool.clone()),
+        services: ServiceStates::default(),
+        pool,
         config: config.clone(),
         identity: identity.clone(),
         discovery: discovery.clone(),
         authz: authz.clone(),
         app,
         metrics: metrics.clone(),
+        drain: drain::Drain::new(),
         observer: observe::Observer::new(metrics.clone(), access_log),
     });
 
@@ -145,6 +171,21 @@ pub async fn run(
         tokio::spawn(outbound::serve(listener, proxy.clone(), Some(service)));
     }
     tracing::info!(inbound = %config.inbound, outbound = %config.outbound, admin = %config.admin, "proxy listening");
-    outbound::serve(outbound, proxy, None).await;
+    tokio::spawn(outbound::serve(outbound, proxy.clone(), None));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+        _ = proxy.drain.started() => tracing::info!("shutdown requested on the admin port: draining"),
+    }
+    proxy.drain.start();
+    let left = proxy.drain.wait(config.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(connections = left, deadline = ?config.drain_timeout, "drain deadline passed; closing the rest");
+    } else {
+        tracing::info!("drained; exiting");
+    }
     Ok(())
 }

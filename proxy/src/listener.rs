@@ -1,25 +1,126 @@
-//! The accept loop every listener shares: one task per connection, and a pause instead
-//! of a spin when accept fails (EMFILE and friends).
+//! The accept loop every listener shares: one task per connection, a pause instead of a
+//! spin when accept fails (EMFILE and friends), connection limits per listener and per
+//! source address, and no new connections once the proxy is draining.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-/// Accepts forever, spawning `handle` for each connection.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, name: &'static str, handle: F)
-where
+use crate::drain::Drain;
+
+/// How many connections a listener takes.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub max_per_source: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 100_000,
+            max_per_source: 50_000,
+        }
+    }
+}
+
+/// Counts a listener's open connections, in total and by source IP.
+struct Admission {
+    limits: ConnectionLimits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Releases a connection's place when it ends.
+struct Place {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.admission.open.lock() {
+            open.0 = open.0.saturating_sub(1);
+            if let Some(n) = open.1.get_mut(&self.source) {
+                *n -= 1;
+                if *n == 0 {
+                    open.1.remove(&self.source);
+                }
+            }
+        }
+    }
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Place, &'static str> {
+        let mut open = self.open.lock().map_err(|_| "internal")?;
+        if open.0 >= self.limits.max_connections {
+            return Err("listener connection limit");
+        }
+        let per_source = open.1.entry(source).or_insert(0);
+        if *per_source >= self.limits.max_per_source {
+            return Err("per-source connection limit");
+        }
+        *per_source += 1;
+        open.0 += 1;
+        Ok(Place {
+            admission: self.clone(),
+            source,
+        })
+    }
+}
+
+/// Accepts until draining starts (never, without a `drain`: the admin and metrics
+/// listeners stay up to report the drain), spawning `handle` for each admitted connection.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    drain: Option<Arc<Drain>>,
+    limits: ConnectionLimits,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let admission = Arc::new(Admission {
+        limits,
+        open: Mutex::new((0, HashMap::new())),
+    });
     let mut pause = Duration::from_millis(5);
+    let stop = async move {
+        match drain {
+            Some(d) => d.started().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = &mut stop => {
+                tracing::info!(listener = name, "draining: no longer accepting connections");
+                return;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((tcp, peer)) => {
                 pause = Duration::from_millis(5);
+                let place = match admission.admit(peer.ip()) {
+                    Ok(place) => place,
+                    Err(reason) => {
+                        tracing::warn!(listener = name, %peer, reason, "connection refused");
+                        continue;
+                    }
+                };
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(handle(tcp, peer));
+                let task = handle(tcp, peer);
+                tokio::spawn(async move {
+                    task.await;
+                    drop(place);
+                });
             }
             Err(e) => {
                 tracing::warn!(listener = name, error = %e, retry_in = ?pause, "accept failed");
@@ -27,5 +128,30 @@ where
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_counts_per_source_and_in_total() {
+        let a = Arc::new(Admission {
+            limits: ConnectionLimits {
+                max_connections: 3,
+                max_per_source: 2,
+            },
+            open: Mutex::new((0, HashMap::new())),
+        });
+        let one: IpAddr = "10.0.0.1".parse().expect("ip");
+        let two: IpAddr = "10.0.0.2".parse().expect("ip");
+        let p1 = a.admit(one).expect("first");
+        let _p2 = a.admit(one).expect("second");
+        assert_eq!(a.admit(one).err(), Some("per-source connection limit"));
+        let _p3 = a.admit(two).expect("other source");
+        assert_eq!(a.admit(two).err(), Some("listener connection limit"));
+        drop(p1);
+        assert!(a.admit(one).is_ok(), "a closed connection frees its place");
     }
 }

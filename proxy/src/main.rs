@@ -37,10 +37,10 @@ struct Args {
     #[arg(long, env = "VIGIL_TRUST_BUNDLE")]
     trust_bundle: PathBuf,
     /// Control plane identity service (CSR signing).
-    #[arg(long, env = "VIGIL_IDENTITY_ADDR", default_value = "127.0.0.1:15012")]
+    #[arg(long, env = "VIGIL_IDENTITY_ADDR", default_value = "127.0.0.1:15012", value_parser = resolve_addr)]
     identity_addr: SocketAddr,
     /// Control plane discovery service.
-    #[arg(long, env = "VIGIL_DISCOVERY_ADDR", default_value = "127.0.0.1:15010")]
+    #[arg(long, env = "VIGIL_DISCOVERY_ADDR", default_value = "127.0.0.1:15010", value_parser = resolve_addr)]
     discovery_addr: SocketAddr,
     /// Inbound mTLS listener.
     #[arg(long, env = "VIGIL_INBOUND", default_value = "0.0.0.0:15006")]
@@ -60,6 +60,25 @@ struct Args {
     /// Timeout for connecting to peers and the application.
     #[arg(long, env = "VIGIL_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// Most connections each traffic listener accepts.
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+    /// Most connections from one source address per listener.
+    #[arg(
+        long,
+        env = "VIGIL_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 50_000
+    )]
+    max_connections_per_source: usize,
+    /// Largest request head accepted (bytes); larger requests get 431.
+    #[arg(long, env = "VIGIL_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// How long a client may take to send a request head.
+    #[arg(long, env = "VIGIL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "VIGIL_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
     /// Decision log destination: a file path, or "-" for standard output.
     #[arg(long, env = "VIGIL_DECISION_LOG", default_value = "-")]
     decision_log: String,
@@ -75,6 +94,19 @@ enum TokenKindArg {
     Kubernetes,
 }
 
+/// `ip:port`, or `host:port` resolved once at start: on Kubernetes the control plane is a
+/// Service name whose ClusterIP does not change while the Service exists.
+fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 fn parse_upstream(s: &str) -> Result<(SocketAddr, String), String> {
     let (addr, service) = s
         .split_once('=')
@@ -87,12 +119,7 @@ fn parse_upstream(s: &str) -> Result<(SocketAddr, String), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    vigil_proxy::logging::init();
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -129,6 +156,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     let config = ProxyConfig {
         trust_domain: args.trust_domain,
         token,
+        token_file: args.token_file.clone(),
         token_kind: match args.token_kind {
             TokenKindArg::Join => vigil_api::TokenKind::Join,
             TokenKindArg::Kubernetes => vigil_api::TokenKind::KubernetesServiceAccount,
@@ -144,6 +172,13 @@ fn start(args: Args) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         detect_timeout: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(10),
+        limits: vigil_proxy::listener::ConnectionLimits {
+            max_connections: args.max_connections,
+            max_per_source: args.max_connections_per_source,
+        },
+        max_header_bytes: args.max_header_bytes,
+        header_read_timeout: args.header_read_timeout,
+        drain_timeout: args.drain_timeout,
     };
     let log = open_log(&args.decision_log, "--decision-log")?;
     let access_log = args

@@ -15,12 +15,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
-use crate::listener::accept_loop;
+use crate::listener::{accept_loop, ConnectionLimits};
 
 /// Which way traffic flows relative to this workload.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -80,6 +79,11 @@ pub struct EndpointLabels {
 pub struct ErrorLabels {
     pub direction: Direction,
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -203,11 +207,15 @@ impl Metrics {
             "Certificates renewed",
             certificate_renewals.clone(),
         );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge rather than an OpenMetrics info metric, so classic Prometheus text
+        // parsers (promtool) accept the exposition too.
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information; always 1", build_info);
         Arc::new(Metrics {
             registry,
             requests,
@@ -265,6 +273,31 @@ impl Metrics {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counter_series_and_drops_openmetrics_only_lines() {
+        let m = Metrics::new();
+        m.request(
+            Direction::inbound,
+            "spiffe://vigil.local/ns/a/sa/b",
+            "svc.a",
+            StatusCode::OK,
+            Duration::from_millis(3),
+        );
+        let text = classic_text(&m.encode());
+        assert!(
+            text.contains("# TYPE vigil_requests_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP vigil_requests_total "), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(text.contains("# TYPE vigil_request_duration_seconds histogram"));
+    }
+}
+
 /// `2xx`, `4xx`, ...
 pub fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -278,18 +311,24 @@ pub fn status_class(status: StatusCode) -> &'static str {
 
 /// Serves `/metrics` on the metrics listener.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    accept_loop(listener, "metrics", move |tcp, _| {
-        let metrics = metrics.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        }
-    })
+    accept_loop(
+        listener,
+        "metrics",
+        None,
+        ConnectionLimits::default(),
+        move |tcp, _| {
+            let metrics = metrics.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        },
+    )
     .await;
 }
 
@@ -299,12 +338,55 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     }
-    let mut r = Response::new(body::full(metrics.encode()));
+    let wants_openmetrics = req
+        .headers()
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (text, content_type) = if wants_openmetrics {
+        (
+            metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            classic_text(&metrics.encode()),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut r = Response::new(body::full(text));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        http::HeaderValue::from_static(content_type),
     );
     r
+}
+
+/// The classic Prometheus text format (0.0.4) from prometheus-client's OpenMetrics, for
+/// scrapers and tools that do not negotiate OpenMetrics (promtool, older agents):
+/// counters' HELP/TYPE name their `_total` series, and `# UNIT`/`# EOF` go. Written by
+/// hand because prometheus-client only encodes OpenMetrics.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }

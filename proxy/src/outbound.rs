@@ -1,7 +1,19 @@
 //! Outbound (15001 and per-service upstream listeners): plain traffic from the local
-//! application → original destination or Host → service → endpoint → mutual TLS to the
-//! peer proxy, refusing any peer that is not the identity discovery expects. HTTP/1 and
-//! HTTP/2 are carried over pooled HTTP/2; anything else is an opaque TCP tunnel.
+//! application → original destination or Host → service and route → the resilience
+//! stack ([`stack`]: faults, deadline, limits, retries, balancer, breakers) → mutual TLS
+//! to the peer proxy, refusing any peer that is not the identity discovery expects.
+//! HTTP/1 and HTTP/2 are carried over pooled HTTP/2; anything else is an opaque TCP tunnel.
+
+pub mod balance;
+pub mod breaker;
+pub mod budget;
+pub mod endpoint;
+pub mod fault;
+pub mod limit;
+pub mod retry;
+pub mod service_state;
+pub mod stack;
+pub mod timeout;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{self, Body};
@@ -22,6 +34,8 @@ use crate::observe::{now_secs, RequestRecord};
 use crate::orig_dst::original_destination;
 use crate::state::{MeshView, ServiceView};
 use crate::Proxy;
+
+use self::endpoint::AttemptLog;
 
 /// How a connection's service is found.
 #[derive(Debug, Clone)]
@@ -36,11 +50,17 @@ enum Target {
 
 /// Serves an outbound listener; `service` binds it to one service.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, service: Option<String>) {
-    accept_loop(listener, "outbound", move |tcp, client| {
-        let proxy = proxy.clone();
-        let service = service.clone();
-        async move { connection(proxy, tcp, client, service).await }
-    })
+    accept_loop(
+        listener,
+        "outbound",
+        Some(proxy.drain.clone()),
+        proxy.config.limits,
+        move |tcp, client| {
+            let proxy = proxy.clone();
+            let service = service.clone();
+            async move { connection(proxy, tcp, client, service).await }
+        },
+    )
     .await;
 }
 
@@ -136,16 +156,26 @@ async fn detect(tcp: &TcpStream, timeout: Duration) -> Detected {
 
 async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, target: Target) {
     let target = Arc::new(target);
+    let builder = crate::inbound::http_server(&proxy.config);
+    let drain_state = proxy.drain.clone();
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let target = target.clone();
         async move { Ok::<_, Infallible>(request(&proxy, &target, req).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-        .await
-    {
+    let _open = drain_state.guard();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    // Once draining starts: HTTP/1 gets `connection: close`, HTTP/2 a GOAWAY, and
+    // requests in flight finish.
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = drain_state.started() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "outbound connection ended with an error");
     }
 }
@@ -269,10 +299,7 @@ async fn forward(
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
     let service = resolve(&mesh, target, &host)?;
     routed.service = service.qualified_name();
-    let endpoint = service
-        .pick()
-        .ok_or_else(|| ProxyError::NoEndpoints(service.qualified_name()))?;
-    routed.peer = endpoint.spiffe_id.to_string();
+    let route = service.traffic.route(req.uri().path());
     let path = req
         .uri()
         .path_and_query()
@@ -285,10 +312,14 @@ async fn forward(
     strip_hop_by_hop(headers);
     strip_identity(headers);
     headers.remove(http::header::HOST);
-    let response = proxy.pool.send(endpoint, req.map(body::boxed)).await?;
-    let (mut parts, incoming) = response.into_parts();
+    let tries = AttemptLog::default();
+    req.extensions_mut().insert(tries.clone());
+    let stack = stack::http(proxy, &mesh, service, &route);
+    let result = stack::send(stack, req.map(body::boxed)).await;
+    routed.peer = tries.last_peer();
+    let (mut parts, body) = result?.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body::boxed(incoming)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Opaque TCP: a CONNECT stream on the pooled HTTP/2 connection to the peer proxy.
@@ -305,15 +336,15 @@ async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<()
         ));
     }
     let service = resolve(&mesh, target, "")?;
-    let endpoint = service
-        .pick()
-        .ok_or_else(|| ProxyError::NoEndpoints(service.qualified_name()))?;
+    let tries = AttemptLog::default();
+    // The balancer aims the CONNECT at the chosen endpoint's application port.
     let req = Request::builder()
         .method(Method::CONNECT)
-        .uri(format!("127.0.0.1:{}", endpoint.target_port))
+        .uri("127.0.0.1:0")
+        .extension(tries.clone())
         .body(body::empty())
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let mut response = proxy.pool.send(endpoint, req).await?;
+    let mut response = stack::send(stack::tunnel(proxy, &mesh, service), req).await?;
     if !response.status().is_success() {
         let reason = response
             .headers()
@@ -332,7 +363,7 @@ async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<()
     let mut upgraded = TokioIo::new(upgraded);
     let labels = TcpLabels {
         direction: Direction::outbound,
-        peer_identity: endpoint.spiffe_id.to_string(),
+        peer_identity: tries.last_peer(),
         service: service.qualified_name(),
     };
     proxy.metrics.tcp_opened.get_or_create(&labels).inc();

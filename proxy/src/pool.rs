@@ -1,9 +1,10 @@
 //! Pooled, multiplexed HTTP/2 connections to peer proxies over mutual TLS. One
-//! connection per (endpoint, expected identity) carries every request and TCP tunnel.
+//! connection per (endpoint, expected identity) carries every request and TCP tunnel;
+//! a connection unused for the idle timeout is closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -11,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustStore};
 
@@ -20,21 +22,72 @@ use crate::state::EndpointView;
 
 type Key = (SocketAddr, SpiffeId);
 
+/// A request the pool could not complete. `unsent` gives the request back when it never
+/// left this proxy (no connection, or the connection closed before it was written), so
+/// it can go to another endpoint whatever its method or body.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<Body>>,
+}
+
+impl SendError {
+    /// A failure after the request (or some of it) went out, or that no other try
+    /// could mend.
+    pub fn new(error: ProxyError) -> Self {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+
+    /// A failure before anything was written: the request comes back.
+    pub fn unsent(error: ProxyError, request: Request<Body>) -> Self {
+        SendError {
+            error,
+            unsent: Some(request),
+        }
+    }
+}
+
+impl From<SendError> for ProxyError {
+    fn from(e: SendError) -> Self {
+        e.error
+    }
+}
+
+/// A pooled connection and when a request last went through it.
+struct Pooled<S> {
+    sender: S,
+    last_used: Instant,
+}
+
+type Connections = Mutex<HashMap<Key, Pooled<SendRequest<Body>>>>;
+
 /// Connections to peer proxies.
 pub struct PeerPool {
     svid: Arc<SvidStore>,
     trust: Arc<TrustStore>,
     connect_timeout: Duration,
-    connections: Mutex<HashMap<Key, SendRequest<Body>>>,
+    idle_timeout: Duration,
+    connections: Arc<Connections>,
+    reaper: Once,
 }
 
 impl PeerPool {
-    pub fn new(svid: Arc<SvidStore>, trust: Arc<TrustStore>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        svid: Arc<SvidStore>,
+        trust: Arc<TrustStore>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         PeerPool {
             svid,
             trust,
             connect_timeout,
-            connections: Mutex::new(HashMap::new()),
+            idle_timeout,
+            connections: Arc::new(Mutex::new(HashMap::new())),
+            reaper: Once::new(),
         }
     }
 
@@ -44,20 +97,32 @@ impl PeerPool {
         &self,
         endpoint: &EndpointView,
         request: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.sender(endpoint).await?;
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut sender = match self.sender(endpoint).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::unsent(e, request)),
+        };
         if sender.ready().await.is_err() {
             self.forget(endpoint);
-            sender = self.sender(endpoint).await?;
-            sender
-                .ready()
-                .await
-                .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+            sender = match self.sender(endpoint).await {
+                Ok(s) => s,
+                Err(e) => return Err(SendError::unsent(e, request)),
+            };
+            if let Err(e) = sender.ready().await {
+                let error = ProxyError::ConnectFailed {
+                    endpoint: endpoint.address.to_string(),
+                    reason: format!("new connection closed at once: {e}"),
+                };
+                return Err(SendError::unsent(error, request));
+            }
         }
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| ProxyError::Upstream(e.to_string()))
+        sender.try_send_request(request).await.map_err(|mut e| {
+            let unsent = e.take_message();
+            SendError {
+                error: ProxyError::Upstream(e.into_error().to_string()),
+                unsent,
+            }
+        })
     }
 
     /// Number of open peer connections.
@@ -78,17 +143,27 @@ impl PeerPool {
 
     async fn sender(&self, endpoint: &EndpointView) -> Result<SendRequest<Body>, ProxyError> {
         let key = (endpoint.address, endpoint.spiffe_id.clone());
-        if let Ok(c) = self.connections.lock() {
-            if let Some(s) = c.get(&key) {
-                if !s.is_closed() {
-                    return Ok(s.clone());
+        if let Ok(mut c) = self.connections.lock() {
+            if let Some(p) = c.get_mut(&key) {
+                if !p.sender.is_closed() {
+                    p.last_used = Instant::now();
+                    return Ok(p.sender.clone());
                 }
             }
         }
         let sender = self.connect(endpoint).await?;
         if let Ok(mut c) = self.connections.lock() {
-            c.insert(key, sender.clone());
+            c.insert(
+                key,
+                Pooled {
+                    sender: sender.clone(),
+                    last_used: Instant::now(),
+                },
+            );
         }
+        let (connections, idle) = (Arc::downgrade(&self.connections), self.idle_timeout);
+        self.reaper
+            .call_once(|| drop(tokio::spawn(close_idle(connections, idle))));
         Ok(sender)
     }
 
@@ -152,5 +227,80 @@ impl PeerPool {
         });
         tracing::debug!(peer = %address, spiffe_id = %endpoint.spiffe_id, "peer connection opened");
         Ok(sender)
+    }
+}
+
+/// Drops connections idle for `idle` until the pool itself is gone. Dropping the last
+/// sender lets hyper close the connection once its streams finish.
+async fn close_idle(connections: Weak<Connections>, idle: Duration) {
+    let period = (idle / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(connections) = connections.upgrade() else {
+            return;
+        };
+        if let Ok(mut c) = connections.lock() {
+            drop_idle(&mut c, Instant::now(), idle, SendRequest::is_closed);
+        };
+    }
+}
+
+fn drop_idle<S>(
+    connections: &mut HashMap<Key, Pooled<S>>,
+    now: Instant,
+    idle: Duration,
+    closed: impl Fn(&S) -> bool,
+) {
+    connections.retain(|(address, _), p| {
+        let keep = !closed(&p.sender) && now.saturating_duration_since(p.last_used) < idle;
+        if !keep {
+            tracing::debug!(peer = %address, "closing an idle peer connection");
+        }
+        keep
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_idle_past_the_timeout_are_dropped() {
+        let id = SpiffeId::parse("spiffe://vigil.local/ns/demo/sa/server").expect("id");
+        let key = |port| (SocketAddr::from(([127, 0, 0, 1], port)), id.clone());
+        let idle = Duration::from_secs(90);
+        let mut map = HashMap::new();
+        let start = Instant::now();
+        map.insert(
+            key(1),
+            Pooled {
+                sender: false,
+                last_used: start,
+            },
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        map.insert(
+            key(2),
+            Pooled {
+                sender: false,
+                last_used: Instant::now(),
+            },
+        );
+        map.insert(
+            key(3),
+            Pooled {
+                sender: true,
+                last_used: Instant::now(),
+            },
+        );
+
+        drop_idle(&mut map, Instant::now(), idle, |closed| *closed);
+        assert_eq!(map.len(), 2, "a closed connection is dropped at once");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        drop_idle(&mut map, Instant::now(), idle, |closed| *closed);
+        assert!(
+            map.contains_key(&key(2)) && map.len() == 1,
+            "91 s idle is too long"
+        );
     }
 }

@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
 use vigil_identity::SpiffeId;
+
+use crate::traffic::TrafficPolicy;
 
 /// This proxy's own workload.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +28,7 @@ impl WorkloadInfo {
 }
 
 /// A peer proxy and the identity it must prove.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EndpointView {
     pub address: SocketAddr,
     #[serde(serialize_with = "display")]
@@ -45,23 +46,14 @@ pub struct ServiceView {
     pub protocol: String,
     pub hosts: Vec<String>,
     pub endpoints: Vec<EndpointView>,
-    #[serde(skip)]
-    next: AtomicUsize,
+    /// Timeouts, retries, circuit breaking and limits, defaults filled in.
+    pub traffic: Arc<TrafficPolicy>,
 }
 
 impl ServiceView {
     /// `name.namespace`, the label used in logs and metrics.
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.name, self.namespace)
-    }
-
-    /// Picks the next endpoint, round robin.
-    pub fn pick(&self) -> Option<&EndpointView> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints.get(i)
     }
 }
 
@@ -85,6 +77,8 @@ pub enum SnapshotError {
     NoWorkload,
     #[error("snapshot field {field} is invalid: {value:?}")]
     Invalid { field: &'static str, value: String },
+    #[error("service {service}: traffic policy refused: {reason} (see docs/traffic.md)")]
+    Traffic { service: String, reason: String },
 }
 
 impl MeshView {
@@ -129,6 +123,11 @@ impl MeshView {
                     })
                 })
                 .collect::<Result<Vec<_>, SnapshotError>>()?;
+            let traffic =
+                TrafficPolicy::parse(&s.traffic_json).map_err(|e| SnapshotError::Traffic {
+                    service: format!("{}.{}", s.name, s.namespace),
+                    reason: e.to_string(),
+                })?;
             let view = Arc::new(ServiceView {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
@@ -136,7 +135,7 @@ impl MeshView {
                 protocol: s.protocol.clone(),
                 hosts: s.hosts.clone(),
                 endpoints,
-                next: AtomicUsize::new(0),
+                traffic: Arc::new(traffic),
             });
             for h in &s.hosts {
                 by_host.insert(h.to_ascii_lowercase(), view.clone());
@@ -254,13 +253,13 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_visits_every_endpoint() {
-        let view = MeshView::from_snapshot(&snapshot()).expect("valid");
+    fn parses_each_services_traffic_policy() {
+        let mut snap = snapshot();
+        snap.services[0].traffic_json = r#"{"timeout":"2s"}"#.into();
+        let view = MeshView::from_snapshot(&snap).expect("valid");
         let s = view.service_for_host("server").expect("service");
-        let picks: Vec<_> = (0..4)
-            .filter_map(|_| s.pick().map(|e| e.workload.clone()))
-            .collect();
-        assert_eq!(picks, ["server-a", "server-b", "server-a", "server-b"]);
+        assert_eq!(s.traffic.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(s.traffic.retries.attempts, 3, "defaults fill the rest");
     }
 
     #[test]
@@ -271,5 +270,16 @@ mod tests {
         let mut bad = snapshot();
         bad.services[0].port = 70000;
         assert!(MeshView::from_snapshot(&bad).is_err());
+        let mut bad = snapshot();
+        bad.services[0].traffic_json = r#"{"retries":{"attempts":"many"}}"#.into();
+        let err = MeshView::from_snapshot(&bad)
+            .expect_err("bad traffic")
+            .to_string();
+        assert!(
+            err.contains(
+                "service server.demo: traffic policy refused: retries.attempts: invalid type"
+            ),
+            "{err}"
+        );
     }
 }

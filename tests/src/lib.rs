@@ -3,6 +3,8 @@
 //! that are killed when the test ends. Applications are small servers in the test.
 #![forbid(unsafe_code)]
 
+pub mod netns;
+
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -565,4 +567,237 @@ pub async fn start_tcp_echo(port: u16) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+// ---- Resilience: traffic policies, controllable apps, endpoints that come and go ----
+
+/// `spec`'s mesh file with a `traffic:` section for each named service. The policy is
+/// written as JSON, which YAML reads as a flow mapping.
+pub fn yaml_with_traffic(spec: &MeshSpec, traffic: &[(&str, serde_json::Value)]) -> String {
+    let mut yaml = spec.yaml();
+    for (service, policy) in traffic {
+        let entry = format!("  - name: {service}\n    namespace: ");
+        let Some(at) = yaml.find(&entry) else {
+            panic!("service {service} is not in the test mesh");
+        };
+        let endpoints = yaml[at..]
+            .find("    endpoints: [")
+            .map(|i| at + i)
+            .expect("the service's endpoints line");
+        let line_end = yaml[endpoints..]
+            .find('\n')
+            .map(|i| endpoints + i + 1)
+            .unwrap_or(yaml.len());
+        yaml.insert_str(line_end, &format!("    traffic: {policy}\n"));
+    }
+    yaml
+}
+
+impl Mesh {
+    /// Like [`Mesh::start`], with traffic policies for some services.
+    pub async fn start_with_traffic(
+        spec: MeshSpec,
+        traffic: &[(&str, serde_json::Value)],
+    ) -> anyhow::Result<Mesh> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join("mesh.yaml"),
+            yaml_with_traffic(&spec, traffic),
+        )?;
+        let control_plane = start_control_plane(dir.path(), &spec).await?;
+        Ok(Mesh {
+            spec,
+            dir,
+            control_plane,
+            proxies: vec![],
+        })
+    }
+
+    /// Replaces the mesh file; the control plane reloads it within its reload interval
+    /// (200 ms here) and pushes new snapshots to the proxies.
+    pub fn rewrite_mesh_file(&self, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.dir.path().join("mesh.yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.dir.path().join("mesh.yaml"))?;
+        Ok(())
+    }
+
+    /// Kills the running proxy of `workload` (as a crash would: no goodbye).
+    pub fn kill_proxy(&mut self, workload: &str) {
+        let prefix = format!("proxy-{workload}-");
+        for p in self
+            .proxies
+            .iter_mut()
+            .filter(|p| p.name.starts_with(&prefix))
+        {
+            p.kill();
+        }
+    }
+}
+
+/// Knobs and counters of an app started by [`start_app`].
+#[derive(Default)]
+pub struct App {
+    pub name: String,
+    /// Requests received.
+    pub hits: std::sync::atomic::AtomicU64,
+    /// Share of requests answered 503, spread evenly (30 → 3 of every 10).
+    pub fail_percent: std::sync::atomic::AtomicU64,
+    /// Added to every answer.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+}
+
+/// An HTTP application whose behaviour the test controls: it answers `{"app": name}`,
+/// fails `fail_percent` of requests with 503, waits `delay_ms`, and sleeps N ms on any
+/// path containing `/sleep/N`.
+pub async fn start_app(port: u16, name: &str) -> anyhow::Result<std::sync::Arc<App>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let app = std::sync::Arc::new(App {
+        name: name.to_string(),
+        ..App::default()
+    });
+    let shared = app.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let app = shared.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let app = app.clone();
+                        async move {
+                            let n = app.hits.fetch_add(1, Relaxed);
+                            let pct = app.fail_percent.load(Relaxed).min(100);
+                            let fail = (n + 1) * pct / 100 > n * pct / 100;
+                            let sleep = req
+                                .uri()
+                                .path()
+                                .split_once("/sleep/")
+                                .and_then(|(_, ms)| ms.split('/').next()?.parse::<u64>().ok())
+                                .unwrap_or(0);
+                            let wait = sleep + app.delay_ms.load(Relaxed);
+                            if wait > 0 {
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                            }
+                            let status = if fail { 503 } else { 200 };
+                            let body = serde_json::json!({"app": app.name}).to_string();
+                            let mut response = Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() =
+                                http::StatusCode::from_u16(status).unwrap_or_default();
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok(app)
+}
+
+/// A metric's value in a Prometheus exposition (0 when absent). `series` is the name
+/// with its labels, exactly as exposed: `vigil_retries_total{service="web.demo"}`.
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+// ---- The dashboard: `vigil demo` as a process, headless Chromium ----
+
+impl Process {
+    /// The child's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal would.
+    pub fn interrupt(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit on its own; its exit status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Debian's headless-capable Chromium. Tests that need it fail (never skip) without it.
+pub fn chromium() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/chromium");
+    assert!(
+        path.exists(),
+        "chromium is missing: install Debian's chromium package (apt-get install chromium), or run the tests with scripts/test.sh which does"
+    );
+    path
+}
+
+/// Runs headless Chromium on `url` with a fresh profile and `extra` arguments (e.g.
+/// `--dump-dom`, `--screenshot=PATH`); its standard output.
+pub fn headless_chromium(url: &str, extra: &[String]) -> anyhow::Result<String> {
+    let profile = tempfile::tempdir()?;
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running chromium")?;
+    if !out.status.success() {
+        bail!(
+            "chromium failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where tests keep files for people to look at (`target/test-artifacts`).
+pub fn artifacts_dir() -> PathBuf {
+    let dir = workspace_root().join("target").join("test-artifacts");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// The opening tags in `html` that carry every one of `attributes` (`data-node="web"`).
+pub fn tags_with<'a>(html: &'a str, attributes: &[&str]) -> Vec<&'a str> {
+    html.split('<')
+        .filter_map(|t| t.split('>').next())
+        .filter(|t| attributes.iter().all(|a| t.contains(a)))
+        .collect()
+}
+
+/// An attribute's value in one opening tag.
+pub fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
 }

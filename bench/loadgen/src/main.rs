@@ -369,6 +369,7 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
         first_error: Mutex::new(None),
         stop: AtomicBool::new(false),
     });
+    let cpu_before = own_cpu_seconds();
     let started_wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
     let start = Instant::now() + Duration::from_millis(20);
     let deadline = start + args.duration;
@@ -497,6 +498,7 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
         "send_lag_us": if args.rate > 0 { summary(&r.send_lag) } else { json!(null) },
         "latency_from": if args.rate > 0 { "intended send time" } else { "actual send time" },
         "first_error": *shared.first_error.lock().unwrap(),
+        "loadgen_cpu_s": ((own_cpu_seconds() - cpu_before) * 1000.0).round() / 1000.0,
     });
     eprintln!(
         "{label}done: {ok} ok, {errors} errors, {:.0} req/s, p50 {} µs, p99 {} µs, p99.9 {} µs",
@@ -506,6 +508,18 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
         out["latency_us"]["p99_9"]
     );
     Ok(out)
+}
+
+/// User + system CPU seconds of this process so far.
+fn own_cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => 0.0,
+    }
 }
 
 async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {

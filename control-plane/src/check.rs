@@ -1,0 +1,571 @@
+//! `vigil check`: is a running local mesh healthy? The control plane's identity and
+//! discovery ports answer TLS with the control plane's certificate, every proxy is ready,
+//! certificates are valid and not about to expire, every proxy runs the same policy
+//! bundle, and clocks agree. Each finding is a ✓, ! (warning) or ✗ line, with a hint for
+//! what to do; any ✗ makes the command fail.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use serde::Serialize;
+use vigil_identity::{TlsOptions, TrustBundle, TrustStore};
+
+use crate::admin_client::{self, CertStatus};
+use crate::control_plane::control_plane_id;
+use crate::mesh::MeshFile;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: String,
+    pub outcome: Outcome,
+    pub detail: String,
+    /// What to do about a warning or failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub findings: Vec<Finding>,
+}
+
+/// A certificate with less than this share of its lifetime left is a warning.
+const NEAR_EXPIRY_SHARE: f64 = 0.10;
+/// Clock skew beyond this is a warning.
+const MAX_SKEW: Duration = Duration::from_secs(30);
+
+fn pass(check: impl Into<String>, detail: impl Into<String>) -> Finding {
+    Finding {
+        check: check.into(),
+        outcome: Outcome::Pass,
+        detail: detail.into(),
+        hint: None,
+    }
+}
+
+fn problem(
+    outcome: Outcome,
+    check: impl Into<String>,
+    detail: impl Into<String>,
+    hint: impl Into<String>,
+) -> Finding {
+    Finding {
+        check: check.into(),
+        outcome,
+        detail: detail.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+/// What one proxy told us.
+struct ProxyState {
+    workload: String,
+    admin: SocketAddr,
+    ready: anyhow::Result<admin_client::AdminResponse>,
+    cert: Option<anyhow::Result<CertStatus>>,
+    config: Option<anyhow::Result<admin_client::ConfigStatus>>,
+}
+
+/// Checks the mesh described by `mesh_file`. `trust_bundle` verifies the control plane;
+/// without it, `trust-bundle.pem` beside the mesh file or a proxy's bundle is used.
+pub async fn check(mesh_file: &Path, trust_bundle: Option<&Path>) -> anyhow::Result<Report> {
+    let mesh = MeshFile::load(mesh_file)?;
+    let mut findings = Vec::new();
+
+    let mut proxies = Vec::new();
+    for w in &mesh.workloads {
+        let admin = w.proxy.admin;
+        let ready = admin_client::fetch(admin, "/ready").await;
+        let (cert, config) = if ready.is_ok() {
+            (
+                Some(admin_client::certs(admin).await),
+                Some(admin_client::config(admin).await),
+            )
+        } else {
+            (None, None)
+        };
+        proxies.push(ProxyState {
+            workload: w.name.clone(),
+            admin,
+            ready,
+            cert,
+            config,
+        });
+    }
+
+    // The control plane, verified against the mesh's trust bundle.
+    let bundle_pem = find_trust_bundle(mesh_file, trust_bundle, &proxies).await?;
+    findings.extend(check_control_plane(&mesh, bundle_pem.as_deref()).await);
+
+    let now = SystemTime::now();
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for p in &proxies {
+        findings.push(readiness(p));
+        if let Some(cert) = &p.cert {
+            findings.push(certificate(&p.workload, cert, now_secs));
+        }
+        if let Ok(res) = &p.ready {
+            if let Some(f) = clock(&p.workload, res, now) {
+                findings.push(f);
+            }
+        }
+    }
+    findings.extend(policy_agreement(&proxies));
+
+    let ok = !findings.iter().any(|f| f.outcome == Outcome::Fail);
+    Ok(Report { ok, findings })
+}
+
+async fn find_trust_bundle(
+    mesh_file: &Path,
+    explicit: Option<&Path>,
+    proxies: &[ProxyState],
+) -> anyhow::Result<Option<String>> {
+    if let Some(path) = explicit {
+        return std::fs::read_to_string(path)
+            .map(Some)
+            .with_context(|| format!("reading --trust-bundle {}", path.display()));
+    }
+    let beside: PathBuf = mesh_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("trust-bundle.pem");
+    if let Ok(pem) = std::fs::read_to_string(&beside) {
+        return Ok(Some(pem));
+    }
+    // A running proxy serves the bundle it trusts.
+    for p in proxies.iter().filter(|p| p.ready.is_ok()) {
+        if let Ok((200, body)) = admin_client::get(p.admin, "/certs").await {
+            if let Some(pem) = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["trust_bundle_pem"].as_str().map(str::to_string))
+            {
+                return Ok(Some(pem));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn check_control_plane(mesh: &MeshFile, bundle_pem: Option<&str>) -> Vec<Finding> {
+    let addresses = &mesh.control_plane;
+    let trust = match bundle_pem.map(|pem| {
+        TrustBundle::from_pem(pem)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| TrustStore::new(&mesh.trust_domain, b).map_err(anyhow::Error::from))
+    }) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            return vec![problem(
+                Outcome::Fail,
+                "control plane",
+                format!("the trust bundle does not parse: {e:#}"),
+                "pass the control plane's data-dir/trust-bundle.pem with --trust-bundle",
+            )]
+        }
+        None => None,
+    };
+    let mut out = Vec::new();
+    for (what, addr) in [
+        ("identity", addresses.identity),
+        ("discovery", addresses.discovery),
+    ] {
+        let check = format!("control plane {what} {addr}");
+        let result = match &trust {
+            Some(trust) => handshake(addr, trust.clone(), &mesh.trust_domain).await,
+            None => {
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within 5 s"))
+                    .and_then(|r| r.map_err(anyhow::Error::from))
+                    .map(|_| ())
+            }
+        };
+        out.push(match (result, &trust) {
+            (Ok(()), Some(_)) => pass(
+                check,
+                "accepts TLS 1.3 and presents the control plane's SPIFFE ID",
+            ),
+            (Ok(()), None) => problem(
+                Outcome::Warn,
+                check,
+                "accepts connections; TLS not verified (no trust bundle found)",
+                "pass --trust-bundle <data-dir>/trust-bundle.pem to verify the certificate too",
+            ),
+            (Err(e), _) => problem(
+                Outcome::Fail,
+                check,
+                format!("{e:#}"),
+                format!(
+                    "start the control plane (`vigil control-plane --mesh ...`, `vigil up` or `vigil demo`), or fix control_plane.{what} in the mesh file"
+                ),
+            ),
+        });
+    }
+    out
+}
+
+async fn handshake(
+    addr: SocketAddr,
+    trust: Arc<TrustStore>,
+    trust_domain: &str,
+) -> anyhow::Result<()> {
+    let expected = control_plane_id(trust_domain)?;
+    let config = vigil_identity::mtls_client_config(
+        None,
+        trust,
+        expected.clone(),
+        &TlsOptions {
+            alpn: vec![b"h2".to_vec()],
+            ..TlsOptions::default()
+        },
+    );
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("nothing accepts connections on {addr}"))?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(vigil_identity::server_name_for(&expected), tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {addr} failed (is it a Vigil control plane of trust domain {trust_domain}?)"))?;
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not complete a TLS handshake within 5 s"))?
+}
+
+fn readiness(p: &ProxyState) -> Finding {
+    let check = format!("proxy {} ready", p.workload);
+    match &p.ready {
+        Ok(r) if r.status == 200 => pass(check, format!("admin {} answers ready", p.admin)),
+        Ok(r) => problem(
+            Outcome::Fail,
+            check,
+            format!("/ready answered {}: {}", r.status, r.body.trim()),
+            "the proxy is up but not serving: its log says why (often the control plane is unreachable or the join token is wrong)",
+        ),
+        Err(e) => problem(
+            Outcome::Fail,
+            check,
+            format!("no answer from its admin port {}: {e:#}", p.admin),
+            format!(
+                "the proxy for {} is not running: restart `vigil demo`/`vigil up`, or start vigil-proxy for it with --admin {}",
+                p.workload, p.admin
+            ),
+        ),
+    }
+}
+
+fn certificate(workload: &str, cert: &anyhow::Result<CertStatus>, now: u64) -> Finding {
+    let check = format!("certificate of {workload}");
+    let c = match cert {
+        Ok(c) => c,
+        Err(e) => {
+            return problem(
+                Outcome::Fail,
+                check,
+                format!("{e:#}"),
+                "the proxy has no certificate: check that it reaches the control plane's identity port and that its join token is in the mesh file",
+            )
+        }
+    };
+    let lifetime = c.not_after.saturating_sub(c.not_before).max(1);
+    if c.not_after <= now {
+        return problem(
+            Outcome::Fail,
+            check,
+            format!("{} expired {} s ago", c.spiffe_id, now - c.not_after),
+            format!(
+                "renewal is failing{}: make sure the control plane is running and reachable, then restart the proxy",
+                c.last_renewal_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    if c.not_before > now + MAX_SKEW.as_secs() {
+        return problem(
+            Outcome::Fail,
+            check,
+            format!(
+                "{} is not valid for another {} s",
+                c.spiffe_id,
+                c.not_before - now
+            ),
+            "this machine's clock is behind the control plane's: sync clocks (NTP)",
+        );
+    }
+    let left = c.not_after - now;
+    if (left as f64) < lifetime as f64 * NEAR_EXPIRY_SHARE {
+        return problem(
+            Outcome::Warn,
+            check,
+            format!(
+                "{} expires in {} s, under 10% of its lifetime ({} s)",
+                c.spiffe_id, left, lifetime
+            ),
+            "renewal should have happened at half-life: check the proxy's log and its renewal_failures in /certs",
+        );
+    }
+    pass(
+        check,
+        format!(
+            "{} valid for {} more ({} renewal{})",
+            c.spiffe_id,
+            humantime::format_duration(Duration::from_secs(left)),
+            c.renewals,
+            if c.renewals == 1 { "" } else { "s" }
+        ),
+    )
+}
+
+/// Compares the proxy's `Date` header with local time.
+fn clock(workload: &str, res: &admin_client::AdminResponse, now: SystemTime) -> Option<Finding> {
+    let date = res.headers.get(http::header::DATE)?.to_str().ok()?;
+    let theirs = httpdate_parse(date)?;
+    let skew = match theirs.duration_since(now) {
+        Ok(ahead) => ahead,
+        Err(e) => e.duration(),
+    };
+    let check = format!("clock of {workload}");
+    // The header has one-second resolution.
+    Some(if skew > MAX_SKEW {
+        problem(
+            Outcome::Warn,
+            check,
+            format!("{} s apart from this machine's clock", skew.as_secs()),
+            "certificates are checked against the clock: sync clocks with NTP",
+        )
+    } else {
+        pass(
+            check,
+            format!("within {} s of local time", skew.as_secs().max(1)),
+        )
+    })
+}
+
+fn httpdate_parse(s: &str) -> Option<SystemTime> {
+    let t = chrono::DateTime::parse_from_rfc2822(s).ok()?;
+    let secs = u64::try_from(t.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn policy_agreement(proxies: &[ProxyState]) -> Vec<Finding> {
+    let mut versions: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    let mut out = Vec::new();
+    for p in proxies {
+        match &p.config {
+            Some(Ok(c)) => {
+                let v = c
+                    .policy_version
+                    .clone()
+                    .unwrap_or_else(|| "(none)".to_string());
+                versions.entry(v).or_default().push(&p.workload);
+                if let Some(refused) = &c.policy_last_refused {
+                    out.push(problem(
+                        Outcome::Warn,
+                        format!("policy of {}", p.workload),
+                        format!("the proxy refused the latest bundle: {refused}"),
+                        "fix the policy files; the proxy keeps its last good bundle meanwhile",
+                    ));
+                }
+                if !c.control_plane_connected {
+                    out.push(problem(
+                        Outcome::Warn,
+                        format!("discovery of {}", p.workload),
+                        "the proxy is not connected to the control plane's discovery stream"
+                            .to_string(),
+                        "it runs on its last snapshot; check that the control plane is up",
+                    ));
+                }
+            }
+            Some(Err(e)) => out.push(problem(
+                Outcome::Fail,
+                format!("policy of {}", p.workload),
+                format!("{e:#}"),
+                "the admin port did not serve /config: is it a vigil-proxy?",
+            )),
+            None => {}
+        }
+    }
+    match versions.len() {
+        0 => {}
+        1 => {
+            let (v, who) = versions
+                .iter()
+                .next()
+                .map(|(v, w)| (v.clone(), w.len()))
+                .unwrap_or_default();
+            if v == "(none)" {
+                out.push(problem(
+                    Outcome::Fail,
+                    "policy bundle",
+                    "no proxy has a policy bundle; every request is refused",
+                    "check the control plane's log for a policy that does not compile",
+                ));
+            } else {
+                out.push(pass(
+                    "policy bundle",
+                    format!("all {who} reachable proxies run {v}"),
+                ));
+            }
+        }
+        _ => {
+            let detail = versions
+                .iter()
+                .map(|(v, who)| format!("{v}: {}", who.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            out.push(problem(
+                Outcome::Fail,
+                "policy bundle",
+                format!("proxies disagree: {detail}"),
+                "proxies on an old bundle have lost the control plane or refused the new bundle: see their /config",
+            ));
+        }
+    }
+    out
+}
+
+/// The report as people read it.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    for f in &report.findings {
+        let mark = match f.outcome {
+            Outcome::Pass => "✓",
+            Outcome::Warn => "!",
+            Outcome::Fail => "✗",
+        };
+        out += &format!("{mark} {}: {}\n", f.check, f.detail);
+        if let Some(h) = &f.hint {
+            out += &format!("    hint: {h}\n");
+        }
+    }
+    let failed = report
+        .findings
+        .iter()
+        .filter(|f| f.outcome == Outcome::Fail)
+        .count();
+    let warned = report
+        .findings
+        .iter()
+        .filter(|f| f.outcome == Outcome::Warn)
+        .count();
+    out += &if failed == 0 {
+        format!(
+            "mesh healthy: {} checks passed{}\n",
+            report.findings.len() - warned,
+            if warned > 0 {
+                format!(", {warned} warning(s)")
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        format!("{failed} check(s) failed; the hints above say what to do\n")
+    };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(not_before: u64, not_after: u64) -> anyhow::Result<CertStatus> {
+        Ok(CertStatus {
+            spiffe_id: "spiffe://vigil.local/ns/shop/sa/web".into(),
+            not_before,
+            not_after,
+            ..CertStatus::default()
+        })
+    }
+
+    #[test]
+    fn judges_certificates_by_the_lifetime_left() {
+        let now = 1_000_000;
+        assert_eq!(
+            certificate("web", &cert(now - 100, now + 900), now).outcome,
+            Outcome::Pass
+        );
+        let near = certificate("web", &cert(now - 950, now + 50), now);
+        assert_eq!(near.outcome, Outcome::Warn);
+        assert!(near.detail.contains("under 10%"), "{}", near.detail);
+        let expired = certificate("web", &cert(now - 1000, now - 1), now);
+        assert_eq!(expired.outcome, Outcome::Fail);
+        assert!(expired
+            .hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("control plane"));
+        assert_eq!(
+            certificate("web", &cert(now + 3600, now + 7200), now).outcome,
+            Outcome::Fail,
+            "not valid yet: the clock is behind"
+        );
+    }
+
+    #[test]
+    fn reads_the_date_header_for_clock_skew() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut res = admin_client::AdminResponse {
+            status: 200,
+            headers: http::HeaderMap::new(),
+            body: String::new(),
+        };
+        res.headers.insert(
+            http::header::DATE,
+            http::HeaderValue::from_static("Tue, 14 Nov 2023 22:13:20 GMT"),
+        );
+        assert_eq!(
+            clock("web", &res, now).map(|f| f.outcome),
+            Some(Outcome::Pass)
+        );
+        let later = now + Duration::from_secs(120);
+        let f = clock("web", &res, later).expect("finding");
+        assert_eq!(f.outcome, Outcome::Warn);
+        assert!(f.detail.contains("120 s"), "{}", f.detail);
+    }
+
+    #[test]
+    fn the_report_marks_failures_and_gives_hints() {
+        let report = Report {
+            ok: false,
+            findings: vec![
+                pass("proxy web ready", "admin answers ready"),
+                problem(
+                    Outcome::Fail,
+                    "proxy payments ready",
+                    "no answer",
+                    "start it",
+                ),
+            ],
+        };
+        let text = render(&report);
+        assert!(text.contains("✓ proxy web ready"), "{text}");
+        assert!(
+            text.contains("✗ proxy payments ready: no answer\n    hint: start it"),
+            "{text}"
+        );
+        assert!(text.contains("1 check(s) failed"), "{text}");
+    }
+}

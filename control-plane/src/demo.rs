@@ -1,0 +1,145 @@
+//! `vigil demo`: the whole product on one machine with one command. A small shop —
+//! `loadgen → web → orders → payments, inventory` — each workload behind its own sidecar,
+//! a policy that denies some calls (web may not call payments; nobody reaches `/admin`),
+//! a flaky inventory (20% 503s) for the retries and the circuit breaker, and the
+//! dashboard. The mesh file and the policy are embedded in the binary and written to the
+//! data directory, then run by the same launcher as `vigil up`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::launcher::{self, LaunchOptions};
+
+/// `examples/demo/mesh.yaml`.
+pub const MESH_YAML: &str = include_str!("../../examples/demo/mesh.yaml");
+
+/// `examples/demo/policy/`: the Rego policy, its data and its tests.
+pub const POLICY_FILES: [(&str, &str); 3] = [
+    (
+        "policy.rego",
+        include_str!("../../examples/demo/policy/policy.rego"),
+    ),
+    (
+        "policy_test.rego",
+        include_str!("../../examples/demo/policy/policy_test.rego"),
+    ),
+    (
+        "data.json",
+        include_str!("../../examples/demo/policy/data.json"),
+    ),
+];
+
+/// Where the demo keeps its files when no `--data-dir` is given; `vigil check` looks for
+/// the demo's mesh file here too.
+pub fn default_data_dir() -> PathBuf {
+    std::env::temp_dir().join("vigil-demo")
+}
+
+/// The mesh file `vigil demo` writes into `data_dir`.
+pub fn mesh_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("mesh.yaml")
+}
+
+/// Writes the mesh file and the policy into `data_dir`; returns the mesh file's path.
+pub fn write_files(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let policy_dir = data_dir.join("policy");
+    std::fs::create_dir_all(&policy_dir).with_context(|| {
+        format!(
+            "creating {} (pass a writable --data-dir)",
+            policy_dir.display()
+        )
+    })?;
+    for (name, contents) in POLICY_FILES {
+        let path = policy_dir.join(name);
+        std::fs::write(&path, contents)
+            .with_context(|| format!("writing {} (pass a writable --data-dir)", path.display()))?;
+    }
+    let mesh = mesh_path(data_dir);
+    std::fs::write(&mesh, MESH_YAML)
+        .with_context(|| format!("writing {} (pass a writable --data-dir)", mesh.display()))?;
+    Ok(mesh)
+}
+
+/// Runs the demo until Ctrl-C or `duration`.
+pub async fn run(data_dir: Option<PathBuf>, duration: Option<Duration>) -> anyhow::Result<()> {
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .context("locating the directory of the vigil binary")?;
+    let app = bin_dir.join("vigil-demo-app");
+    if !app.exists() {
+        anyhow::bail!(
+            "{} not found next to vigil; build the demo with `cargo build --release --bins` (or run `bash scripts/demo.sh`)",
+            app.display()
+        );
+    }
+    let mesh_file = write_files(&data_dir)?;
+    eprintln!(
+        "Vigil demo: loadgen → web → orders → payments, inventory — each behind its own sidecar"
+    );
+    eprintln!("  policy: only orders may call payments (web's /quick-pay shortcut is denied), /admin is closed");
+    eprintln!(
+        "  inventory fails 20% of requests with 503: watch the retries and the success rates"
+    );
+    eprintln!("  files: {}", data_dir.display());
+    launcher::up(LaunchOptions {
+        mesh_file,
+        data_dir,
+        duration,
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::MeshFile;
+
+    #[test]
+    fn the_embedded_mesh_is_valid_and_stays_off_the_default_ports() {
+        let mesh = MeshFile::parse(MESH_YAML).expect("the demo mesh parses");
+        assert!(mesh.workloads.len() >= 5, "loadgen and four services");
+        let mut ports = vec![
+            mesh.control_plane.identity.port(),
+            mesh.control_plane.discovery.port(),
+            mesh.control_plane.dashboard.port(),
+            mesh.control_plane.webhook.port(),
+        ];
+        for w in &mesh.workloads {
+            assert!(!w.command.is_empty(), "{} has a command", w.name);
+            ports.extend([
+                w.proxy.inbound.port(),
+                w.proxy.outbound.port(),
+                w.proxy.admin.port(),
+                w.proxy.metrics.port(),
+                w.app_port,
+            ]);
+        }
+        for p in &ports {
+            assert!(
+                (16000..18000).contains(p),
+                "port {p} is outside 16xxx/17xxx"
+            );
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "every port is used once");
+    }
+
+    #[test]
+    fn the_written_policy_compiles_and_its_tests_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mesh_file = write_files(dir.path()).expect("written");
+        let mesh = MeshFile::load(&mesh_file).expect("loads from the data dir");
+        crate::policy_source::load(mesh.policy.as_ref(), &mesh.trust_domain)
+            .expect("the demo policy compiles");
+        let mut out = Vec::new();
+        let summary =
+            vigil_authz::run_tests(&dir.path().join("policy"), &mut out, false).expect("tests run");
+        assert!(summary.success(), "{}", String::from_utf8_lossy(&out));
+    }
+}

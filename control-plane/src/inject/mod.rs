@@ -1,0 +1,635 @@
+//! Sidecar injection: what a pod needs to join the mesh, added to its spec.
+//!
+//! One mutation, [`inject_pod`], serves both the mutating webhook ([`webhook`], port 15017)
+//! and `vigil inject` on YAML files ([`offline`]). It adds:
+//!
+//! - `vigil-init`, an init container with `NET_ADMIN`/`NET_RAW` that writes the iptables
+//!   rules sending the pod's TCP through the proxy (inbound → 15006, outbound → 15001);
+//! - `vigil-proxy`, as a native sidecar (init container with `restartPolicy: Always`, the
+//!   default) or a classic sidecar container (`vigil.io/sidecar-mode: classic`);
+//! - a projected ServiceAccount token with audience `vigil` (the proxy's bootstrap
+//!   credential, checked by the control plane with a TokenReview) and the trust bundle
+//!   (from the `vigil.io/trust-bundle` annotation, through the downward API);
+//! - an annotation marking the pod injected, so it is never injected twice, and a label
+//!   (`vigil.io/injected=true`) the control plane's pod watch selects on.
+//!
+//! Kubelet probes reach the application because the ports they use are excluded from
+//! inbound interception (see `docs/kubernetes.md` for why, and for what that costs).
+
+pub mod offline;
+pub mod webhook;
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map, Value};
+
+/// Pod annotation: `enabled` or `disabled`, overriding the namespace's choice.
+pub const ANNOTATION_INJECT: &str = "vigil.io/inject";
+/// Set by the injector: the pod already carries the sidecar.
+pub const ANNOTATION_INJECTED: &str = "vigil.io/injected";
+/// Label set by the injector: the control plane watches only pods that carry it.
+pub const INJECTED_LABEL: &str = "vigil.io/injected";
+/// `native` (default: an init container with `restartPolicy: Always`) or `classic`.
+pub const ANNOTATION_SIDECAR_MODE: &str = "vigil.io/sidecar-mode";
+/// PEM roots the proxy trusts to reach the control plane, mounted as a file.
+pub const ANNOTATION_TRUST_BUNDLE: &str = "vigil.io/trust-bundle";
+/// Set by the injector: ports excluded from inbound interception for kubelet probes.
+pub const ANNOTATION_PROBE_PORTS: &str = "vigil.io/probe-ports";
+/// Comma-separated inbound ports that bypass the proxy.
+pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "vigil.io/exclude-inbound-ports";
+/// Comma-separated outbound destination ports that bypass the proxy.
+pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "vigil.io/exclude-outbound-ports";
+/// Comma-separated IPv4 CIDRs whose outbound traffic bypasses the proxy.
+pub const ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: &str = "vigil.io/exclude-outbound-cidrs";
+/// Proxy resources: `vigil.io/proxy-{cpu,memory}-{request,limit}`.
+pub const ANNOTATION_PROXY_RESOURCES: [(&str, &str, &str); 4] = [
+    ("vigil.io/proxy-cpu-request", "requests", "cpu"),
+    ("vigil.io/proxy-cpu-limit", "limits", "cpu"),
+    ("vigil.io/proxy-memory-request", "requests", "memory"),
+    ("vigil.io/proxy-memory-limit", "limits", "memory"),
+];
+
+/// Names of what the injector adds.
+pub const PROXY_CONTAINER: &str = "vigil-proxy";
+pub const INIT_CONTAINER: &str = "vigil-init";
+pub const TOKEN_VOLUME: &str = "vigil-token";
+pub const TRUST_VOLUME: &str = "vigil-trust";
+/// Where the proxy finds its projected token and the trust bundle.
+pub const TOKEN_DIR: &str = "/var/run/secrets/vigil.io/token";
+pub const TRUST_DIR: &str = "/var/run/vigil/trust";
+/// The audience the projected token is minted for, and the TokenReview asks about.
+pub const TOKEN_AUDIENCE: &str = "vigil";
+
+/// Proxy ports (see ARCHITECTURE.md).
+pub const INBOUND_PORT: u16 = 15006;
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const ADMIN_PORT: u16 = 15000;
+pub const METRICS_PORT: u16 = 15090;
+
+/// What the injector puts into pods.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    /// Image holding `vigil-proxy` and `vigil-init`.
+    pub proxy_image: String,
+    pub image_pull_policy: Option<String>,
+    pub trust_domain: String,
+    /// Control plane identity and discovery services as `host:port`.
+    pub identity_address: String,
+    pub discovery_address: String,
+    /// UID (and GID) the proxy runs as; its own traffic is not intercepted.
+    pub proxy_uid: u32,
+    /// PEM roots for the `vigil.io/trust-bundle` annotation; `None` leaves it to the webhook.
+    pub trust_bundle_pem: Option<String>,
+    /// Lifetime of the projected token (the kubelet refreshes it at 80%).
+    pub token_expiration_seconds: u32,
+    /// Proxy resources when the pod's annotations say nothing.
+    pub default_resources: ProxyResources,
+}
+
+/// Requests and limits of the proxy container, as Kubernetes quantities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyResources {
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+impl Default for ProxyResources {
+    fn default() -> Self {
+        ProxyResources {
+            cpu_request: Some("100m".into()),
+            cpu_limit: None,
+            memory_request: Some("64Mi".into()),
+            memory_limit: Some("256Mi".into()),
+        }
+    }
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            proxy_image: format!("vigil/proxy:{}", env!("CARGO_PKG_VERSION")),
+            image_pull_policy: None,
+            trust_domain: "cluster.local".into(),
+            identity_address: "vigil-control-plane.vigil-system.svc:15012".into(),
+            discovery_address: "vigil-control-plane.vigil-system.svc:15010".into(),
+            proxy_uid: 1337,
+            trust_bundle_pem: None,
+            token_expiration_seconds: 43200,
+            default_resources: ProxyResources::default(),
+        }
+    }
+}
+
+/// How the proxy joins the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+): starts before
+    /// the app and its other init containers, stops after them, and never keeps a Job alive.
+    Native,
+    /// A regular container listed first.
+    Classic,
+}
+
+/// What [`inject_pod`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Injected {
+        mode: SidecarMode,
+        /// Things the pod's author should know (bad annotations, exposed probe ports).
+        warnings: Vec<String>,
+    },
+    Skipped {
+        reason: String,
+    },
+}
+
+/// A pod template the injector cannot work on.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InjectError {
+    #[error("{0} is not an object")]
+    NotAnObject(&'static str),
+    #[error("the pod has no spec.containers")]
+    NoContainers,
+}
+
+/// Adds the sidecar to a pod or pod template (`{metadata, spec}`) in place, unless it is
+/// already injected, opted out, or on the host network.
+pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, InjectError> {
+    let pod = pod
+        .as_object_mut()
+        .ok_or(InjectError::NotAnObject("the pod"))?;
+    let annotations = annotations_of(pod);
+    if annotations.contains_key(ANNOTATION_INJECTED) {
+        return Ok(skipped("already injected (vigil.io/injected is set)"));
+    }
+    let mut warnings = Vec::new();
+    match annotations.get(ANNOTATION_INJECT).map(String::as_str) {
+        Some("disabled") | Some("false") => {
+            return Ok(skipped("vigil.io/inject is disabled on the pod"));
+        }
+        None | Some("enabled") | Some("true") => {}
+        Some(other) => warnings.push(format!(
+            "vigil.io/inject={other:?} is neither enabled nor disabled; injecting"
+        )),
+    }
+    let spec = pod
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or(InjectError::NotAnObject("spec"))?;
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Ok(skipped(
+            "the pod uses the host network, whose traffic cannot be intercepted per pod",
+        ));
+    }
+    let containers = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+        .ok_or(InjectError::NoContainers)?;
+    let has_proxy = |list: Option<&Value>| {
+        list.and_then(Value::as_array).is_some_and(|l| {
+            l.iter()
+                .any(|c| c.get("name").and_then(Value::as_str) == Some(PROXY_CONTAINER))
+        })
+    };
+    if has_proxy(spec.get("containers")) || has_proxy(spec.get("initContainers")) {
+        return Ok(skipped("the pod already has a vigil-proxy container"));
+    }
+
+    let mode = match annotations.get(ANNOTATION_SIDECAR_MODE).map(String::as_str) {
+        None | Some("native") => SidecarMode::Native,
+        Some("classic") => SidecarMode::Classic,
+        Some(other) => {
+            warnings.push(format!(
+                "vigil.io/sidecar-mode={other:?} is neither native nor classic; using native"
+            ));
+            SidecarMode::Native
+        }
+    };
+
+    let probes = probe_ports(containers, &mut warnings);
+    let mut exclude_inbound: BTreeSet<u16> = probes.iter().copied().collect();
+    exclude_inbound.extend(port_list(
+        &annotations,
+        ANNOTATION_EXCLUDE_INBOUND_PORTS,
+        &mut warnings,
+    ));
+    let exclude_outbound = port_list(
+        &annotations,
+        ANNOTATION_EXCLUDE_OUTBOUND_PORTS,
+        &mut warnings,
+    );
+    let exclude_cidrs = cidr_list(&annotations, &mut warnings);
+    let resources = proxy_resources(&annotations, &cfg.default_resources, &mut warnings);
+
+    let init = init_container(cfg, &exclude_inbound, &exclude_outbound, &exclude_cidrs);
+    let mut proxy = proxy_container(cfg, resources);
+    let inits = spec
+        .entry("initContainers")
+        .or_insert_with(|| Value::Array(vec![]));
+    let inits = inits
+        .as_array_mut()
+        .ok_or(InjectError::NotAnObject("spec.initContainers"))?;
+    match mode {
+        SidecarMode::Native => {
+            if let Some(p) = proxy.as_object_mut() {
+                p.insert("restartPolicy".into(), json!("Always"));
+            }
+            inits.splice(0..0, [init, proxy]);
+        }
+        SidecarMode::Classic => {
+            inits.insert(0, init);
+            if inits.len() > 1 {
+                warnings.push(
+                    "classic sidecar: the pod's own init containers run before the proxy starts, \
+                     so their TCP connections fail; use the native mode"
+                        .into(),
+                );
+            }
+            spec.get_mut("containers")
+                .and_then(Value::as_array_mut)
+                .ok_or(InjectError::NoContainers)?
+                .insert(0, proxy);
+        }
+    }
+    let volumes = spec
+        .entry("volumes")
+        .or_insert_with(|| Value::Array(vec![]));
+    volumes
+        .as_array_mut()
+        .ok_or(InjectError::NotAnObject("spec.volumes"))?
+        .extend(volumes_for(cfg));
+
+    let metadata = pod
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or(InjectError::NotAnObject("metadata"))?;
+    let labels = metadata
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or(InjectError::NotAnObject("metadata.labels"))?;
+    labels.insert(INJECTED_LABEL.into(), json!("true"));
+    let annotations = metadata
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or(InjectError::NotAnObject("metadata.annotations"))?;
+    annotations.insert(ANNOTATION_INJECTED.into(), json!("true"));
+    if !probes.is_empty() {
+        annotations.insert(ANNOTATION_PROBE_PORTS.into(), json!(join(&probes)));
+    }
+    if let Some(pem) = &cfg.trust_bundle_pem {
+        annotations.insert(ANNOTATION_TRUST_BUNDLE.into(), json!(pem));
+    }
+    if annotations.contains_key("prometheus.io/scrape") {
+        warnings.push(
+            "the pod has its own prometheus.io annotations; the proxy's metrics on 15090 are not announced"
+                .into(),
+        );
+    } else {
+        annotations.insert("prometheus.io/scrape".into(), json!("true"));
+        annotations.insert("prometheus.io/port".into(), json!(METRICS_PORT.to_string()));
+        annotations.insert("prometheus.io/path".into(), json!("/metrics"));
+    }
+    Ok(Outcome::Injected { mode, warnings })
+}
+
+/// Fills in a missing trust bundle on a pod injected offline without one. Returns whether
+/// it changed anything.
+pub fn complete_trust_bundle(pod: &mut Value, cfg: &InjectConfig) -> bool {
+    let Some(pem) = &cfg.trust_bundle_pem else {
+        return false;
+    };
+    let Some(annotations) = pod
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    else {
+        return false;
+    };
+    if !annotations.contains_key(ANNOTATION_INJECTED)
+        || annotations.contains_key(ANNOTATION_TRUST_BUNDLE)
+    {
+        return false;
+    }
+    annotations.insert(ANNOTATION_TRUST_BUNDLE.into(), json!(pem));
+    true
+}
+
+fn skipped(reason: &str) -> Outcome {
+    Outcome::Skipped {
+        reason: reason.into(),
+    }
+}
+
+fn annotations_of(pod: &Map<String, Value>) -> std::collections::BTreeMap<String, String> {
+    pod.get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(Value::as_object)
+        .map(|a| {
+            a.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn init_container(
+    cfg: &InjectConfig,
+    exclude_inbound: &BTreeSet<u16>,
+    exclude_outbound: &BTreeSet<u16>,
+    exclude_cidrs: &[String],
+) -> Value {
+    let mut args = vec![
+        "--proxy-uid".to_string(),
+        cfg.proxy_uid.to_string(),
+        "--inbound-port".into(),
+        INBOUND_PORT.to_string(),
+        "--outbound-port".into(),
+        OUTBOUND_PORT.to_string(),
+    ];
+    if !exclude_inbound.is_empty() {
+        args.push("--exclude-inbound-ports".into());
+        args.push(join(exclude_inbound));
+    }
+    if !exclude_outbound.is_empty() {
+        args.push("--exclude-outbound-ports".into());
+        args.push(join(exclude_outbound));
+    }
+    if !exclude_cidrs.is_empty() {
+        args.push("--exclude-outbound-cidrs".into());
+        args.push(exclude_cidrs.join(","));
+    }
+    let mut c = json!({
+        "name": INIT_CONTAINER,
+        "image": cfg.proxy_image,
+        "command": ["vigil-init"],
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": false,
+            "runAsUser": 0,
+        },
+    });
+    set_pull_policy(&mut c, cfg);
+    c
+}
+
+fn proxy_container(cfg: &InjectConfig, resources: Value) -> Value {
+    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let env = |name: &str, mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("name".into(), json!(name));
+        }
+        v
+    };
+    let mut c = json!({
+        "name": PROXY_CONTAINER,
+        "image": cfg.proxy_image,
+        "args": [
+            "--trust-domain", cfg.trust_domain,
+            "--token-file", format!("{TOKEN_DIR}/token"),
+            "--token-kind", "kubernetes",
+            "--trust-bundle", format!("{TRUST_DIR}/bundle.pem"),
+            "--identity-addr", cfg.identity_address,
+            "--discovery-addr", cfg.discovery_address,
+            "--inbound", format!("0.0.0.0:{INBOUND_PORT}"),
+            "--outbound", format!("127.0.0.1:{OUTBOUND_PORT}"),
+            "--admin", format!("127.0.0.1:{ADMIN_PORT}"),
+        ],
+        "env": [
+            env("POD_NAME", field("metadata.name")),
+            env("POD_NAMESPACE", field("metadata.namespace")),
+            env("POD_IP", field("status.podIP")),
+        ],
+        "ports": [
+            {"name": "vigil-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
+            {"name": "vigil-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": resources,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": cfg.proxy_uid,
+            "runAsNonRoot": true,
+            "runAsUser": cfg.proxy_uid,
+        },
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true},
+        ],
+    });
+    set_pull_policy(&mut c, cfg);
+    c
+}
+
+fn set_pull_policy(container: &mut Value, cfg: &InjectConfig) {
+    if let (Some(policy), Some(c)) = (&cfg.image_pull_policy, container.as_object_mut()) {
+        c.insert("imagePullPolicy".into(), json!(policy));
+    }
+}
+
+fn volumes_for(cfg: &InjectConfig) -> [Value; 2] {
+    [
+        json!({
+            "name": TOKEN_VOLUME,
+            "projected": {"sources": [{"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE,
+                "expirationSeconds": cfg.token_expiration_seconds,
+                "path": "token",
+            }}]},
+        }),
+        json!({
+            "name": TRUST_VOLUME,
+            "downwardAPI": {"items": [{
+                "path": "bundle.pem",
+                "fieldRef": {"fieldPath": format!("metadata.annotations['{ANNOTATION_TRUST_BUNDLE}']")},
+            }]},
+        }),
+    ]
+}
+
+/// Ports the kubelet probes (httpGet, tcpSocket, grpc) on the pod's containers, named ports
+/// resolved through the container's declared ports.
+fn probe_ports(containers: &[Value], warnings: &mut Vec<String>) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for c in containers {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        let declared: Vec<&Value> = c
+            .get("ports")
+            .and_then(Value::as_array)
+            .map(|p| p.iter().collect())
+            .unwrap_or_default();
+        let main_port = declared
+            .iter()
+            .filter(|p| p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == "TCP")
+            .find_map(|p| p.get("containerPort").and_then(Value::as_u64));
+        for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            let Some(probe) = c.get(kind) else { continue };
+            let port = ["httpGet", "tcpSocket", "grpc"]
+                .iter()
+                .find_map(|h| probe.get(*h).and_then(|h| h.get("port")));
+            let Some(port) = port else { continue };
+            let resolved = match port {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.parse::<u64>().ok().or_else(|| {
+                    declared
+                        .iter()
+                        .find(|p| p.get("name").and_then(Value::as_str) == Some(s.as_str()))
+                        .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
+                }),
+                _ => None,
+            };
+            match resolved.and_then(|p| u16::try_from(p).ok()) {
+                Some(p) => {
+                    if ports.insert(p) && Some(u64::from(p)) == main_port {
+                        warnings.push(format!(
+                            "container {name}: {kind} uses port {p}, its serving port; probe ports bypass \
+                             the proxy (plaintext, no policy), so serve health checks on a port of their own"
+                        ));
+                    }
+                }
+                None => warnings.push(format!(
+                    "container {name}: {kind} port {port} is not a declared port; the probe goes through \
+                     the proxy and will fail"
+                )),
+            }
+        }
+    }
+    ports
+}
+
+fn port_list(
+    annotations: &std::collections::BTreeMap<String, String>,
+    key: &str,
+    warnings: &mut Vec<String>,
+) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for item in split_list(annotations.get(key)) {
+        match item.parse::<u16>() {
+            Ok(p) if p != 0 => {
+                ports.insert(p);
+            }
+            _ => warnings.push(format!("{key}: {item:?} is not a port; ignored")),
+        }
+    }
+    ports
+}
+
+fn cidr_list(
+    annotations: &std::collections::BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let mut cidrs = Vec::new();
+    for item in split_list(annotations.get(ANNOTATION_EXCLUDE_OUTBOUND_CIDRS)) {
+        let valid = item.split_once('/').is_some_and(|(ip, len)| {
+            ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+        });
+        if valid {
+            cidrs.push(item.to_string());
+        } else {
+            warnings.push(format!(
+                "{ANNOTATION_EXCLUDE_OUTBOUND_CIDRS}: {item:?} is not an IPv4 CIDR; ignored"
+            ));
+        }
+    }
+    cidrs
+}
+
+fn split_list(value: Option<&String>) -> impl Iterator<Item = &str> {
+    value
+        .map(|v| v.as_str())
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn proxy_resources(
+    annotations: &std::collections::BTreeMap<String, String>,
+    defaults: &ProxyResources,
+    warnings: &mut Vec<String>,
+) -> Value {
+    let mut requests = Map::new();
+    let mut limits = Map::new();
+    let default_of = |key: &str| match key {
+        "vigil.io/proxy-cpu-request" => defaults.cpu_request.clone(),
+        "vigil.io/proxy-cpu-limit" => defaults.cpu_limit.clone(),
+        "vigil.io/proxy-memory-request" => defaults.memory_request.clone(),
+        _ => defaults.memory_limit.clone(),
+    };
+    for (key, section, resource) in ANNOTATION_PROXY_RESOURCES {
+        let value = match annotations.get(key) {
+            Some(v) if is_quantity(v) => Some(v.clone()),
+            Some(v) => {
+                warnings.push(format!(
+                    "{key}: {v:?} is not a Kubernetes quantity; using the default"
+                ));
+                default_of(key)
+            }
+            None => default_of(key),
+        };
+        if let Some(v) = value {
+            let target = if section == "requests" {
+                &mut requests
+            } else {
+                &mut limits
+            };
+            target.insert(resource.into(), json!(v));
+        }
+    }
+    let mut r = Map::new();
+    if !requests.is_empty() {
+        r.insert("requests".into(), Value::Object(requests));
+    }
+    if !limits.is_empty() {
+        r.insert("limits".into(), Value::Object(limits));
+    }
+    Value::Object(r)
+}
+
+/// A Kubernetes resource quantity: a decimal number and an optional SI/binary suffix or
+/// exponent (`100m`, `0.5`, `64Mi`, `1e3`).
+pub fn is_quantity(s: &str) -> bool {
+    let digits_end = s
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.'))
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    let number_ok = !number.is_empty()
+        && number.matches('.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    let exponent_ok = |e: &str| {
+        let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    };
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(exponent_ok);
+    number_ok && suffix_ok
+}
+
+fn join(ports: &BTreeSet<u16>) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,589 @@
+//! Cluster mode against recorded API objects (`shared/fixtures/kubernetes`) and, for the
+//! client code, the real `kube::Client` talking to [`fake_api`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use kube::api::WatchEvent;
+use kube::runtime::{reflector, watcher};
+use kube::Api;
+use serde_json::{json, Value};
+use tonic::Code;
+use vigil_api::identity::Identity;
+use vigil_api::{SignRequest, TokenKind};
+use vigil_identity::{CertificateAuthority, SpiffeId, WorkloadKey};
+
+use super::ca_secret::{ca_from_secret, load_or_create};
+use super::fake_api::{self, requests, status};
+use super::model::{mesh_model, ClusterObjects};
+use super::policy::{self, VigilPolicy};
+use super::token_review::{identity_from_review, review_request, TokenReviews};
+use crate::fixtures::{fixture, fixture_json};
+use crate::identity_service::IdentityService;
+use crate::inject::INJECTED_LABEL;
+use crate::mesh::MeshFile;
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("not the expected object: {e}"))
+}
+
+fn repo_file(relative: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The recorded CoreDNS pod, as the injector leaves it (the label is what injection adds).
+fn injected_coredns() -> Pod {
+    let mut pod = fixture_json("pod/pod-coredns-named-port-probes-kind-v1.34.json");
+    pod["metadata"]["labels"][INJECTED_LABEL] = json!("true");
+    parse(pod)
+}
+
+/// The recorded ServiceAccount (GKE, default/blee), renamed to CoreDNS's account.
+fn coredns_account() -> ServiceAccount {
+    let mut sa = fixture_json("serviceaccount/serviceaccount-gke.json");
+    sa["metadata"]["name"] = json!("coredns");
+    sa["metadata"]["namespace"] = json!("kube-system");
+    parse(sa)
+}
+
+fn account_keys(accounts: &[ServiceAccount]) -> BTreeSet<(String, String)> {
+    accounts
+        .iter()
+        .filter_map(|a| Some((a.metadata.namespace.clone()?, a.metadata.name.clone()?)))
+        .collect()
+}
+
+/// The recorded kube-dns objects. They come from three clusters (SOURCES.md), so the
+/// slice's one endpoint is pointed at the recorded kind pod, now ready.
+fn kube_dns_objects() -> ClusterObjects {
+    let pod = injected_coredns();
+    let mut slice = fixture_json("endpointslice/endpointslice-kube-dns-k3s.json");
+    let endpoint = &mut slice["endpoints"][0];
+    endpoint["addresses"] = json!([pod.status.as_ref().and_then(|s| s.pod_ip.clone())]);
+    endpoint["targetRef"]["name"] = json!(pod.metadata.name);
+    endpoint["targetRef"]["uid"] = json!(pod.metadata.uid);
+    endpoint["conditions"]["ready"] = json!(true);
+    ClusterObjects {
+        pods: vec![Arc::new(pod)],
+        services: vec![Arc::new(parse(fixture_json(
+            "service/service-kube-dns-kubeadm.json",
+        )))],
+        slices: vec![Arc::new(parse(slice))],
+        service_accounts: account_keys(&[coredns_account()]),
+    }
+}
+
+const EQUIVALENT_MESH: &str = r#"
+trust_domain: cluster.local
+workloads:
+  - name: coredns-66bc5c9577-2g8hl
+    namespace: kube-system
+    service_account: coredns
+    join_token: not-used-in-cluster-mode
+    app_port: 53
+    tcp_ports: [9153, 8080, 8181]
+    proxy: { inbound: "10.244.0.3:15006" }
+services:
+  - name: kube-dns
+    namespace: kube-system
+    port: 53
+    protocol: tcp
+    target_port: 53
+    endpoints: [coredns-66bc5c9577-2g8hl]
+    virtual_addresses: ["10.96.0.10:53"]
+  - name: kube-dns-metrics
+    namespace: kube-system
+    port: 9153
+    protocol: http
+    target_port: 9153
+    endpoints: [coredns-66bc5c9577-2g8hl]
+    virtual_addresses: ["10.96.0.10:9153"]
+"#;
+
+#[test]
+fn recorded_objects_give_the_same_snapshot_as_the_equivalent_mesh_file() {
+    let from_cluster = mesh_model("cluster.local", &kube_dns_objects());
+    let from_file = MeshFile::parse(EQUIVALENT_MESH)
+        .expect("valid mesh file")
+        .model()
+        .expect("model");
+    assert_eq!(from_cluster, from_file);
+    let workload = &from_cluster.workloads[0];
+    assert_eq!(
+        workload.spiffe_id.to_string(),
+        "spiffe://cluster.local/ns/kube-system/sa/coredns"
+    );
+    let bundle = vec![b"root".to_vec()];
+    assert_eq!(
+        from_cluster.snapshot_for(workload, &bundle, None),
+        from_file.snapshot_for(&from_file.workloads[0], &bundle, None),
+        "a proxy cannot tell the two sources apart"
+    );
+}
+
+#[test]
+fn only_injected_pods_on_the_pod_network_with_a_service_account_are_workloads() {
+    let mut list = fixture_json("pod/podlist-kube-system-kind-v1.34.json");
+    let items = list["items"].as_array_mut().expect("items");
+    for pod in items.iter_mut() {
+        pod["metadata"]["labels"][INJECTED_LABEL] = json!("true");
+    }
+    let pods: Vec<Arc<Pod>> = items.iter().map(|p| Arc::new(parse(p.clone()))).collect();
+    assert_eq!(pods.len(), 8);
+    let mut objects = ClusterObjects {
+        pods,
+        service_accounts: account_keys(&[coredns_account()]),
+        ..ClusterObjects::default()
+    };
+    let model = mesh_model("cluster.local", &objects);
+    let names: Vec<&str> = model.workloads.iter().map(|w| w.name.as_str()).collect();
+    // etcd, kindnet, kube-apiserver, kube-proxy... run on the host network.
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("coredns-")), "{names:?}");
+
+    // Deleting the ServiceAccount takes its pods out of the mesh.
+    objects.service_accounts.clear();
+    assert!(mesh_model("cluster.local", &objects).workloads.is_empty());
+
+    // Pods without the injection label are not workloads.
+    let plain: Pod = parse(fixture_json(
+        "pod/pod-coredns-named-port-probes-kind-v1.34.json",
+    ));
+    objects.pods = vec![Arc::new(plain)];
+    objects.service_accounts = account_keys(&[coredns_account()]);
+    assert!(mesh_model("cluster.local", &objects).workloads.is_empty());
+}
+
+#[test]
+fn unready_and_unmeshed_endpoints_are_left_out() {
+    let mut objects = kube_dns_objects();
+    // The slice exactly as recorded: its endpoint is not ready and targets another pod.
+    objects.slices = vec![Arc::new(parse(fixture_json(
+        "endpointslice/endpointslice-kube-dns-k3s.json",
+    )))];
+    let model = mesh_model("cluster.local", &objects);
+    assert_eq!(model.services.len(), 2);
+    assert!(model.services.iter().all(|s| s.endpoints.is_empty()));
+
+    // A named targetPort with no slice to resolve it: the service has no target port.
+    objects.services = vec![Arc::new(parse(fixture_json(
+        "service/service-named-targetport-gke.json",
+    )))];
+    let model = mesh_model("cluster.local", &objects);
+    assert_eq!(model.services[0].name, "dictionary1");
+    assert_eq!(model.services[0].target_port, None);
+    assert!(!model.services[0].virtual_addresses.is_empty());
+}
+
+fn watch_events<K: serde::de::DeserializeOwned + Clone>(file: &str) -> Vec<watcher::Event<K>> {
+    fixture(file)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|line| {
+            match serde_json::from_str::<WatchEvent<K>>(line).expect("a watch event") {
+                WatchEvent::Added(o) | WatchEvent::Modified(o) => Some(watcher::Event::Apply(o)),
+                WatchEvent::Deleted(o) => Some(watcher::Event::Delete(o)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn recorded_watch_streams_drive_the_reflector_stores() {
+    let events =
+        watch_events::<Service>("watch/watch-services-kubectl-output-watch-events-kubeadm.jsonl");
+    assert_eq!(events.len(), 5);
+    let (reader, mut writer) = reflector::store::<Service>();
+    let mut seen = Vec::new();
+    for event in &events {
+        writer.apply_watcher_event(event);
+        let objects = ClusterObjects {
+            services: reader.state(),
+            ..ClusterObjects::default()
+        };
+        let mut names: Vec<String> = mesh_model("cluster.local", &objects)
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect();
+        names.sort();
+        seen.push(names.join(","));
+    }
+    assert_eq!(
+        seen[2],
+        "default/kubernetes,default/nginx,kube-system/kube-dns,kube-system/kube-dns-metrics"
+    );
+    assert!(
+        !seen[3].contains("nginx"),
+        "DELETED removes it: {}",
+        seen[3]
+    );
+    assert_eq!(seen[4], seen[2], "ADDED again brings it back");
+
+    // Pods from the kind watch stream, once injected, are workloads.
+    let events = watch_events::<Pod>("watch/watch-pods-kube-system-kind-v1.34.jsonl");
+    let (reader, mut writer) = reflector::store::<Pod>();
+    for event in events {
+        let event = match event {
+            watcher::Event::Apply(mut pod) => {
+                pod.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(INJECTED_LABEL.into(), "true".into());
+                watcher::Event::Apply(pod)
+            }
+            other => other,
+        };
+        writer.apply_watcher_event(&event);
+    }
+    let objects = ClusterObjects {
+        pods: reader.state(),
+        service_accounts: account_keys(&[coredns_account()]),
+        ..ClusterObjects::default()
+    };
+    assert!(!mesh_model("cluster.local", &objects).workloads.is_empty());
+}
+
+// ---- TokenReview ----
+
+fn token_review_client(response: Value) -> (TokenReviews, fake_api::Log) {
+    let (client, log) = fake_api::client(move |_| (201, response.clone()));
+    (
+        TokenReviews {
+            client,
+            trust_domain: "cluster.local".into(),
+        },
+        log,
+    )
+}
+
+async fn sign_with(
+    check: TokenReviews,
+    kind: TokenKind,
+) -> Result<vigil_api::SignResponse, tonic::Status> {
+    let ca = Arc::new(CertificateAuthority::generate("cluster.local").expect("ca"));
+    let service = IdentityService::new(
+        ca,
+        Arc::new(check),
+        Arc::new(|| std::time::Duration::from_secs(3600)),
+    );
+    let key = WorkloadKey::generate().expect("key");
+    service
+        .sign(tonic::Request::new(SignRequest {
+            csr_der: key.csr_der().expect("csr"),
+            token: "eyJhbGciOiJSUzI1NiJ9.projected.token".into(),
+            kind: kind as i32,
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn an_authenticated_token_review_issues_the_service_account_identity() {
+    let (check, log) = token_review_client(fixture_json(
+        "tokenreview/tokenreview-v1-example-response-authenticated.json",
+    ));
+    let issued = sign_with(check, TokenKind::KubernetesServiceAccount)
+        .await
+        .expect("signed");
+    assert_eq!(
+        issued.spiffe_id,
+        "spiffe://cluster.local/ns/shop/sa/checkout"
+    );
+    assert_eq!(issued.workload, "checkout-7d9f8c6b5d-x2k8q");
+    assert_eq!(issued.namespace, "shop");
+
+    // The request is the documented TokenReview, with the proxy's token.
+    let sent = requests(&log);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].method, "POST");
+    assert_eq!(sent[0].path, "/apis/authentication.k8s.io/v1/tokenreviews");
+    let mut expected = fixture_json("tokenreview/tokenreview-v1-example-request.json");
+    expected["spec"]["token"] = json!("eyJhbGciOiJSUzI1NiJ9.projected.token");
+    assert_eq!(sent[0].body, expected);
+    assert_eq!(review_request("t")["spec"]["audiences"], json!(["vigil"]));
+}
+
+#[tokio::test]
+async fn a_rejected_token_review_refuses_the_csr() {
+    let (check, _) = token_review_client(fixture_json(
+        "tokenreview/tokenreview-v1-example-response-rejected.json",
+    ));
+    let err = sign_with(check, TokenKind::KubernetesServiceAccount)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("invalid bearer token"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn wrong_audience_kind_or_user_refuses_and_api_errors_ask_for_a_retry() {
+    let mut other_audience =
+        fixture_json("tokenreview/tokenreview-v1-example-response-authenticated.json");
+    other_audience["status"]["audiences"] = json!(["istio-ca"]);
+    let (check, _) = token_review_client(other_audience);
+    let err = sign_with(check, TokenKind::KubernetesServiceAccount)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("audience"), "{}", err.message());
+
+    let mut node = fixture_json("tokenreview/tokenreview-v1-example-response-authenticated.json");
+    node["status"]["user"]["username"] = json!("system:node:worker-1");
+    let err = identity_from_review(&parse(node), "cluster.local").expect_err("not an SA");
+    assert!(err.to_string().contains("not a ServiceAccount"), "{err}");
+
+    // A join token is not accepted in cluster mode, and the API server is not even asked.
+    let (check, log) = token_review_client(fixture_json(
+        "tokenreview/tokenreview-v1-example-response-authenticated.json",
+    ));
+    let err = sign_with(check, TokenKind::Join)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(requests(&log).is_empty());
+
+    // RBAC missing: the proxy is told to retry, the operator what to fix.
+    let (client, _) = fake_api::client(|_| {
+        (
+            403,
+            status(
+                403,
+                "Forbidden",
+                "tokenreviews.authentication.k8s.io is forbidden",
+            ),
+        )
+    });
+    let check = TokenReviews {
+        client,
+        trust_domain: "cluster.local".into(),
+    };
+    let err = sign_with(check, TokenKind::KubernetesServiceAccount)
+        .await
+        .expect_err("unavailable");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("rbac"), "{}", err.message());
+}
+
+// ---- CA Secret ----
+
+fn secret_api(
+    answer: impl Fn(&fake_api::Received) -> (u16, Value) + Send + Sync + 'static,
+) -> (Api<Secret>, fake_api::Log) {
+    let (client, log) = fake_api::client(answer);
+    (Api::namespaced(client, "vigil-system"), log)
+}
+
+const SECRET_PATH: &str = "/api/v1/namespaces/vigil-system/secrets";
+
+#[tokio::test]
+async fn the_first_replica_creates_the_ca_secret_and_the_next_reads_it() {
+    let (api, log) = secret_api(|r| match r.method.as_str() {
+        "GET" => (
+            404,
+            status(404, "NotFound", "secrets \"vigil-ca\" not found"),
+        ),
+        _ => (201, r.body.clone()),
+    });
+    let created = load_or_create(&api, "vigil-ca", "cluster.local")
+        .await
+        .expect("created");
+    let sent = requests(&log);
+    assert_eq!(sent[0].path, format!("{SECRET_PATH}/vigil-ca"));
+    assert_eq!(sent[1].method, "POST");
+    assert_eq!(sent[1].path, format!("{SECRET_PATH}?"));
+    let secret: Secret = parse(sent[1].body.clone());
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(secret.metadata.name.as_deref(), Some("vigil-ca"));
+    let data = secret.data.clone().expect("data");
+    assert!(String::from_utf8_lossy(&data["tls.key"].0).contains("PRIVATE KEY"));
+
+    // A second replica finds the Secret and uses the same CA.
+    let stored = sent[1].body.clone();
+    let (api, log) = secret_api(move |_| (200, stored.clone()));
+    let loaded = load_or_create(&api, "vigil-ca", "cluster.local")
+        .await
+        .expect("loaded");
+    assert_eq!(
+        loaded.trust_bundle().roots(),
+        created.trust_bundle().roots()
+    );
+    assert_eq!(requests(&log).len(), 1, "read only");
+}
+
+#[tokio::test]
+async fn a_replica_that_loses_the_create_race_uses_the_winners_ca() {
+    let winner = CertificateAuthority::generate("cluster.local").expect("ca");
+    let (api, first) = secret_api(|r| match r.method.as_str() {
+        "GET" => (404, status(404, "NotFound", "not found")),
+        _ => (201, r.body.clone()),
+    });
+    load_or_create(&api, "vigil-ca", "cluster.local")
+        .await
+        .expect("created");
+    let stored = requests(&first)[1].body.clone();
+    let expected = ca_from_secret(&parse(stored.clone()), "cluster.local")
+        .expect("usable")
+        .expect("present");
+    drop(winner);
+
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = gets.clone();
+    let (api, log) = secret_api(move |r| match r.method.as_str() {
+        "GET" if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+            (404, status(404, "NotFound", "not found"))
+        }
+        "GET" => (200, stored.clone()),
+        _ => (
+            409,
+            status(409, "AlreadyExists", "secrets \"vigil-ca\" already exists"),
+        ),
+    });
+    let loaded = load_or_create(&api, "vigil-ca", "cluster.local")
+        .await
+        .expect("loaded");
+    assert_eq!(
+        loaded.trust_bundle().roots(),
+        expected.trust_bundle().roots()
+    );
+    let methods: Vec<String> = requests(&log).into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["GET", "POST", "GET"]);
+}
+
+#[tokio::test]
+async fn an_empty_pre_created_secret_is_filled_with_its_resource_version() {
+    let empty = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "vigil-ca", "namespace": "vigil-system", "resourceVersion": "4711"},
+    });
+    let (api, log) = secret_api(move |r| match r.method.as_str() {
+        "GET" => (200, empty.clone()),
+        _ => (200, r.body.clone()),
+    });
+    load_or_create(&api, "vigil-ca", "cluster.local")
+        .await
+        .expect("filled");
+    let sent = requests(&log);
+    assert_eq!(sent[1].method, "PUT");
+    assert_eq!(sent[1].body["metadata"]["resourceVersion"], "4711");
+    assert!(sent[1].body["data"]["tls.crt"].is_string());
+
+    let half: Secret = parse(json!({
+        "metadata": {"name": "vigil-ca"},
+        "data": {"tls.crt": "LS0tLS0="},
+    }));
+    let err = ca_from_secret(&half, "cluster.local")
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.is_some_and(|e| e.contains("only one of")));
+}
+
+// ---- Policy ----
+
+#[test]
+fn the_crd_manifest_is_the_one_the_code_derives() {
+    use kube::CustomResourceExt;
+    let generated = serde_yaml::to_string(&VigilPolicy::crd()).expect("yaml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/crds/vigilpolicies.yaml");
+    if std::env::var_os("VIGIL_UPDATE_MANIFESTS").is_some() {
+        std::fs::write(&path, format!("# Generated from control-plane/src/kubernetes/policy.rs (VIGIL_UPDATE_MANIFESTS=1 cargo test -p vigil)\n{generated}")).expect("write");
+    }
+    let on_disk = std::fs::read_to_string(&path).expect("manifests/crds/vigilpolicies.yaml");
+    let on_disk: Value = serde_yaml::from_str(&on_disk).expect("yaml");
+    let generated: Value = serde_yaml::from_str(&generated).expect("yaml");
+    assert_eq!(
+        on_disk, generated,
+        "manifests/crds/vigilpolicies.yaml is stale: run VIGIL_UPDATE_MANIFESTS=1 cargo test -p vigil"
+    );
+}
+
+#[test]
+fn policies_come_from_a_vigil_policy_or_a_config_map() {
+    let deny_all: VigilPolicy = parse(json!({
+        "apiVersion": "vigil.io/v1alpha1", "kind": "VigilPolicy",
+        "metadata": {"name": "default", "namespace": "vigil-system"},
+        "spec": {
+            "modules": {"policy.rego": repo_file("policies/deny-all/policy.rego")},
+            "dryRun": true,
+        },
+    }));
+    let loaded = policy::select(Some(&deny_all), None, "cluster.local").expect("compiles");
+    assert!(loaded.wire.dry_run);
+    assert_eq!(loaded.wire.files[0].path, "policy.rego");
+
+    let mut broken = deny_all.clone();
+    broken
+        .spec
+        .modules
+        .insert("policy.rego".into(), "package x\nallow if {".into());
+    let err = policy::select(Some(&broken), None, "cluster.local")
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("VigilPolicy default: policy bundle refused"),
+        "{err}"
+    );
+
+    // The shipped ConfigMap carries the shipped default policy, for the cluster's domain.
+    let manifest = repo_file("manifests/policy-configmap.yaml");
+    let config_map: ConfigMap = serde_yaml::from_str(&manifest).expect("a ConfigMap");
+    let data = config_map.data.clone().unwrap_or_default();
+    assert_eq!(
+        data["policy.rego"],
+        repo_file("policies/default/policy.rego")
+    );
+    let loaded = policy::select(None, Some(&config_map), "cluster.local").expect("compiles");
+    assert!(loaded
+        .wire
+        .files
+        .iter()
+        .any(|f| f.contents.contains("cluster.local")));
+
+    let with_typo: ConfigMap = parse(json!({"metadata": {"name": "vigil-policy"}, "data": {
+        "policy.rego": "package vigil.authz\nallow := true", "dryRun": "yes"}}));
+    let err = policy::select(None, Some(&with_typo), "cluster.local")
+        .err()
+        .unwrap_or_default();
+    assert!(err.contains("dryRun"), "{err}");
+
+    // Neither: the built-in default.
+    assert!(policy::select(None, None, "cluster.local").is_ok());
+}
+
+#[test]
+fn the_webhook_ca_bundle_patch_targets_every_webhook_once() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let manifest = repo_file("manifests/webhook.yaml");
+    let config: MutatingWebhookConfiguration =
+        serde_yaml::from_str(&manifest).expect("webhook manifest");
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let patch = super::ca_bundle_patch(&config, pem).expect("a patch");
+    let mut value = serde_json::to_value(&config).expect("json");
+    json_patch::patch(&mut value, &patch).expect("applies");
+    let patched: MutatingWebhookConfiguration = parse(value);
+    for webhook in patched.webhooks.as_deref().unwrap_or_default() {
+        assert_eq!(
+            webhook
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| b.0.as_slice()),
+            Some(pem.as_bytes())
+        );
+    }
+    assert!(
+        super::ca_bundle_patch(&patched, pem).is_none(),
+        "nothing to do the second time"
+    );
+    let _ = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b");
+}

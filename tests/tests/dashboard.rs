@@ -1,0 +1,233 @@
+//! The one-command demo and the SRE dashboard, end to end: `vigil demo` starts the real
+//! control plane, proxies and demo apps; headless Chromium renders the dashboard after its
+//! JavaScript ran; `vigil check` passes on the healthy demo and names the proxy that was
+//! stopped. The demo's ports are fixed (16xxx/17xxx), so this is one test that does it all
+//! in order.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vigil_e2e::*;
+
+const DASHBOARD: &str = "127.0.0.1:16080";
+
+fn dashboard() -> std::net::SocketAddr {
+    DASHBOARD.parse().expect("address")
+}
+
+fn check(mesh_file: &Path) -> (bool, String) {
+    let out = Command::new(binary("vigil"))
+        .args(["check", "--mesh"])
+        .arg(mesh_file)
+        .output()
+        .expect("vigil check runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn api(path: &str) -> serde_json::Value {
+    match get(dashboard(), path).await {
+        Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn edge_rps(html: &str, source: &str, target: &str) -> f64 {
+    tags_with(
+        html,
+        &[
+            "class=\"edge",
+            &format!("data-source=\"{source}\""),
+            &format!("data-target=\"{target}\""),
+        ],
+    )
+    .iter()
+    .filter_map(|t| attribute(t, "data-rps")?.parse::<f64>().ok())
+    .fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_proxy() {
+    chromium();
+    // The binaries `vigil demo` runs must be beside `vigil`.
+    binary("vigil-proxy");
+    binary("vigil-demo-app");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("demo");
+
+    // A busy port is refused up front, with the port and what it is for.
+    {
+        let _busy = std::net::TcpListener::bind(DASHBOARD)
+            .expect("the demo's dashboard port is free before the test");
+        let out = Command::new(binary("vigil"))
+            .args(["demo", "--duration", "5s", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("vigil demo runs");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains("port 127.0.0.1:16080 (dashboard) is not free"),
+            "{text}"
+        );
+    }
+
+    let mut demo = Process::spawn(
+        "demo",
+        dir.path(),
+        &binary("vigil"),
+        &[
+            "demo".into(),
+            "--duration".into(),
+            "5m".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
+    )
+    .expect("vigil demo starts");
+
+    // Until the graph carries traffic on the whole chain and a denial with its rule is in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let graph = api("/api/graph").await;
+        let policy = api("/api/policy").await;
+        let edges = graph["edges"].as_array().cloned().unwrap_or_default();
+        let flowing = |s: &str, t: &str| {
+            edges
+                .iter()
+                .any(|e| e["source"] == s && e["target"] == t && e["rps"].as_f64().unwrap_or(0.0) > 0.0)
+        };
+        let denied = policy["denials"].as_array().is_some_and(|d| {
+            d.iter().any(|d| {
+                d["rule"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("allowed_callers: web may not call payments"))
+            })
+        });
+        if flowing("loadgen", "web")
+            && flowing("web", "orders")
+            && flowing("orders", "payments")
+            && flowing("orders", "inventory")
+            && denied
+        {
+            break;
+        }
+        assert!(demo.running(), "vigil demo stopped:\n{}", demo.output());
+        assert!(
+            Instant::now() < deadline,
+            "no traffic or denial on the dashboard after 120 s\ngraph: {graph}\npolicy: {policy}\n{}",
+            demo.output()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = demo.output();
+    assert!(out.contains("dashboard:  http://127.0.0.1:16080/"), "{out}");
+
+    // The page as a browser renders it, after its JavaScript fetched the API.
+    let url = format!("http://{DASHBOARD}/");
+    let budget = "--virtual-time-budget=8000".to_string();
+    let dom = headless_chromium(&url, &["--dump-dom".into(), budget.clone()]).expect("chromium");
+    for node in ["loadgen", "web", "orders", "payments", "inventory"] {
+        assert!(
+            !tags_with(&dom, &["class=\"node", &format!("data-node=\"{node}\"")]).is_empty(),
+            "the graph has no node {node}:\n{dom}"
+        );
+    }
+    for (s, t) in [("loadgen", "web"), ("web", "orders"), ("orders", "inventory")] {
+        assert!(edge_rps(&dom, s, t) > 0.0, "no traffic drawn on {s} → {t}:\n{dom}");
+    }
+    let locked = tags_with(&dom, &["class=\"edge", "data-source=\"web\"", "data-target=\"orders\""]);
+    assert!(
+        locked.iter().any(|t| attribute(t, "data-mtls") == Some("true")),
+        "web → orders is not drawn as mTLS: {locked:?}"
+    );
+    assert!(
+        !tags_with(&dom, &["class=\"denial", "data-source=\"web\"", "data-destination=\"payments\""]).is_empty()
+            || !tags_with(&dom, &["class=\"denial", "data-source=\"loadgen\"", "data-destination=\"web\""]).is_empty(),
+        "no denial on the overview:\n{dom}"
+    );
+
+    let policy_dom = headless_chromium(&format!("{url}#policy"), &["--dump-dom".into(), budget.clone()])
+        .expect("chromium");
+    let rows = tags_with(&policy_dom, &["class=\"denial"]);
+    assert!(!rows.is_empty(), "the policy view lists no denial:\n{policy_dom}");
+    assert!(
+        policy_dom.contains("allowed_callers: web may not call payments")
+            || policy_dom.contains("no_admin: /admin is not reachable"),
+        "the policy view does not name the rule that denied:\n{policy_dom}"
+    );
+
+    let shot = artifacts_dir().join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    headless_chromium(
+        &url,
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1400,1000".into(),
+            budget,
+        ],
+    )
+    .expect("chromium screenshot");
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    println!("dashboard screenshot: {}", shot.display());
+
+    // `vigil check` on the healthy demo, then with one proxy stopped.
+    let mesh_file = data.join("mesh.yaml");
+    let (ok, report) = check(&mesh_file);
+    assert!(ok, "vigil check failed on the healthy demo:\n{report}");
+    assert!(report.contains("mesh healthy"), "{report}");
+    assert!(report.contains("✓ proxy payments ready"), "{report}");
+
+    let pid_of = |name: &str| {
+        std::fs::read_to_string(data.join("pids").join(format!("{name}.pid")))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("vigil demo wrote no pid file for {name}"))
+    };
+    let children: Vec<u32> = ["proxy-web", "proxy-orders", "proxy-inventory", "proxy-loadgen", "app-web", "app-orders"]
+        .iter()
+        .map(|n| pid_of(n))
+        .collect();
+    let payments = pid_of("proxy-payments");
+    let status = Command::new("kill")
+        .arg(payments.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let (ok, report) = check(&mesh_file);
+        if !ok {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "vigil check still passes:\n{report}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(report.contains("✗ proxy payments ready"), "{report}");
+    assert!(report.contains("hint: the proxy for payments is not running"), "{report}");
+    assert!(report.contains("✓ proxy orders ready"), "only payments fails:\n{report}");
+
+    // Ctrl-C stops everything it started.
+    demo.interrupt();
+    let status = demo.wait_exit(Duration::from_secs(30));
+    assert!(status.is_some(), "vigil demo did not stop on SIGINT:\n{}", demo.output());
+    let out = demo.output();
+    assert!(out.contains("stopped; nothing left running"), "{out}");
+    for pid in children {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived vigil demo"
+        );
+    }
+    assert!(
+        std::net::TcpListener::bind(DASHBOARD).is_ok(),
+        "the dashboard port is still taken after the demo stopped"
+    );
+}

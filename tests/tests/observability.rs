@@ -1,0 +1,215 @@
+//! What SREs see: a real Prometheus scraping real proxies, `promtool` on the exposition,
+//! and `vigil tap` / `vigil stat` reading live proxies.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vigil_e2e::*;
+
+const DENY_ADMIN: &str = r#"package vigil.authz
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	startswith(input.attributes.source.principal, "spiffe://vigil.local/")
+	not input.parsed_path[0] == "admin"
+}
+"#;
+
+async fn observed_pair() -> (Mesh, tempfile::TempDir) {
+    let policies = tempfile::tempdir().expect("tempdir");
+    std::fs::write(policies.path().join("policy.rego"), DENY_ADMIN).expect("policy");
+    let mut spec = MeshSpec::new(vec![
+        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("server", "demo"),
+    ])
+    .service("server", "http", &["server"], None);
+    spec.policy_dir = Some(policies.path().to_path_buf());
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    start_echo_app(mesh.spec.workload("server").app_port, "server")
+        .await
+        .expect("app");
+    mesh.start_proxy("client").await.expect("client proxy");
+    mesh.start_proxy("server").await.expect("server proxy");
+    (mesh, policies)
+}
+
+fn tool(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new("/usr/bin").join(name);
+    assert!(
+        path.exists(),
+        "{name} is missing: install Debian's prometheus package (apt-get install prometheus), or run the tests with scripts/test.sh which does"
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_proxies_and_promtool_accepts_the_exposition() {
+    let (mesh, _policies) = observed_pair().await;
+    let client = mesh.spec.workload("client").clone();
+    let server = mesh.spec.workload("server").clone();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: vigil\n    static_configs:\n      - targets: [\"{}\", \"{}\"]\n",
+        client.metrics, server.metrics
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
+    let web = free_addr();
+    let _prometheus = Process::spawn(
+        "prometheus",
+        dir.path(),
+        &tool("prometheus"),
+        &[
+            format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address={web}"),
+        ],
+    )
+    .expect("prometheus starts");
+
+    let traffic = pooled_client();
+    let query = "sum by (peer_identity, direction) (rate(vigil_requests_total[5s]))";
+    let url = format!(
+        "/api/v1/query?query={}",
+        query
+            .replace(' ', "%20")
+            .replace('(', "%28")
+            .replace(')', "%29")
+            .replace('[', "%5B")
+            .replace(']', "%5D")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let series = loop {
+        for _ in 0..20 {
+            let r = call(&traffic, client.outbound, "server", "/hello")
+                .await
+                .expect("request");
+            assert_eq!(r.status, 200);
+        }
+        if let Ok((200, body)) = get(web, &url).await {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            let has = |dir: &str, id: &str| {
+                result
+                    .iter()
+                    .any(|s| s["metric"]["direction"] == dir && s["metric"]["peer_identity"] == id)
+            };
+            if has("inbound", &client.spiffe_id()) && has("outbound", &server.spiffe_id()) {
+                break result;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never returned the expected series\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(series.len() >= 2, "{series:?}");
+
+    for target in [client.metrics, server.metrics] {
+        let exposition = metrics(target).await;
+        assert!(exposition.contains("vigil_certificate_expiry_timestamp_seconds"));
+        let mut child = Command::new(tool("promtool"))
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(exposition.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("promtool runs");
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool found problems: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vigil_tap_shows_live_requests_including_a_denial_and_stat_sums_them_up() {
+    let (mesh, _policies) = observed_pair().await;
+    let client = mesh.spec.workload("client").clone();
+    let mesh_file = mesh.dir.path().join("mesh.yaml");
+    let mut tap = Process::spawn(
+        "tap",
+        mesh.dir.path(),
+        &binary("vigil"),
+        &[
+            "tap".into(),
+            "--mesh".into(),
+            mesh_file.display().to_string(),
+            "--workload".into(),
+            "server".into(),
+            "--count".into(),
+            "2".into(),
+        ],
+    )
+    .expect("vigil tap");
+    // Give the tap time to subscribe, then make one allowed and one denied call.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = http1(client.outbound, "server", "/orders/7", &[])
+            .await
+            .expect("request");
+        assert_eq!(ok.status, 200);
+        let denied = http1(client.outbound, "server", "/admin", &[])
+            .await
+            .expect("request");
+        assert_eq!(denied.status, 403);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !tap.running() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vigil tap printed: {}",
+            tap.output()
+        );
+    }
+    let out = tap.output();
+    assert!(out.contains("client -> server"), "{out}");
+    assert!(out.contains("GET /orders/7 200"), "{out}");
+    assert!(
+        out.contains("GET /admin 403") && out.contains("policy=deny"),
+        "{out}"
+    );
+
+    let stat = Command::new(binary("vigil"))
+        .args(["stat", "--mesh"])
+        .arg(&mesh_file)
+        .args(["--window", "1s", "-o", "json"])
+        .output()
+        .expect("vigil stat");
+    assert!(
+        stat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stat.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&stat.stdout).expect("json");
+    let row = rows
+        .as_array()
+        .and_then(|r| {
+            r.iter()
+                .find(|r| r["workload"] == "client" && r["direction"] == "outbound")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no client outbound row: {rows}"));
+    assert_eq!(row["service"], "server.demo");
+    assert!(row["requests"].as_u64().unwrap_or(0) >= 2, "{row}");
+    assert_eq!(row["mtls_share"], 1.0, "{row}");
+}
