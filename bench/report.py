@@ -144,6 +144,8 @@ def main():
         f"(closed loop); load generator {env.get('loadgen_threads')} thread(s), upstream "
         f"{env.get('upstream_threads')} thread(s); HAProxy pair speaks {env.get('haproxy_alpn')} over TLS 1.3"
     )
+    if env.get("note"):
+        w(f"- **Note:** {env.get('note')}")
     w(f"- **Raw data:** `bench/out/{os.path.basename(out)}/` (`*.json` from the load generator, `procs.tsv`, `logs/`)")
     w("")
     w(

@@ -18,6 +18,7 @@
 #   BENCH_SKIP_BUILD=1     use the binaries already in target/release
 #   BENCH_SKIP_INSTALL=1   do not apt-get install missing tools
 #   BENCH_VIGIL_REV=...    revision label for RESULTS.md (default: git HEAD of this tree)
+#   BENCH_NOTE=...         one line of free text copied into RESULTS.md
 #   BENCH_WAIT_QUIET=0     before each phase, wait up to this many seconds for the machine to be
 #                          quiet (other processes < 0.2 cores over 2 s); 0 = don't wait
 set -Eeuo pipefail
@@ -49,7 +50,6 @@ STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT="$BENCH/out/run-$STAMP"
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
-ln -sfn "run-$STAMP" "$BENCH/out/latest"
 PROCS="$OUT/procs.tsv"   # path mode role pid cpu_ticks_delta vmhwm_kb load1_before load1_after
 printf 'path\tmode\trole\tpid\tcpu_ticks\tvmhwm_kb\tload1_before\tload1_after\n' >"$PROCS"
 PHASES="$OUT/phases.tsv" # path mode wall_s system_busy_ticks upstream_ticks
@@ -334,6 +334,7 @@ port_free_or_die $P_UPSTREAM $P_CP_DISCOVERY $P_CP_IDENTITY $P_CP_DASHBOARD \
     echo "upstream_threads=$UPSTREAM_THREADS"
     echo "haproxy_alpn=$HAPROXY_ALPN"
     echo "load1_start=$(load1)"
+    echo "note=${BENCH_NOTE:-}"
 } >"$OUT/env.txt"
 
 log "starting the upstream (${SIZE}-byte responses) on 127.0.0.1:$P_UPSTREAM"
@@ -514,4 +515,5 @@ done
 log "writing bench/RESULTS.md"
 echo "threads=${THREADS_NOTE%; }" >>"$OUT/env.txt"
 python3 "$BENCH/report.py" "$OUT" "$BENCH/RESULTS.md" || die "report generation failed"
+ln -sfn "run-$STAMP" "$BENCH/out/latest"
 log "done in $(( $(date +%s) - T0 ))s; raw data in $OUT"

@@ -174,7 +174,15 @@ fn compile_src(src: &str, data: &str) -> PolicyBundle {
             contents: data.into(),
         });
     }
-    PolicyBundle::compile(files, PolicyOptions::default()).unwrap()
+    let rule = std::env::var("RULE").unwrap_or_else(|_| "data.vigil.authz.allow".into());
+    PolicyBundle::compile(
+        files,
+        PolicyOptions {
+            rule,
+            ..PolicyOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 fn main() {

@@ -230,7 +230,7 @@ pub struct PolicyBundle {
     pub(crate) backend: Backend,
     /// RVM bytecode, compiled once; `None` when the interpreter backend is used.
     pub(crate) program: Option<Arc<Program>>,
-    /// The data document the VM sees: the bundle's data plus folded rule values.
+    /// The merged data document.
     pub(crate) data: Value,
     /// Rules evaluated once at compile time (see `fold.rs`).
     folded: Vec<String>,
@@ -285,7 +285,7 @@ impl PolicyBundle {
         let compiled = interpreter
             .compile_with_entrypoint(&rule)
             .map_err(|e| compile_error(&e.to_string()))?;
-        let mut data = interpreter.get_data();
+        let data = interpreter.get_data();
         let mut folded = Vec::new();
         let rvm = match preference {
             BackendPreference::Interpreter => Err("interpreter requested".to_string()),
@@ -293,8 +293,7 @@ impl PolicyBundle {
                 match fold::fold(&files, &mut interpreter, &options.rule)
                     .and_then(|f| compile_folded(f, &options.rule))
                 {
-                    Some((program, folded_data, rules)) => {
-                        data = folded_data;
+                    Some((program, rules)) => {
                         folded = rules;
                         Ok(program)
                     }
@@ -327,8 +326,6 @@ impl PolicyBundle {
             }
         };
         if program.is_none() {
-            // The interpreter evaluates the original modules against the original data.
-            data = interpreter.get_data();
             folded.clear();
         }
 
@@ -366,7 +363,7 @@ impl PolicyBundle {
     }
 
     /// Rules that do not depend on the request and were evaluated once, when the bundle was
-    /// compiled (e.g. `vigil.authz.public_endpoints`); the VM reads their values as data.
+    /// compiled (e.g. `vigil.authz.route_index`); the VM runs them as constants.
     pub fn folded_rules(&self) -> &[String] {
         &self.folded
     }
@@ -416,22 +413,14 @@ impl PolicyBundle {
 
 /// Compiles the folded form of a bundle to RVM bytecode; `None` if anything about it fails
 /// (the caller then compiles the bundle as written).
-fn compile_folded(
-    folding: fold::Folding,
-    rule: &str,
-) -> Option<(Arc<Program>, Value, Vec<String>)> {
-    let mut engine = match source::load_engine(&folding.files) { Ok(e) => e, Err(e) => { eprintln!("DEBUG load {e}"); return None; } };
-    if let Err(e) = engine.add_data(folding.data) { eprintln!("DEBUG data {e}"); return None; }
+fn compile_folded(folding: fold::Folding, rule: &str) -> Option<(Arc<Program>, Vec<String>)> {
+    let mut engine = source::load_engine(&folding.files).ok()?;
     if !source::rule_is_declared(&engine, rule) {
         return None;
     }
-    let compiled = match engine.compile_with_entrypoint(&rule.into()) { Ok(c) => c, Err(e) => { eprintln!("DEBUG compile {e}"); return None; } };
-    let program = match Compiler::compile_from_policy(&compiled, &[rule]) { Ok(p) => p, Err(e) => { eprintln!("DEBUG rvm {e}"); return None; } };
-    let data = engine.get_data();
-    let mut vm = RegoVM::new();
-    vm.load_program(program.clone());
-    vm.set_data(data.clone()).ok()?;
-    Some((program, data, folding.rules))
+    let compiled = engine.compile_with_entrypoint(&rule.into()).ok()?;
+    let program = Compiler::compile_from_policy(&compiled, &[rule]).ok()?;
+    Some((program, folding.rules))
 }
 
 fn compile_error(text: &str) -> BundleError {

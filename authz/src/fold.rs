@@ -3,13 +3,13 @@
 //! The RVM caches a rule only within one evaluation, so a rule that merely reshapes `data`
 //! (an index of routes, a set of public paths) would be recomputed on every request. Such a
 //! rule (no `input`, no `with`, no non-deterministic builtin, and only references to other such
-//! rules or to plain data) is evaluated here with the tree interpreter, blanked out of the
-//! module text (keeping line numbers), and its value is handed to the VM as data at the same
-//! path, which reads the same to every policy.
+//! rules or to plain data) is evaluated here with the tree interpreter, and the VM gets a copy
+//! of the module in which its definitions are replaced by one constant definition,
+//! `name := <value>`, on the same line (line numbers of everything else are kept).
 //!
 //! The analysis is token-based and conservative: a local variable that shares a name with a
 //! request-dependent rule, or `data[...]` with a computed key, makes a rule count as dynamic.
-//! Anything unexpected skips folding altogether; the bundle then runs unfolded.
+//! Anything unexpected skips folding altogether; the bundle then runs as written.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,11 +34,9 @@ const NON_DETERMINISTIC: &[&str] = &[
 
 /// The folded form of a bundle.
 pub(crate) struct Folding {
-    /// The bundle's files with folded rules blanked out.
+    /// The bundle's files with folded rules replaced by constants.
     pub files: Vec<PolicyFile>,
-    /// Values of the folded rules, nested by package path.
-    pub data: Value,
-    /// Paths of the folded rules, e.g. `vigil.authz.public_endpoints`.
+    /// Paths of the folded rules, e.g. `vigil.authz.route_index`.
     pub rules: Vec<String>,
 }
 
@@ -110,34 +108,24 @@ pub(crate) fn fold(files: &[PolicyFile], engine: &mut Engine, keep: &str) -> Opt
         }
     }
 
-    // Rule paths, and which of them are functions (never folded, so dynamic for callers).
-    let mut candidates: BTreeMap<Vec<String>, bool> = BTreeMap::new();
+    // Purity: a rule or function is pure when none of its definitions reads the request (or
+    // uses `with` or a non-deterministic builtin) and everything it refers to is pure.
+    let mut pure: BTreeMap<Vec<String>, bool> = BTreeMap::new();
     for def in &defs {
-        let ok = def.foldable_kind && !def.refs.dynamic && def.path != keep;
-        candidates
-            .entry(def.path.clone())
-            .and_modify(|c| *c &= ok)
-            .or_insert(ok);
+        pure.entry(def.path.clone())
+            .and_modify(|p| *p &= !def.refs.dynamic)
+            .or_insert(!def.refs.dynamic);
     }
-    let all_paths: Vec<Vec<String>> = candidates.keys().cloned().collect();
-    // A rule nested under another (`a := ...` and `a.b := ...`) can't become data on its own.
-    for path in &all_paths {
-        if all_paths.iter().any(|p| p != path && overlaps(p, path)) {
-            candidates.insert(path.clone(), false);
-        }
-    }
-
-    // Fixed point: a rule stays static only while everything it refers to is static.
+    let all_paths: Vec<Vec<String>> = pure.keys().cloned().collect();
     loop {
         let mut changed = false;
         for def in &defs {
-            if !candidates.get(&def.path).copied().unwrap_or(false) {
+            if !pure.get(&def.path).copied().unwrap_or(false) {
                 continue;
             }
             let package = &def.path[..def.path.len() - 1];
-            let depends_on_dynamic = all_paths.iter().any(|p| {
-                let is_static = candidates.get(p).copied().unwrap_or(false);
-                if is_static || p == &def.path {
+            let depends_on_impure = all_paths.iter().any(|p| {
+                if p == &def.path || pure.get(p).copied().unwrap_or(false) {
                     return false;
                 }
                 let local = p.len() == package.len() + 1
@@ -145,8 +133,8 @@ pub(crate) fn fold(files: &[PolicyFile], engine: &mut Engine, keep: &str) -> Opt
                     && def.refs.idents.contains(&p[package.len()]);
                 local || def.refs.data_paths.iter().any(|r| overlaps(r, p))
             });
-            if depends_on_dynamic {
-                candidates.insert(def.path.clone(), false);
+            if depends_on_impure {
+                pure.insert(def.path.clone(), false);
                 changed = true;
             }
         }
@@ -155,8 +143,24 @@ pub(crate) fn fold(files: &[PolicyFile], engine: &mut Engine, keep: &str) -> Opt
         }
     }
 
-    let mut data = Value::new_object();
-    let mut folded = BTreeSet::new();
+    // Foldable: pure rules (not functions, which need arguments) other than the decision rule,
+    // and not nested under or above another rule (`a := ...` with `a.b := ...`), which could not
+    // become one constant.
+    let candidates: BTreeMap<Vec<String>, bool> = all_paths
+        .iter()
+        .map(|path| {
+            let foldable = pure.get(path).copied().unwrap_or(false)
+                && *path != keep
+                && defs
+                    .iter()
+                    .filter(|d| &d.path == path)
+                    .all(|d| d.foldable_kind)
+                && !all_paths.iter().any(|p| p != path && overlaps(p, path));
+            (path.clone(), foldable)
+        })
+        .collect();
+
+    let mut folded: BTreeMap<Vec<String>, Value> = BTreeMap::new();
     for (path, is_static) in &candidates {
         if !is_static {
             continue;
@@ -173,41 +177,84 @@ pub(crate) fn fold(files: &[PolicyFile], engine: &mut Engine, keep: &str) -> Opt
             },
             _ => continue,
         };
-        if value != Value::Undefined {
-            insert_at(&mut data, path, value)?;
-        }
-        folded.insert(path.clone());
+        folded.insert(path.clone(), value);
     }
-    eprintln!("DEBUG folded={:?} data={}", folded, data);
     if folded.is_empty() {
         return None;
     }
 
     let mut out_files = files.to_vec();
     for file in &mut out_files {
-        let mut bytes = file.contents.clone().into_bytes();
-        for def in defs
+        let mut text = file.contents.clone();
+        // Rewrite from the end of the file so earlier offsets stay valid.
+        let mut in_file: Vec<&Def> = defs
             .iter()
-            .filter(|d| d.file == file.path && folded.contains(&d.path))
-        {
+            .filter(|d| d.file == file.path && folded.contains_key(&d.path))
+            .collect();
+        in_file.sort_by_key(|d| std::cmp::Reverse(d.start));
+        let mut first_of: BTreeMap<&Vec<String>, usize> = BTreeMap::new();
+        for def in defs.iter().filter(|d| folded.contains_key(&d.path)) {
+            first_of.entry(&def.path).or_insert(def.start);
+        }
+        for def in in_file {
+            let bytes = text.as_bytes();
             let mut end = def.end.min(bytes.len());
             // A definition ending in a string stops before its closing quote.
             if matches!(bytes.get(end), Some(b'"' | b'`')) {
                 end += 1;
             }
-            for b in bytes.get_mut(def.start..end)? {
-                if *b != b'\n' {
-                    *b = b' ';
+            let old = text.get(def.start..end)?;
+            let newlines = old.matches('\n').count();
+            let is_first = first_of.get(&def.path) == Some(&def.start)
+                && defs
+                    .iter()
+                    .find(|d| d.path == def.path)
+                    .is_some_and(|d| d.file == file.path);
+            let mut replacement = if is_first {
+                let name = def.path.last()?;
+                match folded.get(&def.path)? {
+                    // Never defined: keep the name defined as a rule that never holds.
+                    Value::Undefined => format!("{name} if false"),
+                    value => format!("{name} := {}", rego_literal(value)?),
                 }
-            }
+            } else {
+                String::new()
+            };
+            replacement.push_str(&"\n".repeat(newlines));
+            text.replace_range(def.start..end, &replacement);
         }
-        file.contents = String::from_utf8(bytes).ok()?;
+        file.contents = text;
     }
 
     Some(Folding {
         files: out_files,
-        data,
-        rules: folded.into_iter().map(|p| p.join(".")).collect(),
+        rules: folded.into_keys().map(|p| p.join(".")).collect(),
+    })
+}
+
+/// A value as Rego source (sets as `{...}`/`set()`, which JSON can't express).
+fn rego_literal(value: &Value) -> Option<String> {
+    Some(match value {
+        Value::Undefined => return None,
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
+            serde_json::to_string(value).ok()?
+        }
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items.iter().map(rego_literal).collect();
+            format!("[{}]", parts?.join(", "))
+        }
+        Value::Set(items) if items.is_empty() => "set()".to_string(),
+        Value::Set(items) => {
+            let parts: Option<Vec<String>> = items.iter().map(rego_literal).collect();
+            format!("{{{}}}", parts?.join(", "))
+        }
+        Value::Object(entries) => {
+            let parts: Option<Vec<String>> = entries
+                .iter()
+                .map(|(k, v)| Some(format!("{}: {}", rego_literal(k)?, rego_literal(v)?)))
+                .collect();
+            format!("{{{}}}", parts?.join(", "))
+        }
     })
 }
 
@@ -313,19 +360,4 @@ fn refs_of(toks: &[&Tok], aliases: &BTreeMap<String, Option<Vec<String>>>) -> Re
 /// Whether a reference to `data.<r>` can read rule `p` (one is a prefix of the other).
 fn overlaps(r: &[String], p: &[String]) -> bool {
     r.iter().zip(p.iter()).all(|(a, b)| a == b)
-}
-
-fn insert_at(root: &mut Value, path: &[String], value: Value) -> Option<()> {
-    let (last, parents) = path.split_last()?;
-    let mut node = root;
-    for key in parents {
-        node = node
-            .as_object_mut()
-            .ok()?
-            .get_or_insert_with(Value::from(key.as_str()), Value::new_object);
-    }
-    node.as_object_mut()
-        .ok()?
-        .insert(Value::from(last.as_str()), value);
-    Some(())
 }

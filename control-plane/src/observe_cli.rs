@@ -87,10 +87,20 @@ impl RequestCounts {
     }
 }
 
-/// A histogram bound that can key a map.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+/// A histogram bound that can key a map (ordered by `f64::total_cmp`).
+#[derive(Debug, Clone, Copy)]
 pub struct OrderedF64(pub f64);
+impl PartialEq for OrderedF64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
 impl Eq for OrderedF64 {}
+impl PartialOrd for OrderedF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 impl Ord for OrderedF64 {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
@@ -371,6 +381,8 @@ pub async fn tap(
     Ok(())
 }
 
+/// Follows one proxy's `/tap?{query}`, sending `(workload, JSON line)` to `tx` until the
+/// stream ends, the proxy goes away (an error), or `tx` is closed.
 pub(crate) async fn tap_one(
     target: &ProxyTarget,
     query: &str,

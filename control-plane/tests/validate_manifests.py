@@ -49,8 +49,13 @@ def crd_schemas(paths):
             kind = crd["spec"]["names"]["kind"]
             for version in crd["spec"]["versions"]:
                 schema = strict(version["schema"]["openAPIV3Schema"])
-                # metadata is the API server's ObjectMeta, not the CRD's to describe.
-                schema.get("properties", {}).pop("metadata", None)
+                # apiVersion, kind and metadata belong to every object; the API server
+                # checks them, not the CRD's schema.
+                schema.setdefault("properties", {}).update({
+                    "apiVersion": {"type": "string", "enum": [f"{group}/{version['name']}"]},
+                    "kind": {"type": "string", "enum": [kind]},
+                    "metadata": {"type": "object"},
+                })
                 schemas[(f"{group}/{version['name']}", kind)] = schema
     return schemas
 

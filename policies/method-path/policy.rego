@@ -22,43 +22,57 @@ allow := {"allowed": true} if {
 	"headers": {"content-type": "text/plain"},
 }
 
+route_allows if input.parsed_path in request_routes.exact
+
 route_allows if {
-	some route in data.vigil.routes
-	source_matches(route.source)
-	method_matches(route.methods)
-	some pattern in route.paths
-	path_matches(pattern)
-}
-
-source_matches(source) if source == "*"
-
-source_matches(source) if source == input.attributes.source.principal
-
-method_matches(methods) if "*" in methods
-
-method_matches(methods) if input.attributes.request.http.method in methods
-
-path_matches(pattern) if {
-	globs := split(trim_prefix(pattern, "/"), "/")
-	count(globs) == count(input.parsed_path)
-	every i, glob in globs {
-		segment_matches(glob, input.parsed_path[i])
+	some glob in request_routes.wildcard
+	count(glob) == count(input.parsed_path)
+	every i, segment in glob {
+		segment in {"*", input.parsed_path[i]}
 	}
 }
 
-path_matches(pattern) if {
-	globs := split(trim_prefix(pattern, "/"), "/")
-	last := count(globs) - 1
-	globs[last] == "**"
-	count(input.parsed_path) >= last
-	every i, glob in array.slice(globs, 0, last) {
-		segment_matches(glob, input.parsed_path[i])
+route_allows if {
+	some glob in request_routes.prefix
+	count(glob) <= count(input.parsed_path)
+	every i, segment in glob {
+		segment in {"*", input.parsed_path[i]}
 	}
 }
 
-segment_matches(glob, _) if glob == "*"
+# The routes for this caller and method: two lookups in route_index.
+request_routes := object.get(by_method, input.attributes.request.http.method, by_method["*"]) if {
+	by_method := object.get(route_index, object.get(input.attributes.source, "principal", "*"), route_index["*"])
+}
 
-segment_matches(glob, segment) if glob == segment
+# data.vigil.routes indexed by caller and method. This rule reads only data, so Vigil evaluates
+# it once, when the bundle is compiled. route_index[caller][method] holds the path patterns of
+# every route for that caller (or for "*") and that method (or "*"), split into segments and
+# sorted by kind; unknown callers use route_index["*"] and unknown methods the "*" entry.
+route_index := {source: {method: routes_for(source, method) | some method in route_methods} |
+	some source in route_sources
+}
+
+routes_for(source, method) := {
+	"exact": {glob | some glob in globs; not "*" in glob; not "**" in glob},
+	"wildcard": [glob | some glob in globs; "*" in glob; not "**" in glob],
+	"prefix": [array.slice(glob, 0, count(glob) - 1) | some glob in globs; glob[count(glob) - 1] == "**"],
+} if {
+	globs := [split(trim_prefix(pattern, "/"), "/") |
+		some route in data.vigil.routes
+		route.source in {source, "*"}
+		route_has_method(route, method)
+		some pattern in route.paths
+	]
+}
+
+route_sources := {route.source | some route in data.vigil.routes} | {"*"}
+
+route_methods := {method | some route in data.vigil.routes; some method in route.methods} | {"*"}
+
+route_has_method(route, _) if "*" in route.methods
+
+route_has_method(route, method) if method in route.methods
 
 # The HTTP test comes first as a condition: regorus's RVM (0.14) does not take an `else` when a
 # body fails on an assignment from an undefined value, only when a condition fails.

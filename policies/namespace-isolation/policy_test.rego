@@ -40,6 +40,14 @@ test_malformed_identity_denied if {
 	not allow with input as call("spiffe://vigil.local/shop", "spiffe://vigil.local/shop")
 }
 
-test_workload_parsing if {
-	workload("spiffe://vigil.local/ns/shop/sa/web") == {"trust_domain": "vigil.local", "namespace": "shop", "service_account": "web"}
+test_allowed_pairs_from_data if {
+	allowed_pairs == {["frontend", "shop"], ["monitoring", "shop"]}
+}
+
+test_missing_destination_identity_denied if {
+	not allow with input as {"attributes": {"source": {"principal": "spiffe://vigil.local/ns/shop/sa/web"}}}
+}
+
+test_extra_path_segments_denied if {
+	not allow with input as call("spiffe://vigil.local/ns/shop/sa/web/extra", "spiffe://vigil.local/ns/shop/sa/orders")
 }

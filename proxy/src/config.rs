@@ -40,6 +40,8 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish once draining starts.
     pub drain_timeout: Duration,
+    /// OpenTelemetry export; tracing is off when absent.
+    pub trace: Option<crate::trace::TraceConfig>,
 }
 
 impl ProxyConfig {

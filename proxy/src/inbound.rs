@@ -24,6 +24,8 @@ use crate::listener::accept_loop;
 use crate::metrics::{Direction, ReasonLabels};
 use crate::observe::{now_secs, RequestRecord};
 use crate::Proxy;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 /// What inbound knows about a connection, all from the verified TLS session.
 struct Connection {
@@ -173,6 +175,23 @@ async fn request(
             protocol_name(req.version()),
         )
     });
+    let peer = conn.peer.to_string();
+    let mut req = req;
+    let span = proxy.traces.enabled().then(|| {
+        let attributes = vec![
+            KeyValue::new("vigil.direction", "inbound"),
+            KeyValue::new("vigil.peer.identity", peer.clone()),
+            KeyValue::new("vigil.service", service.clone()),
+            KeyValue::new("http.request.method", req.method().to_string()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+        ];
+        proxy.traces.start(
+            format!("inbound {service}"),
+            SpanKind::Server,
+            req.headers_mut(),
+            attributes,
+        )
+    });
     let result = if req.method() == Method::CONNECT {
         tunnel(&proxy, &conn, req).await
     } else {
@@ -182,7 +201,25 @@ async fn request(
         tracing::debug!(peer = %conn.peer, error = %e, "inbound request failed");
         e.into_response()
     });
-    let peer = conn.peer.to_string();
+    if let Some(span) = span {
+        let policy = response
+            .extensions()
+            .get::<PolicyOutcome>()
+            .map(|p| p.0)
+            .unwrap_or("");
+        let reason = response
+            .extensions()
+            .get::<LocalReason>()
+            .map(|r| r.0)
+            .unwrap_or("");
+        span.finish(
+            response.status().as_u16(),
+            vec![
+                KeyValue::new("vigil.policy.decision", policy),
+                KeyValue::new("vigil.error", reason),
+            ],
+        );
+    }
     let error = response.extensions().get::<LocalReason>().map(|r| r.0);
     let elapsed = started.elapsed();
     proxy.observer.finished(

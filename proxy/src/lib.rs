@@ -38,6 +38,7 @@ pub mod outbound;
 pub mod pool;
 pub mod state;
 pub mod tap;
+pub mod trace;
 pub mod traffic;
 
 use std::sync::Arc;
@@ -75,6 +76,8 @@ pub struct Proxy {
     /// HTTP/1.1 keep-alive connections to the local application.
     pub app: Client<HttpConnector, Body>,
     pub metrics: Arc<Metrics>,
+    /// Hop spans (OpenTelemetry), off unless configured.
+    pub traces: trace::Tracing,
     /// Graceful shutdown state.
     pub drain: Arc<drain::Drain>,
     /// Where finished requests are reported (metrics, tap, access log).
@@ -135,6 +138,10 @@ pub async fn run(
         app,
         metrics: metrics.clone(),
         drain: drain::Drain::new(),
+        traces: match &config.trace {
+            Some(t) => trace::Tracing::new(t)?,
+            None => trace::Tracing::disabled(),
+        },
         observer: observe::Observer::new(metrics.clone(), access_log),
     });
 
@@ -187,5 +194,6 @@ pub async fn run(
     } else {
         tracing::info!("drained; exiting");
     }
+    proxy.traces.shutdown();
     Ok(())
 }

@@ -79,6 +79,12 @@ struct Args {
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "VIGIL_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); tracing is off without it.
+    #[arg(long, env = "VIGIL_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces to sample, 0.0 to 1.0.
+    #[arg(long, env = "VIGIL_TRACE_SAMPLING", default_value_t = 1.0)]
+    trace_sampling: f64,
     /// Decision log destination: a file path, or "-" for standard output.
     #[arg(long, env = "VIGIL_DECISION_LOG", default_value = "-")]
     decision_log: String,
@@ -179,6 +185,12 @@ fn start(args: Args) -> anyhow::Result<()> {
         max_header_bytes: args.max_header_bytes,
         header_read_timeout: args.header_read_timeout,
         drain_timeout: args.drain_timeout,
+        trace: args
+            .otlp_endpoint
+            .map(|endpoint| vigil_proxy::trace::TraceConfig {
+                endpoint,
+                sampling: args.trace_sampling,
+            }),
     };
     let log = open_log(&args.decision_log, "--decision-log")?;
     let access_log = args

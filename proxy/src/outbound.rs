@@ -221,6 +221,20 @@ async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Resp
             protocol_name(req.version()),
         )
     });
+    let mut req = req;
+    let span = proxy.traces.enabled().then(|| {
+        let attributes = vec![
+            opentelemetry::KeyValue::new("vigil.direction", "outbound"),
+            opentelemetry::KeyValue::new("http.request.method", req.method().to_string()),
+            opentelemetry::KeyValue::new("url.path", req.uri().path().to_string()),
+        ];
+        proxy.traces.start(
+            "outbound".into(),
+            opentelemetry::trace::SpanKind::Client,
+            req.headers_mut(),
+            attributes,
+        )
+    });
     let mut routed = Routed::default();
     let response = forward(proxy, target, req, &mut routed)
         .await
@@ -230,6 +244,17 @@ async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Resp
         });
     let error = response.extensions().get::<LocalReason>().map(|r| r.0);
     let elapsed = started.elapsed();
+    if let Some(span) = span {
+        span.rename(format!("outbound {}", routed.service));
+        span.finish(
+            response.status().as_u16(),
+            vec![
+                opentelemetry::KeyValue::new("vigil.peer.identity", routed.peer.clone()),
+                opentelemetry::KeyValue::new("vigil.service", routed.service.clone()),
+                opentelemetry::KeyValue::new("vigil.error", error.unwrap_or("")),
+            ],
+        );
+    }
     proxy.observer.finished(
         Direction::outbound,
         &routed.peer,

@@ -81,7 +81,10 @@ impl Process {
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)
-            .env("VIGIL_LOG", "info")
+            .env(
+                "VIGIL_LOG",
+                std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -135,6 +138,9 @@ pub struct WorkloadSpec {
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub upstreams: Vec<(SocketAddr, String)>,
+    /// Extra command-line flags for this workload's proxy (e.g. a short
+    /// `--header-read-timeout`), appended after the harness's own.
+    pub extra_args: Vec<String>,
 }
 
 impl WorkloadSpec {
@@ -150,6 +156,7 @@ impl WorkloadSpec {
             admin: free_addr(),
             metrics: free_addr(),
             upstreams: vec![],
+            extra_args: vec![],
         }
     }
 
@@ -340,6 +347,7 @@ impl Mesh {
             args.push("--upstream".into());
             args.push(format!("{addr}={service}"));
         }
+        args.extend(w.extra_args.iter().cloned());
         let name = format!("proxy-{}-{}", w.name, self.proxies.len());
         let mut p = Process::spawn(&name, self.dir.path(), &binary("vigil-proxy"), &args)?;
         wait_ready(&mut p, w.admin).await?;
@@ -722,6 +730,15 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM, as a kubelet stopping the pod would.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Waits up to `limit` for the process to exit on its own; its exit status if it did.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
@@ -800,4 +817,22 @@ pub fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
     let len = tag[start..].find('"')?;
     Some(&tag[start..start + len])
+}
+
+// ---- Process memory, for the bounded-memory checks ----
+
+impl Process {
+    /// Resident set size in KiB (VmRSS), 0 once the process is gone.
+    pub fn rss_kib(&self) -> u64 {
+        self.child
+            .as_ref()
+            .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
 }

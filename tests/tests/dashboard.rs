@@ -100,9 +100,9 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         let policy = api("/api/policy").await;
         let edges = graph["edges"].as_array().cloned().unwrap_or_default();
         let flowing = |s: &str, t: &str| {
-            edges
-                .iter()
-                .any(|e| e["source"] == s && e["target"] == t && e["rps"].as_f64().unwrap_or(0.0) > 0.0)
+            edges.iter().any(|e| {
+                e["source"] == s && e["target"] == t && e["rps"].as_f64().unwrap_or(0.0) > 0.0
+            })
         };
         let denied = policy["denials"].as_array().is_some_and(|d| {
             d.iter().any(|d| {
@@ -140,24 +140,62 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
             "the graph has no node {node}:\n{dom}"
         );
     }
-    for (s, t) in [("loadgen", "web"), ("web", "orders"), ("orders", "inventory")] {
-        assert!(edge_rps(&dom, s, t) > 0.0, "no traffic drawn on {s} → {t}:\n{dom}");
+    for (s, t) in [
+        ("loadgen", "web"),
+        ("web", "orders"),
+        ("orders", "inventory"),
+    ] {
+        assert!(
+            edge_rps(&dom, s, t) > 0.0,
+            "no traffic drawn on {s} → {t}:\n{dom}"
+        );
     }
-    let locked = tags_with(&dom, &["class=\"edge", "data-source=\"web\"", "data-target=\"orders\""]);
+    let locked = tags_with(
+        &dom,
+        &[
+            "class=\"edge",
+            "data-source=\"web\"",
+            "data-target=\"orders\"",
+        ],
+    );
     assert!(
-        locked.iter().any(|t| attribute(t, "data-mtls") == Some("true")),
+        locked
+            .iter()
+            .any(|t| attribute(t, "data-mtls") == Some("true")),
         "web → orders is not drawn as mTLS: {locked:?}"
     );
     assert!(
-        !tags_with(&dom, &["class=\"denial", "data-source=\"web\"", "data-destination=\"payments\""]).is_empty()
-            || !tags_with(&dom, &["class=\"denial", "data-source=\"loadgen\"", "data-destination=\"web\""]).is_empty(),
+        !tags_with(
+            &dom,
+            &[
+                "class=\"denial",
+                "data-source=\"web\"",
+                "data-destination=\"payments\""
+            ]
+        )
+        .is_empty()
+            || !tags_with(
+                &dom,
+                &[
+                    "class=\"denial",
+                    "data-source=\"loadgen\"",
+                    "data-destination=\"web\""
+                ]
+            )
+            .is_empty(),
         "no denial on the overview:\n{dom}"
     );
 
-    let policy_dom = headless_chromium(&format!("{url}#policy"), &["--dump-dom".into(), budget.clone()])
-        .expect("chromium");
+    let policy_dom = headless_chromium(
+        &format!("{url}#policy"),
+        &["--dump-dom".into(), budget.clone()],
+    )
+    .expect("chromium");
     let rows = tags_with(&policy_dom, &["class=\"denial"]);
-    assert!(!rows.is_empty(), "the policy view lists no denial:\n{policy_dom}");
+    assert!(
+        !rows.is_empty(),
+        "the policy view lists no denial:\n{policy_dom}"
+    );
     assert!(
         policy_dom.contains("allowed_callers: web may not call payments")
             || policy_dom.contains("no_admin: /admin is not reachable"),
@@ -191,10 +229,17 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
             .and_then(|s| s.trim().parse::<u32>().ok())
             .unwrap_or_else(|| panic!("vigil demo wrote no pid file for {name}"))
     };
-    let children: Vec<u32> = ["proxy-web", "proxy-orders", "proxy-inventory", "proxy-loadgen", "app-web", "app-orders"]
-        .iter()
-        .map(|n| pid_of(n))
-        .collect();
+    let children: Vec<u32> = [
+        "proxy-web",
+        "proxy-orders",
+        "proxy-inventory",
+        "proxy-loadgen",
+        "app-web",
+        "app-orders",
+    ]
+    .iter()
+    .map(|n| pid_of(n))
+    .collect();
     let payments = pid_of("proxy-payments");
     let status = Command::new("kill")
         .arg(payments.to_string())
@@ -207,17 +252,30 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         if !ok {
             break report;
         }
-        assert!(Instant::now() < deadline, "vigil check still passes:\n{report}");
+        assert!(
+            Instant::now() < deadline,
+            "vigil check still passes:\n{report}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert!(report.contains("✗ proxy payments ready"), "{report}");
-    assert!(report.contains("hint: the proxy for payments is not running"), "{report}");
-    assert!(report.contains("✓ proxy orders ready"), "only payments fails:\n{report}");
+    assert!(
+        report.contains("hint: the proxy for payments is not running"),
+        "{report}"
+    );
+    assert!(
+        report.contains("✓ proxy orders ready"),
+        "only payments fails:\n{report}"
+    );
 
     // Ctrl-C stops everything it started.
     demo.interrupt();
     let status = demo.wait_exit(Duration::from_secs(30));
-    assert!(status.is_some(), "vigil demo did not stop on SIGINT:\n{}", demo.output());
+    assert!(
+        status.is_some(),
+        "vigil demo did not stop on SIGINT:\n{}",
+        demo.output()
+    );
     let out = demo.output();
     assert!(out.contains("stopped; nothing left running"), "{out}");
     for pid in children {

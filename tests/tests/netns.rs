@@ -260,7 +260,7 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
     );
     // Outside the mesh (no sidecar, no rules): plaintext to the app port is redirected to
     // the proxy's mTLS listener and never reaches the app.
-    let outsider = call(&cluster, &cp, &target, &marker);
+    let outsider = call(&cluster, &cp, &target, "/outsider");
     assert!(
         !outsider.contains("200 OK") && outsider.contains("failed"),
         "outsider → b: {outsider}"

@@ -468,10 +468,7 @@ async fn load(args: LoadArgs) -> Result<serde_json::Value> {
     }
     let end = Instant::now();
     progress.abort();
-    let scheduled = match pacer_handle {
-        Some(h) => Some(h.join().unwrap_or(0)),
-        None => None,
-    };
+    let scheduled = pacer_handle.map(|h| h.join().unwrap_or(0));
 
     let ok = shared.ok.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);

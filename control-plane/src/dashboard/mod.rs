@@ -135,7 +135,7 @@ impl Dashboard {
         loop {
             tick.tick().await;
             let targets = self.targets();
-            let slow = round % 5 == 0;
+            let slow = round.is_multiple_of(5);
             round += 1;
             let direct = self.opts.prometheus.is_none();
             let polls =

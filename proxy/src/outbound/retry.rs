@@ -152,7 +152,7 @@ impl RetryLayer {
             }
             self.metrics.retries.get_or_create(&labels).inc();
             let delay = backoff.next_delay();
-            tracing::info!(service = %self.service, try_ = tries, reason = why, ?delay, outcome = ?outcome.as_ref().map(|r| r.status()).map_err(|e| e.to_string()), "retrying");
+            tracing::debug!(service = %self.service, try_ = tries, reason = why, ?delay, "retrying");
             tokio::time::sleep(delay).await;
             tries += 1;
             next = again;
@@ -244,9 +244,19 @@ impl Replay {
     }
 
     fn request(&self) -> Request<Body> {
-        let frames = std::iter::once(Ok::<_, BodyError>(Frame::data(self.body.clone())))
-            .chain(self.trailers.clone().map(|t| Ok(Frame::trailers(t))));
-        let body = StreamBody::new(futures::stream::iter(frames)).boxed();
+        let body = match &self.trailers {
+            // Exact length, and no empty DATA frame: peers' HTTP/2 servers count those
+            // as a flood and hang up (GOAWAY ENHANCE_YOUR_CALM).
+            None => crate::body::full(self.body.clone()),
+            Some(trailers) => {
+                let data = Some(self.body.clone()).filter(|b| !b.is_empty());
+                let frames = data
+                    .map(|d| Ok::<_, BodyError>(Frame::data(d)))
+                    .into_iter()
+                    .chain(std::iter::once(Ok(Frame::trailers(trailers.clone()))));
+                StreamBody::new(futures::stream::iter(frames)).boxed()
+            }
+        };
         Request::from_parts(self.parts.clone(), body)
     }
 }
@@ -468,6 +478,15 @@ mod tests {
             .await
             .expect("response");
         assert_eq!(peer.tries(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_body_keeps_its_length_and_sends_no_empty_frames() {
+        let (get, replay) = Replay::keep(request("GET", b"")).await.expect("kept");
+        assert!(replay.is_some());
+        assert!(get.body().is_end_stream(), "a bodiless GET stays bodiless");
+        let (put, _) = Replay::keep(request("PUT", b"abc")).await.expect("kept");
+        assert_eq!(put.body().size_hint().exact(), Some(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,18 @@
+//! Hostile clients against real proxies (processes on loopback): malformed and smuggled
+//! HTTP/1, oversized heads, slowloris, an HTTP/2 rapid-reset flood, bad TLS, a peer
+//! killed mid-stream, SIGTERM under load, 10,000 idle connections and a testssl.sh audit.
+//!
+//! Every attack runs while a well-behaved client keeps calling through the same proxies
+//! ([`support::Steady`]); each test ends by asserting that client saw no error. The tests
+//! take a shared lock and run one at a time: they measure the proxies' behaviour under
+//! attack, and two attacks at once on a two-core machine would only measure each other.
+
+mod drain;
+mod h2_flood;
+mod http1;
+mod idle;
+mod peer_kill;
+mod slowloris;
+mod support;
+mod testssl;
+mod tls;
