@@ -192,6 +192,13 @@ fn main() {
     let input = input(case, &headers);
     let v = input.to_value();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    if std::env::args().nth(1).as_deref() == Some("full") {
+        let b = bundle(case);
+        for _ in 0..220_000 {
+            black_box(b.evaluate(black_box(&input)));
+        }
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("to_value") {
         for _ in 0..1_000_000 {
             black_box(input.to_value());

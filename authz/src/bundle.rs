@@ -15,6 +15,7 @@ use crate::engine::{self, EvalError};
 use crate::fold;
 use crate::input::AuthzInput;
 use crate::source::{self, TestFiles};
+use crate::usage::{self, InputNeeds};
 
 /// Upper bound on VM instructions per decision, so a runaway policy fails closed instead of
 /// stalling the proxy. regorus's default (25k) is too low for policies that loop over a few
@@ -234,6 +235,8 @@ pub struct PolicyBundle {
     pub(crate) data: Value,
     /// Rules evaluated once at compile time (see `fold.rs`).
     folded: Vec<String>,
+    /// Optional parts of the input the policy can observe (see `usage.rs`).
+    needs: InputNeeds,
     /// A prepared interpreter: template for per-thread clones, cross-checks and `explain`.
     pub(crate) interpreter: Engine,
 }
@@ -329,6 +332,7 @@ impl PolicyBundle {
             folded.clear();
         }
 
+        let needs = usage::input_needs(&files);
         Ok(PolicyBundle {
             id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
             version,
@@ -338,6 +342,7 @@ impl PolicyBundle {
             program,
             data,
             folded,
+            needs,
             interpreter,
         })
     }
@@ -371,7 +376,7 @@ impl PolicyBundle {
     /// Evaluates the decision rule for one request or connection. Never panics: evaluation
     /// errors and undefined or malformed decisions become [`Decision::Error`].
     pub fn evaluate(&self, input: &AuthzInput<'_>) -> Decision {
-        self.evaluate_value(input.to_value())
+        self.evaluate_value(input.to_value_for(self.needs))
     }
 
     /// Like [`evaluate`](Self::evaluate) for an input document that is already built.

@@ -40,10 +40,11 @@ pub(crate) struct Folding {
     pub rules: Vec<String>,
 }
 
-struct Tok {
-    kind: TokenKind,
-    text: String,
-    start: u32,
+/// One token of a module.
+pub(crate) struct Tok {
+    pub kind: TokenKind,
+    pub text: String,
+    pub start: u32,
 }
 
 /// What one rule definition refers to.
@@ -59,6 +60,8 @@ struct Refs {
 
 struct Def {
     path: Vec<String>,
+    /// How many leading components of `path` are the package.
+    package_len: usize,
     file: String,
     start: usize,
     end: usize,
@@ -98,6 +101,7 @@ pub(crate) fn fold(files: &[PolicyFile], engine: &mut Engine, keep: &str) -> Opt
                 .collect();
             defs.push(Def {
                 path,
+                package_len: package.len(),
                 file: module.file.clone(),
                 start,
                 end,
@@ -123,12 +127,13 @@ pub(crate) fn fold(files: &[PolicyFile], engine: &mut Engine, keep: &str) -> Opt
             if !pure.get(&def.path).copied().unwrap_or(false) {
                 continue;
             }
-            let package = &def.path[..def.path.len() - 1];
+            let package = &def.path[..def.package_len];
             let depends_on_impure = all_paths.iter().any(|p| {
                 if p == &def.path || pure.get(p).copied().unwrap_or(false) {
                     return false;
                 }
-                let local = p.len() == package.len() + 1
+                // A bare name refers to a rule of the same package (`a` for `a.b := ...` too).
+                let local = p.len() > package.len()
                     && p[..package.len()] == *package
                     && def.refs.idents.contains(&p[package.len()]);
                 local || def.refs.data_paths.iter().any(|r| overlaps(r, p))
@@ -258,7 +263,8 @@ fn rego_literal(value: &Value) -> Option<String> {
     })
 }
 
-fn tokenize(file: &PolicyFile) -> Option<Vec<Tok>> {
+/// The module's tokens (comments dropped); `None` if it does not lex.
+pub(crate) fn tokenize(file: &PolicyFile) -> Option<Vec<Tok>> {
     let source = Source::from_contents(file.path.clone(), file.contents.clone()).ok()?;
     let mut lexer = Lexer::new(&source);
     let mut out = Vec::new();

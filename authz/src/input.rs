@@ -11,6 +11,8 @@ use percent_encoding::percent_decode_str;
 use regorus::value::Object;
 use regorus::{Rc, Value};
 
+use crate::usage::InputNeeds;
+
 /// The facts about one request or connection, borrowed from the proxy.
 #[derive(Clone, Copy, Debug)]
 pub struct AuthzInput<'a> {
@@ -101,6 +103,7 @@ struct Shapes {
     peer_address: Object,
     peer: Object,
     peer_with_principal: Object,
+    peer_principal_only: Object,
     attributes_tcp: Object,
     attributes_http: Object,
     request_http: Object,
@@ -156,6 +159,7 @@ impl Shapes {
             peer_address: shape(&[&socket_address]),
             peer: shape(&[&address]),
             peer_with_principal: shape(&[&address, &principal]),
+            peer_principal_only: shape(&[&principal]),
             attributes_tcp: shape(&[&source, &destination]),
             attributes_http: shape(&[&source, &destination, &request]),
             request_http: shape(&[&http]),
@@ -210,14 +214,24 @@ impl AuthzInput<'_> {
     /// and for HTTP `attributes.request.http.{id,method,path,host,scheme,protocol,headers[,body]}`,
     /// `parsed_path`, `parsed_query` and, with a body, `parsed_body` and `truncated_body`.
     pub fn to_value(&self) -> Value {
-        SHAPES
-            .try_with(|shapes| self.build(shapes))
-            .unwrap_or_else(|_| self.build(&Shapes::new()))
+        self.to_value_for(InputNeeds::ALL)
     }
 
-    fn build(&self, s: &Shapes) -> Value {
-        let source = peer(s, self.source_address, self.source_principal);
-        let destination = peer(s, self.destination_address, self.destination_principal);
+    /// The document with only the optional parts the bundle can observe.
+    pub(crate) fn to_value_for(&self, needs: InputNeeds) -> Value {
+        SHAPES
+            .try_with(|shapes| self.build(shapes, needs))
+            .unwrap_or_else(|_| self.build(&Shapes::new(), needs))
+    }
+
+    fn build(&self, s: &Shapes, needs: InputNeeds) -> Value {
+        let source = peer(s, needs, self.source_address, self.source_principal);
+        let destination = peer(
+            s,
+            needs,
+            self.destination_address,
+            self.destination_principal,
+        );
         let InputKind::Http(http) = &self.kind else {
             let attributes = fill(
                 &s.attributes_tcp,
@@ -230,7 +244,11 @@ impl AuthzInput<'_> {
         let method = Value::from(http.method);
         let path = Value::from(http.path);
         let host = Value::from(http.host);
-        let headers = headers_value(s, http, &method, &path, &host);
+        let headers = if needs.headers {
+            headers_value(s, http, &method, &path, &host)
+        } else {
+            s.empty_object.clone()
+        };
         let common = [
             (&s.headers, headers),
             (&s.host, host),
@@ -241,7 +259,7 @@ impl AuthzInput<'_> {
             (&s.scheme, Value::from(http.scheme)),
         ];
         let parsed_path = parsed_path(path_part);
-        let parsed_query = if query_part.is_empty() {
+        let parsed_query = if query_part.is_empty() || !needs.parsed_query {
             s.empty_object.clone()
         } else {
             parsed_query(query_part)
@@ -329,7 +347,13 @@ fn http_attributes(s: &Shapes, source: Value, destination: Value, http: Value) -
     )
 }
 
-fn peer(s: &Shapes, addr: SocketAddr, principal: Option<&str>) -> Value {
+fn peer(s: &Shapes, needs: InputNeeds, addr: SocketAddr, principal: Option<&str>) -> Value {
+    if !needs.addresses {
+        return match principal {
+            Some(p) => fill(&s.peer_principal_only, [(&s.principal, Value::from(p))]),
+            None => s.empty_object.clone(),
+        };
+    }
     // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; policies match IPv4 CIDRs.
     let ip = addr.ip().to_canonical();
     let socket = fill(

@@ -36,7 +36,9 @@
 //! # Evaluation
 //!
 //! [`PolicyBundle::compile`] parses and analyzes the modules and compiles the decision rule to
-//! regorus's register VM (RVM) bytecode, once per bundle. Each thread keeps its own VM per
+//! regorus's register VM (RVM) bytecode, once per bundle. Rules that cannot depend on the
+//! request (an index built from `data`, a set of public paths) are evaluated at that point too
+//! and run as constants ([`PolicyBundle::folded_rules`]). Each thread keeps its own VM per
 //! bundle (created on first use), so evaluation takes no lock; the input document is built
 //! directly as a regorus [`Value`]. Policies the RVM compiler refuses (e.g. `with` outside
 //! tests) run on regorus's tree interpreter instead ([`Backend::Interpreter`]), which is also
@@ -60,6 +62,7 @@ mod log;
 mod rules;
 mod source;
 mod testing;
+mod usage;
 
 pub use bundle::{
     Backend, BackendPreference, BundleError, CompileProblem, PolicyBundle, PolicyFile,

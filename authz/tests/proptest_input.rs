@@ -97,9 +97,10 @@ proptest! {
             map.append("x-multi", http::HeaderValue::from_str(v).expect("value"));
         }
         let doc = build("GET", "/", "h", &map, None);
+        let joined = values.join(", ");
         prop_assert_eq!(
             doc["attributes"]["request"]["http"]["headers"]["x-multi"].as_str(),
-            Some(values.join(", ").as_str())
+            Some(joined.as_str())
         );
     }
 

@@ -361,7 +361,11 @@ fn inject(
     for r in &reports {
         match &r.outcome {
             vigil::inject::Outcome::Injected { mode, warnings } => {
-                eprintln!("injected {} ({mode:?} sidecar)", r.object);
+                let mode = match mode {
+                    vigil::inject::SidecarMode::Native => "native",
+                    vigil::inject::SidecarMode::Classic => "classic",
+                };
+                eprintln!("injected {} ({mode} sidecar)", r.object);
                 for w in warnings {
                     eprintln!("  warning: {w}");
                 }

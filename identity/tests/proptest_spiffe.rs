@@ -59,7 +59,8 @@ proptest! {
 
     #[test]
     fn uppercase_trust_domains_are_refused(td in "[a-z0-9]{0,8}[A-Z][a-z0-9]{0,8}", seg in segment()) {
-        prop_assert!(SpiffeId::parse(&format!("spiffe://{td}/{seg}")).is_err());
+        let id = format!("spiffe://{td}/{seg}");
+        prop_assert!(SpiffeId::parse(&id).is_err(), "{} parsed", id);
     }
 
     #[test]

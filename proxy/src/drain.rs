@@ -48,11 +48,15 @@ impl Drain {
         self.signal.send_replace(true);
     }
 
-    /// Resolves once draining has begun.
+    /// Resolves once draining has begun, never on its first poll: a connection that
+    /// selects on this beside itself gets one turn first, so one handed over as the drain
+    /// begins still reads the request its client already sent instead of being asked to
+    /// finish before its first read.
     pub fn started(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.signal.subscribe();
         async move {
             let _ = rx.wait_for(|d| *d).await;
+            tokio::task::yield_now().await;
         }
     }
 

@@ -74,11 +74,11 @@ async fn connection(
     let stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let reason = e
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .map(vigil_identity::reason_of)
-                .unwrap_or("not-tls");
+            let reason = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                // Bytes that are not TLS records at all: plaintext HTTP, scanners, noise.
+                Some(rustls::Error::InvalidMessage(_)) | None => "not-tls",
+                Some(other) => vigil_identity::reason_of(other),
+            };
             handshake_failed(&proxy, reason);
             tracing::info!(peer = %peer_address, %reason, error = %e, "inbound TLS handshake refused");
             return;
@@ -101,6 +101,16 @@ async fn connection(
             return;
         }
     };
+    // hyper's protocol sniffing has no deadline: bound it by the header read timeout.
+    let stream = match crate::preface::read_preface(stream, proxy.config.header_read_timeout).await
+    {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(peer = %peer_address, error = %e, "inbound connection closed: no request");
+            return;
+        }
+    };
     let conn = Arc::new(Connection {
         peer,
         peer_address,
@@ -119,6 +129,9 @@ async fn connection(
     // Once draining starts: HTTP/1 gets `connection: close`, HTTP/2 a GOAWAY, and
     // requests in flight finish.
     let served = tokio::select! {
+        // The connection first, so one accepted as the drain starts still reads its
+        // request before it is asked to finish.
+        biased;
         served = conn.as_mut() => served,
         _ = drain_state.started() => {
             conn.as_mut().graceful_shutdown();

@@ -36,6 +36,7 @@ pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
+pub mod preface;
 pub mod state;
 pub mod tap;
 pub mod trace;

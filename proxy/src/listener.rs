@@ -90,6 +90,7 @@ pub async fn accept_loop<F, Fut>(
         open: Mutex::new((0, HashMap::new())),
     });
     let mut pause = Duration::from_millis(5);
+    let tracked = drain.clone();
     let stop = async move {
         match drain {
             Some(d) => d.started().await,
@@ -97,30 +98,41 @@ pub async fn accept_loop<F, Fut>(
         }
     };
     tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut stop => {
-                tracing::info!(listener = name, "draining: no longer accepting connections");
+    let start = |tcp: TcpStream, peer: SocketAddr| {
+        let place = match admission.admit(peer.ip()) {
+            Ok(place) => place,
+            Err(reason) => {
+                tracing::warn!(listener = name, %peer, reason, "connection refused");
                 return;
             }
-            accepted = listener.accept() => accepted,
+        };
+        let _ = tcp.set_nodelay(true);
+        // Counted from accept, so a drain waits for connections still in their TLS
+        // handshake or protocol detection too.
+        let open = tracked.as_ref().map(|d| d.guard());
+        let task = handle(tcp, peer);
+        tokio::spawn(async move {
+            task.await;
+            drop(place);
+            drop(open);
+        });
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => None,
+            accepted = listener.accept() => Some(accepted),
+        };
+        let Some(accepted) = accepted else {
+            tracing::info!(listener = name, "draining: no longer accepting connections");
+            for (tcp, peer) in queued(listener) {
+                start(tcp, peer);
+            }
+            return;
         };
         match accepted {
             Ok((tcp, peer)) => {
                 pause = Duration::from_millis(5);
-                let place = match admission.admit(peer.ip()) {
-                    Ok(place) => place,
-                    Err(reason) => {
-                        tracing::warn!(listener = name, %peer, reason, "connection refused");
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let task = handle(tcp, peer);
-                tokio::spawn(async move {
-                    task.await;
-                    drop(place);
-                });
+                start(tcp, peer);
             }
             Err(e) => {
                 tracing::warn!(listener = name, error = %e, retry_in = ?pause, "accept failed");
@@ -129,6 +141,33 @@ pub async fn accept_loop<F, Fut>(
             }
         }
     }
+}
+
+/// Most queued connections taken when a listener closes.
+const MAX_QUEUED: usize = 4096;
+
+/// Closes `listener`, first taking the connections the kernel has already completed.
+/// Their clients have connected and likely sent a request; closing the listener with
+/// them still queued would reset them, so they are served once (with `connection:
+/// close` or a GOAWAY) like every other connection open when the drain began.
+fn queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let Ok(listener) = listener.into_std() else {
+        return Vec::new();
+    };
+    let mut taken = Vec::new();
+    // Non-blocking: stops at the first WouldBlock, when the queue is empty.
+    while taken.len() < MAX_QUEUED {
+        let Ok((tcp, peer)) = listener.accept() else {
+            break;
+        };
+        if let Ok(tcp) = tcp
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(tcp))
+        {
+            taken.push((tcp, peer));
+        }
+    }
+    taken
 }
 
 #[cfg(test)]

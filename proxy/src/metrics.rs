@@ -273,31 +273,6 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classic_text_names_counter_series_and_drops_openmetrics_only_lines() {
-        let m = Metrics::new();
-        m.request(
-            Direction::inbound,
-            "spiffe://vigil.local/ns/a/sa/b",
-            "svc.a",
-            StatusCode::OK,
-            Duration::from_millis(3),
-        );
-        let text = classic_text(&m.encode());
-        assert!(
-            text.contains("# TYPE vigil_requests_total counter"),
-            "{text}"
-        );
-        assert!(text.contains("# HELP vigil_requests_total "), "{text}");
-        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
-        assert!(text.contains("# TYPE vigil_request_duration_seconds histogram"));
-    }
-}
-
 /// `2xx`, `4xx`, ...
 pub fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -389,4 +364,29 @@ pub fn classic_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counter_series_and_drops_openmetrics_only_lines() {
+        let m = Metrics::new();
+        m.request(
+            Direction::inbound,
+            "spiffe://vigil.local/ns/a/sa/b",
+            "svc.a",
+            StatusCode::OK,
+            Duration::from_millis(3),
+        );
+        let text = classic_text(&m.encode());
+        assert!(
+            text.contains("# TYPE vigil_requests_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP vigil_requests_total "), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(text.contains("# TYPE vigil_request_duration_seconds histogram"));
+    }
 }

@@ -119,7 +119,7 @@ impl RetryPolicy {
 
     /// Whether this method's requests may be sent twice.
     pub fn allows_method(&self, method: &Method) -> bool {
-        self.methods.iter().any(|m| &m.0 == method)
+        self.methods.iter().any(|m| m.0 == *method)
     }
 }
 

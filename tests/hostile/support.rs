@@ -384,6 +384,19 @@ pub async fn handshake_failures(metrics_addr: SocketAddr, reason: &str) -> f64 {
     )
 }
 
+/// The handshake failure count for `reason` once it reaches `expected`, or whatever it
+/// is after 5 s: the proxy closes a refused connection a moment before counting it.
+pub async fn settled_failures(metrics_addr: SocketAddr, reason: &str, expected: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = handshake_failures(metrics_addr, reason).await;
+        if now >= expected || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ---- Processes ----
 
 /// A process's resident memory (VmRSS), in KiB.

@@ -119,7 +119,7 @@ async fn bad_tls_is_refused_and_counted_while_the_mesh_keeps_serving() {
             ));
         }
     }
-    let not_tls_count = handshake_failures(metrics, "not-tls").await - before;
+    let not_tls_count = settled_failures(metrics, "not-tls", before + 2.0).await - before;
     if not_tls_count != 2.0 {
         problems.push(format!(
             "plaintext and garbage are counted as reason=\"not-tls\": {not_tls_count}\n{}",
@@ -127,7 +127,7 @@ async fn bad_tls_is_refused_and_counted_while_the_mesh_keeps_serving() {
         ));
     }
     for (what, reason, before) in reasons {
-        let after = handshake_failures(metrics, reason).await;
+        let after = settled_failures(metrics, reason, before + 1.0).await;
         if after != before + 1.0 {
             problems.push(format!(
                 "{what}: reason=\"{reason}\" went {before} -> {after}"

@@ -380,7 +380,9 @@ async fn load_moves_toward_the_faster_endpoints() {
     // An even split would give each a third.
     assert!(
         hits[2] * 2 < hits[0] && hits[2] * 2 < hits[1],
-        "the slow endpoint should get well under the others' share: {hits:?}"
+        "the slow endpoint should get well under the others' share: {hits:?}\n{}\n{}",
+        f.metrics().await,
+        f.mesh.logs()
     );
 }
 
@@ -431,4 +433,59 @@ async fn endpoints_change_under_traffic_without_failing_a_request() {
         "web-a gets nothing new once removed (in flight aside): {a_removed} → {}",
         hits[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_traffic_policy_is_refused_and_the_last_good_view_kept() {
+    let mut f = Fixture::start(spec(), &[]).await;
+    // A typo'd policy that also drops web-c: if the proxy took it, web-c would go quiet.
+    f.mesh.spec.services[0].3 = vec!["web-a".into(), "web-b".into()];
+    let bad = yaml_with_traffic(&f.mesh.spec, &[("web", json!({"retries": {"atempts": 2}}))]);
+    f.mesh.rewrite_mesh_file(&bad).expect("mesh file");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f.mesh.logs().contains("snapshot refused") {
+        assert!(
+            Instant::now() < deadline,
+            "never refused\n{}",
+            f.mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c_before = f.app("web-c").hits.load(Ordering::Relaxed);
+    let tally = run_traffic(&f, 150, 1).await;
+    assert_eq!(tally.failed, 0, "{tally:?}");
+    assert!(
+        f.app("web-c").hits.load(Ordering::Relaxed) > c_before,
+        "the previous view, with web-c, is still in force"
+    );
+    let logs = f.mesh.logs();
+    let refusal = logs
+        .lines()
+        .find(|l| l.contains("snapshot refused"))
+        .unwrap_or_default();
+    println!("(g) {}", refusal.trim());
+    assert!(
+        refusal.contains("service web.demo") && refusal.contains("unknown field `atempts`"),
+        "{refusal}"
+    );
+
+    // Corrected: the new view (without web-c) applies.
+    let good = yaml_with_traffic(
+        &f.mesh.spec,
+        &[("web", json!({"retries": {"attempts": 2}}))],
+    );
+    f.mesh.rewrite_mesh_file(&good).expect("mesh file");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = f.app("web-c").hits.load(Ordering::Relaxed);
+        let t = run_traffic(&f, 60, 1).await;
+        assert_eq!(t.failed, 0, "{t:?}");
+        if f.app("web-c").hits.load(Ordering::Relaxed) == c {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the corrected view never applied"
+        );
+    }
 }

@@ -180,6 +180,13 @@ fn shipped_policies_run_on_the_vm() {
         let b = shipped(name, rule);
         assert_eq!(b.backend(), &Backend::Rvm, "{name}");
     }
+    // Data-only rules are evaluated once per bundle.
+    let folded = shipped("method-path", "data.vigil.authz.allow");
+    assert!(folded
+        .folded_rules()
+        .contains(&"vigil.authz.route_index".to_string()));
+    let folded = shipped("default", "data.vigil.authz.allow");
+    assert_eq!(folded.folded_rules(), ["vigil.authz.public_endpoints"]);
 }
 
 fn b64url(data: &[u8]) -> String {
@@ -207,8 +214,8 @@ fn jwt(claims: &str) -> String {
     )
 }
 
-/// Inputs covering allow and deny paths of every shipped policy.
-fn sample_inputs() -> Vec<Value> {
+/// Calls `f` with inputs covering allow and deny paths of every shipped policy.
+fn for_each_sample(mut f: impl FnMut(&AuthzInput<'_>)) {
     let principals = [
         None,
         Some("spiffe://vigil.local/ns/shop/sa/web"),
@@ -253,19 +260,15 @@ fn sample_inputs() -> Vec<Value> {
     }
     let bodies: [&[u8]; 2] = [br#"{"quantity": 3}"#, br#"{"quantity": 300}"#];
 
-    let mut values = Vec::new();
     for source in principals {
         for destination in destinations {
-            values.push(
-                AuthzInput {
-                    kind: InputKind::Tcp,
-                    source_address: addr("10.0.0.1:1000"),
-                    destination_address: addr("10.0.0.2:2000"),
-                    source_principal: source,
-                    destination_principal: destination,
-                }
-                .to_value(),
-            );
+            f(&AuthzInput {
+                kind: InputKind::Tcp,
+                source_address: addr("10.0.0.1:1000"),
+                destination_address: addr("10.0.0.2:2000"),
+                source_principal: source,
+                destination_principal: destination,
+            });
             for (method, path) in requests {
                 for h in &headers {
                     for body in bodies {
@@ -289,12 +292,17 @@ fn sample_inputs() -> Vec<Value> {
                             source_principal: source,
                             destination_principal: destination,
                         };
-                        values.push(input.to_value());
+                        f(&input);
                     }
                 }
             }
         }
     }
+}
+
+fn sample_inputs() -> Vec<Value> {
+    let mut values = Vec::new();
+    for_each_sample(|input| values.push(input.to_value()));
     values
 }
 
@@ -323,6 +331,20 @@ fn vm_agrees_with_interpreter_on_shipped_policies() {
         // The inputs exercise both outcomes (deny-all only denies).
         assert!(denies > 0, "{name}");
         assert!(allows > 0 || *name == "deny-all", "{name}");
+    }
+}
+
+#[test]
+fn inputs_trimmed_to_what_the_policy_reads_decide_the_same() {
+    for (name, rule) in SHIPPED {
+        let b = shipped(name, rule);
+        for_each_sample(|input| {
+            assert_eq!(
+                b.evaluate(input),
+                b.evaluate_value(input.to_value()),
+                "{name}: {input:?}"
+            );
+        });
     }
 }
 

@@ -1,8 +1,9 @@
-//! Recent policy denials: each proxy's `/tap?policy=deny` stream, kept as the last N. When
-//! the proxies write their decision logs into the control plane's data directory (as
-//! `vigil up` and `vigil demo` arrange: `<data-dir>/<workload>-decisions.log`), each
-//! denial also gets the reason the policy gave (the rule that said no) and the bundle
-//! version that decided, matched by request id.
+//! Recent policy denials, the last N. Where a proxy's decision log is in the control
+//! plane's data directory (`<data-dir>/<workload>-decisions.log`, as `vigil up` and `vigil
+//! demo` arrange) it is the source: it has the reason the policy gave (the rule that said
+//! no) and the bundle version. For other proxies the dashboard follows their
+//! `/tap?policy=deny` stream instead — only while someone looks at the dashboard, since a
+//! tap makes the proxy build a record for every request — and the reason stays unknown.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
@@ -58,9 +59,13 @@ struct DecisionLine {
     #[serde(default)]
     decision_id: String,
     #[serde(default)]
+    time: String,
+    #[serde(default)]
     bundle_version: String,
     #[serde(default)]
     source_principal: Option<String>,
+    #[serde(default)]
+    destination_principal: Option<String>,
     #[serde(default)]
     method: Option<String>,
     #[serde(default)]
@@ -69,34 +74,23 @@ struct DecisionLine {
     result: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    http_status: Option<u16>,
 }
 
-/// Why a request was denied, from a decision log.
-#[derive(Debug, Clone)]
-struct Reason {
-    workload: String,
-    line: DecisionLine,
-    used: bool,
-}
-
-/// The last N denials and the decision-log reasons waiting to be matched.
+/// The last N denials.
 pub struct Denials {
     keep: usize,
     recent: VecDeque<Denial>,
-    reasons: VecDeque<Reason>,
     /// Read position in each decision log.
     offsets: BTreeMap<PathBuf, u64>,
 }
-
-/// How many unmatched decision-log lines are kept.
-const REASONS_KEPT: usize = 2000;
 
 impl Denials {
     pub fn new(keep: usize) -> Self {
         Denials {
             keep,
             recent: VecDeque::new(),
-            reasons: VecDeque::new(),
             offsets: BTreeMap::new(),
         }
     }
@@ -104,6 +98,13 @@ impl Denials {
     /// Newest first.
     pub fn list(&self) -> Vec<Denial> {
         self.recent.iter().rev().cloned().collect()
+    }
+
+    fn push(&mut self, denial: Denial) {
+        self.recent.push_back(denial);
+        while self.recent.len() > self.keep {
+            self.recent.pop_front();
+        }
     }
 
     /// Takes one tap line from `workload`'s proxy; anything but a denial is ignored.
@@ -114,7 +115,7 @@ impl Denials {
         if r.policy != "deny" {
             return;
         }
-        let mut denial = Denial {
+        self.push(Denial {
             time: r.time,
             workload: workload.to_string(),
             source: r.source,
@@ -126,28 +127,19 @@ impl Denials {
             rule: None,
             bundle_version: None,
             request_id: r.request_id,
-        };
-        if let Some(reason) = self
-            .reasons
-            .iter_mut()
-            .rev()
-            .find(|x| !x.used && matches(x, &denial))
-        {
-            reason.used = true;
-            denial.rule = Some(reason.line.reason.clone());
-            denial.bundle_version = Some(reason.line.bundle_version.clone());
-        }
-        self.recent.push_back(denial);
-        while self.recent.len() > self.keep {
-            self.recent.pop_front();
-        }
+        });
     }
 
-    /// Reads what the decision logs gained since the last call and fills in the reasons
-    /// of denials that lack one.
-    pub fn read_decision_logs(&mut self, data_dir: &Path, workloads: &[String]) {
+    /// Reads what each workload's decision log gained since the last call. Returns the
+    /// workloads that have a decision log here; the others need a tap.
+    pub fn read_decision_logs(&mut self, data_dir: &Path, workloads: &[String]) -> Vec<String> {
+        let mut logged = Vec::new();
         for workload in workloads {
             let path = data_dir.join(format!("{workload}-decisions.log"));
+            if !path.is_file() {
+                continue;
+            }
+            logged.push(workload.clone());
             let offset = self.offsets.get(&path).cloned().unwrap_or(0);
             let Some((text, next)) = read_from(&path, offset) else {
                 continue;
@@ -160,27 +152,23 @@ impl Denials {
                 if d.result != "deny" {
                     continue;
                 }
-                let mut reason = Reason {
+                let path = d.path.unwrap_or_default();
+                self.push(Denial {
+                    time: parse_time(&d.time).unwrap_or_else(now_secs),
                     workload: workload.clone(),
-                    line: d,
-                    used: false,
-                };
-                if let Some(denial) = self
-                    .recent
-                    .iter_mut()
-                    .rev()
-                    .find(|x| x.rule.is_none() && matches(&reason, x))
-                {
-                    denial.rule = Some(reason.line.reason.clone());
-                    denial.bundle_version = Some(reason.line.bundle_version.clone());
-                    reason.used = true;
-                }
-                self.reasons.push_back(reason);
-                while self.reasons.len() > REASONS_KEPT {
-                    self.reasons.pop_front();
-                }
+                    source: d.source_principal.unwrap_or_default(),
+                    destination: d.destination_principal.unwrap_or_default(),
+                    service: String::new(),
+                    method: d.method.unwrap_or_default(),
+                    path: path.split('?').next().unwrap_or(&path).to_string(),
+                    status: d.http_status.unwrap_or(403),
+                    rule: Some(d.reason),
+                    bundle_version: Some(d.bundle_version),
+                    request_id: d.decision_id,
+                });
             }
         }
+        logged
     }
 
     /// Denials per rule among the recent ones, most frequent first.
@@ -191,7 +179,7 @@ impl Denials {
                 .entry(
                     d.rule
                         .clone()
-                        .unwrap_or_else(|| "(reason not read yet)".into()),
+                        .unwrap_or_else(|| "(no decision log to read)".into()),
                 )
                 .or_default() += 1;
         }
@@ -201,20 +189,17 @@ impl Denials {
     }
 }
 
-/// Same request: the request id when both have one, else same caller, method and path.
-fn matches(reason: &Reason, denial: &Denial) -> bool {
-    if reason.workload != denial.workload {
-        return false;
-    }
-    let line = &reason.line;
-    if !line.decision_id.is_empty() && line.decision_id == denial.request_id {
-        return true;
-    }
-    let path = line.path.as_deref().unwrap_or("");
-    let path_only = path.split('?').next().unwrap_or(path);
-    line.method.as_deref() == Some(denial.method.as_str())
-        && path_only == denial.path
-        && line.source_principal.as_deref().unwrap_or("") == denial.source
+/// An RFC 3339 time as seconds since the Unix epoch.
+fn parse_time(s: &str) -> Option<f64> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    Some(t.timestamp_millis() as f64 / 1000.0)
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// The bytes of `path` from `offset` (from the start again if the file shrank), and the
@@ -248,36 +233,48 @@ mod tests {
     use super::*;
 
     const TAP: &str = r#"{"time":1700000000.5,"direction":"inbound","source":"spiffe://vigil.local/ns/shop/sa/web","destination":"spiffe://vigil.local/ns/shop/sa/payments","service":"payments.shop","method":"GET","path":"/quick-pay","status":403,"latency_ms":0.4,"policy":"deny","error":"policy-denied","protocol":"HTTP/2","request_id":"abc"}"#;
-    const LOG: &str = r#"{"decision_id":"abc","time":"2023-11-14T22:13:20.500Z","bundle_version":"sha256:1234","source_principal":"spiffe://vigil.local/ns/shop/sa/web","destination_principal":"spiffe://vigil.local/ns/shop/sa/payments","source_address":"127.0.0.1:5000","method":"GET","path":"/quick-pay","result":"deny","reason":"allowed_callers: web may not call payments","dry_run":false,"http_status":403}"#;
+    const LOG: &str = r#"{"decision_id":"abc","time":"2023-11-14T22:13:20.500Z","bundle_version":"sha256:1234","source_principal":"spiffe://vigil.local/ns/shop/sa/web","destination_principal":"spiffe://vigil.local/ns/shop/sa/payments","source_address":"127.0.0.1:5000","method":"GET","path":"/quick-pay?x=1","result":"deny","reason":"allowed_callers: web may not call payments","dry_run":false,"http_status":403}"#;
 
     #[test]
-    fn a_denial_gets_its_reason_whichever_arrives_first() {
+    fn decision_logs_give_denials_with_their_rule() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("payments-decisions.log");
-        let workloads = vec!["payments".to_string()];
-
+        let workloads = vec!["payments".to_string(), "web".to_string()];
         let mut d = Denials::new(10);
-        d.tap_line("payments", TAP);
-        d.tap_line("payments", &TAP.replace("\"deny\"", "\"allow\""));
-        assert_eq!(d.list().len(), 1, "allows are not denials");
-        assert_eq!(d.list()[0].rule, None);
-        std::fs::write(&log, format!("{LOG}\n")).expect("write");
-        d.read_decision_logs(dir.path(), &workloads);
+        assert!(
+            d.read_decision_logs(dir.path(), &workloads).is_empty(),
+            "no logs yet"
+        );
+
+        let allow = LOG.replace("\"deny\"", "\"allow\"");
+        std::fs::write(&log, format!("{LOG}\n{allow}\n")).expect("write");
+        assert_eq!(d.read_decision_logs(dir.path(), &workloads), ["payments"]);
         let got = d.list();
+        assert_eq!(got.len(), 1, "allows are not denials");
         assert_eq!(
             got[0].rule.as_deref(),
             Some("allowed_callers: web may not call payments")
         );
         assert_eq!(got[0].bundle_version.as_deref(), Some("sha256:1234"));
+        assert_eq!(got[0].source, "spiffe://vigil.local/ns/shop/sa/web");
+        assert_eq!(got[0].path, "/quick-pay", "the query is left out");
+        assert_eq!(got[0].time, 1_700_000_000.5);
 
-        // The log line first, then the tap record (no request id: matched by request).
-        let mut d = Denials::new(10);
-        let second = LOG.replace("\"abc\"", "\"\"");
-        std::fs::write(&log, format!("{LOG}\n{second}\n")).expect("write");
+        // Only new lines are read on the next poll.
         d.read_decision_logs(dir.path(), &workloads);
-        d.tap_line("payments", &TAP.replace("\"abc\"", "\"zzz\""));
-        assert!(d.list()[0].rule.is_some());
-        assert_eq!(d.by_rule()[0].1, 1);
+        assert_eq!(d.list().len(), 1);
+    }
+
+    #[test]
+    fn tap_records_are_denials_without_a_rule() {
+        let mut d = Denials::new(10);
+        d.tap_line("payments", TAP);
+        d.tap_line("payments", &TAP.replace("\"deny\"", "\"allow\""));
+        let got = d.list();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].rule, None);
+        assert_eq!(got[0].service, "payments.shop");
+        assert_eq!(d.by_rule()[0], ("(no decision log to read)".to_string(), 1));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -76,7 +77,12 @@ struct Dashboard {
     opts: DashboardOptions,
     sources: Sources,
     view: Mutex<View>,
+    /// When the API was last asked for anything (seconds since the Unix epoch).
+    last_viewed: AtomicU64,
 }
+
+/// Taps are held open this long after the dashboard was last looked at.
+const TAP_WHILE_VIEWED: u64 = 300;
 
 struct View {
     workloads: BTreeMap<String, WorkloadView>,
@@ -107,6 +113,7 @@ pub async fn run(addr: SocketAddr, sources: Sources, opts: DashboardOptions) {
             updated: None,
             metrics_error: None,
         }),
+        last_viewed: AtomicU64::new(0),
     });
     tokio::join!(
         dashboard.clone().collect(),
@@ -177,8 +184,9 @@ impl Dashboard {
         }
     }
 
-    /// Keeps a `/tap?policy=deny` stream open to every proxy, reconnecting when one
-    /// drops, and reads the decision logs for the reasons.
+    /// Reads the decision logs in the data directory, and keeps a `/tap?policy=deny`
+    /// stream open to every other proxy while the dashboard is being looked at,
+    /// reconnecting when one drops.
     async fn collect_denials(self: Arc<Self>) {
         let (tx, mut rx) = mpsc::channel::<(String, String)>(1024);
         let mut taps: BTreeMap<(String, SocketAddr), tokio::task::JoinHandle<()>> = BTreeMap::new();
@@ -190,14 +198,26 @@ impl Dashboard {
                 }
                 _ = tick.tick() => {
                     let targets = self.targets();
+                    let names: Vec<String> = targets.iter().map(|t| t.workload.clone()).collect();
+                    let logged = self
+                        .view()
+                        .denials
+                        .read_decision_logs(&self.sources.data_dir, &names);
+                    let viewed = unix_now()
+                        .saturating_sub(self.last_viewed.load(Ordering::Relaxed))
+                        < TAP_WHILE_VIEWED;
+                    let wanted: Vec<&ProxyTarget> = targets
+                        .iter()
+                        .filter(|t| viewed && !logged.contains(&t.workload))
+                        .collect();
                     taps.retain(|(name, admin), handle| {
-                        let wanted = targets.iter().any(|t| &t.workload == name && t.admin == *admin);
-                        if !wanted {
+                        let keep = wanted.iter().any(|t| &t.workload == name && t.admin == *admin);
+                        if !keep {
                             handle.abort();
                         }
-                        wanted && !handle.is_finished()
+                        keep && !handle.is_finished()
                     });
-                    for t in &targets {
+                    for t in wanted {
                         taps.entry((t.workload.clone(), t.admin)).or_insert_with(|| {
                             let t = t.clone();
                             let tx = tx.clone();
@@ -206,10 +226,6 @@ impl Dashboard {
                             })
                         });
                     }
-                    let names: Vec<String> = targets.into_iter().map(|t| t.workload).collect();
-                    self.view()
-                        .denials
-                        .read_decision_logs(&self.sources.data_dir, &names);
                 }
             }
         }
@@ -269,6 +285,9 @@ fn route<B>(d: &Dashboard, req: Request<B>) -> Response<Body> {
     }
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
+    if path.starts_with("/api/") {
+        d.last_viewed.store(unix_now(), Ordering::Relaxed);
+    }
     match path {
         "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
         "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),

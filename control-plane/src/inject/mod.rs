@@ -406,6 +406,7 @@ fn proxy_container(cfg: &InjectConfig, resources: Value) -> Value {
             "--inbound", format!("0.0.0.0:{INBOUND_PORT}"),
             "--outbound", format!("127.0.0.1:{OUTBOUND_PORT}"),
             "--admin", format!("127.0.0.1:{ADMIN_PORT}"),
+            "--metrics", format!("0.0.0.0:{METRICS_PORT}"),
         ],
         "env": [
             env("POD_NAME", field("metadata.name")),

@@ -418,3 +418,83 @@ fn quantities() {
         assert!(!is_quantity(q), "{q}");
     }
 }
+
+/// The webhook as the API server meets it: HTTPS with the control plane's certificate,
+/// verified against the mesh root by DNS name, POST /inject.
+#[tokio::test]
+async fn the_webhook_serves_reviews_over_tls_to_a_client_that_verifies_its_dns_name() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use std::sync::Arc;
+
+    let ca = vigil_identity::CertificateAuthority::generate("cluster.local").expect("ca");
+    let id = crate::control_plane::control_plane_id("cluster.local").expect("id");
+    let svid = vigil_identity::SvidStore::new();
+    svid.set(crate::control_plane::issue_own(&ca, &id).expect("own certificate"));
+    let tls = vigil_identity::server_config(
+        svid,
+        &vigil_identity::TlsOptions {
+            alpn: vec![b"http/1.1".to_vec()],
+            ..Default::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = Arc::new(arc_swap::ArcSwap::from_pointee(config()));
+    tokio::spawn(webhook::serve(listener, tls, config));
+
+    let mut roots = rustls::RootCertStore::empty();
+    for root in ca.trust_bundle().roots() {
+        roots.add(root.clone()).expect("root");
+    }
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(vigil_identity::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let post = |path: &'static str, body: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name =
+                rustls_pki_types::ServerName::try_from("vigil-control-plane.vigil-system.svc")
+                    .expect("name");
+            let tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .expect("the webhook's certificate verifies for its Service DNS name");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .expect("http");
+            tokio::spawn(conn);
+            let request = http::Request::post(path)
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from(body)))
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let review = fixture("admission/admissionreview-v1-pod-create-kubectl-apply-2025.json");
+    let (status, body) = post("/inject", review.into_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    let response: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(response["response"]["patchType"], "JSONPatch");
+
+    let (status, body) = post("/inject", b"GET me a pod".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("not JSON"), "{body}");
+    let (status, _) = post("/mutate", b"{}".to_vec()).await;
+    assert_eq!(status, 404);
+}

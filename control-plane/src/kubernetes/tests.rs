@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tonic::Code;
 use vigil_api::identity::Identity;
 use vigil_api::{SignRequest, TokenKind};
-use vigil_identity::{CertificateAuthority, SpiffeId, WorkloadKey};
+use vigil_identity::{CertificateAuthority, WorkloadKey};
 
 use super::ca_secret::{ca_from_secret, load_or_create};
 use super::fake_api::{self, requests, status};
@@ -422,7 +422,6 @@ async fn the_first_replica_creates_the_ca_secret_and_the_next_reads_it() {
 
 #[tokio::test]
 async fn a_replica_that_loses_the_create_race_uses_the_winners_ca() {
-    let winner = CertificateAuthority::generate("cluster.local").expect("ca");
     let (api, first) = secret_api(|r| match r.method.as_str() {
         "GET" => (404, status(404, "NotFound", "not found")),
         _ => (201, r.body.clone()),
@@ -434,7 +433,6 @@ async fn a_replica_that_loses_the_create_race_uses_the_winners_ca() {
     let expected = ca_from_secret(&parse(stored.clone()), "cluster.local")
         .expect("usable")
         .expect("present");
-    drop(winner);
 
     let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = gets.clone();
@@ -585,5 +583,12 @@ fn the_webhook_ca_bundle_patch_targets_every_webhook_once() {
         super::ca_bundle_patch(&patched, pem).is_none(),
         "nothing to do the second time"
     );
-    let _ = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b");
+}
+
+#[tokio::test]
+async fn the_kube_client_builds_its_tls_on_ring_alone() {
+    // rustls picks its provider from crate features when none is installed: this fails
+    // if a second provider (aws-lc) sneaks into the dependency tree.
+    let url = "https://127.0.0.1:6443".parse().expect("url");
+    kube::Client::try_from(kube::Config::new(url)).expect("kube's TLS with ring");
 }

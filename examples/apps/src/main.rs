@@ -541,7 +541,8 @@ mod tests {
         let mix = default_mix();
         let total = mix.iter().map(|p| p.weight).sum();
         for _ in 0..100 {
-            assert!(mix.iter().any(|p| p.path == pick(&mix, total)));
+            let chosen = pick(&mix, total);
+            assert!(mix.iter().any(|p| p.path == chosen), "{chosen}");
         }
     }
 }

@@ -115,9 +115,9 @@ where
 impl RetryLayer {
     async fn run(
         self,
-        mut inner: BoxCloneService<Request<Body>, Response<Body>, SendError>,
+        mut inner: Tries,
         method: Method,
-        first: BoxFuture<'static, Result<(Request<Body>, Option<Replay>), ProxyError>>,
+        first: Kept,
     ) -> Result<Response<Body>, ProxyError> {
         self.budget.deposit();
         let p = &self.policy;
@@ -186,9 +186,15 @@ impl RetryLayer {
     }
 }
 
+/// What each try goes through: the balancer and the endpoint stack below it.
+type Tries = BoxCloneService<Request<Body>, Response<Body>, SendError>;
+
+/// A request ready for its first try, and its copy for the next ones, if it has one.
+type Kept = BoxFuture<'static, Result<(Request<Body>, Option<Replay>), ProxyError>>;
+
 /// One try (boxed here, outside any async block: see `stack::send`).
 fn try_once(
-    inner: &mut BoxCloneService<Request<Body>, Response<Body>, SendError>,
+    inner: &mut Tries,
     req: Request<Body>,
 ) -> BoxFuture<'static, Result<Response<Body>, SendError>> {
     Box::pin(inner.clone().oneshot(req))
@@ -214,9 +220,7 @@ struct Replay {
 impl Replay {
     /// Buffers a body of known length up to [`MAX_REPLAY_BYTES`]; other requests are
     /// passed on as they are, with no replay.
-    fn keep(
-        req: Request<Body>,
-    ) -> BoxFuture<'static, Result<(Request<Body>, Option<Replay>), ProxyError>> {
+    fn keep(req: Request<Body>) -> Kept {
         let body = req.body();
         let small = body.is_end_stream()
             || body

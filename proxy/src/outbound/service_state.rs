@@ -101,7 +101,7 @@ mod tests {
         assert!(Arc::ptr_eq(&first.budget, &second.budget));
         assert!(Arc::ptr_eq(&first.limit, &second.limit));
 
-        let mut changed = (*v2.services[0]).traffic.as_ref().clone();
+        let mut changed = v2.services[0].traffic.as_ref().clone();
         changed.limits.max_in_flight = 5;
         let service = ServiceView {
             traffic: Arc::new(changed),

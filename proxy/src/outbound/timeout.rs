@@ -120,9 +120,10 @@ where
             return response;
         };
         Box::pin(async move {
-            tokio::time::timeout(after, response)
-                .await
-                .unwrap_or_else(|_| Err(SendError::new(ProxyError::TryTimeout { endpoint, after })))
+            match tokio::time::timeout(after, response).await {
+                Ok(result) => result,
+                Err(_) => Err(SendError::new(ProxyError::TryTimeout { endpoint, after })),
+            }
         })
     }
 }

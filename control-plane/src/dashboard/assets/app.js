@@ -364,7 +364,7 @@ function denialTable(list, compact) {
       <td class="mono">${clock(d.time)}</td>
       <td><b>${esc(short(d.source))}</b> → <b>${esc(short(d.destination))}</b></td>
       <td class="mono nowrap">${esc(d.method)} ${esc(d.path)}</td>${compact ? "" : `<td class="num">${d.status}</td>`}
-      <td class="rule">${d.rule ? esc(d.rule) : `<span class="muted">${Date.now() / 1000 - d.time < 10 ? "(reading the decision log…)" : "(not in a decision log the control plane reads)"}</span>`}</td></tr>`).join("") + "</table>";
+      <td class="rule">${d.rule ? esc(d.rule) : '<span class="muted">(unknown: no decision log in the control plane\'s data directory)</span>'}</td></tr>`).join("") + "</table>";
 }
 
 async function policyView() {
