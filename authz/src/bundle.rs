@@ -376,7 +376,7 @@ impl PolicyBundle {
     /// Evaluates the decision rule for one request or connection. Never panics: evaluation
     /// errors and undefined or malformed decisions become [`Decision::Error`].
     pub fn evaluate(&self, input: &AuthzInput<'_>) -> Decision {
-        self.evaluate_value(input.to_value_for(self.needs))
+        self.evaluate_value(input.document_for(self.needs))
     }
 
     /// Like [`evaluate`](Self::evaluate) for an input document that is already built.

@@ -102,20 +102,56 @@ impl Decision {
     }
 }
 
+/// The fields of an OPA-Envoy decision object (looked up in one pass: indexing a `Value` by
+/// `&str` would allocate a key per lookup, on every request).
+#[derive(Default)]
+struct Fields<'a> {
+    allowed: Option<&'a Value>,
+    headers: Option<&'a Value>,
+    request_headers_to_remove: Option<&'a Value>,
+    response_headers_to_add: Option<&'a Value>,
+    http_status: Option<&'a Value>,
+    body: Option<&'a Value>,
+    reason: Option<&'a Value>,
+}
+
+fn fields(value: &Value) -> Fields<'_> {
+    let mut f = Fields::default();
+    if let Value::Object(object) = value {
+        for (key, v) in object.iter() {
+            let Value::String(key) = key else { continue };
+            let slot = match key.as_ref() {
+                "allowed" => &mut f.allowed,
+                "headers" => &mut f.headers,
+                "request_headers_to_remove" => &mut f.request_headers_to_remove,
+                "response_headers_to_add" => &mut f.response_headers_to_add,
+                "http_status" => &mut f.http_status,
+                "body" => &mut f.body,
+                "reason" => &mut f.reason,
+                _ => continue,
+            };
+            *slot = Some(v);
+        }
+    }
+    f
+}
+
 fn from_object(value: &Value, rule: &str) -> Result<Decision, String> {
-    let allowed = match &value["allowed"] {
-        Value::Bool(b) => *b,
+    let f = fields(value);
+    let field = |v: Option<&Value>| v.cloned().unwrap_or(Value::Undefined);
+    let allowed = match field(f.allowed) {
+        Value::Bool(b) => b,
         Value::Undefined => return Err("decision object has no \"allowed\" field".into()),
         other => {
             return Err(format!(
                 "\"allowed\" must be a boolean, got {}",
-                type_name(other)
+                type_name(&other)
             ))
         }
     };
-    let headers = header_pairs(&value["headers"], "headers")?;
+    let headers = header_pairs(&field(f.headers), "headers")?;
     if allowed {
-        let request_headers_to_remove = match &value["request_headers_to_remove"] {
+        let request_headers_to_remove = match &field(f.request_headers_to_remove) {
             Value::Undefined => Vec::new(),
             Value::Array(items) => items
                 .iter()
@@ -136,24 +172,24 @@ fn from_object(value: &Value, rule: &str) -> Result<Decision, String> {
             request_headers_to_add: headers,
             request_headers_to_remove,
             response_headers_to_add: header_pairs(
-                &value["response_headers_to_add"],
+                &field(f.response_headers_to_add),
                 "response_headers_to_add",
             )?,
         });
     }
-    let status = match &value["http_status"] {
+    let status = match &field(f.http_status) {
         Value::Undefined => 403,
         v => match v.as_u64() {
             Ok(n) if (100..=599).contains(&n) => n as u16,
             _ => return Err(format!("\"http_status\" is not a valid HTTP status: {v}")),
         },
     };
-    let body = match &value["body"] {
+    let body = match &field(f.body) {
         Value::Undefined => String::new(),
         v => string_of(v, "body")?,
     };
     // Not part of OPA-Envoy's object, but lets a policy give logs a reason apart from the body.
-    let reason = match &value["reason"] {
+    let reason = match &field(f.reason) {
         Value::String(s) => s.to_string(),
         _ if !body.is_empty() => body.clone(),
         _ => format!("{rule} denied the request (status {status})"),

@@ -60,7 +60,9 @@ impl Runner {
         match &mut self.kind {
             RunnerKind::Vm(vm) => {
                 vm.set_input(input);
-                let result = vm.execute_entry_point_by_index(0);
+                // The program has one entry point, compiled at instruction 0; `execute` runs it
+                // without the per-call name lookup and copy of `execute_entry_point_by_*`.
+                let result = vm.execute();
                 // Don't keep request data (tokens, bodies) alive until the next request.
                 vm.set_input(Value::Undefined);
                 result.map_err(|e| EvalError(condense_error(&e.to_string())))

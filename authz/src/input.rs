@@ -214,11 +214,11 @@ impl AuthzInput<'_> {
     /// and for HTTP `attributes.request.http.{id,method,path,host,scheme,protocol,headers[,body]}`,
     /// `parsed_path`, `parsed_query` and, with a body, `parsed_body` and `truncated_body`.
     pub fn to_value(&self) -> Value {
-        self.to_value_for(InputNeeds::ALL)
+        self.document_for(InputNeeds::ALL)
     }
 
     /// The document with only the optional parts the bundle can observe.
-    pub(crate) fn to_value_for(&self, needs: InputNeeds) -> Value {
+    pub(crate) fn document_for(&self, needs: InputNeeds) -> Value {
         SHAPES
             .try_with(|shapes| self.build(shapes, needs))
             .unwrap_or_else(|_| self.build(&Shapes::new(), needs))

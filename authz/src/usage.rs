@@ -200,4 +200,24 @@ mod tests {
             "{pkg}allow if {{ x := {{\"a\": 1}} with input as {{}} }}"
         )));
     }
+
+    #[test]
+    fn addresses_and_query() {
+        let pkg = "package p\n";
+        let n = all(&format!(
+            "{pkg}allow if input.attributes.source.principal == \"x\""
+        ));
+        assert!(!n.addresses && !n.parsed_query && !n.headers);
+        let n = all(&format!(
+            "{pkg}allow if net.cidr_contains(\"10.0.0.0/8\", input.attributes.source.address.socketAddress.address)"
+        ));
+        assert!(n.addresses && !n.parsed_query);
+        let n = all(&format!(
+            "{pkg}allow if {{ s := input.attributes.source; s[k] }}"
+        ));
+        assert!(n.addresses);
+        let n = all(&format!("{pkg}allow if input.parsed_query.debug"));
+        assert!(n.parsed_query && !n.addresses);
+        assert_eq!(all(&format!("{pkg}allow if input")), InputNeeds::ALL);
+    }
 }

@@ -257,6 +257,15 @@ fn readiness(p: &ProxyState) -> Finding {
     let check = format!("proxy {} ready", p.workload);
     match &p.ready {
         Ok(r) if r.status == 200 => pass(check, format!("admin {} answers ready", p.admin)),
+        Ok(r) if r.body.contains("draining") => problem(
+            Outcome::Fail,
+            check,
+            format!("/ready answered {}: {}", r.status, r.body.trim()),
+            format!(
+                "the proxy for {} is shutting down (SIGTERM or /shutdown); start it again once it has exited",
+                p.workload
+            ),
+        ),
         Ok(r) => problem(
             Outcome::Fail,
             check,

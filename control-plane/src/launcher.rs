@@ -110,12 +110,15 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         progress(format!("dashboard serving on http://{dashboard}/"));
         eprintln!();
         eprintln!("  dashboard:  http://{dashboard}/");
+        let vigil = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "vigil".into());
         eprintln!(
-            "  check it:   vigil check --mesh {}",
+            "  check it:   {vigil} check --mesh {}",
             opts.mesh_file.display()
         );
         eprintln!(
-            "  watch it:   vigil tap --mesh {} --filter policy=deny",
+            "  watch it:   {vigil} tap --mesh {} --filter policy=deny",
             opts.mesh_file.display()
         );
         eprintln!("  logs, pids: {}", opts.data_dir.display());

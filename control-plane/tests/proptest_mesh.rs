@@ -18,7 +18,7 @@ workloads:
     proxy:
       inbound: \"127.0.0.1:15006\"
       upstreams:
-        \"127.0.0.1:16000\": echo
+        \"127.0.0.1:16000\": api
   - name: api
     namespace: demo
     join_token: \"api-join-token-0123456789\"

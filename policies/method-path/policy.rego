@@ -26,17 +26,17 @@ route_allows if input.parsed_path in request_routes.exact
 
 route_allows if {
 	some glob in request_routes.wildcard
-	count(glob) == count(input.parsed_path)
-	every i, segment in glob {
-		segment in {"*", input.parsed_path[i]}
+	count(input.parsed_path) == glob.length
+	every i, segment in glob.literals {
+		input.parsed_path[i] == segment
 	}
 }
 
 route_allows if {
 	some glob in request_routes.prefix
-	count(glob) <= count(input.parsed_path)
-	every i, segment in glob {
-		segment in {"*", input.parsed_path[i]}
+	count(input.parsed_path) >= glob.length
+	every i, segment in glob.literals {
+		input.parsed_path[i] == segment
 	}
 }
 
@@ -55,8 +55,8 @@ route_index := {source: {method: routes_for(source, method) | some method in rou
 
 routes_for(source, method) := {
 	"exact": {glob | some glob in globs; not "*" in glob; not "**" in glob},
-	"wildcard": [glob | some glob in globs; "*" in glob; not "**" in glob],
-	"prefix": [array.slice(glob, 0, count(glob) - 1) | some glob in globs; glob[count(glob) - 1] == "**"],
+	"wildcard": [glob_pattern(glob) | some glob in globs; "*" in glob; not "**" in glob],
+	"prefix": [glob_pattern(array.slice(glob, 0, count(glob) - 1)) | some glob in globs; glob[count(glob) - 1] == "**"],
 } if {
 	globs := [split(trim_prefix(pattern, "/"), "/") |
 		some route in data.vigil.routes
@@ -65,6 +65,9 @@ routes_for(source, method) := {
 		some pattern in route.paths
 	]
 }
+
+# A segment glob as its length and its literal (non-"*") segments by position.
+glob_pattern(glob) := {"length": count(glob), "literals": {i: segment | some i, segment in glob; segment != "*"}}
 
 route_sources := {route.source | some route in data.vigil.routes} | {"*"}
 

@@ -73,3 +73,17 @@ test_routes_from_data if {
 	allow.allowed with input as req(web, "PUT", "/carts/1")
 		with data.vigil.routes as [{"source": web, "methods": ["PUT"], "paths": ["/carts/*"]}]
 }
+
+test_wildcard_in_the_middle if {
+	routes := [{"source": web, "methods": ["GET"], "paths": ["/users/*/orders"]}]
+	allow.allowed with input as req(web, "GET", "/users/7/orders") with data.vigil.routes as routes
+	not allow.allowed with input as req(web, "GET", "/users/7/carts") with data.vigil.routes as routes
+	not allow.allowed with input as req(web, "GET", "/users/7/orders/1") with data.vigil.routes as routes
+}
+
+test_any_method_and_any_path if {
+	routes := [{"source": admin, "methods": ["*"], "paths": ["/**"]}]
+	allow.allowed with input as req(admin, "PATCH", "/") with data.vigil.routes as routes
+	allow.allowed with input as req(admin, "PATCH", "/a/b/c") with data.vigil.routes as routes
+	not allow.allowed with input as req(web, "GET", "/") with data.vigil.routes as routes
+}

@@ -39,6 +39,19 @@ async fn api(path: &str) -> serde_json::Value {
     }
 }
 
+/// `vigil demo` that is stopped with SIGINT, as a person would, even when the test fails:
+/// a SIGKILL would leave its proxies and apps running.
+struct RunningDemo(Process);
+
+impl Drop for RunningDemo {
+    fn drop(&mut self) {
+        self.0.interrupt();
+        if self.0.wait_exit(Duration::from_secs(20)).is_none() {
+            self.0.kill();
+        }
+    }
+}
+
 fn edge_rps(html: &str, source: &str, target: &str) -> f64 {
     tags_with(
         html,
@@ -79,19 +92,22 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         );
     }
 
-    let mut demo = Process::spawn(
-        "demo",
-        dir.path(),
-        &binary("vigil"),
-        &[
-            "demo".into(),
-            "--duration".into(),
-            "5m".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ],
-    )
-    .expect("vigil demo starts");
+    let mut demo = RunningDemo(
+        Process::spawn(
+            "demo",
+            dir.path(),
+            &binary("vigil"),
+            &[
+                "demo".into(),
+                "--duration".into(),
+                "5m".into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+            ],
+        )
+        .expect("vigil demo starts"),
+    );
+    let demo = &mut demo.0;
 
     // Until the graph carries traffic on the whole chain and a denial with its rule is in.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -241,8 +257,9 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
     .map(|n| pid_of(n))
     .collect();
     let payments = pid_of("proxy-payments");
+    // SIGKILL, as a crash: on SIGTERM the proxy drains first and says so on /ready.
     let status = Command::new("kill")
-        .arg(payments.to_string())
+        .args(["-KILL", &payments.to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
