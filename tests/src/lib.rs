@@ -49,11 +49,22 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A free loopback port (bound and released; good enough on a test machine).
+///
+/// Ports come from 20000–31999, below Linux's ephemeral range (32768+), so an outgoing
+/// connection can never be handed one between the check and the child's bind; a
+/// per-process counter keeps tests running in parallel from picking the same one.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 120) * 100;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((start + n) % 12_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 31999")
 }
 
 /// A loopback address on a free port.
@@ -168,6 +179,10 @@ impl WorkloadSpec {
     }
 }
 
+/// A service of a test mesh: (name, namespace, protocol, endpoint workload names,
+/// target port).
+pub type ServiceSpec = (String, String, String, Vec<String>, Option<u16>);
+
 /// A test mesh: workloads, services and the mesh file text.
 #[derive(Debug, Clone)]
 pub struct MeshSpec {
@@ -176,8 +191,7 @@ pub struct MeshSpec {
     pub discovery: SocketAddr,
     pub dashboard: SocketAddr,
     pub workloads: Vec<WorkloadSpec>,
-    /// (name, namespace, protocol, endpoint workload names, target port)
-    pub services: Vec<(String, String, String, Vec<String>, Option<u16>)>,
+    pub services: Vec<ServiceSpec>,
     pub policy_dir: Option<PathBuf>,
     pub policy_rule: Option<String>,
     /// `policy.request_body_bytes`: how much body the policy sees.
