@@ -39,8 +39,10 @@
 //! regorus's register VM (RVM) bytecode, once per bundle. Rules that cannot depend on the
 //! request (an index built from `data`, a set of public paths) are evaluated at that point too
 //! and run as constants ([`PolicyBundle::folded_rules`]). Each thread keeps its own VM per
-//! bundle (created on first use), so evaluation takes no lock; the input document is built
-//! directly as a regorus [`Value`]. Policies the RVM compiler refuses (e.g. `with` outside
+//! bundle (created on first use), so evaluation takes no lock. The input document is built
+//! directly as a regorus [`Value`], without the parts no module of the bundle can read (request
+//! headers, socket addresses, `parsed_query`: a policy that never names them or takes one of
+//! their parents as a whole gets them empty). Policies the RVM compiler refuses (e.g. `with` outside
 //! tests) run on regorus's tree interpreter instead ([`Backend::Interpreter`]), which is also
 //! what the test runner and `explain` use.
 //!

@@ -26,9 +26,15 @@ fuzz_target!(|data: &[u8]| {
         .any(|m| data.len() < m.len() && m.starts_with(data));
     match answer {
         Some(Detected::Http) => assert!(starts_http, "called HTTP: {data:?}"),
-        Some(Detected::Opaque) => assert!(!starts_http && !could_become_http, "called opaque: {data:?}"),
+        Some(Detected::Opaque) => assert!(
+            !starts_http && !could_become_http,
+            "called opaque: {data:?}"
+        ),
         Some(Detected::Closed) => panic!("classify never says closed"),
-        None => assert!(data.is_empty() || could_become_http, "undecided on {data:?}"),
+        None => assert!(
+            data.is_empty() || could_become_http,
+            "undecided on {data:?}"
+        ),
     }
     // Every prefix of an HTTP answer was undecided or HTTP, never opaque.
     if answer == Some(Detected::Http) {

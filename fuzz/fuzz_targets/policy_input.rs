@@ -14,7 +14,8 @@ fn fields(data: &[u8]) -> Vec<&[u8]> {
 
 fuzz_target!(|data: &[u8]| {
     let f = fields(data);
-    let text = |i: usize| String::from_utf8_lossy(f.get(i).copied().unwrap_or_default()).into_owned();
+    let text =
+        |i: usize| String::from_utf8_lossy(f.get(i).copied().unwrap_or_default()).into_owned();
     let (method, path, host, id) = (text(0), text(1), text(2), text(3));
     let body = f.get(4).copied().unwrap_or_default();
     let flags = f.get(5).and_then(|b| b.first()).copied().unwrap_or(0);
@@ -35,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
     let source: SocketAddr = if flags & 4 == 0 {
         ([10, 0, 0, 1], 1234).into()
     } else {
-        (std::net::Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x0a00, 1]), 1).into()
+        (
+            std::net::Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x0a00, 1]),
+            1,
+        )
+            .into()
     };
     let input = AuthzInput {
         kind: InputKind::Http(HttpAttributes {
@@ -62,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
         .as_object()
         .expect("headers is an object");
     for name in names.keys() {
-        assert_eq!(name, &name.to_ascii_lowercase(), "header name not lower-case");
+        assert_eq!(
+            name,
+            &name.to_ascii_lowercase(),
+            "header name not lower-case"
+        );
     }
     for name in headers.keys() {
         assert!(names.contains_key(name.as_str()), "header {name} missing");

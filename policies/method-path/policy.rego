@@ -42,7 +42,8 @@ route_allows if {
 
 # The routes for this caller and method: two lookups in route_index.
 request_routes := object.get(by_method, input.attributes.request.http.method, by_method["*"]) if {
-	by_method := object.get(route_index, object.get(input, ["attributes", "source", "principal"], "*"), route_index["*"])
+	index := route_index
+	by_method := object.get(index, object.get(input, ["attributes", "source", "principal"], "*"), index["*"])
 }
 
 # data.vigil.routes indexed by caller and method. This rule reads only data, so Vigil evaluates

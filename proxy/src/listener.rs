@@ -193,4 +193,16 @@ mod tests {
         drop(p1);
         assert!(a.admit(one).is_ok(), "a closed connection frees its place");
     }
+
+    #[tokio::test]
+    async fn closing_takes_the_queued_connections_then_refuses_new_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        // The kernel completes these handshakes and queues them; nobody accepts yet.
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        assert_eq!(queued(listener).len(), clients.len());
+        assert!(std::net::TcpStream::connect(addr).is_err(), "closed");
+    }
 }

@@ -1,6 +1,7 @@
 //! Slow clients: request heads trickled a byte at a time, a TLS handshake that never
-//! finishes and an HTTP/2 preface that stops half-way are all cut off instead of holding
-//! a connection (and its memory) forever.
+//! finishes, a peer silent after its handshake, an HTTP/2 preface that stops half-way and
+//! an idle keep-alive connection are all cut off instead of holding a connection (and its
+//! memory) forever.
 
 use std::time::Duration;
 
@@ -119,12 +120,23 @@ async fn slow_clients_are_cut_off() {
             .expect("handshake");
         stall(stream, &HALF_PREFACE[..]).await
     };
-    let (outbound, inbound, handshake, after_handshake, preface) = tokio::join!(
+    // One complete request, then the keep-alive connection sits idle.
+    let idle_keepalive = async {
+        let mut tcp = TcpStream::connect(pair.client.outbound)
+            .await
+            .expect("connect");
+        let _ = tcp
+            .write_all(b"GET /keepalive HTTP/1.1\r\nHost: server\r\n\r\n")
+            .await;
+        read_until_closed(&mut tcp, PATIENCE).await
+    };
+    let (outbound, inbound, handshake, after_handshake, preface, idle) = tokio::join!(
         outbound_trickle,
         inbound_trickle,
         silent_handshake,
         silent_after_handshake,
-        half_preface_inbound
+        half_preface_inbound,
+        idle_keepalive
     );
 
     let mut problems = Vec::new();
@@ -135,7 +147,11 @@ async fn slow_clients_are_cut_off() {
             ));
         }
     }
+    if idle.status() != Some(200) {
+        problems.push(format!("the keep-alive request was not served: {idle:?}"));
+    }
     for (what, closed) in [
+        ("an idle HTTP/1 keep-alive connection", idle.closed),
         ("a TLS handshake that never starts", handshake),
         ("half an HTTP/2 preface on the inbound port", preface),
         ("a silent peer after the TLS handshake", after_handshake),

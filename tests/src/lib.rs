@@ -34,10 +34,16 @@ pub fn workspace_root() -> PathBuf {
 /// `cargo test --workspace` builds them: the `vigil`, `vigil-proxy` and
 /// `vigil-demo-apps` packages each have an integration test, which makes cargo build
 /// their binaries before any test runs.
+///
+/// `VIGIL_E2E_BIN_DIR` points elsewhere, e.g. `target/release` to measure release builds.
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
+    let dir = std::env::var_os("VIGIL_E2E_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
+        })
         .unwrap_or_else(|| workspace_root().join("target").join("debug"));
     let path = dir.join(name);
     assert!(
