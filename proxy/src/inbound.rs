@@ -522,7 +522,8 @@ fn request_id<B>(req: &Request<B>) -> String {
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
-fn protocol_name(v: Version) -> &'static str {
+/// The protocol as the policy input and the tap name it.
+pub(crate) fn protocol_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_10 => "HTTP/1.0",

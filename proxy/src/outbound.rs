@@ -218,7 +218,7 @@ async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Resp
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string(),
-            protocol_name(req.version()),
+            crate::inbound::protocol_name(req.version()),
         )
     });
     let mut req = req;
@@ -285,14 +285,6 @@ async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Resp
         });
     }
     response
-}
-
-fn protocol_name(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    }
 }
 
 async fn forward(
