@@ -40,6 +40,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The authority a request names: its URI authority (HTTP/2, absolute form), else its
+/// Host header.
+pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
 /// Removes every header that claims an identity.
 pub fn strip_identity(headers: &mut HeaderMap) {
     for name in IDENTITY_HEADERS {

@@ -19,7 +19,7 @@ use vigil_identity::{SpiffeId, TlsOptions};
 use crate::body::{self, Body};
 use crate::buffer::buffer_prefix;
 use crate::error::{local_response, LocalReason, PolicyOutcome, ProxyError, ERROR_HEADER};
-use crate::headers::{strip_hop_by_hop, strip_identity, PEER_IDENTITY};
+use crate::headers::{authority, strip_hop_by_hop, strip_identity, PEER_IDENTITY};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, ReasonLabels};
 use crate::observe::{now_secs, RequestRecord};
@@ -277,16 +277,7 @@ fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> String {
     let Some(mesh) = mesh.as_ref() else {
         return String::new();
     };
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or_default();
+    let host = authority(req).unwrap_or_default();
     mesh.service_for_host(host)
         .map(|s| s.qualified_name())
         .unwrap_or_else(|| format!("{}.{}", mesh.workload.name, mesh.workload.namespace))
@@ -303,17 +294,7 @@ async fn http(
         .load_full()
         .ok_or(ProxyError::NotReady)?;
     strip_identity(req.headers_mut());
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let host = authority(&req).unwrap_or_default().to_string();
     let request_id = request_id(&req);
     let path = req
         .uri()

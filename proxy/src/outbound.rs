@@ -303,16 +303,8 @@ async fn forward(
         .mesh
         .load_full()
         .ok_or(ProxyError::NotReady)?;
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+    let host = crate::headers::authority(&req)
+        .map(str::to_string)
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
     let service = resolve(&mesh, target, &host)?;
     routed.service = service.qualified_name();
