@@ -76,7 +76,7 @@ async fn connection(
         (None, None) => Target::ByHost,
     };
     match detect(&tcp, proxy.config.detect_timeout).await {
-        Detected::Http => serve_http(proxy, tcp, target).await,
+        Detected::Http => serve_http(proxy, tcp, client, target).await,
         Detected::Opaque => {
             if let Err(e) = opaque(&proxy, tcp, &target).await {
                 tracing::info!(%client, error = %e, "outbound TCP connection refused");
@@ -154,7 +154,17 @@ async fn detect(tcp: &TcpStream, timeout: Duration) -> Detected {
     }
 }
 
-async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, target: Target) {
+async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, target: Target) {
+    // hyper's protocol sniffing has no deadline: bound it by the header read timeout, so
+    // half an HTTP/2 preface cannot hold the connection open.
+    let stream = match crate::preface::read_preface(tcp, proxy.config.header_read_timeout).await {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(%client, error = %e, "outbound connection closed: no request");
+            return;
+        }
+    };
     let target = Arc::new(target);
     let builder = crate::inbound::http_server(&proxy.config);
     let drain_state = proxy.drain.clone();
@@ -164,11 +174,14 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, target: Target) {
         async move { Ok::<_, Infallible>(request(&proxy, &target, req).await) }
     });
     let _open = drain_state.guard();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     // Once draining starts: HTTP/1 gets `connection: close`, HTTP/2 a GOAWAY, and
     // requests in flight finish.
     let served = tokio::select! {
+        // The connection first, so one accepted as the drain starts still reads its
+        // request before it is asked to finish.
+        biased;
         served = conn.as_mut() => served,
         _ = drain_state.started() => {
             conn.as_mut().graceful_shutdown();

@@ -180,9 +180,6 @@ async fn slow_clients_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "open finding: outbound hands connections to hyper-util's HTTP/1-or-2 sniffing, \
-            which has no deadline; passes once outbound reads the first bytes through \
-            vigil_proxy::preface::read_preface as inbound does"]
 async fn half_an_http2_preface_at_the_outbound_port_is_cut_off() {
     let _one_at_a_time = serial().await;
     let pair = Pair::start(PairOptions {
