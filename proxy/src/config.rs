@@ -36,12 +36,59 @@ pub struct ProxyConfig {
     pub limits: crate::listener::ConnectionLimits,
     /// Largest request head (line plus headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// Request line, header count and body limits checked on every request.
+    pub request_limits: RequestLimits,
+    /// HTTP/2 stream limits and reset-flood protection.
+    pub http2: Http2Limits,
+    /// How long a connection may carry nothing (no request in flight, no tunnel bytes)
+    /// before it is closed: HTTP/2 with GOAWAY, HTTP/1 and tunnels by closing.
+    pub idle_timeout: Duration,
     /// How long a client may take to send its request head (slowloris).
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish once draining starts.
     pub drain_timeout: Duration,
     /// OpenTelemetry export; tracing is off when absent.
     pub trace: Option<crate::trace::TraceConfig>,
+}
+
+/// Limits on one request, applied on both traffic listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Longest request line (method and target) accepted; longer gets 414.
+    pub max_request_line_bytes: usize,
+    /// Most header fields accepted; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body accepted; larger gets 413. `None` for no limit.
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_request_line_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: None,
+        }
+    }
+}
+
+/// HTTP/2 server limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Limits {
+    /// Streams one client may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may open and reset before the server accepts them, before the
+    /// connection is closed as a rapid-reset flood (CVE-2023-44487).
+    pub max_pending_resets: usize,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_concurrent_streams: 1024,
+            max_pending_resets: 64,
+        }
+    }
 }
 
 impl ProxyConfig {

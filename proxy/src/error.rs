@@ -47,6 +47,14 @@ pub enum ProxyError {
         "service {service} has {max_queued} requests queued already (traffic.limits.max_queued)"
     )]
     QueueFull { service: String, max_queued: u32 },
+    #[error(
+        "request line is {length} bytes, over the {limit}-byte limit (--max-request-line-bytes)"
+    )]
+    RequestLineTooLong { length: usize, limit: usize },
+    #[error("request has {count} header fields, over the limit of {limit} (--max-headers)")]
+    TooManyHeaders { count: usize, limit: usize },
+    #[error("request body is over the {limit}-byte limit (--max-request-body-bytes)")]
+    BodyTooLarge { limit: u64 },
     #[error("fault injected by the route's traffic policy")]
     FaultInjected { status: StatusCode },
 }
@@ -69,6 +77,9 @@ impl ProxyError {
             ProxyError::TryTimeout { .. } => "per-try-timeout",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::QueueFull { .. } => "queue-full",
+            ProxyError::RequestLineTooLong { .. } => "request-line-too-long",
+            ProxyError::TooManyHeaders { .. } => "too-many-headers",
+            ProxyError::BodyTooLarge { .. } => "body-too-large",
             ProxyError::FaultInjected { .. } => "fault-injected",
         }
     }
@@ -90,6 +101,9 @@ impl ProxyError {
             ProxyError::Overloaded { .. } | ProxyError::QueueFull { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::RequestLineTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::FaultInjected { status } => *status,
         }
     }

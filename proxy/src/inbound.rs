@@ -2,7 +2,6 @@
 //! the application on 127.0.0.1. HTTP/1.1 and HTTP/2 by ALPN; CONNECT streams are opaque
 //! TCP tunnels to an application port.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,28 +115,11 @@ async fn connection(
         peer_address,
         local_address,
     });
-    let builder = http_server(&proxy.config);
-    let drain_state = proxy.drain.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let served = crate::serve::http(&proxy.config, &proxy.drain, stream, {
         let proxy = proxy.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(request(proxy, conn, req).await) }
-    });
-    let _open = drain_state.guard();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    // Once draining starts: HTTP/1 gets `connection: close`, HTTP/2 a GOAWAY, and
-    // requests in flight finish.
-    let served = tokio::select! {
-        // The connection first, so one accepted as the drain starts still reads its
-        // request before it is asked to finish.
-        biased;
-        served = conn.as_mut() => served,
-        _ = drain_state.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+        move |req| request(proxy.clone(), conn.clone(), req)
+    })
+    .await;
     if let Err(e) = served {
         tracing::debug!(peer = %peer_address, error = %e, "inbound connection ended with an error");
     }
@@ -161,13 +143,14 @@ pub fn http_server(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        .max_headers(config.request_limits.max_headers)
         .max_buf_size(config.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024)
-        .max_pending_accept_reset_streams(64)
+        .max_concurrent_streams(config.http2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(config.http2.max_pending_resets)
         .max_local_error_reset_streams(256)
         .keep_alive_interval(std::time::Duration::from_secs(60));
     builder
@@ -293,6 +276,7 @@ async fn http(
         .mesh
         .load_full()
         .ok_or(ProxyError::NotReady)?;
+    crate::limits::check_head(&req, &proxy.config.request_limits)?;
     strip_identity(req.headers_mut());
     let host = authority(&req).unwrap_or_default().to_string();
     let request_id = request_id(&req);
@@ -304,14 +288,24 @@ async fn http(
     let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
     let peer = conn.peer.to_string();
     let (mut parts, incoming) = req.into_parts();
+    let max_body = proxy.config.request_limits.max_body_bytes;
+    let too_large = |exceeded: &crate::limits::Exceeded, e: ProxyError| match max_body {
+        Some(limit) if exceeded.happened() => ProxyError::BodyTooLarge { limit },
+        _ => e,
+    };
+    let end_stream = incoming.is_end_stream();
+    let (incoming, exceeded) = crate::limits::limit_body(incoming, max_body);
     let limit = proxy.authz.request_body_bytes();
-    let (buffered, forward) = if limit > 0 && !incoming.is_end_stream() {
-        let b = buffer_prefix(incoming, limit)
-            .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+    let (buffered, forward) = if limit > 0 && !end_stream {
+        let b = buffer_prefix(incoming, limit).await.map_err(|e| {
+            too_large(
+                &exceeded,
+                ProxyError::BadRequest(format!("reading the request body: {e}")),
+            )
+        })?;
         (Some((b.prefix, b.truncated)), b.body)
     } else {
-        (None, body::boxed(incoming))
+        (None, incoming)
     };
     let content_type = parts
         .headers
@@ -382,14 +376,15 @@ async fn http(
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     parts.version = Version::HTTP_11;
     let req = Request::from_parts(parts, forward);
-    let response = proxy
-        .app
-        .request(req)
-        .await
-        .map_err(|e| ProxyError::AppUnreachable {
-            port,
-            reason: e.to_string(),
-        })?;
+    let response = proxy.app.request(req).await.map_err(|e| {
+        too_large(
+            &exceeded,
+            ProxyError::AppUnreachable {
+                port,
+                reason: e.to_string(),
+            },
+        )
+    })?;
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     for (name, value) in response_add {
@@ -456,11 +451,13 @@ async fn tunnel(
     let _ = app.set_nodelay(true);
     let upgrade = hyper::upgrade::on(&mut req);
     let peer_address = conn.peer_address;
+    let idle = proxy.config.idle_timeout;
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let mut upgraded = TokioIo::new(upgraded);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut upgraded, &mut app).await {
+                let tunneled = crate::serve::tunnel(&mut upgraded, &mut app, idle).await;
+                if let Err(e) = tunneled.result {
                     tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel ended");
                 }
             }

@@ -73,6 +73,32 @@ struct Args {
     /// Largest request head accepted (bytes); larger requests get 431.
     #[arg(long, env = "VIGIL_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     max_header_bytes: usize,
+    /// Most header fields in a request; more get 431.
+    #[arg(long, env = "VIGIL_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+    /// Longest request line (method and target, bytes); longer requests get 414.
+    #[arg(long, env = "VIGIL_MAX_REQUEST_LINE_BYTES", default_value_t = 16 * 1024)]
+    max_request_line_bytes: usize,
+    /// Largest request body (bytes); larger requests get 413. No limit unless given.
+    #[arg(long, env = "VIGIL_MAX_REQUEST_BODY_BYTES")]
+    max_request_body_bytes: Option<u64>,
+    /// How long a client may take to finish its TLS handshake on the inbound port.
+    #[arg(long, env = "VIGIL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// How long a connection may carry nothing before it is closed (HTTP/2 gets GOAWAY).
+    #[arg(long, env = "VIGIL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// HTTP/2 streams one client may have open at once.
+    #[arg(
+        long,
+        env = "VIGIL_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    http2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before they are accepted; past this the
+    /// connection is closed as a rapid-reset flood.
+    #[arg(long, env = "VIGIL_HTTP2_MAX_PENDING_RESETS", default_value_t = 64)]
+    http2_max_pending_resets: usize,
     /// How long a client may take to send a request head.
     #[arg(long, env = "VIGIL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
@@ -177,12 +203,22 @@ fn start(args: Args) -> anyhow::Result<()> {
         upstreams: args.upstreams,
         connect_timeout: args.connect_timeout,
         detect_timeout: Duration::from_secs(1),
-        handshake_timeout: Duration::from_secs(10),
+        handshake_timeout: args.handshake_timeout,
         limits: vigil_proxy::listener::ConnectionLimits {
             max_connections: args.max_connections,
             max_per_source: args.max_connections_per_source,
         },
         max_header_bytes: args.max_header_bytes,
+        request_limits: vigil_proxy::config::RequestLimits {
+            max_request_line_bytes: args.max_request_line_bytes,
+            max_headers: args.max_headers,
+            max_body_bytes: args.max_request_body_bytes,
+        },
+        http2: vigil_proxy::config::Http2Limits {
+            max_concurrent_streams: args.http2_max_concurrent_streams,
+            max_pending_resets: args.http2_max_pending_resets,
+        },
+        idle_timeout: args.idle_timeout,
         header_read_timeout: args.header_read_timeout,
         drain_timeout: args.drain_timeout,
         trace: args

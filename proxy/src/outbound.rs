@@ -15,7 +15,6 @@ pub mod service_state;
 pub mod stack;
 pub mod timeout;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,30 +165,17 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, targe
         }
     };
     let target = Arc::new(target);
-    let builder = crate::inbound::http_server(&proxy.config);
-    let drain_state = proxy.drain.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let served = crate::serve::http(&proxy.config, &proxy.drain, stream, {
         let proxy = proxy.clone();
-        let target = target.clone();
-        async move { Ok::<_, Infallible>(request(&proxy, &target, req).await) }
-    });
-    let _open = drain_state.guard();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    // Once draining starts: HTTP/1 gets `connection: close`, HTTP/2 a GOAWAY, and
-    // requests in flight finish.
-    let served = tokio::select! {
-        // The connection first, so one accepted as the drain starts still reads its
-        // request before it is asked to finish.
-        biased;
-        served = conn.as_mut() => served,
-        _ = drain_state.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+        move |req| {
+            let proxy = proxy.clone();
+            let target = target.clone();
+            async move { request(&proxy, &target, req).await }
         }
-    };
+    })
+    .await;
     if let Err(e) = served {
-        tracing::debug!(error = %e, "outbound connection ended with an error");
+        tracing::debug!(%client, error = %e, "outbound connection ended with an error");
     }
 }
 
@@ -316,6 +302,7 @@ async fn forward(
         .mesh
         .load_full()
         .ok_or(ProxyError::NotReady)?;
+    crate::limits::check_head(&req, &proxy.config.request_limits)?;
     let host = crate::headers::authority(&req)
         .map(str::to_string)
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
@@ -337,9 +324,17 @@ async fn forward(
     let tries = AttemptLog::default();
     req.extensions_mut().insert(tries.clone());
     let stack = stack::http(proxy, &mesh, service, &route);
-    let result = stack::send(stack, req.map(body::boxed)).await;
+    let (parts, incoming) = req.into_parts();
+    let max_body = proxy.config.request_limits.max_body_bytes;
+    let (limited, exceeded) = crate::limits::limit_body(incoming, max_body);
+    let result = stack::send(stack, Request::from_parts(parts, limited)).await;
     routed.peer = tries.last_peer();
-    let (mut parts, body) = result?.into_parts();
+    let (mut parts, body) = match (result, max_body) {
+        (Err(_), Some(limit)) if exceeded.happened() => {
+            return Err(ProxyError::BodyTooLarge { limit })
+        }
+        (result, _) => result?.into_parts(),
+    };
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
 }
@@ -389,20 +384,19 @@ async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<()
         service: service.qualified_name(),
     };
     proxy.metrics.tcp_opened.get_or_create(&labels).inc();
-    match tokio::io::copy_bidirectional(&mut tcp, &mut upgraded).await {
-        Ok((sent, received)) => {
-            proxy
-                .metrics
-                .tcp_bytes_sent
-                .get_or_create(&labels)
-                .inc_by(sent);
-            proxy
-                .metrics
-                .tcp_bytes_received
-                .get_or_create(&labels)
-                .inc_by(received);
-        }
-        Err(e) => tracing::debug!(error = %e, "outbound tunnel ended"),
+    let tunneled = crate::serve::tunnel(&mut tcp, &mut upgraded, proxy.config.idle_timeout).await;
+    proxy
+        .metrics
+        .tcp_bytes_sent
+        .get_or_create(&labels)
+        .inc_by(tunneled.forward);
+    proxy
+        .metrics
+        .tcp_bytes_received
+        .get_or_create(&labels)
+        .inc_by(tunneled.backward);
+    if let Err(e) = tunneled.result {
+        tracing::debug!(error = %e, "outbound tunnel ended");
     }
     proxy.metrics.tcp_closed.get_or_create(&labels).inc();
     Ok(())

@@ -1,6 +1,7 @@
 //! Hostile clients against real proxies (processes on loopback): malformed and smuggled
-//! HTTP/1, oversized heads, slowloris, an HTTP/2 rapid-reset flood, bad TLS, a peer
-//! killed mid-stream, SIGTERM under load, 10,000 idle connections and a testssl.sh audit.
+//! HTTP/1, oversized heads, request line, header and body limits, idle timeouts,
+//! slowloris, an HTTP/2 rapid-reset flood, bad TLS, a peer killed mid-stream, SIGTERM
+//! under load, 10,000 idle connections and a testssl.sh audit.
 //!
 //! Every attack runs while a well-behaved client keeps calling through the same proxies
 //! ([`support::Steady`]); each test ends by asserting that client saw no error. The tests
@@ -11,6 +12,7 @@ mod drain;
 mod h2_flood;
 mod http1;
 mod idle;
+mod limits;
 mod peer_kill;
 mod slowloris;
 mod support;
