@@ -106,8 +106,19 @@ const HTTP_PREFIXES: [&[u8]; 10] = [
     b"PRI * HTTP/2.0",
 ];
 
+/// Most bytes outbound looks at to find the end of a request line with a method outside
+/// the standard ones; a longer line is carried as opaque TCP.
+pub const MAX_DETECT_BYTES: usize = 2048;
+
+/// Longest extension method (e.g. `PROPFIND`, `PURGE`, `MKCALENDAR`) recognised.
+pub const MAX_METHOD_BYTES: usize = 32;
+
 /// Classifies a prefix of the client's first bytes: `Some` once certain, `None` while
 /// more bytes could still change the answer.
+///
+/// A standard method and its space, or the HTTP/2 preface, is HTTP at once. Any other
+/// method (WebDAV's `PROPFIND`, a cache's `PURGE`) is HTTP once its whole request line,
+/// `METHOD SP target SP HTTP/1.x CRLF`, has arrived, within [`MAX_DETECT_BYTES`].
 pub fn classify(prefix: &[u8]) -> Option<Detected> {
     if prefix.is_empty() {
         return None;
@@ -123,17 +134,62 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
         }
     }
     if undecided {
-        None
-    } else {
-        Some(Detected::Opaque)
+        return None;
     }
+    extension_request_line(prefix)
+}
+
+/// `METHOD SP target SP HTTP/1.x CRLF` (RFC 9112 section 3) for any method token.
+fn extension_request_line(prefix: &[u8]) -> Option<Detected> {
+    const VERSIONS: [&[u8]; 4] = [
+        b" HTTP/1.1\r\n",
+        b" HTTP/1.0\r\n",
+        b" HTTP/1.1\n",
+        b" HTTP/1.0\n",
+    ];
+    let opaque = Some(Detected::Opaque);
+    let method = prefix.iter().take_while(|b| is_tchar(**b)).count();
+    if method == 0 || method > MAX_METHOD_BYTES {
+        return opaque;
+    }
+    let Some(rest) = prefix[method..].strip_prefix(b" ") else {
+        // All method so far, or something else after it.
+        return if method == prefix.len() { None } else { opaque };
+    };
+    let target = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
+    let tail = &rest[target..];
+    if tail.is_empty() {
+        // The target may still be arriving, within the limit.
+        return if prefix.len() < MAX_DETECT_BYTES {
+            None
+        } else {
+            opaque
+        };
+    }
+    if target == 0 {
+        return opaque;
+    }
+    for version in VERSIONS {
+        if tail.starts_with(version) {
+            return Some(Detected::Http);
+        }
+    }
+    if VERSIONS.iter().any(|v| v.starts_with(tail)) {
+        return None;
+    }
+    opaque
+}
+
+/// A character of an HTTP token (RFC 9110 section 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Peeks (without consuming) until the protocol is certain or the client goes quiet;
 /// a server-speaks-first protocol simply times out into opaque TCP.
 async fn detect(tcp: &TcpStream, timeout: Duration) -> Detected {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = [0u8; 16];
+    let mut buf = vec![0u8; MAX_DETECT_BYTES];
     loop {
         let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await;
         match peeked {
@@ -146,7 +202,7 @@ async fn detect(tcp: &TcpStream, timeout: Duration) -> Detected {
                 if n == buf.len() {
                     return Detected::Opaque;
                 }
-                // Part of a method name so far: wait briefly for the rest.
+                // Part of a request line so far: wait briefly for the rest.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -415,7 +471,28 @@ mod tests {
         assert_eq!(classify(b"PRI * HT"), None);
         assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
         assert_eq!(classify(b"ping\n"), Some(Detected::Opaque));
-        assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
+        assert_eq!(classify(b"GETX"), None, "could be an extension method");
+        assert_eq!(classify(b"GETX\r\n"), Some(Detected::Opaque));
         assert_eq!(classify(b""), None);
+    }
+
+    #[test]
+    fn extension_methods_are_http_once_their_request_line_is_whole() {
+        let line = b"PROPFIND /calendars/ann HTTP/1.1\r\nDepth: 1\r\n";
+        let end = line.iter().position(|b| *b == b'\n').unwrap() + 1;
+        for n in 1..end {
+            assert_eq!(classify(&line[..n]), None, "undecided at {n}");
+        }
+        assert_eq!(classify(&line[..end]), Some(Detected::Http));
+        assert_eq!(classify(b"PURGE /img.png HTTP/1.0\n"), Some(Detected::Http));
+        // Line protocols that look a little like it are not.
+        assert_eq!(classify(b"SET key value\r\n"), Some(Detected::Opaque));
+        assert_eq!(classify(b"get foo\r\n"), Some(Detected::Opaque));
+        assert_eq!(classify(b"PING\r\n"), Some(Detected::Opaque));
+        assert_eq!(classify(b"BREW  /pot HTTP/1.1\r\n"), Some(Detected::Opaque));
+        assert_eq!(classify(b"X /a HTTP/2.0\r\n"), Some(Detected::Opaque));
+        // A line longer than detection looks is opaque.
+        let long = format!("REPORT /{}", "a".repeat(MAX_DETECT_BYTES));
+        assert_eq!(classify(long.as_bytes()), Some(Detected::Opaque));
     }
 }

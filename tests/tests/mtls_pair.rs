@@ -76,6 +76,27 @@ async fn http1_and_http2_reach_the_server_with_the_callers_verified_identity() {
         .expect("request");
     assert_eq!(r.status, 404);
     assert_eq!(r.headers["x-vigil-error"], "unknown-service");
+
+    // A method outside the standard nine (WebDAV) is still HTTP: routed by Host, with
+    // the caller's identity, not tunnelled as opaque bytes.
+    let mut tcp = tokio::net::TcpStream::connect(client.outbound)
+        .await
+        .expect("connect");
+    tcp.write_all(
+        b"PROPFIND /calendars/ann HTTP/1.1\r\nHost: server\r\nDepth: 1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = json(body);
+    assert_eq!(body["method"], "PROPFIND");
+    assert_eq!(body["peer"], client.spiffe_id());
 }
 
 #[tokio::test(flavor = "multi_thread")]
