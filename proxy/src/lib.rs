@@ -50,7 +50,6 @@ use anyhow::Context;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 
 use crate::authz::Authorizer;
 use crate::body::Body;
@@ -149,8 +148,7 @@ pub async fn run(
     });
 
     let bind = |addr, what: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
+        listener::bind(addr)
             .with_context(|| format!("binding the {what} listener on {addr}: is another proxy using it? pass a different --{what}"))
     };
     let admin = bind(config.admin, "admin").await?;

@@ -143,6 +143,24 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
+/// Connections the kernel completes and queues before the proxy accepts them. tokio's
+/// `TcpListener::bind` asks for 1,024 and some kernels give 128; a burst of clients, or a
+/// moment without file descriptors, would have SYNs dropped and clients retrying for
+/// seconds. The kernel caps this at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Most queued connections taken when a listener closes.
 const MAX_QUEUED: usize = 4096;
 

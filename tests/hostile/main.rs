@@ -1,7 +1,7 @@
 //! Hostile clients against real proxies (processes on loopback): malformed and smuggled
 //! HTTP/1, oversized heads, request line, header and body limits, idle timeouts,
-//! slowloris, an HTTP/2 rapid-reset flood, bad TLS, a peer killed mid-stream, SIGTERM
-//! under load, 10,000 idle connections and a testssl.sh audit.
+//! slowloris, an HTTP/2 rapid-reset flood, bad TLS, a peer killed mid-stream, running
+//! out of file descriptors, SIGTERM under load, 10,000 idle connections and a testssl.sh audit.
 //!
 //! Every attack runs while a well-behaved client keeps calling through the same proxies
 //! ([`support::Steady`]); each test ends by asserting that client saw no error. The tests
@@ -9,6 +9,7 @@
 //! attack, and two attacks at once on a two-core machine would only measure each other.
 
 mod drain;
+mod fd_exhaustion;
 mod h2_flood;
 mod http1;
 mod idle;
