@@ -32,6 +32,9 @@ pub struct ProxyConfig {
     /// How long outbound waits for a client's first bytes before calling it opaque TCP.
     pub detect_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// Most certificates a peer may present, leaf included; longer chains are refused
+    /// with `reason="chain-too-long"`.
+    pub max_chain_depth: usize,
     /// Connections each traffic listener takes, in total and per source address.
     pub limits: crate::listener::ConnectionLimits,
     /// Largest request head (line plus headers) accepted; larger gets 431.
@@ -101,6 +104,14 @@ impl ProxyConfig {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| self.token.clone())
+    }
+
+    /// TLS settings for every config this proxy builds, offering `alpn`.
+    pub fn tls_options(&self, alpn: &[&[u8]]) -> vigil_identity::TlsOptions {
+        vigil_identity::TlsOptions {
+            max_chain_depth: self.max_chain_depth,
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+        }
     }
 
     /// The control plane's identity, checked on every connection to it.

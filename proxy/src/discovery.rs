@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use vigil_identity::{TlsOptions, TrustBundle};
+use vigil_identity::TrustBundle;
 
 use crate::authz::Authorizer;
 use crate::backoff::Backoff;
@@ -73,10 +73,7 @@ impl Discovery {
             Some(identity.svid.clone()),
             identity.trust.clone(),
             cp.clone(),
-            &TlsOptions {
-                alpn: vec![b"h2".to_vec()],
-                ..TlsOptions::default()
-            },
+            &config.tls_options(&[b"h2"]),
         );
         let channel = control_plane_client::connect(config.discovery_address, tls, &cp).await?;
         let mut client = vigil_api::discovery::DiscoveryClient::new(channel);

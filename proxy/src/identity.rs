@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use rand::Rng;
 use serde::Serialize;
-use vigil_identity::{SvidInfo, SvidStore, TlsOptions, TrustBundle, TrustStore, WorkloadKey};
+use vigil_identity::{SvidInfo, SvidStore, TrustBundle, TrustStore, WorkloadKey};
 
 use crate::backoff::Backoff;
 use crate::config::ProxyConfig;
@@ -131,10 +131,7 @@ impl WorkloadIdentity {
             None,
             self.trust.clone(),
             cp.clone(),
-            &TlsOptions {
-                alpn: vec![b"h2".to_vec()],
-                ..TlsOptions::default()
-            },
+            &self.config.tls_options(&[b"h2"]),
         );
         let channel = control_plane_client::connect(self.config.identity_address, tls, &cp).await?;
         let mut client = vigil_api::identity::IdentityClient::new(channel);

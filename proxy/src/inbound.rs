@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use vigil_authz::{AuthzInput, BodyInput, Decision, HttpAttributes, InputKind};
-use vigil_identity::{SpiffeId, TlsOptions};
+use vigil_identity::SpiffeId;
 
 use crate::body::{self, Body};
 use crate::buffer::buffer_prefix;
@@ -38,10 +38,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     let tls = vigil_identity::mtls_server_config(
         proxy.identity.svid.clone(),
         proxy.identity.trust.clone(),
-        &TlsOptions {
-            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            ..TlsOptions::default()
-        },
+        &proxy.config.tls_options(&[b"h2", b"http/1.1"]),
     );
     let acceptor = TlsAcceptor::from(tls);
     accept_loop(

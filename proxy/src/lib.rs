@@ -126,6 +126,7 @@ pub async fn run(
     let pool = Arc::new(PeerPool::new(
         identity.svid.clone(),
         identity.trust.clone(),
+        config.tls_options(&[b"h2"]),
         config.connect_timeout,
         PEER_IDLE_TIMEOUT,
     ));

@@ -85,6 +85,9 @@ struct Args {
     /// How long a client may take to finish its TLS handshake on the inbound port.
     #[arg(long, env = "VIGIL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
+    /// Most certificates a peer may present, leaf included (leaf, intermediates, root).
+    #[arg(long, env = "VIGIL_MAX_CHAIN_DEPTH", default_value_t = 3)]
+    max_chain_depth: usize,
     /// How long a connection may carry nothing before it is closed (HTTP/2 gets GOAWAY).
     #[arg(long, env = "VIGIL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -204,6 +207,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         detect_timeout: Duration::from_secs(1),
         handshake_timeout: args.handshake_timeout,
+        max_chain_depth: args.max_chain_depth,
         limits: vigil_proxy::listener::ConnectionLimits {
             max_connections: args.max_connections,
             max_per_source: args.max_connections_per_source,

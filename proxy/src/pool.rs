@@ -68,6 +68,8 @@ type Connections = Mutex<HashMap<Key, Pooled<SendRequest<Body>>>>;
 pub struct PeerPool {
     svid: Arc<SvidStore>,
     trust: Arc<TrustStore>,
+    /// Chain depth and ALPN (`h2`) for every connection.
+    tls: TlsOptions,
     connect_timeout: Duration,
     idle_timeout: Duration,
     connections: Arc<Connections>,
@@ -78,12 +80,14 @@ impl PeerPool {
     pub fn new(
         svid: Arc<SvidStore>,
         trust: Arc<TrustStore>,
+        tls: TlsOptions,
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
         PeerPool {
             svid,
             trust,
+            tls,
             connect_timeout,
             idle_timeout,
             connections: Arc::new(Mutex::new(HashMap::new())),
@@ -184,10 +188,7 @@ impl PeerPool {
             Some(self.svid.clone()),
             self.trust.clone(),
             endpoint.spiffe_id.clone(),
-            &TlsOptions {
-                alpn: vec![b"h2".to_vec()],
-                ..TlsOptions::default()
-            },
+            &self.tls,
         );
         let name = vigil_identity::server_name_for(&endpoint.spiffe_id);
         let stream = tokio::time::timeout(

@@ -75,8 +75,32 @@ async fn bad_tls_is_refused_and_counted_while_the_mesh_keeps_serving() {
             problems.push(format!("{what}: served"));
         }
     };
+    let elsewhere = SpiffeId::parse("spiffe://evil.example/ns/demo/sa/client").expect("id");
+    // Leaf and three more certificates: over the default depth of three.
+    let padded = testing::valid_leaf(&ca, &me).map(|leaf| {
+        let root = ca.trust_bundle().to_pem();
+        testing::TestCredential {
+            chain_pem: format!("{}{root}{root}{root}", leaf.chain_pem),
+            key_pem: leaf.key_pem,
+        }
+    });
     let bad_certs = [
         ("foreign CA", testing::foreign_ca_leaf(&me), "unknown-ca"),
+        (
+            "another trust domain, signed by our CA",
+            testing::other_trust_domain_leaf(&ca, &elsewhere),
+            "wrong-trust-domain",
+        ),
+        (
+            "a CA certificate as the leaf",
+            testing::ca_as_leaf(&ca, &me),
+            "ca-as-leaf",
+        ),
+        (
+            "a chain longer than the depth limit",
+            padded,
+            "chain-too-long",
+        ),
         ("expired", testing::expired_leaf(&ca, &me), "expired"),
         (
             "two URI SANs",
