@@ -1,5 +1,6 @@
 //! The admin endpoint (127.0.0.1:15000): `/live`, `/ready`, `/certs`, `/config`, `/tap`,
-//! `/log-level` (metrics are on the metrics port).
+//! `/log-level` (metrics, and `/live` and `/ready` for the kubelet, are on the metrics
+//! port).
 //! It never serves a private key.
 
 use std::convert::Infallible;
@@ -38,9 +39,30 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     .await;
 }
 
+/// `/live` and `/ready`, which the metrics port serves too so the kubelet can probe them.
+pub fn health(proxy: &Proxy, path: &str) -> Option<Response<Body>> {
+    match path {
+        "/live" => Some(text(StatusCode::OK, "live\n")),
+        "/ready" => {
+            let problems = proxy.readiness_problems();
+            Some(if problems.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {}\n", problems.join("; ")),
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+    if let Some(response) = health(proxy, req.uri().path()) {
+        return response;
+    }
     match req.uri().path() {
-        "/live" => text(StatusCode::OK, "live\n"),
         "/shutdown" if req.method() == http::Method::POST => {
             proxy.drain.start();
             text(
@@ -74,17 +96,6 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                     "give the level as a query: POST /log-level?level=debug\n",
                 ),
                 _ => text(StatusCode::OK, &format!("{}\n", crate::logging::level())),
-            }
-        }
-        "/ready" => {
-            let problems = proxy.readiness_problems();
-            if problems.is_empty() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("not ready: {}\n", problems.join("; ")),
-                )
             }
         }
         "/certs" => match proxy.identity.status() {

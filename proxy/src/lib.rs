@@ -161,7 +161,7 @@ pub async fn run(
         upstreams.push((bind(*addr, "upstream").await?, service.clone()));
     }
     tokio::spawn(admin::serve(admin, proxy.clone()));
-    tokio::spawn(metrics::serve(metrics_listener, metrics));
+    tokio::spawn(metrics::serve(metrics_listener, proxy.clone()));
 
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(identity.clone().run(first_tx));

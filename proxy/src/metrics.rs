@@ -285,18 +285,22 @@ pub fn status_class(status: StatusCode) -> &'static str {
 }
 
 /// Serves `/metrics` on the metrics listener.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, proxy: Arc<crate::Proxy>) {
     accept_loop(
         listener,
         "metrics",
         None,
         ConnectionLimits::default(),
         move |tcp, _| {
-            let metrics = metrics.clone();
+            let proxy = proxy.clone();
             async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
+                    let proxy = proxy.clone();
+                    async move {
+                        let response = crate::admin::health(&proxy, req.uri().path())
+                            .unwrap_or_else(|| respond(&proxy.metrics, &req));
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
@@ -309,7 +313,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 
 fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
     if req.uri().path() != "/metrics" {
-        let mut r = Response::new(body::full("only /metrics is served here\n"));
+        let mut r = Response::new(body::full(
+            "only /metrics, /ready and /live are served here\n",
+        ));
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     }

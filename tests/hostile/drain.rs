@@ -145,6 +145,11 @@ async fn admin_shutdown_reports_not_ready_then_finishes_in_flight_requests() {
     let mut pair = Pair::start(PairOptions::default()).await;
     pair.app.delay_ms.store(3000, Ordering::Relaxed);
     let client = pair.client.clone();
+    // The kubelet probes readiness on the metrics port (the admin port is loopback-only).
+    let (ready, body) = vigil_e2e::get(client.metrics, "/ready")
+        .await
+        .expect("ready");
+    assert_eq!((ready, body.as_str()), (200, "ready\n"));
 
     let slow = tokio::spawn(vigil_e2e::http1(
         client.outbound,
@@ -165,6 +170,10 @@ async fn admin_shutdown_reports_not_ready_then_finishes_in_flight_requests() {
     let (ready, body) = vigil_e2e::get(client.admin, "/ready").await.expect("ready");
     assert_eq!(ready, 503, "{body}");
     assert!(body.contains("shutting down"), "{body}");
+    let (ready, body) = vigil_e2e::get(client.metrics, "/ready")
+        .await
+        .expect("ready");
+    assert_eq!(ready, 503, "the metrics port's /ready turns too: {body}");
     assert!(
         TcpStream::connect(client.outbound).await.is_err(),
         "new connections are refused while draining"

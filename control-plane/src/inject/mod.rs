@@ -417,6 +417,25 @@ fn proxy_container(cfg: &InjectConfig, resources: Value) -> Value {
             {"name": "vigil-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
             {"name": "vigil-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
+        // The kubelet probes the metrics port (the admin port is loopback-only). As a
+        // native sidecar the startup probe holds the app's containers back until the
+        // proxy has its certificate, a snapshot and a policy bundle, so the app's first
+        // calls do not meet `503 not-ready`; five minutes before the kubelet restarts it.
+        "startupProbe": {
+            "httpGet": {"path": "/ready", "port": METRICS_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 300,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": METRICS_PORT},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": METRICS_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
         "resources": resources,
         "securityContext": {
             "allowPrivilegeEscalation": false,

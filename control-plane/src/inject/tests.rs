@@ -87,6 +87,14 @@ fn every_recorded_pod_create_gets_a_native_sidecar_patch() {
             inits[1]["restartPolicy"], "Always",
             "{file}: native sidecar"
         );
+        // The app starts once the proxy is ready, probed where the kubelet can reach.
+        let startup = &inits[1]["startupProbe"]["httpGet"];
+        assert_eq!(
+            (&startup["path"], &startup["port"]),
+            (&json!("/ready"), &json!(METRICS_PORT))
+        );
+        assert_eq!(inits[1]["readinessProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(inits[1]["livenessProbe"]["httpGet"]["path"], "/live");
         assert_eq!(
             names(&pod["spec"]["containers"]),
             names(&before["spec"]["containers"]),
