@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain::Drain;
@@ -110,12 +111,13 @@ pub async fn accept_loop<F, Fut>(
         // Counted from accept, so a drain waits for connections still in their TLS
         // handshake or protocol detection too.
         let open = tracked.as_ref().map(|d| d.guard());
-        let task = handle(tcp, peer);
-        tokio::spawn(async move {
-            task.await;
+        // `map`, not an async block around `task.await`: the block would hold the
+        // connection's future twice (once captured, once being awaited), doubling the
+        // memory every connection costs.
+        tokio::spawn(handle(tcp, peer).map(move |()| {
             drop(place);
             drop(open);
-        });
+        }));
     };
     loop {
         let accepted = tokio::select! {
