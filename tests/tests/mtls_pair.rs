@@ -426,6 +426,37 @@ async fn short_lived_certificates_renew_under_traffic_without_losing_a_request()
         serial_before,
         "the serving certificate changed"
     );
+
+    // Dozens of keys made and certificates issued: no private key reached a log or an
+    // admin endpoint, and the CA key file is readable by its owner only.
+    let ca_key_path = mesh.data_dir().join("ca").join("ca-key.pem");
+    let ca_key = std::fs::read_to_string(&ca_key_path).expect("the CA key file");
+    let mode = std::fs::metadata(&ca_key_path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("metadata");
+    assert_eq!(mode, 0o600, "CA key file mode {mode:o}");
+    let key_lines: Vec<&str> = ca_key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_lines.is_empty(), "the CA key file holds a PEM key");
+    let mut exposed = mesh.logs();
+    for w in [&client, &server] {
+        for path in ["/certs", "/config"] {
+            let (_, body) = get(w.admin, path).await.expect("admin");
+            exposed += &body;
+        }
+    }
+    assert!(
+        !exposed.contains("PRIVATE KEY"),
+        "a private key appeared in a log or an admin endpoint"
+    );
+    for line in key_lines {
+        assert!(
+            !exposed.contains(line),
+            "part of the CA key appeared in a log or an admin endpoint"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

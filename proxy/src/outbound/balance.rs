@@ -149,7 +149,13 @@ pub fn choose<'a>(
     p2c(&pool).map(|c| (c, false))
 }
 
-/// Power of two choices: two distinct endpoints at random, the less loaded one wins.
+/// How much worse one endpoint's success rate must be than the other's for it to lose a
+/// power-of-two comparison whatever its latency.
+const SUCCESS_RATE_MARGIN: f64 = 0.8;
+
+/// Power of two choices: two distinct endpoints at random; one that has been failing
+/// clearly more often than the other loses, otherwise the less loaded one wins. Latency
+/// alone would favour an endpoint answering `503` in a millisecond over a healthy one.
 fn p2c<'a>(candidates: &[&'a Candidate]) -> Option<&'a Candidate> {
     match candidates {
         [] => None,
@@ -160,7 +166,12 @@ fn p2c<'a>(candidates: &[&'a Candidate]) -> Option<&'a Candidate> {
             let a = rng.random_range(0..n);
             let b = (a + rng.random_range(1..n)) % n;
             let (a, b) = (candidates[a], candidates[b]);
-            Some(if b.state.load() < a.state.load() {
+            let (success_a, success_b) = (a.state.success_rate(), b.state.success_rate());
+            Some(if success_a < success_b * SUCCESS_RATE_MARGIN {
+                b
+            } else if success_b < success_a * SUCCESS_RATE_MARGIN {
+                a
+            } else if b.state.load() < a.state.load() {
                 b
             } else {
                 a
@@ -188,8 +199,8 @@ mod tests {
     use std::sync::Mutex;
     use tower::util::BoxService;
 
-    /// Fake peers and what they did: `slow` answers in 100 ms, the others in 5 ms; the
-    /// workloads in `failing` answer 503.
+    /// Fake peers and what they did: `slow` answers in 100 ms, `fast-fail` answers 503 in
+    /// 1 ms, the others in 5 ms; the workloads in `failing` answer 503.
     #[derive(Clone, Default)]
     struct Peers {
         hits: Arc<Mutex<HashMap<String, usize>>>,
@@ -210,9 +221,14 @@ mod tests {
                             .expect("lock")
                             .entry(workload.clone())
                             .or_default() += 1;
-                        let delay = if workload == "slow" { 100 } else { 5 };
+                        let delay = match workload.as_str() {
+                            "slow" => 100,
+                            "fast-fail" => 1,
+                            _ => 5,
+                        };
                         tokio::time::sleep(Duration::from_millis(delay)).await;
-                        let failing = peers.failing.lock().expect("lock").contains(&workload);
+                        let failing = workload == "fast-fail"
+                            || peers.failing.lock().expect("lock").contains(&workload);
                         Ok::<_, SendError>(
                             Response::builder()
                                 .status(if failing { 503 } else { 200 })
@@ -277,6 +293,34 @@ mod tests {
         assert!(
             slow * 10 < fast,
             "most traffic goes to the fast endpoints: {slow} vs {fast}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_failing_fast_does_not_attract_traffic() {
+        let peers = Peers::default();
+        let states = peers.states();
+        let m = mesh("v1", &["ok-a", "fast-fail", "ok-b"]);
+        // A breaker that never ejects, so only the balancer keeps traffic away.
+        let never_eject = CircuitBreakerPolicy {
+            consecutive_failures: u32::MAX,
+            ..CircuitBreakerPolicy::default()
+        };
+        let lb = balance(
+            states.for_service(&m, &m.services[0]),
+            never_eject,
+            Metrics::new(),
+        );
+        let mut failed = 0;
+        for _ in 0..300 {
+            let r = lb.clone().oneshot(request()).await.expect("response");
+            failed += usize::from(r.status() == 503);
+        }
+        let bad = peers.hits("fast-fail");
+        assert_eq!(bad, failed);
+        assert!(
+            bad * 10 < 300,
+            "the endpoint answering 503 in 1 ms (vs 5 ms) got {bad} of 300 requests"
         );
     }
 

@@ -84,7 +84,21 @@ pub struct CircuitBreaker {
     failures: u32,
     /// Ejections since the endpoint was last healthy; the next lasts `base * 2^n`.
     ejections: u32,
+    /// Share of recent tries that succeeded (an exponentially weighted average), for
+    /// the balancer: an endpoint that fails fast must not look like a fast one.
+    success_rate: f64,
+    /// When `success_rate` was last updated; it drifts back to 1.0 from there.
+    rated_at: Option<Instant>,
 }
+
+/// Weight of each new outcome in [`CircuitBreaker::success_rate`]: about the last 20
+/// tries count.
+const SUCCESS_RATE_WEIGHT: f64 = 0.1;
+
+/// How fast failures are forgiven: the shortfall from 1.0 shrinks by e every this long.
+/// Without it, an endpoint the balancer avoids for failing would never be tried again to
+/// show it recovered.
+const SUCCESS_RATE_RECOVERY: Duration = Duration::from_secs(10);
 
 impl Default for CircuitBreaker {
     fn default() -> Self {
@@ -92,11 +106,24 @@ impl Default for CircuitBreaker {
             state: State::Closed,
             failures: 0,
             ejections: 0,
+            success_rate: 1.0,
+            rated_at: None,
         }
     }
 }
 
 impl CircuitBreaker {
+    /// Share of recent tries that succeeded, 1.0 for an endpoint with no failures, with
+    /// old failures forgiven over [`SUCCESS_RATE_RECOVERY`].
+    pub fn success_rate(&self, now: Instant) -> f64 {
+        let Some(at) = self.rated_at else {
+            return self.success_rate;
+        };
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        let forgiven = (-elapsed / SUCCESS_RATE_RECOVERY.as_secs_f64()).exp();
+        1.0 - (1.0 - self.success_rate) * forgiven
+    }
+
     pub fn admission(&self, now: Instant) -> Admission {
         match self.state {
             State::Closed => Admission::Admit,
@@ -133,6 +160,14 @@ impl CircuitBreaker {
         policy: &CircuitBreakerPolicy,
         may_eject: impl FnOnce() -> bool,
     ) -> Option<Transition> {
+        let current = self.success_rate(now);
+        let succeeded = match outcome {
+            Outcome::Success => 1.0,
+            Outcome::Failure => 0.0,
+            Outcome::Neutral => current,
+        };
+        self.success_rate = current + SUCCESS_RATE_WEIGHT * (succeeded - current);
+        self.rated_at = Some(now);
         match (self.state, outcome) {
             (_, Outcome::Neutral) => None,
             (State::Closed, Outcome::Success) => {
@@ -351,6 +386,28 @@ mod tests {
 
     fn policy() -> CircuitBreakerPolicy {
         CircuitBreakerPolicy::default()
+    }
+
+    #[test]
+    fn the_success_rate_falls_with_failures_and_recovers_with_time() {
+        // Failures interleaved with successes never eject, so only the rate notices.
+        let p = policy();
+        let mut b = CircuitBreaker::default();
+        let start = Instant::now();
+        for i in 0..40 {
+            let outcome = if i % 3 == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
+            b.record(outcome, false, start, &p, || true);
+        }
+        assert_eq!(b.admission(start), Admission::Admit);
+        let failing = b.success_rate(start);
+        assert!(failing < 0.5, "two failures in three: {failing}");
+        let later = b.success_rate(start + Duration::from_secs(30));
+        assert!(later > 0.95, "forgiven after 30 s without tries: {later}");
+        assert!(b.success_rate(start + Duration::from_secs(5)) < later);
     }
 
     #[tokio::test(start_paused = true)]

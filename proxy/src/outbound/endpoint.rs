@@ -76,6 +76,11 @@ impl EndpointState {
         lock(&self.peer).load()
     }
 
+    /// Share of recent tries that succeeded (see [`CircuitBreaker::success_rate`]).
+    pub fn success_rate(&self) -> f64 {
+        self.breaker().success_rate(tokio::time::Instant::now())
+    }
+
     pub fn is_ejected(&self) -> bool {
         self.ejected.load(Ordering::Acquire)
     }
