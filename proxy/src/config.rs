@@ -46,6 +46,9 @@ pub struct ProxyConfig {
     /// How long a connection may carry nothing (no request in flight, no tunnel bytes)
     /// before it is closed: HTTP/2 with GOAWAY, HTTP/1 and tunnels by closing.
     pub idle_timeout: Duration,
+    /// How long a write to a client may make no progress (it stopped reading) before
+    /// its connection is closed.
+    pub write_stall_timeout: Duration,
     /// How long a client may take to send its request head (slowloris).
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish once draining starts.

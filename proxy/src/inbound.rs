@@ -65,6 +65,7 @@ async fn connection(
         Ok(a) => a,
         Err(_) => return,
     };
+    let tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
     let handshake =
         tokio::time::timeout(proxy.config.handshake_timeout, acceptor.accept(tcp)).await;
     let stream = match handshake {

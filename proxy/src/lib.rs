@@ -39,6 +39,7 @@ pub mod outbound;
 pub mod pool;
 pub mod preface;
 pub mod serve;
+pub mod stall;
 pub mod state;
 pub mod tap;
 pub mod trace;

@@ -91,6 +91,10 @@ struct Args {
     /// How long a connection may carry nothing before it is closed (HTTP/2 gets GOAWAY).
     #[arg(long, env = "VIGIL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// How long a write to a client may make no progress (a client that stopped reading)
+    /// before its connection is closed.
+    #[arg(long, env = "VIGIL_WRITE_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    write_stall_timeout: Duration,
     /// HTTP/2 streams one client may have open at once.
     #[arg(
         long,
@@ -223,6 +227,7 @@ fn start(args: Args) -> anyhow::Result<()> {
             max_pending_resets: args.http2_max_pending_resets,
         },
         idle_timeout: args.idle_timeout,
+        write_stall_timeout: args.write_stall_timeout,
         header_read_timeout: args.header_read_timeout,
         drain_timeout: args.drain_timeout,
         trace: args

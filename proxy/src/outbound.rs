@@ -212,6 +212,7 @@ async fn detect(tcp: &TcpStream, timeout: Duration) -> Detected {
 async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, target: Target) {
     // hyper's protocol sniffing has no deadline: bound it by the header read timeout, so
     // half an HTTP/2 preface cannot hold the connection open.
+    let tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
     let stream = match crate::preface::read_preface(tcp, proxy.config.header_read_timeout).await {
         Ok(Some(stream)) => stream,
         Ok(None) => return,
@@ -396,7 +397,7 @@ async fn forward(
 }
 
 /// Opaque TCP: a CONNECT stream on the pooled HTTP/2 connection to the peer proxy.
-async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<(), ProxyError> {
+async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), ProxyError> {
     let mesh = proxy
         .discovery
         .mesh
@@ -440,6 +441,7 @@ async fn opaque(proxy: &Proxy, mut tcp: TcpStream, target: &Target) -> Result<()
         service: service.qualified_name(),
     };
     proxy.metrics.tcp_opened.get_or_create(&labels).inc();
+    let mut tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
     let tunneled = crate::serve::tunnel(&mut tcp, &mut upgraded, proxy.config.idle_timeout).await;
     proxy
         .metrics

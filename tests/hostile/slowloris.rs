@@ -1,7 +1,7 @@
 //! Slow clients: request heads trickled a byte at a time, a TLS handshake that never
-//! finishes, a peer silent after its handshake, an HTTP/2 preface that stops half-way and
-//! an idle keep-alive connection are all cut off instead of holding a connection (and its
-//! memory) forever.
+//! finishes, a peer silent after its handshake, an HTTP/2 preface that stops half-way, an
+//! idle keep-alive connection and a client that stops reading its response are all cut
+//! off instead of holding a connection (and its memory) forever.
 
 use std::time::Duration;
 
@@ -198,5 +198,49 @@ async fn half_an_http2_preface_at_the_outbound_port_is_cut_off() {
         stall(tcp, &HALF_PREFACE[..]).await,
         "half an HTTP/2 preface held an outbound connection open for {PATIENCE:?}"
     );
+    steady.finish(|| pair.mesh.logs()).await;
+}
+
+/// A client that asks for a large response and never reads it (slow read): once the
+/// socket buffers are full the proxy's writes stall, and after the write stall timeout it
+/// closes the connection instead of holding it, and the response behind it, forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let _one_at_a_time = serial().await;
+    let pair = Pair::start(PairOptions {
+        client_args: ["--write-stall-timeout", "2s"].map(String::from).to_vec(),
+        ..PairOptions::default()
+    })
+    .await;
+    let steady = Steady::start(pair.client.outbound, "server");
+    let mut tcp = TcpStream::connect(pair.client.outbound)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: server\r\n\r\n")
+        .await
+        .expect("request");
+    // Read nothing while buffers fill and the proxy's writes stall past the timeout.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // What the buffers held, then the end: far less than the whole answer.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let ended = loop {
+        match tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+            .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => received += n,
+            Err(_) => break false,
+        }
+        if received >= BIG_BODY {
+            break false;
+        }
+    };
+    assert!(
+        ended && received < BIG_BODY / 2,
+        "a client that read nothing for 8 s was still being served ({received} bytes, ended {ended})\n{}",
+        pair.mesh.logs()
+    );
+    assert_eq!(pair.app.started("/big"), 1);
     steady.finish(|| pair.mesh.logs()).await;
 }

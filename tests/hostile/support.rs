@@ -29,7 +29,8 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 // ---- The application behind the server proxy ----
 
 /// An app that records, per path, the requests whose head arrived and those whose body
-/// arrived complete; answers after `delay_ms`; streams `tick` lines on `/stream`.
+/// arrived complete; answers after `delay_ms`; streams `tick` lines on `/stream` and
+/// [`BIG_BODY`] bytes on `/big`.
 #[derive(Default)]
 pub struct TargetApp {
     started: Mutex<HashMap<String, u64>>,
@@ -74,6 +75,9 @@ fn bump(map: &Mutex<HashMap<String, u64>>, path: &str) {
 
 type AppBody = BoxBody<Bytes, Infallible>;
 
+/// Size of the app's `/big` answer.
+pub const BIG_BODY: usize = 256 * 1024 * 1024;
+
 pub async fn start_target_app(port: u16) -> Arc<TargetApp> {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
@@ -112,6 +116,15 @@ async fn answer(app: &TargetApp, req: Request<hyper::body::Incoming>) -> Respons
     let delay = app.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if path.starts_with("/big") {
+        // 256 MiB in 64 KiB chunks, made as they are sent.
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = futures::stream::iter(
+            (0..BIG_BODY / chunk.len())
+                .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+        );
+        return Response::new(StreamBody::new(chunks).boxed());
     }
     if path.starts_with("/stream") {
         // A tick every 50 ms for at most two minutes: long enough to outlive any test step.
