@@ -160,7 +160,7 @@ async fn request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let service = inbound_service(&proxy, &req);
+    let (service, route) = inbound_service(&proxy, &req);
     let details = proxy.observer.wants_records().then(|| {
         (
             req.method().to_string(),
@@ -220,6 +220,7 @@ async fn request(
         Direction::inbound,
         &peer,
         &service,
+        &route,
         response.status(),
         elapsed,
         error,
@@ -253,15 +254,24 @@ async fn request(
 }
 
 /// The service a caller addressed (by authority), or this workload when none matches.
-fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> String {
+/// With the label of the service's traffic route the path matches, as outbound sees it.
+fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> (String, String) {
+    let default = || "default".to_string();
     let mesh = proxy.discovery.mesh.load();
     let Some(mesh) = mesh.as_ref() else {
-        return String::new();
+        return (String::new(), default());
     };
     let host = authority(req).unwrap_or_default();
-    mesh.service_for_host(host)
-        .map(|s| s.qualified_name())
-        .unwrap_or_else(|| format!("{}.{}", mesh.workload.name, mesh.workload.namespace))
+    match mesh.service_for_host(host) {
+        Some(s) => (
+            s.qualified_name(),
+            s.traffic.route(req.uri().path()).label().to_string(),
+        ),
+        None => (
+            format!("{}.{}", mesh.workload.name, mesh.workload.namespace),
+            default(),
+        ),
+    }
 }
 
 async fn http(

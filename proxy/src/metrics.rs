@@ -242,6 +242,7 @@ impl Metrics {
         direction: Direction,
         peer_identity: &str,
         service: &str,
+        route: &str,
         status: StatusCode,
         elapsed: Duration,
     ) {
@@ -250,7 +251,7 @@ impl Metrics {
                 direction,
                 peer_identity: peer_identity.to_string(),
                 service: service.to_string(),
-                route: "default".to_string(),
+                route: route.to_string(),
                 status_class: status_class(status),
             })
             .inc();

@@ -64,18 +64,20 @@ impl Observer {
         self.tap.receiver_count() > 0 || self.access_log.is_some()
     }
 
-    /// Reports a finished request. `peer` is the identity label for metrics.
+    /// Reports a finished request. `peer` is the identity label for metrics, `route` the
+    /// traffic route it matched ([`crate::traffic::Route::label`]).
     pub fn finished(
         &self,
         direction: Direction,
         peer: &str,
         service: &str,
+        route: &str,
         status: StatusCode,
         elapsed: Duration,
         error: Option<&'static str>,
     ) {
         self.metrics
-            .request(direction, peer, service, status, elapsed);
+            .request(direction, peer, service, route, status, elapsed);
         if let Some(reason) = error {
             self.metrics
                 .proxy_errors

@@ -260,6 +260,8 @@ fn resolve<'m>(
 struct Routed {
     service: String,
     peer: String,
+    /// The traffic route's label; empty until the service is known.
+    route: String,
 }
 
 /// Forwards one request and reports it.
@@ -311,10 +313,15 @@ async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Resp
             ],
         );
     }
+    let route = match routed.route.as_str() {
+        "" => "default",
+        matched => matched,
+    };
     proxy.observer.finished(
         Direction::outbound,
         &routed.peer,
         &routed.service,
+        route,
         response.status(),
         elapsed,
         error,
@@ -366,6 +373,7 @@ async fn forward(
     let service = resolve(&mesh, target, &host)?;
     routed.service = service.qualified_name();
     let route = service.traffic.route(req.uri().path());
+    routed.route = route.label().to_string();
     let path = req
         .uri()
         .path_and_query()

@@ -383,6 +383,14 @@ pub struct Route {
     pub fault: Option<FaultPolicy>,
 }
 
+impl Route {
+    /// The metric label for requests on this route: its path prefix, or `default` for
+    /// requests no route matches. Bounded by the routes an operator writes.
+    pub fn label(&self) -> &str {
+        self.path_prefix.as_deref().unwrap_or("default")
+    }
+}
+
 impl Default for Route {
     fn default() -> Self {
         Route {

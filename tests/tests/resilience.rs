@@ -317,6 +317,26 @@ async fn deadlines_and_full_queues_fail_fast_with_a_reason() {
     // Other routes keep the service's 15 s default.
     let r = http1(via, "web", "/sleep/800", &[]).await.expect("reply");
     assert_eq!(r.status, 200, "{}", r.body);
+    // Requests are counted under the route they matched.
+    let exposition = f.metrics().await;
+    let by_route = |route: &str, class: &str| {
+        exposition.lines().any(|l| {
+            l.starts_with("vigil_requests_total{")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("service=\"web.demo\"")
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains(&format!("status_class=\"{class}\""))
+        })
+    };
+    assert!(
+        by_route("/slow", "5xx") && by_route("default", "2xx"),
+        "requests_total by route:\n{}",
+        exposition
+            .lines()
+            .filter(|l| l.starts_with("vigil_requests_total{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // One in flight, one queued: the third is refused at once.
     let hits = |f: &Fixture| f.hits().iter().sum::<u64>();
