@@ -53,8 +53,20 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish once draining starts.
     pub drain_timeout: Duration,
+    /// What intercepted traffic to an address outside the mesh gets.
+    pub egress: Egress,
     /// OpenTelemetry export; tracing is off when absent.
     pub trace: Option<crate::trace::TraceConfig>,
+}
+
+/// Intercepted connections to an address that is no mesh service: refused (the closed
+/// default: a workload reaches only what the mesh knows, and its operator opens the rest
+/// on purpose), or sent there directly from the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Egress {
+    #[default]
+    Deny,
+    Allow,
 }
 
 /// Limits on one request, applied on both traffic listeners.

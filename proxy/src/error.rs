@@ -55,6 +55,8 @@ pub enum ProxyError {
     TooManyHeaders { count: usize, limit: usize },
     #[error("request body is over the {limit}-byte limit (--max-request-body-bytes)")]
     BodyTooLarge { limit: u64 },
+    #[error("{0} is no mesh service and this proxy refuses traffic leaving the mesh; start it with --egress allow (pod annotation vigil.io/egress: allow) or exclude the destination from interception")]
+    EgressDenied(std::net::SocketAddr),
     #[error("fault injected by the route's traffic policy")]
     FaultInjected { status: StatusCode },
 }
@@ -80,6 +82,7 @@ impl ProxyError {
             ProxyError::RequestLineTooLong { .. } => "request-line-too-long",
             ProxyError::TooManyHeaders { .. } => "too-many-headers",
             ProxyError::BodyTooLarge { .. } => "body-too-large",
+            ProxyError::EgressDenied(_) => "egress-denied",
             ProxyError::FaultInjected { .. } => "fault-injected",
         }
     }
@@ -104,6 +107,7 @@ impl ProxyError {
             ProxyError::RequestLineTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::EgressDenied(_) => StatusCode::FORBIDDEN,
             ProxyError::FaultInjected { status } => *status,
         }
     }

@@ -112,6 +112,10 @@ struct Args {
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "VIGIL_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Intercepted traffic to an address that is no mesh service: `deny` refuses it
+    /// (HTTP gets 403 `egress-denied`), `allow` sends it there directly.
+    #[arg(long, env = "VIGIL_EGRESS", value_enum, default_value = "deny")]
+    egress: vigil_proxy::config::Egress,
     /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); tracing is off without it.
     #[arg(long, env = "VIGIL_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -230,6 +234,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         write_stall_timeout: args.write_stall_timeout,
         header_read_timeout: args.header_read_timeout,
         drain_timeout: args.drain_timeout,
+        egress: args.egress,
         trace: args
             .otlp_endpoint
             .map(|endpoint| vigil_proxy::trace::TraceConfig {

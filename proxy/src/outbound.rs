@@ -255,6 +255,35 @@ fn resolve<'m>(
     }
 }
 
+/// Where a request or connection goes.
+enum Destination<'m> {
+    Mesh(&'m Arc<ServiceView>),
+    /// Intercepted, to an address that is no mesh service, with `--egress allow`: sent
+    /// there directly, in the clear, as the application would without the mesh.
+    Egress(SocketAddr),
+}
+
+/// The mesh service for `target`, or for intercepted traffic to an unknown address what
+/// `--egress` says.
+fn destination<'m>(
+    proxy: &Proxy,
+    mesh: &'m MeshView,
+    target: &Target,
+    host: &str,
+) -> Result<Destination<'m>, ProxyError> {
+    match (resolve(mesh, target, host), target) {
+        (Ok(service), _) => Ok(Destination::Mesh(service)),
+        (Err(ProxyError::UnknownService(_)), Target::Address(dst)) => match proxy.config.egress {
+            crate::config::Egress::Allow => Ok(Destination::Egress(*dst)),
+            crate::config::Egress::Deny => Err(ProxyError::EgressDenied(*dst)),
+        },
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// The service label of traffic leaving the mesh.
+const EGRESS: &str = "egress";
+
 /// Where an outbound request went, for reporting.
 #[derive(Default)]
 struct Routed {
@@ -370,7 +399,13 @@ async fn forward(
     let host = crate::headers::authority(&req)
         .map(str::to_string)
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
-    let service = resolve(&mesh, target, &host)?;
+    let service = match destination(proxy, &mesh, target, &host)? {
+        Destination::Mesh(service) => service,
+        Destination::Egress(dst) => {
+            routed.service = EGRESS.into();
+            return egress_http(proxy, dst, req, &host).await;
+        }
+    };
     routed.service = service.qualified_name();
     let route = service.traffic.route(req.uri().path());
     routed.route = route.label().to_string();
@@ -404,6 +439,88 @@ async fn forward(
     Ok(Response::from_parts(parts, body))
 }
 
+/// An intercepted request to an address outside the mesh (`--egress allow`), sent on as
+/// HTTP/1.1 from the proxy, whose own connections interception lets through.
+async fn egress_http(
+    proxy: &Proxy,
+    dst: SocketAddr,
+    mut req: Request<Incoming>,
+    host: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = Uri::try_from(format!("http://{dst}{path}"))
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if !headers.contains_key(http::header::HOST) {
+        if let Ok(v) = http::HeaderValue::from_str(host) {
+            headers.insert(http::header::HOST, v);
+        }
+    }
+    let (parts, incoming) = req.into_parts();
+    let max_body = proxy.config.request_limits.max_body_bytes;
+    let (limited, exceeded) = crate::limits::limit_body(incoming, max_body);
+    let response = match proxy.app.request(Request::from_parts(parts, limited)).await {
+        Ok(response) => response,
+        Err(_) if exceeded.happened() => {
+            return Err(ProxyError::BodyTooLarge {
+                limit: max_body.unwrap_or_default(),
+            })
+        }
+        Err(e) => return Err(ProxyError::Upstream(format!("egress to {dst}: {e}"))),
+    };
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
+}
+
+/// Intercepted TCP to an address outside the mesh (`--egress allow`): bytes both ways.
+async fn egress_tcp(proxy: &Proxy, tcp: TcpStream, dst: SocketAddr) -> Result<(), ProxyError> {
+    let mut remote = tokio::time::timeout(proxy.config.connect_timeout, TcpStream::connect(dst))
+        .await
+        .map_err(|_| ProxyError::ConnectFailed {
+            endpoint: dst.to_string(),
+            reason: "timed out".into(),
+        })?
+        .map_err(|e| ProxyError::ConnectFailed {
+            endpoint: dst.to_string(),
+            reason: e.to_string(),
+        })?;
+    let _ = remote.set_nodelay(true);
+    let labels = TcpLabels {
+        direction: Direction::outbound,
+        peer_identity: String::new(),
+        service: EGRESS.into(),
+    };
+    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
+    let mut tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
+    let tunneled = crate::serve::tunnel(&mut tcp, &mut remote, proxy.config.idle_timeout).await;
+    record_tunnel(proxy, &labels, &tunneled);
+    if let Err(e) = tunneled.result {
+        tracing::debug!(%dst, error = %e, "egress connection ended");
+    }
+    Ok(())
+}
+
+/// Counts a finished client tunnel's bytes and its close.
+fn record_tunnel(proxy: &Proxy, labels: &TcpLabels, tunneled: &crate::serve::Tunneled) {
+    let metrics = &proxy.metrics;
+    metrics
+        .tcp_bytes_sent
+        .get_or_create(labels)
+        .inc_by(tunneled.forward);
+    metrics
+        .tcp_bytes_received
+        .get_or_create(labels)
+        .inc_by(tunneled.backward);
+    metrics.tcp_closed.get_or_create(labels).inc();
+}
+
 /// Opaque TCP: a CONNECT stream on the pooled HTTP/2 connection to the peer proxy.
 async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), ProxyError> {
     let mesh = proxy
@@ -417,7 +534,10 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
                 .into(),
         ));
     }
-    let service = resolve(&mesh, target, "")?;
+    let service = match destination(proxy, &mesh, target, "")? {
+        Destination::Mesh(service) => service,
+        Destination::Egress(dst) => return egress_tcp(proxy, tcp, dst).await,
+    };
     let tries = AttemptLog::default();
     // The balancer aims the CONNECT at the chosen endpoint's application port.
     let req = Request::builder()
@@ -451,20 +571,10 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
     proxy.metrics.tcp_opened.get_or_create(&labels).inc();
     let mut tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
     let tunneled = crate::serve::tunnel(&mut tcp, &mut upgraded, proxy.config.idle_timeout).await;
-    proxy
-        .metrics
-        .tcp_bytes_sent
-        .get_or_create(&labels)
-        .inc_by(tunneled.forward);
-    proxy
-        .metrics
-        .tcp_bytes_received
-        .get_or_create(&labels)
-        .inc_by(tunneled.backward);
+    record_tunnel(proxy, &labels, &tunneled);
     if let Err(e) = tunneled.result {
         tracing::debug!(error = %e, "outbound tunnel ended");
     }
-    proxy.metrics.tcp_closed.get_or_create(&labels).inc();
     Ok(())
 }
 

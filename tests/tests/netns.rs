@@ -10,6 +10,9 @@ use vigil_e2e::{binary, TRUST_DOMAIN};
 
 const APP_PORT: u16 = 8080;
 const PROXY_UID: u32 = 1337;
+/// A server outside the mesh, in the control plane's pod: HTTP and a TCP echo.
+const OUTSIDE_PORT: u16 = 9090;
+const OUTSIDE_TCP_PORT: u16 = 9091;
 
 /// Only workload `a` may call `b`; health and metrics paths stay open as usual.
 const POLICY: &str = r#"package vigil.authz
@@ -58,6 +61,18 @@ fn call(cluster: &Cluster, pod: &Pod, target: &str, path: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Sends a line over raw TCP from inside `pod` (bash's /dev/tcp, as an application
+/// would) and returns the line echoed back, empty when none came.
+fn tcp_echo(cluster: &Cluster, pod: &Pod, ip: &str, port: u16) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/{port} || exit 0; echo ping-outside >&3; read -t 5 line <&3; echo \"$line\""
+    );
+    let out = cluster
+        .run(&pod.netns, Path::new("bash"), &["-c", &script])
+        .expect("bash runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn iptables_rules(cluster: &Cluster, pod: &Pod) -> String {
@@ -149,9 +164,27 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
             ],
         )
         .expect("app b");
+    // A server outside the mesh (the control plane's pod has no sidecar and no rules).
+    cluster
+        .spawn(
+            &cp.netns,
+            "app-outside",
+            None,
+            &binary("vigil-demo-app"),
+            &[
+                "server".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{OUTSIDE_PORT}"),
+                "--name".into(),
+                "outside".into(),
+                "--tcp-echo".into(),
+                format!("0.0.0.0:{OUTSIDE_TCP_PORT}"),
+            ],
+        )
+        .expect("app outside the mesh");
     let bundle = data.join("trust-bundle.pem");
     for pod in [&a, &b, &c] {
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--trust-domain",
             TRUST_DOMAIN,
             "--token",
@@ -172,6 +205,10 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // c may reach addresses outside the mesh; a and b keep the closed default.
+        if pod.name == "c" {
+            args.extend(["--egress".to_string(), "allow".to_string()]);
+        }
         cluster
             .spawn(
                 &pod.netns,
@@ -265,6 +302,33 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
         !outsider.contains("200 OK") && outsider.contains("failed"),
         "outsider → b: {outsider}"
     );
+
+    // Leaving the mesh: refused by default, with the reason; allowed where the proxy says so.
+    let outside = format!("{}:{OUTSIDE_PORT}", cp.ip);
+    let refused = call(&cluster, &a, &outside, "/egress");
+    assert!(
+        refused.contains(": 403 Forbidden [egress-denied]"),
+        "a → outside the mesh: {refused}\n{}",
+        cluster.logs()
+    );
+    let allowed = call(&cluster, &c, &outside, "/egress");
+    assert!(
+        allowed.contains(": 200 OK") && allowed.contains("\"service\":\"outside\""),
+        "c → outside the mesh with --egress allow: {allowed}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        !allowed.contains("spiffe://"),
+        "no mesh identity is claimed outside the mesh: {allowed}"
+    );
+    let echo = |pod: &Pod| tcp_echo(&cluster, pod, &cp.ip.to_string(), OUTSIDE_TCP_PORT);
+    assert_eq!(
+        echo(&c),
+        "ping-outside",
+        "c's TCP leaves the mesh\n{}",
+        cluster.logs()
+    );
+    assert_eq!(echo(&a), "", "a's TCP to outside the mesh is refused");
 
     std::thread::sleep(Duration::from_millis(500));
     for index in captures {

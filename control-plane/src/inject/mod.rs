@@ -41,6 +41,8 @@ pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "vigil.io/exclude-inbound-por
 pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "vigil.io/exclude-outbound-ports";
 /// Comma-separated IPv4 CIDRs whose outbound traffic bypasses the proxy.
 pub const ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: &str = "vigil.io/exclude-outbound-cidrs";
+/// `deny` (default) or `allow`: whether the pod may reach addresses outside the mesh.
+pub const ANNOTATION_EGRESS: &str = "vigil.io/egress";
 /// Proxy resources: `vigil.io/proxy-{cpu,memory}-{request,limit}`.
 pub const ANNOTATION_PROXY_RESOURCES: [(&str, &str, &str); 4] = [
     ("vigil.io/proxy-cpu-request", "requests", "cpu"),
@@ -224,8 +226,19 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
     let exclude_cidrs = cidr_list(&annotations, &mut warnings);
     let resources = proxy_resources(&annotations, &cfg.default_resources, &mut warnings);
 
+    let egress = match annotations.get(ANNOTATION_EGRESS).map(String::as_str) {
+        None | Some("deny") => "deny",
+        Some("allow") => "allow",
+        Some(other) => {
+            warnings.push(format!(
+                "vigil.io/egress={other:?} is neither allow nor deny; traffic leaving the mesh stays denied"
+            ));
+            "deny"
+        }
+    };
+
     let init = init_container(cfg, &exclude_inbound, &exclude_outbound, &exclude_cidrs);
-    let mut proxy = proxy_container(cfg, resources);
+    let mut proxy = proxy_container(cfg, resources, egress);
     let inits = spec
         .entry("initContainers")
         .or_insert_with(|| Value::Array(vec![]));
@@ -385,7 +398,7 @@ fn init_container(
     c
 }
 
-fn proxy_container(cfg: &InjectConfig, resources: Value) -> Value {
+fn proxy_container(cfg: &InjectConfig, resources: Value, egress: &str) -> Value {
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let env = |name: &str, mut v: Value| {
         if let Some(o) = v.as_object_mut() {
@@ -407,6 +420,7 @@ fn proxy_container(cfg: &InjectConfig, resources: Value) -> Value {
             "--outbound", format!("127.0.0.1:{OUTBOUND_PORT}"),
             "--admin", format!("127.0.0.1:{ADMIN_PORT}"),
             "--metrics", format!("0.0.0.0:{METRICS_PORT}"),
+            "--egress", egress,
         ],
         "env": [
             env("POD_NAME", field("metadata.name")),

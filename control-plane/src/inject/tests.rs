@@ -109,6 +109,11 @@ fn every_recorded_pod_create_gets_a_native_sidecar_patch() {
         assert_eq!(inits[1]["securityContext"]["runAsUser"], 1337, "{file}");
         assert_eq!(arg_after(&inits[1], "--token-kind"), Some("kubernetes"));
         assert_eq!(
+            arg_after(&inits[1], "--egress"),
+            Some("deny"),
+            "{file}: leaving the mesh is denied unless annotated"
+        );
+        assert_eq!(
             arg_after(&inits[1], "--token-file"),
             Some("/var/run/secrets/vigil.io/token/token")
         );
@@ -211,6 +216,7 @@ fn annotations_choose_mode_resources_and_exclusions() {
             ANNOTATION_EXCLUDE_OUTBOUND_PORTS: "5432, 6379",
             ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: "169.254.169.254/32,not-a-cidr",
             ANNOTATION_EXCLUDE_INBOUND_PORTS: "9000",
+            ANNOTATION_EGRESS: "allow",
         }},
         "spec": {"containers": [{"name": "app", "image": "busybox"}]},
     });
@@ -222,6 +228,7 @@ fn annotations_choose_mode_resources_and_exclusions() {
     assert_eq!(proxy["name"], PROXY_CONTAINER);
     assert!(proxy.get("restartPolicy").is_none());
     assert_eq!(names(&pod["spec"]["initContainers"]), ["vigil-init"]);
+    assert_eq!(arg_after(proxy, "--egress"), Some("allow"));
     assert_eq!(proxy["resources"]["requests"]["cpu"], "250m");
     assert_eq!(proxy["resources"]["requests"]["memory"], "64Mi");
     assert_eq!(proxy["resources"]["limits"]["memory"], "1Gi");
