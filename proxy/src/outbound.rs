@@ -497,28 +497,32 @@ async fn egress_tcp(proxy: &Proxy, tcp: TcpStream, dst: SocketAddr) -> Result<()
         peer_identity: String::new(),
         service: EGRESS.into(),
     };
-    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
-    let mut tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
-    let tunneled = crate::serve::tunnel(&mut tcp, &mut remote, proxy.config.idle_timeout).await;
-    record_tunnel(proxy, &labels, &tunneled);
-    if let Err(e) = tunneled.result {
-        tracing::debug!(%dst, error = %e, "egress connection ended");
-    }
+    carry(proxy, tcp, &mut remote, labels).await;
     Ok(())
 }
 
-/// Counts a finished client tunnel's bytes and its close.
-fn record_tunnel(proxy: &Proxy, labels: &TcpLabels, tunneled: &crate::serve::Tunneled) {
+/// Carries the client's connection over `remote` (a tunnel to the peer proxy, or the
+/// destination itself) until either side ends, counted under `labels`.
+async fn carry<R>(proxy: &Proxy, tcp: TcpStream, remote: &mut R, labels: TcpLabels)
+where
+    R: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let metrics = &proxy.metrics;
+    metrics.tcp_opened.get_or_create(&labels).inc();
+    let mut tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
+    let tunneled = crate::serve::tunnel(&mut tcp, remote, proxy.config.idle_timeout).await;
     metrics
         .tcp_bytes_sent
-        .get_or_create(labels)
+        .get_or_create(&labels)
         .inc_by(tunneled.forward);
     metrics
         .tcp_bytes_received
-        .get_or_create(labels)
+        .get_or_create(&labels)
         .inc_by(tunneled.backward);
-    metrics.tcp_closed.get_or_create(labels).inc();
+    metrics.tcp_closed.get_or_create(&labels).inc();
+    if let Err(e) = tunneled.result {
+        tracing::debug!(service = %labels.service, error = %e, "outbound tunnel ended");
+    }
 }
 
 /// Opaque TCP: a CONNECT stream on the pooled HTTP/2 connection to the peer proxy.
@@ -562,19 +566,12 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
     let upgraded = hyper::upgrade::on(&mut response)
         .await
         .map_err(|e| ProxyError::Upstream(e.to_string()))?;
-    let mut upgraded = TokioIo::new(upgraded);
     let labels = TcpLabels {
         direction: Direction::outbound,
         peer_identity: tries.last_peer(),
         service: service.qualified_name(),
     };
-    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
-    let mut tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
-    let tunneled = crate::serve::tunnel(&mut tcp, &mut upgraded, proxy.config.idle_timeout).await;
-    record_tunnel(proxy, &labels, &tunneled);
-    if let Err(e) = tunneled.result {
-        tracing::debug!(error = %e, "outbound tunnel ended");
-    }
+    carry(proxy, tcp, &mut TokioIo::new(upgraded), labels).await;
     Ok(())
 }
 

@@ -26,12 +26,8 @@ fn outbound_accept_failures(log: &str) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let _one_at_a_time = serial().await;
-    let mut pair = Pair::start(PairOptions {
-        // Half-sent requests hold their descriptors for the whole test.
-        client_args: ["--header-read-timeout", "120s"].map(String::from).to_vec(),
-        ..PairOptions::default()
-    })
-    .await;
+    // Half-sent requests hold their descriptors for the whole test.
+    let mut pair = Pair::start(PairOptions::client(&["--header-read-timeout", "120s"])).await;
     let steady = Steady::start(pair.client.outbound, "server");
     // The steady client's connection is open before the descriptors run out.
     tokio::time::sleep(Duration::from_millis(500)).await;

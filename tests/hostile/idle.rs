@@ -58,11 +58,7 @@ async fn ten_thousand_idle_connections_leave_the_proxy_serving() {
     );
     // Idle HTTP/1 connections are closed after the header read timeout (10 s by
     // default); hold these for the whole measurement.
-    let mut pair = Pair::start(PairOptions {
-        client_args: vec!["--header-read-timeout".into(), "300s".into()],
-        ..PairOptions::default()
-    })
-    .await;
+    let mut pair = Pair::start(PairOptions::client(&["--header-read-timeout", "300s"])).await;
     let steady = Steady::start(pair.client.outbound, "server");
     let pid = pair.proxy("client").pid().expect("running");
     for _ in 0..20 {

@@ -149,30 +149,39 @@ async fn requests_over_the_limits_get_414_431_and_413_and_never_reach_the_app() 
     steady.finish(|| pair.mesh.logs()).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn idle_http2_connections_get_a_goaway_but_a_streaming_response_finishes() {
-    let _one_at_a_time = serial().await;
-    let pair = Pair::start(PairOptions {
-        client_args: ["--idle-timeout", "2s"].map(String::from).to_vec(),
-        ..PairOptions::default()
-    })
-    .await;
-    let steady = Steady::start(pair.client.outbound, "server");
-
-    // An HTTP/2 client (prior knowledge) that makes one request and goes quiet.
-    let tcp = TcpStream::connect(pair.client.outbound)
-        .await
-        .expect("connect");
+/// A GET of `path` from service `server` over a new HTTP/2 connection (prior knowledge)
+/// to `addr`: the `200` response's body, the connection's request handle (holding it
+/// keeps the client side open) and the task driving the connection, which ends when the
+/// proxy closes it.
+async fn h2_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> (
+    h2::RecvStream,
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
     let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
     let driver = tokio::spawn(connection);
     let mut send = send.ready().await.expect("ready");
-    let request = http::Request::get("http://server/quick")
+    let request = http::Request::get(format!("http://server{path}"))
         .body(())
         .expect("request");
     let (response, _) = send.send_request(request, true).expect("send");
     let response = response.await.expect("answered");
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
+    assert_eq!(response.status(), 200, "GET {path}");
+    (response.into_body(), send, driver)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_http2_connections_get_a_goaway_but_a_streaming_response_finishes() {
+    let _one_at_a_time = serial().await;
+    let pair = Pair::start(PairOptions::client(&["--idle-timeout", "2s"])).await;
+    let steady = Steady::start(pair.client.outbound, "server");
+
+    // An HTTP/2 client (prior knowledge) that makes one request and goes quiet.
+    let (mut body, _send, driver) = h2_get(pair.client.outbound, "/quick").await;
     while let Some(chunk) = body.data().await {
         chunk.expect("body");
     }
@@ -184,19 +193,7 @@ async fn idle_http2_connections_get_a_goaway_but_a_streaming_response_finishes()
     );
 
     // A response streaming for longer than the idle timeout is not cut.
-    let tcp = TcpStream::connect(pair.client.outbound)
-        .await
-        .expect("connect");
-    let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
-    let driver = tokio::spawn(connection);
-    let mut send = send.ready().await.expect("ready");
-    let request = http::Request::get("http://server/stream")
-        .body(())
-        .expect("request");
-    let (response, _) = send.send_request(request, true).expect("send");
-    let response = response.await.expect("answered");
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
+    let (mut body, send, driver) = h2_get(pair.client.outbound, "/stream").await;
     let mut ticks = 0;
     let streaming_since = std::time::Instant::now();
     while streaming_since.elapsed() < Duration::from_secs(5) {
@@ -221,23 +218,9 @@ async fn idle_http2_connections_get_a_goaway_but_a_streaming_response_finishes()
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_tunnels_are_closed_and_busy_ones_are_not() {
     let _one_at_a_time = serial().await;
-    let mut client = WorkloadSpec::new("client", "demo");
-    let server = {
-        let mut s = WorkloadSpec::new("server", "demo");
-        s.tcp_ports = vec![free_port()];
-        s
-    };
-    let echo_port = server.tcp_ports[0];
-    let upstream = free_addr();
-    client.upstreams = vec![(upstream, "echo".into())];
-    client.extra_args = ["--idle-timeout", "3s"].map(String::from).to_vec();
-    let spec = MeshSpec::new(vec![client, server])
-        .service("server", "http", &["server"], None)
-        .service("echo", "tcp", &["server"], Some(echo_port));
-    let mut mesh = Mesh::start(spec).await.expect("control plane");
-    start_tcp_echo(echo_port).await.expect("echo app");
-    mesh.start_proxy("client").await.expect("client proxy");
-    mesh.start_proxy("server").await.expect("server proxy");
+    let (mesh, upstream) = tcp_echo_mesh(&["--idle-timeout", "3s"])
+        .await
+        .expect("a pair with a TCP service");
 
     let mut tcp = TcpStream::connect(upstream).await.expect("connect");
     // Busy: a message every 500 ms for 8 s, across more than two idle timeouts.

@@ -207,11 +207,7 @@ async fn half_an_http2_preface_at_the_outbound_port_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_is_cut_off() {
     let _one_at_a_time = serial().await;
-    let pair = Pair::start(PairOptions {
-        client_args: ["--write-stall-timeout", "2s"].map(String::from).to_vec(),
-        ..PairOptions::default()
-    })
-    .await;
+    let pair = Pair::start(PairOptions::client(&["--write-stall-timeout", "2s"])).await;
     let steady = Steady::start(pair.client.outbound, "server");
     let mut tcp = TcpStream::connect(pair.client.outbound)
         .await

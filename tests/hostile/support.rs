@@ -156,6 +156,16 @@ pub struct PairOptions {
     pub bystander: bool,
 }
 
+impl PairOptions {
+    /// The defaults, with `args` for the client proxy.
+    pub fn client(args: &[&str]) -> PairOptions {
+        PairOptions {
+            client_args: args.iter().map(|a| a.to_string()).collect(),
+            ..PairOptions::default()
+        }
+    }
+}
+
 /// A control plane, a client and a server proxy, and the server's [`TargetApp`].
 pub struct Pair {
     pub mesh: Mesh,

@@ -580,6 +580,27 @@ pub async fn start_echo_app(
 }
 
 /// A raw TCP echo application.
+/// A running pair with a TCP service `echo` on the server workload (a TCP echo app behind
+/// it), reached through an upstream listener of the client proxy, which also gets
+/// `client_args`. Returns the mesh and that listener's address.
+pub async fn tcp_echo_mesh(client_args: &[&str]) -> anyhow::Result<(Mesh, SocketAddr)> {
+    let mut client = WorkloadSpec::new("client", "demo");
+    let mut server = WorkloadSpec::new("server", "demo");
+    let echo_port = free_port();
+    server.tcp_ports = vec![echo_port];
+    let upstream = free_addr();
+    client.upstreams = vec![(upstream, "echo".into())];
+    client.extra_args = client_args.iter().map(|a| a.to_string()).collect();
+    let spec = MeshSpec::new(vec![client, server])
+        .service("server", "http", &["server"], None)
+        .service("echo", "tcp", &["server"], Some(echo_port));
+    let mut mesh = Mesh::start(spec).await?;
+    start_tcp_echo(echo_port).await?;
+    mesh.start_proxy("client").await?;
+    mesh.start_proxy("server").await?;
+    Ok((mesh, upstream))
+}
+
 pub async fn start_tcp_echo(port: u16) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     tokio::spawn(async move {

@@ -101,19 +101,7 @@ async fn http1_and_http2_reach_the_server_with_the_callers_verified_identity() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn opaque_tcp_is_tunnelled_over_mtls() {
-    let mut client = WorkloadSpec::new("client", "demo");
-    let mut server = WorkloadSpec::new("server", "demo");
-    let echo_port = free_port();
-    server.tcp_ports = vec![echo_port];
-    let upstream = free_addr();
-    client.upstreams = vec![(upstream, "echo".into())];
-    let spec = MeshSpec::new(vec![client, server])
-        .service("server", "http", &["server"], None)
-        .service("echo", "tcp", &["server"], Some(echo_port));
-    let mut mesh = Mesh::start(spec).await.expect("control plane");
-    start_tcp_echo(echo_port).await.expect("echo app");
-    mesh.start_proxy("client").await.expect("client proxy");
-    mesh.start_proxy("server").await.expect("server proxy");
+    let (mesh, upstream) = tcp_echo_mesh(&[]).await.expect("a pair with a TCP service");
 
     let mut tcp = tokio::net::TcpStream::connect(upstream)
         .await
