@@ -131,6 +131,9 @@ fn handshake_failed(proxy: &Proxy, reason: &'static str) {
         .inc();
 }
 
+/// hyper's own HTTP/1 header-count limit (its default).
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The HTTP server settings both traffic listeners use: head size and read-time limits
 /// (slowloris), HTTP/2 stream and header-list limits, and reset-flood protection.
 pub fn http_server(
@@ -141,8 +144,14 @@ pub fn http_server(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_headers(config.request_limits.max_headers)
         .max_buf_size(config.max_header_bytes.max(8192));
+    // hyper parses up to 100 headers into a stack array; any explicit limit, even 100,
+    // moves that array to the heap for every request (about 5% slower, says hyper).
+    if config.request_limits.max_headers != HYPER_MAX_HEADERS {
+        builder
+            .http1()
+            .max_headers(config.request_limits.max_headers);
+    }
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
