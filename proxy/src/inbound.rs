@@ -21,7 +21,7 @@ use crate::error::{local_response, LocalReason, PolicyOutcome, ProxyError, ERROR
 use crate::headers::{authority, strip_hop_by_hop, strip_identity, PEER_IDENTITY};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, ReasonLabels};
-use crate::observe::{now_secs, RequestRecord};
+use crate::observe::{now_secs, Call, RequestRecord};
 use crate::Proxy;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -226,10 +226,12 @@ async fn request(
     let error = response.extensions().get::<LocalReason>().map(|r| r.0);
     let elapsed = started.elapsed();
     proxy.observer.finished(
-        Direction::inbound,
-        &peer,
-        &service,
-        &route,
+        Call {
+            direction: Direction::inbound,
+            peer: &peer,
+            service: &service,
+            route: &route,
+        },
         response.status(),
         elapsed,
         error,

@@ -384,6 +384,7 @@ mod tests {
             Direction::inbound,
             "spiffe://vigil.local/ns/a/sa/b",
             "svc.a",
+            "/api",
             StatusCode::OK,
             Duration::from_millis(3),
         );

@@ -41,6 +41,16 @@ pub struct Observer {
     access_log: Option<Mutex<Box<dyn Write + Send>>>,
 }
 
+/// Which call a finished request was, as its metrics are labelled.
+pub struct Call<'a> {
+    pub direction: Direction,
+    /// The peer's identity.
+    pub peer: &'a str,
+    pub service: &'a str,
+    /// The traffic route it matched ([`crate::traffic::Route::label`]).
+    pub route: &'a str,
+}
+
 impl Observer {
     pub fn new(
         metrics: std::sync::Arc<Metrics>,
@@ -64,20 +74,23 @@ impl Observer {
         self.tap.receiver_count() > 0 || self.access_log.is_some()
     }
 
-    /// Reports a finished request. `peer` is the identity label for metrics, `route` the
-    /// traffic route it matched ([`crate::traffic::Route::label`]).
+    /// Reports a finished request.
     pub fn finished(
         &self,
-        direction: Direction,
-        peer: &str,
-        service: &str,
-        route: &str,
+        call: Call<'_>,
         status: StatusCode,
         elapsed: Duration,
         error: Option<&'static str>,
     ) {
-        self.metrics
-            .request(direction, peer, service, route, status, elapsed);
+        let direction = call.direction;
+        self.metrics.request(
+            direction,
+            call.peer,
+            call.service,
+            call.route,
+            status,
+            elapsed,
+        );
         if let Some(reason) = error {
             self.metrics
                 .proxy_errors

@@ -347,10 +347,12 @@ async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Resp
         matched => matched,
     };
     proxy.observer.finished(
-        Direction::outbound,
-        &routed.peer,
-        &routed.service,
-        route,
+        crate::observe::Call {
+            direction: Direction::outbound,
+            peer: &routed.peer,
+            service: &routed.service,
+            route,
+        },
         response.status(),
         elapsed,
         error,
