@@ -43,6 +43,8 @@ pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "vigil.io/exclude-outbound-p
 pub const ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: &str = "vigil.io/exclude-outbound-cidrs";
 /// `deny` (default) or `allow`: whether the pod may reach addresses outside the mesh.
 pub const ANNOTATION_EGRESS: &str = "vigil.io/egress";
+/// Threads carrying the proxy's traffic (default 1), for pods whose traffic needs more.
+pub const ANNOTATION_WORKER_THREADS: &str = "vigil.io/proxy-worker-threads";
 /// Proxy resources: `vigil.io/proxy-{cpu,memory}-{request,limit}`.
 pub const ANNOTATION_PROXY_RESOURCES: [(&str, &str, &str); 4] = [
     ("vigil.io/proxy-cpu-request", "requests", "cpu"),
@@ -237,8 +239,21 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
         }
     };
 
+    let threads = match annotations.get(ANNOTATION_WORKER_THREADS) {
+        None => 1,
+        Some(v) => match v.trim().parse::<u16>() {
+            Ok(n @ 1..=64) => n,
+            _ => {
+                warnings.push(format!(
+                    "vigil.io/proxy-worker-threads={v:?} is not a number from 1 to 64; using 1"
+                ));
+                1
+            }
+        },
+    };
+
     let init = init_container(cfg, &exclude_inbound, &exclude_outbound, &exclude_cidrs);
-    let mut proxy = proxy_container(cfg, resources, egress);
+    let mut proxy = proxy_container(cfg, resources, egress, threads);
     let inits = spec
         .entry("initContainers")
         .or_insert_with(|| Value::Array(vec![]));
@@ -398,7 +413,7 @@ fn init_container(
     c
 }
 
-fn proxy_container(cfg: &InjectConfig, resources: Value, egress: &str) -> Value {
+fn proxy_container(cfg: &InjectConfig, resources: Value, egress: &str, threads: u16) -> Value {
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let env = |name: &str, mut v: Value| {
         if let Some(o) = v.as_object_mut() {
@@ -421,6 +436,7 @@ fn proxy_container(cfg: &InjectConfig, resources: Value, egress: &str) -> Value 
             "--admin", format!("127.0.0.1:{ADMIN_PORT}"),
             "--metrics", format!("0.0.0.0:{METRICS_PORT}"),
             "--egress", egress,
+            "--worker-threads", threads.to_string(),
         ],
         "env": [
             env("POD_NAME", field("metadata.name")),

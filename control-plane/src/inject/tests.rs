@@ -217,6 +217,7 @@ fn annotations_choose_mode_resources_and_exclusions() {
             ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: "169.254.169.254/32,not-a-cidr",
             ANNOTATION_EXCLUDE_INBOUND_PORTS: "9000",
             ANNOTATION_EGRESS: "allow",
+            ANNOTATION_WORKER_THREADS: "4",
         }},
         "spec": {"containers": [{"name": "app", "image": "busybox"}]},
     });
@@ -229,6 +230,7 @@ fn annotations_choose_mode_resources_and_exclusions() {
     assert!(proxy.get("restartPolicy").is_none());
     assert_eq!(names(&pod["spec"]["initContainers"]), ["vigil-init"]);
     assert_eq!(arg_after(proxy, "--egress"), Some("allow"));
+    assert_eq!(arg_after(proxy, "--worker-threads"), Some("4"));
     assert_eq!(proxy["resources"]["requests"]["cpu"], "250m");
     assert_eq!(proxy["resources"]["requests"]["memory"], "64Mi");
     assert_eq!(proxy["resources"]["limits"]["memory"], "1Gi");
