@@ -43,7 +43,7 @@ pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "vigil.io/exclude-outbound-p
 pub const ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: &str = "vigil.io/exclude-outbound-cidrs";
 /// `deny` (default) or `allow`: whether the pod may reach addresses outside the mesh.
 pub const ANNOTATION_EGRESS: &str = "vigil.io/egress";
-/// Threads carrying the proxy's traffic (default 1), for pods whose traffic needs more.
+/// Threads carrying the proxy's traffic (default 2).
 pub const ANNOTATION_WORKER_THREADS: &str = "vigil.io/proxy-worker-threads";
 /// Proxy resources: `vigil.io/proxy-{cpu,memory}-{request,limit}`.
 pub const ANNOTATION_PROXY_RESOURCES: [(&str, &str, &str); 4] = [
@@ -240,14 +240,14 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
     };
 
     let threads = match annotations.get(ANNOTATION_WORKER_THREADS) {
-        None => 1,
+        None => 2,
         Some(v) => match v.trim().parse::<u16>() {
             Ok(n @ 1..=64) => n,
             _ => {
                 warnings.push(format!(
-                    "vigil.io/proxy-worker-threads={v:?} is not a number from 1 to 64; using 1"
+                    "vigil.io/proxy-worker-threads={v:?} is not a number from 1 to 64; using 2"
                 ));
-                1
+                2
             }
         },
     };
