@@ -52,13 +52,14 @@ pub fn check_head<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), Pro
 }
 
 /// Whether a body limited by [`limit_body`] went over its limit: the request failed
-/// because of its size.
+/// because of its size. Without a limit there is nothing to share, so nothing is
+/// allocated on the request path.
 #[derive(Debug, Clone, Default)]
-pub struct Exceeded(Arc<AtomicBool>);
+pub struct Exceeded(Option<Arc<AtomicBool>>);
 
 impl Exceeded {
     pub fn happened(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
     }
 }
 
@@ -69,21 +70,21 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: Into<BodyError>,
 {
-    let exceeded = Exceeded::default();
     let Some(limit) = limit else {
-        return (crate::body::boxed(body), exceeded);
+        return (crate::body::boxed(body), Exceeded::default());
     };
-    let flag = exceeded.0.clone();
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let body = Limited::new(body, limit)
         .map_err(move |e| {
             if e.is::<LengthLimitError>() {
-                flag.store(true, Ordering::Release);
+                set.store(true, Ordering::Release);
             }
             e
         })
         .boxed();
-    (body, exceeded)
+    (body, Exceeded(Some(flag)))
 }
 
 #[cfg(test)]
