@@ -6,6 +6,12 @@ use http::header::{HeaderMap, HeaderName, CONNECTION};
 /// Header carrying the verified peer SPIFFE ID to the application.
 pub const PEER_IDENTITY: &str = "x-vigil-peer-identity";
 
+/// Set by the client proxy on a request it received as HTTP/1 (`HTTP/1.1`, `HTTP/1.0`)
+/// and carries to its peer over HTTP/2, so the server proxy hands it to the application
+/// as HTTP/1 again. A request without it was HTTP/2 end to end (gRPC) and reaches the
+/// application as HTTP/2. Only proxies set it: one arriving from an application is dropped.
+pub const ORIGINAL_PROTOCOL: &str = "x-vigil-orig-proto";
+
 /// Headers that claim a caller's identity; whatever arrives in them is discarded.
 const IDENTITY_HEADERS: [&str; 3] = [
     PEER_IDENTITY,
@@ -23,8 +29,12 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
 ];
 
-/// Removes hop-by-hop headers, including those the Connection header names.
+/// Removes hop-by-hop headers, including those the Connection header names. `te:
+/// trailers`, the one TE value HTTP/2 allows and that gRPC servers require, is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -37,6 +47,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
 }
 
@@ -72,6 +85,18 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_only() {
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip, trailers"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("te").is_none());
     }
 
     #[test]

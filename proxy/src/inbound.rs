@@ -18,7 +18,9 @@ use vigil_identity::SpiffeId;
 use crate::body::{self, Body};
 use crate::buffer::buffer_prefix;
 use crate::error::{local_response, LocalReason, PolicyOutcome, ProxyError, ERROR_HEADER};
-use crate::headers::{authority, strip_hop_by_hop, strip_identity, PEER_IDENTITY};
+use crate::headers::{
+    authority, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
+};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, ReasonLabels};
 use crate::observe::{now_secs, Call, RequestRecord};
@@ -119,7 +121,12 @@ async fn connection(
     })
     .await;
     if let Err(e) = served {
-        tracing::debug!(peer = %peer_address, error = %e, "inbound connection ended with an error");
+        if crate::serve::malformed_request(e.as_ref()) {
+            proxy.metrics.malformed_request(Direction::inbound);
+            tracing::info!(peer = %peer_address, error = %e, "inbound connection closed: not a valid HTTP request");
+        } else {
+            tracing::debug!(peer = %peer_address, error = %e, "inbound connection ended with an error");
+        }
     }
 }
 
@@ -297,6 +304,14 @@ async fn http(
         .ok_or(ProxyError::NotReady)?;
     crate::limits::check_head(&req, &proxy.config.request_limits)?;
     strip_identity(req.headers_mut());
+    // HTTP/1 from the client's application stays HTTP/1 to ours; HTTP/2 (gRPC) stays
+    // HTTP/2. A peer speaking HTTP/1.1 to this port directly is HTTP/1.1 throughout.
+    let app_version = match req.headers_mut().remove(ORIGINAL_PROTOCOL) {
+        Some(v) if v == "HTTP/1.0" => Version::HTTP_10,
+        Some(_) => Version::HTTP_11,
+        None if req.version() == Version::HTTP_2 => Version::HTTP_2,
+        None => Version::HTTP_11,
+    };
     let host = authority(&req).unwrap_or_default().to_string();
     let request_id = request_id(&req);
     let path = req
@@ -337,7 +352,7 @@ async fn http(
             path: &path,
             host: &host,
             scheme: "https",
-            protocol: protocol_name(parts.version),
+            protocol: protocol_name(app_version),
             headers: &parts.headers,
             body: buffered.as_ref().map(|(bytes, truncated)| BodyInput {
                 bytes,
@@ -393,9 +408,14 @@ async fn http(
     let port = mesh.workload.app_port;
     parts.uri = Uri::try_from(format!("http://127.0.0.1:{port}{path}"))
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    parts.version = Version::HTTP_11;
+    parts.version = app_version;
     let req = Request::from_parts(parts, forward);
-    let response = proxy.app.request(req).await.map_err(|e| {
+    let app = if app_version == Version::HTTP_2 {
+        &proxy.app_h2
+    } else {
+        &proxy.app
+    };
+    let response = app.request(req).await.map_err(|e| {
         too_large(
             &exceeded,
             ProxyError::AppUnreachable {
@@ -439,7 +459,7 @@ async fn tunnel(
         .uri()
         .authority()
         .and_then(|a| a.port_u16())
-        .filter(|p| mesh.workload.exposes(*p))
+        .filter(|p| mesh.workload.accepts_tunnel_to(*p))
         .ok_or_else(|| ProxyError::TunnelTarget(target.clone()))?;
     let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
     let peer = conn.peer.to_string();

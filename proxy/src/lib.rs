@@ -78,6 +78,9 @@ pub struct Proxy {
     pub services: ServiceStates,
     /// HTTP/1.1 keep-alive connections to the local application.
     pub app: Client<HttpConnector, Body>,
+    /// HTTP/2 (prior knowledge, cleartext) connections to the local application, for
+    /// requests that were HTTP/2 end to end, such as gRPC.
+    pub app_h2: Client<HttpConnector, Body>,
     pub metrics: Arc<Metrics>,
     /// Hop spans (OpenTelemetry), off unless configured.
     pub traces: trace::Tracing,
@@ -123,6 +126,11 @@ pub async fn run(
     connector.set_connect_timeout(Some(config.connect_timeout));
     let app = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build(connector.clone());
+    let app_h2 = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .http2_only(true)
+        .timer(hyper_util::rt::TokioTimer::new())
         .build(connector);
     let pool = Arc::new(PeerPool::new(
         identity.svid.clone(),
@@ -140,6 +148,7 @@ pub async fn run(
         discovery: discovery.clone(),
         authz: authz.clone(),
         app,
+        app_h2,
         metrics: metrics.clone(),
         drain: drain::Drain::new(),
         traces: match &config.trace {

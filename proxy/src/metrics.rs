@@ -264,6 +264,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a connection the proxy closed because its bytes were no valid HTTP request
+    /// (hyper answered 400, 414 or 431 before any routing or policy).
+    pub fn malformed_request(&self, direction: Direction) {
+        self.proxy_errors
+            .get_or_create(&ErrorLabels {
+                direction,
+                reason: "malformed-request",
+            })
+            .inc();
+    }
+
     /// The exposition, in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -26,12 +26,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{self, Body};
 use crate::error::{LocalReason, ProxyError};
-use crate::headers::{strip_hop_by_hop, strip_identity};
+use crate::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, TcpLabels};
 use crate::observe::{now_secs, RequestRecord};
 use crate::orig_dst::original_destination;
-use crate::state::{MeshView, ServiceView};
+use crate::state::{AppProtocol, MeshView, ServiceView};
 use crate::Proxy;
 
 use self::endpoint::AttemptLog;
@@ -74,7 +74,15 @@ async fn connection(
         (None, Some(dst)) => Target::Address(dst),
         (None, None) => Target::ByHost,
     };
-    match detect(&tcp, proxy.config.detect_timeout).await {
+    // The declared protocol decides, never the client's bytes: a connection to an HTTP
+    // service is served as HTTP whatever it starts with (bytes that are no request get
+    // 400), so no byte sequence can turn it into a tunnel that skips request policy.
+    // Only a destination the mesh does not know is sniffed.
+    let detected = match declared_protocol(&proxy, &target) {
+        Some(declared) => declared,
+        None => detect(&tcp, proxy.config.detect_timeout).await,
+    };
+    match detected {
         Detected::Http => serve_http(proxy, tcp, client, target).await,
         Detected::Opaque => {
             if let Err(e) = opaque(&proxy, tcp, &target).await {
@@ -83,6 +91,34 @@ async fn connection(
         }
         Detected::Closed => {}
     }
+}
+
+/// How the mesh says a connection to `target` must be carried, before any byte is read:
+/// `None` only for an intercepted address that is no mesh service (or before the first
+/// snapshot), which protocol detection then decides.
+fn declared_protocol(proxy: &Proxy, target: &Target) -> Option<Detected> {
+    let service = match target {
+        // The explicit port routes each request by its Host header: HTTP only.
+        Target::ByHost => return Some(Detected::Http),
+        Target::Fixed(name) => proxy
+            .discovery
+            .mesh
+            .load()
+            .as_ref()?
+            .service_for_host(name)
+            .map(|s| s.protocol),
+        Target::Address(dst) => proxy
+            .discovery
+            .mesh
+            .load()
+            .as_ref()?
+            .service_for_address(*dst)
+            .map(|s| s.protocol),
+    };
+    service.map(|protocol| match protocol {
+        AppProtocol::Http => Detected::Http,
+        AppProtocol::Tcp => Detected::Opaque,
+    })
 }
 
 /// What the client's first bytes say about its protocol.
@@ -232,7 +268,12 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, targe
     })
     .await;
     if let Err(e) = served {
-        tracing::debug!(%client, error = %e, "outbound connection ended with an error");
+        if crate::serve::malformed_request(e.as_ref()) {
+            proxy.metrics.malformed_request(Direction::outbound);
+            tracing::info!(%client, error = %e, "outbound connection closed: not a valid HTTP request");
+        } else {
+            tracing::debug!(%client, error = %e, "outbound connection ended with an error");
+        }
     }
 }
 
@@ -418,11 +459,20 @@ async fn forward(
         .unwrap_or_else(|| "/".into());
     *req.uri_mut() = Uri::try_from(format!("http://{host}{path}"))
         .map_err(|e| ProxyError::BadRequest(format!("invalid Host {host:?}: {e}")))?;
+    let original = match req.version() {
+        Version::HTTP_2 => None,
+        Version::HTTP_10 => Some("HTTP/1.0"),
+        _ => Some("HTTP/1.1"),
+    };
     *req.version_mut() = Version::HTTP_2;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     strip_identity(headers);
     headers.remove(http::header::HOST);
+    headers.remove(ORIGINAL_PROTOCOL);
+    if let Some(original) = original {
+        headers.insert(ORIGINAL_PROTOCOL, http::HeaderValue::from_static(original));
+    }
     let tries = AttemptLog::default();
     req.extensions_mut().insert(tries.clone());
     let stack = stack::http(proxy, &mesh, service, &route);
@@ -544,6 +594,12 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
         Destination::Mesh(service) => service,
         Destination::Egress(dst) => return egress_tcp(proxy, tcp, dst).await,
     };
+    if service.protocol != AppProtocol::Tcp {
+        return Err(ProxyError::BadRequest(format!(
+            "service {} is declared HTTP; it takes requests, not an opaque tunnel (declare the service `protocol: tcp` if it speaks something else)",
+            service.qualified_name()
+        )));
+    }
     let tries = AttemptLog::default();
     // The balancer aims the CONNECT at the chosen endpoint's application port.
     let req = Request::builder()

@@ -125,6 +125,14 @@ where
     }
 }
 
+/// Whether a connection ended because the client sent bytes that are no valid HTTP
+/// request (hyper then answered 400, 414 or 431 itself before closing).
+pub fn malformed_request(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|e| e.is_parse() || e.is_parse_status() || e.is_parse_too_large())
+}
+
 /// How a tunnel ended, and what crossed it.
 #[derive(Debug)]
 pub struct Tunneled {

@@ -21,9 +21,11 @@ pub struct WorkloadInfo {
 }
 
 impl WorkloadInfo {
-    /// Whether inbound may forward to this application port.
-    pub fn exposes(&self, port: u16) -> bool {
-        port == self.app_port || self.tcp_ports.contains(&port)
+    /// Whether inbound may open an opaque tunnel to this application port: only a port
+    /// declared as TCP, and never the HTTP port, which must receive nothing but requests
+    /// the proxy parsed, checked and stripped of forged identity headers.
+    pub fn accepts_tunnel_to(&self, port: u16) -> bool {
+        port != self.app_port && self.tcp_ports.contains(&port)
     }
 }
 
@@ -37,13 +39,36 @@ pub struct EndpointView {
     pub target_port: u16,
 }
 
+/// How a service's traffic is carried, as the mesh declares it (never as a client's
+/// first bytes suggest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// Requests, each parsed, checked against policy and forwarded; the default.
+    Http,
+    /// Opaque bytes in a tunnel, checked against policy once per connection.
+    Tcp,
+}
+
+impl AppProtocol {
+    /// The snapshot's protocol name. Anything but `tcp` is HTTP: when in doubt the proxy
+    /// parses and enforces per request rather than tunnel.
+    pub fn from_wire(name: &str) -> AppProtocol {
+        if name.eq_ignore_ascii_case("tcp") {
+            AppProtocol::Tcp
+        } else {
+            AppProtocol::Http
+        }
+    }
+}
+
 /// A service as this proxy routes to it.
 #[derive(Debug, Serialize)]
 pub struct ServiceView {
     pub name: String,
     pub namespace: String,
     pub port: u16,
-    pub protocol: String,
+    pub protocol: AppProtocol,
     pub hosts: Vec<String>,
     pub endpoints: Vec<EndpointView>,
     /// Timeouts, retries, circuit breaking and limits, defaults filled in.
@@ -132,7 +157,7 @@ impl MeshView {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
                 port: port(s.port, "service.port")?,
-                protocol: s.protocol.clone(),
+                protocol: AppProtocol::from_wire(&s.protocol),
                 hosts: s.hosts.clone(),
                 endpoints,
                 traffic: Arc::new(traffic),

@@ -1,5 +1,5 @@
-//! Hostile clients against real proxies (processes on loopback): malformed and smuggled
-//! HTTP/1, oversized heads, request line, header and body limits, idle timeouts,
+//! Hostile clients against real proxies (processes on loopback): attempts to walk around
+//! request policy, malformed and smuggled HTTP/1, oversized heads, request line, header and body limits, idle timeouts,
 //! slowloris, an HTTP/2 rapid-reset flood, bad TLS, a peer killed mid-stream, running
 //! out of file descriptors, SIGTERM under load, 10,000 idle connections and a testssl.sh audit.
 //!
@@ -8,6 +8,7 @@
 //! take a shared lock and run one at a time: they measure the proxies' behaviour under
 //! attack, and two attacks at once on a two-core machine would only measure each other.
 
+mod bypass;
 mod drain;
 mod fd_exhaustion;
 mod h2_flood;

@@ -14,14 +14,17 @@ const PROXY_UID: u32 = 1337;
 const OUTSIDE_PORT: u16 = 9090;
 const OUTSIDE_TCP_PORT: u16 = 9091;
 
-/// Only workload `a` may call `b`; health and metrics paths stay open as usual.
+/// Only workload `a` may call `b`, and not on `/admin`.
 const POLICY: &str = r#"package vigil.authz
 
 import rego.v1
 
 default allow := false
 
-allow if input.attributes.source.principal == "spiffe://vigil.local/ns/demo/sa/a"
+allow if {
+	input.attributes.source.principal == "spiffe://vigil.local/ns/demo/sa/a"
+	not input.parsed_path[0] == "admin"
+}
 "#;
 
 fn mesh_yaml(cp: &Pod, pods: &[&Pod], server: &Pod) -> String {
@@ -31,7 +34,7 @@ fn mesh_yaml(cp: &Pod, pods: &[&Pod], server: &Pod) -> String {
     );
     for p in pods {
         y += &format!(
-            "  - name: {n}\n    namespace: demo\n    join_token: \"{n}-join-token-0123456789\"\n    app_port: {APP_PORT}\n    proxy:\n      inbound: \"{ip}:15006\"\n",
+            "  - name: {n}\n    namespace: demo\n    join_token: \"{n}-7d3f9a2c81e54b6f90a1c3e5d7b92f48\"\n    app_port: {APP_PORT}\n    proxy:\n      inbound: \"{ip}:15006\"\n",
             n = p.name,
             ip = p.ip
         );
@@ -73,6 +76,18 @@ fn tcp_echo(cluster: &Cluster, pod: &Pod, ip: &str, port: u16) -> String {
         .run(&pod.netns, Path::new("bash"), &["-c", &script])
         .expect("bash runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Writes `request` (a printf format) over raw TCP from inside `pod`, as an application
+/// with a hand-made client would, and returns whatever came back within 5 s.
+fn raw_http(cluster: &Cluster, pod: &Pod, ip: &str, port: u16, request: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/{port} || exit 0; printf '{request}' >&3; timeout 5 cat <&3"
+    );
+    let out = cluster
+        .run(&pod.netns, Path::new("bash"), &["-c", &script])
+        .expect("bash runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn iptables_rules(cluster: &Cluster, pod: &Pod) -> String {
@@ -188,7 +203,7 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
             "--trust-domain",
             TRUST_DOMAIN,
             "--token",
-            &format!("{}-join-token-0123456789", pod.name),
+            &format!("{}-7d3f9a2c81e54b6f90a1c3e5d7b92f48", pod.name),
             "--trust-bundle",
             &bundle.display().to_string(),
             "--identity-addr",
@@ -294,6 +309,35 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
         denied.contains(": 403 Forbidden [policy-denied]"),
         "c → b: {denied}\n{}",
         cluster.logs()
+    );
+    // The same bytes after one CRLF, or with a forged identity header, are still one
+    // request the proxies parse and check: never a tunnel around policy.
+    for (what, prefix) in [("plain", ""), ("after a CRLF", "\\r\\n")] {
+        let answer = raw_http(
+            &cluster,
+            &a,
+            &b.ip.to_string(),
+            APP_PORT,
+            &format!("{prefix}GET /admin HTTP/1.1\\r\\nHost: b\\r\\nX-Vigil-Peer-Identity: spiffe://vigil.local/ns/demo/sa/admin\\r\\nConnection: close\\r\\n\\r\\n"),
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 403") && answer.contains("policy-denied"),
+            "a → b /admin {what}: {answer}\n{}",
+            cluster.logs()
+        );
+    }
+    let forged = raw_http(
+        &cluster,
+        &a,
+        &b.ip.to_string(),
+        APP_PORT,
+        "\\r\\nGET /whoami HTTP/1.1\\r\\nHost: b\\r\\nX-Vigil-Peer-Identity: spiffe://vigil.local/ns/demo/sa/admin\\r\\nConnection: close\\r\\n\\r\\n",
+    );
+    assert!(
+        forged.starts_with("HTTP/1.1 200")
+            && forged.contains("\"caller\":\"spiffe://vigil.local/ns/demo/sa/a\"")
+            && !forged.contains("sa/admin"),
+        "b's app sees a's verified identity, not the forged one: {forged}"
     );
     // Outside the mesh (no sidecar, no rules): plaintext to the app port is redirected to
     // the proxy's mTLS listener and never reaches the app.

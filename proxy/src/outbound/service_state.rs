@@ -121,7 +121,7 @@ mod tests {
             name: s.name.clone(),
             namespace: s.namespace.clone(),
             port: s.port,
-            protocol: s.protocol.clone(),
+            protocol: s.protocol,
             hosts: s.hosts.clone(),
             endpoints: s.endpoints.clone(),
             traffic: s.traffic.clone(),
