@@ -89,8 +89,8 @@ fn manifests_and_injected_workloads_validate() {
             "{object}:\n{report}"
         );
     }
-    // Recorded objects from other meshes' injectors and tests (shared fixtures).
-    let fixtures = repo().join("../shared/fixtures/kubernetes");
+    // Recorded objects from other meshes' injectors and tests (tests/fixtures/kubernetes).
+    let fixtures = repo().join("tests/fixtures/kubernetes");
     let (istio, _) = inject(
         &fixtures.join("tokenreview/projected-token-istio-injected-deployment.yaml"),
         dir.path(),

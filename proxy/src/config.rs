@@ -57,6 +57,8 @@ pub struct ProxyConfig {
     pub egress: Egress,
     /// OpenTelemetry export; tracing is off when absent.
     pub trace: Option<crate::trace::TraceConfig>,
+    /// The app's kubelet probes, answered at `/app-health/...` on the metrics port.
+    pub app_probes: crate::probes::AppProbes,
 }
 
 /// Intercepted connections to an address that is no mesh service: refused (the closed

@@ -38,6 +38,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
 pub mod preface;
+pub mod probes;
 pub mod serve;
 pub mod stall;
 pub mod state;

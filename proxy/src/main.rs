@@ -134,6 +134,10 @@ struct Args {
     /// Off unless given.
     #[arg(long, env = "VIGIL_ACCESS_LOG")]
     access_log: Option<String>,
+    /// The app's kubelet probes as JSON (the injector writes it), answered at
+    /// /app-health/<container>/<probe> on the metrics listener.
+    #[arg(long, env = "VIGIL_APP_PROBES", hide_env_values = true, value_parser = vigil_proxy::probes::AppProbes::from_json)]
+    app_probes: Option<vigil_proxy::probes::AppProbes>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -246,6 +250,7 @@ fn start(args: Args) -> anyhow::Result<()> {
                 endpoint,
                 sampling: args.trace_sampling,
             }),
+        app_probes: args.app_probes.unwrap_or_default(),
     };
     let log = open_log(&args.decision_log, "--decision-log")?;
     let access_log = args

@@ -296,7 +296,8 @@ pub fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Serves `/metrics` on the metrics listener.
+/// Serves `/metrics` on the metrics listener, with the proxy's `/ready` and `/live` and the
+/// app's rewritten kubelet probes (`/app-health/...`, see [`crate::probes`]).
 pub async fn serve(listener: TcpListener, proxy: Arc<crate::Proxy>) {
     accept_loop(
         listener,
@@ -309,8 +310,13 @@ pub async fn serve(listener: TcpListener, proxy: Arc<crate::Proxy>) {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let proxy = proxy.clone();
                     async move {
-                        let response = crate::admin::health(&proxy, req.uri().path())
-                            .unwrap_or_else(|| respond(&proxy.metrics, &req));
+                        let path = req.uri().path();
+                        let response = if path.starts_with(crate::probes::PATH_PREFIX) {
+                            proxy.config.app_probes.answer(path, req.headers()).await
+                        } else {
+                            crate::admin::health(&proxy, path)
+                                .unwrap_or_else(|| respond(&proxy.metrics, &req))
+                        };
                         Ok::<_, Infallible>(response)
                     }
                 });
@@ -326,7 +332,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<crate::Proxy>) {
 fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
     if req.uri().path() != "/metrics" {
         let mut r = Response::new(body::full(
-            "only /metrics, /ready and /live are served here\n",
+            "only /metrics, /ready, /live and /app-health/<container>/<probe> are served here\n",
         ));
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;

@@ -1,4 +1,4 @@
-//! Cluster mode against recorded API objects (`shared/fixtures/kubernetes`) and, for the
+//! Cluster mode against recorded API objects (`tests/fixtures/kubernetes`) and, for the
 //! client code, the real `kube::Client` talking to [`fake_api`].
 
 use std::collections::BTreeSet;
