@@ -13,10 +13,12 @@
 //! - an annotation marking the pod injected, so it is never injected twice, and a label
 //!   (`vigil.io/injected=true`) the control plane's pod watch selects on.
 //!
-//! Kubelet probes reach the application because the ports they use are excluded from
-//! inbound interception (see `docs/kubernetes.md` for why, and for what that costs).
+//! Kubelet probes go through the proxy, never around it: [`probes`] rewrites them to the
+//! proxy's health port, which performs the original check against the app on loopback
+//! (see `docs/kubernetes.md`).
 
 pub mod offline;
+pub mod probes;
 pub mod webhook;
 
 use std::collections::BTreeSet;
@@ -33,8 +35,6 @@ pub const INJECTED_LABEL: &str = "vigil.io/injected";
 pub const ANNOTATION_SIDECAR_MODE: &str = "vigil.io/sidecar-mode";
 /// PEM roots the proxy trusts to reach the control plane, mounted as a file.
 pub const ANNOTATION_TRUST_BUNDLE: &str = "vigil.io/trust-bundle";
-/// Set by the injector: ports excluded from inbound interception for kubelet probes.
-pub const ANNOTATION_PROBE_PORTS: &str = "vigil.io/probe-ports";
 /// Comma-separated inbound ports that bypass the proxy.
 pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "vigil.io/exclude-inbound-ports";
 /// Comma-separated outbound destination ports that bypass the proxy.
@@ -141,7 +141,7 @@ pub enum SidecarMode {
 pub enum Outcome {
     Injected {
         mode: SidecarMode,
-        /// Things the pod's author should know (bad annotations, exposed probe ports).
+        /// Things the pod's author should know (bad annotations, probes left failing).
         warnings: Vec<String>,
     },
     Skipped {
@@ -187,8 +187,7 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
             "the pod uses the host network, whose traffic cannot be intercepted per pod",
         ));
     }
-    let containers = spec
-        .get("containers")
+    spec.get("containers")
         .and_then(Value::as_array)
         .filter(|c| !c.is_empty())
         .ok_or(InjectError::NoContainers)?;
@@ -213,13 +212,11 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
         }
     };
 
-    let probes = probe_ports(containers, &mut warnings);
-    let mut exclude_inbound: BTreeSet<u16> = probes.iter().copied().collect();
-    exclude_inbound.extend(port_list(
+    let exclude_inbound = port_list(
         &annotations,
         ANNOTATION_EXCLUDE_INBOUND_PORTS,
         &mut warnings,
-    ));
+    );
     let exclude_outbound = port_list(
         &annotations,
         ANNOTATION_EXCLUDE_OUTBOUND_PORTS,
@@ -252,8 +249,24 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
         },
     };
 
+    let rewrite_probes = match annotations
+        .get(probes::ANNOTATION_REWRITE_PROBES)
+        .map(String::as_str)
+    {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            warnings.push(format!(
+                "{}={other:?} is neither true nor false; rewriting the probes",
+                probes::ANNOTATION_REWRITE_PROBES
+            ));
+            true
+        }
+    };
+    let app_probes = probes::rewrite(spec, rewrite_probes, &exclude_inbound, &mut warnings);
+
     let init = init_container(cfg, &exclude_inbound, &exclude_outbound, &exclude_cidrs);
-    let mut proxy = proxy_container(cfg, resources, egress, threads);
+    let mut proxy = proxy_container(cfg, resources, egress, threads, &app_probes);
     let inits = spec
         .entry("initContainers")
         .or_insert_with(|| Value::Array(vec![]));
@@ -307,9 +320,6 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
         .as_object_mut()
         .ok_or(InjectError::NotAnObject("metadata.annotations"))?;
     annotations.insert(ANNOTATION_INJECTED.into(), json!("true"));
-    if !probes.is_empty() {
-        annotations.insert(ANNOTATION_PROBE_PORTS.into(), json!(join(&probes)));
-    }
     if let Some(pem) = &cfg.trust_bundle_pem {
         annotations.insert(ANNOTATION_TRUST_BUNDLE.into(), json!(pem));
     }
@@ -413,7 +423,13 @@ fn init_container(
     c
 }
 
-fn proxy_container(cfg: &InjectConfig, resources: Value, egress: &str, threads: u16) -> Value {
+fn proxy_container(
+    cfg: &InjectConfig,
+    resources: Value,
+    egress: &str,
+    threads: u16,
+    app_probes: &Map<String, Value>,
+) -> Value {
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let env = |name: &str, mut v: Value| {
         if let Some(o) = v.as_object_mut() {
@@ -481,6 +497,14 @@ fn proxy_container(cfg: &InjectConfig, resources: Value, egress: &str, threads: 
             {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true},
         ],
     });
+    if !app_probes.is_empty() {
+        if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+            env.push(json!({
+                "name": probes::APP_PROBES_ENV,
+                "value": Value::Object(app_probes.clone()).to_string(),
+            }));
+        }
+    }
     set_pull_policy(&mut c, cfg);
     c
 }
@@ -509,56 +533,6 @@ fn volumes_for(cfg: &InjectConfig) -> [Value; 2] {
             }]},
         }),
     ]
-}
-
-/// Ports the kubelet probes (httpGet, tcpSocket, grpc) on the pod's containers, named ports
-/// resolved through the container's declared ports.
-fn probe_ports(containers: &[Value], warnings: &mut Vec<String>) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
-    for c in containers {
-        let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-        let declared: Vec<&Value> = c
-            .get("ports")
-            .and_then(Value::as_array)
-            .map(|p| p.iter().collect())
-            .unwrap_or_default();
-        let main_port = declared
-            .iter()
-            .filter(|p| p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == "TCP")
-            .find_map(|p| p.get("containerPort").and_then(Value::as_u64));
-        for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
-            let Some(probe) = c.get(kind) else { continue };
-            let port = ["httpGet", "tcpSocket", "grpc"]
-                .iter()
-                .find_map(|h| probe.get(*h).and_then(|h| h.get("port")));
-            let Some(port) = port else { continue };
-            let resolved = match port {
-                Value::Number(n) => n.as_u64(),
-                Value::String(s) => s.parse::<u64>().ok().or_else(|| {
-                    declared
-                        .iter()
-                        .find(|p| p.get("name").and_then(Value::as_str) == Some(s.as_str()))
-                        .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
-                }),
-                _ => None,
-            };
-            match resolved.and_then(|p| u16::try_from(p).ok()) {
-                Some(p) => {
-                    if ports.insert(p) && Some(u64::from(p)) == main_port {
-                        warnings.push(format!(
-                            "container {name}: {kind} uses port {p}, its serving port; probe ports bypass \
-                             the proxy (plaintext, no policy), so serve health checks on a port of their own"
-                        ));
-                    }
-                }
-                None => warnings.push(format!(
-                    "container {name}: {kind} port {port} is not a declared port; the probe goes through \
-                     the proxy and will fail"
-                )),
-            }
-        }
-    }
-    ports
 }
 
 fn port_list(

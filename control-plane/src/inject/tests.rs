@@ -149,8 +149,36 @@ fn every_recorded_pod_create_gets_a_native_sidecar_patch() {
     }
 }
 
+/// The proxy container of an injected pod, native or classic.
+fn proxy_of(pod: &Value) -> &Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|list| pod["spec"][list].as_array())
+        .flatten()
+        .find(|c| c["name"] == PROXY_CONTAINER)
+        .expect("the pod has a vigil-proxy container")
+}
+
+/// The original probes handed to the proxy (`VIGIL_APP_PROBES`), parsed.
+fn app_probes(pod: &Value) -> Value {
+    let env = proxy_of(pod)["env"].as_array().expect("proxy env");
+    let value = env
+        .iter()
+        .find(|e| e["name"] == probes::APP_PROBES_ENV)
+        .and_then(|e| e["value"].as_str())
+        .expect("VIGIL_APP_PROBES is set on the proxy");
+    serde_json::from_str(value).expect("VIGIL_APP_PROBES is JSON")
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["spec"]["containers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == name))
+        .expect("container")
+}
+
 #[test]
-fn probe_ports_are_excluded_from_interception_named_or_numeric() {
+fn probes_are_rewritten_to_the_proxy_health_port_and_no_port_is_excluded() {
     // Kubewarden's manager: httpGet probes on numeric port 8081 (a bare AdmissionRequest in
     // the recording, wrapped here in the v1 envelope the API server sends).
     let request = json!({
@@ -158,50 +186,228 @@ fn probe_ports_are_excluded_from_interception_named_or_numeric() {
         "kind": "AdmissionReview",
         "request": fixture_json("admission/admissionrequest-v1-pod-create-replicaset-controller-probes.json"),
     });
+    let before = request["request"]["object"].clone();
     let pod = patched(&request, &webhook(&request));
     let init = &pod["spec"]["initContainers"][0];
-    assert_eq!(arg_after(init, "--exclude-inbound-ports"), Some("8081"));
-    assert_eq!(
-        pod["metadata"]["annotations"][ANNOTATION_PROBE_PORTS],
-        "8081"
+    assert_eq!(init["name"], INIT_CONTAINER);
+    assert!(
+        !args(init).contains(&"--exclude-inbound-ports"),
+        "probe ports stay intercepted: {:?}",
+        args(init)
     );
+    let manager = container(&pod, "manager");
+    assert_eq!(
+        manager["livenessProbe"],
+        json!({
+            "httpGet": {"path": "/app-health/manager/livez", "port": METRICS_PORT, "scheme": "HTTP"},
+            "initialDelaySeconds": 15, "timeoutSeconds": 1, "periodSeconds": 20,
+            "successThreshold": 1, "failureThreshold": 3,
+        })
+    );
+    assert_eq!(
+        manager["readinessProbe"]["httpGet"]["path"],
+        "/app-health/manager/readyz"
+    );
+    assert_eq!(manager["readinessProbe"]["initialDelaySeconds"], 5);
+    assert_eq!(
+        container(&pod, "kube-rbac-proxy"),
+        container(&before, "kube-rbac-proxy"),
+        "a container without probes is untouched"
+    );
+    assert_eq!(
+        app_probes(&pod),
+        json!({
+            "/app-health/manager/livez": {
+                "httpGet": {"path": "/healthz", "port": 8081, "scheme": "HTTP"},
+                "timeoutSeconds": 1,
+            },
+            "/app-health/manager/readyz": {
+                "httpGet": {"path": "/readyz", "port": 8081, "scheme": "HTTP"},
+                "timeoutSeconds": 1,
+            },
+        })
+    );
+    assert!(pod["metadata"]["annotations"]
+        .get("vigil.io/probe-ports")
+        .is_none());
 
     // CoreDNS: probes on *named* ports liveness-probe (8080) and readiness-probe (8181).
     let mut coredns = fixture_json("pod/pod-coredns-named-port-probes-kind-v1.34.json");
     let outcome = inject_pod(&mut coredns, &config()).expect("injects");
-    assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
-    let init = &coredns["spec"]["initContainers"][0];
+    let Outcome::Injected { warnings, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(!args(&coredns["spec"]["initContainers"][0]).contains(&"--exclude-inbound-ports"));
+    let dns = container(&coredns, "coredns");
     assert_eq!(
-        arg_after(init, "--exclude-inbound-ports"),
-        Some("8080,8181")
+        dns["livenessProbe"]["httpGet"],
+        json!({"path": "/app-health/coredns/livez", "port": METRICS_PORT, "scheme": "HTTP"})
+    );
+    assert_eq!(dns["livenessProbe"]["initialDelaySeconds"], 60);
+    assert_eq!(dns["livenessProbe"]["failureThreshold"], 5);
+    assert_eq!(
+        app_probes(&coredns),
+        json!({
+            "/app-health/coredns/livez": {
+                "httpGet": {"path": "/health", "port": 8080, "scheme": "HTTP"},
+                "timeoutSeconds": 5,
+            },
+            "/app-health/coredns/readyz": {
+                "httpGet": {"path": "/ready", "port": 8181, "scheme": "HTTP"},
+                "timeoutSeconds": 1,
+            },
+        })
     );
 }
 
 #[test]
-fn a_probe_on_the_serving_port_is_warned_about() {
+fn tcp_grpc_and_serving_port_probes_go_through_the_proxy() {
     let mut pod = json!({
         "metadata": {"name": "web"},
-        "spec": {"containers": [{
-            "name": "web", "image": "nginx",
-            "ports": [{"containerPort": 80}],
-            "readinessProbe": {"httpGet": {"path": "/", "port": 80}},
-            "livenessProbe": {"httpGet": {"path": "/", "port": "nope"}},
-        }]},
+        "spec": {
+            "initContainers": [
+                {"name": "migrate", "image": "busybox"},
+                {"name": "cache", "image": "redis", "restartPolicy": "Always",
+                 "ports": [{"name": "redis", "containerPort": 6379}],
+                 "startupProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 2}},
+            ],
+            "containers": [{
+                "name": "web", "image": "nginx",
+                "ports": [{"name": "http", "containerPort": 80}, {"name": "grpc", "containerPort": 9000}],
+                "readinessProbe": {
+                    "httpGet": {"port": "http", "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]},
+                    "timeoutSeconds": 3,
+                },
+                "livenessProbe": {"grpc": {"port": 9000, "service": "liveness"}, "periodSeconds": 7},
+                "startupProbe": {"exec": {"command": ["cat", "/tmp/started"]}},
+            }, {
+                "name": "side", "image": "busybox",
+                "livenessProbe": {"httpGet": {"path": "/", "port": "nope"}},
+                "readinessProbe": {"tcpSocket": {"host": "db.example", "port": 5432}},
+            }],
+        },
     });
+    let Ok(Outcome::Injected { warnings, .. }) = inject_pod(&mut pod, &config()) else {
+        panic!("not injected");
+    };
+    assert!(!args(&pod["spec"]["initContainers"][0]).contains(&"--exclude-inbound-ports"));
+    let health = |path: &str| json!({"path": path, "port": METRICS_PORT, "scheme": "HTTP"});
+    let web = container(&pod, "web");
+    assert_eq!(
+        web["readinessProbe"],
+        json!({"httpGet": health("/app-health/web/readyz"), "timeoutSeconds": 3})
+    );
+    assert_eq!(
+        web["livenessProbe"],
+        json!({"httpGet": health("/app-health/web/livez"), "periodSeconds": 7})
+    );
+    assert_eq!(
+        web["startupProbe"],
+        json!({"exec": {"command": ["cat", "/tmp/started"]}}),
+        "exec probes run in the container and stay as they are"
+    );
+    let cache = pod["spec"]["initContainers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "cache"))
+        .expect("the pod's own native sidecar");
+    assert_eq!(
+        cache["startupProbe"],
+        json!({"httpGet": health("/app-health/cache/startupz"), "periodSeconds": 2})
+    );
+    let side = container(&pod, "side");
+    assert_eq!(
+        side["livenessProbe"]["httpGet"]["port"], "nope",
+        "an unresolvable port is left as written"
+    );
+    assert_eq!(
+        side["readinessProbe"]["tcpSocket"]["host"], "db.example",
+        "a probe of another host does not reach the pod and is left as written"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w
+                .contains("container side: livenessProbe port \"nope\" is not a declared port")),
+        "{warnings:?}"
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        app_probes(&pod),
+        json!({
+            "/app-health/web/readyz": {
+                "httpGet": {"path": "/", "port": 80, "scheme": "HTTP",
+                            "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]},
+                "timeoutSeconds": 3,
+            },
+            "/app-health/web/livez": {"grpc": {"port": 9000, "service": "liveness"}, "timeoutSeconds": 1},
+            "/app-health/cache/startupz": {"tcpSocket": {"port": 6379}, "timeoutSeconds": 1},
+        })
+    );
+}
+
+#[test]
+fn opting_out_of_the_rewrite_keeps_probes_and_warns_when_they_would_fail() {
+    let pod_with = |annotations: Value| {
+        json!({
+            "metadata": {"name": "web", "annotations": annotations},
+            "spec": {"containers": [{
+                "name": "web", "image": "nginx",
+                "ports": [{"containerPort": 80}, {"name": "health", "containerPort": 8081}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": 80}},
+                "livenessProbe": {"tcpSocket": {"port": "health"}},
+            }]},
+        })
+    };
+    let mut pod = pod_with(json!({probes::ANNOTATION_REWRITE_PROBES: "false"}));
+    let before = pod["spec"]["containers"].clone();
+    let Ok(Outcome::Injected { warnings, .. }) = inject_pod(&mut pod, &config()) else {
+        panic!("not injected");
+    };
+    assert_eq!(pod["spec"]["containers"], before, "probes kept as written");
+    assert!(proxy_of(&pod)["env"]
+        .as_array()
+        .is_some_and(|env| env.iter().all(|e| e["name"] != probes::APP_PROBES_ENV)));
+    for port in [
+        "port 80 (web readinessProbe)",
+        "port 8081 (web livenessProbe)",
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(port) && w.contains("vigil.io/exclude-inbound-ports")),
+            "{port}: {warnings:?}"
+        );
+    }
+
+    // The author excluded the health port on purpose: only the serving port is warned about.
+    let mut pod = pod_with(json!({
+        probes::ANNOTATION_REWRITE_PROBES: "false",
+        ANNOTATION_EXCLUDE_INBOUND_PORTS: "8081",
+    }));
+    let Ok(Outcome::Injected { warnings, .. }) = inject_pod(&mut pod, &config()) else {
+        panic!("not injected");
+    };
+    assert_eq!(
+        arg_after(&pod["spec"]["initContainers"][0], "--exclude-inbound-ports"),
+        Some("8081")
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("port 80 "), "{warnings:?}");
+
+    let mut pod = pod_with(json!({probes::ANNOTATION_REWRITE_PROBES: "maybe"}));
     let Ok(Outcome::Injected { warnings, .. }) = inject_pod(&mut pod, &config()) else {
         panic!("not injected");
     };
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains("port 80, its serving port")),
+            .any(|w| w.contains("\"maybe\" is neither true nor false")),
         "{warnings:?}"
     );
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("\"nope\" is not a declared port")),
-        "{warnings:?}"
+    assert_eq!(
+        container(&pod, "web")["readinessProbe"]["httpGet"]["port"],
+        METRICS_PORT
     );
 }
 
@@ -399,11 +605,21 @@ fn offline_injection_covers_workload_kinds_and_is_idempotent() {
         out.contains("kind: Service"),
         "other documents pass through"
     );
-    // Linkerd's input pod probes port 9090: excluded from interception.
-    let pod = out.split("---\n").last().unwrap_or_default();
-    assert!(
-        pod.contains("- --exclude-inbound-ports\n    - '9090'"),
-        "{pod}"
+    // Linkerd's input pod probes port 9090: rewritten to the proxy, not excluded.
+    assert!(!out.contains("--exclude-inbound-ports"), "{out}");
+    let pod = serde_yaml::Deserializer::from_str(&out)
+        .last()
+        .map(|doc| {
+            <Value as serde::Deserialize>::deserialize(doc).expect("the injected pod is YAML")
+        })
+        .expect("documents");
+    assert_eq!(
+        container(&pod, "nginx")["readinessProbe"]["httpGet"],
+        json!({"path": "/app-health/nginx/readyz", "port": METRICS_PORT, "scheme": "HTTP"})
+    );
+    assert_eq!(
+        app_probes(&pod)["/app-health/nginx/readyz"]["httpGet"],
+        json!({"path": "/metrics", "port": 9090, "scheme": "HTTP"})
     );
 
     let (again, reports) = inject_yaml(&out, &config()).expect("second pass");
