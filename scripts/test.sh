@@ -26,5 +26,15 @@ if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
     || pip3 install --quiet --break-system-packages kubernetes-validate
 fi
 
+# Real gRPC and WebSocket applications behind the mesh (tests/tests/grpc.rs, websocket.rs).
+for module_pkg in "grpc:grpcio" "websockets:websockets"; do
+  module=${module_pkg%%:*}; pkg=${module_pkg##*:}
+  if ! python3 -c "import $module" >/dev/null 2>&1; then
+    echo "==> installing the $pkg Python package" >&2
+    pip3 install --quiet "$pkg" 2>/dev/null \
+      || pip3 install --quiet --break-system-packages "$pkg"
+  fi
+done
+
 echo "==> cargo test --workspace" >&2
 cargo test --workspace "$@"

@@ -162,6 +162,8 @@ pub fn http_server(
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
+        // Extended CONNECT (RFC 8441): HTTP/1.1 upgrades between proxies.
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(config.http2.max_concurrent_streams)
         .max_pending_accept_reset_streams(config.http2.max_pending_resets)
@@ -202,7 +204,9 @@ async fn request(
             attributes,
         )
     });
-    let result = if req.method() == Method::CONNECT {
+    let opaque =
+        req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
+    let result = if opaque {
         tunnel(&proxy, &conn, req).await
     } else {
         http(&proxy, &conn, req).await
@@ -312,6 +316,21 @@ async fn http(
         None if req.version() == Version::HTTP_2 => Version::HTTP_2,
         None => Version::HTTP_11,
     };
+    // An extended CONNECT is an HTTP/1.1 upgrade (WebSocket) from the peer's app: policy
+    // sees it as the GET it was, and the app gets that GET with its Upgrade headers.
+    let upgrade = req
+        .extensions_mut()
+        .remove::<hyper::ext::Protocol>()
+        .and_then(|p| HeaderValue::from_str(p.as_str()).ok())
+        .map(|protocol| {
+            *req.method_mut() = Method::GET;
+            (protocol, hyper::upgrade::on(&mut req))
+        });
+    let app_version = if upgrade.is_some() {
+        Version::HTTP_11
+    } else {
+        app_version
+    };
     let host = authority(&req).unwrap_or_default().to_string();
     let request_id = request_id(&req);
     let path = req
@@ -327,7 +346,8 @@ async fn http(
         Some(limit) if exceeded.happened() => ProxyError::BodyTooLarge { limit },
         _ => e,
     };
-    let end_stream = incoming.is_end_stream();
+    // An upgrade's stream is the tunnel to come, not a body to read.
+    let end_stream = incoming.is_end_stream() || upgrade.is_some();
     let (incoming, exceeded) = crate::limits::limit_body(incoming, max_body);
     let limit = proxy.authz.request_body_bytes();
     let (buffered, forward) = if limit > 0 && !end_stream {
@@ -409,6 +429,19 @@ async fn http(
     parts.uri = Uri::try_from(format!("http://127.0.0.1:{port}{path}"))
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     parts.version = app_version;
+    let forward = match &upgrade {
+        Some((protocol, _)) => {
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            parts
+                .headers
+                .insert(http::header::UPGRADE, protocol.clone());
+            body::empty()
+        }
+        None => forward,
+    };
     let req = Request::from_parts(parts, forward);
     let app = if app_version == Version::HTTP_2 {
         &proxy.app_h2
@@ -424,8 +457,21 @@ async fn http(
             },
         )
     })?;
+    let mut response = response;
+    let switched = match upgrade {
+        Some((_, peer)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let app = hyper::upgrade::on(&mut response);
+            crate::upgrade::splice(peer, app, proxy.config.idle_timeout, "inbound");
+            true
+        }
+        _ => false,
+    };
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if switched {
+        // The peer proxy turns this back into the app's 101 for its caller.
+        parts.status = StatusCode::OK;
+    }
     for (name, value) in response_add {
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::from_bytes(name.as_bytes()),

@@ -45,6 +45,7 @@ pub mod state;
 pub mod tap;
 pub mod trace;
 pub mod traffic;
+pub mod upgrade;
 
 use std::sync::Arc;
 

@@ -459,6 +459,11 @@ async fn forward(
         .unwrap_or_else(|| "/".into());
     *req.uri_mut() = Uri::try_from(format!("http://{host}{path}"))
         .map_err(|e| ProxyError::BadRequest(format!("invalid Host {host:?}: {e}")))?;
+    // An HTTP/1.1 upgrade (WebSocket) crosses to the peer as an extended CONNECT.
+    let upgrade = crate::upgrade::requested(&req).map(|protocol| {
+        let client = hyper::upgrade::on(&mut req);
+        (protocol, client)
+    });
     let original = match req.version() {
         Version::HTTP_2 => None,
         Version::HTTP_10 => Some("HTTP/1.0"),
@@ -472,6 +477,12 @@ async fn forward(
     headers.remove(ORIGINAL_PROTOCOL);
     if let Some(original) = original {
         headers.insert(ORIGINAL_PROTOCOL, http::HeaderValue::from_static(original));
+    }
+    if let Some((protocol, _)) = &upgrade {
+        *req.method_mut() = Method::CONNECT;
+        let protocol = protocol.to_str().unwrap_or_default();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from(protocol));
     }
     let tries = AttemptLog::default();
     req.extensions_mut().insert(tries.clone());
@@ -488,7 +499,22 @@ async fn forward(
         (result, _) => result?.into_parts(),
     };
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body))
+    let mut response = Response::from_parts(parts, body);
+    if let Some((protocol, client)) = upgrade {
+        if response.status() == http::StatusCode::OK {
+            // The app behind the peer switched: tell ours, then join the two streams.
+            let peer = hyper::upgrade::on(&mut response);
+            *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(http::header::UPGRADE, protocol);
+            crate::upgrade::splice(client, peer, proxy.config.idle_timeout, "outbound");
+        }
+    }
+    Ok(response)
 }
 
 /// An intercepted request to an address outside the mesh (`--egress allow`), sent on as

@@ -181,7 +181,9 @@ fn p2c<'a>(candidates: &[&'a Candidate]) -> Option<&'a Candidate> {
 }
 
 fn aim_tunnel(mut req: Request<Body>, port: u16) -> Request<Body> {
-    if req.method() == Method::CONNECT {
+    // An extended CONNECT (an HTTP upgrade) keeps its request target: it is a request.
+    let tunnel = req.extensions().get::<hyper::ext::Protocol>().is_none();
+    if req.method() == Method::CONNECT && tunnel {
         if let Ok(uri) = Uri::try_from(format!("127.0.0.1:{port}")) {
             *req.uri_mut() = uri;
         }
