@@ -361,12 +361,12 @@ control_plane: { identity: "127.0.0.1:$P_CP_IDENTITY", discovery: "127.0.0.1:$P_
 workloads:
   - name: client
     namespace: bench
-    join_token: "client-join-token-0123456789"
+    join_token: "2485dd1c51cc9967974bb342af6eb3e0"
     app_port: 28081
     proxy: { inbound: "127.0.0.1:$P_C_IN", outbound: "127.0.0.1:$P_C_OUT", admin: "127.0.0.1:$P_C_ADMIN", metrics: "127.0.0.1:$P_C_METRICS" }
   - name: server
     namespace: bench
-    join_token: "server-join-token-0123456789"
+    join_token: "e65ec9ae443090c9f12ec221bdc8f8a2"
     app_port: $P_UPSTREAM
     proxy: { inbound: "127.0.0.1:$P_S_IN", outbound: "127.0.0.1:$P_S_OUT", admin: "127.0.0.1:$P_S_ADMIN", metrics: "127.0.0.1:$P_S_METRICS" }
 services:
@@ -392,11 +392,11 @@ EOF
         s_metrics=(--metrics "127.0.0.1:$P_S_METRICS")
         c_metrics=(--metrics "127.0.0.1:$P_C_METRICS")
     fi
-    start_bg vigil-server-proxy "$BIN/vigil-proxy" "${common[@]}" --token server-join-token-0123456789 \
+    start_bg vigil-server-proxy "$BIN/vigil-proxy" "${common[@]}" --token e65ec9ae443090c9f12ec221bdc8f8a2 \
         --inbound "127.0.0.1:$P_S_IN" --outbound "127.0.0.1:$P_S_OUT" --admin "127.0.0.1:$P_S_ADMIN" "${s_metrics[@]}" \
         --decision-log "$LOGS/vigil-server-decisions.log"
     local sp=$STARTED_PID
-    start_bg vigil-client-proxy "$BIN/vigil-proxy" "${common[@]}" --token client-join-token-0123456789 \
+    start_bg vigil-client-proxy "$BIN/vigil-proxy" "${common[@]}" --token 2485dd1c51cc9967974bb342af6eb3e0 \
         --inbound "127.0.0.1:$P_C_IN" --outbound "127.0.0.1:$P_C_OUT" --admin "127.0.0.1:$P_C_ADMIN" "${c_metrics[@]}" \
         --decision-log "$LOGS/vigil-client-decisions.log"
     local clp=$STARTED_PID

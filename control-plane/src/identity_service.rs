@@ -5,7 +5,15 @@
 //! How a credential is checked is pluggable ([`CredentialCheck`]): a join token from the
 //! mesh file in local mode ([`JoinTokens`]), a projected ServiceAccount token checked with
 //! a TokenReview in cluster mode (`kubernetes::token_review`). Issuing stays here, once.
+//!
+//! Refused credentials are throttled per source address ([`failure_throttle`]), counted
+//! by reason ([`RefusalCounts`]; the control plane has no metrics registry to export them
+//! from) and logged with their reason, never with the credential.
 
+mod failure_throttle;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +22,10 @@ use tonic::{Request, Response, Status};
 use vigil_api::{SignRequest, SignResponse, TokenKind};
 use vigil_identity::{CertificateAuthority, SpiffeId, SvidInfo};
 
-use crate::mesh::MeshFile;
+use crate::mesh::{JoinTokenIndex, MeshFile};
 use crate::tls_listener::PeerInfo;
+pub use failure_throttle::ThrottleSettings;
+use failure_throttle::{FailureThrottle, Throttled};
 
 /// Who a valid credential says the caller is.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +60,42 @@ pub trait CredentialCheck: Send + Sync + 'static {
 
 /// Local mode: per-workload join tokens from the (live) mesh file.
 pub struct JoinTokens {
-    pub mesh: Arc<ArcSwap<MeshFile>>,
+    mesh: Arc<ArcSwap<MeshFile>>,
+    /// The index of the mesh file last seen, rebuilt when the file changes.
+    index: ArcSwap<IndexedMesh>,
+}
+
+struct IndexedMesh {
+    mesh: Arc<MeshFile>,
+    index: JoinTokenIndex,
+}
+
+impl IndexedMesh {
+    fn of(mesh: Arc<MeshFile>) -> IndexedMesh {
+        IndexedMesh {
+            index: mesh.join_token_index(),
+            mesh,
+        }
+    }
+}
+
+impl JoinTokens {
+    pub fn new(mesh: Arc<ArcSwap<MeshFile>>) -> JoinTokens {
+        let index = ArcSwap::from_pointee(IndexedMesh::of(mesh.load_full()));
+        JoinTokens { mesh, index }
+    }
+
+    /// The index of the mesh file in force; built once per change of the file.
+    fn indexed(&self) -> Arc<IndexedMesh> {
+        let mesh = self.mesh.load_full();
+        let current = self.index.load_full();
+        if Arc::ptr_eq(&current.mesh, &mesh) {
+            return current;
+        }
+        let fresh = Arc::new(IndexedMesh::of(mesh));
+        self.index.store(fresh.clone());
+        fresh
+    }
 }
 
 #[tonic::async_trait]
@@ -67,8 +112,9 @@ impl CredentialCheck for JoinTokens {
                     .into(),
             ));
         }
-        let mesh = self.mesh.load();
-        let Some(workload) = mesh.workload_for_token(token) else {
+        let indexed = self.indexed();
+        let mesh = &indexed.mesh;
+        let Some(workload) = indexed.index.workload(mesh, token) else {
             return Err(CredentialError::Refused(
                 "join token not recognised; give the proxy the join_token of its workload from the mesh file"
                     .into(),
@@ -91,11 +137,62 @@ impl CredentialCheck for JoinTokens {
 /// The lifetime of issued certificates, read at each signing (the mesh file can change it).
 pub type LifetimeSource = Arc<dyn Fn() -> Duration + Send + Sync>;
 
+/// Why a signing request was refused, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The credential is wrong, unknown or of the wrong kind.
+    Credential,
+    /// The source had too many credentials refused lately.
+    Throttled,
+    /// The credential was good but the CSR was not.
+    Csr,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Credential => "credential",
+            RefusalReason::Throttled => "throttled",
+            RefusalReason::Csr => "csr",
+        }
+    }
+}
+
+/// Signing requests refused since start, by reason.
+#[derive(Debug, Default)]
+pub struct RefusalCounts {
+    credential: AtomicU64,
+    throttled: AtomicU64,
+    csr: AtomicU64,
+}
+
+impl RefusalCounts {
+    fn counter(&self, reason: RefusalReason) -> &AtomicU64 {
+        match reason {
+            RefusalReason::Credential => &self.credential,
+            RefusalReason::Throttled => &self.throttled,
+            RefusalReason::Csr => &self.csr,
+        }
+    }
+
+    /// Counts one refusal; returns the new total for its reason.
+    fn count(&self, reason: RefusalReason) -> u64 {
+        self.counter(reason).fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Refusals so far for `reason`.
+    pub fn get(&self, reason: RefusalReason) -> u64 {
+        self.counter(reason).load(Ordering::Relaxed)
+    }
+}
+
 /// Signs workload certificates for holders of a valid credential.
 pub struct IdentityService {
     ca: Arc<CertificateAuthority>,
     check: Arc<dyn CredentialCheck>,
     lifetime: LifetimeSource,
+    throttle: FailureThrottle,
+    refusals: Arc<RefusalCounts>,
 }
 
 impl IdentityService {
@@ -108,7 +205,26 @@ impl IdentityService {
             ca,
             check,
             lifetime,
+            throttle: FailureThrottle::new(ThrottleSettings::default()),
+            refusals: Arc::default(),
         }
+    }
+
+    /// Changes how many refused credentials a source may have (tests use a small burst).
+    pub fn with_throttle(mut self, settings: ThrottleSettings) -> Self {
+        self.throttle = FailureThrottle::new(settings);
+        self
+    }
+
+    /// Signing requests refused since start, by reason.
+    pub fn refusals(&self) -> Arc<RefusalCounts> {
+        self.refusals.clone()
+    }
+
+    /// Counts and logs a refusal; the credential itself is never logged.
+    fn refuse(&self, peer: &str, reason: RefusalReason, detail: &str) {
+        let total = self.refusals.count(reason);
+        tracing::warn!(%peer, reason = reason.as_str(), refused_total = total, %detail, "CSR refused");
     }
 
     /// Local mode: join tokens and the certificate lifetime from the mesh file.
@@ -116,7 +232,7 @@ impl IdentityService {
         let lifetime_mesh = mesh.clone();
         IdentityService::new(
             ca,
-            Arc::new(JoinTokens { mesh }),
+            Arc::new(JoinTokens::new(mesh)),
             Arc::new(move || lifetime_mesh.load().certificate_lifetime),
         )
     }
@@ -125,20 +241,28 @@ impl IdentityService {
 #[tonic::async_trait]
 impl vigil_api::identity::Identity for IdentityService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        let peer = request
+        let source: Option<IpAddr> = request
             .extensions()
             .get::<PeerInfo>()
-            .map(|p| p.address.to_string())
-            .unwrap_or_default();
+            .map(|p| p.address.ip());
+        let peer = source.map(|ip| ip.to_string()).unwrap_or_default();
         let req = request.into_inner();
         let kind = TokenKind::try_from(req.kind).unwrap_or(TokenKind::Unspecified);
+        let attempt = match self.throttle.begin(source) {
+            Ok(attempt) => attempt,
+            Err(throttled) => return Err(self.throttled(&peer, throttled)),
+        };
         let workload = match self.check.verify(kind, &req.token).await {
-            Ok(w) => w,
+            Ok(w) => {
+                attempt.accepted();
+                w
+            }
             Err(CredentialError::Refused(reason)) => {
-                tracing::warn!(%peer, ?kind, %reason, "CSR refused: credential not accepted");
+                self.refuse(&peer, RefusalReason::Credential, &reason);
                 return Err(Status::unauthenticated(reason));
             }
             Err(CredentialError::Unavailable(reason)) => {
+                attempt.accepted();
                 tracing::warn!(%peer, ?kind, %reason, "CSR not signed: the credential cannot be checked now");
                 return Err(Status::unavailable(reason));
             }
@@ -148,7 +272,8 @@ impl vigil_api::identity::Identity for IdentityService {
             .ca
             .sign_csr(&req.csr_der, id, (self.lifetime)())
             .map_err(|e| {
-                tracing::warn!(%peer, workload = %workload.workload, error = %e, "CSR refused");
+                let detail = format!("{e} (workload {})", workload.workload);
+                self.refuse(&peer, RefusalReason::Csr, &detail);
                 Status::invalid_argument(format!("CSR refused: {e}"))
             })?;
         let leaf = chain
@@ -176,5 +301,135 @@ impl vigil_api::identity::Identity for IdentityService {
             workload: workload.workload,
             namespace: workload.namespace,
         }))
+    }
+}
+
+impl IdentityService {
+    /// The answer to a source that is throttled: logged once per run of refusals,
+    /// counted every time.
+    fn throttled(&self, peer: &str, throttled: Throttled) -> Status {
+        let total = self.refusals.count(RefusalReason::Throttled);
+        let retry = format!("{:.1} s", throttled.retry_after.as_secs_f64());
+        if throttled.first {
+            tracing::warn!(%peer, reason = "throttled", refused_total = total, retry_after = %retry, "CSR refused: too many refused credentials from this address; further refusals from it are counted, not logged, until it is let through again");
+        } else {
+            tracing::debug!(%peer, reason = "throttled", refused_total = total, "CSR refused");
+        }
+        Status::resource_exhausted(format!(
+            "too many refused join tokens or other credentials from {peer}; \
+             try again in {retry}. A proxy that keeps being refused has the wrong token: \
+             give it the join_token of its workload from the mesh file"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_api::identity::Identity;
+
+    const WEB: &str = "580e03ca12da94db77610eb82123ebf4";
+
+    fn mesh(token: &str) -> MeshFile {
+        MeshFile::parse(&format!(
+            "trust_domain: vigil.local\nworkloads:\n  - {{ name: web, namespace: shop, join_token: \"{token}\", app_port: 1 }}\n"
+        ))
+        .expect("mesh")
+    }
+
+    fn request(from: [u8; 4], token: &str) -> Request<SignRequest> {
+        let csr_der = vigil_identity::WorkloadKey::generate()
+            .and_then(|k| k.csr_der())
+            .expect("csr");
+        let mut r = Request::new(SignRequest {
+            csr_der,
+            token: token.into(),
+            kind: TokenKind::Join as i32,
+        });
+        r.extensions_mut().insert(PeerInfo {
+            address: std::net::SocketAddr::from((from, 40000)),
+            spiffe_id: None,
+        });
+        r
+    }
+
+    fn service(dir: &std::path::Path, mesh: Arc<ArcSwap<MeshFile>>) -> IdentityService {
+        let ca = CertificateAuthority::load_or_generate(dir, "vigil.local").expect("ca");
+        IdentityService::local(Arc::new(ca), mesh).with_throttle(ThrottleSettings {
+            burst: 2,
+            per_second: 0.001,
+            max_sources: 16,
+        })
+    }
+
+    /// Once a source is throttled even the right token is turned away unread, so a
+    /// right guess cannot show through; other sources are unaffected.
+    #[tokio::test]
+    async fn a_throttled_source_is_refused_even_with_the_right_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = service(dir.path(), Arc::new(ArcSwap::from_pointee(mesh(WEB))));
+        let attacker = [10, 0, 0, 9];
+        for _ in 0..2 {
+            let refused = identity
+                .sign(request(attacker, "ba8997493b19582f79526e3d829752a8"))
+                .await
+                .expect_err("wrong token");
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        }
+        let refused = identity
+            .sign(request(attacker, WEB))
+            .await
+            .expect_err("throttled");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("from 10.0.0.9"), "{refused:?}");
+
+        let issued = identity
+            .sign(request([10, 0, 0, 7], WEB))
+            .await
+            .expect("another source with the right token")
+            .into_inner();
+        assert_eq!(issued.spiffe_id, "spiffe://vigil.local/ns/shop/sa/web");
+
+        let counts = identity.refusals();
+        assert_eq!(counts.get(RefusalReason::Credential), 2);
+        assert_eq!(counts.get(RefusalReason::Throttled), 1);
+        assert_eq!(counts.get(RefusalReason::Csr), 0);
+    }
+
+    /// Accepted tokens never use up a source's refusals: many proxies on one host start
+    /// at once.
+    #[tokio::test]
+    async fn accepted_tokens_are_never_throttled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = service(dir.path(), Arc::new(ArcSwap::from_pointee(mesh(WEB))));
+        for _ in 0..5 {
+            identity
+                .sign(request([127, 0, 0, 1], WEB))
+                .await
+                .expect("accepted");
+        }
+    }
+
+    /// The token index follows the mesh file when it is reloaded.
+    #[tokio::test]
+    async fn a_changed_token_takes_effect_on_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = Arc::new(ArcSwap::from_pointee(mesh(WEB)));
+        let identity = service(dir.path(), live.clone());
+        identity
+            .sign(request([127, 0, 0, 1], WEB))
+            .await
+            .expect("accepted");
+        let rotated = "16221b9e1a926f6fdc29f532ef0f830f";
+        live.store(Arc::new(mesh(rotated)));
+        let refused = identity
+            .sign(request([127, 0, 0, 1], WEB))
+            .await
+            .expect_err("the old token is gone");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        identity
+            .sign(request([127, 0, 0, 1], rotated))
+            .await
+            .expect("the new token");
     }
 }

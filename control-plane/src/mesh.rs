@@ -3,19 +3,37 @@
 //! It is parsed into [`MeshFile`] and then turned into the same [`MeshModel`] that the
 //! Kubernetes source fills, so everything downstream (identity, discovery, dashboard) is
 //! indifferent to where the mesh came from.
+//!
+//! Join tokens are the local mode's only proof of identity, so a file whose tokens could
+//! be guessed is refused at load time (zxcvbn's estimate, see [`MIN_JOIN_TOKEN_BITS`]),
+//! and the identity service finds a token's workload through a [`JoinTokenIndex`] rather
+//! than by comparing it with every token in the file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use vigil_identity::SpiffeId;
 
 use crate::model::{Endpoint, MeshModel, Protocol, Service, Workload};
 
 /// Default lifetime of an issued SVID.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Shortest join token accepted.
+pub const MIN_JOIN_TOKEN_CHARS: usize = 16;
+
+/// Weakest join token accepted: zxcvbn's estimate of the guesses an attacker needs, in
+/// bits. zxcvbn counts guesses in a `u64`, so 64 is its ceiling: a token must look as hard
+/// as anything it can measure. `openssl rand -hex 16` (128 random bits) reaches it, and so
+/// does a long passphrase of unrelated words; names, repeats, sequences and dates do not.
+pub const MIN_JOIN_TOKEN_BITS: f64 = 64.0;
+
+/// How the operator is told to make a good token.
+const GENERATE_TOKEN_HINT: &str = "generate one with `openssl rand -hex 16`";
 
 /// A mesh file as written by an operator.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -186,6 +204,13 @@ pub enum MeshError {
     Parse { path: PathBuf, message: String },
     #[error("mesh file is inconsistent: {0}")]
     Invalid(String),
+    /// A join token anyone could guess; never carries the token itself.
+    #[error(
+        "workload {workload:?} has a join token that is too easy to guess ({problem}): \
+         anyone who guesses it gets the workload's identity; {hint}",
+        hint = GENERATE_TOKEN_HINT
+    )]
+    WeakJoinToken { workload: String, problem: String },
 }
 
 impl MeshFile {
@@ -232,12 +257,7 @@ impl MeshFile {
                     w.name
                 )));
             }
-            if w.join_token.len() < 16 {
-                return Err(MeshError::Invalid(format!(
-                    "workload {:?} has a join token shorter than 16 characters; use a long random secret",
-                    w.name
-                )));
-            }
+            self.check_join_token(w)?;
             if !tokens.insert(w.join_token.as_str()) {
                 return Err(MeshError::Invalid(format!(
                     "workload {:?} reuses another workload's join token; each workload needs its own",
@@ -273,6 +293,36 @@ impl MeshFile {
                     )));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a join token that is short or that zxcvbn can guess in fewer than
+    /// 2^[`MIN_JOIN_TOKEN_BITS`] tries. The workload's own names count as known words: a
+    /// token built from them is no secret.
+    fn check_join_token(&self, w: &WorkloadEntry) -> Result<(), MeshError> {
+        let weak = |problem: String| MeshError::WeakJoinToken {
+            workload: w.name.clone(),
+            problem,
+        };
+        let chars = w.join_token.chars().count();
+        if chars < MIN_JOIN_TOKEN_CHARS {
+            return Err(weak(format!(
+                "shorter than {MIN_JOIN_TOKEN_CHARS} characters: {chars}"
+            )));
+        }
+        let known = [
+            w.name.as_str(),
+            w.namespace.as_str(),
+            w.service_account(),
+            self.trust_domain.as_str(),
+        ];
+        let estimate = zxcvbn::zxcvbn(&w.join_token, &known);
+        let bits = (estimate.guesses() as f64).log2();
+        if bits < MIN_JOIN_TOKEN_BITS {
+            return Err(weak(format!(
+                "about {bits:.0} bits by zxcvbn's estimate, at least {MIN_JOIN_TOKEN_BITS:.0} needed"
+            )));
         }
         Ok(())
     }
@@ -329,18 +379,40 @@ impl MeshFile {
         })
     }
 
-    /// The workload whose join token this is. Compared in constant time so the
-    /// response time leaks nothing about how close a guess was.
-    pub fn workload_for_token(&self, token: &str) -> Option<&WorkloadEntry> {
-        use subtle::ConstantTimeEq;
-        let mut found = None;
-        for w in &self.workloads {
-            if bool::from(w.join_token.as_bytes().ct_eq(token.as_bytes())) {
-                found = Some(w);
-            }
+    /// The lookup table from join tokens to workloads; build it once per mesh file.
+    pub fn join_token_index(&self) -> JoinTokenIndex {
+        JoinTokenIndex {
+            by_digest: self
+                .workloads
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (token_digest(&w.join_token), i))
+                .collect(),
         }
-        found
     }
+}
+
+/// The workloads of one [`MeshFile`] by the SHA-256 of their join token, so checking a
+/// token costs one hash and one lookup whatever the size of the mesh. Keyed by digest,
+/// the lookup's timing depends only on a hash the caller cannot steer toward a real
+/// token, and the final comparison is in constant time.
+#[derive(Debug, Clone, Default)]
+pub struct JoinTokenIndex {
+    by_digest: HashMap<[u8; 32], usize>,
+}
+
+impl JoinTokenIndex {
+    /// The workload of `mesh` (the file this index was built from) whose token this is.
+    pub fn workload<'m>(&self, mesh: &'m MeshFile, token: &str) -> Option<&'m WorkloadEntry> {
+        use subtle::ConstantTimeEq;
+        let i = *self.by_digest.get(&token_digest(token))?;
+        let w = mesh.workloads.get(i)?;
+        bool::from(w.join_token.as_bytes().ct_eq(token.as_bytes())).then_some(w)
+    }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl WorkloadEntry {
@@ -368,13 +440,13 @@ certificate_lifetime: 10s
 workloads:
   - name: client
     namespace: demo
-    join_token: client-token-0123456789
+    join_token: 446e058ca19b93489808d5357442e0f4
     app_port: 8081
     proxy: { inbound: "127.0.0.1:15106", outbound: "127.0.0.1:15101", admin: "127.0.0.1:15100", metrics: "127.0.0.1:15190" }
   - name: server
     namespace: demo
     service_account: web
-    join_token: server-token-0123456789
+    join_token: 6d3dc512e0a3d71a84dc27e75545bc9c
     app_port: 8082
 services:
   - name: server
@@ -399,18 +471,76 @@ services:
     #[test]
     fn token_decides_the_workload() {
         let mesh = MeshFile::parse(MESH).expect("valid mesh");
+        let index = mesh.join_token_index();
+        let server = "6d3dc512e0a3d71a84dc27e75545bc9c";
         assert_eq!(
-            mesh.workload_for_token("server-token-0123456789")
-                .map(|w| w.name.as_str()),
+            index.workload(&mesh, server).map(|w| w.name.as_str()),
             Some("server")
         );
-        assert!(mesh.workload_for_token("server-token-012345678").is_none());
-        assert!(mesh.workload_for_token("").is_none());
+        assert!(index.workload(&mesh, &server[..31]).is_none());
+        assert!(index.workload(&mesh, &format!("{server}0")).is_none());
+        assert!(index.workload(&mesh, "").is_none());
+    }
+
+    /// A token anyone could guess is refused when the file is loaded, with the way to
+    /// make a good one, and the message never repeats the token.
+    #[test]
+    fn guessable_join_tokens_are_refused_with_how_to_make_one() {
+        let server = "6d3dc512e0a3d71a84dc27e75545bc9c";
+        for weak in [
+            "aaaaaaaaaaaaaaaa",
+            "abababababababababababab",
+            "0123456789abcdef",
+            "server-token-0123456789",
+            "demo-server-password-2024",
+            "web-web-web-web-web-web",
+        ] {
+            let err = MeshFile::parse(&MESH.replace(server, weak))
+                .expect_err(weak)
+                .to_string();
+            assert!(
+                err.contains("\"server\" has a join token that is too easy to guess"),
+                "{weak}: {err}"
+            );
+            assert!(err.contains("openssl rand -hex 16"), "{err}");
+            assert!(!err.contains(weak), "the message repeats the token: {err}");
+        }
+        let short = MeshFile::parse(&MESH.replace(server, "Zq8#vK2$"))
+            .expect_err("short")
+            .to_string();
+        assert!(short.contains("shorter than 16 characters"), "{short}");
+
+        // What the hint produces, and a passphrase of unrelated words, are accepted.
+        for strong in [
+            "ba8997493b19582f79526e3d829752a8",
+            "MEe+dueGFj8xMqGfrsVtBg==",
+            "lantern-orbit-quarry-velvet-mosaic",
+        ] {
+            MeshFile::parse(&MESH.replace(server, strong)).expect(strong);
+        }
+    }
+
+    /// The mesh files Vigil ships load as they are, join tokens included.
+    #[test]
+    fn every_example_mesh_file_loads() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&examples).expect("examples/") {
+            let path = entry.expect("entry").path().join("mesh.yaml");
+            if path.exists() {
+                MeshFile::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 2, "only {loaded} example mesh files found");
     }
 
     #[test]
     fn rejects_inconsistent_meshes_with_a_reason() {
-        let dup = MESH.replace("server-token-0123456789", "client-token-0123456789");
+        let dup = MESH.replace(
+            "6d3dc512e0a3d71a84dc27e75545bc9c",
+            "446e058ca19b93489808d5357442e0f4",
+        );
         let err = MeshFile::parse(&dup).expect_err("shared token").to_string();
         assert!(
             err.contains("reuses another workload's join token"),

@@ -12,7 +12,7 @@ control_plane:
 workloads:
   - name: web
     namespace: demo
-    join_token: \"web-join-token-0123456789\"
+    join_token: \"702b086ad2e90ba3adc0e9d9a00079cb\"
     app_port: 8080
     tcp_ports: [9000]
     proxy:
@@ -21,7 +21,7 @@ workloads:
         \"127.0.0.1:16000\": api
   - name: api
     namespace: demo
-    join_token: \"api-join-token-0123456789\"
+    join_token: \"65931e9a6be8187a7049d54d6ee9c23b\"
     app_port: 8081
 services:
   - name: api

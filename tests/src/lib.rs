@@ -160,12 +160,24 @@ pub struct WorkloadSpec {
     pub extra_args: Vec<String>,
 }
 
+/// 128 random bits in hex, as `openssl rand -hex 16` makes them: the control plane refuses
+/// join tokens that could be guessed.
+fn random_join_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    format!("{:016x}{:016x}", random(), random())
+}
+
 impl WorkloadSpec {
     pub fn new(name: &str, namespace: &str) -> WorkloadSpec {
         WorkloadSpec {
             name: name.into(),
             namespace: namespace.into(),
-            token: format!("{name}-join-token-{:016x}", free_port() as u64 * 7919),
+            token: random_join_token(),
             app_port: free_port(),
             tcp_ports: vec![],
             inbound: free_addr(),

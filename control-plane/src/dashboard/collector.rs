@@ -529,8 +529,8 @@ mod tests {
     const MESH: &str = r#"
 trust_domain: vigil.local
 workloads:
-  - { name: web, namespace: shop, join_token: web-token-0123456789, app_port: 1 }
-  - { name: orders, namespace: shop, join_token: orders-token-0123456789, app_port: 2 }
+  - { name: web, namespace: shop, join_token: 580e03ca12da94db77610eb82123ebf4, app_port: 1 }
+  - { name: orders, namespace: shop, join_token: 16221b9e1a926f6fdc29f532ef0f830f, app_port: 2 }
 services:
   - { name: orders, namespace: shop, endpoints: [orders] }
 "#;
