@@ -62,6 +62,16 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
     if let Some(response) = health(proxy, req.uri().path()) {
         return response;
     }
+    // A web page can make a browser on this host call 127.0.0.1 under its own name (DNS
+    // rebinding) and read the tap or shut the proxy down: answer loopback names only.
+    if let Some(host) = req.headers().get(http::header::HOST) {
+        if !host.to_str().is_ok_and(loopback_host) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "the admin port answers requests addressed to a loopback name only (127.0.0.1, [::1], localhost)\n",
+            );
+        }
+    }
     match req.uri().path() {
         "/shutdown" if req.method() == http::Method::POST => {
             proxy.drain.start();
@@ -149,6 +159,19 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Whether a Host header names this machine's loopback: `localhost`, `127.0.0.0/8` or
+/// `[::1]`, with or without a port.
+pub fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut r = Response::new(body::full(body.to_string()));
     *r.status_mut() = status;
@@ -164,4 +187,32 @@ fn json_response(value: serde_json::Value) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_are_admin_hosts() {
+        for host in [
+            "127.0.0.1:15000",
+            "127.0.0.1",
+            "localhost:15000",
+            "LOCALHOST",
+            "[::1]:15000",
+            "127.8.9.10:1",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:15000",
+            "10.0.0.1:15000",
+            "[2001:db8::1]:15000",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 }

@@ -158,6 +158,14 @@ async fn no_byte_sequence_turns_an_http_service_into_an_unchecked_tunnel() {
         "the app sees the caller's verified identity only: {text}"
     );
     assert!(hits() >= 1);
+
+    // A browser page rebinding its own name to 127.0.0.1 cannot read the admin port's tap.
+    let rebound = raw_exchange(
+        t.client.admin,
+        b"GET /tap HTTP/1.1\r\nHost: rebind.example:15000\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(rebound.status(), Some(403), "{}", rebound.text());
 }
 
 /// A TLS client holding the client workload's valid SVID, as a compromised or custom
