@@ -889,3 +889,46 @@ impl Process {
             .unwrap_or(0)
     }
 }
+
+// ---- Applications written in Python with real protocol libraries (grpcio, websockets) ----
+
+/// Fails (never skips) when `python3` cannot import `module`, naming the package to install.
+pub fn require_python_module(module: &str, package: &str) {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "python3 with {package} is needed: run `bash scripts/test.sh`, which installs it, or `pip3 install {package}`"
+    );
+}
+
+/// Starts `python3 SCRIPT serve PORT` (logging into `dir`) and waits until it prints
+/// `serving`.
+pub async fn start_python_app(
+    dir: &Path,
+    name: &str,
+    script: &Path,
+    port: u16,
+) -> anyhow::Result<Process> {
+    let app = Process::spawn(
+        name,
+        dir,
+        Path::new("python3"),
+        &[
+            script.display().to_string(),
+            "serve".into(),
+            port.to_string(),
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !app.output().contains("serving") {
+        if Instant::now() > deadline {
+            bail!("{name} did not start: {}", app.output());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(app)
+}

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use vigil_e2e::*;
 
@@ -13,22 +12,9 @@ fn script() -> PathBuf {
     workspace_root().join("tests").join("grpc").join("echo.py")
 }
 
-/// Fails (never skips) when the real gRPC implementation is missing.
-fn require_grpcio() {
-    let ok = Command::new("python3")
-        .args(["-c", "import grpc"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "python3 with grpcio is needed: run `bash scripts/test.sh`, which installs it, or `pip3 install grpcio`"
-    );
-}
-
 #[tokio::test]
 async fn grpc_calls_of_every_kind_cross_the_mesh() {
-    require_grpcio();
+    require_python_module("grpc", "grpcio");
     let client = WorkloadSpec::new("client", "demo");
     let server = WorkloadSpec::new("server", "demo");
     let spec = MeshSpec::new(vec![client.clone(), server.clone()]).service(
@@ -38,26 +24,9 @@ async fn grpc_calls_of_every_kind_cross_the_mesh() {
         None,
     );
     let mut mesh = Mesh::start(spec).await.expect("control plane");
-    let app = Process::spawn(
-        "grpc-server",
-        mesh.dir.path(),
-        std::path::Path::new("python3"),
-        &[
-            script().display().to_string(),
-            "serve".into(),
-            server.app_port.to_string(),
-        ],
-    )
-    .expect("grpc server");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !app.output().contains("serving") {
-        assert!(
-            Instant::now() < deadline,
-            "gRPC server did not start: {}",
-            app.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let app = start_python_app(mesh.dir.path(), "grpc-server", &script(), server.app_port)
+        .await
+        .expect("grpc-server");
     for name in ["client", "server"] {
         mesh.start_proxy(name).await.expect("proxy");
     }

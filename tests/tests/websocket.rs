@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use vigil_e2e::*;
 
@@ -30,19 +29,6 @@ fn script() -> PathBuf {
         .join("echo.py")
 }
 
-/// Fails (never skips) when the WebSocket library is missing.
-fn require_websockets() {
-    let ok = Command::new("python3")
-        .args(["-c", "import websockets"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "python3 with websockets is needed: run `bash scripts/test.sh`, which installs it, or `pip3 install websockets`"
-    );
-}
-
 fn call(outbound: std::net::SocketAddr, path: &str) -> (serde_json::Value, String) {
     let out = Command::new("python3")
         .args([
@@ -65,7 +51,7 @@ fn call(outbound: std::net::SocketAddr, path: &str) -> (serde_json::Value, Strin
 
 #[tokio::test]
 async fn websocket_crosses_the_mesh_under_policy() {
-    require_websockets();
+    require_python_module("websockets", "websockets");
     let policy = tempfile::tempdir().expect("policy dir");
     std::fs::write(policy.path().join("policy.rego"), POLICY).expect("policy");
     let client = WorkloadSpec::new("client", "demo");
@@ -78,26 +64,14 @@ async fn websocket_crosses_the_mesh_under_policy() {
     );
     spec.policy_dir = Some(policy.path().to_path_buf());
     let mut mesh = Mesh::start(spec).await.expect("control plane");
-    let app = Process::spawn(
-        "websocket-server",
+    let app = start_python_app(
         mesh.dir.path(),
-        std::path::Path::new("python3"),
-        &[
-            script().display().to_string(),
-            "serve".into(),
-            server.app_port.to_string(),
-        ],
+        "websocket-server",
+        &script(),
+        server.app_port,
     )
-    .expect("websocket server");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !app.output().contains("serving") {
-        assert!(
-            Instant::now() < deadline,
-            "WebSocket server did not start: {}",
-            app.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    .await
+    .expect("websocket-server");
     for name in ["client", "server"] {
         mesh.start_proxy(name).await.expect("proxy");
     }
