@@ -63,7 +63,11 @@ pub fn write_files(data_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the demo until Ctrl-C or `duration`.
-pub async fn run(data_dir: Option<PathBuf>, duration: Option<Duration>) -> anyhow::Result<()> {
+pub async fn run(
+    data_dir: Option<PathBuf>,
+    duration: Option<Duration>,
+    dashboard: crate::dashboard::DashboardAccess,
+) -> anyhow::Result<()> {
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
     let bin_dir = std::env::current_exe()
         .ok()
@@ -89,6 +93,7 @@ pub async fn run(data_dir: Option<PathBuf>, duration: Option<Duration>) -> anyho
         mesh_file,
         data_dir,
         duration,
+        dashboard,
     })
     .await
 }

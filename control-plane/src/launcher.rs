@@ -20,6 +20,8 @@ pub struct LaunchOptions {
     pub data_dir: PathBuf,
     /// Stop after this long; run until Ctrl-C when absent.
     pub duration: Option<Duration>,
+    /// Who may read the dashboard besides loopback.
+    pub dashboard: crate::dashboard::DashboardAccess,
 }
 
 /// Starts everything, waits, stops everything.
@@ -61,7 +63,10 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         ca_key: None,
         ca_chain: None,
         reload_interval: Duration::from_secs(1),
-        dashboard: crate::dashboard::DashboardOptions::default(),
+        dashboard: crate::dashboard::DashboardOptions {
+            access: opts.dashboard.clone(),
+            ..Default::default()
+        },
     };
     let bundle = control_plane::trust_bundle_path(&opts.data_dir);
     let _ = std::fs::remove_file(&bundle);

@@ -57,6 +57,8 @@ enum Command {
         /// instead of the proxies' metrics ports.
         #[arg(long, env = "VIGIL_PROMETHEUS")]
         prometheus: Option<String>,
+        #[command(flatten)]
+        dashboard: vigil::dashboard::DashboardAccess,
     },
     /// Success rate, request rate and latency per workload and service, from the
     /// proxies' own metrics.
@@ -106,6 +108,8 @@ enum Command {
         /// Stop after this long (for scripts); runs until Ctrl-C otherwise.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        #[command(flatten)]
+        dashboard: vigil::dashboard::DashboardAccess,
     },
     /// Run the demo mesh on this machine: a small shop behind sidecars, a traffic
     /// generator, a policy that denies some calls, a flaky service and the dashboard.
@@ -117,6 +121,8 @@ enum Command {
         /// (default: <temp dir>/vigil-demo).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dashboard: vigil::dashboard::DashboardAccess,
     },
     /// Verify a running mesh: control plane reachable, proxies ready, certificates valid,
     /// one policy bundle everywhere, clocks in sync. Exits non-zero on any failure.
@@ -467,6 +473,7 @@ fn main() -> ExitCode {
                 ca_chain,
                 reload_interval,
                 prometheus,
+                dashboard,
                 ..
             } => {
                 let Some(mesh) = mesh else {
@@ -481,6 +488,7 @@ fn main() -> ExitCode {
                     reload_interval,
                     dashboard: vigil::dashboard::DashboardOptions {
                         prometheus,
+                        access: dashboard,
                         ..Default::default()
                     },
                 })
@@ -517,7 +525,11 @@ fn main() -> ExitCode {
                 eprintln!("tapping {} proxies; Ctrl-C to stop", targets.len());
                 vigil::observe_cli::tap(&targets, &query, output == "json", count).await
             }
-            Command::Demo { duration, data_dir } => vigil::demo::run(data_dir, duration).await,
+            Command::Demo {
+                duration,
+                data_dir,
+                dashboard,
+            } => vigil::demo::run(data_dir, duration, dashboard).await,
             Command::Check {
                 mesh,
                 trust_bundle,
@@ -527,6 +539,7 @@ fn main() -> ExitCode {
                 mesh,
                 data_dir,
                 duration,
+                dashboard,
             } => {
                 let temp;
                 let data_dir = match data_dir {
@@ -540,6 +553,7 @@ fn main() -> ExitCode {
                     mesh_file: mesh,
                     data_dir,
                     duration,
+                    dashboard,
                 })
                 .await
             }

@@ -69,6 +69,9 @@ pub struct ControlPlaneAddresses {
     /// Sidecar-injection webhook (HTTPS). Only Kubernetes calls it; in local mode it is
     /// served when the port is free and skipped with a warning otherwise.
     pub webhook: SocketAddr,
+    /// Host names the dashboard answers to besides localhost, 127.0.0.1 and [::1] (a
+    /// reverse proxy's name, say); requests for any other name get 403.
+    pub dashboard_hosts: Vec<String>,
 }
 
 impl Default for ControlPlaneAddresses {
@@ -78,6 +81,7 @@ impl Default for ControlPlaneAddresses {
             discovery: SocketAddr::from(([127, 0, 0, 1], 15010)),
             dashboard: SocketAddr::from(([127, 0, 0, 1], 15080)),
             webhook: SocketAddr::from(([127, 0, 0, 1], 15017)),
+            dashboard_hosts: Vec::new(),
         }
     }
 }

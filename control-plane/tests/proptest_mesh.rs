@@ -32,7 +32,7 @@ services:
     traffic: {\"timeout\": \"2s\", \"retries\": {\"attempts\": 2}}
 ";
 
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 25] = [
     "trust_domain",
     "certificate_lifetime",
     "control_plane",
@@ -40,6 +40,7 @@ const KEYS: [&str; 24] = [
     "discovery",
     "dashboard",
     "webhook",
+    "dashboard_hosts",
     "policy",
     "dir",
     "rule",

@@ -8,8 +8,10 @@
 //! `--prometheus URL` the request metrics come from PromQL instead.
 //!
 //! The page is three embedded files and a little JavaScript that polls the API; no build
-//! step.
+//! step. It has no login: it answers only requests addressed to loopback or to a host
+//! name the operator configured, or that carry the configured bearer token ([`access`]).
 
+pub mod access;
 mod collector;
 mod denials;
 mod live_tap;
@@ -36,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use crate::discovery_service::{ConnectedProxies, MeshState};
 use crate::mesh::MeshFile;
 use crate::observe_cli::{self, ProxyTarget};
+pub use access::DashboardAccess;
 use collector::{unix_now, WorkloadView, POLL_INTERVAL};
 use denials::Denials;
 
@@ -49,6 +52,8 @@ pub struct DashboardOptions {
     pub denials_kept: usize,
     /// How many samples each workload's plots keep (one per poll, every 2 s).
     pub samples_kept: usize,
+    /// Which requests are answered.
+    pub access: DashboardAccess,
 }
 
 impl Default for DashboardOptions {
@@ -57,6 +62,7 @@ impl Default for DashboardOptions {
             prometheus: None,
             denials_kept: 200,
             samples_kept: 150,
+            access: DashboardAccess::default(),
         }
     }
 }
@@ -277,6 +283,10 @@ const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 
 fn route<B>(d: &Dashboard, req: Request<B>) -> Response<Body> {
+    if let Err(refused) = d.admit(&req) {
+        tracing::debug!(reason = %refused, "dashboard request refused");
+        return error(StatusCode::FORBIDDEN, &refused.to_string());
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -320,6 +330,23 @@ fn route<B>(d: &Dashboard, req: Request<B>) -> Response<Body> {
 }
 
 impl Dashboard {
+    /// Whether `req` may be answered at all: see [`access`].
+    fn admit<B>(&self, req: &Request<B>) -> Result<(), access::AccessRefused> {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|h| h.as_bytes());
+        let mesh = self.sources.mesh.load();
+        self.opts
+            .access
+            .check(host, authorization, &mesh.control_plane.dashboard_hosts)
+    }
+
     fn state(&self) -> Arc<MeshState> {
         self.sources.state.borrow().clone()
     }
@@ -581,6 +608,10 @@ fn json_response(value: Value) -> Response<Body> {
     h.insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
     );
     r
 }
