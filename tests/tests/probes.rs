@@ -3,8 +3,8 @@
 //! the originals to the proxy, which performs them against the app on loopback.
 //!
 //! On loopback: a real proxy process, given the probes exactly as `vigil inject` wrote
-//! them, reports a real HTTP app up and down, a TCP port open and closed, and a real
-//! `grpc.health.v1` server serving and not. In network namespaces (root): with `vigil-init`'s
+//! them, reports a real HTTP app up and down, an HTTPS app, a TCP port open and closed,
+//! and a real `grpc.health.v1` server serving and not. In network namespaces (root): with `vigil-init`'s
 //! rules as injected, a neighbour's plaintext never reaches the app's serving port, while
 //! the probe through the health port still sees the app.
 
@@ -115,6 +115,48 @@ async fn start_health_app(port: u16) -> JoinHandle<()> {
     })
 }
 
+/// An HTTPS app with a self-signed certificate nobody could verify (the kubelet does not
+/// try): every request gets 200.
+async fn start_https_app(port: u16) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["web.local".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed certificate");
+    let config = rustls::ServerConfig::builder_with_provider(vigil_identity::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the HTTPS app");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"secure\n",
+                        ))))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+}
+
 /// A real `grpc.health.v1.Health` server (tonic-health), whose statuses the test sets.
 async fn start_grpc_health(port: u16) -> tonic_health::server::HealthReporter {
     let (reporter, service) = tonic_health::server::health_reporter();
@@ -148,6 +190,7 @@ async fn rewritten_probes_report_the_app_as_the_kubelet_would_see_it() {
     let tcp_port = free_port();
     let grpc_port = free_port();
     let closed_port = free_port();
+    let https_port = free_port();
 
     // The pod as its author wrote it: the readiness probe on the serving port.
     let pod = inject(&json!({
@@ -161,6 +204,7 @@ async fn rewritten_probes_report_the_app_as_the_kubelet_would_see_it() {
                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http",
                     "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]}},
                 "livenessProbe": {"httpGet": {"path": "/elsewhere", "port": http_port}},
+                "startupProbe": {"httpGet": {"path": "/", "port": https_port, "scheme": "HTTPS"}},
             },
             {
                 "name": "cache", "image": "cache",
@@ -190,6 +234,7 @@ async fn rewritten_probes_report_the_app_as_the_kubelet_would_see_it() {
     let mut mesh = Mesh::start(spec).await.expect("control plane");
     let app = start_health_app(http_port).await;
     start_tcp_echo(tcp_port).await.expect("tcp app");
+    start_https_app(https_port).await;
     let grpc = start_grpc_health(grpc_port).await;
     grpc.set_service_status("vigil.Orders", tonic_health::ServingStatus::Serving)
         .await;
@@ -204,6 +249,7 @@ async fn rewritten_probes_report_the_app_as_the_kubelet_would_see_it() {
         ("/app-health/web/readyz", 200),
         // The app answers 400 on other paths: its status is the probe's.
         ("/app-health/web/livez", 400),
+        ("/app-health/web/startupz", 200),
         ("/app-health/cache/readyz", 200),
         ("/app-health/cache/livez", 503),
         ("/app-health/api/readyz", 200),
