@@ -55,6 +55,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// What intercepted traffic to an address outside the mesh gets.
     pub egress: Egress,
+    /// Whether the inbound port also takes plaintext (during a migration to the mesh).
+    pub inbound_mode: InboundMode,
     /// OpenTelemetry export; tracing is off when absent.
     pub trace: Option<crate::trace::TraceConfig>,
     /// The app's kubelet probes, answered at `/app-health/...` on the metrics port.
@@ -69,6 +71,18 @@ pub enum Egress {
     #[default]
     Deny,
     Allow,
+}
+
+/// What the inbound port accepts. Strict (the default) takes mutual TLS from mesh peers
+/// only; permissive also serves plaintext HTTP from callers outside the mesh, with no
+/// identity (policy sees no source principal), so a workload can join the mesh before
+/// all its callers have. Plaintext connections are counted so an operator sees when
+/// none arrive any more and strict can be turned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum InboundMode {
+    #[default]
+    Strict,
+    Permissive,
 }
 
 /// Limits on one request, applied on both traffic listeners.

@@ -17,6 +17,7 @@ use vigil_identity::SpiffeId;
 
 use crate::body::{self, Body};
 use crate::buffer::buffer_prefix;
+use crate::config::InboundMode;
 use crate::error::{local_response, LocalReason, PolicyOutcome, ProxyError, ERROR_HEADER};
 use crate::headers::{
     authority, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
@@ -30,9 +31,20 @@ use opentelemetry::KeyValue;
 
 /// What inbound knows about a connection, all from the verified TLS session.
 struct Connection {
-    peer: SpiffeId,
+    /// The verified SPIFFE ID; `None` only for plaintext in permissive mode.
+    peer: Option<SpiffeId>,
     peer_address: SocketAddr,
     local_address: SocketAddr,
+}
+
+impl Connection {
+    /// The peer's identity as metrics and logs name it; empty for plaintext.
+    fn peer_name(&self) -> String {
+        self.peer
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// Serves the inbound listener until the process stops.
@@ -67,6 +79,22 @@ async fn connection(
         Ok(a) => a,
         Err(_) => return,
     };
+    if proxy.config.inbound_mode == InboundMode::Permissive {
+        match starts_with_tls(&tcp, proxy.config.header_read_timeout).await {
+            Some(true) => {}
+            Some(false) => {
+                proxy.metrics.plaintext_connections.inc();
+                let tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
+                let conn = Connection {
+                    peer: None,
+                    peer_address,
+                    local_address,
+                };
+                return serve_requests(proxy, tcp, conn).await;
+            }
+            None => return,
+        }
+    }
     let tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
     let handshake =
         tokio::time::timeout(proxy.config.handshake_timeout, acceptor.accept(tcp)).await;
@@ -100,6 +128,30 @@ async fn connection(
             return;
         }
     };
+    let conn = Connection {
+        peer: Some(peer),
+        peer_address,
+        local_address,
+    };
+    serve_requests(proxy, stream, conn).await;
+}
+
+/// Whether a connection's first byte opens a TLS handshake record; `None` when the
+/// client closed or sent nothing within `deadline`.
+async fn starts_with_tls(tcp: &TcpStream, deadline: std::time::Duration) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == 0x16),
+        _ => None,
+    }
+}
+
+/// Serves the requests of one connection, whose peer is known, until it ends.
+async fn serve_requests<S>(proxy: Arc<Proxy>, stream: S, conn: Connection)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer_address = conn.peer_address;
     // hyper's protocol sniffing has no deadline: bound it by the header read timeout.
     let stream = match crate::preface::read_preface(stream, proxy.config.header_read_timeout).await
     {
@@ -110,11 +162,7 @@ async fn connection(
             return;
         }
     };
-    let conn = Arc::new(Connection {
-        peer,
-        peer_address,
-        local_address,
-    });
+    let conn = Arc::new(conn);
     let served = crate::serve::http(&proxy.config, &proxy.drain, stream, {
         let proxy = proxy.clone();
         move |req| request(proxy.clone(), conn.clone(), req)
@@ -187,7 +235,7 @@ async fn request(
             protocol_name(req.version()),
         )
     });
-    let peer = conn.peer.to_string();
+    let peer = conn.peer_name();
     let mut req = req;
     let span = proxy.traces.enabled().then(|| {
         let attributes = vec![
@@ -212,7 +260,7 @@ async fn request(
         http(&proxy, &conn, req).await
     };
     let response = result.unwrap_or_else(|e| {
-        tracing::debug!(peer = %conn.peer, error = %e, "inbound request failed");
+        tracing::debug!(peer = %conn.peer_name(), error = %e, "inbound request failed");
         e.into_response()
     });
     if let Some(span) = span {
@@ -339,7 +387,7 @@ async fn http(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
-    let peer = conn.peer.to_string();
+    let peer = conn.peer.as_ref().map(|p| p.to_string());
     let (mut parts, incoming) = req.into_parts();
     let max_body = proxy.config.request_limits.max_body_bytes;
     let too_large = |exceeded: &crate::limits::Exceeded, e: ProxyError| match max_body {
@@ -371,7 +419,7 @@ async fn http(
             method: parts.method.as_str(),
             path: &path,
             host: &host,
-            scheme: "https",
+            scheme: if peer.is_some() { "https" } else { "http" },
             protocol: protocol_name(app_version),
             headers: &parts.headers,
             body: buffered.as_ref().map(|(bytes, truncated)| BodyInput {
@@ -382,7 +430,7 @@ async fn http(
         }),
         source_address: conn.peer_address,
         destination_address: conn.local_address,
-        source_principal: Some(&peer),
+        source_principal: peer.as_deref(),
         destination_principal: own_id.as_deref(),
     });
     let (add, remove, response_add) = match decision {
@@ -417,7 +465,7 @@ async fn http(
             headers.insert(n, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&peer) {
+    if let Some(Ok(v)) = peer.as_deref().map(HeaderValue::from_str) {
         headers.insert(PEER_IDENTITY, v);
     }
     if !host.is_empty() && !headers.contains_key(http::header::HOST) {
@@ -507,8 +555,13 @@ async fn tunnel(
         .and_then(|a| a.port_u16())
         .filter(|p| mesh.workload.accepts_tunnel_to(*p))
         .ok_or_else(|| ProxyError::TunnelTarget(target.clone()))?;
+    // A tunnel carries bytes no request policy sees: only for a verified peer.
+    let Some(peer) = conn.peer.as_ref().map(|p| p.to_string()) else {
+        return Err(ProxyError::TunnelTarget(format!(
+            "{target} (tunnels need mutual TLS; this connection is plaintext)"
+        )));
+    };
     let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
-    let peer = conn.peer.to_string();
     let decision = proxy.authz.decide(&AuthzInput {
         kind: InputKind::Tcp,
         source_address: conn.peer_address,

@@ -121,6 +121,11 @@ struct Args {
     /// (HTTP gets 403 `egress-denied`), `allow` sends it there directly.
     #[arg(long, env = "VIGIL_EGRESS", value_enum, default_value = "deny")]
     egress: vigil_proxy::config::Egress,
+    /// `strict` takes only mutual TLS from mesh peers on the inbound port; `permissive`
+    /// also serves plaintext HTTP from callers outside the mesh, with no identity, while
+    /// a workload migrates (counted in vigil_inbound_plaintext_connections_total).
+    #[arg(long, env = "VIGIL_INBOUND_MODE", value_enum, default_value = "strict")]
+    inbound_mode: vigil_proxy::config::InboundMode,
     /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); tracing is off without it.
     #[arg(long, env = "VIGIL_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -244,6 +249,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         header_read_timeout: args.header_read_timeout,
         drain_timeout: args.drain_timeout,
         egress: args.egress,
+        inbound_mode: args.inbound_mode,
         trace: args
             .otlp_endpoint
             .map(|endpoint| vigil_proxy::trace::TraceConfig {

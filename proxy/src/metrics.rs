@@ -102,6 +102,7 @@ pub struct Metrics {
     pub tcp_bytes_sent: Family<TcpLabels, Counter>,
     pub tcp_bytes_received: Family<TcpLabels, Counter>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    pub plaintext_connections: Counter,
     pub policy_decisions: Family<PolicyLabels, Counter>,
     pub retries: Family<ServiceLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
@@ -168,6 +169,12 @@ impl Metrics {
             "Inbound TLS handshakes refused, by reason",
             tls_handshake_failures.clone(),
         );
+        let plaintext_connections = Counter::default();
+        registry.register(
+            "inbound_plaintext_connections",
+            "Plaintext connections served on the inbound port in permissive mode: callers not yet in the mesh",
+            plaintext_connections.clone(),
+        );
         let policy_decisions = Family::<PolicyLabels, Counter>::default();
         registry.register(
             "policy_decisions",
@@ -226,6 +233,7 @@ impl Metrics {
             tcp_bytes_sent,
             tcp_bytes_received,
             tls_handshake_failures,
+            plaintext_connections,
             policy_decisions,
             retries,
             retry_budget_exhausted,
