@@ -117,7 +117,7 @@ impl Proxy {
 pub async fn run(
     config: ProxyConfig,
     decision_log: Box<dyn std::io::Write + Send>,
-    access_log: Option<Box<dyn std::io::Write + Send>>,
+    access_log: Option<observe::AccessLog>,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let identity = WorkloadIdentity::new(config.clone(), metrics.clone())?;

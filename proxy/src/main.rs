@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use vigil_proxy::config::ProxyConfig;
 
+mod log_file;
+
 #[derive(Parser)]
 #[command(
     name = "vigil-proxy",
@@ -132,13 +134,19 @@ struct Args {
     /// Share of new traces to sample, 0.0 to 1.0.
     #[arg(long, env = "VIGIL_TRACE_SAMPLING", default_value_t = 1.0)]
     trace_sampling: f64,
-    /// Decision log destination: a file path, or "-" for standard output.
+    /// Decision log destination: a file path, or "-" for standard output. A file is
+    /// created mode 600 (its directory 700) and an existing one is made 600.
     #[arg(long, env = "VIGIL_DECISION_LOG", default_value = "-")]
     decision_log: String,
     /// JSON access log, one line per request: a file path or "-" for standard output.
-    /// Off unless given.
+    /// Off unless given. Files are kept private like the decision log's.
     #[arg(long, env = "VIGIL_ACCESS_LOG")]
     access_log: Option<String>,
+    /// Keep query strings in the access log (and the tap). Without it a record keeps the
+    /// path and the access log says `"query": "redacted"`: queries often carry tokens and
+    /// personal data.
+    #[arg(long, env = "VIGIL_LOG_QUERY_STRINGS", requires = "access_log")]
+    log_query_strings: bool,
     /// The app's kubelet probes as JSON (the injector writes it), answered at
     /// /app-health/<container>/<probe> on the metrics listener.
     #[arg(long, env = "VIGIL_APP_PROBES", hide_env_values = true, value_parser = vigil_proxy::probes::AppProbes::from_json)]
@@ -263,7 +271,8 @@ fn start(args: Args) -> anyhow::Result<()> {
         .access_log
         .as_deref()
         .map(|path| open_log(path, "--access-log"))
-        .transpose()?;
+        .transpose()?
+        .map(|writer| vigil_proxy::observe::AccessLog::new(writer, args.log_query_strings));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
         .enable_all()
@@ -272,18 +281,12 @@ fn start(args: Args) -> anyhow::Result<()> {
     runtime.block_on(vigil_proxy::run(config, log, access_log))
 }
 
-/// A log destination: "-" for standard output, otherwise a file appended to.
-fn open_log(path: &str, flag: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
-    use anyhow::Context;
+/// A log destination: "-" for standard output, otherwise a file appended to, readable
+/// by this user only.
+fn open_log(path: &str, flag: &'static str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
     if path == "-" {
         return Ok(Box::new(std::io::stdout()));
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| {
-            format!("opening {flag} {path}: check the directory exists and is writable")
-        })?;
+    let file = log_file::open_private(std::path::Path::new(path), flag)?;
     Ok(Box::new(file))
 }

@@ -1,5 +1,10 @@
 //! One place every finished request is reported: metrics, the live tap and the access
 //! log all read the same [`RequestRecord`].
+//!
+//! A record's path loses its query string here, once, before anyone reads it: queries
+//! carry API keys, session ids and e-mail addresses as often as search terms, and the
+//! access log is kept on disk. The access log line says `"query": "redacted"` where one
+//! was cut; `--log-query-strings` ([`AccessLog::new`]) keeps them.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -34,11 +39,37 @@ pub struct RequestRecord {
     pub request_id: String,
 }
 
+/// Where access-log lines go, and whether query strings are kept in them.
+pub struct AccessLog {
+    writer: Mutex<Box<dyn Write + Send>>,
+    keep_query_strings: bool,
+}
+
+impl AccessLog {
+    /// Lines go to `writer`; query strings are cut unless `keep_query_strings`.
+    pub fn new(writer: Box<dyn Write + Send>, keep_query_strings: bool) -> AccessLog {
+        AccessLog {
+            writer: Mutex::new(writer),
+            keep_query_strings,
+        }
+    }
+}
+
+/// One access-log line: the record, and whether its query string was cut.
+#[derive(Serialize)]
+struct AccessLogLine<'a> {
+    #[serde(flatten)]
+    record: &'a RequestRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'static str>,
+}
+
 /// Receives request records.
 pub struct Observer {
     metrics: std::sync::Arc<Metrics>,
     tap: broadcast::Sender<std::sync::Arc<RequestRecord>>,
-    access_log: Option<Mutex<Box<dyn Write + Send>>>,
+    access_log: Option<AccessLog>,
+    keep_query_strings: bool,
 }
 
 /// Which call a finished request was, as its metrics are labelled.
@@ -52,15 +83,13 @@ pub struct Call<'a> {
 }
 
 impl Observer {
-    pub fn new(
-        metrics: std::sync::Arc<Metrics>,
-        access_log: Option<Box<dyn Write + Send>>,
-    ) -> Self {
+    pub fn new(metrics: std::sync::Arc<Metrics>, access_log: Option<AccessLog>) -> Self {
         let (tap, _) = broadcast::channel(1024);
         Observer {
             metrics,
             tap,
-            access_log: access_log.map(Mutex::new),
+            keep_query_strings: access_log.as_ref().is_some_and(|l| l.keep_query_strings),
+            access_log,
         }
     }
 
@@ -100,11 +129,22 @@ impl Observer {
     }
 
     /// Publishes a full record to the tap and the access log.
-    pub fn publish(&self, record: RequestRecord) {
+    pub fn publish(&self, mut record: RequestRecord) {
+        let mut query = None;
+        if !self.keep_query_strings {
+            if let Some(cut) = record.path.find('?') {
+                record.path.truncate(cut);
+                query = Some("redacted");
+            }
+        }
         if let Some(log) = &self.access_log {
-            if let Ok(mut line) = serde_json::to_vec(&record) {
+            let line = AccessLogLine {
+                record: &record,
+                query,
+            };
+            if let Ok(mut line) = serde_json::to_vec(&line) {
                 line.push(b'\n');
-                if let Ok(mut w) = log.lock() {
+                if let Ok(mut w) = log.writer.lock() {
                     let _ = w.write_all(&line);
                     let _ = w.flush();
                 }
@@ -122,4 +162,86 @@ pub fn now_secs() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    /// An access-log destination the test can read back.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<StdMutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn records(&self) -> Vec<serde_json::Value> {
+            String::from_utf8_lossy(&self.0.lock().expect("lines"))
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect()
+        }
+    }
+
+    fn record(path: &str) -> RequestRecord {
+        RequestRecord {
+            time: 0.0,
+            direction: "inbound",
+            source: "spiffe://vigil.local/ns/shop/sa/web".into(),
+            destination: "spiffe://vigil.local/ns/shop/sa/orders".into(),
+            service: "orders.shop".into(),
+            method: "GET".into(),
+            path: path.into(),
+            status: 200,
+            latency_ms: 1.0,
+            policy: "allow",
+            error: None,
+            protocol: "HTTP/1.1",
+            request_id: "r1".into(),
+        }
+    }
+
+    fn observer(keep: bool) -> (Observer, Lines) {
+        let lines = Lines::default();
+        let log = AccessLog::new(Box::new(lines.clone()), keep);
+        (Observer::new(Metrics::new(), Some(log)), lines)
+    }
+
+    #[test]
+    fn query_strings_are_cut_from_the_access_log_and_the_tap_by_default() {
+        let (observer, lines) = observer(false);
+        let mut tap = observer.subscribe();
+        observer.publish(record("/orders/7?api_key=s3cr3t&email=a%40b.example"));
+        observer.publish(record("/orders/8"));
+        let logged = lines.records();
+        assert_eq!(logged[0]["path"], "/orders/7");
+        assert_eq!(logged[0]["query"], "redacted");
+        assert_eq!(logged[0]["service"], "orders.shop");
+        assert_eq!(logged[1]["path"], "/orders/8");
+        assert!(logged[1].get("query").is_none(), "{}", logged[1]);
+        let text = String::from_utf8_lossy(&lines.0.lock().expect("lines")).into_owned();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("a%40b"),
+            "{text}"
+        );
+        assert_eq!(tap.try_recv().expect("tapped").path, "/orders/7");
+    }
+
+    #[test]
+    fn the_flag_keeps_query_strings() {
+        let (observer, lines) = observer(true);
+        observer.publish(record("/search?q=shoes"));
+        let logged = lines.records();
+        assert_eq!(logged[0]["path"], "/search?q=shoes");
+        assert!(logged[0].get("query").is_none(), "{}", logged[0]);
+    }
 }
