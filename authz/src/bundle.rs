@@ -10,10 +10,13 @@ use regorus::rvm::{Program, RegoVM};
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
+use crate::calls;
 use crate::decision::Decision;
 use crate::engine::{self, EvalError};
 use crate::fold;
 use crate::input::AuthzInput;
+use crate::opa_alignment;
+use crate::rvm_gaps;
 use crate::source::{self, TestFiles};
 use crate::usage::{self, InputNeeds};
 
@@ -188,10 +191,11 @@ impl BundleError {
 pub enum Backend {
     /// regorus's register VM running bytecode compiled once per bundle (the fast path).
     Rvm,
-    /// regorus's tree interpreter, used when the RVM compiler does not support the policy
-    /// (e.g. `with` outside tests, or some partial-object rules); `reason` says why.
+    /// regorus's tree interpreter: the RVM compiler does not support the policy (e.g. `with`
+    /// outside tests), or the policy uses a construct the RVM evaluates differently from OPA
+    /// (see the crate docs); `reason` says which, with `file:line:col`.
     Interpreter {
-        /// The RVM compiler's error.
+        /// Why the bundle does not run on the RVM.
         reason: String,
     },
 }
@@ -204,12 +208,30 @@ impl Backend {
             Backend::Interpreter { .. } => "interpreter",
         }
     }
+
+    /// Why the bundle runs on the interpreter (`None` on the RVM).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Backend::Rvm => None,
+            Backend::Interpreter { reason } => Some(reason),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Rvm => f.write_str("rvm"),
+            Backend::Interpreter { reason } => write!(f, "interpreter ({reason})"),
+        }
+    }
 }
 
 /// Which evaluator [`PolicyBundle::compile_with`] should use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendPreference {
-    /// The RVM, falling back to the interpreter when the RVM compiler refuses the policy.
+    /// The RVM, unless its compiler refuses the policy or the policy uses a construct the RVM
+    /// evaluates differently from OPA: then the interpreter.
     #[default]
     Rvm,
     /// Always the tree interpreter.
@@ -278,35 +300,29 @@ impl PolicyBundle {
     ) -> Result<PolicyBundle, BundleError> {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let version = bundle_version(&files, &options);
-        let mut interpreter = source::load_engine(&files)?;
+        let mut parsed = source::load_engine(&files)?;
+        let refused = calls::check(parsed.get_modules());
+        if !refused.is_empty() {
+            return Err(BundleError::from_problems(refused));
+        }
+        let aligned = opa_alignment::align(parsed.get_modules(), &files);
+        let mut interpreter = source::load_engine(&aligned.interpreter)?;
 
         if !source::rule_is_declared(&interpreter, &options.rule) {
             return Err(BundleError::MissingRule(options.rule.clone()));
         }
         // Analysis (unsafe variables, unknown functions, ...) happens here.
         let rule: regorus::Rc<str> = options.rule.as_str().into();
-        let compiled = interpreter
+        interpreter
             .compile_with_entrypoint(&rule)
             .map_err(|e| compile_error(&e.to_string()))?;
         let data = interpreter.get_data();
-        let mut folded = Vec::new();
         let rvm = match preference {
-            BackendPreference::Interpreter => Err("interpreter requested".to_string()),
-            BackendPreference::Rvm => {
-                match fold::fold(&files, &mut interpreter, &options.rule)
-                    .and_then(|f| compile_folded(f, &options.rule))
-                {
-                    Some((program, rules)) => {
-                        folded = rules;
-                        Ok(program)
-                    }
-                    None => Compiler::compile_from_policy(&compiled, &[&options.rule])
-                        .map_err(|e| source::condense_error(&e.to_string())),
-                }
-            }
+            BackendPreference::Interpreter => Err("the interpreter was requested".to_string()),
+            BackendPreference::Rvm => rvm_program(&aligned.vm, &options.rule),
         };
-        let (backend, program) = match rvm {
-            Ok(program) => {
+        let (backend, program, folded) = match rvm {
+            Ok((program, folded)) => {
                 // Validates rule/data conflicts once, here, rather than on a request thread.
                 let mut vm = RegoVM::new();
                 vm.load_program(program.clone());
@@ -314,23 +330,19 @@ impl PolicyBundle {
                     file: "<data>".into(),
                     message: e.to_string(),
                 })?;
-                (Backend::Rvm, Some(program))
-            }
-            Err(reason) if preference == BackendPreference::Interpreter => {
-                (Backend::Interpreter { reason }, None)
+                (Backend::Rvm, Some(program), folded)
             }
             Err(reason) => {
-                tracing::warn!(
-                    rule = %options.rule,
-                    %reason,
-                    "policy not supported by the RVM compiler; using the slower tree interpreter"
-                );
-                (Backend::Interpreter { reason }, None)
+                if preference == BackendPreference::Rvm {
+                    tracing::warn!(
+                        rule = %options.rule,
+                        %reason,
+                        "policy bundle runs on the slower tree interpreter"
+                    );
+                }
+                (Backend::Interpreter { reason }, None, Vec::new())
             }
         };
-        if program.is_none() {
-            folded.clear();
-        }
 
         let needs = usage::input_needs(&files);
         Ok(PolicyBundle {
@@ -416,16 +428,31 @@ impl PolicyBundle {
     }
 }
 
-/// Compiles the folded form of a bundle to RVM bytecode; `None` if anything about it fails
-/// (the caller then compiles the bundle as written).
-fn compile_folded(folding: fold::Folding, rule: &str) -> Option<(Arc<Program>, Vec<String>)> {
-    let mut engine = source::load_engine(&folding.files).ok()?;
-    if !source::rule_is_declared(&engine, rule) {
-        return None;
+/// The bundle as RVM bytecode, with the rules that could be folded into constants (see
+/// `fold.rs`); or why it must run on the interpreter (the RVM compiler refuses it, or it uses a
+/// construct the RVM gets wrong: see `rvm_gaps.rs`).
+fn rvm_program(files: &[PolicyFile], rule: &str) -> Result<(Arc<Program>, Vec<String>), String> {
+    let mut engine = source::load_engine(files).map_err(|e| e.to_string())?;
+    if let Some(folding) = fold::fold(files, &mut engine, rule) {
+        if let Ok(program) = rvm_compile(&folding.files, rule) {
+            return Ok((program, folding.rules));
+        }
     }
-    let compiled = engine.compile_with_entrypoint(&rule.into()).ok()?;
-    let program = Compiler::compile_from_policy(&compiled, &[rule]).ok()?;
-    Some((program, folding.rules))
+    rvm_compile(files, rule).map(|program| (program, Vec::new()))
+}
+
+fn rvm_compile(files: &[PolicyFile], rule: &str) -> Result<Arc<Program>, String> {
+    let mut engine = source::load_engine(files).map_err(|e| e.to_string())?;
+    let files = rvm_gaps::prepare(engine.get_modules(), files)?;
+    let mut engine = source::load_engine(&files).map_err(|e| e.to_string())?;
+    if !source::rule_is_declared(&engine, rule) {
+        return Err(format!("{rule} is not declared"));
+    }
+    let compiled = engine
+        .compile_with_entrypoint(&rule.into())
+        .map_err(|e| source::condense_error(&e.to_string()))?;
+    Compiler::compile_from_policy(&compiled, &[rule])
+        .map_err(|e| source::condense_error(&e.to_string()))
 }
 
 fn compile_error(text: &str) -> BundleError {

@@ -54,6 +54,7 @@
 #![forbid(unsafe_code)]
 
 mod bundle;
+mod calls;
 mod cli;
 mod decision;
 mod engine;
@@ -61,8 +62,11 @@ mod explain;
 mod fold;
 mod input;
 mod log;
+mod opa_alignment;
 mod rules;
+mod rvm_gaps;
 mod source;
+mod syntax;
 mod testing;
 mod usage;
 
@@ -70,6 +74,7 @@ pub use bundle::{
     Backend, BackendPreference, BundleError, CompileProblem, PolicyBundle, PolicyFile,
     PolicyOptions,
 };
+pub use calls::SUPPORTED_BUILTINS;
 pub use cli::eval_command;
 pub use decision::Decision;
 pub use engine::EvalError;

@@ -161,7 +161,7 @@ fn stmt_text(span: &regorus::unstable::Span) -> String {
 
 /// The static part of a rule head's reference: `a.b["c"][x]` is `a.b.c` (with `[x]` computed
 /// per definition). Rules are named by this prefix; their value is the document under it.
-fn ref_name(refr: &Ref<Expr>) -> String {
+pub(crate) fn ref_name(refr: &Ref<Expr>) -> String {
     let mut parts = Vec::new();
     let mut node = refr;
     loop {

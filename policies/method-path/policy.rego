@@ -24,20 +24,20 @@ allow := {"allowed": true} if {
 
 route_allows if input.parsed_path in request_routes.exact
 
+# Literal segments are compared by counting the ones that differ, not with
+# `every i, segment in glob.literals`: regorus's RVM iterates `input.parsed_path[i]` inside
+# such an `every` instead of looking it up (Vigil would then run this policy on the slower
+# interpreter).
 route_allows if {
 	some glob in request_routes.wildcard
 	count(input.parsed_path) == glob.length
-	every i, segment in glob.literals {
-		input.parsed_path[i] == segment
-	}
+	count([i | some i, segment in glob.literals; input.parsed_path[i] != segment]) == 0
 }
 
 route_allows if {
 	some glob in request_routes.prefix
 	count(input.parsed_path) >= glob.length
-	every i, segment in glob.literals {
-		input.parsed_path[i] == segment
-	}
+	count([i | some i, segment in glob.literals; input.parsed_path[i] != segment]) == 0
 }
 
 # The routes for this caller and method: two lookups in route_index.
@@ -78,12 +78,11 @@ route_has_method(route, _) if "*" in route.methods
 
 route_has_method(route, method) if method in route.methods
 
-# The HTTP test comes first as a condition: regorus's RVM (0.14) does not take an `else` when a
-# body fails on an assignment from an undefined value, only when a condition fails.
-deny_reason := msg if {
+# Built with concat rather than sprintf, which Vigil refuses (its formatting differs from
+# OPA's for some arguments).
+deny_reason := concat(" ", ["no route allows", input.attributes.request.http.method, request_path, "for", caller]) if {
 	input.attributes.request.http
-	msg := sprintf("no route allows %s %s for %s", [input.attributes.request.http.method, request_path, caller])
-} else := sprintf("no route allows TCP connections for %s (routes cover HTTP only)", [caller])
+} else := concat("", ["no route allows TCP connections for ", caller, " (routes cover HTTP only)"])
 
 request_path := concat("/", array.concat([""], input.parsed_path))
 

@@ -1,0 +1,27 @@
+# `some ... in` over objects, arrays and sets, with keys and values.
+package vigil.authz
+
+flagged contains name if {
+	some name, values in input.parsed_query
+	some v in values
+	v in {"1", "true", "yes"}
+}
+
+numbers contains n if {
+	some v in input.parsed_query.n
+	n := count(v)
+}
+
+first_admin_index := i if {
+	some i, segment in input.parsed_path
+	segment == "admin"
+}
+
+allow := {
+	"allowed": count(flagged & {"debug"}) == 0,
+	"headers": {
+		"x-flags": concat(",", sort([f | some f in flagged])),
+		"x-total": format_int(sum([n | some n in numbers]), 10),
+		"x-admin-at": format_int(object.get({"i": first_admin_index}, "i", -1), 10),
+	},
+}
