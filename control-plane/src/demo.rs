@@ -44,6 +44,7 @@ pub fn mesh_path(data_dir: &Path) -> PathBuf {
 
 /// Writes the mesh file and the policy into `data_dir`; returns the mesh file's path.
 pub fn write_files(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    launcher::private_data_dir(data_dir)?;
     let policy_dir = data_dir.join("policy");
     std::fs::create_dir_all(&policy_dir).with_context(|| {
         format!(
@@ -146,5 +147,46 @@ mod tests {
         let summary =
             vigil_authz::run_tests(&dir.path().join("policy"), &mut out, false).expect("tests run");
         assert!(summary.success(), "{}", String::from_utf8_lossy(&out));
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// The demo's data directory holds every proxy's decision log: it is the user's
+    /// alone, whether it is new or was left readable by an earlier run.
+    #[test]
+    fn the_data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("new/vigil-demo");
+        write_files(&fresh).expect("written");
+        assert_eq!(mode(&fresh), 0o700);
+
+        let old = dir.path().join("old");
+        std::fs::create_dir(&old).expect("mkdir");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        write_files(&old).expect("written");
+        assert_eq!(mode(&old), 0o700);
+    }
+
+    #[test]
+    fn a_data_directory_of_another_user_is_refused() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test gives a directory to another user, which takes root: run it as root (CI does)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+        let err = write_files(&theirs).expect_err("refused").to_string();
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+        assert!(err.contains("--data-dir of your own"), "{err}");
     }
 }

@@ -2,14 +2,21 @@
 //! plane (and its dashboard) in this process, a `vigil-proxy` per workload and each
 //! workload's `command` — and stops every one of them on Ctrl-C, SIGTERM or after
 //! `--duration`. Each child's pid is written to `<data-dir>/pids/<name>.pid` while it runs.
+//!
+//! Every start-up step races the components already started: when the control plane
+//! stops (a policy that does not compile, a CA it cannot load) or a proxy exits, `vigil
+//! up` stops at once with that component's own error instead of waiting for a step that
+//! can no longer succeed.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 use crate::control_plane::{self, ControlPlaneOptions};
 use crate::mesh::{MeshFile, WorkloadEntry};
@@ -39,6 +46,7 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         );
     }
     check_ports(&mesh, &opts.mesh_file)?;
+    private_data_dir(&opts.data_dir)?;
     let pid_dir = opts.data_dir.join("pids");
     std::fs::create_dir_all(&pid_dir).with_context(|| {
         format!(
@@ -70,10 +78,10 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
     };
     let bundle = control_plane::trust_bundle_path(&opts.data_dir);
     let _ = std::fs::remove_file(&bundle);
-    let control_plane = tokio::spawn(control_plane::run(cp_opts));
-    wait_for(|| bundle.exists(), Duration::from_secs(20))
-        .await
-        .context("the control plane did not start")?;
+    let control_plane = ControlPlaneTask::spawn(cp_opts);
+    control_plane
+        .during(wait_serving(&bundle, mesh.control_plane.identity))
+        .await?;
     progress(format!(
         "control plane up: identity {}, discovery {}",
         mesh.control_plane.identity, mesh.control_plane.discovery
@@ -82,13 +90,14 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
     let mut children: Vec<(String, Child)> = Vec::new();
     let result = async {
         for w in &mesh.workloads {
-            let child = spawn_proxy(&proxy_bin, &mesh, w, &bundle, &opts.data_dir)?;
+            let mut child = spawn_proxy(&proxy_bin, &mesh, w, &bundle, &opts.data_dir)?;
             let name = format!("proxy-{}", w.name);
             if let Some(pid) = child.id() {
                 write_pid(&pid_dir, &name, pid);
             }
+            // A proxy that fails here is killed (kill_on_drop) with the error returned.
+            control_plane.during(wait_ready(w, &mut child)).await?;
             children.push((name, child));
-            wait_ready(w).await?;
             progress(format!(
                 "proxy for {} ready: inbound {}, outbound {}, admin http://{}",
                 w.name, w.proxy.inbound, w.proxy.outbound, w.proxy.admin
@@ -111,7 +120,7 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
             progress(format!("{} started: {}", w.name, w.command.join(" ")));
         }
         let dashboard = mesh.control_plane.dashboard;
-        wait_dashboard(dashboard).await?;
+        control_plane.during(wait_dashboard(dashboard)).await?;
         progress(format!("dashboard serving on http://{dashboard}/"));
         eprintln!();
         eprintln!("  dashboard:  http://{dashboard}/");
@@ -137,7 +146,7 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         };
         tokio::select! {
             _ = stop => {},
-            r = control_plane_exit(&control_plane) => return r,
+            why = control_plane.ended() => bail!("the control plane stopped: {why}"),
             _ = report_exits(&mut children) => {},
         }
         Ok(())
@@ -154,10 +163,49 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
             eprintln!("could not stop {name}: {e}");
         }
     }
-    control_plane.abort();
+    control_plane.handle.abort();
     clear_pid_files(&pid_dir);
     eprintln!("stopped; nothing left running");
     result
+}
+
+/// Creates `dir` (and any missing parent) readable by this user only (0700), or makes an
+/// existing one so: it holds the mesh's CA, every proxy's decision log and the pid files.
+/// One that belongs to another user is refused, since its owner can read it whatever its
+/// mode.
+pub fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {} (pass a writable --data-dir)", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        bail!(
+            "the data directory {} belongs to uid {}, not to you (uid {uid}); its owner could read the mesh's logs and CA key there. Pass a --data-dir of your own",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "{} has mode {mode:o}, readable by other users, and cannot be made 700; run `chmod 700 {}` or pass another --data-dir",
+                    dir.display(),
+                    dir.display()
+                )
+            },
+        )?;
+        eprintln!(
+            "note: {} was readable by other users (mode {mode:o}); it holds the mesh's logs and CA, so it is now 700",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.
@@ -262,13 +310,60 @@ async fn wait_dashboard(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-async fn control_plane_exit(
-    handle: &tokio::task::JoinHandle<anyhow::Result<()>>,
-) -> anyhow::Result<()> {
-    while !handle.is_finished() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// The control plane running inside `vigil up`, and why it stopped once it has.
+struct ControlPlaneTask {
+    handle: tokio::task::JoinHandle<()>,
+    stopped: watch::Receiver<Option<String>>,
+}
+
+impl ControlPlaneTask {
+    fn spawn(opts: ControlPlaneOptions) -> ControlPlaneTask {
+        let (tx, stopped) = watch::channel(None);
+        let handle = tokio::spawn(async move {
+            let why = match control_plane::run(opts).await {
+                Ok(()) => "it returned without an error".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            let _ = tx.send(Some(why));
+        });
+        ControlPlaneTask { handle, stopped }
     }
-    bail!("the control plane stopped; see the messages above")
+
+    /// Resolves once the control plane has stopped, with its error.
+    async fn ended(&self) -> String {
+        let mut stopped = self.stopped.clone();
+        let why = match stopped.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The task ended without a word: it panicked, and the panic was printed.
+            Err(_) => "it crashed; its panic message is above".to_string(),
+        };
+        why
+    }
+
+    /// Runs one start-up step, failing with the control plane's error as soon as the
+    /// control plane stops, rather than when the step times out.
+    async fn during<T>(&self, step: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        tokio::select! {
+            r = step => r,
+            why = self.ended() => Err(anyhow!("the control plane could not start: {why}")),
+        }
+    }
+}
+
+/// Waits until the control plane has written the trust bundle and accepts connections on
+/// its identity port: by then its policy compiled and its listeners are bound.
+async fn wait_serving(bundle: &Path, identity: std::net::SocketAddr) -> anyhow::Result<()> {
+    let limit = Duration::from_secs(20);
+    let deadline = Instant::now() + limit;
+    loop {
+        if bundle.exists() && tokio::net::TcpStream::connect(identity).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the control plane did not serve on {identity} within {limit:?}; its messages are above");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn spawn_proxy(
@@ -354,7 +449,8 @@ fn spawn_prefixed(mut cmd: Command, name: String) -> anyhow::Result<Child> {
     Ok(child)
 }
 
-async fn wait_ready(w: &WorkloadEntry) -> anyhow::Result<()> {
+/// Waits until the proxy of `w` says it is ready, failing at once if it exits.
+async fn wait_ready(w: &WorkloadEntry, proxy: &mut Child) -> anyhow::Result<()> {
     let admin = w.proxy.admin;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -362,6 +458,16 @@ async fn wait_ready(w: &WorkloadEntry) -> anyhow::Result<()> {
             if status == 200 {
                 return Ok(());
             }
+        }
+        if let Some(status) = proxy
+            .try_wait()
+            .with_context(|| format!("watching the proxy for {}", w.name))?
+        {
+            bail!(
+                "the proxy for {} exited during start-up ({status}); its messages are above, prefixed proxy/{}",
+                w.name,
+                w.name
+            );
         }
         if Instant::now() > deadline {
             bail!(
@@ -372,15 +478,4 @@ async fn wait_ready(w: &WorkloadEntry) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn wait_for(mut check: impl FnMut() -> bool, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }

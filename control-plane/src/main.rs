@@ -545,7 +545,12 @@ fn main() -> ExitCode {
                 let data_dir = match data_dir {
                     Some(d) => d,
                     None => {
-                        temp = tempfile::tempdir()?;
+                        // Private from the start: it will hold the CA and every log.
+                        use std::os::unix::fs::PermissionsExt;
+                        temp = tempfile::Builder::new()
+                            .prefix("vigil-up-")
+                            .permissions(std::fs::Permissions::from_mode(0o700))
+                            .tempdir()?;
                         temp.path().to_path_buf()
                     }
                 };
