@@ -227,6 +227,23 @@ impl IdentityService {
         tracing::warn!(%peer, reason = reason.as_str(), refused_total = total, %detail, "CSR refused");
     }
 
+    /// The answer to a source that is throttled: logged once per run of refusals,
+    /// counted every time.
+    fn throttled(&self, peer: &str, throttled: Throttled) -> Status {
+        let total = self.refusals.count(RefusalReason::Throttled);
+        let retry = format!("{:.1} s", throttled.retry_after.as_secs_f64());
+        if throttled.first {
+            tracing::warn!(%peer, reason = "throttled", refused_total = total, retry_after = %retry, "CSR refused: too many refused credentials from this address; further refusals from it are counted, not logged, until it is let through again");
+        } else {
+            tracing::debug!(%peer, reason = "throttled", refused_total = total, "CSR refused");
+        }
+        Status::resource_exhausted(format!(
+            "too many refused join tokens or other credentials from {peer}; \
+             try again in {retry}. A proxy that keeps being refused has the wrong token: \
+             give it the join_token of its workload from the mesh file"
+        ))
+    }
+
     /// Local mode: join tokens and the certificate lifetime from the mesh file.
     pub fn local(ca: Arc<CertificateAuthority>, mesh: Arc<ArcSwap<MeshFile>>) -> Self {
         let lifetime_mesh = mesh.clone();
@@ -301,25 +318,6 @@ impl vigil_api::identity::Identity for IdentityService {
             workload: workload.workload,
             namespace: workload.namespace,
         }))
-    }
-}
-
-impl IdentityService {
-    /// The answer to a source that is throttled: logged once per run of refusals,
-    /// counted every time.
-    fn throttled(&self, peer: &str, throttled: Throttled) -> Status {
-        let total = self.refusals.count(RefusalReason::Throttled);
-        let retry = format!("{:.1} s", throttled.retry_after.as_secs_f64());
-        if throttled.first {
-            tracing::warn!(%peer, reason = "throttled", refused_total = total, retry_after = %retry, "CSR refused: too many refused credentials from this address; further refusals from it are counted, not logged, until it is let through again");
-        } else {
-            tracing::debug!(%peer, reason = "throttled", refused_total = total, "CSR refused");
-        }
-        Status::resource_exhausted(format!(
-            "too many refused join tokens or other credentials from {peer}; \
-             try again in {retry}. A proxy that keeps being refused has the wrong token: \
-             give it the join_token of its workload from the mesh file"
-        ))
     }
 }
 
