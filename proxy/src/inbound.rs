@@ -438,6 +438,7 @@ async fn http(
             request_headers_to_add,
             request_headers_to_remove,
             response_headers_to_add,
+            ..
         } => (
             request_headers_to_add,
             request_headers_to_remove,

@@ -78,6 +78,8 @@ pub struct Proxy {
     pub endpoints: EndpointStates,
     /// Each service's retry budget and in-flight limit, across snapshots.
     pub services: ServiceStates,
+    /// Each service's ready stacks, built once per snapshot.
+    pub targets: outbound::target::Targets,
     /// HTTP/1.1 keep-alive connections to the local application.
     pub app: Client<HttpConnector, Body>,
     /// HTTP/2 (prior knowledge, cleartext) connections to the local application, for
@@ -144,6 +146,7 @@ pub async fn run(
     let proxy = Arc::new(Proxy {
         endpoints: EndpointStates::with_pool(pool.clone()),
         services: ServiceStates::default(),
+        targets: Default::default(),
         pool,
         config: config.clone(),
         identity: identity.clone(),

@@ -13,6 +13,7 @@ pub mod limit;
 pub mod retry;
 pub mod service_state;
 pub mod stack;
+pub mod target;
 pub mod timeout;
 
 use std::net::SocketAddr;
@@ -449,9 +450,10 @@ async fn forward(
             return egress_http(proxy, dst, req, &host).await;
         }
     };
-    routed.service = service.qualified_name();
-    let route = service.traffic.route(req.uri().path());
-    routed.route = route.label().to_string();
+    let target = proxy.targets.get(proxy, &mesh, service);
+    routed.service = target.name.to_string();
+    let route = target.route(service, req.uri().path());
+    routed.route = route.label.to_string();
     let path = req
         .uri()
         .path_and_query()
@@ -486,7 +488,7 @@ async fn forward(
     }
     let tries = AttemptLog::default();
     req.extensions_mut().insert(tries.clone());
-    let stack = stack::http(proxy, &mesh, service, &route);
+    let stack = route.stack();
     let (parts, incoming) = req.into_parts();
     let max_body = proxy.config.request_limits.max_body_bytes;
     let (limited, exceeded) = crate::limits::limit_body(incoming, max_body);
@@ -634,7 +636,8 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
         .extension(tries.clone())
         .body(body::empty())
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let mut response = stack::send(stack::tunnel(proxy, &mesh, service), req).await?;
+    let target = proxy.targets.get(proxy, &mesh, service);
+    let mut response = stack::send(target.tunnel(), req).await?;
     if !response.status().is_success() {
         let reason = response
             .headers()

@@ -437,15 +437,30 @@ impl TrafficPolicy {
 
     /// The policy for a request path.
     pub fn route(&self, path: &str) -> Arc<Route> {
-        self.resolved
-            .iter()
-            .find(|r| {
-                r.path_prefix
-                    .as_deref()
-                    .is_some_and(|prefix| path.starts_with(prefix))
-            })
-            .unwrap_or(&self.fallback)
-            .clone()
+        match self.route_index(path) {
+            Some(i) => self.resolved[i].clone(),
+            None => self.fallback.clone(),
+        }
+    }
+
+    /// Which of [`routes`](Self::resolved_routes) a request path takes (the first whose
+    /// prefix matches); `None` for the fallback.
+    pub fn route_index(&self, path: &str) -> Option<usize> {
+        self.resolved.iter().position(|r| {
+            r.path_prefix
+                .as_deref()
+                .is_some_and(|prefix| path.starts_with(prefix))
+        })
+    }
+
+    /// Every route with its effective policy, in match order.
+    pub fn resolved_routes(&self) -> &[Arc<Route>] {
+        &self.resolved
+    }
+
+    /// The policy of requests no route matches.
+    pub fn fallback_route(&self) -> &Arc<Route> {
+        &self.fallback
     }
 
     fn resolve(&mut self) {

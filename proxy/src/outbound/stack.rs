@@ -1,12 +1,14 @@
 //! The outbound request path, composed in one place. Once a request's service and route
 //! are known, reading [`http`] from top to bottom tells everything that happens to it on
-//! its way to a peer proxy; each layer lives, and is tested, in its own module.
+//! its way to a peer proxy; each layer lives, and is tested, in its own module. Stacks are
+//! built once per discovery snapshot and service route ([`super::target`]); a request
+//! clones a ready one.
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use http::{Request, Response};
-use tower::util::BoxService;
+use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::Body;
@@ -23,8 +25,9 @@ use super::retry::RetryLayer;
 use super::service_state::ServiceState;
 use super::timeout::RequestTimeoutLayer;
 
-/// What a stack is, seen from outside.
-pub type Stack = BoxService<Request<Body>, Response<Body>, ProxyError>;
+/// What a stack is, seen from outside: cheap to clone (every layer holds only `Arc`s and
+/// small values), so one built per snapshot serves every request.
+pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
 
 /// Sends `req` through `stack`.
 ///
@@ -43,8 +46,7 @@ pub fn send(
 pub fn http(proxy: &Proxy, mesh: &MeshView, service: &ServiceView, route: &Route) -> Stack {
     let name = service.qualified_name();
     let state = proxy.services.get(mesh, service);
-    ServiceBuilder::new()
-        .boxed()
+    let stack = ServiceBuilder::new()
         // Chaos, as if the network misbehaved: delay or abort a share of the route.
         .layer(FaultLayer::new(route.fault.clone()))
         // The caller's deadline, over everything below: queueing, every try, backoffs.
@@ -67,7 +69,8 @@ pub fn http(proxy: &Proxy, mesh: &MeshView, service: &ServiceView, route: &Route
             service,
             &state,
             route.retries.per_try_timeout,
-        ))
+        ));
+    Stack::new(stack)
 }
 
 /// The stack for an opaque TCP tunnel (a CONNECT to the peer proxy): endpoint choice and
@@ -81,15 +84,15 @@ pub fn tunnel(proxy: &Proxy, mesh: &MeshView, service: &ServiceView) -> Stack {
         methods: vec![],
         ..service.traffic.retries.clone()
     };
-    ServiceBuilder::new()
-        .boxed()
+    let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(
             name,
             Arc::new(connect_failures_only),
             state.budget.clone(),
             proxy.metrics.clone(),
         ))
-        .service(balance(proxy, mesh, service, &state, None))
+        .service(balance(proxy, mesh, service, &state, None));
+    Stack::new(stack)
 }
 
 fn balance(
