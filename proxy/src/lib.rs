@@ -31,6 +31,7 @@ pub mod inbound;
 pub mod interception;
 pub mod limits;
 pub mod listener;
+pub mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod observe;

@@ -82,6 +82,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    pub log: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -103,6 +108,7 @@ pub struct Metrics {
     pub tcp_bytes_received: Family<TcpLabels, Counter>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     pub plaintext_connections: Counter,
+    log_lines_dropped: Family<LogLabels, Counter>,
     pub policy_decisions: Family<PolicyLabels, Counter>,
     pub retries: Family<ServiceLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
@@ -175,6 +181,12 @@ impl Metrics {
             "Plaintext connections served on the inbound port in permissive mode: callers not yet in the mesh",
             plaintext_connections.clone(),
         );
+        let log_lines_dropped = Family::<LogLabels, Counter>::default();
+        registry.register(
+            "log_lines_dropped",
+            "Decision or access log lines dropped because the log writer fell behind (a slow disk); requests never wait for it",
+            log_lines_dropped.clone(),
+        );
         let policy_decisions = Family::<PolicyLabels, Counter>::default();
         registry.register(
             "policy_decisions",
@@ -234,6 +246,7 @@ impl Metrics {
             tcp_bytes_received,
             tls_handshake_failures,
             plaintext_connections,
+            log_lines_dropped,
             policy_decisions,
             retries,
             retry_budget_exhausted,
@@ -270,6 +283,13 @@ impl Metrics {
                 service: service.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of lines dropped from `log` (`decision`, `access`).
+    pub fn log_lines_dropped(&self, log: &'static str) -> Counter {
+        self.log_lines_dropped
+            .get_or_create(&LogLabels { log })
+            .clone()
     }
 
     /// Counts a connection the proxy closed because its bytes were no valid HTTP request

@@ -7,13 +7,13 @@
 //! was cut; `--log-query-strings` ([`AccessLog::new`]) keeps them.
 
 use std::io::Write;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::log_writer::LineWriter;
 use crate::metrics::{Direction, ErrorLabels, Metrics};
 
 /// What happened to one request, as the tap and the access log show it.
@@ -41,15 +41,16 @@ pub struct RequestRecord {
 
 /// Where access-log lines go, and whether query strings are kept in them.
 pub struct AccessLog {
-    writer: Mutex<Box<dyn Write + Send>>,
+    writer: Box<dyn Write + Send>,
     keep_query_strings: bool,
 }
 
 impl AccessLog {
-    /// Lines go to `writer`; query strings are cut unless `keep_query_strings`.
+    /// Lines go to `writer` (from a thread of their own, see [`crate::log_writer`]); query
+    /// strings are cut unless `keep_query_strings`.
     pub fn new(writer: Box<dyn Write + Send>, keep_query_strings: bool) -> AccessLog {
         AccessLog {
-            writer: Mutex::new(writer),
+            writer,
             keep_query_strings,
         }
     }
@@ -68,7 +69,7 @@ struct AccessLogLine<'a> {
 pub struct Observer {
     metrics: std::sync::Arc<Metrics>,
     tap: broadcast::Sender<std::sync::Arc<RequestRecord>>,
-    access_log: Option<AccessLog>,
+    access_log: Option<LineWriter>,
     keep_query_strings: bool,
 }
 
@@ -85,10 +86,16 @@ pub struct Call<'a> {
 impl Observer {
     pub fn new(metrics: std::sync::Arc<Metrics>, access_log: Option<AccessLog>) -> Self {
         let (tap, _) = broadcast::channel(1024);
+        let keep_query_strings = access_log.as_ref().is_some_and(|l| l.keep_query_strings);
+        let access_log = access_log.and_then(|log| {
+            LineWriter::start("access", log.writer, metrics.log_lines_dropped("access"))
+                .map_err(|e| tracing::error!(error = %e, "cannot start the access log writer; access log off"))
+                .ok()
+        });
         Observer {
             metrics,
             tap,
-            keep_query_strings: access_log.as_ref().is_some_and(|l| l.keep_query_strings),
+            keep_query_strings,
             access_log,
         }
     }
@@ -142,12 +149,8 @@ impl Observer {
                 record: &record,
                 query,
             };
-            if let Ok(mut line) = serde_json::to_vec(&line) {
-                line.push(b'\n');
-                if let Ok(mut w) = log.writer.lock() {
-                    let _ = w.write_all(&line);
-                    let _ = w.flush();
-                }
+            if let Ok(line) = serde_json::to_vec(&line) {
+                log.write_line(line);
             }
         }
         if self.tap.receiver_count() > 0 {
@@ -184,11 +187,19 @@ mod tests {
     }
 
     impl Lines {
-        fn records(&self) -> Vec<serde_json::Value> {
-            String::from_utf8_lossy(&self.0.lock().expect("lines"))
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("a JSON line"))
-                .collect()
+        /// The lines written so far, once `count` have arrived (the writer is a thread).
+        fn records(&self, count: usize) -> Vec<serde_json::Value> {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = String::from_utf8_lossy(&self.0.lock().expect("lines")).into_owned();
+                if text.lines().count() >= count || std::time::Instant::now() > deadline {
+                    return text
+                        .lines()
+                        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                        .collect();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
@@ -222,7 +233,7 @@ mod tests {
         let mut tap = observer.subscribe();
         observer.publish(record("/orders/7?api_key=s3cr3t&email=a%40b.example"));
         observer.publish(record("/orders/8"));
-        let logged = lines.records();
+        let logged = lines.records(2);
         assert_eq!(logged[0]["path"], "/orders/7");
         assert_eq!(logged[0]["query"], "redacted");
         assert_eq!(logged[0]["service"], "orders.shop");
@@ -240,7 +251,7 @@ mod tests {
     fn the_flag_keeps_query_strings() {
         let (observer, lines) = observer(true);
         observer.publish(record("/search?q=shoes"));
-        let logged = lines.records();
+        let logged = lines.records(1);
         assert_eq!(logged[0]["path"], "/search?q=shoes");
         assert!(logged[0].get("query").is_none(), "{}", logged[0]);
     }
