@@ -36,5 +36,13 @@ for module_pkg in "grpc:grpcio" "websockets:websockets"; do
   fi
 done
 
+# OPA itself, as the oracle of the policy differential suite (authz/tests/opa_oracle.rs). The
+# package declares Python >= 3.14 but works on Debian 12's 3.11.
+if ! python3 -c "import opa_bindings" >/dev/null 2>&1; then
+  echo "==> installing the opa-golib-python-bindings Python package (OPA for the policy suite)" >&2
+  pip3 install --quiet --ignore-requires-python opa-golib-python-bindings 2>/dev/null \
+    || pip3 install --quiet --ignore-requires-python --break-system-packages opa-golib-python-bindings
+fi
+
 echo "==> cargo test --workspace" >&2
 cargo test --workspace "$@"

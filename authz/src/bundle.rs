@@ -16,6 +16,7 @@ use crate::engine::{self, EvalError};
 use crate::fold;
 use crate::input::AuthzInput;
 use crate::opa_alignment;
+use crate::rules;
 use crate::rvm_gaps;
 use crate::source::{self, TestFiles};
 use crate::usage::{self, InputNeeds};
@@ -250,6 +251,9 @@ pub struct PolicyBundle {
     version: String,
     files: Vec<PolicyFile>,
     options: PolicyOptions,
+    /// The rule the engines evaluate: the decision rule, or a rule made of the decision
+    /// document when the decision is written as rules under its path (`result["allowed"]`).
+    pub(crate) entry_rule: String,
     pub(crate) backend: Backend,
     /// RVM bytecode, compiled once; `None` when the interpreter backend is used.
     pub(crate) program: Option<Arc<Program>>,
@@ -305,21 +309,27 @@ impl PolicyBundle {
         if !refused.is_empty() {
             return Err(BundleError::from_problems(refused));
         }
-        let aligned = opa_alignment::align(parsed.get_modules(), &files);
+        let decision_module = decision_document(&mut parsed, &options.rule)?;
+        let entry_rule = match &decision_module {
+            Some(_) => DECISION_DOCUMENT_RULE.to_string(),
+            None => options.rule.clone(),
+        };
+        let mut aligned = opa_alignment::align(parsed.get_modules(), &files);
+        if let Some(module) = decision_module {
+            aligned.interpreter.push(module.clone());
+            aligned.vm.push(module);
+        }
         let mut interpreter = source::load_engine(&aligned.interpreter)?;
 
-        if !source::rule_is_declared(&interpreter, &options.rule) {
-            return Err(BundleError::MissingRule(options.rule.clone()));
-        }
         // Analysis (unsafe variables, unknown functions, ...) happens here.
-        let rule: regorus::Rc<str> = options.rule.as_str().into();
+        let rule: regorus::Rc<str> = entry_rule.as_str().into();
         interpreter
             .compile_with_entrypoint(&rule)
-            .map_err(|e| compile_error(&e.to_string()))?;
+            .map_err(|e| compile_error(&e.to_string(), &options.rule))?;
         let data = interpreter.get_data();
         let rvm = match preference {
             BackendPreference::Interpreter => Err("the interpreter was requested".to_string()),
-            BackendPreference::Rvm => rvm_program(&aligned.vm, &options.rule),
+            BackendPreference::Rvm => rvm_program(&aligned.vm, &entry_rule),
         };
         let (backend, program, folded) = match rvm {
             Ok((program, folded)) => {
@@ -350,6 +360,7 @@ impl PolicyBundle {
             version,
             files,
             options,
+            entry_rule,
             backend,
             program,
             data,
@@ -385,10 +396,16 @@ impl PolicyBundle {
         &self.folded
     }
 
-    /// Evaluates the decision rule for one request or connection. Never panics: evaluation
-    /// errors and undefined or malformed decisions become [`Decision::Error`].
+    /// Evaluates the decision rule for one request or connection. Never panics: a request
+    /// that cannot be parsed as OPA-Envoy would ([`InputError`](crate::InputError)),
+    /// evaluation errors and undefined or malformed decisions become [`Decision::Error`].
     pub fn evaluate(&self, input: &AuthzInput<'_>) -> Decision {
-        self.evaluate_value(input.document_for(self.needs))
+        match input.document_for(self.needs) {
+            Ok(document) => self.evaluate_value(document),
+            Err(e) => Decision::Error {
+                reason: e.to_string(),
+            },
+        }
     }
 
     /// Like [`evaluate`](Self::evaluate) for an input document that is already built.
@@ -455,8 +472,45 @@ fn rvm_compile(files: &[PolicyFile], rule: &str) -> Result<Arc<Program>, String>
         .map_err(|e| source::condense_error(&e.to_string()))
 }
 
-fn compile_error(text: &str) -> BundleError {
-    BundleError::from_problems(vec![source::problem_from_error(text, "<bundle>")])
+fn compile_error(text: &str, rule: &str) -> BundleError {
+    let mut problem = source::problem_from_error(text, "<bundle>");
+    if problem.line == 0 {
+        problem.message = format!("decision rule {rule}: {}", problem.message);
+    }
+    BundleError::from_problems(vec![problem])
+}
+
+/// Where the synthesized decision module puts the decision document.
+const DECISION_DOCUMENT_RULE: &str = "data.vigil_decision_document.decision";
+
+/// `None` when the decision rule is a rule; when it is instead the document made of rules
+/// under its path (OPA-Envoy's `result["allowed"] := allow`, `result["headers"] := ...`), a
+/// module with one rule whose value is that document, for the engines to evaluate (they
+/// evaluate rules, not documents). A path with neither is refused.
+fn decision_document(parsed: &mut Engine, rule: &str) -> Result<Option<PolicyFile>, BundleError> {
+    let missing = || BundleError::MissingRule(rule.to_string());
+    let components = source::rule_components(rule).ok_or_else(missing)?;
+    let mut under = false;
+    for module in rules::outline(parsed) {
+        let package: Vec<&str> = module.package.split('.').collect();
+        if components.len() <= package.len() || components[..package.len()] != package[..] {
+            continue;
+        }
+        let name = components[package.len()..].join(".");
+        for r in &module.rules {
+            if r.name == name {
+                return Ok(None);
+            }
+            under |= r.name.starts_with(&format!("{name}."));
+        }
+    }
+    if !under {
+        return Err(missing());
+    }
+    Ok(Some(PolicyFile {
+        path: "<vigil decision document>.rego".to_string(),
+        contents: format!("package vigil_decision_document\n\ndecision := {rule}\n"),
+    }))
 }
 
 fn bundle_version(files: &[PolicyFile], options: &PolicyOptions) -> String {

@@ -46,6 +46,7 @@ pub fn eval_command(
         "rule": bundle.options().rule,
         "bundle_version": bundle.version(),
         "backend": bundle.backend().name(),
+        "backend_reason": bundle.backend().reason(),
         // Undefined has no JSON form; null keeps the field present.
         "value": if value == Value::Undefined { serde_json::Value::Null } else { serde_json::to_value(&value).unwrap_or_default() },
         "defined": value != Value::Undefined,

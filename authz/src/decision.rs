@@ -3,11 +3,14 @@
 use regorus::Value;
 use serde::Serialize;
 
+/// Dynamic metadata a decision hands to the proxy (OPA-Envoy's `dynamic_metadata`: any object).
+pub type DynamicMetadata = serde_json::Map<String, serde_json::Value>;
+
 /// The outcome of evaluating a bundle for one request or connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Decision {
-    /// Let the request through, adjusting headers as the policy asked.
+    /// Let the request through, changing it as the policy asked.
     Allow {
         /// Headers to add to the request sent upstream (the decision's `headers`).
         request_headers_to_add: Vec<(String, String)>,
@@ -15,6 +18,14 @@ pub enum Decision {
         request_headers_to_remove: Vec<String>,
         /// Headers to add to the response sent back to the client.
         response_headers_to_add: Vec<(String, String)>,
+        /// Query parameters to drop from the request sent upstream, by (decoded) name.
+        query_parameters_to_remove: Vec<String>,
+        /// Query parameters to set on the request sent upstream, replacing any of the same
+        /// name (for one name given several times, the last value wins, as in Envoy).
+        query_parameters_to_set: Vec<(String, String)>,
+        /// The policy's `dynamic_metadata`, for the decision log.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dynamic_metadata: Option<DynamicMetadata>,
     },
     /// Refuse the request with this response.
     Deny {
@@ -26,9 +37,12 @@ pub enum Decision {
         headers: Vec<(String, String)>,
         /// Why, for logs: the policy's body, or which rule said no.
         reason: String,
+        /// The policy's `dynamic_metadata`, for the decision log.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dynamic_metadata: Option<DynamicMetadata>,
     },
-    /// Evaluation failed, or the decision was undefined or malformed. The caller fails closed,
-    /// with a status distinct from a denial (e.g. 500).
+    /// Evaluation failed, the request could not be parsed, or the decision was undefined or
+    /// malformed. The caller fails closed, with a status distinct from a denial (e.g. 500).
     Error {
         /// What went wrong.
         reason: String,
@@ -42,6 +56,9 @@ impl Decision {
             request_headers_to_add: Vec::new(),
             request_headers_to_remove: Vec::new(),
             response_headers_to_add: Vec::new(),
+            query_parameters_to_remove: Vec::new(),
+            query_parameters_to_set: Vec::new(),
+            dynamic_metadata: None,
         }
     }
 
@@ -75,8 +92,25 @@ impl Decision {
         }
     }
 
-    /// Interprets a decision value: a boolean, or an object
-    /// `{allowed, http_status, body, headers, response_headers_to_add, request_headers_to_remove}`.
+    /// The policy's `dynamic_metadata`, if it gave one.
+    pub fn dynamic_metadata(&self) -> Option<&DynamicMetadata> {
+        match self {
+            Decision::Allow {
+                dynamic_metadata, ..
+            }
+            | Decision::Deny {
+                dynamic_metadata, ..
+            } => dynamic_metadata.as_ref(),
+            Decision::Error { .. } => None,
+        }
+    }
+
+    /// Interprets a decision value as OPA-Envoy does: a boolean, or an object `{allowed,
+    /// http_status, body, headers, response_headers_to_add, request_headers_to_remove,
+    /// query_parameters_to_remove, query_parameters_to_set, dynamic_metadata}`. Header fields
+    /// are an object (values a string or an array of strings) or an array of such objects;
+    /// `query_parameters_to_set` is an object of the same shape or an array of `{key, value}`
+    /// objects. A field of the wrong type makes the decision an error, as in OPA-Envoy.
     pub fn from_value(value: &Value, rule: &str) -> Decision {
         match value {
             Value::Bool(true) => Decision::allow(),
@@ -85,6 +119,7 @@ impl Decision {
                 body: String::new(),
                 headers: Vec::new(),
                 reason: format!("{rule} is false"),
+                dynamic_metadata: None,
             },
             Value::Object(_) => from_object(value, rule).unwrap_or_else(|reason| Decision::Error {
                 reason: format!("{rule}: {reason}"),
@@ -113,6 +148,9 @@ struct Fields<'a> {
     http_status: Option<&'a Value>,
     body: Option<&'a Value>,
     reason: Option<&'a Value>,
+    query_parameters_to_remove: Option<&'a Value>,
+    query_parameters_to_set: Option<&'a Value>,
+    dynamic_metadata: Option<&'a Value>,
 }
 
 fn fields(value: &Value) -> Fields<'_> {
@@ -128,6 +166,9 @@ fn fields(value: &Value) -> Fields<'_> {
                 "http_status" => &mut f.http_status,
                 "body" => &mut f.body,
                 "reason" => &mut f.reason,
+                "query_parameters_to_remove" => &mut f.query_parameters_to_remove,
+                "query_parameters_to_set" => &mut f.query_parameters_to_set,
+                "dynamic_metadata" => &mut f.dynamic_metadata,
                 _ => continue,
             };
             *slot = Some(v);
@@ -150,31 +191,36 @@ fn from_object(value: &Value, rule: &str) -> Result<Decision, String> {
         }
     };
     let headers = header_pairs(&field(f.headers), "headers")?;
+    let dynamic_metadata = match field(f.dynamic_metadata) {
+        Value::Undefined => None,
+        v @ Value::Object(_) => match serde_json::to_value(&v) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            _ => return Err("\"dynamic_metadata\" cannot be represented as JSON".into()),
+        },
+        other => {
+            return Err(format!(
+                "\"dynamic_metadata\" must be an object, got {}",
+                type_name(&other)
+            ))
+        }
+    };
     if allowed {
-        let request_headers_to_remove = match &field(f.request_headers_to_remove) {
-            Value::Undefined => Vec::new(),
-            Value::Array(items) => items
-                .iter()
-                .map(|v| string_of(v, "request_headers_to_remove"))
-                .collect::<Result<_, _>>()?,
-            Value::Set(items) => items
-                .iter()
-                .map(|v| string_of(v, "request_headers_to_remove"))
-                .collect::<Result<_, _>>()?,
-            other => {
-                return Err(format!(
-                    "\"request_headers_to_remove\" must be an array, got {}",
-                    type_name(other)
-                ))
-            }
-        };
         return Ok(Decision::Allow {
             request_headers_to_add: headers,
-            request_headers_to_remove,
+            request_headers_to_remove: strings(
+                &field(f.request_headers_to_remove),
+                "request_headers_to_remove",
+            )?,
             response_headers_to_add: header_pairs(
                 &field(f.response_headers_to_add),
                 "response_headers_to_add",
             )?,
+            query_parameters_to_remove: strings(
+                &field(f.query_parameters_to_remove),
+                "query_parameters_to_remove",
+            )?,
+            query_parameters_to_set: query_pairs(&field(f.query_parameters_to_set))?,
+            dynamic_metadata,
         });
     }
     let status = match &field(f.http_status) {
@@ -199,22 +245,90 @@ fn from_object(value: &Value, rule: &str) -> Result<Decision, String> {
         body,
         headers,
         reason,
+        dynamic_metadata,
     })
 }
 
-/// Header objects map names to a string or to an array of strings (one header line each).
+/// An array (or set) of strings; absent is empty.
+fn strings(value: &Value, field: &str) -> Result<Vec<String>, String> {
+    match value {
+        Value::Undefined => Ok(Vec::new()),
+        Value::Array(items) => items.iter().map(|v| string_of(v, field)).collect(),
+        Value::Set(items) => items.iter().map(|v| string_of(v, field)).collect(),
+        other => Err(format!(
+            "\"{field}\" must be an array of strings, got {}",
+            type_name(other)
+        )),
+    }
+}
+
+/// Header fields: an object, or an array of objects, mapping names to a string or to an array
+/// of strings (one header line each).
 fn header_pairs(value: &Value, field: &str) -> Result<Vec<(String, String)>, String> {
-    let object = match value {
-        Value::Undefined => return Ok(Vec::new()),
-        Value::Object(o) => o,
+    let mut pairs = Vec::new();
+    match value {
+        Value::Undefined => {}
+        Value::Object(_) => name_value_pairs(value, field, &mut pairs)?,
+        Value::Array(items) => {
+            for item in items.iter() {
+                name_value_pairs(item, field, &mut pairs)?;
+            }
+        }
+        Value::Set(items) => {
+            for item in items.iter() {
+                name_value_pairs(item, field, &mut pairs)?;
+            }
+        }
         other => {
             return Err(format!(
-                "\"{field}\" must be an object, got {}",
+                "\"{field}\" must be an object or an array of objects, got {}",
                 type_name(other)
             ))
         }
+    }
+    Ok(pairs)
+}
+
+/// `query_parameters_to_set`: an object like a header field, or an array of `{"key": k,
+/// "value": v}` objects (Envoy's `QueryParameter`).
+fn query_pairs(value: &Value) -> Result<Vec<(String, String)>, String> {
+    let field = "query_parameters_to_set";
+    let key_value = |item: &Value| -> Result<(String, String), String> {
+        match (&item["key"], &item["value"]) {
+            (Value::String(k), Value::String(v)) => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!(
+                "\"{field}\" array items must be {{\"key\": string, \"value\": string}} objects"
+            )),
+        }
     };
-    let mut pairs = Vec::with_capacity(object.len());
+    match value {
+        Value::Array(items) => items.iter().map(key_value).collect(),
+        Value::Set(items) => items.iter().map(key_value).collect(),
+        Value::Object(_) => {
+            let mut pairs = Vec::new();
+            name_value_pairs(value, field, &mut pairs)?;
+            Ok(pairs)
+        }
+        Value::Undefined => Ok(Vec::new()),
+        other => Err(format!(
+            "\"{field}\" must be an object or an array, got {}",
+            type_name(other)
+        )),
+    }
+}
+
+/// One object of names to a string or an array (or set) of strings.
+fn name_value_pairs(
+    value: &Value,
+    field: &str,
+    pairs: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    let Value::Object(object) = value else {
+        return Err(format!(
+            "\"{field}\" must hold objects, got {}",
+            type_name(value)
+        ));
+    };
     for (name, v) in object.iter_sorted() {
         let name = string_of(name, field)?;
         match v {
@@ -231,7 +345,7 @@ fn header_pairs(value: &Value, field: &str) -> Result<Vec<(String, String)>, Str
             v => pairs.push((name, string_of(v, field)?)),
         }
     }
-    Ok(pairs)
+    Ok(())
 }
 
 fn string_of(value: &Value, field: &str) -> Result<String, String> {

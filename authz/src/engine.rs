@@ -81,7 +81,7 @@ fn run_interpreter(engine: &mut Engine, input: Value, rule: &str) -> Result<Valu
 
 /// Evaluates the decision rule with the bundle's backend on this thread's evaluator.
 pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
-    let rule = bundle.options().rule.as_str();
+    let rule = bundle.entry_rule.as_str();
     let mut input = Some(input);
     let cached = RUNNERS.try_with(|cell| {
         // Only fails on re-entrance, which evaluation never does; fall back rather than panic.
@@ -127,7 +127,7 @@ pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalErr
 /// Evaluates the decision rule with the tree interpreter, whatever the backend.
 pub(crate) fn eval_interpreted(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
     let mut engine = bundle.interpreter.clone();
-    let rule = bundle.options().rule.as_str();
+    let rule = bundle.entry_rule.as_str();
     catch_unwind(AssertUnwindSafe(|| {
         run_interpreter(&mut engine, input, rule)
     }))

@@ -74,7 +74,18 @@ pub fn explain(
         source_principal: request.source.as_deref(),
         destination_principal: request.destination.as_deref(),
     };
-    let input_value = input.to_value();
+    let input_value = match input.document() {
+        Ok(document) => document,
+        Err(e) => {
+            // As in the proxy: what OPA-Envoy could not parse is refused before any rule runs.
+            let decision = Decision::Error {
+                reason: e.to_string(),
+            };
+            print_input(out, &request)?;
+            print_decision(out, &bundle, &decision)?;
+            return Ok(decision);
+        }
+    };
     let decision = bundle.evaluate_value(input_value.clone());
 
     print_input(out, &request)?;
@@ -83,7 +94,7 @@ pub fn explain(
     let mut engine = bundle.interpreter.clone();
     engine.set_input(input_value.clone());
     let rule = bundle.options().rule.clone();
-    let interpreted = engine.eval_rule(rule.clone());
+    let interpreted = engine.eval_rule(bundle.entry_rule.clone());
     if let (Ok(value), Ok(vm_value)) = (&interpreted, bundle.eval_raw(input_value.clone())) {
         if *value != vm_value {
             w(
@@ -334,7 +345,7 @@ fn print_decision(
             "\ndecision: {summary}\n  rule {} in bundle {} ({})\n",
             bundle.options().rule,
             bundle.version(),
-            bundle.backend().name()
+            bundle.backend()
         ),
     )
 }

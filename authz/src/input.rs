@@ -2,6 +2,14 @@
 //!
 //! The document is built directly as a regorus [`Value`] (no JSON text in between), with object
 //! keys interned per thread so building it allocates only for the request's own strings.
+//!
+//! What OPA-Envoy cannot parse fails closed, as it does ([`InputError`]): it parses the path
+//! with Go's `url.Parse` (a bad %-escape or a control character is an error), and a JSON or
+//! form body that does not parse is an error. Vigil is stricter on two points: a query string
+//! that Go's `url.ParseQuery` rejects (`;` separators, bad %-escapes) is an error rather than
+//! a `parsed_query` missing the offending parameters, and a path starting with `//` (which Go
+//! reads as a host followed by a path) is an error rather than a `parsed_path` missing its
+//! first segment.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -111,8 +119,9 @@ struct Shapes {
     http_attributes_with_body: Object,
     doc_tcp: Object,
     doc_http: Object,
-    doc_http_with_body: Object,
-    doc_http_with_parsed_body: Object,
+    version: Value,
+    /// `{"encoding": "protojson", "ext_authz": "v3"}`, as OPA-Envoy sets it for v3 requests.
+    version_value: Value,
 }
 
 /// A frozen object with these keys (values null), to clone and fill.
@@ -150,6 +159,7 @@ impl Shapes {
         let (protocol, headers, body) = (v("protocol"), v("headers"), v("body"));
         let (parsed_path, parsed_query) = (v("parsed_path"), v("parsed_query"));
         let (parsed_body, truncated_body) = (v("parsed_body"), v("truncated_body"));
+        let version = v("version");
         let http_keys = [&headers, &host, &id, &method, &path, &protocol, &scheme];
         let http_body_keys = [
             &body, &headers, &host, &id, &method, &path, &protocol, &scheme,
@@ -165,16 +175,21 @@ impl Shapes {
             request_http: shape(&[&http]),
             http_attributes: shape(&http_keys),
             http_attributes_with_body: shape(&http_body_keys),
-            doc_tcp: shape(&[&attributes]),
-            doc_http: shape(&[&attributes, &parsed_path, &parsed_query]),
-            doc_http_with_body: shape(&[&attributes, &parsed_path, &parsed_query, &truncated_body]),
-            doc_http_with_parsed_body: shape(&[
+            doc_tcp: shape(&[&attributes, &version]),
+            doc_http: shape(&[
                 &attributes,
+                &parsed_body,
                 &parsed_path,
                 &parsed_query,
                 &truncated_body,
-                &parsed_body,
+                &version,
             ]),
+            version_value: Value::from(
+                [("encoding", "protojson"), ("ext_authz", "v3")]
+                    .into_iter()
+                    .map(|(k, v)| (Value::from(k), Value::from(v)))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
             empty_object: Value::new_object(),
             pseudo_authority: v(":authority"),
             pseudo_method: v(":method"),
@@ -200,6 +215,7 @@ impl Shapes {
             parsed_query,
             parsed_body,
             truncated_body,
+            version,
         }
     }
 }
@@ -208,23 +224,76 @@ thread_local! {
     static SHAPES: Shapes = Shapes::new();
 }
 
+/// Why a request cannot be turned into an input document; the decision is then
+/// [`Decision::Error`](crate::Decision::Error), which the proxy turns into a fail-closed
+/// refusal, as OPA-Envoy does when it cannot build its input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// The path does not parse (bad %-escape, control character, `//` prefix).
+    #[error("request path {path:?} cannot be parsed: {reason}")]
+    Path {
+        /// The request target as received.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The query string does not parse (`;` separator, bad %-escape).
+    #[error("query string {query:?} cannot be parsed: {reason}")]
+    Query {
+        /// The query string as received.
+        query: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The body does not parse as its content type says it should.
+    #[error("request body declared as {content_type} cannot be parsed: {reason}")]
+    Body {
+        /// The body's content type.
+        content_type: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// How to treat the parts of a request that do not parse.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parsing {
+    /// Fail, as the proxy must before a decision.
+    Strict,
+    /// Leave them out of the document, for display and tools.
+    Lenient,
+}
+
 impl AuthzInput<'_> {
     /// Builds the OPA-Envoy input document:
     /// `attributes.{source,destination}.{address.socketAddress.{address,portValue},principal}`,
-    /// and for HTTP `attributes.request.http.{id,method,path,host,scheme,protocol,headers[,body]}`,
-    /// `parsed_path`, `parsed_query` and, with a body, `parsed_body` and `truncated_body`.
-    pub fn to_value(&self) -> Value {
+    /// `version`, and for HTTP `attributes.request.http.{id,method,path,host,scheme,protocol,
+    /// headers[,body]}`, `parsed_path`, `parsed_query`, `parsed_body` (null when there is no
+    /// body to parse) and `truncated_body`. Fails on what OPA-Envoy cannot parse (see
+    /// [`InputError`]).
+    pub fn document(&self) -> Result<Value, InputError> {
         self.document_for(InputNeeds::ALL)
     }
 
-    /// The document with only the optional parts the bundle can observe.
-    pub(crate) fn document_for(&self, needs: InputNeeds) -> Value {
+    /// The document for display and tools: like [`document`](Self::document), but the parsed
+    /// parts that cannot be parsed are left out instead of failing.
+    pub fn to_value(&self) -> Value {
+        let build = |s: &Shapes| self.build(s, InputNeeds::ALL, Parsing::Lenient);
         SHAPES
-            .try_with(|shapes| self.build(shapes, needs))
-            .unwrap_or_else(|_| self.build(&Shapes::new(), needs))
+            .try_with(build)
+            .unwrap_or_else(|_| build(&Shapes::new()))
+            .unwrap_or(Value::Undefined)
     }
 
-    fn build(&self, s: &Shapes, needs: InputNeeds) -> Value {
+    /// The document with only the optional parts the bundle can observe.
+    pub(crate) fn document_for(&self, needs: InputNeeds) -> Result<Value, InputError> {
+        let build = |s: &Shapes| self.build(s, needs, Parsing::Strict);
+        SHAPES
+            .try_with(build)
+            .unwrap_or_else(|_| build(&Shapes::new()))
+    }
+
+    fn build(&self, s: &Shapes, needs: InputNeeds, parsing: Parsing) -> Result<Value, InputError> {
         let source = peer(s, needs, self.source_address, self.source_principal);
         let destination = peer(
             s,
@@ -237,10 +306,30 @@ impl AuthzInput<'_> {
                 &s.attributes_tcp,
                 [(&s.source, source), (&s.destination, destination)],
             );
-            return fill(&s.doc_tcp, [(&s.attributes, attributes)]);
+            return Ok(fill(
+                &s.doc_tcp,
+                [
+                    (&s.attributes, attributes),
+                    (&s.version, s.version_value.clone()),
+                ],
+            ));
+        };
+        // Lenient parsing leaves a part out (undefined) instead of failing.
+        let lenient = |r: Result<Value, InputError>| match (r, parsing) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Parsing::Lenient) => Ok(Value::Null),
+            (Err(e), Parsing::Strict) => Err(e),
         };
 
-        let (path_part, query_part) = split_target(http.path);
+        let target = split_target(http.path).map_err(|reason| InputError::Path {
+            path: http.path.to_string(),
+            reason,
+        });
+        let (path_part, query_part) = match (target, parsing) {
+            (Ok(t), _) => t,
+            (Err(e), Parsing::Strict) => return Err(e),
+            (Err(_), Parsing::Lenient) => ("", ""),
+        };
         let method = Value::from(http.method);
         let path = Value::from(http.path);
         let host = Value::from(http.host);
@@ -258,78 +347,74 @@ impl AuthzInput<'_> {
             (&s.protocol, Value::from(http.protocol)),
             (&s.scheme, Value::from(http.scheme)),
         ];
-        let parsed_path = parsed_path(path_part);
-        let parsed_query = if query_part.is_empty() || !needs.parsed_query {
+        let parsed_path = lenient(parsed_path(path_part).map_err(|reason| InputError::Path {
+            path: http.path.to_string(),
+            reason,
+        }))?;
+        // An unparseable query fails the request whether or not the policy reads it.
+        let parsed_query = if query_part.is_empty() {
             s.empty_object.clone()
         } else {
-            parsed_query(query_part)
+            let parsed = lenient(
+                parsed_query(query_part).map_err(|reason| InputError::Query {
+                    query: query_part.to_string(),
+                    reason,
+                }),
+            )?;
+            if needs.parsed_query {
+                parsed
+            } else {
+                s.empty_object.clone()
+            }
         };
 
-        let Some(body) = &http.body else {
-            let attributes =
-                http_attributes(s, source, destination, fill(&s.http_attributes, common));
-            return fill(
-                &s.doc_http,
-                [
-                    (&s.attributes, attributes),
-                    (&s.parsed_path, parsed_path),
-                    (&s.parsed_query, parsed_query),
-                ],
-            );
+        let (http_value, parsed_body, truncated) = match &http.body {
+            None => (fill(&s.http_attributes, common), Value::Null, false),
+            Some(body) => {
+                let text = String::from_utf8_lossy(body.bytes);
+                let content_type = body.content_type.map(Cow::Borrowed).or_else(|| {
+                    http.headers
+                        .get(http::header::CONTENT_TYPE)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                });
+                // Like OPA-Envoy, a truncated body is not parsed: half a document would mislead.
+                let parsed = if body.truncated {
+                    Value::Null
+                } else {
+                    lenient(parse_body(&text, content_type.as_deref()))?
+                };
+                let [c0, c1, c2, c3, c4, c5, c6] = common;
+                let http_value = fill(
+                    &s.http_attributes_with_body,
+                    [
+                        (&s.body, Value::from(text.as_ref())),
+                        c0,
+                        c1,
+                        c2,
+                        c3,
+                        c4,
+                        c5,
+                        c6,
+                    ],
+                );
+                (http_value, parsed, body.truncated)
+            }
         };
-
-        let text = String::from_utf8_lossy(body.bytes);
-        let content_type = body.content_type.map(Cow::Borrowed).or_else(|| {
-            http.headers
-                .get(http::header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()))
-        });
-        // Like OPA-Envoy, a truncated body is not parsed: half a document would mislead.
-        let parsed_body = if body.truncated {
-            None
-        } else {
-            parse_body(&text, content_type.as_deref())
-        };
-        let [c0, c1, c2, c3, c4, c5, c6] = common;
-        let http_value = fill(
-            &s.http_attributes_with_body,
-            [
-                (&s.body, Value::from(text.as_ref())),
-                c0,
-                c1,
-                c2,
-                c3,
-                c4,
-                c5,
-                c6,
-            ],
-        );
         let attributes = http_attributes(s, source, destination, http_value);
-        let truncated = Value::Bool(body.truncated);
-        match parsed_body {
-            Some(parsed) => fill(
-                &s.doc_http_with_parsed_body,
-                [
-                    (&s.attributes, attributes),
-                    (&s.parsed_path, parsed_path),
-                    (&s.parsed_query, parsed_query),
-                    (&s.truncated_body, truncated),
-                    (&s.parsed_body, parsed),
-                ],
-            ),
-            None => fill(
-                &s.doc_http_with_body,
-                [
-                    (&s.attributes, attributes),
-                    (&s.parsed_path, parsed_path),
-                    (&s.parsed_query, parsed_query),
-                    (&s.truncated_body, truncated),
-                ],
-            ),
-        }
+        Ok(fill(
+            &s.doc_http,
+            [
+                (&s.attributes, attributes),
+                (&s.parsed_body, parsed_body),
+                (&s.parsed_path, parsed_path),
+                (&s.parsed_query, parsed_query),
+                (&s.truncated_body, Value::Bool(truncated)),
+                (&s.version, s.version_value.clone()),
+            ],
+        ))
     }
 
-    /// The document as JSON, for logs and the CLI.
+    /// The document as JSON, for logs and the CLI (parts that do not parse are left out).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.to_value()).unwrap_or(serde_json::Value::Null)
     }
@@ -427,9 +512,12 @@ fn text_value(bytes: &[u8]) -> Value {
     }
 }
 
-/// Splits a request target into its path and query, dropping any fragment and, for
-/// absolute-form targets (`http://host/p`), the scheme and authority.
-fn split_target(target: &str) -> (&str, &str) {
+/// Splits a request target into its path and query as Go's `url.Parse` does (dropping any
+/// fragment and, for absolute-form targets such as `http://host/p`, the scheme and authority).
+fn split_target(target: &str) -> Result<(&str, &str), String> {
+    if target.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("it contains a control character".to_string());
+    }
     let target = match target.find("://") {
         Some(i) if !target.starts_with('/') => {
             let after = &target[i + 3..];
@@ -437,59 +525,104 @@ fn split_target(target: &str) -> (&str, &str) {
         }
         _ => target,
     };
-    let target = target.split('#').next().unwrap_or("");
-    match target.split_once('?') {
-        Some((path, query)) => (path, query),
-        None => (target, ""),
+    let (target, fragment) = target.split_once('#').unwrap_or((target, ""));
+    unescape(fragment, false)?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path.starts_with("//") && !path.starts_with("///") {
+        return Err(
+            "it starts with `//`, which OPA-Envoy's parser reads as a host name followed by a \
+             path, dropping the first segment"
+                .to_string(),
+        );
     }
+    Ok((path, query))
 }
 
-/// `/a/b%20c/` becomes `["a", "b c", ""]`, as OPA-Envoy splits the decoded path.
-fn parsed_path(path: &str) -> Value {
-    let segments: Vec<Value> = path
+/// Go's `url.PathUnescape` (`plus_is_space` false) or `url.QueryUnescape` (true): a `%` must
+/// start a two-digit hex escape.
+fn unescape(text: &str, plus_is_space: bool) -> Result<Cow<'_, str>, String> {
+    let bytes = text.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let valid = bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+            if !valid {
+                let escape: String = text[i..].chars().take(3).collect();
+                return Err(format!("invalid URL escape {escape:?}"));
+            }
+        }
+    }
+    if plus_is_space && text.contains('+') {
+        let spaced = text.replace('+', " ");
+        return Ok(Cow::Owned(
+            percent_decode_str(&spaced).decode_utf8_lossy().into_owned(),
+        ));
+    }
+    Ok(percent_decode_str(text).decode_utf8_lossy())
+}
+
+/// `/a%2Fb/c%20d/` becomes `["a", "b", "c d", ""]`: OPA-Envoy splits the decoded path, trimmed
+/// of its leading slashes.
+fn parsed_path(path: &str) -> Result<Value, String> {
+    let decoded = unescape(path, false)?;
+    let segments: Vec<Value> = decoded
         .trim_start_matches('/')
         .split('/')
-        .map(|s| Value::from(percent_decode_str(s).decode_utf8_lossy().as_ref()))
+        .map(Value::from)
         .collect();
-    Value::from(segments)
+    Ok(Value::from(segments))
 }
 
-/// `a=1&a=2&b` becomes `{"a": ["1", "2"], "b": [""]}` (Go's `url.ParseQuery`).
-fn parsed_query(query: &str) -> Value {
+/// `a=1&a=2&b` becomes `{"a": ["1", "2"], "b": [""]}`, as Go's `url.ParseQuery` does; where it
+/// reports an error (a `;` separator, a bad %-escape), so does this.
+fn parsed_query(query: &str) -> Result<Value, String> {
     let mut grouped: BTreeMap<Value, Vec<Value>> = BTreeMap::new();
     for pair in query.split('&') {
-        // Go rejects parameters containing ';' (and OPA-Envoy then drops them).
-        if pair.is_empty() || pair.contains(';') {
+        if pair.contains(';') {
+            return Err("invalid semicolon separator in query".to_string());
+        }
+        if pair.is_empty() {
             continue;
         }
-        for (name, value) in form_urlencoded::parse(pair.as_bytes()) {
-            grouped
-                .entry(Value::from(name.as_ref()))
-                .or_default()
-                .push(Value::from(value.as_ref()));
-        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = unescape(name, true)?;
+        let value = unescape(value, true)?;
+        grouped
+            .entry(Value::from(name.as_ref()))
+            .or_default()
+            .push(Value::from(value.as_ref()));
     }
-    Value::from(
+    Ok(Value::from(
         grouped
             .into_iter()
             .map(|(k, v)| (k, Value::from(v)))
             .collect::<BTreeMap<_, _>>(),
-    )
+    ))
 }
 
-fn parse_body(text: &str, content_type: Option<&str>) -> Option<Value> {
-    let content_type = content_type?;
+/// `parsed_body` as OPA-Envoy builds it: JSON and form bodies parsed, null otherwise (and for
+/// an empty body); a body that does not parse as its content type says is an error.
+fn parse_body(text: &str, content_type: Option<&str>) -> Result<Value, InputError> {
+    let Some(content_type) = content_type else {
+        return Ok(Value::Null);
+    };
+    let error = |reason: String| InputError::Body {
+        content_type: content_type.to_string(),
+        reason,
+    };
     if content_type.contains("application/json") {
-        if text.trim().is_empty() {
-            return None;
+        if text.is_empty() {
+            return Ok(Value::Null);
         }
-        // A body that is not valid JSON leaves parsed_body undefined rather than failing the
-        // whole request; policies that need it simply don't match.
-        Value::from_json_str(text).ok()
+        Value::from_json_str(text).map_err(|e| error(format!("{e:#}")))
     } else if content_type.contains("application/x-www-form-urlencoded") {
-        Some(parsed_query(text))
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        parsed_query(text).map_err(error)
     } else {
-        None
+        Ok(Value::Null)
     }
 }
 
@@ -499,9 +632,57 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(split_target("/a/b?x=1#f"), ("/a/b", "x=1"));
-        assert_eq!(split_target("/a#f?x"), ("/a", ""));
-        assert_eq!(split_target("http://h:80/p?q"), ("/p", "q"));
-        assert_eq!(split_target("*"), ("*", ""));
+        assert_eq!(split_target("/a/b?x=1#f"), Ok(("/a/b", "x=1")));
+        assert_eq!(split_target("/a#f?x"), Ok(("/a", "")));
+        assert_eq!(split_target("http://h:80/p?q"), Ok(("/p", "q")));
+        assert_eq!(split_target("*"), Ok(("*", "")));
+        assert_eq!(split_target("///x"), Ok(("///x", "")));
+        assert!(split_target("//admin/x").is_err());
+        assert!(split_target("/a\tb").is_err());
+        assert!(split_target("/a#%zz").is_err());
+    }
+
+    #[test]
+    fn paths_decode_before_splitting() {
+        let json = |v: Value| serde_json::to_value(v).expect("json");
+        assert_eq!(
+            json(parsed_path("/api%2Fproducts").expect("parses")),
+            serde_json::json!(["api", "products"])
+        );
+        assert_eq!(
+            json(parsed_path("//a+b/c%20d/").expect("parses")),
+            serde_json::json!(["a+b", "c d", ""])
+        );
+        assert_eq!(
+            parsed_path("/api/products/%zz"),
+            Err("invalid URL escape \"%zz\"".to_string())
+        );
+        assert!(parsed_path("/a%2").is_err());
+    }
+
+    #[test]
+    fn queries_parse_like_go() {
+        let json = |v: Value| serde_json::to_value(v).expect("json");
+        assert_eq!(
+            json(parsed_query("a=1&a=2&b&=x&c=&&d=x+y%2B").expect("parses")),
+            serde_json::json!({"a": ["1", "2"], "b": [""], "": ["x"], "c": [""], "d": ["x y+"]})
+        );
+        assert!(parsed_query("debug=true;x=1").is_err());
+        assert!(parsed_query("q=%zz&page=1").is_err());
+        assert!(parsed_query("%zz=1").is_err());
+    }
+
+    #[test]
+    fn bodies() {
+        let json = Some("application/json");
+        assert_eq!(parse_body("", json), Ok(Value::Null));
+        assert_eq!(parse_body("null", json), Ok(Value::Null));
+        assert!(parse_body("   ", json).is_err());
+        assert!(parse_body(r#"{"quantity": NaN}"#, json).is_err());
+        assert!(parse_body(r#"{"a": 1} x"#, json).is_err());
+        assert_eq!(parse_body("hello", Some("text/plain")), Ok(Value::Null));
+        let form = Some("application/x-www-form-urlencoded");
+        assert!(parse_body("a=1;b=2", form).is_err());
+        assert_eq!(parse_body("", form), Ok(Value::Null));
     }
 }

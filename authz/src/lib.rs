@@ -68,6 +68,7 @@ mod rvm_gaps;
 mod source;
 mod syntax;
 mod testing;
+mod upstream;
 mod usage;
 
 pub use bundle::{
@@ -76,12 +77,13 @@ pub use bundle::{
 };
 pub use calls::SUPPORTED_BUILTINS;
 pub use cli::eval_command;
-pub use decision::Decision;
+pub use decision::{Decision, DynamicMetadata};
 pub use engine::EvalError;
 pub use explain::{explain, ExplainRequest};
-pub use input::{AuthzInput, BodyInput, HttpAttributes, InputKind};
-pub use log::DecisionRecord;
+pub use input::{AuthzInput, BodyInput, HttpAttributes, InputError, InputKind};
+pub use log::{DecisionRecord, QueryLogging};
 pub use testing::{run_tests, TestSummary};
+pub use upstream::upstream_path_and_query;
 
 /// The Rego value type used for inputs and raw decisions (re-exported from regorus).
 pub use regorus::Value;

@@ -1,4 +1,8 @@
 //! Decision log records: one JSON line per logged decision.
+//!
+//! Query strings carry tokens, e-mail addresses and other personal data, so by default the
+//! record keeps the path and the parameter names and replaces every value with `REDACTED`
+//! ([`QueryLogging`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -6,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::bundle::PolicyBundle;
-use crate::decision::Decision;
+use crate::decision::{Decision, DynamicMetadata};
 use crate::input::{AuthzInput, InputKind};
 
 /// What the decision log records about one decision. The caller writes it as one JSON line
@@ -27,7 +31,8 @@ pub struct DecisionRecord {
     pub source_address: String,
     /// HTTP method (absent for TCP).
     pub method: Option<String>,
-    /// HTTP path with query (absent for TCP).
+    /// HTTP path with query (absent for TCP); query values redacted unless the record was
+    /// made with [`QueryLogging::Kept`].
     pub path: Option<String>,
     /// `allow`, `deny` or `error` — what the policy decided, before dry-run.
     pub result: &'static str,
@@ -37,17 +42,65 @@ pub struct DecisionRecord {
     pub dry_run: bool,
     /// The denial's status; absent for allows and errors (the caller picks the error status).
     pub http_status: Option<u16>,
+    /// The policy's `dynamic_metadata` (OPA-Envoy's decision field), when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_metadata: Option<DynamicMetadata>,
+}
+
+/// How a decision record writes the request's query string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueryLogging {
+    /// Parameter names kept, values replaced by `REDACTED` (a parameter without `=` is
+    /// replaced whole, since its name may be the secret).
+    #[default]
+    Redacted,
+    /// As received.
+    Kept,
+}
+
+/// Marks what the decision log left out.
+const REDACTED: &str = "REDACTED";
+
+/// `path?a=1&b` becomes `path?a=REDACTED&REDACTED`.
+fn redact_query(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_string();
+    };
+    let query = query.split('#').next().unwrap_or("");
+    let redacted: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((name, _)) => format!("{name}={REDACTED}"),
+            None => REDACTED.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", redacted.join("&"))
 }
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 impl DecisionRecord {
-    /// Builds the record for `decision` (the policy's decision, before [`PolicyBundle::enforce`]).
+    /// Builds the record for `decision` (the policy's decision, before [`PolicyBundle::enforce`]),
+    /// with the query string's values redacted.
     pub fn new(bundle: &PolicyBundle, input: &AuthzInput<'_>, decision: &Decision) -> Self {
+        Self::with_query_logging(bundle, input, decision, QueryLogging::Redacted)
+    }
+
+    /// Like [`new`](Self::new), choosing how the query string is written.
+    pub fn with_query_logging(
+        bundle: &PolicyBundle,
+        input: &AuthzInput<'_>,
+        decision: &Decision,
+        query: QueryLogging,
+    ) -> Self {
         let (method, path, id) = match &input.kind {
             InputKind::Http(http) => (
                 Some(http.method.to_string()),
-                Some(http.path.to_string()),
+                Some(match query {
+                    QueryLogging::Redacted => redact_query(http.path),
+                    QueryLogging::Kept => http.path.to_string(),
+                }),
                 http.id,
             ),
             InputKind::Tcp => (None, None, ""),
@@ -72,6 +125,7 @@ impl DecisionRecord {
             reason: decision.reason().to_string(),
             dry_run: bundle.options().dry_run,
             http_status: decision.http_status(),
+            dynamic_metadata: decision.dynamic_metadata().cloned(),
         }
     }
 
@@ -117,6 +171,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn redacts_query_values() {
+        assert_eq!(
+            redact_query("/orders?token=s3cr3t&page=2&flag&=x"),
+            "/orders?token=REDACTED&page=REDACTED&REDACTED&=REDACTED"
+        );
+        assert_eq!(redact_query("/orders"), "/orders");
+        assert_eq!(redact_query("/orders?"), "/orders?");
+    }
 
     #[test]
     fn formats_rfc3339() {

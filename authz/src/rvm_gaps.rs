@@ -35,7 +35,8 @@ use regorus::Value;
 use crate::bundle::PolicyFile;
 use crate::rules::ref_name;
 use crate::syntax::{
-    collect_nested_queries, direct_vars, each_expr, expr_parts, rule_parts, stmt_parts, Part,
+    collect_nested_queries, direct_vars, each_expr, expr_parts, ref_start, rule_parts, stmt_parts,
+    Part,
 };
 
 /// Why a bundle cannot run on the RVM: `file:line:col: what`.
@@ -133,10 +134,7 @@ type QueryCheck<'a, 'f> = dyn FnMut(&'a Query, &[&'a str]) -> Result<(), Gap> + 
 
 /// Every query of a rule (bodies, and the comprehensions and `every` bodies in them or in the
 /// head) with the variables of its enclosing scopes.
-fn each_query<'a>(
-    rule: &'a Rule,
-    f: &mut QueryCheck<'a, '_>,
-) -> Result<(), Gap> {
+fn each_query<'a>(rule: &'a Rule, f: &mut QueryCheck<'a, '_>) -> Result<(), Gap> {
     let Rule::Spec { head, bodies, .. } = rule else {
         return Ok(());
     };
@@ -225,7 +223,7 @@ fn assignment_rewrites(
             for name in assigned {
                 if names.contains(name) || outer.contains(&name) {
                     return Err(at(
-                        span,
+                        lhs.span(),
                         format!(
                             "`{name} := ...` reuses the name of a rule, import or enclosing \
                              variable; regorus's RVM does not fail a body on `:=` from an \
@@ -268,13 +266,18 @@ fn every_gaps(rule: &Rule) -> Result<(), Gap> {
                 if let Expr::RefBrack { index, span, .. } = e {
                     if let Expr::Var { span: var, .. } = index.as_ref() {
                         if gap.is_none() && !bound.contains(var.text()) {
+                            let start = ref_start(e);
+                            let text = span
+                                .source
+                                .contents()
+                                .get(start.start as usize..span.end as usize)
+                                .unwrap_or_else(|| span.text());
                             gap = Some(at(
-                                span,
+                                start,
                                 format!(
-                                    "`{}` inside `every` is indexed by `{}`, a variable bound \
-                                     outside the body or by the `every` itself; regorus's RVM \
-                                     iterates such a reference instead of looking it up",
-                                    span.text(),
+                                    "`{text}` inside `every` is indexed by `{}`, a variable \
+                                     bound outside the body or by the `every` itself; regorus's \
+                                     RVM iterates such a reference instead of looking it up",
                                     var.text()
                                 ),
                             ));
@@ -454,8 +457,8 @@ fn iterates(d: &Definition<'_>) -> bool {
 }
 
 /// Whether two single-body definitions can never both apply: their bodies test one reference
-/// (or the same argument) against two different constants, or their arguments are different
-/// constants.
+/// (or the same argument) in ways that exclude each other (`== "GET"` and `== "POST"`, `x` and
+/// `not x`), or their arguments are different constants.
 fn exclusive(a: &Definition<'_>, b: &Definition<'_>) -> bool {
     if a.bodies.len() > 1 || b.bodies.len() > 1 {
         return false;
@@ -468,51 +471,89 @@ fn exclusive(a: &Definition<'_>, b: &Definition<'_>) -> bool {
     if constant_args {
         return true;
     }
-    let (ta, tb) = (equality_tests(a), equality_tests(b));
-    ta.iter()
-        .any(|(ra, ca)| tb.iter().any(|(rb, cb)| ra == rb && ca != cb))
+    let (ta, tb) = (tests(a), tests(b));
+    ta.iter().any(|(ra, x)| {
+        tb.iter()
+            .any(|(rb, y)| ra == rb && (excludes(x, y) || excludes(y, x)))
+    })
 }
 
-/// `reference == constant` statements at the top of a definition's body, with arguments named
-/// by their position so that `f(x) if x == 1` and `f(y) if y == 2` compare.
-fn equality_tests(d: &Definition<'_>) -> Vec<(String, Value)> {
+/// What a statement requires of a reference.
+enum Test {
+    /// `ref == constant`.
+    Equals(Value),
+    /// `ref`: defined and not false.
+    Holds,
+    /// `not ref`: undefined or false.
+    Fails,
+}
+
+fn excludes(a: &Test, b: &Test) -> bool {
+    match (a, b) {
+        (Test::Equals(x), Test::Equals(y)) => x != y,
+        (Test::Holds, Test::Fails) => true,
+        (Test::Equals(x), Test::Fails) => *x != Value::from(false),
+        (Test::Equals(x), Test::Holds) => *x == Value::from(false),
+        _ => false,
+    }
+}
+
+/// The tests at the top of a definition's body, by reference, with arguments named by their
+/// position so that `f(x) if x == 1` and `f(y) if y == 2` compare.
+fn tests(d: &Definition<'_>) -> Vec<(String, Test)> {
     let mut args: Vec<&str> = Vec::new();
     direct_vars(d.args.iter().map(Part::Expr).collect(), &mut args);
     let Some(body) = d.bodies.first() else {
         return Vec::new();
+    };
+    let path = |r: &Ref<Expr>| -> Option<String> {
+        let parts = Parser::get_path_ref_components(r).ok()?;
+        let mut names: Vec<String> = parts.iter().map(|s| s.text().to_string()).collect();
+        if let Some(pos) = args
+            .iter()
+            .position(|a| Some(*a) == names.first().map(String::as_str))
+        {
+            names[0] = format!("#arg{pos}");
+        }
+        Some(names.join("."))
     };
     let mut out = Vec::new();
     for stmt in &body.query.stmts {
         if !stmt.with_mods.is_empty() {
             continue;
         }
-        let Literal::Expr { expr, .. } = &stmt.literal else {
-            continue;
-        };
-        let (lhs, rhs) = match expr.as_ref() {
-            Expr::BoolExpr {
-                op: BoolOp::Eq,
-                lhs,
-                rhs,
-                ..
-            } => (lhs, rhs),
-            _ => continue,
-        };
-        for (r, c) in [(lhs, rhs), (rhs, lhs)] {
-            let (Some(value), Ok(parts)) = (literal(c), Parser::get_path_ref_components(r)) else {
-                continue;
-            };
-            let mut names: Vec<String> = parts.iter().map(|s| s.text().to_string()).collect();
-            if let Some(pos) = args
-                .iter()
-                .position(|a| Some(*a) == names.first().map(String::as_str))
-            {
-                names[0] = format!("#arg{pos}");
+        match &stmt.literal {
+            Literal::NotExpr { expr, .. } if is_path(expr) => {
+                out.extend(path(expr).map(|p| (p, Test::Fails)));
             }
-            out.push((names.join("."), value));
+            Literal::Expr { expr, .. } => match expr.as_ref() {
+                Expr::BoolExpr {
+                    op: BoolOp::Eq,
+                    lhs,
+                    rhs,
+                    ..
+                } => {
+                    for (r, c) in [(lhs, rhs), (rhs, lhs)] {
+                        if let (Some(value), Some(p)) = (literal(c), path(r)) {
+                            out.push((p, Test::Equals(value)));
+                        }
+                    }
+                }
+                _ if is_path(expr) => out.extend(path(expr).map(|p| (p, Test::Holds))),
+                _ => {}
+            },
+            _ => {}
         }
     }
     out
+}
+
+/// A variable or a reference with constant parts (`allow`, `input.a.b`, `x["k"]`).
+fn is_path(expr: &Ref<Expr>) -> bool {
+    matches!(
+        expr.as_ref(),
+        Expr::Var { .. } | Expr::RefDot { .. } | Expr::RefBrack { .. }
+    ) && Parser::get_path_ref_components(expr).is_ok()
 }
 
 /// The value of an expression made only of literals.

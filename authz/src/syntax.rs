@@ -184,3 +184,14 @@ pub(crate) fn rule_queries(rule: &Rule) -> Vec<(&Query, bool)> {
     }
     out
 }
+
+/// Where a reference starts: regorus's span of `a.b[c]` starts at its last `.` or `[`.
+pub(crate) fn ref_start(expr: &Expr) -> &Span {
+    let mut node = expr;
+    loop {
+        match node {
+            Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => node = refr.as_ref(),
+            other => return other.span(),
+        }
+    }
+}

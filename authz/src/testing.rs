@@ -10,9 +10,20 @@ use std::time::{Duration, Instant};
 
 use regorus::Value;
 
-use crate::bundle::BundleError;
+use crate::bundle::{BundleError, PolicyBundle, PolicyFile, PolicyOptions};
+use crate::calls;
+use crate::opa_alignment;
 use crate::rules::{self, DefinitionKind};
 use crate::source::{self, condense_error, FileKind, TestFiles};
+
+/// Decision rules the runner reports the engine for, in order: Vigil's default, then
+/// OPA-Envoy's default and its documented `result` form. (The proxy's rule comes from the
+/// mesh file, which the runner does not read.)
+const DECISION_RULES: &[&str] = &[
+    "data.vigil.authz.allow",
+    "data.envoy.authz.allow",
+    "data.envoy.authz.result",
+];
 
 /// Counts of test outcomes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,7 +55,11 @@ impl TestSummary {
 /// `.rego` file of its own, each subdirectory holding policies is run as its own bundle (so
 /// `vigil policy test policies/` tests every shipped policy, each with its own data), with a
 /// header line per bundle. `verbose` also prints the output of `print()` for passing tests.
-/// A bundle that does not compile is an error.
+/// A bundle that does not compile, or that the proxy would refuse (it calls a function Vigil
+/// does not evaluate like OPA), is an error. For each bundle, a line says which engine the
+/// proxy would run it on (`engine: rvm`, or `engine: interpreter` and why) for the first
+/// declared decision rule among `data.vigil.authz.allow`, `data.envoy.authz.allow` and
+/// `data.envoy.authz.result`.
 pub fn run_tests(
     dir: &Path,
     out: &mut dyn Write,
@@ -83,7 +98,16 @@ fn run_bundle(
     summary: &mut TestSummary,
 ) -> Result<(), BundleError> {
     let files = source::read_dir(root, TestFiles::Include)?;
-    let mut engine = source::load_engine(&files)?;
+    let mut parsed = source::load_engine(&files)?;
+    let refused = calls::check(parsed.get_modules());
+    if !refused.is_empty() {
+        return Err(BundleError::from_problems(refused));
+    }
+    report_engine(&files, out)?;
+    // Tests run on the interpreter as the proxy would run the bundle there (see
+    // `opa_alignment.rs`).
+    let aligned = opa_alignment::align(parsed.get_modules(), &files);
+    let mut engine = source::load_engine(&aligned.interpreter)?;
     engine.set_gather_prints(true);
     // Analyze once up front, so compile errors are reported as such and the first test's time
     // does not include the analysis.
@@ -139,6 +163,39 @@ fn run_bundle(
         }
     }
     Ok(())
+}
+
+/// Prints which engine the bundle (without its tests) would run on in the proxy.
+fn report_engine(files: &[PolicyFile], out: &mut dyn Write) -> Result<(), BundleError> {
+    let bundle_files: Vec<PolicyFile> = files
+        .iter()
+        .filter(|f| FileKind::of(&f.path) != FileKind::RegoTest)
+        .cloned()
+        .collect();
+    for rule in DECISION_RULES {
+        let options = PolicyOptions {
+            rule: rule.to_string(),
+            ..PolicyOptions::default()
+        };
+        match PolicyBundle::compile(bundle_files.clone(), options) {
+            Ok(bundle) => {
+                return w(
+                    out,
+                    format_args!("engine: {} (decision rule {rule})\n", bundle.backend()),
+                )
+            }
+            Err(BundleError::MissingRule(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    w(
+        out,
+        format_args!(
+            "engine: not reported (none of {} is declared; the proxy's decision rule is set \
+             in the mesh file)\n",
+            DECISION_RULES.join(", ")
+        ),
+    )
 }
 
 /// `dir` itself when it holds `.rego` files, else each subdirectory that holds some.

@@ -315,7 +315,7 @@ fn compile(case: &Case, preference: BackendPreference) -> Result<PolicyBundle, S
 fn documents(requests: &[RequestFacts]) -> Vec<Option<Value>> {
     requests
         .iter()
-        .map(|r| r.with_input(|input| Some(input.to_value())))
+        .map(|r| r.with_input(|input| input.document().ok()))
         .collect()
 }
 

@@ -2,11 +2,14 @@
 //! decision on each request, and the decision log.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::{Metrics, PolicyLabels};
 use arc_swap::ArcSwapOption;
-use vigil_authz::{AuthzInput, Decision, DecisionRecord, PolicyBundle, PolicyFile, PolicyOptions};
+use vigil_authz::{
+    AuthzInput, Decision, DecisionRecord, PolicyBundle, PolicyFile, PolicyOptions, QueryLogging,
+};
 
 /// The bundle in force and how much request body it wants to see.
 pub struct InForce {
@@ -21,6 +24,9 @@ pub struct Authorizer {
     metrics: Arc<Metrics>,
     /// Last bundle the proxy refused, with the reason.
     pub last_refused: ArcSwapOption<String>,
+    /// Whether the decision log keeps query strings as received (they are redacted unless
+    /// this is set: they carry tokens and personal data).
+    keep_query_strings: AtomicBool,
 }
 
 impl Authorizer {
@@ -32,6 +38,22 @@ impl Authorizer {
             log: Mutex::new(log),
             metrics,
             last_refused: ArcSwapOption::empty(),
+            keep_query_strings: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes the decision log keep query strings as received instead of redacting their
+    /// values.
+    pub fn keep_query_strings(&self, keep: bool) {
+        self.keep_query_strings.store(keep, Ordering::Relaxed);
+    }
+
+    /// The engine the bundle in force runs on (`rvm` or `interpreter`) and, for the
+    /// interpreter, why.
+    pub fn engine(&self) -> Option<(&'static str, Option<String>)> {
+        self.bundle.load().as_ref().map(|b| {
+            let backend = b.bundle.backend();
+            (backend.name(), backend.reason().map(str::to_string))
         })
     }
 
@@ -68,7 +90,11 @@ impl Authorizer {
         };
         match PolicyBundle::compile(files, options) {
             Ok(bundle) => {
-                tracing::info!(version = %bundle.version(), "policy bundle in force");
+                tracing::info!(
+                    version = %bundle.version(),
+                    engine = %bundle.backend(),
+                    "policy bundle in force"
+                );
                 self.bundle.store(Some(Arc::new(InForce {
                     bundle,
                     request_body_bytes: wire.request_body_bytes as usize,
@@ -116,7 +142,13 @@ impl Authorizer {
             })
             .inc();
         if bundle.should_log(&decision) {
-            let mut line = DecisionRecord::new(bundle, input, &decision).to_json_line();
+            let query = if self.keep_query_strings.load(Ordering::Relaxed) {
+                QueryLogging::Kept
+            } else {
+                QueryLogging::Redacted
+            };
+            let mut line =
+                DecisionRecord::with_query_logging(bundle, input, &decision, query).to_json_line();
             if !line.ends_with('\n') {
                 line.push('\n');
             }
@@ -126,5 +158,101 @@ impl Authorizer {
             }
         }
         bundle.enforce(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decision log that can be read back while the authorizer holds it.
+    #[derive(Clone, Default)]
+    struct SharedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn wire(rego: &str) -> vigil_api::PolicyBundle {
+        vigil_api::PolicyBundle {
+            version: format!("v-{}", rego.len()),
+            files: vec![vigil_api::PolicyFile {
+                path: "policy.rego".into(),
+                contents: rego.into(),
+            }],
+            rule: "data.vigil.authz.allow".into(),
+            dry_run: false,
+            log_allows: false,
+            request_body_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn reports_the_engine_and_why() {
+        let authz = Authorizer::new(Box::new(std::io::sink()), Metrics::new());
+        assert_eq!(authz.engine(), None);
+        authz.update(&wire("package vigil.authz\n\nallow := true\n"));
+        assert_eq!(authz.engine(), Some(("rvm", None)));
+        authz.update(&wire(
+            "package vigil.authz\n\nx := input.a\n\nallow if x with input.a as true\n",
+        ));
+        let (name, reason) = authz.engine().expect("a bundle");
+        assert_eq!(name, "interpreter");
+        assert!(
+            reason.as_deref().is_some_and(|r| r.contains("with")),
+            "{reason:?}"
+        );
+        // A bundle calling a function Vigil cannot evaluate like OPA is refused by name, and
+        // the last good one stays.
+        authz.update(&wire(
+            "package vigil.authz\n\nallow if io.jwt.decode(input.t)\n",
+        ));
+        let refused = authz.last_refused.load_full().expect("refused");
+        assert!(refused.contains("io.jwt.decode"), "{refused}");
+        assert_eq!(authz.engine().map(|(n, _)| n), Some("interpreter"));
+    }
+
+    #[test]
+    fn decision_log_redacts_query_values_unless_told_to_keep_them() {
+        let log = SharedLog::default();
+        let authz = Authorizer::new(Box::new(log.clone()), Metrics::new());
+        authz.update(&wire("package vigil.authz\n\nallow := false\n"));
+        let headers = http::HeaderMap::new();
+        let input = AuthzInput {
+            kind: vigil_authz::InputKind::Http(vigil_authz::HttpAttributes {
+                id: "r1",
+                method: "GET",
+                path: "/orders?token=s3cr3t",
+                host: "svc",
+                scheme: "http",
+                protocol: "HTTP/1.1",
+                headers: &headers,
+                body: None,
+            }),
+            source_address: "10.0.0.1:1".parse().expect("addr"),
+            destination_address: "10.0.0.2:2".parse().expect("addr"),
+            source_principal: None,
+            destination_principal: None,
+        };
+        authz.decide(&input);
+        authz.keep_query_strings(true);
+        authz.decide(&input);
+        let text = String::from_utf8(log.0.lock().expect("log lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains(r#""path":"/orders?token=REDACTED""#),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains(r#""path":"/orders?token=s3cr3t""#),
+            "{text}"
+        );
     }
 }

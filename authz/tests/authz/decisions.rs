@@ -1,7 +1,7 @@
 use http::HeaderMap;
 use vigil_authz::{
     AuthzInput, BundleError, Decision, DecisionRecord, HttpAttributes, InputKind, PolicyBundle,
-    PolicyOptions, Value,
+    PolicyOptions, QueryLogging, Value,
 };
 
 use crate::{addr, bundle, file};
@@ -63,6 +63,9 @@ fn object_decisions() {
             ],
             request_headers_to_remove: vec!["x-debug".into()],
             response_headers_to_add: vec![("x-policy".into(), "p".into())],
+            query_parameters_to_remove: vec![],
+            query_parameters_to_set: vec![],
+            dynamic_metadata: None,
         }
     );
 
@@ -77,6 +80,7 @@ fn object_decisions() {
             body: "login first".into(),
             headers: vec![("www-authenticate".into(), "Bearer".into())],
             reason: "login first".into(),
+            dynamic_metadata: None,
         }
     );
 
@@ -164,7 +168,10 @@ fn dry_run_enforce_and_logging() {
     let line: serde_json::Value =
         serde_json::from_str(&record.to_json_line()).expect("record is JSON");
     assert_eq!(line["method"], "DELETE");
-    assert_eq!(line["path"], "/things/1?force=1");
+    // Query values are redacted unless the log is set to keep them.
+    assert_eq!(line["path"], "/things/1?force=REDACTED");
+    let kept = DecisionRecord::with_query_logging(&dry, &input, &decision, QueryLogging::Kept);
+    assert_eq!(kept.path.as_deref(), Some("/things/1?force=1"));
     assert_eq!(line["source_principal"], "spiffe://vigil.local/ns/a/sa/b");
     assert_eq!(line["source_address"], "10.0.0.1:1234");
     assert!(line["time"]

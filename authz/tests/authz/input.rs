@@ -38,7 +38,7 @@ fn http_document_matches_opa_envoy() {
     let body = br#"{"quantity": 3, "items": ["a"]}"#;
     let input = http(
         &h,
-        "/api/v1/orders%2F7/caf%C3%A9?verbose&tag=a&tag=b+c&q=%26x&bad;param=1",
+        "/api/v1/orders%2F7/caf%C3%A9?verbose&tag=a&tag=b+c&q=%26x",
         Some(BodyInput {
             bytes: body,
             truncated: false,
@@ -58,14 +58,14 @@ fn http_document_matches_opa_envoy() {
             "request": {"http": {
                 "id": "req-1",
                 "method": "POST",
-                "path": "/api/v1/orders%2F7/caf%C3%A9?verbose&tag=a&tag=b+c&q=%26x&bad;param=1",
+                "path": "/api/v1/orders%2F7/caf%C3%A9?verbose&tag=a&tag=b+c&q=%26x",
                 "host": "orders.shop:8080",
                 "scheme": "https",
                 "protocol": "HTTP/2",
                 "headers": {
                     ":authority": "orders.shop:8080",
                     ":method": "POST",
-                    ":path": "/api/v1/orders%2F7/caf%C3%A9?verbose&tag=a&tag=b+c&q=%26x&bad;param=1",
+                    ":path": "/api/v1/orders%2F7/caf%C3%A9?verbose&tag=a&tag=b+c&q=%26x",
                     "content-type": "application/json",
                     "user-agent": "curl/8.0",
                     "x-forwarded-for": "10.1.1.1, 10.2.2.2"
@@ -73,12 +73,15 @@ fn http_document_matches_opa_envoy() {
                 "body": "{\"quantity\": 3, \"items\": [\"a\"]}"
             }}
         },
-        "parsed_path": ["api", "v1", "orders/7", "café"],
+        "parsed_path": ["api", "v1", "orders", "7", "café"],
         "parsed_query": {"verbose": [""], "tag": ["a", "b c"], "q": ["&x"]},
         "parsed_body": {"quantity": 3, "items": ["a"]},
-        "truncated_body": false
+        "truncated_body": false,
+        "version": {"encoding": "protojson", "ext_authz": "v3"}
     });
     assert_eq!(input.to_json(), expected);
+    let document = input.document().expect("parses");
+    assert_eq!(serde_json::to_value(document).expect("json"), expected);
 }
 
 #[test]
@@ -115,17 +118,18 @@ fn form_body_and_truncation() {
     )
     .to_json();
     assert_eq!(doc["truncated_body"], json!(true));
-    assert!(doc.get("parsed_body").is_none());
+    assert_eq!(doc["parsed_body"], json!(null));
     assert_eq!(
         doc["attributes"]["request"]["http"]["body"],
         json!("{\"a\": 1")
     );
     assert_eq!(doc["parsed_path"], json!(["x", ""]));
 
-    // Without a body there is no body, parsed_body or truncated_body.
+    // Without a body there is no body; parsed_body is null and truncated_body false, as
+    // OPA-Envoy always sets them.
     let doc = http(&h, "/x", None).to_json();
-    assert!(doc.get("parsed_body").is_none());
-    assert!(doc.get("truncated_body").is_none());
+    assert_eq!(doc["parsed_body"], json!(null));
+    assert_eq!(doc["truncated_body"], json!(false));
     assert!(doc["attributes"]["request"]["http"].get("body").is_none());
 }
 
@@ -145,7 +149,8 @@ fn tcp_document_and_missing_principals() {
                 "address": {"socketAddress": {"address": "10.0.0.2", "portValue": 5432}},
                 "principal": "spiffe://vigil.local/ns/db/sa/postgres"
             }
-        }
+        },
+        "version": {"encoding": "protojson", "ext_authz": "v3"}
     });
     assert_eq!(input.to_json(), expected);
 
@@ -158,4 +163,44 @@ fn tcp_document_and_missing_principals() {
     let d = bundle.evaluate(&input);
     assert_eq!(d.outcome(), "deny");
     assert_eq!(d.reason(), "no principal");
+}
+
+/// What OPA-Envoy cannot parse fails closed: the decision is an error, whatever the policy.
+#[test]
+fn unparseable_requests_fail_closed() {
+    let allow_all = crate::bundle("package vigil.authz\nallow := true");
+    let mut json = HeaderMap::new();
+    json.insert("content-type", HeaderValue::from_static("application/json"));
+    let nan = BodyInput {
+        bytes: br#"{"quantity": NaN}"#,
+        truncated: false,
+        content_type: None,
+    };
+    let cases = [
+        (
+            http(&json, "/api/orders?debug=true;x=1", None),
+            "query string",
+        ),
+        (http(&json, "/api/orders?q=%zz", None), "query string"),
+        (http(&json, "/api/products/%zz", None), "request path"),
+        (http(&json, "//admin/secrets", None), "request path"),
+        (http(&json, "/api/orders", Some(nan)), "request body"),
+    ];
+    for (input, what) in cases {
+        let error = input.document().expect_err("does not parse");
+        assert!(error.to_string().starts_with(what), "{error}");
+        let decision = allow_all.evaluate(&input);
+        assert_eq!(decision.outcome(), "error", "{decision:?}");
+        assert!(decision.reason().starts_with(what), "{decision:?}");
+        // The display form leaves the unparseable part out instead.
+        assert!(input.to_json()["attributes"].is_object());
+    }
+    // %2F is decoded before the path is split, as OPA-Envoy does.
+    let doc = http(&json, "/api%2Fproducts", None)
+        .document()
+        .expect("parses");
+    assert_eq!(
+        serde_json::to_value(&doc).expect("json")["parsed_path"],
+        json!(["api", "products"])
+    );
 }

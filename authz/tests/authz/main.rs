@@ -3,6 +3,7 @@
 mod cli;
 mod decisions;
 mod input;
+mod parity;
 mod policies;
 
 use std::net::SocketAddr;
