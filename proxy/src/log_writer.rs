@@ -70,16 +70,22 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
+    /// A destination that hangs, while `stuck` is set, once a write has begun
+    /// (`entered`), as a disk that stopped answering does.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>, Arc<Mutex<bool>>);
+    struct Sink {
+        written: Arc<Mutex<Vec<u8>>>,
+        stuck: Arc<Mutex<bool>>,
+        entered: Arc<Mutex<bool>>,
+    }
 
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            // A disk that hangs while `stuck` is set.
-            while *self.1.lock().unwrap() {
+            *self.entered.lock().unwrap() = true;
+            while *self.stuck.lock().unwrap() {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.written.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -90,7 +96,7 @@ mod tests {
     fn wait_for(sink: &Sink, lines: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+            let text = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
             if text.lines().count() >= lines || Instant::now() > deadline {
                 return text;
             }
@@ -110,17 +116,23 @@ mod tests {
     #[test]
     fn a_stuck_disk_drops_and_counts_lines_instead_of_blocking() {
         let sink = Sink::default();
-        *sink.1.lock().unwrap() = true;
+        *sink.stuck.lock().unwrap() = true;
         let dropped = Counter::default();
         let writer = LineWriter::start("test", Box::new(sink.clone()), dropped.clone()).unwrap();
-        let total = CAPACITY + 100;
-        for i in 0..total {
+        writer.write_line(b"first".to_vec());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !*sink.entered.lock().unwrap() {
+            assert!(Instant::now() < deadline, "the writer never wrote");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The writer is stuck in the disk: the channel takes CAPACITY lines, the rest are
+        // dropped and counted, and no call waits.
+        for i in 0..CAPACITY + 100 {
             writer.write_line(format!("line {i}").into_bytes());
         }
-        // Every call returned although nothing could be written; the overflow is counted.
-        assert!(dropped.get() >= 99, "dropped {}", dropped.get());
-        *sink.1.lock().unwrap() = false;
-        let written = wait_for(&sink, total - dropped.get() as usize);
-        assert_eq!(written.lines().count() as u64 + dropped.get(), total as u64);
+        assert_eq!(dropped.get(), 100);
+        *sink.stuck.lock().unwrap() = false;
+        let written = wait_for(&sink, CAPACITY + 1);
+        assert_eq!(written.lines().count(), CAPACITY + 1);
     }
 }

@@ -33,7 +33,7 @@ use super::timeout::PerTryTimeoutLayer;
 /// Sends each try to one endpoint of a service.
 #[derive(Clone)]
 pub struct Balance {
-    service: String,
+    service: Arc<str>,
     endpoints: Arc<[Candidate]>,
     breaker: Arc<CircuitBreakerPolicy>,
     ejections: EjectionLimit,
@@ -43,7 +43,7 @@ pub struct Balance {
 
 impl Balance {
     pub fn new(
-        service: String,
+        service: impl Into<Arc<str>>,
         endpoints: Arc<[Candidate]>,
         breaker: Arc<CircuitBreakerPolicy>,
         ejections: EjectionLimit,
@@ -51,7 +51,7 @@ impl Balance {
         metrics: Arc<Metrics>,
     ) -> Self {
         Balance {
-            service,
+            service: service.into(),
             endpoints,
             breaker,
             ejections,
@@ -106,7 +106,7 @@ impl Service<Request<Body>> for Balance {
             .cloned()
             .unwrap_or_default();
         let Some((endpoint, probe)) = choose(&self.endpoints, &log, Instant::now()) else {
-            let e = ProxyError::NoEndpoints(self.service.clone());
+            let e = ProxyError::NoEndpoints(self.service.to_string());
             return Box::pin(std::future::ready(Err(SendError::new(e))));
         };
         log.record(&endpoint.state.key);
@@ -259,7 +259,7 @@ mod tests {
     ) -> Balance {
         let endpoints: Arc<[Candidate]> = endpoints.into();
         Balance::new(
-            "web.demo".into(),
+            "web.demo",
             endpoints.clone(),
             Arc::new(policy),
             EjectionLimit::new(endpoints, 50, Arc::default()),
@@ -340,7 +340,7 @@ mod tests {
         for _ in 0..20 {
             let (chosen, _) =
                 choose(&endpoints, &AttemptLog::default(), Instant::now()).expect("one");
-            assert_eq!(chosen.state.workload, "b");
+            assert_eq!(&*chosen.state.workload, "b");
         }
         futures::future::join_all(in_flight).await;
     }
@@ -355,7 +355,7 @@ mod tests {
         for _ in 0..3 {
             let (c, _) = choose(&endpoints, &log, Instant::now()).expect("one");
             log.record(&c.state.key);
-            seen.push(c.state.workload.clone());
+            seen.push(c.state.workload.to_string());
         }
         seen.sort();
         assert_eq!(seen, ["a", "b", "c"], "three tries, three endpoints");
@@ -378,14 +378,14 @@ mod tests {
         for _ in 0..50 {
             let (c, probe) =
                 choose(&endpoints, &AttemptLog::default(), Instant::now()).expect("one");
-            assert_ne!(c.state.workload, "b");
+            assert_ne!(&*c.state.workload, "b");
             assert!(!probe);
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         let (c, probe) = choose(&endpoints, &AttemptLog::default(), Instant::now()).expect("one");
-        assert_eq!((c.state.workload.as_str(), probe), ("b", true));
+        assert_eq!((&*c.state.workload, probe), ("b", true));
         let (c, _) = choose(&endpoints, &AttemptLog::default(), Instant::now()).expect("one");
-        assert_ne!(c.state.workload, "b", "one probe at a time");
+        assert_ne!(&*c.state.workload, "b", "one probe at a time");
     }
 
     #[tokio::test(start_paused = true)]

@@ -257,7 +257,7 @@ pub struct BreakerLayer {
     probe: bool,
     policy: Arc<CircuitBreakerPolicy>,
     limit: EjectionLimit,
-    service: String,
+    service: Arc<str>,
     metrics: Arc<Metrics>,
 }
 
@@ -267,7 +267,7 @@ impl BreakerLayer {
         probe: bool,
         policy: Arc<CircuitBreakerPolicy>,
         limit: EjectionLimit,
-        service: String,
+        service: impl Into<Arc<str>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         BreakerLayer {
@@ -275,7 +275,7 @@ impl BreakerLayer {
             probe,
             policy,
             limit,
-            service,
+            service: service.into(),
             metrics,
         }
     }
@@ -337,8 +337,8 @@ impl BreakerLayer {
                     self.limit.reserve(endpoint)
                 });
         let labels = || EndpointLabels {
-            service: self.service.clone(),
-            endpoint: endpoint.workload.clone(),
+            service: self.service.to_string(),
+            endpoint: endpoint.workload.to_string(),
         };
         match transition {
             Some(Transition::Ejected(duration)) => {
@@ -505,7 +505,7 @@ mod tests {
                 false,
                 policy.clone(),
                 limit.clone(),
-                "web.demo".into(),
+                "web.demo",
                 metrics.clone(),
             );
             let svc = tower::service_fn(|_req: Request<Body>| async {

@@ -43,7 +43,7 @@ const DECAY: Duration = Duration::from_secs(10);
 pub struct EndpointState {
     pub key: EndpointKey,
     /// The workload behind it, for metric labels and logs.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// Every try goes through here, so the estimate counts this endpoint's requests in
     /// flight across all connections and services (they share one HTTP/2 connection).
     peer: Mutex<PeakEwma<PeerService>>,
@@ -58,7 +58,7 @@ impl EndpointState {
     pub fn new(endpoint: &EndpointView, peer: PeerService) -> Self {
         EndpointState {
             key: (endpoint.address, endpoint.spiffe_id.clone()),
-            workload: endpoint.workload.clone(),
+            workload: Arc::from(endpoint.workload.as_str()),
             peer: Mutex::new(PeakEwma::new(
                 peer,
                 DEFAULT_RTT,
@@ -317,7 +317,7 @@ pub(super) mod tests {
         assert!(Arc::ptr_eq(&first[0].state, &second[0].state));
         assert!(Arc::ptr_eq(&first[1].state, &second[1].state));
         assert_eq!(second[1].state.breaker().consecutive_failures(), 1);
-        assert_eq!(second[2].state.workload, "d");
+        assert_eq!(&*second[2].state.workload, "d");
         // c's address is reused by d's slot but with another identity: a new state.
         assert!(!Arc::ptr_eq(&first[2].state, &second[2].state));
         assert_eq!(states.len(), 3, "c was forgotten");

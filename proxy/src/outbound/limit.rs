@@ -84,13 +84,16 @@ impl Drop for LeaveQueue<'_> {
 
 #[derive(Clone)]
 pub struct LimitLayer {
-    service: String,
+    service: Arc<str>,
     limit: Arc<ConcurrencyLimit>,
 }
 
 impl LimitLayer {
-    pub fn new(service: String, limit: Arc<ConcurrencyLimit>) -> Self {
-        LimitLayer { service, limit }
+    pub fn new(service: impl Into<Arc<str>>, limit: Arc<ConcurrencyLimit>) -> Self {
+        LimitLayer {
+            service: service.into(),
+            limit,
+        }
     }
 }
 
@@ -195,7 +198,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_is_refused_at_once_and_slots_follow_the_response_body() {
-        let layer = LimitLayer::new("web.demo".into(), limit(1, 1));
+        let layer = LimitLayer::new("web.demo", limit(1, 1));
         let first = layer
             .layer(app())
             .oneshot(Request::new(body::empty()))
@@ -227,7 +230,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_a_queue_a_busy_service_is_overloaded_and_a_gone_caller_leaves_the_queue() {
-        let layer = LimitLayer::new("web.demo".into(), limit(1, 0));
+        let layer = LimitLayer::new("web.demo", limit(1, 0));
         let held = layer
             .layer(app())
             .oneshot(Request::new(body::empty()))

@@ -41,7 +41,7 @@ pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct RetryLayer {
-    service: String,
+    service: Arc<str>,
     policy: Arc<RetryPolicy>,
     budget: Arc<RetryBudget>,
     metrics: Arc<Metrics>,
@@ -49,13 +49,13 @@ pub struct RetryLayer {
 
 impl RetryLayer {
     pub fn new(
-        service: String,
+        service: impl Into<Arc<str>>,
         policy: Arc<RetryPolicy>,
         budget: Arc<RetryBudget>,
         metrics: Arc<Metrics>,
     ) -> Self {
         RetryLayer {
-            service,
+            service: service.into(),
             policy,
             budget,
             metrics,
@@ -140,7 +140,7 @@ impl RetryLayer {
                 return outcome;
             };
             let labels = ServiceLabels {
-                service: self.service.clone(),
+                service: self.service.to_string(),
             };
             if !self.budget.withdraw() {
                 tracing::debug!(service = %self.service, "retry budget spent; not retrying");
@@ -349,7 +349,7 @@ mod tests {
     fn layer(policy: RetryPolicy, budget: RetryBudgetPolicy) -> (RetryLayer, Arc<Metrics>) {
         let metrics = Metrics::new();
         let layer = RetryLayer::new(
-            "web.demo".into(),
+            "web.demo",
             Arc::new(policy),
             Arc::new(RetryBudget::new(&budget)),
             metrics.clone(),

@@ -6,6 +6,7 @@
 //! Own layers rather than `tower::timeout`: that one erases the error into a `BoxError`,
 //! and these must keep the proxy's typed errors (and a try's `SendError`) intact.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,13 +21,16 @@ use crate::pool::SendError;
 /// Fails a request still unanswered (no response headers) after `after`.
 #[derive(Clone)]
 pub struct RequestTimeoutLayer {
-    service: String,
+    service: Arc<str>,
     after: Duration,
 }
 
 impl RequestTimeoutLayer {
-    pub fn new(service: String, after: Duration) -> Self {
-        RequestTimeoutLayer { service, after }
+    pub fn new(service: impl Into<Arc<str>>, after: Duration) -> Self {
+        RequestTimeoutLayer {
+            service: service.into(),
+            after,
+        }
     }
 }
 
@@ -66,7 +70,10 @@ where
         Box::pin(async move {
             tokio::time::timeout(after, response)
                 .await
-                .unwrap_or(Err(ProxyError::RequestTimeout { service, after }))
+                .unwrap_or(Err(ProxyError::RequestTimeout {
+                    service: service.to_string(),
+                    after,
+                }))
         })
     }
 }
@@ -74,13 +81,16 @@ where
 /// Fails one try still unanswered after `after`; `None` leaves tries unbounded.
 #[derive(Clone)]
 pub struct PerTryTimeoutLayer {
-    endpoint: String,
+    endpoint: Arc<str>,
     after: Option<Duration>,
 }
 
 impl PerTryTimeoutLayer {
-    pub fn new(endpoint: String, after: Option<Duration>) -> Self {
-        PerTryTimeoutLayer { endpoint, after }
+    pub fn new(endpoint: impl Into<Arc<str>>, after: Option<Duration>) -> Self {
+        PerTryTimeoutLayer {
+            endpoint: endpoint.into(),
+            after,
+        }
     }
 }
 
@@ -122,7 +132,10 @@ where
         Box::pin(async move {
             match tokio::time::timeout(after, response).await {
                 Ok(result) => result,
-                Err(_) => Err(SendError::new(ProxyError::TryTimeout { endpoint, after })),
+                Err(_) => Err(SendError::new(ProxyError::TryTimeout {
+                    endpoint: endpoint.to_string(),
+                    after,
+                })),
             }
         })
     }
@@ -147,7 +160,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_past_its_timeout_is_a_504_that_says_which_service_and_how_long() {
-        let layer = RequestTimeoutLayer::new("web.demo".into(), Duration::from_secs(1));
+        let layer = RequestTimeoutLayer::new("web.demo", Duration::from_secs(1));
         let ok = layer
             .layer(slow(Duration::from_millis(999)))
             .oneshot(Request::new(crate::body::empty()))
@@ -183,7 +196,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok::<_, SendError>(Response::new(crate::body::empty()))
         });
-        let e = PerTryTimeoutLayer::new("b".into(), Some(Duration::from_millis(200)))
+        let e = PerTryTimeoutLayer::new("b", Some(Duration::from_millis(200)))
             .layer(hung)
             .oneshot(Request::new(crate::body::empty()))
             .await
@@ -191,7 +204,7 @@ mod tests {
         assert!(e.unsent.is_none(), "the request went out");
         assert_eq!(e.error.reason(), "per-try-timeout");
 
-        let r = PerTryTimeoutLayer::new("b".into(), None)
+        let r = PerTryTimeoutLayer::new("b", None)
             .layer(hung)
             .oneshot(Request::new(crate::body::empty()))
             .await;
