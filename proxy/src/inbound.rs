@@ -318,6 +318,10 @@ async fn request(
             error,
             protocol,
             request_id,
+            dynamic_metadata: response
+                .extensions()
+                .get::<PolicyMetadata>()
+                .map(|m| m.0.clone()),
         });
     }
     response
@@ -433,6 +437,12 @@ async fn http(
         source_principal: peer.as_deref(),
         destination_principal: own_id.as_deref(),
     });
+    // What the decision changes in the target (query parameters to set or remove), and
+    // what it tells the logs.
+    let upstream = vigil_authz::upstream_path_and_query(&path, &decision).into_owned();
+    let metadata = decision
+        .dynamic_metadata()
+        .map(|m| PolicyMetadata(Arc::new(m.clone())));
     let (add, remove, response_add) = match decision {
         Decision::Allow {
             request_headers_to_add,
@@ -449,7 +459,13 @@ async fn http(
             body,
             headers,
             ..
-        } => return Ok(denied(status, body, headers)),
+        } => {
+            let mut response = denied(status, body, headers);
+            if let Some(metadata) = metadata {
+                response.extensions_mut().insert(metadata);
+            }
+            return Ok(response);
+        }
         Decision::Error { reason } => return Err(ProxyError::PolicyError(reason)),
     };
 
@@ -475,7 +491,7 @@ async fn http(
         }
     }
     let port = mesh.workload.app_port;
-    parts.uri = Uri::try_from(format!("http://127.0.0.1:{port}{path}"))
+    parts.uri = Uri::try_from(format!("http://127.0.0.1:{port}{upstream}"))
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     parts.version = app_version;
     let forward = match &upgrade {
@@ -531,6 +547,9 @@ async fn http(
     }
     let mut response = Response::from_parts(parts, body::boxed(incoming));
     response.extensions_mut().insert(PolicyOutcome("allow"));
+    if let Some(metadata) = metadata {
+        response.extensions_mut().insert(metadata);
+    }
     Ok(response)
 }
 
@@ -609,6 +628,10 @@ async fn tunnel(
     response.extensions_mut().insert(PolicyOutcome("allow"));
     Ok(response)
 }
+
+/// The policy's `dynamic_metadata` for a request, carried on its response to the log.
+#[derive(Clone)]
+struct PolicyMetadata(Arc<vigil_authz::DynamicMetadata>);
 
 /// The policy's own answer: its status, body and headers, marked as a denial.
 fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response<Body> {

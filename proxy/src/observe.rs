@@ -37,6 +37,9 @@ pub struct RequestRecord {
     pub error: Option<&'static str>,
     pub protocol: &'static str,
     pub request_id: String,
+    /// The policy's `dynamic_metadata` (OPA-Envoy), when it gave any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_metadata: Option<std::sync::Arc<vigil_authz::DynamicMetadata>>,
 }
 
 /// Where access-log lines go, and whether query strings are kept in them.
@@ -218,6 +221,7 @@ mod tests {
             error: None,
             protocol: "HTTP/1.1",
             request_id: "r1".into(),
+            dynamic_metadata: None,
         }
     }
 

@@ -418,6 +418,7 @@ async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Resp
             error,
             protocol,
             request_id,
+            dynamic_metadata: None,
         });
     }
     response

@@ -122,6 +122,7 @@ mod tests {
             error: None,
             protocol: "HTTP/2",
             request_id: "r1".into(),
+            dynamic_metadata: None,
         }
     }
 

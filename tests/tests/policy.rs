@@ -307,3 +307,92 @@ async fn bundles_swap_every_second_under_traffic_and_a_broken_one_is_refused() {
         .expect("request");
     assert_eq!(r.status, 200, "traffic keeps the last good policy");
 }
+
+/// OPA-Envoy's `result` object, as its documentation writes it.
+const RESULT_OBJECT: &str = r#"package envoy.authz
+
+import rego.v1
+
+default allow := false
+
+allow if input.parsed_path[0] == "orders"
+
+result["allowed"] := allow
+
+result["headers"] := [{"x-tenant": "acme"}]
+
+result["query_parameters_to_remove"] := ["token"]
+
+result["query_parameters_to_set"] := {"via": "mesh"}
+
+result["dynamic_metadata"] := {"tenant": "acme"}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_result_object_rewrites_the_query_and_its_metadata_reaches_the_access_log() {
+    let policies = tempfile::tempdir().expect("tempdir");
+    write_policy(policies.path(), RESULT_OBJECT);
+    let client = WorkloadSpec::new("client", "demo");
+    let mut server = WorkloadSpec::new("server", "demo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access_log = dir.path().join("access.log");
+    server.extra_args = vec!["--access-log".into(), access_log.display().to_string()];
+    let mut spec = MeshSpec::new(vec![client.clone(), server.clone()]).service(
+        "server",
+        "http",
+        &["server"],
+        None,
+    );
+    spec.policy_dir = Some(policies.path().to_path_buf());
+    spec.policy_rule = Some("data.envoy.authz.result".into());
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    let hits = start_echo_app(server.app_port, "server")
+        .await
+        .expect("app");
+    mesh.start_proxy("client").await.expect("client proxy");
+    mesh.start_proxy("server").await.expect("server proxy");
+
+    let r = http1(
+        client.outbound,
+        "server",
+        "/orders/7?token=s3cr3t&page=2",
+        &[],
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, mesh.logs());
+    let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(
+        seen["path"], "/orders/7?page=2&via=mesh",
+        "the app gets the query the decision asked for"
+    );
+    assert_eq!(seen["headers"]["x-tenant"], "acme");
+
+    // What cannot be parsed as OPA-Envoy parses it is refused, never half-evaluated.
+    let before = hits.load(Ordering::Relaxed);
+    for path in ["/orders/%zz", "/orders?debug=true;x=1"] {
+        let r = http1(client.outbound, "server", path, &[])
+            .await
+            .expect("request");
+        assert_eq!(r.status, 500, "{path}: {}", r.body);
+        assert_eq!(r.headers["x-vigil-error"], "policy-error", "{path}");
+    }
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        before,
+        "nothing unparsed reached the app"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("/orders/7")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let line: serde_json::Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!(line["dynamic_metadata"]["tenant"], "acme", "{line}");
+    assert!(!line.to_string().contains("s3cr3t"), "{line}");
+}
