@@ -48,7 +48,6 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "contains",
     "endswith",
     "startswith",
-    "format_int",
     "indexof_n",
     "replace",
     "split",
@@ -67,13 +66,11 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "regex.match",
     "regex.is_valid",
     "regex.find_n",
-    "regex.split",
     "regex.replace",
     "regex.find_all_string_submatch_n",
     "glob.match",
     // Numbers.
     "abs",
-    "ceil",
     "floor",
     "round",
     "numbers.range",
@@ -101,8 +98,6 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "base64url.encode_no_pad",
     "hex.encode",
     "hex.decode",
-    "urlquery.encode",
-    "urlquery.encode_object",
     "json.unmarshal",
     "json.is_valid",
     // Networks.
@@ -110,8 +105,6 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "net.cidr_expand",
     // Time.
     "time.now_ns",
-    "time.parse_rfc3339_ns",
-    "time.parse_ns",
     "time.date",
     "time.clock",
     "time.weekday",
@@ -177,6 +170,34 @@ const DIFFERENT_FROM_OPA: &[(&str, &str)] = &[
     (
         "numbers.range_step",
         "a step of 0 aborts the evaluation where OPA's builtin fails",
+    ),
+    (
+        "format_int",
+        "a negative number above -1 is written -0, where OPA writes 0",
+    ),
+    (
+        "ceil",
+        "OPA rounds a negative number above -1 up to 1, Vigil's engine to 0",
+    ),
+    (
+        "regex.split",
+        "a pattern that matches the empty string splits differently",
+    ),
+    (
+        "time.parse_rfc3339_ns",
+        "timestamps OPA rejects (a lowercase `z`, a leap second) are accepted",
+    ),
+    (
+        "time.parse_ns",
+        "times OPA rejects (a lowercase `z`, a leap second, `2-29` for `01-02`) are accepted",
+    ),
+    (
+        "urlquery.encode",
+        "`*` and `~` are escaped differently (OPA: %2A and ~, Vigil's engine: * and %7E)",
+    ),
+    (
+        "urlquery.encode_object",
+        "`*` and `~` are escaped differently (OPA: %2A and ~, Vigil's engine: * and %7E)",
     ),
     (
         "urlquery.decode",

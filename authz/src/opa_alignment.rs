@@ -303,3 +303,44 @@ fn may_be_undefined(expr: &Ref<Expr>, names: &BTreeSet<String>) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aligned(rego: &str) -> AlignedFiles {
+        let files = vec![PolicyFile {
+            path: "p.rego".into(),
+            contents: rego.into(),
+        }];
+        let mut engine = crate::source::load_engine(&files).expect("parses");
+        align(engine.get_modules(), &files)
+    }
+
+    #[test]
+    fn operands_negated_calls_read_are_required_first() {
+        let out = aligned("package p\nallow if not startswith(input.x, \"a\")\n");
+        assert_eq!(
+            out.vm[0].contents,
+            "package p\nallow if { _ = input.x; not startswith(input.x, \"a\") }\n"
+        );
+        let out = aligned(
+            "package p\nr := 1\nallow if {\n  input.y\n  not lower(input.x) == \"a\"\n  not input.z\n  not input.m == 1\n  not r in {1}\n}\n",
+        );
+        assert_eq!(
+            out.vm[0].contents,
+            "package p\nr := 1\nallow if {\n  input.y\n  _ = lower(input.x); not lower(input.x) == \"a\"\n  not input.z\n  not input.m == 1\n  _ = r; not r in {1}\n}\n"
+        );
+    }
+
+    #[test]
+    fn iteration_over_a_non_collection_fails_the_body_on_the_interpreter_only() {
+        let rego = "package p\nxs := [x | some x in input.items]\n";
+        let out = aligned(rego);
+        assert_eq!(
+            out.interpreter[0].contents,
+            "package p\nxs := [x | type_name(input.items) in {\"array\", \"object\", \"set\"}; some x in input.items]\n"
+        );
+        assert_eq!(out.vm[0].contents, rego);
+    }
+}

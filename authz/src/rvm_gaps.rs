@@ -534,9 +534,17 @@ fn tests(d: &Definition<'_>) -> Vec<(String, Test)> {
                     ..
                 } => {
                     for (r, c) in [(lhs, rhs), (rhs, lhs)] {
-                        if let (Some(value), Some(p)) = (literal(c), path(r)) {
-                            out.push((p, Test::Equals(value)));
+                        let (Some(value), Some(p)) = (literal(c), path(r)) else {
+                            continue;
+                        };
+                        // `r == ["a", "b"]` also says `r[0] == "a"`, which another
+                        // definition's `r[0] == "c"` excludes.
+                        if let Value::Array(items) = &value {
+                            for (i, item) in items.iter().enumerate() {
+                                out.push((format!("{p}.{i}"), Test::Equals(item.clone())));
+                            }
                         }
+                        out.push((p, Test::Equals(value)));
                     }
                 }
                 _ if is_path(expr) => out.extend(path(expr).map(|p| (p, Test::Holds))),
@@ -578,5 +586,64 @@ fn literal(expr: &Ref<Expr>) -> Option<Value> {
             Some(Value::from(object))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bundle::PolicyFile;
+
+    fn gap(rego: &str) -> Option<String> {
+        let files = vec![PolicyFile {
+            path: "p.rego".into(),
+            contents: rego.into(),
+        }];
+        let mut engine = crate::source::load_engine(&files).expect("parses");
+        super::prepare(engine.get_modules(), &files).err()
+    }
+
+    #[test]
+    fn definitions_kept_apart_by_their_tests_run_on_the_vm() {
+        // Different constants for one reference, an element of a path, `x` and `not x`.
+        assert_eq!(
+            gap("package p\nallow := 1 if input.m == \"GET\"\nallow := 2 if input.m == \"POST\"\n"),
+            None
+        );
+        assert_eq!(
+            gap("package p\nallow := 1 if input.p[0] == \"a\"\nallow := 2 if input.p == [\"b\"]\n"),
+            None
+        );
+        assert_eq!(
+            gap("package p\nallow := 1 if input.x\nallow := 2 if { input.y; not input.x }\n"),
+            None
+        );
+        // Same constant everywhere: no conflict possible.
+        assert_eq!(gap("package p\nallow if input.x\nallow if input.y\n"), None);
+        // Nothing keeps these apart.
+        assert!(gap("package p\nallow := 1 if input.x\nallow := 2 if input.y\n").is_some());
+        assert!(gap("package p\nf(x) := 1 if x > 0\nf(x) := 2 if x > 1\n").is_some());
+        assert_eq!(gap("package p\nf(\"a\") := 1\nf(\"b\") := 2\n"), None);
+        // A single definition that iterates, with a value that depends on the iteration.
+        assert!(gap("package p\nv := x if { some x in input.xs }\n").is_some());
+        assert_eq!(
+            gap("package p\nv := true if { some x in input.xs; x > 1 }\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn assignments_are_rewritten_unless_the_name_is_taken() {
+        let files = vec![PolicyFile {
+            path: "p.rego".into(),
+            contents: "package p\nallow if {\n  x := input.a\n  x\n}\n".into(),
+        }];
+        let mut engine = crate::source::load_engine(&files).expect("parses");
+        let out = super::prepare(engine.get_modules(), &files).expect("no gap");
+        assert_eq!(
+            out[0].contents,
+            "package p\nallow if {\n  x =  input.a\n  x\n}\n"
+        );
+        let taken = gap("package p\nrole := 1\nallow if {\n  role := input.a\n  role\n}\n");
+        assert!(taken.is_some_and(|g| g.starts_with("p.rego:4:3: `role := ...` reuses the name")),);
     }
 }

@@ -142,11 +142,12 @@ fn cases() -> Vec<Case> {
             shipped: true,
         });
     }
+    // A corpus entry is one .rego file, or a directory holding a bundle.
     let corpus = authz_dir().join("tests/opa_oracle/corpus");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&corpus)
         .expect("corpus/")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rego"))
+        .filter(|p| p.is_dir() || p.extension().is_some_and(|e| e == "rego"))
         .collect();
     paths.sort();
     for path in paths {
@@ -155,10 +156,14 @@ fn cases() -> Vec<Case> {
             .expect("name")
             .to_string_lossy()
             .into_owned();
-        let files = vec![PolicyFile {
-            path: name.clone(),
-            contents: std::fs::read_to_string(&path).expect("corpus file"),
-        }];
+        let files = if path.is_dir() {
+            PolicyBundle::read_dir(&path).expect("readable corpus bundle")
+        } else {
+            vec![PolicyFile {
+                path: name.clone(),
+                contents: std::fs::read_to_string(&path).expect("corpus file"),
+            }]
+        };
         out.push(Case {
             name: format!("corpus/{name}"),
             rule: rule_of(&files),

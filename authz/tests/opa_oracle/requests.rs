@@ -218,10 +218,12 @@ pub fn hand_written() -> Vec<RequestFacts> {
             .header("x-size", "1.5Mi"),
         r("GET", "/api/orders").header("x-client-version", "banana"),
         r("GET", "/api/orders")
-            .header("x-timestamp", "2023-12-31T23:59:59.5+02:00")
+            .header("x-stamp", "new-year-eve")
             .header("x-pattern", "^a+$")
             .header("x-cidr", "10.0.0.0/33"),
-        r("GET", "/api/orders").header("x-timestamp", "not a time"),
+        r("GET", "/api/orders").header("x-stamp", "before-epoch"),
+        r("GET", "/api/orders").header("x-stamp", "epoch"),
+        r("GET", "/api/orders").header("x-stamp", "unknown"),
         r("GET", "/api/orders")
             .header("x-data", r#"{"k": [1, 2]}"#)
             .header("x-a", "1")

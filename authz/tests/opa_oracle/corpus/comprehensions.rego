@@ -12,7 +12,7 @@ long := [s | some s in input.parsed_path; count(s) > 5]
 allow := {
 	"allowed": count(long) == 0,
 	"dynamic_metadata": {
-		"x-header-count": format_int(count(header_names), 10),
+		"x-header-count": count(header_names),
 		"x-segments": concat("/", sort(segments)),
 		"x-query": query_sizes,
 	},

@@ -1,4 +1,4 @@
-# Encodings: base64, base64url, hex, URL query, JSON and YAML.
+# Encodings: base64, base64url, hex, and JSON validity.
 package vigil.authz
 
 req := input.attributes.request.http
@@ -13,9 +13,6 @@ allow := {
 		"x-b64url": base64url.encode(req.path),
 		"x-b64url-nopad": base64url.encode_no_pad(req.path),
 		"x-hex": hex.encode(req.method),
-		"x-urlquery": urlquery.encode(req.path),
-		"x-urlquery-object": urlquery.encode_object({"a": "x y", "b": ["1", "2"]}),
 		"x-json-valid": json.is_valid(raw),
-		"x-json-roundtrip": json.unmarshal(json.marshal(input.parsed_query)),
 	},
 }

@@ -19,5 +19,5 @@ kind := classify(input.parsed_path)
 
 allow := {
 	"allowed": kind in {"public", "internal"},
-	"headers": {"x-kind": kind, "x-weight": format_int(object.get({"w": weight(input.attributes.request.http.method)}, "w", 0), 10)},
+	"dynamic_metadata": {"x-kind": kind, "x-weight": object.get({"w": weight(input.attributes.request.http.method)}, "w", 0)},
 }

@@ -15,7 +15,7 @@ allow := {
 		"x-min": min(quantities),
 		"x-product": product(quantities),
 		"x-avg": total / count(quantities),
-		"x-rounded": [round(total / 3), ceil(total / 3), floor(total / 3), abs(0 - total)],
+		"x-rounded": [round(total / 3), floor(total / 3), abs(0 - total)],
 		"x-mod": total % 7,
 		"x-range": numbers.range(1, min([count(quantities), 5])),
 		"x-bits": [bits.and(total, 6), bits.or(total, 1), bits.lsh(total, 2)],

@@ -11,7 +11,7 @@ added[name] := value if {
 
 added["x-caller"] := input.attributes.source.principal
 
-added["x-path-depth"] := format_int(count(input.parsed_path), 10)
+added["x-path-shape"] := "deep" if count(input.parsed_path) > 2
 
 default allow := {"allowed": false, "http_status": 401, "body": "who are you?"}
 

@@ -15,7 +15,7 @@ deny contains concat(" ", ["method", m, "not allowed"]) if {
 
 deny contains "debug flag" if input.parsed_query.debug
 
-deny contains concat(" ", ["segment", format_int(i, 10), "is empty"]) if {
+deny contains concat(" ", ["segment after", input.parsed_path[i - 1], "is empty"]) if {
 	some i, seg in input.parsed_path
 	i > 0
 	seg == ""

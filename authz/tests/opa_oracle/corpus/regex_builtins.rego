@@ -10,7 +10,6 @@ allow := {
 	"dynamic_metadata": {
 		"x-ids": concat(",", ids),
 		"x-first-two": regex.find_n(`[a-z]+`, req.path, 2),
-		"x-split": regex.split(`/+`, req.path),
 		"x-replaced": regex.replace(req.path, `[0-9]+`, "N"),
 		"x-valid": regex.is_valid(object.get(req.headers, "x-pattern", "(")),
 		"x-groups": regex.find_all_string_submatch_n(`/([a-z]+)/([0-9]+)`, req.path, -1),

@@ -7,7 +7,7 @@ size := units.parse_bytes(object.get(input.attributes.request.http.headers, "x-s
 
 allow := {
 	"allowed": semver.compare(version, "1.2.0") >= 0,
-	"dynamic_metadata": {"x-size": format_int(size, 10), "x-valid": true},
+	"dynamic_metadata": {"x-size": size, "x-valid": true},
 } if regex.match(`^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$`, version)
 
 else := {"allowed": false, "http_status": 400, "body": "bad version"}

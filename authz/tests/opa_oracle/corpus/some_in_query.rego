@@ -19,9 +19,9 @@ first_admin_index := i if {
 
 allow := {
 	"allowed": count(flagged & {"debug"}) == 0,
-	"headers": {
+	"dynamic_metadata": {
 		"x-flags": concat(",", sort([f | some f in flagged])),
-		"x-total": format_int(sum([n | some n in numbers]), 10),
-		"x-admin-at": format_int(object.get({"i": first_admin_index}, "i", -1), 10),
+		"x-total": sum([n | some n in numbers]),
+		"x-admin-at": object.get({"i": first_admin_index}, "i", -1),
 	},
 }

@@ -8,6 +8,12 @@ else := 405 if not input.attributes.request.http.method in {"GET", "POST"}
 
 else := 403
 
+reason := "not found" if status == 404
+
+else := "method not allowed" if status == 405
+
+else := "forbidden"
+
 allow := {"allowed": true, "response_headers_to_add": [{"x-cache": "miss"}, {"x-cache": "checked"}]} if {
 	input.parsed_path[0] == "public"
 }
@@ -15,6 +21,6 @@ allow := {"allowed": true, "response_headers_to_add": [{"x-cache": "miss"}, {"x-
 else := {
 	"allowed": false,
 	"http_status": status,
-	"headers": [{"content-type": "text/plain"}, {"x-reason": concat(" ", ["status", format_int(status, 10)])}],
-	"body": concat(" ", ["refused with", format_int(status, 10)]),
+	"headers": [{"content-type": "text/plain"}, {"x-reason": reason}],
+	"body": concat(" ", ["refused:", reason]),
 }

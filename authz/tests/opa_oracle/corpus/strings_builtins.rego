@@ -1,4 +1,4 @@
-# String builtins on request fields, reported in headers so every value is compared.
+# String builtins on request fields, reported in the decision so every value is compared.
 package vigil.authz
 
 req := input.attributes.request.http
@@ -23,7 +23,7 @@ allow := {
 		"x-ends": endswith(req.path, "/"),
 		"x-concat": concat(",", input.parsed_path),
 		"x-reverse": strings.reverse(agent),
-		"x-count": format_int(count(agent), 10),
+		"x-count": count(agent),
 		"x-any-prefix": strings.any_prefix_match(req.path, ["/api", "/admin"]),
 		"x-any-suffix": strings.any_suffix_match(req.path, [".json", "/"]),
 	},

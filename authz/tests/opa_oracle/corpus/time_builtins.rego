@@ -1,19 +1,24 @@
-# Time builtins on a timestamp taken from a header (deterministic: never the current time
+# Time builtins on a timestamp chosen by a header (deterministic: never the current time
 # except for a comparison whose answer is the same all day).
 package vigil.authz
 
-stamp := object.get(input.attributes.request.http.headers, "x-timestamp", "2024-02-29T12:34:56Z")
+# Timestamps by name: Vigil refuses OPA's time parsers (they accept times OPA rejects).
+stamps := {
+	"leap-day": 1709210096000000000,
+	"new-year-eve": 1704059999500000000,
+	"epoch": 0,
+	"before-epoch": -86400000000001,
+}
 
-ns := time.parse_rfc3339_ns(stamp)
+ns := stamps[object.get(input.attributes.request.http.headers, "x-stamp", "leap-day")]
 
 allow := {
 	"allowed": time.now_ns() > ns,
 	"dynamic_metadata": {
-		"x-ns": format_int(ns, 10),
+		"x-ns": ns,
 		"x-date": time.date(ns),
 		"x-clock": time.clock(ns),
 		"x-weekday": time.weekday(ns),
 		"x-diff": time.diff(ns, 0),
-		"x-parsed": format_int(time.parse_ns("2006-01-02", "2024-03-01"), 10),
 	},
 }
