@@ -4,9 +4,8 @@
 //! inside the sidecar, with no extra network hop. The input document is the one the OPA-Envoy
 //! plugin builds for Envoy's `ext_authz` v3 API, so policies written for OPA-Envoy run unchanged.
 //!
-//! A [`PolicyBundle`] is compiled once (to RVM bytecode when the policy allows it) and then shared
-//! across threads in an `Arc`; [`PolicyBundle::evaluate`] turns an [`AuthzInput`] into a
-//! [`Decision`].
+//! A [`PolicyBundle`] is compiled once and then shared across threads in an `Arc`;
+//! [`PolicyBundle::evaluate`] turns an [`AuthzInput`] into a [`Decision`].
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -33,24 +32,63 @@
 //! assert!(bundle.evaluate(&input).allowed());
 //! ```
 //!
+//! # Decisions equal OPA's, or the bundle is refused
+//!
+//! Vigil runs Rego on regorus, not on OPA, so every way regorus could decide differently is
+//! closed, routed around, or refused when the bundle is compiled ([`PolicyBundle::compile`],
+//! which the control plane, the proxy and `vigil policy test|eval|explain` all use). The
+//! differential suite (`authz/tests/opa_oracle.rs`) checks this against OPA itself: every
+//! shipped policy and a corpus of OPA-Envoy policies, on hand-written and generated requests,
+//! on both engines, plus each accepted builtin on edge-case arguments.
+//!
+//! - **Functions.** A call must name a function the bundle defines or a builtin in
+//!   [`SUPPORTED_BUILTINS`] (those the suite found to agree with OPA). Anything else is refused,
+//!   naming the function and `file:line:col`: OPA builtins regorus lacks (`io.jwt.*`,
+//!   `crypto.*`, `net.cidr_merge`, ...), regorus builtins that differ from OPA (`json.marshal`,
+//!   `sprintf`, `upper`, `to_number`, `net.cidr_contains`, the time parsers, ... each with the
+//!   difference found), and `http.send`, which the sidecar does not support.
+//! - **Source rewrites** (`opa_alignment.rs`) make both engines evaluate two constructs as OPA
+//!   does: under `not`, the operands of a call are evaluated first (`not startswith(input.x,
+//!   "a")` fails when `input.x` is undefined), and `some x in <not a collection>` iterates
+//!   nothing instead of failing the evaluation (interpreter).
+//! - **Engine choice.** [`PolicyBundle::compile`] compiles the decision rule to regorus's
+//!   register VM (RVM) bytecode, the fast path, unless the RVM compiler refuses it (e.g. `with`
+//!   outside tests) or the bundle uses a construct the RVM gets wrong (`rvm_gaps.rs`): an
+//!   `every` body indexing a reference with a variable bound outside it, or a rule or function
+//!   whose definitions could produce two different values for one request (OPA's conflict
+//!   error, which the RVM turns into an undefined value). Those bundles run on regorus's tree
+//!   interpreter ([`Backend::Interpreter`], with the reason and `file:line`, shown by
+//!   `vigil policy test|eval` and the proxy's `/config`). The RVM's other known gap, a body
+//!   going on after `x := <undefined>` (so an `else` is not taken), is closed for it by reading
+//!   body `:=` as `=`.
+//! - **Known differences in the language itself**, not refused: numbers are 64-bit floats
+//!   (`0.1 + 0.2 == 0.3` is false, true in OPA), and a set orders before an object where OPA
+//!   orders objects first (visible only in a collection mixing both).
+//!
+//! # The OPA-Envoy interface
+//!
+//! The input document is OPA-Envoy's, including `version`, and a request OPA-Envoy could not
+//! parse (a bad %-escape, a `;` query separator, a JSON body that does not parse) is a
+//! [`Decision::Error`], which the proxy turns into a fail-closed refusal ([`InputError`]). The
+//! decision is a boolean or OPA-Envoy's object, also in its documented `result` form
+//! (`result["allowed"] := allow` with the decision rule `data.envoy.authz.result`): `headers`
+//! and `response_headers_to_add` (an object or an array of objects),
+//! `request_headers_to_remove`, `query_parameters_to_remove`, `query_parameters_to_set` (an
+//! object or an array of `{key, value}`), `dynamic_metadata`, and for denials `http_status`
+//! and `body`. [`upstream_path_and_query`] applies the query changes to the request target.
+//!
 //! # Evaluation
 //!
-//! [`PolicyBundle::compile`] parses and analyzes the modules and compiles the decision rule to
-//! regorus's register VM (RVM) bytecode, once per bundle. Rules that cannot depend on the
-//! request (an index built from `data`, a set of public paths) are evaluated at that point too
-//! and run as constants ([`PolicyBundle::folded_rules`]). Each thread keeps its own VM per
-//! bundle (created on first use), so evaluation takes no lock. The input document is built
-//! directly as a regorus [`Value`], without the parts no module of the bundle can read (request
-//! headers, socket addresses, `parsed_query`: a policy that never names them or takes one of
-//! their parents as a whole gets them empty). Policies the RVM compiler refuses (e.g. `with` outside
-//! tests) run on regorus's tree interpreter instead ([`Backend::Interpreter`]), which is also
-//! what the test runner and `explain` use.
+//! The bundle is compiled once. Rules that cannot depend on the request (an index built from
+//! `data`, a set of public paths) are evaluated at that point too and run as constants
+//! ([`PolicyBundle::folded_rules`]). Each thread keeps its own VM per bundle (created on first
+//! use), so evaluation takes no lock. The input document is built directly as a regorus
+//! [`Value`], without the parts no module of the bundle can read (request headers, socket
+//! addresses, `parsed_query`: a policy that never names them or takes one of their parents as
+//! a whole gets them empty). The test runner and `explain` use the interpreter.
 //!
-//! regorus 0.14's RVM differs from OPA in two corner cases: an `else` is not taken when a body
-//! fails on an assignment from an undefined value (only when a condition fails), and an array
-//! literal holding an undefined value is defined. The shipped policies avoid both and the tests
-//! cross-check the VM against the interpreter; [`BackendPreference::Interpreter`] forces the
-//! interpreter for a policy that trips on them.
+//! Decision log records ([`DecisionRecord`]) redact query values unless told to keep them
+//! ([`QueryLogging`]) and carry the decision's `dynamic_metadata`.
 #![forbid(unsafe_code)]
 
 mod bundle;

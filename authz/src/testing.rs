@@ -179,10 +179,15 @@ fn report_engine(files: &[PolicyFile], out: &mut dyn Write) -> Result<(), Bundle
         };
         match PolicyBundle::compile(bundle_files.clone(), options) {
             Ok(bundle) => {
+                let backend = bundle.backend();
+                let why = backend
+                    .reason()
+                    .map(|r| format!(", because {r}"))
+                    .unwrap_or_default();
                 return w(
                     out,
-                    format_args!("engine: {} (decision rule {rule})\n", bundle.backend()),
-                )
+                    format_args!("engine: {} (decision rule {rule}){why}\n", backend.name()),
+                );
             }
             Err(BundleError::MissingRule(_)) => continue,
             Err(e) => return Err(e),
