@@ -30,7 +30,7 @@ denials contains "no_admin: /admin is not reachable through the mesh" if {
 denials contains msg if {
 	not public_endpoint
 	not caller_allowed
-	msg := sprintf("allowed_callers: %s may not call %s", [caller, callee])
+	msg := concat(" ", ["allowed_callers:", caller, "may not call", callee])
 }
 
 caller_allowed if {
