@@ -478,7 +478,7 @@ fn exclusive(a: &Definition<'_>, b: &Definition<'_>) -> bool {
     })
 }
 
-/// What a statement requires of a reference.
+/// What a statement requires of a reference (or of an expression such as `count(x)`).
 enum Test {
     /// `ref == constant`.
     Equals(Value),
@@ -486,6 +486,28 @@ enum Test {
     Holds,
     /// `not ref`: undefined or false.
     Fails,
+    /// `ref < n`, `ref >= n`, ...: a number in an interval.
+    Compare(BoolOp, f64),
+}
+
+/// The numbers a test admits, as (low, low included, high, high included).
+fn interval(test: &Test) -> Option<(f64, bool, f64, bool)> {
+    let inf = f64::INFINITY;
+    Some(match test {
+        Test::Equals(v) => {
+            let n = v.as_f64().ok()?;
+            (n, true, n, true)
+        }
+        Test::Compare(op, n) => match op {
+            BoolOp::Lt => (-inf, false, *n, false),
+            BoolOp::Le => (-inf, false, *n, true),
+            BoolOp::Gt => (*n, false, inf, false),
+            BoolOp::Ge => (*n, true, inf, false),
+            BoolOp::Eq => (*n, true, *n, true),
+            BoolOp::Ne => return None,
+        },
+        Test::Holds | Test::Fails => return None,
+    })
 }
 
 fn excludes(a: &Test, b: &Test) -> bool {
@@ -494,28 +516,56 @@ fn excludes(a: &Test, b: &Test) -> bool {
         (Test::Holds, Test::Fails) => true,
         (Test::Equals(x), Test::Fails) => *x != Value::from(false),
         (Test::Equals(x), Test::Holds) => *x == Value::from(false),
-        _ => false,
+        _ => match (interval(a), interval(b)) {
+            (Some((al, ali, ah, ahi)), Some((bl, bli, bh, bhi))) => {
+                let a_below_b = ah < bl || (ah == bl && !(ahi && bli));
+                let b_below_a = bh < al || (bh == al && !(bhi && ali));
+                a_below_b || b_below_a
+            }
+            _ => false,
+        },
     }
 }
 
-/// The tests at the top of a definition's body, by reference, with arguments named by their
-/// position so that `f(x) if x == 1` and `f(y) if y == 2` compare.
+/// The tests at the top of a definition's body, keyed by what they test: a reference by its
+/// path (arguments named by their position, so that `f(x) if x == 1` and `f(y) if y == 2`
+/// compare), another expression by its text. Expressions reading a variable bound in the body
+/// are left out: the same text could mean two values in two bodies.
 fn tests(d: &Definition<'_>) -> Vec<(String, Test)> {
     let mut args: Vec<&str> = Vec::new();
     direct_vars(d.args.iter().map(Part::Expr).collect(), &mut args);
     let Some(body) = d.bodies.first() else {
         return Vec::new();
     };
-    let path = |r: &Ref<Expr>| -> Option<String> {
-        let parts = Parser::get_path_ref_components(r).ok()?;
-        let mut names: Vec<String> = parts.iter().map(|s| s.text().to_string()).collect();
-        if let Some(pos) = args
-            .iter()
-            .position(|a| Some(*a) == names.first().map(String::as_str))
-        {
-            names[0] = format!("#arg{pos}");
+    let mut locals: BTreeSet<&str> = BTreeSet::new();
+    for stmt in &body.query.stmts {
+        binders(stmt, &mut locals);
+    }
+    let key = |r: &Ref<Expr>| -> Option<String> {
+        let mut reads_local = false;
+        each_expr(vec![Part::Expr(r)], &mut |e| {
+            if let Expr::Var { span, .. } = e {
+                reads_local |= locals.contains(span.text());
+            }
+        });
+        if reads_local {
+            return None;
         }
-        Some(names.join("."))
+        if let Ok(parts) = Parser::get_path_ref_components(r) {
+            let mut names: Vec<String> = parts.iter().map(|s| s.text().to_string()).collect();
+            if let Some(pos) = args
+                .iter()
+                .position(|a| Some(*a) == names.first().map(String::as_str))
+            {
+                names[0] = format!("#arg{pos}");
+            }
+            return Some(names.join("."));
+        }
+        if !args.is_empty() {
+            return None;
+        }
+        let text: String = r.span().text().split_whitespace().collect();
+        Some(format!("expr:{text}"))
     };
     let mut out = Vec::new();
     for stmt in &body.query.stmts {
@@ -524,7 +574,7 @@ fn tests(d: &Definition<'_>) -> Vec<(String, Test)> {
         }
         match &stmt.literal {
             Literal::NotExpr { expr, .. } if is_path(expr) => {
-                out.extend(path(expr).map(|p| (p, Test::Fails)));
+                out.extend(key(expr).map(|p| (p, Test::Fails)));
             }
             Literal::Expr { expr, .. } => match expr.as_ref() {
                 Expr::BoolExpr {
@@ -534,7 +584,7 @@ fn tests(d: &Definition<'_>) -> Vec<(String, Test)> {
                     ..
                 } => {
                     for (r, c) in [(lhs, rhs), (rhs, lhs)] {
-                        let (Some(value), Some(p)) = (literal(c), path(r)) else {
+                        let (Some(value), Some(p)) = (literal(c), key(r)) else {
                             continue;
                         };
                         // `r == ["a", "b"]` also says `r[0] == "a"`, which another
@@ -547,7 +597,22 @@ fn tests(d: &Definition<'_>) -> Vec<(String, Test)> {
                         out.push((p, Test::Equals(value)));
                     }
                 }
-                _ if is_path(expr) => out.extend(path(expr).map(|p| (p, Test::Holds))),
+                Expr::BoolExpr { op, lhs, rhs, .. } => {
+                    let flipped = match op {
+                        BoolOp::Lt => BoolOp::Gt,
+                        BoolOp::Le => BoolOp::Ge,
+                        BoolOp::Gt => BoolOp::Lt,
+                        BoolOp::Ge => BoolOp::Le,
+                        other => other.clone(),
+                    };
+                    for (r, c, op) in [(lhs, rhs, op.clone()), (rhs, lhs, flipped)] {
+                        let number = literal(c).and_then(|v| v.as_f64().ok());
+                        if let (Some(n), Some(p)) = (number, key(r)) {
+                            out.push((p, Test::Compare(op, n)));
+                        }
+                    }
+                }
+                _ if is_path(expr) => out.extend(key(expr).map(|p| (p, Test::Holds))),
                 _ => {}
             },
             _ => {}
@@ -623,6 +688,20 @@ mod tests {
         assert!(gap("package p\nallow := 1 if input.x\nallow := 2 if input.y\n").is_some());
         assert!(gap("package p\nf(x) := 1 if x > 0\nf(x) := 2 if x > 1\n").is_some());
         assert_eq!(gap("package p\nf(\"a\") := 1\nf(\"b\") := 2\n"), None);
+        // Intervals of one expression that do not meet.
+        assert_eq!(
+            gap("package p\nallow := 1 if count(input.d) == 0\nallow := 2 if count(input.d) > 0\n"),
+            None
+        );
+        assert!(gap(
+            "package p\nallow := 1 if count(input.d) >= 0\nallow := 2 if count(input.d) > -1\n"
+        )
+        .is_some());
+        // The same text over a variable of each body can mean two values.
+        assert!(gap(
+            "package p\nallow := 1 if { x := input.a; x == 1 }\nallow := 2 if { x := input.b; x == 2 }\n"
+        )
+        .is_some());
         // A single definition that iterates, with a value that depends on the iteration.
         assert!(gap("package p\nv := x if { some x in input.xs }\n").is_some());
         assert_eq!(
