@@ -300,7 +300,7 @@ struct Tally {
     policies: usize,
     refused: Vec<(String, String)>,
     inputs: usize,
-    inputs_refused: usize,
+    inputs_refused: Vec<String>,
     pairs: usize,
     decisions_compared: usize,
     builtin_error_pairs: usize,
@@ -317,10 +317,18 @@ fn compile(case: &Case, preference: BackendPreference) -> Result<PolicyBundle, S
 }
 
 /// Input documents of every request; `None` for requests Vigil cannot turn into one.
-fn documents(requests: &[RequestFacts]) -> Vec<Option<Value>> {
+fn documents(requests: &[RequestFacts], refused: &mut Vec<String>) -> Vec<Option<Value>> {
     requests
         .iter()
-        .map(|r| r.with_input(|input| input.document().ok()))
+        .map(|r| {
+            r.with_input(|input| match input.document() {
+                Ok(document) => Some(document),
+                Err(e) => {
+                    refused.push(e.to_string());
+                    None
+                }
+            })
+        })
         .collect()
 }
 
@@ -330,7 +338,8 @@ fn vigil_decides_like_opa() {
     let mut requests = requests::hand_written();
     let hand = requests.len();
     requests.extend(requests::generated(48));
-    let docs = documents(&requests);
+    let mut inputs_refused = Vec::new();
+    let docs = documents(&requests, &mut inputs_refused);
     let json_docs: Vec<Json> = docs
         .iter()
         .flatten()
@@ -339,7 +348,7 @@ fn vigil_decides_like_opa() {
 
     let mut tally = Tally {
         inputs: requests.len(),
-        inputs_refused: docs.iter().filter(|d| d.is_none()).count(),
+        inputs_refused,
         ..Tally::default()
     };
     let mut differences: Vec<Difference> = Vec::new();
@@ -455,8 +464,11 @@ fn report(tally: &Tally, hand: usize, differences: &[Difference]) {
          input builder, so failed closed without evaluation)",
         tally.inputs,
         tally.inputs - hand,
-        tally.inputs_refused
+        tally.inputs_refused.len()
     );
+    for reason in &tally.inputs_refused {
+        println!("    refused input: {reason}");
+    }
     println!(
         "  (policy, input) pairs: {}; decisions compared: {} ({} pairs where OPA's builtin \
          fails, compared in strict mode; {} of them inconclusive because Vigil's builtin \
