@@ -334,6 +334,17 @@ mod tests {
     }
 
     #[test]
+    fn with_modifiers_apply_to_the_added_statements() {
+        let out = aligned(
+            "package p\nallow if { not startswith(input.x, \"a\") with input.x as \"b\" }\n",
+        );
+        assert_eq!(
+            out.vm[0].contents,
+            "package p\nallow if { _ = input.x with input.x as \"b\"; not startswith(input.x, \"a\") with input.x as \"b\" }\n"
+        );
+    }
+
+    #[test]
     fn iteration_over_a_non_collection_fails_the_body_on_the_interpreter_only() {
         let rego = "package p\nxs := [x | some x in input.items]\n";
         let out = aligned(rego);
