@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -18,16 +17,17 @@ use vigil_identity::SpiffeId;
 use crate::body::{self, Body};
 use crate::buffer::buffer_prefix;
 use crate::config::InboundMode;
-use crate::error::{local_response, LocalReason, PolicyOutcome, ProxyError, ERROR_HEADER};
+use crate::error::{local_response, PolicyOutcome, ProxyError, ERROR_HEADER};
 use crate::headers::{
     authority, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
 };
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, ReasonLabels};
-use crate::observe::{now_secs, Call, RequestRecord};
+use crate::observe::{PolicyMetadata, RequestObservation};
 use crate::Proxy;
-use opentelemetry::trace::SpanKind;
-use opentelemetry::KeyValue;
+
+/// The request id header, set on every request that arrives without one.
+const REQUEST_ID: &str = "x-request-id";
 
 /// What inbound knows about a connection, all from the verified TLS session.
 struct Connection {
@@ -223,35 +223,17 @@ pub fn http_server(
 async fn request(
     proxy: Arc<Proxy>,
     conn: Arc<Connection>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let (service, route) = inbound_service(&proxy, &req);
-    let details = proxy.observer.wants_records().then(|| {
-        (
-            req.method().to_string(),
-            req.uri().path().to_string(),
-            request_id(&req),
-            protocol_name(req.version()),
-        )
-    });
-    let peer = conn.peer_name();
-    let mut req = req;
-    let span = proxy.traces.enabled().then(|| {
-        let attributes = vec![
-            KeyValue::new("vigil.direction", "inbound"),
-            KeyValue::new("vigil.peer.identity", peer.clone()),
-            KeyValue::new("vigil.service", service.clone()),
-            KeyValue::new("http.request.method", req.method().to_string()),
-            KeyValue::new("url.path", req.uri().path().to_string()),
-        ];
-        proxy.traces.start(
-            format!("inbound {service}"),
-            SpanKind::Server,
-            req.headers_mut(),
-            attributes,
-        )
-    });
+    // One id for the policy input, the logs and the app, as Envoy gives every request.
+    if !req.headers().contains_key(REQUEST_ID) {
+        if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>())) {
+            req.headers_mut().insert(REQUEST_ID, id);
+        }
+    }
+    let mut observed = RequestObservation::start(&proxy, Direction::inbound, &mut req);
+    (observed.service, observed.route) = inbound_service(&proxy, &req);
+    observed.peer = conn.peer_name();
     let opaque =
         req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
     let result = if opaque {
@@ -260,89 +242,32 @@ async fn request(
         http(&proxy, &conn, req).await
     };
     let response = result.unwrap_or_else(|e| {
-        tracing::debug!(peer = %conn.peer_name(), error = %e, "inbound request failed");
+        tracing::debug!(peer = %observed.peer, error = %e, "inbound request failed");
         e.into_response()
     });
-    if let Some(span) = span {
-        let policy = response
-            .extensions()
-            .get::<PolicyOutcome>()
-            .map(|p| p.0)
-            .unwrap_or("");
-        let reason = response
-            .extensions()
-            .get::<LocalReason>()
-            .map(|r| r.0)
-            .unwrap_or("");
-        span.finish(
-            response.status().as_u16(),
-            vec![
-                KeyValue::new("vigil.policy.decision", policy),
-                KeyValue::new("vigil.error", reason),
-            ],
-        );
-    }
-    let error = response.extensions().get::<LocalReason>().map(|r| r.0);
-    let elapsed = started.elapsed();
-    proxy.observer.finished(
-        Call {
-            direction: Direction::inbound,
-            peer: &peer,
-            service: &service,
-            route: &route,
-        },
-        response.status(),
-        elapsed,
-        error,
-    );
-    if let Some((method, path, request_id, protocol)) = details {
-        proxy.observer.publish(RequestRecord {
-            time: now_secs(),
-            direction: "inbound",
-            source: peer,
-            destination: proxy
-                .identity
-                .status()
-                .map(|s| s.spiffe_id.clone())
-                .unwrap_or_default(),
-            service,
-            method,
-            path,
-            status: response.status().as_u16(),
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
-            policy: response
-                .extensions()
-                .get::<PolicyOutcome>()
-                .map(|p| p.0)
-                .unwrap_or(""),
-            error,
-            protocol,
-            request_id,
-            dynamic_metadata: response
-                .extensions()
-                .get::<PolicyMetadata>()
-                .map(|m| m.0.clone()),
-        });
-    }
+    observed.answered(&response);
     response
 }
 
 /// The service a caller addressed (by authority), or this workload when none matches.
 /// With the label of the service's traffic route the path matches, as outbound sees it.
-fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> (String, String) {
-    let default = || "default".to_string();
+fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> (Arc<str>, Arc<str>) {
+    let default = || Arc::from("default");
     let mesh = proxy.discovery.mesh.load();
     let Some(mesh) = mesh.as_ref() else {
-        return (String::new(), default());
+        return (Arc::from(""), default());
     };
     let host = authority(req).unwrap_or_default();
     match mesh.service_for_host(host) {
         Some(s) => (
-            s.qualified_name(),
-            s.traffic.route(req.uri().path()).label().to_string(),
+            Arc::from(s.qualified_name()),
+            Arc::from(s.traffic.route(req.uri().path()).label()),
         ),
         None => (
-            format!("{}.{}", mesh.workload.name, mesh.workload.namespace),
+            Arc::from(format!(
+                "{}.{}",
+                mesh.workload.name, mesh.workload.namespace
+            )),
             default(),
         ),
     }
@@ -424,7 +349,7 @@ async fn http(
             path: &path,
             host: &host,
             scheme: if peer.is_some() { "https" } else { "http" },
-            protocol: protocol_name(app_version),
+            protocol: crate::serve::protocol_name(app_version),
             headers: &parts.headers,
             body: buffered.as_ref().map(|(bytes, truncated)| BodyInput {
                 bytes,
@@ -629,10 +554,6 @@ async fn tunnel(
     Ok(response)
 }
 
-/// The policy's `dynamic_metadata` for a request, carried on its response to the log.
-#[derive(Clone)]
-struct PolicyMetadata(Arc<vigil_authz::DynamicMetadata>);
-
 /// The policy's own answer: its status, body and headers, marked as a denial.
 fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response<Body> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
@@ -656,17 +577,8 @@ fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response
 
 fn request_id<B>(req: &Request<B>) -> String {
     req.headers()
-        .get("x-request-id")
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
-}
-
-/// The protocol as the policy input and the tap name it.
-pub(crate) fn protocol_name(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    }
+        .unwrap_or_default()
 }

@@ -13,6 +13,10 @@ use http::StatusCode;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+mod request;
+
+pub use request::{PolicyMetadata, RequestObservation};
+
 use crate::log_writer::LineWriter;
 use crate::metrics::{Direction, ErrorLabels, Metrics};
 

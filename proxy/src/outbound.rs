@@ -18,7 +18,7 @@ pub mod timeout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -26,11 +26,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{self, Body};
-use crate::error::{LocalReason, ProxyError};
+use crate::error::ProxyError;
 use crate::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, TcpLabels};
-use crate::observe::{now_secs, RequestRecord};
+use crate::observe::RequestObservation;
 use crate::orig_dst::original_destination;
 use crate::state::{AppProtocol, MeshView, ServiceView};
 use crate::Proxy;
@@ -326,101 +326,16 @@ fn destination<'m>(
 /// The service label of traffic leaving the mesh.
 const EGRESS: &str = "egress";
 
-/// Where an outbound request went, for reporting.
-#[derive(Default)]
-struct Routed {
-    service: String,
-    peer: String,
-    /// The traffic route's label; empty until the service is known.
-    route: String,
-}
-
 /// Forwards one request and reports it.
-async fn request(proxy: &Proxy, target: &Target, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let details = proxy.observer.wants_records().then(|| {
-        (
-            req.method().to_string(),
-            req.uri().path().to_string(),
-            req.headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-            crate::inbound::protocol_name(req.version()),
-        )
-    });
-    let mut req = req;
-    let span = proxy.traces.enabled().then(|| {
-        let attributes = vec![
-            opentelemetry::KeyValue::new("vigil.direction", "outbound"),
-            opentelemetry::KeyValue::new("http.request.method", req.method().to_string()),
-            opentelemetry::KeyValue::new("url.path", req.uri().path().to_string()),
-        ];
-        proxy.traces.start(
-            "outbound".into(),
-            opentelemetry::trace::SpanKind::Client,
-            req.headers_mut(),
-            attributes,
-        )
-    });
-    let mut routed = Routed::default();
-    let response = forward(proxy, target, req, &mut routed)
+async fn request(proxy: &Proxy, target: &Target, mut req: Request<Incoming>) -> Response<Body> {
+    let mut observed = RequestObservation::start(proxy, Direction::outbound, &mut req);
+    let response = forward(proxy, target, req, &mut observed)
         .await
         .unwrap_or_else(|e| {
             tracing::debug!(error = %e, "outbound request failed");
             e.into_response()
         });
-    let error = response.extensions().get::<LocalReason>().map(|r| r.0);
-    let elapsed = started.elapsed();
-    if let Some(span) = span {
-        span.rename(format!("outbound {}", routed.service));
-        span.finish(
-            response.status().as_u16(),
-            vec![
-                opentelemetry::KeyValue::new("vigil.peer.identity", routed.peer.clone()),
-                opentelemetry::KeyValue::new("vigil.service", routed.service.clone()),
-                opentelemetry::KeyValue::new("vigil.error", error.unwrap_or("")),
-            ],
-        );
-    }
-    let route = match routed.route.as_str() {
-        "" => "default",
-        matched => matched,
-    };
-    proxy.observer.finished(
-        crate::observe::Call {
-            direction: Direction::outbound,
-            peer: &routed.peer,
-            service: &routed.service,
-            route,
-        },
-        response.status(),
-        elapsed,
-        error,
-    );
-    if let Some((method, path, request_id, protocol)) = details {
-        proxy.observer.publish(RequestRecord {
-            time: now_secs(),
-            direction: "outbound",
-            source: proxy
-                .identity
-                .status()
-                .map(|s| s.spiffe_id.clone())
-                .unwrap_or_default(),
-            destination: routed.peer,
-            service: routed.service,
-            method,
-            path,
-            status: response.status().as_u16(),
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
-            policy: "",
-            error,
-            protocol,
-            request_id,
-            dynamic_metadata: None,
-        });
-    }
+    observed.answered(&response);
     response
 }
 
@@ -428,7 +343,7 @@ async fn forward(
     proxy: &Proxy,
     target: &Target,
     mut req: Request<Incoming>,
-    routed: &mut Routed,
+    routed: &mut RequestObservation<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(
@@ -447,14 +362,14 @@ async fn forward(
     let service = match destination(proxy, &mesh, target, &host)? {
         Destination::Mesh(service) => service,
         Destination::Egress(dst) => {
-            routed.service = EGRESS.into();
+            routed.service = Arc::from(EGRESS);
             return egress_http(proxy, dst, req, &host).await;
         }
     };
     let target = proxy.targets.get(proxy, &mesh, service);
-    routed.service = target.name.to_string();
+    routed.service = target.name.clone();
     let route = target.route(service, req.uri().path());
-    routed.route = route.label.to_string();
+    routed.route = route.label.clone();
     let path = req
         .uri()
         .path_and_query()

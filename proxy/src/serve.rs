@@ -125,6 +125,15 @@ where
     }
 }
 
+/// The protocol as the policy input, the tap and the access log name it.
+pub fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// Whether a connection ended because the client sent bytes that are no valid HTTP
 /// request (hyper then answered 400, 414 or 431 itself before closing).
 pub fn malformed_request(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -1,0 +1,189 @@
+//! One request's telemetry, recorded once, from a guard dropped at its end (ztunnel's
+//! `ConnectionResult` is the model): metrics, the tap, the access log and the hop span all
+//! come from the same [`RequestObservation`], whatever ended the request. A request whose
+//! caller went away before an answer (its future dropped) is recorded too, as status 499
+//! with reason `cancelled`, instead of vanishing from every view.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+
+use crate::error::{LocalReason, PolicyOutcome};
+use crate::metrics::Direction;
+use crate::observe::{now_secs, Call, RequestRecord};
+use crate::trace::HopSpan;
+use crate::Proxy;
+
+/// The request head as a full record shows it, read before the request moves on; only
+/// when something (the tap, the access log) wants full records.
+struct Head {
+    method: String,
+    path: String,
+    request_id: String,
+    protocol: &'static str,
+}
+
+/// What answered the request.
+struct Outcome {
+    status: StatusCode,
+    error: Option<&'static str>,
+    policy: &'static str,
+    metadata: Option<Arc<vigil_authz::DynamicMetadata>>,
+}
+
+/// The `dynamic_metadata` of the policy decision on a request, carried on its response.
+#[derive(Clone)]
+pub struct PolicyMetadata(pub Arc<vigil_authz::DynamicMetadata>);
+
+/// The status recorded for a request whose caller left before it was answered.
+const CANCELLED: u16 = 499;
+
+/// One request in flight, recorded when dropped. Fill in `service`, `route` and `peer`
+/// as they become known, and hand it the response with [`answered`](Self::answered).
+pub struct RequestObservation<'p> {
+    proxy: &'p Proxy,
+    direction: Direction,
+    started: Instant,
+    head: Option<Head>,
+    span: Option<HopSpan>,
+    /// `name.namespace` of the service, the metric label.
+    pub service: Arc<str>,
+    /// The traffic route's label.
+    pub route: Arc<str>,
+    /// The peer's SPIFFE ID (inbound: the caller; outbound: the endpoint that answered).
+    pub peer: String,
+    outcome: Option<Outcome>,
+}
+
+impl<'p> RequestObservation<'p> {
+    /// Starts observing `req`; with tracing on, starts its hop span and rewrites its
+    /// trace headers for the next hop.
+    pub fn start<B>(
+        proxy: &'p Proxy,
+        direction: Direction,
+        req: &mut Request<B>,
+    ) -> RequestObservation<'p> {
+        let protocol = crate::serve::protocol_name(req.version());
+        let head = proxy.observer.wants_records().then(|| Head {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            request_id: req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            protocol,
+        });
+        let span = proxy.traces.enabled().then(|| {
+            let (name, kind) = match direction {
+                Direction::inbound => ("inbound", SpanKind::Server),
+                Direction::outbound => ("outbound", SpanKind::Client),
+            };
+            let attributes = vec![
+                KeyValue::new("vigil.direction", name),
+                KeyValue::new("http.request.method", req.method().to_string()),
+                KeyValue::new("url.path", req.uri().path().to_string()),
+            ];
+            proxy
+                .traces
+                .start(name.into(), kind, req.headers_mut(), attributes)
+        });
+        RequestObservation {
+            proxy,
+            direction,
+            started: Instant::now(),
+            head,
+            span,
+            service: Arc::from(""),
+            route: Arc::from("default"),
+            peer: String::new(),
+            outcome: None,
+        }
+    }
+
+    /// Records what answered: the status, and the proxy's reason, policy outcome and
+    /// policy metadata the response carries.
+    pub fn answered<B>(&mut self, response: &Response<B>) {
+        let extensions = response.extensions();
+        self.outcome = Some(Outcome {
+            status: response.status(),
+            error: extensions.get::<LocalReason>().map(|r| r.0),
+            policy: extensions.get::<PolicyOutcome>().map(|p| p.0).unwrap_or(""),
+            metadata: extensions.get::<PolicyMetadata>().map(|m| m.0.clone()),
+        });
+    }
+}
+
+impl Drop for RequestObservation<'_> {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let outcome = self.outcome.take().unwrap_or(Outcome {
+            status: StatusCode::from_u16(CANCELLED).unwrap_or(StatusCode::BAD_REQUEST),
+            error: Some("cancelled"),
+            policy: "",
+            metadata: None,
+        });
+        let direction_name = match self.direction {
+            Direction::inbound => "inbound",
+            Direction::outbound => "outbound",
+        };
+        if let Some(span) = self.span.take() {
+            span.rename(format!("{direction_name} {}", self.service));
+            span.finish(
+                outcome.status.as_u16(),
+                vec![
+                    KeyValue::new("vigil.peer.identity", self.peer.clone()),
+                    KeyValue::new("vigil.service", self.service.to_string()),
+                    KeyValue::new("vigil.policy.decision", outcome.policy),
+                    KeyValue::new("vigil.error", outcome.error.unwrap_or("")),
+                ],
+            );
+        }
+        let observer = &self.proxy.observer;
+        observer.finished(
+            Call {
+                direction: self.direction,
+                peer: &self.peer,
+                service: &self.service,
+                route: &self.route,
+            },
+            outcome.status,
+            elapsed,
+            outcome.error,
+        );
+        let Some(head) = self.head.take() else {
+            return;
+        };
+        let own = self
+            .proxy
+            .identity
+            .status()
+            .map(|s| s.spiffe_id.clone())
+            .unwrap_or_default();
+        let peer = std::mem::take(&mut self.peer);
+        let (source, destination) = match self.direction {
+            Direction::inbound => (peer, own),
+            Direction::outbound => (own, peer),
+        };
+        observer.publish(RequestRecord {
+            time: now_secs(),
+            direction: direction_name,
+            source,
+            destination,
+            service: self.service.to_string(),
+            method: head.method,
+            path: head.path,
+            status: outcome.status.as_u16(),
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            policy: outcome.policy,
+            error: outcome.error,
+            protocol: head.protocol,
+            request_id: head.request_id,
+            dynamic_metadata: outcome.metadata,
+        });
+    }
+}
