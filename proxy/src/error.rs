@@ -145,3 +145,130 @@ pub fn local_response(status: StatusCode, reason: &'static str, body: String) ->
     );
     response
 }
+
+/// Whether a request is gRPC (`content-type: application/grpc`, `application/grpc+proto`,
+/// ...), whose callers read a status from `grpc-status`, not from the HTTP status.
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A response the proxy produced itself, answered the way a gRPC caller understands: a
+/// trailers-only response (HTTP 200, `grpc-status`, `grpc-message`) whose code follows the
+/// proxy's reason, so a policy denial is `PERMISSION_DENIED` and a deadline
+/// `DEADLINE_EXCEEDED` rather than the generic `UNAVAILABLE` gRPC makes of an HTTP error.
+/// Responses from the application pass untouched.
+pub async fn for_grpc_caller(response: Response<Body>) -> Response<Body> {
+    let Some(reason) = response.extensions().get::<LocalReason>().map(|r| r.0) else {
+        return response;
+    };
+    let code = grpc_code(reason, response.status());
+    let (mut parts, body) = response.into_parts();
+    // Local bodies are short text already in memory, a policy's own body included.
+    let message = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&message).trim().to_string();
+    parts.status = StatusCode::OK;
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts
+        .headers
+        .insert("grpc-status", HeaderValue::from(code as u16));
+    // grpc-message is percent-encoded (gRPC over HTTP/2, "Responses").
+    let encoded: String = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE).collect();
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        parts.headers.insert("grpc-message", v);
+    }
+    Response::from_parts(parts, body::empty())
+}
+
+/// Bytes `grpc-message` may carry as they are: printable ASCII but `%`.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// gRPC status codes the proxy answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+enum GrpcCode {
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+fn grpc_code(reason: &str, status: StatusCode) -> GrpcCode {
+    match reason {
+        "policy-denied" | "egress-denied" | "tunnel-target-refused" => match status {
+            StatusCode::UNAUTHORIZED => GrpcCode::Unauthenticated,
+            _ => GrpcCode::PermissionDenied,
+        },
+        "request-timeout" | "per-try-timeout" => GrpcCode::DeadlineExceeded,
+        "overloaded"
+        | "queue-full"
+        | "body-too-large"
+        | "too-many-headers"
+        | "request-line-too-long" => GrpcCode::ResourceExhausted,
+        "unknown-service" => GrpcCode::NotFound,
+        "bad-request" => GrpcCode::Internal,
+        "policy-error" => GrpcCode::Internal,
+        _ => match status.as_u16() {
+            401 => GrpcCode::Unauthenticated,
+            403 => GrpcCode::PermissionDenied,
+            404 => GrpcCode::Unimplemented,
+            429 => GrpcCode::ResourceExhausted,
+            _ => GrpcCode::Unavailable,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_grpc_caller_gets_the_proxys_refusals_as_grpc_status() {
+        let denied = local_response(
+            StatusCode::FORBIDDEN,
+            "policy-denied",
+            "orders may not call payments: 100% sure\n".into(),
+        );
+        let r = for_grpc_caller(denied).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "orders may not call payments: 100%25 sure"
+        );
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
+
+        let timeout = ProxyError::RequestTimeout {
+            service: "orders.shop".into(),
+            after: Duration::from_secs(1),
+        };
+        let r = for_grpc_caller(timeout.into_response()).await;
+        assert_eq!(r.headers()["grpc-status"], "4");
+        let r =
+            for_grpc_caller(ProxyError::NoEndpoints("orders.shop".into()).into_response()).await;
+        assert_eq!(r.headers()["grpc-status"], "14");
+    }
+
+    #[tokio::test]
+    async fn application_responses_pass_untouched() {
+        let mut app = Response::new(body::full("from the app"));
+        *app.status_mut() = StatusCode::NOT_FOUND;
+        let r = for_grpc_caller(app).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(r.headers().get("grpc-status").is_none());
+    }
+}

@@ -231,6 +231,7 @@ async fn request(
             req.headers_mut().insert(REQUEST_ID, id);
         }
     }
+    let grpc = crate::error::is_grpc(&req);
     let mut observed = RequestObservation::start(&proxy, Direction::inbound, &mut req);
     (observed.service, observed.route) = inbound_service(&proxy, &req);
     observed.peer = conn.peer_name();
@@ -245,7 +246,11 @@ async fn request(
         tracing::debug!(peer = %observed.peer, error = %e, "inbound request failed");
         e.into_response()
     });
+    // Metrics and logs keep the proxy's own status; a gRPC caller gets it as gRPC.
     observed.answered(&response);
+    if grpc {
+        return crate::error::for_grpc_caller(response).await;
+    }
     response
 }
 

@@ -328,6 +328,7 @@ const EGRESS: &str = "egress";
 
 /// Forwards one request and reports it.
 async fn request(proxy: &Proxy, target: &Target, mut req: Request<Incoming>) -> Response<Body> {
+    let grpc = crate::error::is_grpc(&req);
     let mut observed = RequestObservation::start(proxy, Direction::outbound, &mut req);
     let response = forward(proxy, target, req, &mut observed)
         .await
@@ -335,7 +336,11 @@ async fn request(proxy: &Proxy, target: &Target, mut req: Request<Incoming>) -> 
             tracing::debug!(error = %e, "outbound request failed");
             e.into_response()
         });
+    // Metrics and logs keep the proxy's own status; a gRPC caller gets it as gRPC.
     observed.answered(&response);
+    if grpc {
+        return crate::error::for_grpc_caller(response).await;
+    }
     response
 }
 

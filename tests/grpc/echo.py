@@ -9,6 +9,7 @@ Methods of service vigil.test.Echo:
   Bidi           echoes each message as it arrives
   Fail           aborts with NOT_FOUND and a message
   Slow           sleeps 3 s before answering (the caller's deadline is shorter)
+  Forbidden      never reached: the test's policy denies it at the server proxy
 """
 import json
 import sys
@@ -86,7 +87,7 @@ def call(address, authority):
     bidi_call = method("stream_stream", "Bidi")(iter([b"a", b"b", b"c"]), timeout=10)
     report("bidi", responses=[m.decode() for m in bidi_call])
 
-    for name, timeout in (("Fail", 10), ("Slow", 0.5)):
+    for name, timeout in (("Fail", 10), ("Slow", 0.5), ("Forbidden", 10)):
         try:
             method("unary_unary", name)(b"x", timeout=timeout)
             report(name.lower(), code="OK")

@@ -1,12 +1,26 @@
 //! gRPC across the mesh between a real grpcio client and server (tests/grpc/echo.py):
 //! unary calls with trailers, server streaming, bidirectional streaming, an error status
 //! and a deadline, each carried client → client proxy → mTLS HTTP/2 → server proxy → app
-//! over HTTP/2 with the verified caller identity.
+//! over HTTP/2 with the verified caller identity; a policy denial reaches the caller as
+//! gRPC's PERMISSION_DENIED with the policy's message.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use vigil_e2e::*;
+
+/// Mesh callers may call every method but `Forbidden`.
+const POLICY: &str = r#"package vigil.authz
+
+import rego.v1
+
+default allow := {"allowed": false, "body": "forbidden by the test policy"}
+
+allow := {"allowed": true} if {
+	startswith(input.attributes.source.principal, "spiffe://vigil.local/")
+	input.attributes.request.http.path != "/vigil.test.Echo/Forbidden"
+}
+"#;
 
 fn script() -> PathBuf {
     workspace_root().join("tests").join("grpc").join("echo.py")
@@ -17,12 +31,15 @@ async fn grpc_calls_of_every_kind_cross_the_mesh() {
     require_python_module("grpc", "grpcio");
     let client = WorkloadSpec::new("client", "demo");
     let server = WorkloadSpec::new("server", "demo");
-    let spec = MeshSpec::new(vec![client.clone(), server.clone()]).service(
+    let policy = tempfile::tempdir().expect("policy dir");
+    std::fs::write(policy.path().join("policy.rego"), POLICY).expect("policy");
+    let mut spec = MeshSpec::new(vec![client.clone(), server.clone()]).service(
         "server",
         "http",
         &["server"],
         None,
     );
+    spec.policy_dir = Some(policy.path().to_path_buf());
     let mut mesh = Mesh::start(spec).await.expect("control plane");
     let app = start_python_app(mesh.dir.path(), "grpc-server", &script(), server.app_port)
         .await
@@ -78,4 +95,10 @@ async fn grpc_calls_of_every_kind_cross_the_mesh() {
     assert_eq!(find("fail")["code"], "NOT_FOUND", "{context}");
     assert_eq!(find("fail")["details"], "no such thing", "{context}");
     assert_eq!(find("slow")["code"], "DEADLINE_EXCEEDED", "{context}");
+    assert_eq!(find("forbidden")["code"], "PERMISSION_DENIED", "{context}");
+    assert_eq!(
+        find("forbidden")["details"],
+        "forbidden by the test policy",
+        "{context}"
+    );
 }
