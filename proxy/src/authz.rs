@@ -1,10 +1,12 @@
 //! Policy enforcement: the bundle in force (swapped lock-free with arc-swap), the
-//! decision on each request, and the decision log.
+//! decision on each request, and the decision log (written by its own thread, see
+//! [`crate::log_writer`]). Bundles are compiled on the blocking pool by discovery.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use crate::log_writer::LineWriter;
 use crate::metrics::{Metrics, PolicyLabels};
 use arc_swap::ArcSwapOption;
 use vigil_authz::{
@@ -20,7 +22,7 @@ pub struct InForce {
 /// Holds the bundle in force and evaluates requests against it.
 pub struct Authorizer {
     bundle: ArcSwapOption<InForce>,
-    log: Mutex<Box<dyn Write + Send>>,
+    log: LineWriter,
     metrics: Arc<Metrics>,
     /// Last bundle the proxy refused, with the reason.
     pub last_refused: ArcSwapOption<String>,
@@ -32,14 +34,18 @@ pub struct Authorizer {
 impl Authorizer {
     /// An authorizer with no bundle yet (every request is refused until one arrives),
     /// writing its decision log to `log`.
-    pub fn new(log: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> Arc<Authorizer> {
-        Arc::new(Authorizer {
+    pub fn new(
+        log: Box<dyn Write + Send>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Arc<Authorizer>> {
+        let log = LineWriter::start("decision", log, metrics.log_lines_dropped("decision"))?;
+        Ok(Arc::new(Authorizer {
             bundle: ArcSwapOption::empty(),
-            log: Mutex::new(log),
+            log,
             metrics,
             last_refused: ArcSwapOption::empty(),
             keep_query_strings: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// Makes the decision log keep query strings as received instead of redacting their
@@ -147,15 +153,9 @@ impl Authorizer {
             } else {
                 QueryLogging::Redacted
             };
-            let mut line =
+            let line =
                 DecisionRecord::with_query_logging(bundle, input, &decision, query).to_json_line();
-            if !line.ends_with('\n') {
-                line.push('\n');
-            }
-            if let Ok(mut log) = self.log.lock() {
-                let _ = log.write_all(line.as_bytes());
-                let _ = log.flush();
-            }
+            self.log.write_line(line.into_bytes());
         }
         bundle.enforce(decision)
     }
@@ -164,10 +164,26 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     /// A decision log that can be read back while the authorizer holds it.
     #[derive(Clone, Default)]
     struct SharedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl SharedLog {
+        /// The log once `lines` lines have arrived (its writer is a thread).
+        fn text(&self, lines: usize) -> String {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let text =
+                    String::from_utf8(self.0.lock().expect("log lock").clone()).expect("utf-8");
+                if text.lines().count() >= lines || std::time::Instant::now() > deadline {
+                    return text;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
 
     impl Write for SharedLog {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -195,7 +211,7 @@ mod tests {
 
     #[test]
     fn reports_the_engine_and_why() {
-        let authz = Authorizer::new(Box::new(std::io::sink()), Metrics::new());
+        let authz = Authorizer::new(Box::new(std::io::sink()), Metrics::new()).expect("authorizer");
         assert_eq!(authz.engine(), None);
         authz.update(&wire("package vigil.authz\n\nallow := true\n"));
         assert_eq!(authz.engine(), Some(("rvm", None)));
@@ -221,7 +237,7 @@ mod tests {
     #[test]
     fn decision_log_redacts_query_values_unless_told_to_keep_them() {
         let log = SharedLog::default();
-        let authz = Authorizer::new(Box::new(log.clone()), Metrics::new());
+        let authz = Authorizer::new(Box::new(log.clone()), Metrics::new()).expect("authorizer");
         authz.update(&wire("package vigil.authz\n\nallow := false\n"));
         let headers = http::HeaderMap::new();
         let input = AuthzInput {
@@ -243,7 +259,7 @@ mod tests {
         authz.decide(&input);
         authz.keep_query_strings(true);
         authz.decide(&input);
-        let text = String::from_utf8(log.0.lock().expect("log lock").clone()).expect("utf-8");
+        let text = log.text(2);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(

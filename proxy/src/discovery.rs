@@ -66,7 +66,7 @@ impl Discovery {
         &self,
         config: &ProxyConfig,
         identity: &Arc<WorkloadIdentity>,
-        authz: &Authorizer,
+        authz: &Arc<Authorizer>,
     ) -> anyhow::Result<()> {
         let cp = config.control_plane_id()?;
         let tls = vigil_identity::mtls_client_config(
@@ -104,7 +104,15 @@ impl Discovery {
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
         {
             self.connected.store(true, Ordering::Relaxed);
-            if let Err(e) = self.apply(&snapshot, identity, authz) {
+            // Compiling a bundle can take a while: on the blocking pool, never on the
+            // threads that carry traffic.
+            if let Some(policy) = snapshot.policy.clone() {
+                let authz = authz.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || authz.update(&policy)).await {
+                    tracing::error!(error = %e, "policy bundle compilation did not finish; keeping the bundle in force");
+                }
+            }
+            if let Err(e) = self.apply(&snapshot, identity) {
                 // A mistake in the mesh (say, a bad traffic policy) must not cut the
                 // proxy off: keep the last good view and wait for a corrected snapshot.
                 tracing::error!(version = %snapshot.version, error = %e, "snapshot refused; keeping the previous view");
@@ -118,10 +126,9 @@ impl Discovery {
         &self,
         snapshot: &vigil_api::Snapshot,
         identity: &WorkloadIdentity,
-        authz: &Authorizer,
     ) -> anyhow::Result<()> {
-        // Trust and policy stand on their own: a CA rotation must land even when the
-        // service list cannot be used.
+        // Trust (and policy, applied before this) stand on their own: a CA rotation must
+        // land even when the service list cannot be used.
         let view = MeshView::from_snapshot(snapshot);
         if !snapshot.trust_bundle_der.is_empty() {
             let bundle = TrustBundle::from_der(
@@ -132,9 +139,6 @@ impl Discovery {
                     .collect(),
             )?;
             identity.trust.set(bundle)?;
-        }
-        if let Some(policy) = &snapshot.policy {
-            authz.update(policy);
         }
         let view = view?;
         tracing::info!(version = %view.version, services = view.services.len(), "snapshot applied");

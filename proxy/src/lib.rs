@@ -125,7 +125,8 @@ pub async fn run(
     let metrics = Metrics::new();
     let identity = WorkloadIdentity::new(config.clone(), metrics.clone())?;
     let discovery = Discovery::new();
-    let authz = Authorizer::new(decision_log, metrics.clone());
+    let authz = Authorizer::new(decision_log, metrics.clone())
+        .context("starting the decision log writer")?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.connect_timeout));

@@ -69,7 +69,12 @@ impl<'p> RequestObservation<'p> {
         let protocol = crate::serve::protocol_name(req.version());
         let head = proxy.observer.wants_records().then(|| Head {
             method: req.method().to_string(),
-            path: req.uri().path().to_string(),
+            // With its query: the observer cuts it for the tap and the access log unless
+            // told to keep it.
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
             request_id: req
                 .headers()
                 .get("x-request-id")
