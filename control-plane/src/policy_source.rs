@@ -52,7 +52,7 @@ pub fn compile(
     request_body_bytes: u32,
 ) -> Result<LoadedPolicy, String> {
     let bundle = PolicyBundle::compile(files.clone(), options.clone()).map_err(|e| {
-        format!("policy bundle refused: {e} (fix the file; the last good bundle stays in force)")
+        format!("policy bundle refused: {e} (fix the file; while running, the control plane keeps the last good bundle in force)")
     })?;
     let wire = vigil_api::PolicyBundle {
         version: bundle.version().to_string(),

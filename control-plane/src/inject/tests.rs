@@ -1,5 +1,5 @@
 //! Injection tested on real AdmissionReview payloads recorded from API servers
-//! (`shared/fixtures/kubernetes/admission`, see its SOURCES.md).
+//! (`tests/fixtures/kubernetes/admission`, see its SOURCES.md).
 
 use base64::Engine;
 use serde_json::{json, Value};
