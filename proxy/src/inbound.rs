@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use vigil_authz::{AuthzInput, BodyInput, Decision, HttpAttributes, InputKind};
@@ -184,40 +184,6 @@ fn handshake_failed(proxy: &Proxy, reason: &'static str) {
         .tls_handshake_failures
         .get_or_create(&ReasonLabels { reason })
         .inc();
-}
-
-/// hyper's own HTTP/1 header-count limit (its default).
-const HYPER_MAX_HEADERS: usize = 100;
-
-/// The HTTP server settings both traffic listeners use: head size and read-time limits
-/// (slowloris), HTTP/2 stream and header-list limits, and reset-flood protection.
-pub fn http_server(
-    config: &crate::config::ProxyConfig,
-) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes.max(8192));
-    // hyper parses up to 100 headers into a stack array; any explicit limit, even 100,
-    // moves that array to the heap for every request (about 5% slower, says hyper).
-    if config.request_limits.max_headers != HYPER_MAX_HEADERS {
-        builder
-            .http1()
-            .max_headers(config.request_limits.max_headers);
-    }
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        // Extended CONNECT (RFC 8441): HTTP/1.1 upgrades between proxies.
-        .enable_connect_protocol()
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(config.http2.max_concurrent_streams)
-        .max_pending_accept_reset_streams(config.http2.max_pending_resets)
-        .max_local_error_reset_streams(256)
-        .keep_alive_interval(std::time::Duration::from_secs(60));
-    builder
 }
 
 async fn request(

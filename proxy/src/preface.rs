@@ -25,6 +25,12 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
+    /// Whether the client sent the HTTP/2 preface (prior knowledge); HTTP/1 otherwise.
+    /// Meaningful before the first read.
+    pub fn is_http2(&self) -> bool {
+        self.prefix.as_ref() == H2_PREFACE
+    }
+
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.inner
