@@ -193,8 +193,9 @@ pub enum Backend {
     /// regorus's register VM running bytecode compiled once per bundle (the fast path).
     Rvm,
     /// regorus's tree interpreter: the RVM compiler does not support the policy (e.g. `with`
-    /// outside tests), or the policy uses a construct the RVM evaluates differently from OPA
-    /// (see the crate docs); `reason` says which, with `file:line:col`.
+    /// outside tests), the policy uses a construct the RVM evaluates differently from OPA, or
+    /// it calls a builtin Vigil evaluates itself (`sprintf`, `upper`, ...), which the RVM cannot
+    /// call (see the crate docs); `reason` says which, with `file:line:col`.
     Interpreter {
         /// Why the bundle does not run on the RVM.
         reason: String,
@@ -327,9 +328,14 @@ impl PolicyBundle {
             .compile_with_entrypoint(&rule)
             .map_err(|e| compile_error(&e.to_string(), &options.rule))?;
         let data = interpreter.get_data();
-        let rvm = match preference {
-            BackendPreference::Interpreter => Err("the interpreter was requested".to_string()),
-            BackendPreference::Rvm => rvm_program(&aligned.vm, &entry_rule),
+        let replaced = calls::replaced_builtin_call(parsed.get_modules());
+        let rvm = match (preference, replaced) {
+            (BackendPreference::Interpreter, _) => Err("the interpreter was requested".to_string()),
+            (BackendPreference::Rvm, Some(call)) => Err(format!(
+                "{call} is a builtin Vigil evaluates itself, like OPA, which regorus's VM \
+                 cannot call"
+            )),
+            (BackendPreference::Rvm, None) => rvm_program(&aligned.vm, &entry_rule),
         };
         let (backend, program, folded) = match rvm {
             Ok((program, folded)) => {

@@ -15,12 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use regorus::unstable::{Expr, Module, Parser, Ref, Rule, RuleHead, BUILTINS};
 
 use crate::bundle::CompileProblem;
+use crate::opa_builtins;
 use crate::rules::ref_name;
 use crate::source::FileKind;
 use crate::syntax::{call_name, each_expr, rule_parts};
 
 /// The builtins Vigil evaluates exactly like OPA: every one is exercised against OPA by the
-/// differential suite, which also fails if one of them is missing from its probes.
+/// differential suite, which also fails if one of them is missing from its probes. Most are
+/// regorus's; those in `opa_builtins::REPLACED` are Vigil's own versions of OPA's.
 pub const SUPPORTED_BUILTINS: &[&str] = &[
     // Aggregates, arrays, sets.
     "count",
@@ -58,6 +60,11 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "trim_prefix",
     "trim_suffix",
     "trim_space",
+    "sprintf",
+    "upper",
+    "lower",
+    "indexof",
+    "strings.count",
     "strings.replace_n",
     "strings.reverse",
     "strings.any_prefix_match",
@@ -73,6 +80,9 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "abs",
     "floor",
     "round",
+    "ceil",
+    "to_number",
+    "format_int",
     "numbers.range",
     "bits.and",
     "bits.or",
@@ -102,6 +112,7 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "json.is_valid",
     // Networks.
     "net.cidr_is_valid",
+    "net.cidr_contains",
     "net.cidr_expand",
     // Time.
     "time.now_ns",
@@ -140,44 +151,8 @@ const DIFFERENT_FROM_OPA: &[(&str, &str)] = &[
         "null values on a filtered path are dropped, where OPA keeps them",
     ),
     (
-        "upper",
-        "characters with special case mappings differ (OPA: upper(\"straße\") is \"STRAßE\", \
-         Vigil's engine: \"STRASSE\")",
-    ),
-    (
-        "lower",
-        "characters with special case mappings differ (a final Greek sigma, U+0130)",
-    ),
-    (
-        "sprintf",
-        "formatting differs for widths (%5s), %s of a number, large floats (%v of 1e20) and \
-         missing arguments; use concat",
-    ),
-    (
-        "indexof",
-        "an empty search string gives 0 where OPA's builtin fails (so the expression is \
-         undefined)",
-    ),
-    (
-        "strings.count",
-        "overlapping matches are counted (OPA: strings.count(\"aaa\", \"aa\") is 1, Vigil's \
-         engine: 2), and an empty substring aborts the evaluation",
-    ),
-    (
-        "to_number",
-        "strings OPA rejects (\" 12\", \"0x10\") are converted",
-    ),
-    (
         "numbers.range_step",
         "a step of 0 aborts the evaluation where OPA's builtin fails",
-    ),
-    (
-        "format_int",
-        "a negative number above -1 is written -0, where OPA writes 0",
-    ),
-    (
-        "ceil",
-        "OPA rounds a negative number above -1 up to 1, Vigil's engine to 0",
     ),
     (
         "regex.split",
@@ -206,11 +181,6 @@ const DIFFERENT_FROM_OPA: &[(&str, &str)] = &[
     (
         "urlquery.decode_object",
         "`;` separators and invalid %-escapes are accepted where OPA's builtin fails",
-    ),
-    (
-        "net.cidr_contains",
-        "IPv4 addresses written as IPv4-mapped IPv6 (::ffff:10.1.2.3) are not matched \
-         against IPv4 ranges, where OPA matches them",
     ),
     (
         "time.parse_duration_ns",
@@ -319,6 +289,30 @@ fn argument_problem(name: &str, params: &[Ref<Expr>]) -> Option<String> {
                 )
             }
         }
+        "sprintf" => {
+            let format = match params.first().map(|p| p.as_ref()) {
+                Some(Expr::String { value, .. } | Expr::RawString { value, .. }) => {
+                    value.as_string().ok().map(|s| s.to_string())
+                }
+                _ => None,
+            };
+            match format {
+                Some(format) => opa_builtins::unsupported_directive(&format).map(|directive| {
+                    format!(
+                        "sprintf is accepted only with the verbs %s, %v, %d, %q and %% (no \
+                         flags, widths or precisions), which Vigil formats exactly like OPA; \
+                         this format has {directive}. Use those verbs, or concat"
+                    )
+                }),
+                None => Some(
+                    "sprintf is accepted only with a format string written in the policy (a \
+                     string literal), so that Vigil can check it uses only the verbs it formats \
+                     exactly like OPA (%s, %v, %d, %q, %%). Write the format in the call, or \
+                     use concat"
+                        .to_string(),
+                ),
+            }
+        }
         _ => None,
     }
 }
@@ -327,6 +321,7 @@ fn argument_problem(name: &str, params: &[Ref<Expr>]) -> Option<String> {
 /// in the bundle's policy modules (test modules, when loaded, are not checked).
 pub(crate) fn check(modules: &[Ref<Module>]) -> Vec<CompileProblem> {
     let defined = defined_functions(modules);
+    let sprintf_problem = sprintf_bundle_problem(modules);
     let mut problems = Vec::new();
     for module in modules {
         let file = module.package.span.source.file().clone();
@@ -349,7 +344,11 @@ pub(crate) fn check(modules: &[Ref<Module>]) -> Vec<CompileProblem> {
                     return;
                 }
                 let message = if SUPPORTED_BUILTINS.contains(&name.as_str()) {
-                    match argument_problem(&name, params) {
+                    let bundle_problem = match name.as_str() {
+                        "sprintf" => sprintf_problem.clone(),
+                        _ => None,
+                    };
+                    match bundle_problem.or_else(|| argument_problem(&name, params)) {
                         Some(message) => message,
                         None => return,
                     }
@@ -368,6 +367,85 @@ pub(crate) fn check(modules: &[Ref<Module>]) -> Vec<CompileProblem> {
         }
     }
     problems
+}
+
+/// The first call, as `file:line:col: name`, to a builtin Vigil evaluates itself
+/// (`opa_builtins.rs`): regorus's RVM calls only regorus's builtins, so such a bundle runs on
+/// the tree interpreter.
+pub(crate) fn replaced_builtin_call(modules: &[Ref<Module>]) -> Option<String> {
+    first_builtin_call(modules, &|name| {
+        opa_builtins::REPLACED.iter().any(|(n, _)| *n == name)
+    })
+}
+
+/// The first call, as `file:line:col: name`, to a builtin (not a function of the bundle) that
+/// `wanted` accepts.
+fn first_builtin_call(modules: &[Ref<Module>], wanted: &dyn Fn(&str) -> bool) -> Option<String> {
+    let defined = defined_functions(modules);
+    for module in modules {
+        let file = module.package.span.source.file().clone();
+        let package = path_of(&module.package.refr).unwrap_or_default();
+        let aliases = import_aliases(module);
+        let mut found = None;
+        for rule in &module.policy {
+            each_expr(rule_parts(rule.as_ref()), &mut |expr| {
+                let Expr::Call { fcn, .. } = expr else {
+                    return;
+                };
+                let Some((name, span)) = call_name(fcn) else {
+                    return;
+                };
+                if found.is_none()
+                    && wanted(&name)
+                    && !resolves(&name, &package, &aliases, &defined)
+                {
+                    found = Some(format!("{file}:{}:{}: {name}", span.line, span.col));
+                }
+            });
+        }
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// Why `sprintf` cannot be accepted in this bundle whatever its format: OPA prints some
+/// numbers as the text they were written in, which Vigil does not keep.
+fn sprintf_bundle_problem(modules: &[Ref<Module>]) -> Option<String> {
+    if let Some(call) = first_builtin_call(modules, &|name| name == "to_number") {
+        return Some(format!(
+            "sprintf is refused in a bundle that also calls to_number ({call}): OPA keeps the \
+             text of the string a number came from and sprintf prints it (to_number(\"1e3\") \
+             prints as 1e3), which Vigil does not keep. Format the string itself, or compare \
+             numbers without formatting them"
+        ));
+    }
+    let mut literal = None;
+    for module in modules {
+        for rule in &module.policy {
+            each_expr(rule_parts(rule.as_ref()), &mut |expr| {
+                if let Expr::Number { span, .. } = expr {
+                    let text = span.text();
+                    if literal.is_none() && text.contains(['e', 'E']) && !text.contains('.') {
+                        literal = Some(format!(
+                            "{}:{}:{}: {text}",
+                            span.source.file(),
+                            span.line,
+                            span.col
+                        ));
+                    }
+                }
+            });
+        }
+    }
+    literal.map(|at| {
+        format!(
+            "sprintf is refused in a bundle holding a number written with an exponent and no \
+             decimal point ({at}): OPA's sprintf prints such a number as written (1e3), Vigil as \
+             its value (1000). Write the number out (1000) or with a decimal point (1.0e3)"
+        )
+    })
 }
 
 /// `data.`-rooted paths of every function the bundle defines.
@@ -475,6 +553,22 @@ mod tests {
             p[2].message.contains("not supported in the Vigil sidecar"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn sprintf_is_accepted_only_with_formats_vigil_writes_like_opa() {
+        let p = problems(
+            "package p\nf := \"%s\"\na := sprintf(\"%s-%d %v %q 100%%\", [1, 2, 3, 4])\n\
+             b := sprintf(\"%5s\", [\"x\"])\nc := sprintf(f, [\"x\"])\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].line, 4);
+        assert!(p[0].message.contains("this format has %5"), "{p:?}");
+        assert_eq!(p[1].line, 5);
+        assert!(p[1].message.contains("written in the policy"), "{p:?}");
+        let p = problems("package p\na := sprintf(\"%v\", [to_number(input.n)])\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("also calls to_number"), "{p:?}");
     }
 
     #[test]

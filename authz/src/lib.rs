@@ -45,8 +45,17 @@
 //!   [`SUPPORTED_BUILTINS`] (those the suite found to agree with OPA). Anything else is refused,
 //!   naming the function and `file:line:col`: OPA builtins regorus lacks (`io.jwt.*`,
 //!   `crypto.*`, `net.cidr_merge`, ...), regorus builtins that differ from OPA (`json.marshal`,
-//!   `sprintf`, `upper`, `to_number`, `net.cidr_contains`, the time parsers, ... each with the
-//!   difference found), and `http.send`, which the sidecar does not support.
+//!   `time.format`, the time parsers, `urlquery.*`, ... each with the difference found), and
+//!   `http.send`, which the sidecar does not support.
+//! - **Builtins Vigil evaluates itself** (`opa_builtins.rs`): `sprintf`, `upper`, `lower`,
+//!   `to_number`, `net.cidr_contains`, `format_int`, `ceil`, `indexof` and `strings.count`,
+//!   where regorus's own differ from OPA's, are replaced by Vigil's versions of OPA's Go code
+//!   (Go's `fmt`, Unicode tables, `strconv.ParseFloat` and `net` rules). `sprintf` is accepted
+//!   with a format string written in the policy using only `%s`, `%v`, `%d`, `%q` and `%%`,
+//!   and not in a bundle that also calls `to_number` or writes a number like `1e3` (OPA prints
+//!   those numbers as written, Vigil as their value). Numbers of magnitude 2^53 and more may
+//!   still print differently (the 64-bit float difference below).
+//!   regorus's RVM cannot call them, so a bundle calling one runs on the tree interpreter.
 //! - **Source rewrites** (`opa_alignment.rs`) make both engines evaluate two constructs as OPA
 //!   does: under `not`, the operands of a call are evaluated first (`not startswith(input.x,
 //!   "a")` fails when `input.x` is undefined), and `some x in <not a collection>` iterates
@@ -98,9 +107,11 @@ mod decision;
 mod engine;
 mod explain;
 mod fold;
+mod go_unicode;
 mod input;
 mod log;
 mod opa_alignment;
+mod opa_builtins;
 mod rules;
 mod rvm_gaps;
 mod source;
@@ -125,3 +136,11 @@ pub use upstream::upstream_path_and_query;
 
 /// The Rego value type used for inputs and raw decisions (re-exported from regorus).
 pub use regorus::Value;
+
+/// Registers Vigil's versions of builtins on a bare regorus engine, failing where OPA's fail
+/// when `strict` (as regorus's builtins do in strict mode). For the differential suite, which
+/// checks that Vigil fails where OPA does; bundles get them through [`PolicyBundle::compile`].
+#[doc(hidden)]
+pub fn register_vigil_builtins(engine: &mut regorus::Engine, strict: bool) {
+    opa_builtins::register(engine, strict);
+}

@@ -121,6 +121,8 @@ pub(crate) fn load_engine(files: &[PolicyFile]) -> Result<Engine, BundleError> {
     // Builtins that fail (bad regex, bad base64) make the expression undefined, as in OPA,
     // instead of aborting the whole evaluation.
     engine.set_strict_builtin_errors(false);
+    // Vigil's versions of builtins where regorus's differ from OPA's.
+    crate::opa_builtins::register(&mut engine, false);
     let mut problems = Vec::new();
     for pair in files.windows(2) {
         if pair[0].path == pair[1].path {

@@ -205,6 +205,7 @@ fn merge(into: &mut Json, from: Json) {
 fn strict_interpreter(files: &[PolicyFile]) -> regorus::Engine {
     let mut engine = regorus::Engine::new();
     engine.set_strict_builtin_errors(true);
+    vigil_authz::register_vigil_builtins(&mut engine, true);
     for file in files {
         if file.path.ends_with(".rego") {
             engine

@@ -1,0 +1,779 @@
+//! Builtins Vigil evaluates itself, the way OPA does, where regorus's own give other results.
+//!
+//! The differential suite (`authz/tests/opa_oracle.rs`) found regorus's `sprintf`, `upper`,
+//! `to_number`, `net.cidr_contains` and a few more to differ from OPA's on some arguments.
+//! Refusing them would keep most OPA-Envoy policies off Vigil, so Vigil carries its own
+//! versions, written after OPA's Go code (`topdown/strings.go`, `casts.go`, `cidr.go`,
+//! `arithmetic.go`) and Go's `fmt`, `strconv` and `net` packages, and the suite checks each one
+//! against OPA on edge cases.
+//!
+//! They are registered as regorus extensions under the builtin's own name: regorus's tree
+//! interpreter looks extensions up before its builtins, so a policy calls them unchanged. The
+//! RVM calls only regorus's builtins, so a bundle calling one of these runs on the interpreter
+//! (see `bundle.rs`). Where OPA's builtin fails, the result is undefined, as in OPA outside
+//! strict mode; with `strict` (the suite's check that Vigil fails where OPA does) it is an error.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use regorus::{Engine, Value};
+
+use crate::go_unicode::{NOT_PRINTABLE, TO_LOWER, TO_UPPER};
+
+/// The builtins evaluated here, with their number of arguments.
+pub(crate) const REPLACED: &[(&str, u8)] = &[
+    ("sprintf", 2),
+    ("upper", 1),
+    ("lower", 1),
+    ("to_number", 1),
+    ("net.cidr_contains", 2),
+    ("format_int", 2),
+    ("ceil", 1),
+    ("indexof", 2),
+    ("strings.count", 2),
+];
+
+/// Why a call failed, as OPA's builtin would report it.
+type Outcome = Result<Value, String>;
+
+/// Registers every builtin of [`REPLACED`] on `engine`, replacing regorus's.
+pub(crate) fn register(engine: &mut Engine, strict: bool) {
+    for (name, nargs) in REPLACED {
+        let name = *name;
+        let run = move |args: Vec<Value>| -> anyhow::Result<Value> {
+            match evaluate(name, &args) {
+                Ok(value) => Ok(value),
+                Err(message) if strict => Err(anyhow::anyhow!("{name}: {message}")),
+                Err(_) => Ok(Value::Undefined),
+            }
+        };
+        // Registration fails only for a name registered twice, which REPLACED does not hold.
+        if let Err(e) = engine.add_extension(name.to_string(), *nargs, Box::new(run)) {
+            tracing::error!(builtin = name, error = %e, "could not register builtin");
+        }
+    }
+}
+
+fn evaluate(name: &str, args: &[Value]) -> Outcome {
+    let arg = |i: usize| args.get(i).unwrap_or(&Value::Undefined);
+    match name {
+        "sprintf" => sprintf(arg(0), arg(1)),
+        "upper" => map_chars(arg(0), TO_UPPER),
+        "lower" => map_chars(arg(0), TO_LOWER),
+        "to_number" => to_number(arg(0)),
+        "net.cidr_contains" => cidr_contains(arg(0), arg(1)),
+        "format_int" => format_int(arg(0), arg(1)),
+        "ceil" => ceil(arg(0)),
+        "indexof" => indexof(arg(0), arg(1)),
+        "strings.count" => strings_count(arg(0), arg(1)),
+        other => Err(format!("{other} is not evaluated by Vigil")),
+    }
+}
+
+fn string_operand(value: &Value, position: usize) -> Result<&str, String> {
+    value
+        .as_string()
+        .map(|s| s.as_ref())
+        .map_err(|_| format!("operand {position} must be string"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strings
+
+/// Go's `strings.ToUpper`/`ToLower`: each character mapped on its own (no special casing).
+fn map_chars(value: &Value, table: &[(u32, u32)]) -> Outcome {
+    let s = string_operand(value, 1)?;
+    Ok(Value::from(
+        s.chars()
+            .map(
+                |c| match table.binary_search_by_key(&u32::from(c), |&(from, _)| from) {
+                    Ok(i) => char::from_u32(table[i].1).unwrap_or(c),
+                    Err(_) => c,
+                },
+            )
+            .collect::<String>(),
+    ))
+}
+
+/// OPA's `indexof`: the index in characters of the first match; an empty search string fails.
+fn indexof(base: &Value, search: &Value) -> Outcome {
+    let base = string_operand(base, 1)?;
+    let search = string_operand(search, 2)?;
+    if search.is_empty() {
+        return Err("empty search character".into());
+    }
+    let index = match base.find(search) {
+        Some(byte) => base[..byte].chars().count() as i64,
+        None => -1,
+    };
+    Ok(Value::from(index))
+}
+
+/// Go's `strings.Count`: non-overlapping matches; an empty substring counts characters + 1.
+fn strings_count(base: &Value, search: &Value) -> Outcome {
+    let base = string_operand(base, 1)?;
+    let search = string_operand(search, 2)?;
+    let count = if search.is_empty() {
+        base.chars().count() + 1
+    } else {
+        base.matches(search).count()
+    };
+    Ok(Value::from(count as u64))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+
+/// A number as OPA's Go code sees it after converting it.
+enum GoNumber {
+    /// Fits an `int64`.
+    Int(i64),
+    /// An integer beyond `int64`, as decimal digits (with a sign).
+    Big(String),
+    /// Anything else.
+    Float(f64),
+}
+
+fn go_number(value: &Value) -> Option<GoNumber> {
+    let n = value.as_number().ok()?;
+    if let Some(i) = n.as_i64() {
+        return Some(GoNumber::Int(i));
+    }
+    // Integers regorus holds exactly (a float this large has no exact big-integer form).
+    if let Some(big) = n.as_big() {
+        return Some(GoNumber::Big(big.to_string()));
+    }
+    n.as_f64().map(GoNumber::Float)
+}
+
+/// OPA's `ceil`, including its quirk: a negative number above -1 becomes 1.
+fn ceil(value: &Value) -> Outcome {
+    match go_number(value) {
+        Some(GoNumber::Int(_) | GoNumber::Big(_)) => Ok(value.clone()),
+        Some(GoNumber::Float(f)) => {
+            let truncated = f.trunc();
+            // OPA truncates toward zero, then adds one when the truncated value is not negative.
+            let result = if truncated >= 0.0 {
+                truncated + 1.0
+            } else {
+                truncated
+            };
+            Ok(float_value(result))
+        }
+        None => Err("operand 1 must be number".into()),
+    }
+}
+
+fn float_value(f: f64) -> Value {
+    if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
+        Value::from(f as i64)
+    } else {
+        Value::from(f)
+    }
+}
+
+/// OPA's `format_int`: the number truncated toward zero, in base 2, 8, 10 or 16.
+fn format_int(value: &Value, base: &Value) -> Outcome {
+    let number = go_number(value).ok_or("operand 1 must be number")?;
+    let base = match go_number(base) {
+        Some(GoNumber::Int(b @ (2 | 8 | 10 | 16))) => b as u32,
+        _ => return Err("operand 2 must be one of {2, 8, 10, 16}".into()),
+    };
+    let (negative, magnitude) = match number {
+        GoNumber::Int(i) => (i < 0, u128::from(i.unsigned_abs())),
+        GoNumber::Float(f) if f.abs() < 9.2e18 => (f < 0.0, f.trunc().abs() as u128),
+        // Integers beyond int64 stay exact in OPA (a big.Float of as many bits as needed).
+        GoNumber::Big(_) => {
+            return value
+                .as_number()
+                .ok()
+                .and_then(|n| n.as_big())
+                .map(|big| Value::from(big.to_str_radix(base)))
+                .ok_or_else(|| "operand 1 must be number".to_string());
+        }
+        // A float this large had a text in OPA that Vigil's f64 no longer holds.
+        GoNumber::Float(_) => return Err("number out of the range Vigil formats like OPA".into()),
+    };
+    let digits = radix(magnitude, base);
+    Ok(Value::from(if negative && magnitude != 0 {
+        format!("-{digits}")
+    } else {
+        digits
+    }))
+}
+
+fn radix(mut n: u128, base: u32) -> String {
+    if n == 0 {
+        return "0".into();
+    }
+    let mut out = Vec::new();
+    while n > 0 {
+        let d = (n % u128::from(base)) as u32;
+        out.push(char::from_digit(d, base).unwrap_or('?'));
+        n /= u128::from(base);
+    }
+    out.iter().rev().collect()
+}
+
+/// OPA's `to_number`: null and booleans as 0/1, numbers as they are, strings Go's
+/// `strconv.ParseFloat` accepts (except infinities and NaN).
+fn to_number(value: &Value) -> Outcome {
+    match value {
+        Value::Null => Ok(Value::from(0i64)),
+        Value::Bool(b) => Ok(Value::from(i64::from(*b))),
+        Value::Number(_) => Ok(value.clone()),
+        Value::String(s) => {
+            let lowered = s.trim_start_matches(['+', '-']).to_ascii_lowercase();
+            if matches!(lowered.as_str(), "inf" | "infinity" | "nan") {
+                return Err("operand 1 must be valid number string".into());
+            }
+            parse_go_float(s).ok_or_else(|| format!("strconv.ParseFloat: parsing {s:?}"))
+        }
+        _ => Err("operand 1 must be one of {null, boolean, number, string}".into()),
+    }
+}
+
+/// Go's `strconv.ParseFloat(s, 64)` syntax (decimal or hexadecimal, `_` between digits), as a
+/// number; `None` where Go reports an error (bad syntax, or out of range).
+fn parse_go_float(s: &str) -> Option<Value> {
+    if !underscores_ok(s) {
+        return None;
+    }
+    let plain: String = s.chars().filter(|&c| c != '_').collect();
+    let (negative, unsigned) = match plain.as_bytes().first()? {
+        b'-' => (true, &plain[1..]),
+        b'+' => (false, &plain[1..]),
+        _ => (false, plain.as_str()),
+    };
+    let lower = unsigned.to_ascii_lowercase();
+    if let Some(hex) = lower.strip_prefix("0x") {
+        let f = parse_hex_float(hex)?;
+        return Some(float_value(if negative { -f } else { f }));
+    }
+    // Decimal: digits, an optional fraction, an optional exponent; at least one digit.
+    let bytes = lower.as_bytes();
+    let mut i = 0;
+    let mut digits = 0;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        i += 1;
+        digits += 1;
+    }
+    let integer_only = i == bytes.len();
+    if i < bytes.len() && bytes[i] == b'.' {
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+            digits += 1;
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    if i < bytes.len() && bytes[i] == b'e' {
+        i += 1;
+        if i < bytes.len() && (bytes[i] == b'+' || bytes[i] == b'-') {
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    if i != bytes.len() {
+        return None;
+    }
+    if integer_only {
+        // Integers keep every digit, as OPA keeps the string.
+        let text = if negative {
+            format!("-{lower}")
+        } else {
+            lower.clone()
+        };
+        return Value::from_numeric_string(&text).ok();
+    }
+    let f: f64 = lower.parse().ok()?;
+    if f.is_infinite() {
+        return None;
+    }
+    Some(float_value(if negative { -f } else { f }))
+}
+
+/// Go's rule for `_` in number literals: only between digits, or after a base prefix.
+fn underscores_ok(s: &str) -> bool {
+    let mut bytes = s.as_bytes();
+    if let Some(b'+' | b'-') = bytes.first() {
+        bytes = &bytes[1..];
+    }
+    let mut saw = b'^';
+    let mut i = 0;
+    let mut hex = false;
+    if bytes.len() >= 2
+        && bytes[0] == b'0'
+        && matches!(bytes[1].to_ascii_lowercase(), b'b' | b'o' | b'x')
+    {
+        i = 2;
+        saw = b'0';
+        hex = bytes[1].eq_ignore_ascii_case(&b'x');
+    }
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_digit() || (hex && c.is_ascii_hexdigit()) {
+            saw = b'0';
+        } else if c == b'_' {
+            if saw != b'0' {
+                return false;
+            }
+            saw = b'_';
+        } else {
+            if saw == b'_' {
+                return false;
+            }
+            saw = b'!';
+        }
+        i += 1;
+    }
+    saw != b'_'
+}
+
+/// The value of a hexadecimal float after `0x`: hex digits with an optional point, then a
+/// mandatory binary exponent (`p`).
+fn parse_hex_float(s: &str) -> Option<f64> {
+    let (mantissa, exponent) = s.split_once('p')?;
+    let exponent: i32 = match exponent.strip_prefix('+') {
+        Some(rest) if !rest.starts_with(['+', '-']) => rest.parse().ok()?,
+        _ => exponent.parse().ok()?,
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let mut value: u128 = 0;
+    let mut shift = 0i32;
+    for c in whole.chars().chain(fraction.chars()) {
+        let d = c.to_digit(16)?;
+        if value >> 120 != 0 {
+            // Beyond 120 bits a digit no longer changes the f64; keep its weight.
+            shift += 4;
+            continue;
+        }
+        value = value * 16 + u128::from(d);
+    }
+    shift -= 4 * fraction.len() as i32;
+    let f = (value as f64) * 2f64.powi(exponent.saturating_add(shift));
+    (!f.is_infinite()).then_some(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Networks
+
+/// Go's `net.ParseIP` (through `netip.ParseAddr`; no zones), as 16 bytes or 4 for IPv4.
+fn parse_ip(s: &str) -> Option<Vec<u8>> {
+    if s.contains('%') {
+        return None;
+    }
+    match s.parse::<IpAddr>().ok()? {
+        IpAddr::V4(v4) => Some(v4.octets().to_vec()),
+        IpAddr::V6(v6) => Some(v6.octets().to_vec()),
+    }
+}
+
+/// Go's `net.IP.To4`: IPv4 and IPv4-mapped IPv6 addresses as 4 bytes.
+fn to4(ip: &[u8]) -> Option<[u8; 4]> {
+    match ip.len() {
+        4 => ip.try_into().ok(),
+        16 if ip[..10].iter().all(|b| *b == 0) && ip[10] == 0xff && ip[11] == 0xff => {
+            ip[12..].try_into().ok()
+        }
+        _ => None,
+    }
+}
+
+/// A network as Go's `net.ParseCIDR` returns it: masked address and mask of equal length.
+struct Network {
+    ip: Vec<u8>,
+    mask: Vec<u8>,
+}
+
+fn parse_cidr(s: &str) -> Option<Network> {
+    let (addr, prefix) = s.split_once('/')?;
+    let ip = parse_ip(addr)?;
+    let bits = ip.len() * 8;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.len() > 7 {
+        return None;
+    }
+    let ones: usize = prefix.parse().ok()?;
+    if ones > bits {
+        return None;
+    }
+    let mask: Vec<u8> = (0..ip.len())
+        .map(|i| {
+            let on = ones.saturating_sub(i * 8).min(8);
+            if on == 0 {
+                0
+            } else {
+                0xffu8 << (8 - on)
+            }
+        })
+        .collect();
+    // Go keeps a 16-byte address with a 4-byte mask only for IPv4; masking drops to 4 bytes.
+    let ip: Vec<u8> = ip.iter().zip(&mask).map(|(a, m)| a & m).collect();
+    Some(Network { ip, mask })
+}
+
+impl Network {
+    /// Go's `net.IPNet.Contains`.
+    fn contains(&self, ip: &[u8]) -> bool {
+        let (nn, mask): (Vec<u8>, &[u8]) = match to4(&self.ip) {
+            Some(v4) => {
+                let mask = if self.mask.len() == 16 {
+                    &self.mask[12..]
+                } else {
+                    &self.mask[..]
+                };
+                (v4.to_vec(), mask)
+            }
+            None => (self.ip.clone(), &self.mask[..]),
+        };
+        let ip: Vec<u8> = match to4(ip) {
+            Some(v4) => v4.to_vec(),
+            None => ip.to_vec(),
+        };
+        ip.len() == nn.len()
+            && mask.len() == nn.len()
+            && (0..ip.len()).all(|i| nn[i] & mask[i] == ip[i] & mask[i])
+    }
+
+    /// The last address of the network.
+    fn last(&self) -> Vec<u8> {
+        self.ip
+            .iter()
+            .zip(&self.mask)
+            .map(|(a, m)| a | !m)
+            .collect()
+    }
+}
+
+/// OPA's `net.cidr_contains`: whether a network holds an address, or all of a network.
+fn cidr_contains(cidr: &Value, other: &Value) -> Outcome {
+    let network_text = string_operand(cidr, 1)?;
+    let network = parse_cidr(network_text).ok_or_else(|| format!("invalid CIDR {network_text}"))?;
+    let other = string_operand(other, 1)?;
+    if let Some(ip) = parse_ip(other) {
+        return Ok(Value::from(network.contains(&ip)));
+    }
+    let inner = parse_cidr(other).ok_or_else(|| {
+        format!("not a valid textual representation of an IP address or CIDR: {other}")
+    })?;
+    let contained = network.contains(&inner.ip) && network.contains(&inner.last());
+    Ok(Value::from(contained))
+}
+
+// ---------------------------------------------------------------------------------------------
+// sprintf
+
+/// The verbs Vigil formats like Go's `fmt.Sprintf`, without flags, widths or precisions.
+pub(crate) const SPRINTF_VERBS: &[char] = &['s', 'v', 'd', 'q'];
+
+/// Whether Vigil formats `format` exactly as OPA: only `%%` and [`SPRINTF_VERBS`]; otherwise
+/// the first directive it cannot format.
+pub(crate) fn unsupported_directive(format: &str) -> Option<String> {
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        match chars.next() {
+            Some('%') => {}
+            Some(v) if SPRINTF_VERBS.contains(&v) => {}
+            Some(v) => return Some(format!("%{v}")),
+            None => return Some("a final %".to_string()),
+        }
+    }
+    None
+}
+
+/// An argument of `sprintf` as OPA passes it to Go's `fmt.Sprintf`.
+enum GoArg {
+    Int(i64),
+    Big(String),
+    Float(f64),
+    Str(String),
+}
+
+impl GoArg {
+    fn of(value: &Value) -> GoArg {
+        match value {
+            Value::String(s) => GoArg::Str(s.to_string()),
+            Value::Number(_) => match go_number(value) {
+                Some(GoNumber::Int(i)) => GoArg::Int(i),
+                Some(GoNumber::Big(digits)) => GoArg::Big(digits),
+                Some(GoNumber::Float(f)) => GoArg::Float(f),
+                None => GoArg::Str(String::new()),
+            },
+            // Everything else is passed as the text of the Rego value.
+            other => GoArg::Str(rego_text(other)),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            GoArg::Int(_) => "int64",
+            GoArg::Big(_) => "*big.Int",
+            GoArg::Float(_) => "float64",
+            GoArg::Str(_) => "string",
+        }
+    }
+
+    /// `%v`.
+    fn plain(&self) -> String {
+        match self {
+            GoArg::Int(i) => i.to_string(),
+            GoArg::Big(d) => d.clone(),
+            GoArg::Float(f) => go_float(*f),
+            GoArg::Str(s) => s.clone(),
+        }
+    }
+
+    fn format(&self, verb: char) -> String {
+        let bad = || format!("%!{verb}({}={})", self.type_name(), self.plain());
+        match (verb, self) {
+            ('v', _) => self.plain(),
+            ('s', GoArg::Str(_) | GoArg::Big(_)) => self.plain(),
+            ('d', GoArg::Int(_) | GoArg::Big(_)) => self.plain(),
+            ('q', GoArg::Str(s)) => go_quote(s, '"'),
+            ('q', GoArg::Int(i)) => {
+                let c = u32::try_from(*i)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .unwrap_or('\u{FFFD}');
+                go_quote(&c.to_string(), '\'')
+            }
+            ('q', GoArg::Big(d)) => format!("%!q(big.Int={d})"),
+            _ => bad(),
+        }
+    }
+}
+
+/// OPA's `sprintf`: Go's `fmt.Sprintf` over the arguments converted as OPA converts them.
+fn sprintf(format: &Value, args: &Value) -> Outcome {
+    let format = string_operand(format, 1)?;
+    let args: Vec<GoArg> = match args {
+        Value::Array(items) => items.iter().map(GoArg::of).collect(),
+        _ => return Err("operand 2 must be array".into()),
+    };
+    let mut out = String::new();
+    let mut next = 0;
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(verb) if SPRINTF_VERBS.contains(&verb) => {
+                match args.get(next) {
+                    Some(arg) => out.push_str(&arg.format(verb)),
+                    None => {
+                        let _ = write!(out, "%!{verb}(MISSING)");
+                    }
+                }
+                next += 1;
+            }
+            // Refused when the bundle is compiled (see calls.rs); never reached from a policy.
+            _ => return Err(format!("format {format:?} is not supported by Vigil")),
+        }
+    }
+    if next < args.len() {
+        out.push_str("%!(EXTRA ");
+        let extra: Vec<String> = args[next..]
+            .iter()
+            .map(|a| format!("{}={}", a.type_name(), a.plain()))
+            .collect();
+        out.push_str(&extra.join(", "));
+        out.push(')');
+    }
+    Ok(Value::from(out))
+}
+
+/// Go's `strconv.FormatFloat(f, 'g', -1, 64)`, which `%v` uses: the shortest digits that
+/// read back as `f`, in exponent form when the exponent is below -4 or at least 6.
+fn go_float(f: f64) -> String {
+    if f == 0.0 {
+        return "0".into();
+    }
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-tripping digits: "1.2345e7".
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let sign = if f < 0.0 { "-" } else { "" };
+    if !(-4..6).contains(&exp) {
+        return format!("{sign}{}", exp_form(&digits, exp));
+    }
+    let n = digits.len() as i32;
+    let dp = exp + 1;
+    let body = if dp <= 0 {
+        format!("0.{}{}", "0".repeat((-dp) as usize), digits)
+    } else if dp >= n {
+        format!("{}{}", digits, "0".repeat((dp - n) as usize))
+    } else {
+        format!("{}.{}", &digits[..dp as usize], &digits[dp as usize..])
+    };
+    format!("{sign}{body}")
+}
+
+fn exp_form(digits: &str, exp: i32) -> String {
+    let mantissa = if digits.len() > 1 {
+        format!("{}.{}", &digits[..1], &digits[1..])
+    } else {
+        digits.to_string()
+    };
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.abs())
+}
+
+/// Go's `strconv.Quote` (`quote` `"`) and `QuoteRune` (`'`).
+fn go_quote(s: &str, quote: char) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        if c == quote || c == '\\' {
+            out.push('\\');
+            out.push(c);
+            continue;
+        }
+        if printable(c) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if (c as u32) < 0x10000 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", c as u32);
+            }
+        }
+    }
+    out.push(quote);
+    out
+}
+
+fn printable(c: char) -> bool {
+    let c = u32::from(c);
+    let i = NOT_PRINTABLE.partition_point(|&(start, _)| start <= c);
+    !(i > 0 && NOT_PRINTABLE[i - 1].1 >= c)
+}
+
+/// The text OPA gives a Rego value (`ast.Value.String()`): strings quoted, sets as `{...}` or
+/// `set()`, objects and sets sorted.
+fn rego_text(value: &Value) -> String {
+    let mut out = String::new();
+    write_rego(value, &mut out);
+    out
+}
+
+fn write_rego(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(_) => match go_number(value) {
+            Some(GoNumber::Int(i)) => out.push_str(&i.to_string()),
+            Some(GoNumber::Big(d)) => out.push_str(&d),
+            Some(GoNumber::Float(f)) => out.push_str(&go_float(f)),
+            None => {}
+        },
+        Value::String(s) => out.push_str(&go_quote(s, '"')),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_rego(item, out);
+            }
+            out.push(']');
+        }
+        Value::Set(items) => {
+            if items.is_empty() {
+                out.push_str("set()");
+                return;
+            }
+            out.push('{');
+            for (i, item) in items.iter_sorted().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_rego(item, out);
+            }
+            out.push('}');
+        }
+        Value::Object(fields) => {
+            out.push('{');
+            for (i, (k, v)) in fields.iter_sorted().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_rego(k, out);
+                out.push_str(": ");
+                write_rego(v, out);
+            }
+            out.push('}');
+        }
+        Value::Undefined => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Value {
+        Value::from(v)
+    }
+
+    #[test]
+    fn go_float_matches_fmt_v() {
+        assert_eq!(go_float(12345678.9), "1.23456789e+07");
+        assert_eq!(go_float(150000.0), "150000");
+        assert_eq!(go_float(0.00001), "1e-05");
+        assert_eq!(go_float(2.5e20), "2.5e+20");
+        assert_eq!(go_float(-1.5), "-1.5");
+        assert_eq!(go_float(1.0 / 3.0), "0.3333333333333333");
+    }
+
+    #[test]
+    fn sprintf_reports_missing_and_extra_arguments_like_go() {
+        let args = Value::from(vec![Value::from(1i64)]);
+        assert_eq!(sprintf(&s("%d %d"), &args), Ok(s("1 %!d(MISSING)")));
+        let args = Value::from(vec![Value::from(1i64), Value::from(2i64)]);
+        assert_eq!(sprintf(&s("%d"), &args), Ok(s("1%!(EXTRA int64=2)")));
+    }
+
+    #[test]
+    fn unsupported_directives_are_named() {
+        assert_eq!(unsupported_directive("%s-%d %v %q 100%%"), None);
+        assert_eq!(unsupported_directive("%5s"), Some("%5".into()));
+        assert_eq!(unsupported_directive("50%"), Some("a final %".into()));
+    }
+}
