@@ -540,7 +540,7 @@ fn split_target(target: &str) -> Result<(&str, &str), String> {
 
 /// Go's `url.PathUnescape` (`plus_is_space` false) or `url.QueryUnescape` (true): a `%` must
 /// start a two-digit hex escape.
-fn unescape(text: &str, plus_is_space: bool) -> Result<Cow<'_, str>, String> {
+pub(crate) fn unescape(text: &str, plus_is_space: bool) -> Result<Cow<'_, str>, String> {
     let bytes = text.as_bytes();
     for (i, b) in bytes.iter().enumerate() {
         if *b == b'%' {
@@ -576,7 +576,7 @@ fn parsed_path(path: &str) -> Result<Value, String> {
 
 /// `a=1&a=2&b` becomes `{"a": ["1", "2"], "b": [""]}`, as Go's `url.ParseQuery` does; where it
 /// reports an error (a `;` separator, a bad %-escape), so does this.
-fn parsed_query(query: &str) -> Result<Value, String> {
+pub(crate) fn parsed_query(query: &str) -> Result<Value, String> {
     let mut grouped: BTreeMap<Value, Vec<Value>> = BTreeMap::new();
     for pair in query.split('&') {
         if pair.contains(';') {

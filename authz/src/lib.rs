@@ -45,12 +45,13 @@
 //!   [`SUPPORTED_BUILTINS`] (those the suite found to agree with OPA). Anything else is refused,
 //!   naming the function and `file:line:col`: OPA builtins regorus lacks (`io.jwt.*`,
 //!   `crypto.*`, `net.cidr_merge`, ...), regorus builtins that differ from OPA (`json.marshal`,
-//!   `time.format`, the time parsers, `urlquery.*`, ... each with the difference found), and
+//!   `time.format`, `time.parse_ns`, `regex.split`, ... each with the difference found), and
 //!   `http.send`, which the sidecar does not support.
 //! - **Builtins Vigil evaluates itself** (`opa_builtins.rs`): `sprintf`, `upper`, `lower`,
-//!   `to_number`, `net.cidr_contains`, `format_int`, `ceil`, `indexof` and `strings.count`,
-//!   where regorus's own differ from OPA's, are replaced by Vigil's versions of OPA's Go code
-//!   (Go's `fmt`, Unicode tables, `strconv.ParseFloat` and `net` rules). `sprintf` is accepted
+//!   `to_number`, `net.cidr_contains`, `format_int`, `ceil`, `indexof`, `strings.count`,
+//!   `urlquery.*`, `time.parse_rfc3339_ns` and `semver.is_valid`, where regorus's own differ
+//!   from OPA's, are replaced by Vigil's versions of OPA's Go code (Go's `fmt`, Unicode tables,
+//!   `strconv.ParseFloat`, `net`, `net/url` and `time.Parse` rules). `sprintf` is accepted
 //!   with a format string written in the policy using only `%s`, `%v`, `%d`, `%q` and `%%`,
 //!   and not in a bundle that also calls `to_number` or writes a number like `1e3` (OPA prints
 //!   those numbers as written, Vigil as their value). Numbers of magnitude 2^53 and more may

@@ -1,11 +1,11 @@
 //! Builtins Vigil evaluates itself, the way OPA does, where regorus's own give other results.
 //!
 //! The differential suite (`authz/tests/opa_oracle.rs`) found regorus's `sprintf`, `upper`,
-//! `to_number`, `net.cidr_contains` and a few more to differ from OPA's on some arguments.
-//! Refusing them would keep most OPA-Envoy policies off Vigil, so Vigil carries its own
-//! versions, written after OPA's Go code (`topdown/strings.go`, `casts.go`, `cidr.go`,
-//! `arithmetic.go`) and Go's `fmt`, `strconv` and `net` packages, and the suite checks each one
-//! against OPA on edge cases.
+//! `to_number`, `net.cidr_contains`, `urlquery.*` and a few more to differ from OPA's on some
+//! arguments. Refusing them would keep most OPA-Envoy policies off Vigil, so Vigil carries its
+//! own versions, written after OPA's Go code (`topdown/strings.go`, `casts.go`, `cidr.go`,
+//! `encoding.go`, `time.go`, `semver.go`) and Go's `fmt`, `strconv`, `net`, `net/url` and
+//! `time` packages, and the suite checks each one against OPA on edge cases.
 //!
 //! They are registered as regorus extensions under the builtin's own name: regorus's tree
 //! interpreter looks extensions up before its builtins, so a policy calls them unchanged. The
@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use regorus::{Engine, Value};
 
 use crate::go_unicode::{NOT_PRINTABLE, TO_LOWER, TO_UPPER};
+use crate::input;
 
 /// The builtins evaluated here, with their number of arguments.
 pub(crate) const REPLACED: &[(&str, u8)] = &[
@@ -31,6 +32,12 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("ceil", 1),
     ("indexof", 2),
     ("strings.count", 2),
+    ("urlquery.encode", 1),
+    ("urlquery.encode_object", 1),
+    ("urlquery.decode", 1),
+    ("urlquery.decode_object", 1),
+    ("time.parse_rfc3339_ns", 1),
+    ("semver.is_valid", 1),
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
@@ -66,6 +73,16 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "ceil" => ceil(arg(0)),
         "indexof" => indexof(arg(0), arg(1)),
         "strings.count" => strings_count(arg(0), arg(1)),
+        "urlquery.encode" => Ok(Value::from(query_escape(string_operand(arg(0), 1)?))),
+        "urlquery.encode_object" => encode_object(arg(0)),
+        "urlquery.decode" => {
+            input::unescape(string_operand(arg(0), 1)?, true).map(|s| Value::from(s.as_ref()))
+        }
+        "urlquery.decode_object" => input::parsed_query(string_operand(arg(0), 1)?),
+        "time.parse_rfc3339_ns" => parse_rfc3339_ns(string_operand(arg(0), 1)?),
+        "semver.is_valid" => Ok(Value::from(
+            arg(0).as_string().is_ok_and(|s| semver_is_valid(s)),
+        )),
         other => Err(format!("{other} is not evaluated by Vigil")),
     }
 }
@@ -469,6 +486,201 @@ fn cidr_contains(cidr: &Value, other: &Value) -> Outcome {
     })?;
     let contained = network.contains(&inner.ip) && network.contains(&inner.last());
     Ok(Value::from(contained))
+}
+
+// ---------------------------------------------------------------------------------------------
+// URL queries
+
+/// Go's `url.QueryEscape`: all but letters, digits and `-_.~` escaped, space as `+`.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// OPA's `urlquery.encode_object`: Go's `url.Values.Encode` (keys sorted) of an object whose
+/// values are strings, or arrays or sets of strings.
+fn encode_object(value: &Value) -> Outcome {
+    let bad = || "operand 1 values must be string, array[string], or set[string]".to_string();
+    let fields = value
+        .as_object()
+        .map_err(|_| "operand 1 must be object".to_string())?;
+    let mut pairs: Vec<(String, Vec<String>)> = Vec::new();
+    for (key, v) in fields.iter() {
+        let key = key
+            .as_string()
+            .map_err(|_| "object keys must be strings".to_string())?;
+        let values: Vec<String> = match v {
+            Value::String(s) => vec![s.to_string()],
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_string().map(|s| s.to_string()).map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+            Value::Set(items) => items
+                .iter_sorted()
+                .map(|i| i.as_string().map(|s| s.to_string()).map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        };
+        pairs.push((key.to_string(), values));
+    }
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (key, values) in &pairs {
+        for v in values {
+            out.push(format!("{}={}", query_escape(key), query_escape(v)));
+        }
+    }
+    Ok(Value::from(out.join("&")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time and versions
+
+/// OPA's `time.parse_rfc3339_ns`: Go's `time.Parse(time.RFC3339, s)` (whose fallback parser
+/// accepts a one-digit hour, `,` before fractional seconds and offsets up to +24:60), in
+/// nanoseconds since the epoch, which must fit an int64.
+fn parse_rfc3339_ns(s: &str) -> Outcome {
+    let bad = || format!("parsing time {s:?} as \"2006-01-02T15:04:05Z07:00\"");
+    let b = s.as_bytes();
+    let mut i = 0;
+    // A run of `n` digits (exactly `n`, or 1..=n when not `fixed`) starting at `i`.
+    let digits = |i: &mut usize, n: usize, fixed: bool| -> Option<i64> {
+        let start = *i;
+        while *i < b.len() && *i - start < n && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        let len = *i - start;
+        if len == 0 || (fixed && len != n) {
+            return None;
+        }
+        s[start..*i].parse().ok()
+    };
+    let expect = |i: &mut usize, c: u8| -> Option<()> { (b.get(*i) == Some(&c)).then(|| *i += 1) };
+    let parsed = (|| {
+        let year = digits(&mut i, 4, true)?;
+        expect(&mut i, b'-')?;
+        let month = digits(&mut i, 2, true)?;
+        expect(&mut i, b'-')?;
+        let day = digits(&mut i, 2, true)?;
+        expect(&mut i, b'T')?;
+        let hour = digits(&mut i, 2, false)?;
+        expect(&mut i, b':')?;
+        let minute = digits(&mut i, 2, true)?;
+        expect(&mut i, b':')?;
+        let second = digits(&mut i, 2, true)?;
+        let mut nanos = 0i64;
+        if i + 1 < b.len() && matches!(b[i], b'.' | b',') && b[i + 1].is_ascii_digit() {
+            let start = i + 1;
+            let mut end = start;
+            while end < b.len() && b[end].is_ascii_digit() {
+                end += 1;
+            }
+            // Go reads at most nine digits and ignores the rest.
+            let kept = &s[start..end.min(start + 9)];
+            nanos = kept.parse::<i64>().ok()? * 10i64.pow(9 - kept.len() as u32);
+            i = end;
+        }
+        let offset = match b.get(i) {
+            Some(b'Z') => {
+                i += 1;
+                0
+            }
+            Some(sign @ (b'+' | b'-')) => {
+                let sign = if *sign == b'-' { -1 } else { 1 };
+                let rest = b.get(i..i + 6)?;
+                if rest[3] != b':' {
+                    return None;
+                }
+                i += 1;
+                let h = digits(&mut i, 2, true)?;
+                i += 1;
+                let m = digits(&mut i, 2, true)?;
+                if h > 24 || m > 60 {
+                    return None;
+                }
+                sign * (h * 3600 + m * 60)
+            }
+            _ => return None,
+        };
+        if i != b.len() {
+            return None;
+        }
+        Some((year, month, day, hour, minute, second, nanos, offset))
+    })();
+    let (year, month, day, hour, minute, second, nanos, offset) = parsed.ok_or_else(bad)?;
+    if !(1..=12).contains(&month) {
+        return Err(format!("parsing time {s:?}: month out of range"));
+    }
+    if hour > 23 {
+        return Err(format!("parsing time {s:?}: hour out of range"));
+    }
+    if minute > 59 {
+        return Err(format!("parsing time {s:?}: minute out of range"));
+    }
+    if second > 59 {
+        return Err(format!("parsing time {s:?}: second out of range"));
+    }
+    if day < 1 || day > days_in_month(year, month) {
+        return Err(format!("parsing time {s:?}: day out of range"));
+    }
+    let seconds =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    i64::try_from(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
+        .map(Value::from)
+        .map_err(|_| "time outside of valid range".to_string())
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// OPA's `semver.is_valid` (its fork of coreos/go-semver): an optional `v`, then
+/// `major.minor.patch` as int64s (leading zeros allowed), then optional `-prerelease` and
+/// `+metadata` of dot-separated `[0-9A-Za-z-]+` identifiers (either may be empty).
+fn semver_is_valid(version: &str) -> bool {
+    let version = version.strip_prefix('v').unwrap_or(version);
+    let (version, metadata) = version.split_once('+').unwrap_or((version, ""));
+    let (version, prerelease) = version.split_once('-').unwrap_or((version, ""));
+    let identifiers_ok = |id: &str| {
+        id.is_empty()
+            || id.split('.').all(|part| {
+                !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    let parts: Vec<&str> = version.splitn(3, '.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<i64>().is_ok()
+        })
+        && identifiers_ok(prerelease)
+        && identifiers_ok(metadata)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -226,6 +226,17 @@ pub fn hand_written() -> Vec<RequestFacts> {
             .header("x-client-version", "1.2.0-rc.1")
             .header("x-size", "1.5Mi"),
         r("GET", "/api/orders").header("x-client-version", "banana"),
+        // Values OPA's time.parse_rfc3339_ns and semver.is_valid read by Go's rules.
+        r("GET", "/api/orders?a=x%2Ay&b=~")
+            .header("x-expires", "2030-01-01T00:00:00z")
+            .header("x-client-version", "1.2.3-"),
+        r("GET", "/api/orders")
+            .header("x-expires", "2030-01-01T1:00:00,5+24:00")
+            .header("x-client-version", "01.2.3+build"),
+        r("GET", "/api/orders")
+            .header("x-expires", "2023-11-14T22:13:20.000000001Z")
+            .header("x-client-version", "V1.0.0"),
+        r("GET", "/api/orders").header("x-expires", "2030-02-29T00:00:00Z"),
         r("GET", "/api/orders")
             .header("x-stamp", "new-year-eve")
             .header("x-pattern", "^a+$")
