@@ -57,10 +57,12 @@
 //!   those numbers as written, Vigil as their value). Numbers of magnitude 2^53 and more may
 //!   still print differently (the 64-bit float difference below).
 //!   regorus's RVM cannot call them, so a bundle calling one runs on the tree interpreter.
-//! - **Source rewrites** (`opa_alignment.rs`) make both engines evaluate two constructs as OPA
-//!   does: under `not`, the operands of a call are evaluated first (`not startswith(input.x,
-//!   "a")` fails when `input.x` is undefined), and `some x in <not a collection>` iterates
-//!   nothing instead of failing the evaluation (interpreter).
+//! - **Source rewrites** (`opa_alignment.rs`) make both engines evaluate three constructs as
+//!   OPA does: under `not`, the operands of a call are evaluated first (`not startswith(input.x,
+//!   "a")` fails when `input.x` is undefined), `some x in <not a collection>` iterates nothing
+//!   instead of failing the evaluation (interpreter), and the patterns of the `regex.*`
+//!   builtins get Go's ASCII-only `\d`, `\w`, `\s` and `\b` (regorus reads them as Unicode
+//!   classes, so `\d` would match `٣`).
 //! - **Engine choice.** [`PolicyBundle::compile`] compiles the decision rule to regorus's
 //!   register VM (RVM) bytecode, the fast path, unless the RVM compiler refuses it (e.g. `with`
 //!   outside tests) or the bundle uses a construct the RVM gets wrong (`rvm_gaps.rs`): an

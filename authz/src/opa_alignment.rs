@@ -1,8 +1,8 @@
 //! Source rewrites that make regorus evaluate a bundle the way OPA does.
 //!
-//! The OPA differential suite (`authz/tests/opa_oracle.rs`) found two places where regorus's
-//! engines disagree with OPA and the difference can be closed by adding a statement in front of
-//! the one that is evaluated differently:
+//! The OPA differential suite (`authz/tests/opa_oracle.rs`) found places where regorus's engines
+//! disagree with OPA and the difference can be closed in the source. Two by adding a statement
+//! in front of the one that is evaluated differently:
 //!
 //! - **Negation.** OPA evaluates the operands of a call inside `not` before the negation: in
 //!   `not startswith(input.x, "a")`, `not input.m in {"GET"}`, `not lower(input.x) == "a"` or
@@ -16,6 +16,11 @@
 //!   "set"}` statement in front makes the body fail instead, as in OPA. Only the interpreter
 //!   needs it (the RVM already agrees with OPA).
 //!
+//! And one by wrapping an expression: the pattern of a `regex.*` call is passed through
+//! `data.vigil_go_regex.pattern`, which gives Go's ASCII-only `\d \w \s \b` their Go meaning
+//! (regorus reads them as Unicode classes); both engines need it. Patterns written in the
+//! policy without those escapes are left alone.
+//!
 //! The statements are inserted on the line of the statement they guard, so line numbers in
 //! messages stay right (columns after the insertion shift). A rule written `head if <literal>`
 //! gets braces around its body.
@@ -27,8 +32,9 @@ use regorus::unstable::{
 };
 
 use crate::bundle::PolicyFile;
+use crate::opa_builtins;
 use crate::rules::ref_name;
-use crate::syntax::rule_queries;
+use crate::syntax::{call_name, each_expr, rule_parts, rule_queries, Part};
 
 /// The bundle's files as each engine should read them.
 pub(crate) struct AlignedFiles {
@@ -59,9 +65,144 @@ pub(crate) fn align(modules: &[Ref<Module>], files: &[PolicyFile]) -> AlignedFil
             }
         }
     }
-    AlignedFiles {
+    let wrapped = go_regex_patterns(modules, &mut insertions);
+    let mut aligned = AlignedFiles {
         interpreter: apply(files, &insertions, true),
         vm: apply(files, &insertions, false),
+    };
+    if wrapped {
+        let module = go_regex_module();
+        aligned.interpreter.push(module.clone());
+        aligned.vm.push(module);
+    }
+    aligned
+}
+
+/// The package of the function that gives a regular expression Go's meaning.
+const GO_REGEX_PACKAGE: &str = "vigil_go_regex";
+
+/// Which argument of each regorus regex builtin is the pattern.
+const PATTERN_ARGUMENT: &[(&str, usize)] = &[
+    ("regex.match", 0),
+    ("regex.is_valid", 0),
+    ("regex.find_n", 0),
+    ("regex.find_all_string_submatch_n", 0),
+    ("regex.replace", 1),
+];
+
+/// Wraps the pattern of each regorus regex builtin call in `data.vigil_go_regex.pattern(...)`,
+/// which rewrites Go's ASCII-only `\d \w \s \b` (and their negations) into classes the regex
+/// crate reads the same way (see `opa_builtins::go_pattern`): regorus reads them as Unicode
+/// classes, so `\d` would match `٣` where OPA does not. Patterns written in the policy without
+/// those escapes are left as they are. Returns whether a pattern was wrapped.
+fn go_regex_patterns(modules: &[Ref<Module>], out: &mut Vec<Insertion>) -> bool {
+    let mut wrapped = false;
+    for module in modules {
+        // A module importing something as `regex` may define its own `regex.*` functions.
+        let shadowed = module.imports.iter().any(|i| {
+            i.r#as.as_ref().map_or_else(
+                || i.refr.span().text().ends_with(".regex"),
+                |a| a.text() == "regex",
+            )
+        });
+        if shadowed {
+            continue;
+        }
+        for rule in &module.policy {
+            each_expr(rule_parts(rule.as_ref()), &mut |expr| {
+                let Expr::Call { fcn, params, .. } = expr else {
+                    return;
+                };
+                let Some((name, _)) = call_name(fcn) else {
+                    return;
+                };
+                let Some((_, index)) = PATTERN_ARGUMENT.iter().find(|(n, _)| *n == name) else {
+                    return;
+                };
+                let Some(pattern) = params.get(*index) else {
+                    return;
+                };
+                if let Expr::String { value, .. } | Expr::RawString { value, .. } = pattern.as_ref()
+                {
+                    if value
+                        .as_string()
+                        .is_ok_and(|p| opa_builtins::go_pattern(p) == p.as_ref())
+                    {
+                        return;
+                    }
+                }
+                let Some((start, end)) = extent(pattern) else {
+                    return;
+                };
+                let file = pattern.span().source.file().clone();
+                out.push(Insertion {
+                    file: file.clone(),
+                    offset: start,
+                    text: format!("data.{GO_REGEX_PACKAGE}.pattern("),
+                    interpreter_only: false,
+                });
+                out.push(Insertion {
+                    file,
+                    offset: end,
+                    text: ")".to_string(),
+                    interpreter_only: false,
+                });
+                wrapped = true;
+            });
+        }
+    }
+    wrapped
+}
+
+/// The byte range of an expression's text: from its leftmost to its rightmost token (regorus's
+/// own span of a reference or call starts at its last `.`, `[` or `(`).
+fn extent(expr: &Ref<Expr>) -> Option<(usize, usize)> {
+    let mut range: Option<(usize, usize)> = None;
+    each_expr(vec![Part::Expr(expr)], &mut |e| {
+        let span = e.span();
+        let mut start = span.start as usize;
+        let end = start + full_text(span).len();
+        // A string token's span also leaves out its opening quote.
+        let quoted = matches!(e, Expr::String { .. } | Expr::RawString { .. })
+            && start > 0
+            && matches!(
+                span.source.contents().as_bytes().get(start - 1),
+                Some(b'"' | b'`')
+            );
+        if quoted {
+            start -= 1;
+        }
+        range = Some(match range {
+            Some((s, t)) => (s.min(start), t.max(end)),
+            None => (start, end),
+        });
+    });
+    range
+}
+
+/// `opa_builtins::ESCAPED_BACKSLASH` as a Rego string escape.
+const PLACEHOLDER: &str = "\\uE000";
+
+/// The module defining `data.vigil_go_regex.pattern`, the Rego form of
+/// `opa_builtins::go_pattern`.
+fn go_regex_module() -> PolicyFile {
+    let mut body = format!(
+        "package {GO_REGEX_PACKAGE}\n\npattern(p) := r if {{\n\ts0 := replace(p, `\\\\`, \"{PLACEHOLDER}\")\n"
+    );
+    let mut last = 0;
+    for (i, (from, to)) in opa_builtins::GO_PERL_CLASSES.iter().enumerate() {
+        body.push_str(&format!(
+            "\ts{} := replace(s{i}, `{from}`, `{to}`)\n",
+            i + 1
+        ));
+        last = i + 1;
+    }
+    body.push_str(&format!(
+        "\tr := replace(s{last}, \"{PLACEHOLDER}\", `\\\\`)\n}}\n"
+    ));
+    PolicyFile {
+        path: format!("<vigil {GO_REGEX_PACKAGE}>.rego"),
+        contents: body,
     }
 }
 
@@ -330,6 +471,25 @@ mod tests {
         assert_eq!(
             out.vm[0].contents,
             "package p\nr := 1\nallow if {\n  input.y\n  _ = lower(input.x); not lower(input.x) == \"a\"\n  not input.z\n  not input.m == 1\n  _ = r; not r in {1}\n}\n"
+        );
+    }
+
+    #[test]
+    fn regex_patterns_get_go_meaning_unless_written_without_perl_classes() {
+        let out = aligned(
+            "package p\na if regex.match(`^\\d+$`, input.x)\nb if regex.match(\"^a+$\", input.x)\n\
+             c if regex.replace(input.x, input.pattern[0], \"\")\n",
+        );
+        assert_eq!(
+            out.vm[0].contents,
+            "package p\na if regex.match(data.vigil_go_regex.pattern(`^\\d+$`), input.x)\n\
+             b if regex.match(\"^a+$\", input.x)\n\
+             c if regex.replace(input.x, data.vigil_go_regex.pattern(input.pattern[0]), \"\")\n"
+        );
+        assert_eq!(out.vm[1], go_regex_module());
+        assert_eq!(
+            out.vm[1].contents.lines().nth(3),
+            Some("\ts0 := replace(p, `\\\\`, \"\\uE000\")")
         );
     }
 

@@ -38,6 +38,9 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("urlquery.decode_object", 1),
     ("time.parse_rfc3339_ns", 1),
     ("semver.is_valid", 1),
+    ("regex.split", 2),
+    ("numbers.range_step", 3),
+    ("glob.quote_meta", 1),
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
@@ -80,6 +83,9 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         }
         "urlquery.decode_object" => input::parsed_query(string_operand(arg(0), 1)?),
         "time.parse_rfc3339_ns" => parse_rfc3339_ns(string_operand(arg(0), 1)?),
+        "regex.split" => regex_split(arg(0), arg(1)),
+        "numbers.range_step" => range_step(arg(0), arg(1), arg(2)),
+        "glob.quote_meta" => Ok(Value::from(glob_quote_meta(string_operand(arg(0), 1)?))),
         "semver.is_valid" => Ok(Value::from(
             arg(0).as_string().is_ok_and(|s| semver_is_valid(s)),
         )),
@@ -138,6 +144,88 @@ fn strings_count(base: &Value, search: &Value) -> Outcome {
     Ok(Value::from(count as u64))
 }
 
+/// Go's `regexp.Split(s, -1)`: the text between the matches Go's `FindAllStringIndex` reports
+/// (which skips an empty match right after a previous match).
+fn regex_split(pattern: &Value, text: &Value) -> Outcome {
+    let pattern = string_operand(pattern, 1)?;
+    let s = string_operand(text, 2)?;
+    let re = regex::Regex::new(&go_pattern(pattern))
+        .map_err(|e| format!("error parsing regexp: {e}"))?;
+    if !pattern.is_empty() && s.is_empty() {
+        return Ok(Value::from(vec![Value::from("")]));
+    }
+    let mut matches = Vec::new();
+    let (mut pos, mut previous_end) = (0usize, None);
+    while pos <= s.len() {
+        let Some(m) = re.find_at(s, pos) else {
+            break;
+        };
+        let accept = !(m.is_empty() && Some(m.start()) == previous_end);
+        if m.end() == pos {
+            // An empty match here: go on from the next character.
+            pos += s[pos..].chars().next().map_or(1, char::len_utf8);
+        } else {
+            pos = m.end();
+        }
+        previous_end = Some(m.end());
+        if accept {
+            matches.push((m.start(), m.end()));
+        }
+    }
+    let mut parts = Vec::new();
+    let (mut begin, mut end) = (0, 0);
+    for (start, stop) in matches {
+        end = start;
+        if stop != 0 {
+            parts.push(Value::from(&s[begin..end]));
+        }
+        begin = stop;
+    }
+    if end != s.len() {
+        parts.push(Value::from(&s[begin..]));
+    }
+    Ok(Value::from(parts))
+}
+
+/// Go's (RE2's) Perl classes and word boundaries are ASCII-only where the regex crate's are
+/// Unicode: `(textual escape, replacement)`, applied in order after setting escaped
+/// backslashes aside. The replacements are classes, which the regex crate also accepts nested
+/// inside a class (`[\d.]` becomes `[[0-9].]`).
+pub(crate) const GO_PERL_CLASSES: &[(&str, &str)] = &[
+    ("\\d", "[0-9]"),
+    ("\\D", "[^0-9]"),
+    ("\\w", "[0-9A-Za-z_]"),
+    ("\\W", "[^0-9A-Za-z_]"),
+    ("\\s", "[\\t\\n\\f\\r ]"),
+    ("\\S", "[^\\t\\n\\f\\r ]"),
+    ("\\b", "(?-u:\\b)"),
+    ("\\B", "(?-u:\\B)"),
+];
+
+/// Stands for an escaped backslash while the classes are replaced (a private-use character).
+pub(crate) const ESCAPED_BACKSLASH: &str = "\u{E000}";
+
+/// A Go regular expression as the regex crate reads it with Go's meaning.
+pub(crate) fn go_pattern(pattern: &str) -> String {
+    let mut out = pattern.replace("\\\\", ESCAPED_BACKSLASH);
+    for (from, to) in GO_PERL_CLASSES {
+        out = out.replace(from, to);
+    }
+    out.replace(ESCAPED_BACKSLASH, "\\\\")
+}
+
+/// The glob metacharacters gobwas/glob (OPA's glob library) escapes: `*?\[]{}`.
+fn glob_quote_meta(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '\\' | '[' | ']' | '{' | '}') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Numbers
 
@@ -187,6 +275,31 @@ fn float_value(f: f64) -> Value {
     } else {
         Value::from(f)
     }
+}
+
+/// OPA's `numbers.range_step`: integers from `a` to `b` (included when reached) by a positive
+/// `step`, downwards when `a > b`.
+fn range_step(a: &Value, b: &Value, step: &Value) -> Outcome {
+    let int = |v: &Value, position: usize| match go_number(v) {
+        Some(GoNumber::Int(i)) => Ok(i),
+        _ => Err(format!("operand {position} must be integer number")),
+    };
+    let (a, b, step) = (int(a, 1)?, int(b, 2)?, int(step, 3)?);
+    if step <= 0 {
+        return Err("step must be a positive integer".into());
+    }
+    let mut out = Vec::new();
+    let mut x = i128::from(a);
+    let (b, step) = (i128::from(b), i128::from(step));
+    while (i128::from(a) <= b && x <= b) || (i128::from(a) > b && x >= b) {
+        out.push(Value::from(x as i64));
+        x = if i128::from(a) <= b {
+            x + step
+        } else {
+            x - step
+        };
+    }
+    Ok(Value::from(out))
 }
 
 /// OPA's `format_int`: the number truncated toward zero, in base 2, 8, 10 or 16.

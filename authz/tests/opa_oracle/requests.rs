@@ -164,6 +164,11 @@ pub fn hand_written() -> Vec<RequestFacts> {
         r("GET", "/api/orders?q=%zz&page=1"),
         r("GET", "/caf%C3%A9/men%C3%BC?name=J%C3%BCrgen+M"),
         r("GET", "/a+b/c?x=a+b&y=%20&z=%2B"),
+        // Non-ASCII digits, letters and spaces, which Go's \d, \w and \s do not match.
+        r("GET", "/api/v%D9%A3/orders"),
+        r("GET", "/api/v2/orders"),
+        r("GET", "/api/v2/%C3%A9t%C3%A9"),
+        r("GET", "/public/a%C2%A0b"),
         r("GET", "/"),
         r("GET", "/api/"),
         r("GET", "///api//orders//"),
