@@ -16,6 +16,7 @@ use crate::engine::{self, EvalError};
 use crate::fold;
 use crate::input::AuthzInput;
 use crate::opa_alignment;
+use crate::opa_builtins;
 use crate::rules;
 use crate::rvm_gaps;
 use crate::source::{self, TestFiles};
@@ -193,9 +194,8 @@ pub enum Backend {
     /// regorus's register VM running bytecode compiled once per bundle (the fast path).
     Rvm,
     /// regorus's tree interpreter: the RVM compiler does not support the policy (e.g. `with`
-    /// outside tests), the policy uses a construct the RVM evaluates differently from OPA, or
-    /// it calls a builtin Vigil evaluates itself (`sprintf`, `upper`, ...), which the RVM cannot
-    /// call (see the crate docs); `reason` says which, with `file:line:col`.
+    /// outside tests), or the policy uses a construct the RVM evaluates differently from OPA
+    /// (see the crate docs); `reason` says which, with `file:line:col`.
     Interpreter {
         /// Why the bundle does not run on the RVM.
         reason: String,
@@ -328,14 +328,9 @@ impl PolicyBundle {
             .compile_with_entrypoint(&rule)
             .map_err(|e| compile_error(&e.to_string(), &options.rule))?;
         let data = interpreter.get_data();
-        let replaced = calls::replaced_builtin_call(parsed.get_modules());
-        let rvm = match (preference, replaced) {
-            (BackendPreference::Interpreter, _) => Err("the interpreter was requested".to_string()),
-            (BackendPreference::Rvm, Some(call)) => Err(format!(
-                "{call} is a builtin Vigil evaluates itself, like OPA, which regorus's VM \
-                 cannot call"
-            )),
-            (BackendPreference::Rvm, None) => rvm_program(&aligned.vm, &entry_rule),
+        let rvm = match preference {
+            BackendPreference::Interpreter => Err("the interpreter was requested".to_string()),
+            BackendPreference::Rvm => rvm_program(&aligned.vm, &entry_rule),
         };
         let (backend, program, folded) = match rvm {
             Ok((program, folded)) => {
@@ -474,7 +469,13 @@ fn rvm_compile(files: &[PolicyFile], rule: &str) -> Result<Arc<Program>, String>
     let compiled = engine
         .compile_with_entrypoint(&rule.into())
         .map_err(|e| source::condense_error(&e.to_string()))?;
-    Compiler::compile_from_policy(&compiled, &[rule])
+    // Vigil's own builtins (`opa_builtins.rs`) are compiled as calls the VM hands back to
+    // Vigil (see `engine.rs`), under the builtin's own name.
+    let host: Vec<(&str, usize)> = opa_builtins::REPLACED
+        .iter()
+        .map(|(name, nargs)| (*name, usize::from(*nargs)))
+        .collect();
+    Compiler::compile_from_policy_with_host_await(&compiled, &[rule], &host)
         .map_err(|e| source::condense_error(&e.to_string()))
 }
 

@@ -342,15 +342,6 @@ pub(crate) fn check(modules: &[Ref<Module>]) -> Vec<CompileProblem> {
     problems
 }
 
-/// The first call, as `file:line:col: name`, to a builtin Vigil evaluates itself
-/// (`opa_builtins.rs`): regorus's RVM calls only regorus's builtins, so such a bundle runs on
-/// the tree interpreter.
-pub(crate) fn replaced_builtin_call(modules: &[Ref<Module>]) -> Option<String> {
-    first_builtin_call(modules, &|name| {
-        opa_builtins::REPLACED.iter().any(|(n, _)| *n == name)
-    })
-}
-
 /// The first call, as `file:line:col: name`, to a builtin (not a function of the bundle) that
 /// `wanted` accepts.
 fn first_builtin_call(modules: &[Ref<Module>], wanted: &dyn Fn(&str) -> bool) -> Option<String> {

@@ -3,15 +3,19 @@
 //! `RegoVM` and `Engine` need `&mut self` to evaluate, so each thread keeps its own evaluator
 //! per bundle (a handful at most, most recently used first). Creating one costs a clone of
 //! reference-counted program and data; after that a decision takes no lock and allocates only
-//! what the policy itself needs.
+//! what the policy itself needs. A program calling one of Vigil's own builtins
+//! (`opa_builtins.rs`) runs in the VM's suspendable mode: it stops at each such call and Vigil
+//! answers it.
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use regorus::rvm::vm::{ExecutionMode, ExecutionState, SuspendReason};
 use regorus::rvm::RegoVM;
 use regorus::{Engine, Value};
 
 use crate::bundle::{PolicyBundle, MAX_INSTRUCTIONS};
+use crate::opa_builtins;
 use crate::source::condense_error;
 
 /// Why the decision rule could not be evaluated.
@@ -41,6 +45,10 @@ fn new_runner(bundle: &PolicyBundle) -> Result<Runner, EvalError> {
     let kind = match &bundle.program {
         Some(program) => {
             let mut vm = RegoVM::new();
+            // A program calling Vigil's own builtins stops at each call for Vigil to answer.
+            if program.has_host_await() {
+                vm.set_execution_mode(ExecutionMode::Suspendable);
+            }
             vm.load_program(program.clone());
             vm.set_max_instructions(MAX_INSTRUCTIONS);
             vm.set_data(bundle.data.clone())
@@ -62,13 +70,38 @@ impl Runner {
                 vm.set_input(input);
                 // The program has one entry point, compiled at instruction 0; `execute` runs it
                 // without the per-call name lookup and copy of `execute_entry_point_by_*`.
-                let result = vm.execute();
+                let result = run_vm(vm);
                 // Don't keep request data (tokens, bodies) alive until the next request.
                 vm.set_input(Value::Undefined);
                 result.map_err(|e| EvalError(condense_error(&e.to_string())))
             }
             RunnerKind::Interpreter(engine) => run_interpreter(engine, input, rule),
         }
+    }
+}
+
+/// Runs the VM to its result, answering each call to one of Vigil's own builtins.
+fn run_vm(vm: &mut RegoVM) -> Result<Value, regorus::rvm::vm::VmError> {
+    let mut result = vm.execute();
+    loop {
+        let (identifier, argument) = match vm.execution_state() {
+            ExecutionState::Suspended {
+                reason:
+                    SuspendReason::HostAwait {
+                        identifier,
+                        argument,
+                        ..
+                    },
+                ..
+            } => (identifier.clone(), argument.clone()),
+            _ => return result,
+        };
+        let name = identifier
+            .as_string()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let args = argument.as_array().map(|a| a.to_vec()).unwrap_or_default();
+        result = vm.resume(Some(opa_builtins::call(&name, &args)));
     }
 }
 

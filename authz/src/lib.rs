@@ -56,7 +56,8 @@
 //!   and not in a bundle that also calls `to_number` or writes a number like `1e3` (OPA prints
 //!   those numbers as written, Vigil as their value). Numbers of magnitude 2^53 and more may
 //!   still print differently (the 64-bit float difference below).
-//!   regorus's RVM cannot call them, so a bundle calling one runs on the tree interpreter.
+//!   The tree interpreter calls them in place of regorus's; the RVM compiles them as calls it
+//!   hands back to Vigil (regorus's host-await calls, run in its suspendable mode).
 //! - **Source rewrites** (`opa_alignment.rs`) make both engines evaluate three constructs as
 //!   OPA does: under `not`, the operands of a call are evaluated first (`not startswith(input.x,
 //!   "a")` fails when `input.x` is undefined), `some x in <not a collection>` iterates nothing

@@ -7,11 +7,12 @@
 //! `encoding.go`, `time.go`, `semver.go`) and Go's `fmt`, `strconv`, `net`, `net/url` and
 //! `time` packages, and the suite checks each one against OPA on edge cases.
 //!
-//! They are registered as regorus extensions under the builtin's own name: regorus's tree
-//! interpreter looks extensions up before its builtins, so a policy calls them unchanged. The
-//! RVM calls only regorus's builtins, so a bundle calling one of these runs on the interpreter
-//! (see `bundle.rs`). Where OPA's builtin fails, the result is undefined, as in OPA outside
-//! strict mode; with `strict` (the suite's check that Vigil fails where OPA does) it is an error.
+//! A policy calls them unchanged, under the builtin's own name. regorus's tree interpreter gets
+//! them as extensions, which it looks up before its builtins ([`register`]). The RVM compiler
+//! gets them as host-await builtins, which it also prefers to its own: the VM stops at each call
+//! and Vigil answers it with [`call`] (`bundle.rs`, `engine.rs`). Where OPA's builtin fails, the
+//! result is undefined, as in OPA outside strict mode; with `strict` (the suite's check that
+//! Vigil fails where OPA does) it is an error.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -62,6 +63,12 @@ pub(crate) fn register(engine: &mut Engine, strict: bool) {
             tracing::error!(builtin = name, error = %e, "could not register builtin");
         }
     }
+}
+
+/// One call of a builtin of [`REPLACED`], as the VM hands it over: undefined where OPA's
+/// builtin fails (outside strict mode).
+pub(crate) fn call(name: &str, args: &[Value]) -> Value {
+    evaluate(name, args).unwrap_or(Value::Undefined)
 }
 
 fn evaluate(name: &str, args: &[Value]) -> Outcome {

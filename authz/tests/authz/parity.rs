@@ -109,6 +109,28 @@ fn the_test_runner_refuses_what_the_proxy_would_refuse() {
     );
 }
 
+/// Builtins Vigil evaluates itself (sprintf, upper, net.cidr_contains, ...) run on the VM with
+/// OPA's results, and a regex `\d` matches only ASCII digits, as in Go.
+#[test]
+fn opa_semantics_builtins_run_on_the_vm() {
+    let bundle = compile(
+        "data.vigil.authz.allow",
+        r#"package vigil.authz
+greeting := sprintf("%s:%v:%d", [upper(input.parsed_path[0]), input.parsed_path, count(input.parsed_path)])
+allow if {
+  greeting == `STRAßE:["straße", "v٣"]:2`
+  net.cidr_contains("10.0.0.0/8", "::ffff:10.1.2.3")
+  not regex.match(`^v\d$`, input.parsed_path[1])
+}
+"#,
+    )
+    .expect("compiles");
+    assert_eq!(bundle.backend(), &Backend::Rvm);
+    let headers = HeaderMap::new();
+    let decision = bundle.evaluate(&request(&headers, "/stra%C3%9Fe/v%D9%A3", None));
+    assert!(decision.allowed(), "{decision:?}");
+}
+
 /// The finding that started the differential suite: OPA takes the `else` when the body fails
 /// on an assignment from an undefined value, so a request without x-role is a guest.
 #[test]
