@@ -49,9 +49,10 @@
 //!   `http.send`, which the sidecar does not support.
 //! - **Builtins Vigil evaluates itself** (`opa_builtins.rs`): `sprintf`, `upper`, `lower`,
 //!   `to_number`, `net.cidr_contains`, `format_int`, `ceil`, `indexof`, `strings.count`,
-//!   `urlquery.*`, `time.parse_rfc3339_ns` and `semver.is_valid`, where regorus's own differ
-//!   from OPA's, are replaced by Vigil's versions of OPA's Go code (Go's `fmt`, Unicode tables,
-//!   `strconv.ParseFloat`, `net`, `net/url` and `time.Parse` rules). `sprintf` is accepted
+//!   `urlquery.*`, `time.parse_rfc3339_ns`, `time.parse_duration_ns`, `time.add_date`,
+//!   `semver.is_valid`, `regex.split`, `numbers.range_step` and `glob.quote_meta`, where
+//!   regorus's own differ from OPA's, are replaced by Vigil's versions of OPA's Go code (Go's
+//!   `fmt`, Unicode tables, `strconv.ParseFloat`, `net`, `net/url`, `regexp` and `time` rules). `sprintf` is accepted
 //!   with a format string written in the policy using only `%s`, `%v`, `%d`, `%q` and `%%`,
 //!   and not in a bundle that also calls `to_number` or writes a number like `1e3` (OPA prints
 //!   those numbers as written, Vigil as their value). Numbers of magnitude 2^53 and more may

@@ -42,6 +42,8 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("regex.split", 2),
     ("numbers.range_step", 3),
     ("glob.quote_meta", 1),
+    ("time.parse_duration_ns", 1),
+    ("time.add_date", 4),
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
@@ -93,6 +95,8 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "regex.split" => regex_split(arg(0), arg(1)),
         "numbers.range_step" => range_step(arg(0), arg(1), arg(2)),
         "glob.quote_meta" => Ok(Value::from(glob_quote_meta(string_operand(arg(0), 1)?))),
+        "time.parse_duration_ns" => parse_duration_ns(string_operand(arg(0), 1)?),
+        "time.add_date" => add_date(arg(0), arg(1), arg(2), arg(3)),
         "semver.is_valid" => Ok(Value::from(
             arg(0).as_string().is_ok_and(|s| semver_is_valid(s)),
         )),
@@ -759,6 +763,148 @@ fn parse_rfc3339_ns(s: &str) -> Outcome {
     i64::try_from(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
         .map(Value::from)
         .map_err(|_| "time outside of valid range".to_string())
+}
+
+/// OPA's `time.parse_duration_ns`: Go's `time.ParseDuration` with OPA's extra units `d`, `w`
+/// and `y` (365 days).
+fn parse_duration_ns(s: &str) -> Outcome {
+    const LIMIT: u64 = 1 << 63;
+    let bad = || format!("time: invalid duration {s:?}");
+    let (negative, mut rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if rest == "0" {
+        return Ok(Value::from(0i64));
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let b = rest.as_bytes();
+        if !(b[0] == b'.' || b[0].is_ascii_digit()) {
+            return Err(bad());
+        }
+        // Whole part.
+        let mut i = 0;
+        let mut whole: u64 = 0;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if whole > LIMIT / 10 {
+                return Err(bad());
+            }
+            whole = whole * 10 + u64::from(b[i] - b'0');
+            if whole > LIMIT {
+                return Err(bad());
+            }
+            i += 1;
+        }
+        let pre = i > 0;
+        // Fraction: digits beyond what a u64 holds are ignored, as in Go.
+        let (mut fraction, mut scale, mut post) = (0u64, 1f64, false);
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            let start = i;
+            let mut overflow = false;
+            while i < b.len() && b[i].is_ascii_digit() {
+                if !overflow {
+                    if fraction > (LIMIT - 1) / 10 {
+                        overflow = true;
+                    } else {
+                        let next = fraction * 10 + u64::from(b[i] - b'0');
+                        if next > LIMIT {
+                            overflow = true;
+                        } else {
+                            fraction = next;
+                            scale *= 10.0;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            post = i > start;
+        }
+        if !pre && !post {
+            return Err(bad());
+        }
+        // Unit: everything up to the next digit or `.`.
+        let unit_start = i;
+        while i < b.len() && !(b[i] == b'.' || b[i].is_ascii_digit()) {
+            i += 1;
+        }
+        if i == unit_start {
+            return Err(format!("time: missing unit in duration {s:?}"));
+        }
+        let unit: u64 = match &rest[unit_start..i] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            "w" => 604_800_000_000_000,
+            "y" => 31_536_000_000_000_000,
+            other => return Err(format!("time: unknown unit {other:?} in duration {s:?}")),
+        };
+        rest = &rest[i..];
+        if whole > LIMIT / unit {
+            return Err(bad());
+        }
+        let mut value = whole * unit;
+        if fraction > 0 {
+            value += (fraction as f64 * (unit as f64 / scale)) as u64;
+            if value > LIMIT {
+                return Err(bad());
+            }
+        }
+        total += value;
+        if total > LIMIT {
+            return Err(bad());
+        }
+    }
+    if negative {
+        return Ok(Value::from((-(i128::from(total))) as i64));
+    }
+    i64::try_from(total).map(Value::from).map_err(|_| bad())
+}
+
+/// OPA's `time.add_date`: Go's `Time.AddDate` in UTC (a day past the end of a month rolls over:
+/// January 31 plus one month is March 2 or 3), in nanoseconds that must fit an int64.
+fn add_date(ns: &Value, years: &Value, months: &Value, days: &Value) -> Outcome {
+    let int = |v: &Value, position: usize| match go_number(v) {
+        Some(GoNumber::Int(i)) => Ok(i128::from(i)),
+        _ => Err(format!("operand {position} must be integer number")),
+    };
+    let (ns, years, months, days) = (int(ns, 1)?, int(years, 2)?, int(months, 3)?, int(days, 4)?);
+    const DAY: i128 = 86_400_000_000_000;
+    let day_number = ns.div_euclid(DAY);
+    let within_day = ns.rem_euclid(DAY);
+    let (year, month, day) = civil_from_days(day_number);
+    let month_index = i128::from(month) - 1 + months;
+    let year = i128::from(year) + years + month_index.div_euclid(12);
+    let month = month_index.rem_euclid(12) + 1;
+    let year = i64::try_from(year).map_err(|_| "time outside of valid range".to_string())?;
+    let first = i128::from(days_from_civil(year, month as i64, 1));
+    let total = (first + i128::from(day) - 1 + days) * DAY + within_day;
+    i64::try_from(total)
+        .map(Value::from)
+        .map_err(|_| "time outside of valid range".to_string())
+}
+
+/// The date of a day number counted from 1970-01-01 (proleptic Gregorian calendar).
+fn civil_from_days(z: i128) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    ((y + i128::from(m <= 2)) as i64, m as i64, d as i64)
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {
