@@ -45,6 +45,7 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "object.filter",
     "object.subset",
     "json.remove",
+    "json.filter",
     // Strings.
     "concat",
     "contains",
@@ -152,10 +153,6 @@ const DIFFERENT_FROM_OPA: &[(&str, &str)] = &[
     (
         "yaml.marshal",
         "strings are quoted differently (OPA: \"7\", Vigil's engine: '7')",
-    ),
-    (
-        "json.filter",
-        "null values on a filtered path are dropped, where OPA keeps them",
     ),
     (
         "time.parse_ns",

@@ -50,15 +50,16 @@
 //! - **Builtins Vigil evaluates itself** (`opa_builtins.rs`): `sprintf`, `upper`, `lower`,
 //!   `to_number`, `net.cidr_contains`, `format_int`, `ceil`, `indexof`, `strings.count`,
 //!   `urlquery.*`, `time.parse_rfc3339_ns`, `time.parse_duration_ns`, `time.add_date`,
-//!   `semver.is_valid`, `regex.split`, `numbers.range_step` and `glob.quote_meta`, where
-//!   regorus's own differ from OPA's, are replaced by Vigil's versions of OPA's Go code (Go's
-//!   `fmt`, Unicode tables, `strconv.ParseFloat`, `net`, `net/url`, `regexp` and `time` rules). `sprintf` is accepted
-//!   with a format string written in the policy using only `%s`, `%v`, `%d`, `%q` and `%%`,
-//!   and not in a bundle that also calls `to_number` or writes a number like `1e3` (OPA prints
-//!   those numbers as written, Vigil as their value). Numbers of magnitude 2^53 and more may
-//!   still print differently (the 64-bit float difference below).
-//!   The tree interpreter calls them in place of regorus's; the RVM compiles them as calls it
-//!   hands back to Vigil (regorus's host-await calls, run in its suspendable mode).
+//!   `semver.is_valid`, `regex.split`, `numbers.range_step`, `glob.quote_meta` and
+//!   `json.filter`, where regorus's own differ from OPA's, are replaced by Vigil's versions of
+//!   OPA's Go code (Go's `fmt`, Unicode tables, `strconv.ParseFloat`, `net`, `net/url`,
+//!   `regexp` and `time` rules). `sprintf` is accepted with a format string written in the
+//!   policy using only `%s`, `%v`, `%d`, `%q` and `%%`, and not in a bundle that also calls
+//!   `to_number` or writes a number like `1e3` (OPA prints those numbers as written, Vigil as
+//!   their value). Numbers of magnitude 2^53 and more may still print differently (the 64-bit
+//!   float difference below). The tree interpreter calls them in place of regorus's; the RVM
+//!   compiles them as calls it hands back to Vigil (regorus's host-await calls, run in its
+//!   suspendable mode).
 //! - **Source rewrites** (`opa_alignment.rs`) make both engines evaluate three constructs as
 //!   OPA does: under `not`, the operands of a call are evaluated first (`not startswith(input.x,
 //!   "a")` fails when `input.x` is undefined), `some x in <not a collection>` iterates nothing

@@ -14,6 +14,7 @@
 //! result is undefined, as in OPA outside strict mode; with `strict` (the suite's check that
 //! Vigil fails where OPA does) it is an error.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -44,6 +45,7 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("glob.quote_meta", 1),
     ("time.parse_duration_ns", 1),
     ("time.add_date", 4),
+    ("json.filter", 2),
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
@@ -97,6 +99,7 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "glob.quote_meta" => Ok(Value::from(glob_quote_meta(string_operand(arg(0), 1)?))),
         "time.parse_duration_ns" => parse_duration_ns(string_operand(arg(0), 1)?),
         "time.add_date" => add_date(arg(0), arg(1), arg(2), arg(3)),
+        "json.filter" => json_filter(arg(0), arg(1)),
         "semver.is_valid" => Ok(Value::from(
             arg(0).as_string().is_ok_and(|s| semver_is_valid(s)),
         )),
@@ -666,6 +669,98 @@ fn encode_object(value: &Value) -> Outcome {
         }
     }
     Ok(Value::from(out.join("&")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON documents
+
+/// The tree of paths `json.filter` keeps (OPA's `pathsToObject`): a leaf keeps the whole value.
+enum Keep {
+    All,
+    Some(BTreeMap<Value, Keep>),
+}
+
+/// OPA's `json.filter`: the parts of an object on the given paths (`a/b` strings with `~1` and
+/// `~0` escapes, or arrays of segments; array elements are named by their index as a string).
+fn json_filter(object: &Value, paths: &Value) -> Outcome {
+    if object.as_object().is_err() {
+        return Err("operand 1 must be object".into());
+    }
+    let paths: Vec<&Value> = match paths {
+        Value::Array(items) => items.iter().collect(),
+        Value::Set(items) => items.iter_sorted().collect(),
+        _ => return Err("operand 2 must be one of {set, array}".into()),
+    };
+    let mut root = BTreeMap::new();
+    for path in paths {
+        let segments: Vec<Value> = match path {
+            Value::String(p) if p.is_empty() => continue,
+            Value::String(p) => p
+                .trim_start_matches('/')
+                .split('/')
+                .map(|part| Value::from(part.replace("~1", "/").replace("~0", "~")))
+                .collect(),
+            Value::Array(items) => items.iter().cloned().collect(),
+            _ => return Err("operand 2 must hold string paths or arrays of segments".into()),
+        };
+        let Some((last, init)) = segments.split_last() else {
+            continue;
+        };
+        // A path under one already kept whole changes nothing.
+        if let Some(node) = descend(&mut root, init) {
+            node.insert(last.clone(), Keep::All);
+        }
+    }
+    Ok(filter_value(object, &Keep::Some(root)))
+}
+
+/// The node of the tree at `path`, made as needed; `None` when a prefix is kept whole.
+fn descend<'a>(
+    mut node: &'a mut BTreeMap<Value, Keep>,
+    path: &[Value],
+) -> Option<&'a mut BTreeMap<Value, Keep>> {
+    for key in path {
+        match node
+            .entry(key.clone())
+            .or_insert_with(|| Keep::Some(BTreeMap::new()))
+        {
+            Keep::All => return None,
+            Keep::Some(next) => node = next,
+        }
+    }
+    Some(node)
+}
+
+fn filter_value(value: &Value, keep: &Keep) -> Value {
+    let Keep::Some(keys) = keep else {
+        return value.clone();
+    };
+    match value {
+        Value::Array(items) => Value::from(
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    keys.get(&Value::from(i.to_string()))
+                        .map(|k| filter_value(item, k))
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Value::Set(items) => {
+            let kept: std::collections::BTreeSet<Value> = items
+                .iter_sorted()
+                .filter_map(|item| keys.get(item).map(|k| filter_value(item, k)))
+                .collect();
+            Value::from(kept)
+        }
+        Value::Object(fields) => Value::from(
+            fields
+                .iter_sorted()
+                .filter_map(|(k, v)| keys.get(k).map(|keep| (k.clone(), filter_value(v, keep))))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        other => other.clone(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
