@@ -50,8 +50,8 @@
 //! - **Builtins Vigil evaluates itself** (`opa_builtins.rs`): `sprintf`, `upper`, `lower`,
 //!   `to_number`, `net.cidr_contains`, `format_int`, `ceil`, `indexof`, `strings.count`,
 //!   `urlquery.*`, `time.parse_rfc3339_ns`, `time.parse_duration_ns`, `time.add_date`,
-//!   `semver.is_valid`, `regex.split`, `numbers.range_step`, `glob.quote_meta` and
-//!   `json.filter`, where regorus's own differ from OPA's, are replaced by Vigil's versions of
+//!   `semver.is_valid`, `regex.split`, `regex.template_match`, `numbers.range_step`,
+//!   `glob.quote_meta` and `json.filter`, where regorus's own differ from OPA's, are replaced by Vigil's versions of
 //!   OPA's Go code (Go's `fmt`, Unicode tables, `strconv.ParseFloat`, `net`, `net/url`,
 //!   `regexp` and `time` rules). `sprintf` is accepted with a format string written in the
 //!   policy using only `%s`, `%v`, `%d`, `%q` and `%%`, and not in a bundle that also calls
@@ -65,7 +65,7 @@
 //!   "a")` fails when `input.x` is undefined), `some x in <not a collection>` iterates nothing
 //!   instead of failing the evaluation (interpreter), and the patterns of the `regex.*`
 //!   builtins get Go's ASCII-only `\d`, `\w`, `\s` and `\b` (regorus reads them as Unicode
-//!   classes, so `\d` would match `٣`).
+//!   classes, so `\d` would match `٣`) and, when written in the policy, Go's literal braces.
 //! - **Engine choice.** [`PolicyBundle::compile`] compiles the decision rule to regorus's
 //!   register VM (RVM) bytecode, the fast path, unless the RVM compiler refuses it (e.g. `with`
 //!   outside tests) or the bundle uses a construct the RVM gets wrong (`rvm_gaps.rs`): an

@@ -16,10 +16,13 @@
 //!   "set"}` statement in front makes the body fail instead, as in OPA. Only the interpreter
 //!   needs it (the RVM already agrees with OPA).
 //!
-//! And one by wrapping an expression: the pattern of a `regex.*` call is passed through
-//! `data.vigil_go_regex.pattern`, which gives Go's ASCII-only `\d \w \s \b` their Go meaning
-//! (regorus reads them as Unicode classes); both engines need it. Patterns written in the
-//! policy without those escapes are left alone.
+//! And one by rewriting an expression: the pattern of a `regex.*` call gets Go's meaning
+//! (`opa_builtins::go_pattern`: Go's `\d \w \s \b` are ASCII-only where regorus reads Unicode
+//! classes, so `\d` would match `٣`; Go reads a `{` that starts no repetition as itself, where
+//! regorus refuses the pattern). A pattern written in the policy is rewritten in place; one
+//! computed during evaluation is passed through `data.vigil_go_regex.pattern`, which handles the
+//! Perl classes (not the braces: a brace in a computed pattern still makes regorus fail). Both
+//! engines need it.
 //!
 //! The statements are inserted on the line of the statement they guard, so line numbers in
 //! messages stay right (columns after the insertion shift). A rule written `head if <literal>`
@@ -50,6 +53,8 @@ struct Insertion {
     offset: usize,
     text: String,
     interpreter_only: bool,
+    /// Bytes after `offset` the text replaces (0 for a plain insertion).
+    replaced: usize,
 }
 
 /// Rewrites `files` (whose parsed `modules` are given) for each engine.
@@ -90,11 +95,11 @@ const PATTERN_ARGUMENT: &[(&str, usize)] = &[
     ("regex.replace", 1),
 ];
 
-/// Wraps the pattern of each regorus regex builtin call in `data.vigil_go_regex.pattern(...)`,
-/// which rewrites Go's ASCII-only `\d \w \s \b` (and their negations) into classes the regex
-/// crate reads the same way (see `opa_builtins::go_pattern`): regorus reads them as Unicode
-/// classes, so `\d` would match `٣` where OPA does not. Patterns written in the policy without
-/// those escapes are left as they are. Returns whether a pattern was wrapped.
+/// Gives the pattern of each regorus regex builtin call Go's meaning: a pattern written in the
+/// policy is replaced by its translation (`opa_builtins::go_pattern`) when that differs; any
+/// other is wrapped in `data.vigil_go_regex.pattern(...)`, which rewrites Go's ASCII-only
+/// `\d \w \s \b` (and their negations) into classes the regex crate reads the same way.
+/// Returns whether a pattern was wrapped.
 fn go_regex_patterns(modules: &[Ref<Module>], out: &mut Vec<Insertion>) -> bool {
     let mut wrapped = false;
     for module in modules {
@@ -122,30 +127,46 @@ fn go_regex_patterns(modules: &[Ref<Module>], out: &mut Vec<Insertion>) -> bool 
                 let Some(pattern) = params.get(*index) else {
                     return;
                 };
-                if let Expr::String { value, .. } | Expr::RawString { value, .. } = pattern.as_ref()
-                {
-                    if value
-                        .as_string()
-                        .is_ok_and(|p| opa_builtins::go_pattern(p) == p.as_ref())
-                    {
-                        return;
-                    }
-                }
                 let Some((start, end)) = extent(pattern) else {
                     return;
                 };
                 let file = pattern.span().source.file().clone();
+                if let Expr::String { value, .. } | Expr::RawString { value, .. } = pattern.as_ref()
+                {
+                    // A pattern written in the policy is translated here, once.
+                    let Ok(written) = value.as_string() else {
+                        return;
+                    };
+                    let translated = opa_builtins::go_pattern(written);
+                    if translated != written.as_ref() {
+                        let text = if translated.contains('`') {
+                            serde_json::to_string(&translated).unwrap_or_default()
+                        } else {
+                            format!("`{translated}`")
+                        };
+                        out.push(Insertion {
+                            file,
+                            offset: start,
+                            text,
+                            interpreter_only: false,
+                            replaced: end - start,
+                        });
+                    }
+                    return;
+                }
                 out.push(Insertion {
                     file: file.clone(),
                     offset: start,
                     text: format!("data.{GO_REGEX_PACKAGE}.pattern("),
                     interpreter_only: false,
+                    replaced: 0,
                 });
                 out.push(Insertion {
                     file,
                     offset: end,
                     text: ")".to_string(),
                     interpreter_only: false,
+                    replaced: 0,
                 });
                 wrapped = true;
             });
@@ -217,8 +238,12 @@ fn apply(files: &[PolicyFile], insertions: &[Insertion], interpreter: bool) -> V
         // insertions at one offset.
         mine.sort_by_key(|i| std::cmp::Reverse(i.offset));
         for insertion in mine {
-            if file.contents.is_char_boundary(insertion.offset) {
-                file.contents.insert_str(insertion.offset, &insertion.text);
+            let end = insertion.offset + insertion.replaced;
+            if file.contents.is_char_boundary(insertion.offset)
+                && file.contents.is_char_boundary(end)
+            {
+                file.contents
+                    .replace_range(insertion.offset..end, &insertion.text);
             }
         }
     }
@@ -321,12 +346,14 @@ fn guard_statement(
             offset: start,
             text: format!("{{ {prefix}"),
             interpreter_only,
+            replaced: 0,
         });
         out.push(Insertion {
             file,
             offset: end,
             text: " }".to_string(),
             interpreter_only,
+            replaced: 0,
         });
     } else {
         out.push(Insertion {
@@ -334,6 +361,7 @@ fn guard_statement(
             offset: start,
             text: prefix,
             interpreter_only,
+            replaced: 0,
         });
     }
 }
@@ -482,7 +510,7 @@ mod tests {
         );
         assert_eq!(
             out.vm[0].contents,
-            "package p\na if regex.match(data.vigil_go_regex.pattern(`^\\d+$`), input.x)\n\
+            "package p\na if regex.match(`^[0-9]+$`, input.x)\n\
              b if regex.match(\"^a+$\", input.x)\n\
              c if regex.replace(input.x, data.vigil_go_regex.pattern(input.pattern[0]), \"\")\n"
         );

@@ -46,6 +46,7 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("time.parse_duration_ns", 1),
     ("time.add_date", 4),
     ("json.filter", 2),
+    ("regex.template_match", 4),
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
@@ -100,6 +101,12 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "time.parse_duration_ns" => parse_duration_ns(string_operand(arg(0), 1)?),
         "time.add_date" => add_date(arg(0), arg(1), arg(2), arg(3)),
         "json.filter" => json_filter(arg(0), arg(1)),
+        "regex.template_match" => template_match(
+            string_operand(arg(0), 1)?,
+            string_operand(arg(1), 2)?,
+            string_operand(arg(2), 3)?,
+            string_operand(arg(3), 4)?,
+        ),
         "semver.is_valid" => Ok(Value::from(
             arg(0).as_string().is_ok_and(|s| semver_is_valid(s)),
         )),
@@ -219,13 +226,163 @@ pub(crate) const GO_PERL_CLASSES: &[(&str, &str)] = &[
 /// Stands for an escaped backslash while the classes are replaced (a private-use character).
 pub(crate) const ESCAPED_BACKSLASH: &str = "\u{E000}";
 
-/// A Go regular expression as the regex crate reads it with Go's meaning.
+/// A Go regular expression as the regex crate reads it with Go's meaning: ASCII-only Perl
+/// classes, and literal braces escaped (Go reads a `{` that starts no repetition as itself,
+/// the regex crate refuses it).
 pub(crate) fn go_pattern(pattern: &str) -> String {
+    escape_literal_braces(&go_perl_classes(pattern))
+}
+
+/// [`GO_PERL_CLASSES`] applied, as `data.vigil_go_regex.pattern` does for patterns computed
+/// when a request is evaluated.
+pub(crate) fn go_perl_classes(pattern: &str) -> String {
     let mut out = pattern.replace("\\\\", ESCAPED_BACKSLASH);
     for (from, to) in GO_PERL_CLASSES {
         out = out.replace(from, to);
     }
     out.replace(ESCAPED_BACKSLASH, "\\\\")
+}
+
+fn escape_literal_braces(pattern: &str) -> String {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::with_capacity(pattern.len());
+    let (mut i, mut in_class) = (0, false);
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' {
+            let mut n = 2;
+            // `\p{Greek}`, `\x{10FFFF}`: the braces belong to the escape.
+            if matches!(chars.get(i + 1), Some('p' | 'P' | 'x')) && chars.get(i + 2) == Some(&'{') {
+                n = chars[i..]
+                    .iter()
+                    .position(|&c| c == '}')
+                    .map_or(chars.len() - i, |p| p + 1);
+            }
+            out.extend(chars[i..(i + n).min(chars.len())].iter());
+            i += n;
+            continue;
+        }
+        if in_class {
+            in_class = c != ']';
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        match c {
+            '[' => {
+                in_class = true;
+                out.push(c);
+                i += 1;
+                // A `]` first in a class is part of it.
+                if chars.get(i) == Some(&'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if chars.get(i) == Some(&']') {
+                    out.push(']');
+                    i += 1;
+                }
+            }
+            '{' => match repetition_len(&chars[i..]) {
+                Some(n) => {
+                    let counts: String = chars[i + 1..i + n - 1].iter().collect();
+                    if counts
+                        .split(',')
+                        .any(|c| c.parse::<u32>().is_ok_and(|c| c > 1000))
+                    {
+                        // Go refuses such a repetition; make the regex crate refuse it too.
+                        out.push_str("\\p{Go refuses repeat counts above 1000}");
+                    } else {
+                        out.extend(chars[i..i + n].iter());
+                    }
+                    i += n;
+                }
+                None => {
+                    out.push_str("\\{");
+                    i += 1;
+                }
+            },
+            '}' => {
+                out.push_str("\\}");
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The length of a counted repetition (`{2}`, `{2,}`, `{2,5}`) at the start of `chars`.
+fn repetition_len(chars: &[char]) -> Option<usize> {
+    let mut i = 1;
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while chars.get(*i).is_some_and(char::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - start
+    };
+    if digits(&mut i) == 0 {
+        return None;
+    }
+    if chars.get(i) == Some(&',') {
+        i += 1;
+        digits(&mut i);
+    }
+    (chars.get(i) == Some(&'}')).then_some(i + 1)
+}
+
+/// OPA's `regex.template_match`: the template's text outside the delimiters matched literally,
+/// the parts inside them as regular expressions, the whole value anchored.
+fn template_match(template: &str, value: &str, start: &str, end: &str) -> Outcome {
+    let (&[open], &[close]) = (start.as_bytes(), end.as_bytes()) else {
+        return Err("delimiters have to be exactly one character long".into());
+    };
+    // Delimiter pairs, as gorilla/mux finds them (nested ones belong to the outer pair).
+    let bytes = template.as_bytes();
+    let (mut level, mut begin, mut pairs) = (0i64, 0, Vec::new());
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == open {
+            level += 1;
+            if level == 1 {
+                begin = i;
+            }
+        } else if b == close {
+            level -= 1;
+            if level == 0 {
+                pairs.push((begin, i + 1));
+            } else if level < 0 {
+                return Err(format!("unbalanced braces in {template:?}"));
+            }
+        }
+    }
+    if level != 0 {
+        return Err(format!("unbalanced braces in {template:?}"));
+    }
+    let mut pattern = String::from("^");
+    let mut last = 0;
+    for (from, to) in pairs {
+        let inner = template
+            .get(from + 1..to - 1)
+            .ok_or("delimiters split a character")?;
+        let literal = template
+            .get(last..from)
+            .ok_or("delimiters split a character")?;
+        regex::Regex::new(&go_pattern(&format!("^{inner}$")))
+            .map_err(|e| format!("error parsing regexp: {e}"))?;
+        pattern.push_str(&regex::escape(literal));
+        pattern.push('(');
+        pattern.push_str(&go_pattern(inner));
+        pattern.push(')');
+        last = to;
+    }
+    pattern.push_str(&regex::escape(template.get(last..).unwrap_or("")));
+    pattern.push('$');
+    let re = regex::Regex::new(&pattern).map_err(|e| format!("error parsing regexp: {e}"))?;
+    Ok(Value::from(re.is_match(value)))
 }
 
 /// The glob metacharacters gobwas/glob (OPA's glob library) escapes: `*?\[]{}`.
