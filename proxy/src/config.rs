@@ -85,14 +85,18 @@ pub enum InboundMode {
     Permissive,
 }
 
-/// Limits on one request, applied on both traffic listeners.
-#[derive(Debug, Clone, Copy)]
+/// Limits on one request, applied on both traffic listeners. The command line is
+/// derived from these fields (one source for each setting).
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct RequestLimits {
-    /// Longest request line (method and target) accepted; longer gets 414.
+    /// Longest request line (method and target, bytes); longer requests get 414.
+    #[arg(long, env = "VIGIL_MAX_REQUEST_LINE_BYTES", default_value_t = 16 * 1024)]
     pub max_request_line_bytes: usize,
-    /// Most header fields accepted; more gets 431.
+    /// Most header fields in a request; more get 431.
+    #[arg(long, env = "VIGIL_MAX_HEADERS", default_value_t = 100)]
     pub max_headers: usize,
-    /// Largest request body accepted; larger gets 413. `None` for no limit.
+    /// Largest request body (bytes); larger requests get 413. No limit unless given.
+    #[arg(long = "max-request-body-bytes", env = "VIGIL_MAX_REQUEST_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
 }
 
@@ -107,12 +111,22 @@ impl Default for RequestLimits {
 }
 
 /// HTTP/2 server limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Http2Limits {
-    /// Streams one client may have open at once.
+    /// HTTP/2 streams one client may have open at once.
+    #[arg(
+        long = "http2-max-concurrent-streams",
+        env = "VIGIL_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
     pub max_concurrent_streams: u32,
-    /// Streams a client may open and reset before the server accepts them, before the
-    /// connection is closed as a rapid-reset flood (CVE-2023-44487).
+    /// HTTP/2 streams a client may open and reset before the server accepts them; past
+    /// this the connection is closed as a rapid-reset flood (CVE-2023-44487).
+    #[arg(
+        long = "http2-max-pending-resets",
+        env = "VIGIL_HTTP2_MAX_PENDING_RESETS",
+        default_value_t = 64
+    )]
     pub max_pending_resets: usize,
 }
 

@@ -14,9 +14,17 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::drain::Drain;
 
 /// How many connections a listener takes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct ConnectionLimits {
+    /// Most connections each traffic listener accepts.
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Most connections from one source address per listener.
+    #[arg(
+        long = "max-connections-per-source",
+        env = "VIGIL_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 50_000
+    )]
     pub max_per_source: usize,
 }
 

@@ -62,28 +62,15 @@ struct Args {
     /// Timeout for connecting to peers and the application.
     #[arg(long, env = "VIGIL_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
-    /// Most connections each traffic listener accepts.
-    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 100_000)]
-    max_connections: usize,
-    /// Most connections from one source address per listener.
-    #[arg(
-        long,
-        env = "VIGIL_MAX_CONNECTIONS_PER_SOURCE",
-        default_value_t = 50_000
-    )]
-    max_connections_per_source: usize,
+    #[command(flatten)]
+    connection_limits: vigil_proxy::listener::ConnectionLimits,
+    #[command(flatten)]
+    request_limits: vigil_proxy::config::RequestLimits,
+    #[command(flatten)]
+    http2: vigil_proxy::config::Http2Limits,
     /// Largest request head accepted (bytes); larger requests get 431.
     #[arg(long, env = "VIGIL_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     max_header_bytes: usize,
-    /// Most header fields in a request; more get 431.
-    #[arg(long, env = "VIGIL_MAX_HEADERS", default_value_t = 100)]
-    max_headers: usize,
-    /// Longest request line (method and target, bytes); longer requests get 414.
-    #[arg(long, env = "VIGIL_MAX_REQUEST_LINE_BYTES", default_value_t = 16 * 1024)]
-    max_request_line_bytes: usize,
-    /// Largest request body (bytes); larger requests get 413. No limit unless given.
-    #[arg(long, env = "VIGIL_MAX_REQUEST_BODY_BYTES")]
-    max_request_body_bytes: Option<u64>,
     /// How long a client may take to finish its TLS handshake on the inbound port.
     #[arg(long, env = "VIGIL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
@@ -97,17 +84,6 @@ struct Args {
     /// before its connection is closed.
     #[arg(long, env = "VIGIL_WRITE_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     write_stall_timeout: Duration,
-    /// HTTP/2 streams one client may have open at once.
-    #[arg(
-        long,
-        env = "VIGIL_HTTP2_MAX_CONCURRENT_STREAMS",
-        default_value_t = 1024
-    )]
-    http2_max_concurrent_streams: u32,
-    /// HTTP/2 streams a client may reset before they are accepted; past this the
-    /// connection is closed as a rapid-reset flood.
-    #[arg(long, env = "VIGIL_HTTP2_MAX_PENDING_RESETS", default_value_t = 64)]
-    http2_max_pending_resets: usize,
     /// How long a client may take to send a request head.
     #[arg(long, env = "VIGIL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
@@ -238,20 +214,10 @@ fn start(args: Args) -> anyhow::Result<()> {
         detect_timeout: Duration::from_secs(1),
         handshake_timeout: args.handshake_timeout,
         max_chain_depth: args.max_chain_depth,
-        limits: vigil_proxy::listener::ConnectionLimits {
-            max_connections: args.max_connections,
-            max_per_source: args.max_connections_per_source,
-        },
+        limits: args.connection_limits,
         max_header_bytes: args.max_header_bytes,
-        request_limits: vigil_proxy::config::RequestLimits {
-            max_request_line_bytes: args.max_request_line_bytes,
-            max_headers: args.max_headers,
-            max_body_bytes: args.max_request_body_bytes,
-        },
-        http2: vigil_proxy::config::Http2Limits {
-            max_concurrent_streams: args.http2_max_concurrent_streams,
-            max_pending_resets: args.http2_max_pending_resets,
-        },
+        request_limits: args.request_limits,
+        http2: args.http2,
         idle_timeout: args.idle_timeout,
         write_stall_timeout: args.write_stall_timeout,
         header_read_timeout: args.header_read_timeout,
