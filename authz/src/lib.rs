@@ -51,7 +51,9 @@
 //!   `to_number`, `net.cidr_contains`, `format_int`, `ceil`, `indexof`, `strings.count`,
 //!   `urlquery.*`, `time.parse_rfc3339_ns`, `time.parse_duration_ns`, `time.add_date`,
 //!   `semver.is_valid`, `regex.split`, `regex.template_match`, `numbers.range_step`,
-//!   `glob.quote_meta` and `json.filter`, where regorus's own differ from OPA's, are replaced by Vigil's versions of
+//!   `glob.quote_meta`, `json.filter`, and `indexof_n`, `substring`, `array.slice`,
+//!   `base64.decode`, `semver.compare` and `net.cidr_expand` (found to differ on edge cases
+//!   after they were accepted), where regorus's own differ from OPA's, are replaced by Vigil's versions of
 //!   OPA's Go code (Go's `fmt`, Unicode tables, `strconv.ParseFloat`, `net`, `net/url`,
 //!   `regexp` and `time` rules). `sprintf` is accepted with a format string written in the
 //!   policy using only `%s`, `%v`, `%d`, `%q` and `%%`, and not in a bundle that also calls

@@ -47,6 +47,12 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("time.add_date", 4),
     ("json.filter", 2),
     ("regex.template_match", 4),
+    ("indexof_n", 2),
+    ("substring", 3),
+    ("array.slice", 3),
+    ("base64.decode", 1),
+    ("semver.compare", 2),
+    ("net.cidr_expand", 1),
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
@@ -101,6 +107,12 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "time.parse_duration_ns" => parse_duration_ns(string_operand(arg(0), 1)?),
         "time.add_date" => add_date(arg(0), arg(1), arg(2), arg(3)),
         "json.filter" => json_filter(arg(0), arg(1)),
+        "indexof_n" => indexof_n(arg(0), arg(1)),
+        "substring" => substring(arg(0), arg(1), arg(2)),
+        "array.slice" => array_slice(arg(0), arg(1), arg(2)),
+        "base64.decode" => base64_decode(string_operand(arg(0), 1)?),
+        "semver.compare" => semver_compare(arg(0), arg(1)),
+        "net.cidr_expand" => cidr_expand(string_operand(arg(0), 1)?),
         "regex.template_match" => template_match(
             string_operand(arg(0), 1)?,
             string_operand(arg(1), 2)?,
@@ -151,6 +163,94 @@ fn indexof(base: &Value, search: &Value) -> Outcome {
         None => -1,
     };
     Ok(Value::from(index))
+}
+
+/// OPA's `indexof_n`: the character index of every match, overlapping ones included; an empty
+/// search string fails.
+fn indexof_n(base: &Value, search: &Value) -> Outcome {
+    let base: Vec<char> = string_operand(base, 1)?.chars().collect();
+    let search: Vec<char> = string_operand(search, 2)?.chars().collect();
+    if search.is_empty() {
+        return Err("empty search character".into());
+    }
+    let found: Vec<Value> = (0..base.len())
+        .filter(|&i| base[i..].starts_with(&search))
+        .map(|i| Value::from(i as u64))
+        .collect();
+    Ok(Value::from(found))
+}
+
+/// An integer operand: OPA refuses a number with a fractional part.
+fn int_operand(value: &Value, position: usize) -> Result<i64, String> {
+    match go_number(value) {
+        Some(GoNumber::Int(i)) => Ok(i),
+        _ => Err(format!("operand {position} must be integer number")),
+    }
+}
+
+/// OPA's `substring`: `length` characters from `start` (all the rest when negative); a negative
+/// start fails.
+fn substring(base: &Value, start: &Value, length: &Value) -> Outcome {
+    let base = string_operand(base, 1)?;
+    let start = int_operand(start, 2)?;
+    let length = int_operand(length, 3)?;
+    if start < 0 {
+        return Err("negative offset".into());
+    }
+    let chars = base
+        .chars()
+        .skip(usize::try_from(start).unwrap_or(usize::MAX));
+    let out: String = match usize::try_from(length) {
+        Ok(n) => chars.take(n).collect(),
+        Err(_) => chars.collect(),
+    };
+    Ok(Value::from(out))
+}
+
+/// OPA's `array.slice`: elements from `start` (at least 0) up to `stop` (at most the length).
+fn array_slice(array: &Value, start: &Value, stop: &Value) -> Outcome {
+    let items = match array {
+        Value::Array(items) => items.to_vec(),
+        _ => return Err("operand 1 must be array".into()),
+    };
+    let start = int_operand(start, 2)?.max(0);
+    let stop = int_operand(stop, 3)?.min(items.len() as i64);
+    if start >= stop {
+        return Ok(Value::from(Vec::<Value>::new()));
+    }
+    Ok(Value::from(items[start as usize..stop as usize].to_vec()))
+}
+
+/// Go's `base64.StdEncoding.DecodeString`: line breaks ignored, padding required, unused
+/// trailing bits ignored; the bytes read as UTF-8 (invalid sequences as U+FFFD, as OPA prints
+/// them).
+fn base64_decode(text: &str) -> Outcome {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bad = || "illegal base64 data".to_string();
+    let data: Vec<u8> = text
+        .bytes()
+        .filter(|b| *b != b'\r' && *b != b'\n')
+        .collect();
+    if !data.len().is_multiple_of(4) {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(data.len() / 4 * 3);
+    let quanta = data.len() / 4;
+    for (q, chunk) in data.chunks(4).enumerate() {
+        let padding = chunk.iter().rev().take_while(|b| **b == b'=').count();
+        if padding > 2 || (padding > 0 && q + 1 != quanta) {
+            return Err(bad());
+        }
+        let mut bits: u32 = 0;
+        for &b in &chunk[..4 - padding] {
+            let v = ALPHABET.iter().position(|a| *a == b).ok_or_else(bad)?;
+            bits = bits << 6 | v as u32;
+        }
+        bits <<= 6 * padding as u32;
+        let bytes = [(bits >> 16) as u8, (bits >> 8) as u8, bits as u8];
+        out.extend_from_slice(&bytes[..3 - padding]);
+    }
+    Ok(Value::from(String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// Go's `strings.Count`: non-overlapping matches; an empty substring counts characters + 1.
@@ -757,6 +857,38 @@ impl Network {
     }
 }
 
+/// At most this many addresses are listed by `net.cidr_expand` (OPA lists more, slowly; a
+/// decision never waits on that).
+const MAX_EXPANDED: u128 = 1 << 16;
+
+/// OPA's `net.cidr_expand`: every address of a network, written as Go's `net.IP.String` does
+/// (IPv4-mapped addresses in dotted form).
+fn cidr_expand(cidr: &str) -> Outcome {
+    let network = parse_cidr(cidr).ok_or_else(|| format!("invalid CIDR address: {cidr}"))?;
+    let to_int = |bytes: &[u8]| bytes.iter().fold(0u128, |n, b| n << 8 | u128::from(*b));
+    let (first, last) = (to_int(&network.ip), to_int(&network.last()));
+    if last - first >= MAX_EXPANDED {
+        return Err(format!("{cidr} holds more than {MAX_EXPANDED} addresses"));
+    }
+    let width = network.ip.len();
+    let addresses: std::collections::BTreeSet<Value> = (first..=last)
+        .map(|n| {
+            let bytes = &n.to_be_bytes()[16 - width..];
+            let text = match (width, to4(bytes)) {
+                (_, Some(v4)) => std::net::Ipv4Addr::from(v4).to_string(),
+                (16, None) => {
+                    let mut octets = [0u8; 16];
+                    octets.copy_from_slice(bytes);
+                    std::net::Ipv6Addr::from(octets).to_string()
+                }
+                _ => String::new(),
+            };
+            Value::from(text)
+        })
+        .collect();
+    Ok(Value::from(addresses))
+}
+
 /// OPA's `net.cidr_contains`: whether a network holds an address, or all of a network.
 fn cidr_contains(cidr: &Value, other: &Value) -> Outcome {
     let network_text = string_operand(cidr, 1)?;
@@ -1177,6 +1309,59 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// A version as OPA's semver fork reads it: (major, minor, patch, prerelease).
+fn parse_semver(version: &str) -> Option<([i64; 3], String)> {
+    if !semver_is_valid(version) {
+        return None;
+    }
+    let version = version.strip_prefix('v').unwrap_or(version);
+    let (version, _metadata) = version.split_once('+').unwrap_or((version, ""));
+    let (version, prerelease) = version.split_once('-').unwrap_or((version, ""));
+    let mut parts = version.splitn(3, '.').map(|p| p.parse::<i64>().ok());
+    let numbers = [parts.next()??, parts.next()??, parts.next()??];
+    Some((numbers, prerelease.to_string()))
+}
+
+/// OPA's `semver.compare` (coreos/go-semver): numbers, then a version without prerelease
+/// above one with, then prerelease identifiers (numeric ones below others); metadata ignored.
+fn semver_compare(a: &Value, b: &Value) -> Outcome {
+    let a = string_operand(a, 1)?;
+    let b = string_operand(b, 2)?;
+    let (a_numbers, a_pre) =
+        parse_semver(a).ok_or_else(|| format!("{a:?} is not a valid SemVer"))?;
+    let (b_numbers, b_pre) =
+        parse_semver(b).ok_or_else(|| format!("{b:?} is not a valid SemVer"))?;
+    let ordering =
+        a_numbers
+            .cmp(&b_numbers)
+            .then_with(|| match (a_pre.is_empty(), b_pre.is_empty()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                (false, false) => prerelease_order(&a_pre, &b_pre),
+            });
+    Ok(Value::from(ordering as i64))
+}
+
+fn prerelease_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+    for (x, y) in a.iter().zip(&b) {
+        // Go's strconv.Atoi: an optional sign, then digits, within int64.
+        let (xi, yi) = (x.parse::<i64>().ok(), y.parse::<i64>().ok());
+        let ordering = match (xi, yi) {
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(p), Some(q)) => p.cmp(&q).then_with(|| x.cmp(y)),
+            (None, None) => x.cmp(y),
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// OPA's `semver.is_valid` (its fork of coreos/go-semver): an optional `v`, then
