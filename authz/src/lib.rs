@@ -52,8 +52,8 @@
 //!   `urlquery.*`, `time.parse_rfc3339_ns`, `time.parse_duration_ns`, `time.add_date`,
 //!   `semver.is_valid`, `regex.split`, `regex.template_match`, `numbers.range_step`,
 //!   `glob.quote_meta`, `json.filter`, and `indexof_n`, `substring`, `array.slice`,
-//!   `base64.decode`, `semver.compare` and `net.cidr_expand` (found to differ on edge cases
-//!   after they were accepted), where regorus's own differ from OPA's, are replaced by Vigil's versions of
+//!   `base64.decode`, `base64.is_valid`, `semver.compare`, `net.cidr_expand`, `floor` and
+//!   `strings.replace_n` (found to differ on edge cases after they were accepted), where regorus's own differ from OPA's, are replaced by Vigil's versions of
 //!   OPA's Go code (Go's `fmt`, Unicode tables, `strconv.ParseFloat`, `net`, `net/url`,
 //!   `regexp` and `time` rules). `sprintf` is accepted with a format string written in the
 //!   policy using only `%s`, `%v`, `%d`, `%q` and `%%`, and not in a bundle that also calls

@@ -53,6 +53,9 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("base64.decode", 1),
     ("semver.compare", 2),
     ("net.cidr_expand", 1),
+    ("base64.is_valid", 1),
+    ("floor", 1),
+    ("strings.replace_n", 2),
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
@@ -113,6 +116,11 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "base64.decode" => base64_decode(string_operand(arg(0), 1)?),
         "semver.compare" => semver_compare(arg(0), arg(1)),
         "net.cidr_expand" => cidr_expand(string_operand(arg(0), 1)?),
+        "base64.is_valid" => Ok(Value::from(
+            arg(0).as_string().is_ok_and(|s| base64_decode(s).is_ok()),
+        )),
+        "floor" => floor(arg(0)),
+        "strings.replace_n" => replace_n(arg(0), arg(1)),
         "regex.template_match" => template_match(
             string_operand(arg(0), 1)?,
             string_operand(arg(1), 2)?,
@@ -163,6 +171,49 @@ fn indexof(base: &Value, search: &Value) -> Outcome {
         None => -1,
     };
     Ok(Value::from(index))
+}
+
+/// OPA's `strings.replace_n`: Go's `strings.NewReplacer` over the pairs sorted by key: one pass,
+/// at each position the first key (in that order) that starts there wins, an empty key matches
+/// between characters.
+fn replace_n(patterns: &Value, text: &Value) -> Outcome {
+    let fields = patterns
+        .as_object()
+        .map_err(|_| "operand 1 must be object".to_string())?;
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in fields.iter_sorted() {
+        let k = k
+            .as_string()
+            .map_err(|_| "non-string key found in pattern object".to_string())?;
+        let v = v
+            .as_string()
+            .map_err(|_| "non-string value found in pattern object".to_string())?;
+        pairs.push((k.as_ref(), v.as_ref()));
+    }
+    let s = string_operand(text, 2)?.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(s.len());
+    let (mut i, mut previous_empty) = (0, false);
+    while i <= s.len() {
+        let found = pairs.iter().find(|(old, _)| {
+            !(old.is_empty() && previous_empty) && s[i..].starts_with(old.as_bytes())
+        });
+        match found {
+            Some((old, new)) => {
+                out.extend_from_slice(new.as_bytes());
+                previous_empty = old.is_empty();
+                i += old.len();
+            }
+            None => {
+                previous_empty = false;
+                match s.get(i) {
+                    Some(b) => out.push(*b),
+                    None => break,
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(Value::from(String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// OPA's `indexof_n`: the character index of every match, overlapping ones included; an empty
@@ -531,6 +582,24 @@ fn ceil(value: &Value) -> Outcome {
             // OPA truncates toward zero, then adds one when the truncated value is not negative.
             let result = if truncated >= 0.0 {
                 truncated + 1.0
+            } else {
+                truncated
+            };
+            Ok(float_value(result))
+        }
+        None => Err("operand 1 must be number".into()),
+    }
+}
+
+/// OPA's `floor`, including its quirk: a negative number above -1 becomes 0.
+fn floor(value: &Value) -> Outcome {
+    match go_number(value) {
+        Some(GoNumber::Int(_) | GoNumber::Big(_)) => Ok(value.clone()),
+        Some(GoNumber::Float(f)) => {
+            let truncated = f.trunc();
+            // OPA truncates toward zero, then subtracts one when the truncated value is negative.
+            let result = if truncated < 0.0 && truncated != f {
+                truncated - 1.0
             } else {
                 truncated
             };
