@@ -47,8 +47,14 @@ pub fn trust_bundle_path(data_dir: &Path) -> PathBuf {
 pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     let mesh = MeshFile::load(&opts.mesh_file)?;
     let trust_domain = mesh.trust_domain.clone();
-    // It holds the CA key: readable by this user only.
-    crate::launcher::private_data_dir(&opts.data_dir)?;
+    // Not private: proxies running as other users read the trust bundle here. The CA
+    // key inside is a file of mode 0600 in its own directory.
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
+        format!(
+            "creating data directory {} (pass a writable --data-dir)",
+            opts.data_dir.display()
+        )
+    })?;
 
     let ca = Arc::new(load_ca(&opts, &trust_domain)?);
     let bundle_path = trust_bundle_path(&opts.data_dir);

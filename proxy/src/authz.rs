@@ -1,13 +1,13 @@
 //! Policy enforcement: the bundle in force (swapped lock-free with arc-swap), the
 //! decision on each request, and the decision log (written by its own thread, see
-//! [`crate::log_writer`]). Bundles are compiled on the blocking pool by discovery.
+//! [`crate::telemetry::log_writer`]). Bundles are compiled on the blocking pool by discovery.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::log_writer::LineWriter;
-use crate::metrics::{Metrics, PolicyLabels};
+use crate::telemetry::log_writer::LineWriter;
+use crate::telemetry::metrics::{Metrics, PolicyLabels};
 use arc_swap::ArcSwapOption;
 use vigil_authz::{
     AuthzInput, Decision, DecisionRecord, PolicyBundle, PolicyFile, PolicyOptions, QueryLogging,

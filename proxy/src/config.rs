@@ -36,7 +36,7 @@ pub struct ProxyConfig {
     /// with `reason="chain-too-long"`.
     pub max_chain_depth: usize,
     /// Connections each traffic listener takes, in total and per source address.
-    pub limits: crate::listener::ConnectionLimits,
+    pub limits: crate::transport::listener::ConnectionLimits,
     /// Largest request head (line plus headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Request line, header count and body limits checked on every request.
@@ -58,9 +58,9 @@ pub struct ProxyConfig {
     /// Whether the inbound port also takes plaintext (during a migration to the mesh).
     pub inbound_mode: InboundMode,
     /// OpenTelemetry export; tracing is off when absent.
-    pub trace: Option<crate::trace::TraceConfig>,
+    pub trace: Option<crate::telemetry::trace::TraceConfig>,
     /// The app's kubelet probes, answered at `/app-health/...` on the metrics port.
-    pub app_probes: crate::probes::AppProbes,
+    pub app_probes: crate::admin::probes::AppProbes,
 }
 
 /// Intercepted connections to an address that is no mesh service: refused (the closed

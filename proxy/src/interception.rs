@@ -17,7 +17,7 @@
 //! Writing is idempotent: chains are created if missing and flushed, and the jumps from
 //! PREROUTING/OUTPUT are added only when absent, so running twice leaves one set of rules.
 //! The proxy finds where a redirected connection was going with `SO_ORIGINAL_DST`
-//! ([`crate::orig_dst`]). IPv4 only: IPv6 traffic is not intercepted.
+//! ([`crate::transport::orig_dst`]). IPv4 only: IPv6 traffic is not intercepted.
 
 use std::fmt;
 use std::net::Ipv4Addr;

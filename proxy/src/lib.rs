@@ -1,12 +1,18 @@
 //! `vigil-proxy`: the Vigil sidecar.
 //!
 //! Beside every workload, it terminates mutual TLS with SPIFFE identities issued by the
-//! control plane ([`identity`]), keeps a live view of the mesh from discovery
-//! ([`discovery`], [`state`]), checks every inbound request against Rego policy
-//! ([`authz`]) and carries the application's outbound calls to peer proxies over pooled
-//! HTTP/2 ([`outbound`], [`pool`]), making them survive bad endpoints with the service's
-//! [`traffic`] policy: balancing, retries, timeouts, circuit breaking, limits. The request
-//! paths read top to bottom in [`inbound`] and [`outbound::stack`].
+//! control plane ([`control::identity`]), keeps a live view of the mesh from discovery
+//! ([`control::discovery`], [`control::state`]), checks every inbound request against Rego
+//! policy ([`authz`]) and carries the application's outbound calls to peer proxies over
+//! pooled HTTP/2 ([`outbound`], [`transport::pool`]), making them survive bad endpoints with
+//! the service's [`traffic`] policy: balancing, retries, timeouts, circuit breaking,
+//! limits. The request paths read top to bottom in [`inbound`] and [`outbound::stack`].
+//!
+//! The modules follow the request's concerns: [`transport`] (connections, first bytes,
+//! serving, tunnels, the peer pool), [`http`] (bodies, headers, limits, the proxy's own
+//! errors, upgrades), [`inbound`] and [`outbound`] (the two request paths), [`control`]
+//! (identity and discovery), [`telemetry`] (metrics, request records, tap, traces, logs)
+//! and [`admin`] (the admin port and the app's probes).
 //!
 //! ```no_run
 //! # async fn run(config: vigil_proxy::config::ProxyConfig) -> anyhow::Result<()> {
@@ -17,38 +23,20 @@
 
 pub mod admin;
 pub mod authz;
-pub mod backoff;
-pub mod body;
-pub mod buffer;
 pub mod config;
-pub mod control_plane_client;
-pub mod discovery;
-pub mod drain;
-pub mod error;
-pub mod headers;
-pub mod identity;
+pub mod control;
+pub mod http;
 pub mod inbound;
 pub mod interception;
-pub mod limits;
-pub mod listener;
-pub mod log_writer;
-pub mod logging;
-pub mod metrics;
-pub mod observe;
-pub mod orig_dst;
 pub mod outbound;
-pub mod pool;
-pub mod preface;
-pub mod probes;
-pub mod serve;
-pub mod stall;
-pub mod state;
-pub mod tap;
-pub mod trace;
+pub mod telemetry;
 pub mod traffic;
-pub mod upgrade;
+pub mod transport;
 
 use std::sync::Arc;
+
+use crate::telemetry::{metrics, observe, trace};
+use crate::transport::{drain, listener};
 
 use anyhow::Context;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -56,14 +44,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::authz::Authorizer;
-use crate::body::Body;
 use crate::config::ProxyConfig;
-use crate::discovery::Discovery;
-use crate::identity::WorkloadIdentity;
-use crate::metrics::Metrics;
+use crate::control::discovery::Discovery;
+use crate::control::identity::WorkloadIdentity;
+use crate::http::body::Body;
 use crate::outbound::endpoint::EndpointStates;
 use crate::outbound::service_state::ServiceStates;
-use crate::pool::PeerPool;
+use crate::telemetry::metrics::Metrics;
+use crate::transport::pool::PeerPool;
 
 /// Peer connections unused this long are closed.
 const PEER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);

@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, env = "VIGIL_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
     #[command(flatten)]
-    connection_limits: vigil_proxy::listener::ConnectionLimits,
+    connection_limits: vigil_proxy::transport::listener::ConnectionLimits,
     #[command(flatten)]
     request_limits: vigil_proxy::config::RequestLimits,
     #[command(flatten)]
@@ -125,8 +125,8 @@ struct Args {
     log_query_strings: bool,
     /// The app's kubelet probes as JSON (the injector writes it), answered at
     /// /app-health/<container>/<probe> on the metrics listener.
-    #[arg(long, env = "VIGIL_APP_PROBES", hide_env_values = true, value_parser = vigil_proxy::probes::AppProbes::from_json)]
-    app_probes: Option<vigil_proxy::probes::AppProbes>,
+    #[arg(long, env = "VIGIL_APP_PROBES", hide_env_values = true, value_parser = vigil_proxy::admin::probes::AppProbes::from_json)]
+    app_probes: Option<vigil_proxy::admin::probes::AppProbes>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -160,7 +160,7 @@ fn parse_upstream(s: &str) -> Result<(SocketAddr, String), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    vigil_proxy::logging::init();
+    vigil_proxy::telemetry::logging::init();
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -226,7 +226,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         inbound_mode: args.inbound_mode,
         trace: args
             .otlp_endpoint
-            .map(|endpoint| vigil_proxy::trace::TraceConfig {
+            .map(|endpoint| vigil_proxy::telemetry::trace::TraceConfig {
                 endpoint,
                 sampling: args.trace_sampling,
             }),
@@ -238,7 +238,9 @@ fn start(args: Args) -> anyhow::Result<()> {
         .as_deref()
         .map(|path| open_log(path, "--access-log"))
         .transpose()?
-        .map(|writer| vigil_proxy::observe::AccessLog::new(writer, args.log_query_strings));
+        .map(|writer| {
+            vigil_proxy::telemetry::observe::AccessLog::new(writer, args.log_query_strings)
+        });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
         .enable_all()

@@ -299,7 +299,7 @@ async fn sign(
             ..TlsOptions::default()
         },
     );
-    let channel = vigil_proxy::control_plane_client::connect(mesh.spec.identity, tls, &cp)
+    let channel = vigil_proxy::control::control_plane_client::connect(mesh.spec.identity, tls, &cp)
         .await
         .expect("channel to the identity service");
     vigil_api::identity::IdentityClient::new(channel)

@@ -8,7 +8,7 @@
 //! proxy's health port (the metrics port, which already answers the proxy's own probes), at
 //! `/app-health/<container>/<livez|readyz|startupz>`. The original checks go to the proxy
 //! as JSON in `VIGIL_APP_PROBES`; the proxy performs them against the app on loopback
-//! (`vigil_proxy::probes`). Timing fields stay as they were; `exec` probes run inside the
+//! (`vigil_proxy::admin::probes`). Timing fields stay as they were; `exec` probes run inside the
 //! container and are left alone.
 
 use std::collections::BTreeMap;

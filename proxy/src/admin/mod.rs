@@ -3,6 +3,8 @@
 //! port).
 //! It never serves a private key.
 
+pub mod probes;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -12,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::body::{self, Body};
-use crate::listener::{accept_loop, ConnectionLimits};
+use crate::http::body::{self, Body};
+use crate::transport::listener::{accept_loop, ConnectionLimits};
 use crate::Proxy;
 
 /// Serves the admin listener.
@@ -80,9 +82,9 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                 "draining: not ready, no new connections, in-flight requests finishing\n",
             )
         }
-        "/tap" => match crate::tap::TapFilter::from_query(req.uri().query().unwrap_or("")) {
+        "/tap" => match crate::telemetry::tap::TapFilter::from_query(req.uri().query().unwrap_or("")) {
             Ok(filter) => {
-                let mut r = Response::new(crate::tap::stream(proxy.observer.subscribe(), filter));
+                let mut r = Response::new(crate::telemetry::tap::stream(proxy.observer.subscribe(), filter));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/x-ndjson"),
@@ -97,7 +99,7 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                 .find(|(k, _)| k == "level")
                 .map(|(_, v)| v.into_owned());
             match (req.method(), wanted) {
-                (&http::Method::POST, Some(level)) => match crate::logging::set_level(&level) {
+                (&http::Method::POST, Some(level)) => match crate::telemetry::logging::set_level(&level) {
                     Ok(()) => text(StatusCode::OK, &format!("log level: {level}\n")),
                     Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
                 },
@@ -105,7 +107,7 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                     StatusCode::BAD_REQUEST,
                     "give the level as a query: POST /log-level?level=debug\n",
                 ),
-                _ => text(StatusCode::OK, &format!("{}\n", crate::logging::level())),
+                _ => text(StatusCode::OK, &format!("{}\n", crate::telemetry::logging::level())),
             }
         }
         "/certs" => match proxy.identity.status() {

@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::body::{self, Body};
+use crate::http::body::{self, Body};
 
 /// Paths the proxy answers with an app probe start with this.
 pub const PATH_PREFIX: &str = "/app-health/";

@@ -10,11 +10,11 @@ use arc_swap::ArcSwapOption;
 use vigil_identity::TrustBundle;
 
 use crate::authz::Authorizer;
-use crate::backoff::Backoff;
 use crate::config::ProxyConfig;
-use crate::control_plane_client;
-use crate::identity::WorkloadIdentity;
-use crate::state::MeshView;
+use crate::control::backoff::Backoff;
+use crate::control::control_plane_client;
+use crate::control::identity::WorkloadIdentity;
+use crate::control::state::MeshView;
 
 /// Live state fed by discovery.
 pub struct Discovery {

@@ -11,10 +11,10 @@ use rand::Rng;
 use serde::Serialize;
 use vigil_identity::{SvidInfo, SvidStore, TrustBundle, TrustStore, WorkloadKey};
 
-use crate::backoff::Backoff;
 use crate::config::ProxyConfig;
-use crate::control_plane_client;
-use crate::metrics::Metrics;
+use crate::control::backoff::Backoff;
+use crate::control::control_plane_client;
+use crate::telemetry::metrics::Metrics;
 
 /// What `/certs` reports about the current certificate.
 #[derive(Debug, Clone, Serialize)]

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use http_body::Frame;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 
-use crate::body::{Body, BodyError};
+use crate::http::body::{Body, BodyError};
 
 /// The prefix the policy sees, and the whole body to forward.
 pub struct Buffered {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::{self, Body};
+use crate::http::body::{self, Body};
 
 /// Header naming why the proxy, not the application, produced a response.
 pub const ERROR_HEADER: &str = "x-vigil-error";

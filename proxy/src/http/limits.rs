@@ -11,9 +11,9 @@ use std::sync::Arc;
 use http::Request;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::body::{Body, BodyError};
 use crate::config::RequestLimits;
-use crate::error::ProxyError;
+use crate::http::body::{Body, BodyError};
+use crate::http::error::ProxyError;
 
 /// Refuses a request whose line or headers are over the limits, or whose declared
 /// `content-length` is over the body limit.
@@ -71,7 +71,7 @@ where
     B::Error: Into<BodyError>,
 {
     let Some(limit) = limit else {
-        return (crate::body::boxed(body), Exceeded::default());
+        return (crate::http::body::boxed(body), Exceeded::default());
     };
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();

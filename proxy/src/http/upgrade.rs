@@ -41,8 +41,12 @@ pub fn splice(a: OnUpgrade, b: OnUpgrade, idle: Duration, direction: &'static st
     tokio::spawn(async move {
         match tokio::try_join!(a, b) {
             Ok((a, b)) => {
-                let tunneled =
-                    crate::serve::tunnel(&mut TokioIo::new(a), &mut TokioIo::new(b), idle).await;
+                let tunneled = crate::transport::serve::tunnel(
+                    &mut TokioIo::new(a),
+                    &mut TokioIo::new(b),
+                    idle,
+                )
+                .await;
                 tracing::debug!(
                     direction,
                     sent = tunneled.forward,

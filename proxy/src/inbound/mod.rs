@@ -14,16 +14,16 @@ use tokio_rustls::TlsAcceptor;
 use vigil_authz::{AuthzInput, BodyInput, Decision, HttpAttributes, InputKind};
 use vigil_identity::SpiffeId;
 
-use crate::body::{self, Body};
-use crate::buffer::buffer_prefix;
 use crate::config::InboundMode;
-use crate::error::{local_response, PolicyOutcome, ProxyError, ERROR_HEADER};
-use crate::headers::{
+use crate::http::body::{self, Body};
+use crate::http::buffer::buffer_prefix;
+use crate::http::error::{local_response, PolicyOutcome, ProxyError, ERROR_HEADER};
+use crate::http::headers::{
     authority, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
 };
-use crate::listener::accept_loop;
-use crate::metrics::{Direction, ReasonLabels};
-use crate::observe::{PolicyMetadata, RequestObservation};
+use crate::telemetry::metrics::{Direction, ReasonLabels};
+use crate::telemetry::observe::{PolicyMetadata, RequestObservation};
+use crate::transport::listener::accept_loop;
 use crate::Proxy;
 
 /// The request id header, set on every request that arrives without one.
@@ -84,7 +84,8 @@ async fn connection(
             Some(true) => {}
             Some(false) => {
                 proxy.metrics.plaintext_connections.inc();
-                let tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
+                let tcp =
+                    crate::transport::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
                 let conn = Connection {
                     peer: None,
                     peer_address,
@@ -95,7 +96,7 @@ async fn connection(
             None => return,
         }
     }
-    let tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
+    let tcp = crate::transport::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
     let handshake =
         tokio::time::timeout(proxy.config.handshake_timeout, acceptor.accept(tcp)).await;
     let stream = match handshake {
@@ -153,7 +154,11 @@ where
 {
     let peer_address = conn.peer_address;
     // hyper's protocol sniffing has no deadline: bound it by the header read timeout.
-    let stream = match crate::preface::read_preface(stream, proxy.config.header_read_timeout).await
+    let stream = match crate::transport::preface::read_preface(
+        stream,
+        proxy.config.header_read_timeout,
+    )
+    .await
     {
         Ok(Some(stream)) => stream,
         Ok(None) => return,
@@ -163,13 +168,13 @@ where
         }
     };
     let conn = Arc::new(conn);
-    let served = crate::serve::http(&proxy.config, &proxy.drain, stream, {
+    let served = crate::transport::serve::http(&proxy.config, &proxy.drain, stream, {
         let proxy = proxy.clone();
         move |req| request(proxy.clone(), conn.clone(), req)
     })
     .await;
     if let Err(e) = served {
-        if crate::serve::malformed_request(e.as_ref()) {
+        if crate::transport::serve::malformed_request(e.as_ref()) {
             proxy.metrics.malformed_request(Direction::inbound);
             tracing::info!(peer = %peer_address, error = %e, "inbound connection closed: not a valid HTTP request");
         } else {
@@ -197,7 +202,7 @@ async fn request(
             req.headers_mut().insert(REQUEST_ID, id);
         }
     }
-    let grpc = crate::error::is_grpc(&req);
+    let grpc = crate::http::error::is_grpc(&req);
     let mut observed = RequestObservation::start(&proxy, Direction::inbound, &mut req);
     (observed.service, observed.route) = inbound_service(&proxy, &req);
     observed.peer = conn.peer_name();
@@ -215,7 +220,7 @@ async fn request(
     // Metrics and logs keep the proxy's own status; a gRPC caller gets it as gRPC.
     observed.answered(&response);
     if grpc {
-        return crate::error::for_grpc_caller(response).await;
+        return crate::http::error::for_grpc_caller(response).await;
     }
     response
 }
@@ -254,7 +259,7 @@ async fn http(
         .mesh
         .load_full()
         .ok_or(ProxyError::NotReady)?;
-    crate::limits::check_head(&req, &proxy.config.request_limits)?;
+    crate::http::limits::check_head(&req, &proxy.config.request_limits)?;
     strip_identity(req.headers_mut());
     // HTTP/1 from the client's application stays HTTP/1 to ours; HTTP/2 (gRPC) stays
     // HTTP/2. A peer speaking HTTP/1.1 to this port directly is HTTP/1.1 throughout.
@@ -290,13 +295,13 @@ async fn http(
     let peer = conn.peer.as_ref().map(|p| p.to_string());
     let (mut parts, incoming) = req.into_parts();
     let max_body = proxy.config.request_limits.max_body_bytes;
-    let too_large = |exceeded: &crate::limits::Exceeded, e: ProxyError| match max_body {
+    let too_large = |exceeded: &crate::http::limits::Exceeded, e: ProxyError| match max_body {
         Some(limit) if exceeded.happened() => ProxyError::BodyTooLarge { limit },
         _ => e,
     };
     // An upgrade's stream is the tunnel to come, not a body to read.
     let end_stream = incoming.is_end_stream() || upgrade.is_some();
-    let (incoming, exceeded) = crate::limits::limit_body(incoming, max_body);
+    let (incoming, exceeded) = crate::http::limits::limit_body(incoming, max_body);
     let limit = proxy.authz.request_body_bytes();
     let (buffered, forward) = if limit > 0 && !end_stream {
         let b = buffer_prefix(incoming, limit).await.map_err(|e| {
@@ -320,7 +325,7 @@ async fn http(
             path: &path,
             host: &host,
             scheme: if peer.is_some() { "https" } else { "http" },
-            protocol: crate::serve::protocol_name(app_version),
+            protocol: crate::transport::serve::protocol_name(app_version),
             headers: &parts.headers,
             body: buffered.as_ref().map(|(bytes, truncated)| BodyInput {
                 bytes,
@@ -422,7 +427,7 @@ async fn http(
     let switched = match upgrade {
         Some((_, peer)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let app = hyper::upgrade::on(&mut response);
-            crate::upgrade::splice(peer, app, proxy.config.idle_timeout, "inbound");
+            crate::http::upgrade::splice(peer, app, proxy.config.idle_timeout, "inbound");
             true
         }
         _ => false,
@@ -510,7 +515,7 @@ async fn tunnel(
         match upgrade.await {
             Ok(upgraded) => {
                 let mut upgraded = TokioIo::new(upgraded);
-                let tunneled = crate::serve::tunnel(&mut upgraded, &mut app, idle).await;
+                let tunneled = crate::transport::serve::tunnel(&mut upgraded, &mut app, idle).await;
                 if let Err(e) = tunneled.result {
                     tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel ended");
                 }

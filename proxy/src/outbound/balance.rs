@@ -20,11 +20,11 @@ use rand::Rng;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use crate::body::Body;
-use crate::error::ProxyError;
-use crate::metrics::Metrics;
-use crate::pool::SendError;
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
+use crate::telemetry::metrics::Metrics;
 use crate::traffic::CircuitBreakerPolicy;
+use crate::transport::pool::SendError;
 
 use super::breaker::{Admission, BreakerLayer, EjectionLimit};
 use super::endpoint::{AttemptLog, Candidate, Endpoint};
@@ -194,9 +194,9 @@ fn aim_tunnel(mut req: Request<Body>, port: u16) -> Request<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::state::EndpointView;
     use crate::outbound::endpoint::tests::mesh;
     use crate::outbound::endpoint::{EndpointStates, PeerService};
-    use crate::state::EndpointView;
     use std::collections::{HashMap, HashSet};
     use std::sync::Mutex;
     use tower::util::BoxService;
@@ -234,7 +234,7 @@ mod tests {
                         Ok::<_, SendError>(
                             Response::builder()
                                 .status(if failing { 503 } else { 200 })
-                                .body(crate::body::empty())
+                                .body(crate::http::body::empty())
                                 .expect("response"),
                         )
                     }
@@ -269,7 +269,7 @@ mod tests {
     }
 
     fn request() -> Request<Body> {
-        let mut req = Request::new(crate::body::empty());
+        let mut req = Request::new(crate::http::body::empty());
         req.extensions_mut().insert(AttemptLog::default());
         req
     }
@@ -450,10 +450,10 @@ mod tests {
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri("127.0.0.1:1")
-            .body(crate::body::empty())
+            .body(crate::http::body::empty())
             .expect("request");
         assert_eq!(aim_tunnel(req, 9000).uri(), "127.0.0.1:9000");
-        let get = Request::new(crate::body::empty());
+        let get = Request::new(crate::http::body::empty());
         assert_eq!(aim_tunnel(get, 9000).uri(), "/");
     }
 }

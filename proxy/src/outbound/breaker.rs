@@ -16,11 +16,11 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::body::Body;
-use crate::error::ProxyError;
-use crate::metrics::{EndpointLabels, Metrics};
-use crate::pool::SendError;
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
+use crate::telemetry::metrics::{EndpointLabels, Metrics};
 use crate::traffic::CircuitBreakerPolicy;
+use crate::transport::pool::SendError;
 
 use super::endpoint::{Candidate, EndpointState};
 
@@ -512,11 +512,13 @@ mod tests {
                 Ok::<_, SendError>(
                     Response::builder()
                         .status(503)
-                        .body(crate::body::empty())
+                        .body(crate::http::body::empty())
                         .expect("response"),
                 )
             });
-            layer.layer(svc).oneshot(Request::new(crate::body::empty()))
+            layer
+                .layer(svc)
+                .oneshot(Request::new(crate::http::body::empty()))
         };
         for i in 0..4 {
             for _ in 0..2 {

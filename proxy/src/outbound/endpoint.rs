@@ -18,11 +18,11 @@ use tower::util::BoxService;
 use tower::Service;
 use vigil_identity::SpiffeId;
 
-use crate::body::{self, Body};
-use crate::error::ProxyError;
-use crate::metrics::EndpointLabels;
-use crate::pool::{PeerPool, SendError};
-use crate::state::{EndpointView, MeshView, ServiceView};
+use crate::control::state::{EndpointView, MeshView, ServiceView};
+use crate::http::body::{self, Body};
+use crate::http::error::ProxyError;
+use crate::telemetry::metrics::EndpointLabels;
+use crate::transport::pool::{PeerPool, SendError};
 
 use super::breaker::CircuitBreaker;
 

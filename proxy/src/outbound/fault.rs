@@ -9,8 +9,8 @@ use http::{Request, Response, StatusCode};
 use rand::Rng;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::Body;
-use crate::error::ProxyError;
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
 use crate::traffic::FaultPolicy;
 
 #[derive(Clone)]
@@ -90,7 +90,7 @@ mod tests {
 
     fn app() -> tower::util::BoxCloneService<Request<Body>, Response<Body>, ProxyError> {
         tower::util::BoxCloneService::new(tower::service_fn(|_req: Request<Body>| async {
-            Ok::<_, ProxyError>(Response::new(crate::body::empty()))
+            Ok::<_, ProxyError>(Response::new(crate::http::body::empty()))
         }))
     }
 
@@ -112,7 +112,7 @@ mod tests {
         let started = Instant::now();
         let e = fault(100.0, 100.0)
             .layer(app())
-            .oneshot(Request::new(crate::body::empty()))
+            .oneshot(Request::new(crate::http::body::empty()))
             .await
             .expect_err("aborted");
         assert_eq!(
@@ -128,7 +128,7 @@ mod tests {
         for _ in 0..100 {
             let r = fault(0.0, 0.0)
                 .layer(app())
-                .oneshot(Request::new(crate::body::empty()))
+                .oneshot(Request::new(crate::http::body::empty()))
                 .await;
             assert!(r.is_ok());
         }
@@ -138,7 +138,7 @@ mod tests {
         for _ in 0..2000 {
             let r = fault(0.0, 25.0)
                 .layer(app())
-                .oneshot(Request::new(crate::body::empty()))
+                .oneshot(Request::new(crate::http::body::empty()))
                 .await;
             aborted += usize::from(r.is_err());
         }

@@ -18,8 +18,8 @@ use http_body::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::{self, Body, BodyError};
-use crate::error::ProxyError;
+use crate::http::body::{self, Body, BodyError};
+use crate::http::error::ProxyError;
 use crate::traffic::LimitsPolicy;
 
 /// The in-flight slots and the queue of one service.

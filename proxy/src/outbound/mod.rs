@@ -25,14 +25,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::body::{self, Body};
-use crate::error::ProxyError;
-use crate::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
-use crate::listener::accept_loop;
-use crate::metrics::{Direction, TcpLabels};
-use crate::observe::RequestObservation;
-use crate::orig_dst::original_destination;
-use crate::state::{AppProtocol, MeshView, ServiceView};
+use crate::control::state::{AppProtocol, MeshView, ServiceView};
+use crate::http::body::{self, Body};
+use crate::http::error::ProxyError;
+use crate::http::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
+use crate::telemetry::metrics::{Direction, TcpLabels};
+use crate::telemetry::observe::RequestObservation;
+use crate::transport::listener::accept_loop;
+use crate::transport::orig_dst::original_destination;
 use crate::Proxy;
 
 use self::endpoint::AttemptLog;
@@ -249,8 +249,13 @@ async fn detect(tcp: &TcpStream, timeout: Duration) -> Detected {
 async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, target: Target) {
     // hyper's protocol sniffing has no deadline: bound it by the header read timeout, so
     // half an HTTP/2 preface cannot hold the connection open.
-    let tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
-    let stream = match crate::preface::read_preface(tcp, proxy.config.header_read_timeout).await {
+    let tcp = crate::transport::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
+    let stream = match crate::transport::preface::read_preface(
+        tcp,
+        proxy.config.header_read_timeout,
+    )
+    .await
+    {
         Ok(Some(stream)) => stream,
         Ok(None) => return,
         Err(e) => {
@@ -259,7 +264,7 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, targe
         }
     };
     let target = Arc::new(target);
-    let served = crate::serve::http(&proxy.config, &proxy.drain, stream, {
+    let served = crate::transport::serve::http(&proxy.config, &proxy.drain, stream, {
         let proxy = proxy.clone();
         move |req| {
             let proxy = proxy.clone();
@@ -269,7 +274,7 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, targe
     })
     .await;
     if let Err(e) = served {
-        if crate::serve::malformed_request(e.as_ref()) {
+        if crate::transport::serve::malformed_request(e.as_ref()) {
             proxy.metrics.malformed_request(Direction::outbound);
             tracing::info!(%client, error = %e, "outbound connection closed: not a valid HTTP request");
         } else {
@@ -328,7 +333,7 @@ const EGRESS: &str = "egress";
 
 /// Forwards one request and reports it.
 async fn request(proxy: &Proxy, target: &Target, mut req: Request<Incoming>) -> Response<Body> {
-    let grpc = crate::error::is_grpc(&req);
+    let grpc = crate::http::error::is_grpc(&req);
     let mut observed = RequestObservation::start(proxy, Direction::outbound, &mut req);
     let response = forward(proxy, target, req, &mut observed)
         .await
@@ -339,7 +344,7 @@ async fn request(proxy: &Proxy, target: &Target, mut req: Request<Incoming>) -> 
     // Metrics and logs keep the proxy's own status; a gRPC caller gets it as gRPC.
     observed.answered(&response);
     if grpc {
-        return crate::error::for_grpc_caller(response).await;
+        return crate::http::error::for_grpc_caller(response).await;
     }
     response
 }
@@ -360,8 +365,8 @@ async fn forward(
         .mesh
         .load_full()
         .ok_or(ProxyError::NotReady)?;
-    crate::limits::check_head(&req, &proxy.config.request_limits)?;
-    let host = crate::headers::authority(&req)
+    crate::http::limits::check_head(&req, &proxy.config.request_limits)?;
+    let host = crate::http::headers::authority(&req)
         .map(str::to_string)
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
     let service = match destination(proxy, &mesh, target, &host)? {
@@ -383,7 +388,7 @@ async fn forward(
     *req.uri_mut() = Uri::try_from(format!("http://{host}{path}"))
         .map_err(|e| ProxyError::BadRequest(format!("invalid Host {host:?}: {e}")))?;
     // An HTTP/1.1 upgrade (WebSocket) crosses to the peer as an extended CONNECT.
-    let upgrade = crate::upgrade::requested(&req).map(|protocol| {
+    let upgrade = crate::http::upgrade::requested(&req).map(|protocol| {
         let client = hyper::upgrade::on(&mut req);
         (protocol, client)
     });
@@ -412,7 +417,7 @@ async fn forward(
     let stack = route.stack();
     let (parts, incoming) = req.into_parts();
     let max_body = proxy.config.request_limits.max_body_bytes;
-    let (limited, exceeded) = crate::limits::limit_body(incoming, max_body);
+    let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
     let result = stack::send(stack, Request::from_parts(parts, limited)).await;
     routed.peer = tries.last_peer();
     let (mut parts, body) = match (result, max_body) {
@@ -434,7 +439,7 @@ async fn forward(
                 http::HeaderValue::from_static("upgrade"),
             );
             headers.insert(http::header::UPGRADE, protocol);
-            crate::upgrade::splice(client, peer, proxy.config.idle_timeout, "outbound");
+            crate::http::upgrade::splice(client, peer, proxy.config.idle_timeout, "outbound");
         }
     }
     Ok(response)
@@ -465,7 +470,7 @@ async fn egress_http(
     }
     let (parts, incoming) = req.into_parts();
     let max_body = proxy.config.request_limits.max_body_bytes;
-    let (limited, exceeded) = crate::limits::limit_body(incoming, max_body);
+    let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
     let response = match proxy.app.request(Request::from_parts(parts, limited)).await {
         Ok(response) => response,
         Err(_) if exceeded.happened() => {
@@ -510,8 +515,9 @@ where
 {
     let metrics = &proxy.metrics;
     metrics.tcp_opened.get_or_create(&labels).inc();
-    let mut tcp = crate::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
-    let tunneled = crate::serve::tunnel(&mut tcp, remote, proxy.config.idle_timeout).await;
+    let mut tcp = crate::transport::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
+    let tunneled =
+        crate::transport::serve::tunnel(&mut tcp, remote, proxy.config.idle_timeout).await;
     metrics
         .tcp_bytes_sent
         .get_or_create(&labels)
@@ -562,7 +568,7 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
     if !response.status().is_success() {
         let reason = response
             .headers()
-            .get(crate::error::ERROR_HEADER)
+            .get(crate::http::error::ERROR_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("refused")
             .to_string();

@@ -27,12 +27,12 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::backoff::Backoff;
-use crate::body::{Body, BodyError};
-use crate::error::ProxyError;
-use crate::metrics::{Metrics, ServiceLabels};
-use crate::pool::SendError;
+use crate::control::backoff::Backoff;
+use crate::http::body::{Body, BodyError};
+use crate::http::error::ProxyError;
+use crate::telemetry::metrics::{Metrics, ServiceLabels};
 use crate::traffic::RetryPolicy;
+use crate::transport::pool::SendError;
 
 use super::budget::RetryBudget;
 
@@ -251,7 +251,7 @@ impl Replay {
         let body = match &self.trailers {
             // Exact length, and no empty DATA frame: peers' HTTP/2 servers count those
             // as a flood and hang up (GOAWAY ENHANCE_YOUR_CALM).
-            None => crate::body::full(self.body.clone()),
+            None => crate::http::body::full(self.body.clone()),
             Some(trailers) => {
                 let data = Some(self.body.clone()).filter(|b| !b.is_empty());
                 let frames = data
@@ -272,7 +272,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use crate::body;
+    use crate::http::body;
     use crate::outbound::budget::RetryBudget;
     use crate::traffic::{RetryBudgetPolicy, TrafficPolicy};
 

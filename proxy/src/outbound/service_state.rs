@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::state::{MeshView, ServiceView};
+use crate::control::state::{MeshView, ServiceView};
 
 use super::budget::RetryBudget;
 use super::limit::ConcurrencyLimit;

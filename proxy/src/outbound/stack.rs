@@ -11,9 +11,9 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::body::Body;
-use crate::error::ProxyError;
-use crate::state::{MeshView, ServiceView};
+use crate::control::state::{MeshView, ServiceView};
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
 use crate::traffic::{RetryOn, RetryPolicy, Route};
 use crate::Proxy;
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 
-use crate::state::{MeshView, ServiceView};
+use crate::control::state::{MeshView, ServiceView};
 use crate::traffic::Route;
 use crate::Proxy;
 

@@ -14,9 +14,9 @@ use futures::future::BoxFuture;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::body::Body;
-use crate::error::ProxyError;
-use crate::pool::SendError;
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
+use crate::transport::pool::SendError;
 
 /// Fails a request still unanswered (no response headers) after `after`.
 #[derive(Clone)]
@@ -153,7 +153,7 @@ mod tests {
         tower::util::BoxCloneService::new(tower::service_fn(
             move |_req: Request<Body>| async move {
                 tokio::time::sleep(delay).await;
-                Ok::<_, ProxyError>(Response::new(crate::body::empty()))
+                Ok::<_, ProxyError>(Response::new(crate::http::body::empty()))
             },
         ))
     }
@@ -163,14 +163,14 @@ mod tests {
         let layer = RequestTimeoutLayer::new("web.demo", Duration::from_secs(1));
         let ok = layer
             .layer(slow(Duration::from_millis(999)))
-            .oneshot(Request::new(crate::body::empty()))
+            .oneshot(Request::new(crate::http::body::empty()))
             .await;
         assert!(ok.is_ok());
 
         let started = tokio::time::Instant::now();
         let err = layer
             .layer(slow(Duration::from_secs(30)))
-            .oneshot(Request::new(crate::body::empty()))
+            .oneshot(Request::new(crate::http::body::empty()))
             .await
             .expect_err("timed out");
         assert_eq!(started.elapsed(), Duration::from_secs(1));
@@ -194,11 +194,11 @@ mod tests {
     async fn a_try_past_its_timeout_is_lost_and_none_means_unbounded() {
         let hung = tower::service_fn(|_req: Request<Body>| async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok::<_, SendError>(Response::new(crate::body::empty()))
+            Ok::<_, SendError>(Response::new(crate::http::body::empty()))
         });
         let e = PerTryTimeoutLayer::new("b", Some(Duration::from_millis(200)))
             .layer(hung)
-            .oneshot(Request::new(crate::body::empty()))
+            .oneshot(Request::new(crate::http::body::empty()))
             .await
             .expect_err("timed out");
         assert!(e.unsent.is_none(), "the request went out");
@@ -206,7 +206,7 @@ mod tests {
 
         let r = PerTryTimeoutLayer::new("b", None)
             .layer(hung)
-            .oneshot(Request::new(crate::body::empty()))
+            .oneshot(Request::new(crate::http::body::empty()))
             .await;
         assert!(r.is_ok(), "an hour is fine without a per-try timeout");
     }

@@ -37,9 +37,9 @@ pub fn level() -> String {
 pub fn set_level(spec: &str) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(spec).map_err(|e| format!("invalid log filter {spec:?}: {e}"))?;
-    let handle = HANDLE
-        .get()
-        .ok_or_else(|| "logging was not initialised through vigil_proxy::logging".to_string())?;
+    let handle = HANDLE.get().ok_or_else(|| {
+        "logging was not initialised through vigil_proxy::telemetry::logging".to_string()
+    })?;
     handle.reload(filter).map_err(|e| e.to_string())?;
     if let Some(m) = CURRENT.get() {
         if let Ok(mut current) = m.lock() {

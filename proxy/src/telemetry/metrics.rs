@@ -18,8 +18,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-use crate::body::{self, Body};
-use crate::listener::{accept_loop, ConnectionLimits};
+use crate::http::body::{self, Body};
+use crate::transport::listener::{accept_loop, ConnectionLimits};
 
 /// Which way traffic flows relative to this workload.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -325,7 +325,7 @@ pub fn status_class(status: StatusCode) -> &'static str {
 }
 
 /// Serves `/metrics` on the metrics listener, with the proxy's `/ready` and `/live` and the
-/// app's rewritten kubelet probes (`/app-health/...`, see [`crate::probes`]).
+/// app's rewritten kubelet probes (`/app-health/...`, see [`crate::admin::probes`]).
 pub async fn serve(listener: TcpListener, proxy: Arc<crate::Proxy>) {
     accept_loop(
         listener,
@@ -339,7 +339,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<crate::Proxy>) {
                     let proxy = proxy.clone();
                     async move {
                         let path = req.uri().path();
-                        let response = if path.starts_with(crate::probes::PATH_PREFIX) {
+                        let response = if path.starts_with(crate::admin::probes::PATH_PREFIX) {
                             proxy.config.app_probes.answer(path, req.headers()).await
                         } else {
                             crate::admin::health(&proxy, path)

@@ -17,8 +17,8 @@ mod request;
 
 pub use request::{PolicyMetadata, RequestObservation};
 
-use crate::log_writer::LineWriter;
-use crate::metrics::{Direction, ErrorLabels, Metrics};
+use crate::telemetry::log_writer::LineWriter;
+use crate::telemetry::metrics::{Direction, ErrorLabels, Metrics};
 
 /// What happened to one request, as the tap and the access log show it.
 #[derive(Debug, Clone, Serialize)]
@@ -53,7 +53,7 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Lines go to `writer` (from a thread of their own, see [`crate::log_writer`]); query
+    /// Lines go to `writer` (from a thread of their own, see [`crate::telemetry::log_writer`]); query
     /// strings are cut unless `keep_query_strings`.
     pub fn new(writer: Box<dyn Write + Send>, keep_query_strings: bool) -> AccessLog {
         AccessLog {

@@ -10,8 +10,8 @@ use http_body_util::{BodyExt, StreamBody};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::body::{Body, BodyError};
-use crate::observe::RequestRecord;
+use crate::http::body::{Body, BodyError};
+use crate::telemetry::observe::RequestRecord;
 
 /// Which requests a tap wants; every field is optional and all must match.
 #[derive(Debug, Default, Clone, Deserialize)]

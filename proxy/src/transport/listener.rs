@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::drain::Drain;
+use crate::transport::drain::Drain;
 
 /// How many connections a listener takes.
 #[derive(Debug, Clone, Copy, clap::Args)]

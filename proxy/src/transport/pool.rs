@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustStore};
 
-use crate::body::Body;
-use crate::error::ProxyError;
-use crate::state::EndpointView;
+use crate::control::state::EndpointView;
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
 
 type Key = (SocketAddr, SpiffeId);
 

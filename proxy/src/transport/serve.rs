@@ -18,9 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::body::Body;
-use crate::drain::Drain;
-use crate::preface::Prefixed;
+use crate::http::body::Body;
+use crate::transport::drain::Drain;
+use crate::transport::preface::Prefixed;
 
 /// When a connection last did something, and whether it is doing something now.
 struct Activity {
@@ -110,7 +110,7 @@ where
 }
 
 /// Serves HTTP/1 or HTTP/2 on `io`, answering each request with `handle`. The protocol
-/// comes from the first bytes [`read_preface`](crate::preface::read_preface) already read
+/// comes from the first bytes [`read_preface`](crate::transport::preface::read_preface) already read
 /// under a deadline (the HTTP/2 preface or not), so the connection goes straight to
 /// hyper's HTTP/1 or HTTP/2 server: one look at the bytes, no second sniffing. Once
 /// draining starts, or after `idle` with no request, HTTP/1 gets `connection: close` and

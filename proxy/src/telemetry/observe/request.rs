@@ -11,10 +11,10 @@ use http::{Request, Response, StatusCode};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
-use crate::error::{LocalReason, PolicyOutcome};
-use crate::metrics::Direction;
-use crate::observe::{now_secs, Call, RequestRecord};
-use crate::trace::HopSpan;
+use crate::http::error::{LocalReason, PolicyOutcome};
+use crate::telemetry::metrics::Direction;
+use crate::telemetry::observe::{now_secs, Call, RequestRecord};
+use crate::telemetry::trace::HopSpan;
 use crate::Proxy;
 
 /// The request head as a full record shows it, read before the request moves on; only
@@ -66,7 +66,7 @@ impl<'p> RequestObservation<'p> {
         direction: Direction,
         req: &mut Request<B>,
     ) -> RequestObservation<'p> {
-        let protocol = crate::serve::protocol_name(req.version());
+        let protocol = crate::transport::serve::protocol_name(req.version());
         let head = proxy.observer.wants_records().then(|| Head {
             method: req.method().to_string(),
             // With its query: the observer cuts it for the tap and the access log unless

@@ -1,0 +1,11 @@
+//! Bytes and connections: accepting with limits, the original destination, the first
+//! bytes of a connection, serving HTTP on it, tunnels, write stalls, draining, and pooled
+//! mutual-TLS connections to peer proxies.
+
+pub mod drain;
+pub mod listener;
+pub mod orig_dst;
+pub mod pool;
+pub mod preface;
+pub mod serve;
+pub mod stall;
