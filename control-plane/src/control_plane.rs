@@ -105,6 +105,9 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     };
     tracing::info!(identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
 
+    let identity = IdentityService::local(ca.clone(), mesh.clone());
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("vigil");
+    identity.refusals().register(&mut metrics);
     let dashboard = crate::dashboard::run(
         addresses.dashboard,
         crate::dashboard::Sources {
@@ -112,11 +115,12 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
             state: state_rx.clone(),
             proxies: proxies.clone(),
             data_dir: opts.data_dir.clone(),
+            metrics: Arc::new(metrics),
         },
         opts.dashboard.clone(),
     );
     let servers = serve(Serving {
-        identity: IdentityService::local(ca.clone(), mesh.clone()),
+        identity,
         state: state_rx,
         proxies,
         own_svid: own_svid.clone(),

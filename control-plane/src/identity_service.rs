@@ -13,11 +13,14 @@
 mod failure_throttle;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 use vigil_api::{SignRequest, SignResponse, TokenKind};
 use vigil_identity::{CertificateAuthority, SpiffeId, SvidInfo};
@@ -158,31 +161,51 @@ impl RefusalReason {
     }
 }
 
-/// Signing requests refused since start, by reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+/// Signing requests refused since start, by reason: `vigil_identity_refusals_total` on the
+/// control plane's `/metrics`.
 #[derive(Debug, Default)]
 pub struct RefusalCounts {
-    credential: AtomicU64,
-    throttled: AtomicU64,
-    csr: AtomicU64,
+    family: Family<RefusalLabels, Counter>,
 }
 
 impl RefusalCounts {
-    fn counter(&self, reason: RefusalReason) -> &AtomicU64 {
-        match reason {
-            RefusalReason::Credential => &self.credential,
-            RefusalReason::Throttled => &self.throttled,
-            RefusalReason::Csr => &self.csr,
-        }
+    fn counter(&self, reason: RefusalReason) -> Counter {
+        self.family
+            .get_or_create(&RefusalLabels {
+                reason: reason.as_str(),
+            })
+            .clone()
     }
 
     /// Counts one refusal; returns the new total for its reason.
     fn count(&self, reason: RefusalReason) -> u64 {
-        self.counter(reason).fetch_add(1, Ordering::Relaxed) + 1
+        self.counter(reason).inc() + 1
     }
 
     /// Refusals so far for `reason`.
     pub fn get(&self, reason: RefusalReason) -> u64 {
-        self.counter(reason).load(Ordering::Relaxed)
+        self.counter(reason).get()
+    }
+
+    /// Adds the counts to `registry`, every reason shown from the start (at 0).
+    pub fn register(&self, registry: &mut Registry) {
+        for reason in [
+            RefusalReason::Credential,
+            RefusalReason::Throttled,
+            RefusalReason::Csr,
+        ] {
+            self.counter(reason);
+        }
+        registry.register(
+            "identity_refusals",
+            "Certificate signing requests refused, by reason (credential, throttled, csr)",
+            self.family.clone(),
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! Guessing join tokens against a real `vigil control-plane` over TLS: a source that has
 //! too many tokens refused is slowed to a trickle, other sources are not, the holder of
 //! the right token gets its certificate once it waits, and the log names every refusal's
-//! reason without ever repeating a token.
+//! reason without ever repeating a token; the control plane's `/metrics` counts them.
 
 mod support;
 
@@ -96,4 +96,41 @@ async fn guessing_join_tokens_is_throttled_per_source() {
     assert!(log.contains("throttled"), "{log}");
     assert!(!log.contains("guess-"), "a token was logged:\n{log}");
     assert!(!log.contains(&token), "the right token was logged");
+
+    // The refusals are counted on the control plane's /metrics, by reason, for any scraper.
+    let exposition = scrape(cp.dashboard).await;
+    let value = |reason: &str| -> f64 {
+        let series = format!("vigil_identity_refusals_total{{reason=\"{reason}\"}}");
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{exposition}"))
+    };
+    assert!(
+        value("credential") >= f64::from(checked) + 1.0,
+        "{exposition}"
+    );
+    assert!(value("throttled") >= 50.0, "{exposition}");
+}
+
+/// GETs the control plane's /metrics as a scraper in the cluster would, by IP address.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("dashboard port");
+    tcp.write_all(
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: 10.1.2.3:{}\r\nConnection: close\r\n\r\n",
+            addr.port()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
 }

@@ -77,6 +77,8 @@ pub struct Sources {
     pub proxies: Arc<ConnectedProxies>,
     /// The control plane's data directory, where `vigil up` puts decision logs.
     pub data_dir: PathBuf,
+    /// The control plane's own metrics, served at `/metrics`.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 struct Dashboard {
@@ -278,11 +280,34 @@ async fn serve(listener: TcpListener, dashboard: Arc<Dashboard>) {
     }
 }
 
+/// The control plane's own metrics in Prometheus text format.
+fn control_plane_metrics(registry: &prometheus_client::registry::Registry) -> Response<Body> {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed",
+        );
+    }
+    let mut r = Response::new(BodyExt::boxed(Full::new(Bytes::from(text))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    r
+}
+
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 
 fn route<B>(d: &Dashboard, req: Request<B>) -> Response<Body> {
+    // Counts only, no request content: open to scrapers, whatever Host they use.
+    if req.uri().path() == "/metrics" && req.method() == Method::GET {
+        return control_plane_metrics(&d.sources.metrics);
+    }
     if let Err(refused) = d.admit(&req) {
         tracing::debug!(reason = %refused, "dashboard request refused");
         return error(StatusCode::FORBIDDEN, &refused.to_string());
