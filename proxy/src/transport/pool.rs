@@ -1,9 +1,13 @@
-//! Pooled, multiplexed HTTP/2 connections to peer proxies over mutual TLS. One
-//! connection per (endpoint, expected identity) carries every request and TCP tunnel;
-//! a connection unused for the idle timeout is closed.
+//! Pooled, multiplexed HTTP/2 connections to peer proxies over mutual TLS, sized to load:
+//! each (endpoint, expected identity) starts with one connection carrying every request
+//! and TCP tunnel; when even its least busy connection has [`GROW_AT`] requests in flight,
+//! the next request opens another, up to [`MAX_PER_PEER`], so no single connection's task
+//! (its framing and encryption run on one thread) caps a busy peer. Requests go to the
+//! least busy connection; one unused for the idle timeout is closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
 
@@ -56,13 +60,82 @@ impl From<SendError> for ProxyError {
     }
 }
 
-/// A pooled connection and when a request last went through it.
+/// Requests in flight on a peer's least busy connection before another is opened.
+pub const GROW_AT: usize = 16;
+
+/// Most connections to one peer.
+pub const MAX_PER_PEER: usize = 4;
+
+/// A pooled connection, when a request last went through it, and how many are on it now.
 struct Pooled<S> {
     sender: S,
     last_used: Instant,
+    in_flight: Arc<AtomicUsize>,
 }
 
-type Connections = Mutex<HashMap<Key, Pooled<SendRequest<Body>>>>;
+/// One peer's connections, and whether one is being opened.
+struct Peer<S> {
+    connections: Vec<Pooled<S>>,
+    opening: bool,
+}
+
+impl<S> Default for Peer<S> {
+    fn default() -> Self {
+        Peer {
+            connections: Vec::new(),
+            opening: false,
+        }
+    }
+}
+
+/// Where the next request to a peer goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Choice {
+    /// The connection at this index.
+    Use(usize),
+    /// A new connection.
+    Open,
+}
+
+impl<S> Peer<S> {
+    /// The least busy connection, unless none is open yet, or even the least busy one is
+    /// past [`GROW_AT`] with room for another and none already being opened.
+    fn choose(&self) -> Choice {
+        let least = self
+            .connections
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, p)| p.in_flight.load(Ordering::Relaxed))
+            .map(|(i, p)| (i, p.in_flight.load(Ordering::Relaxed)));
+        match least {
+            None => Choice::Open,
+            Some((_, busy))
+                if busy >= GROW_AT && !self.opening && self.connections.len() < MAX_PER_PEER =>
+            {
+                Choice::Open
+            }
+            Some((i, _)) => Choice::Use(i),
+        }
+    }
+}
+
+/// Counts a request on its connection until the answer's head arrives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Connections = Mutex<HashMap<Key, Peer<SendRequest<Body>>>>;
 
 /// Connections to peer proxies.
 pub struct PeerPool {
@@ -102,13 +175,13 @@ impl PeerPool {
         endpoint: &EndpointView,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = match self.sender(endpoint).await {
+        let (mut sender, mut in_flight) = match self.sender(endpoint).await {
             Ok(s) => s,
             Err(e) => return Err(SendError::unsent(e, request)),
         };
         if sender.ready().await.is_err() {
             self.forget(endpoint);
-            sender = match self.sender(endpoint).await {
+            (sender, in_flight) = match self.sender(endpoint).await {
                 Ok(s) => s,
                 Err(e) => return Err(SendError::unsent(e, request)),
             };
@@ -120,6 +193,7 @@ impl PeerPool {
                 return Err(SendError::unsent(error, request));
             }
         }
+        let _in_flight = InFlight::new(in_flight);
         sender.try_send_request(request).await.map_err(|mut e| {
             let unsent = e.take_message();
             SendError {
@@ -131,7 +205,10 @@ impl PeerPool {
 
     /// Number of open peer connections.
     pub fn len(&self) -> usize {
-        self.connections.lock().map(|c| c.len()).unwrap_or(0)
+        self.connections
+            .lock()
+            .map(|c| c.values().map(|p| p.connections.len()).sum())
+            .unwrap_or(0)
     }
 
     /// Whether no peer connection is open.
@@ -139,36 +216,52 @@ impl PeerPool {
         self.len() == 0
     }
 
+    /// Drops the peer's connections found dead.
     fn forget(&self, endpoint: &EndpointView) {
         if let Ok(mut c) = self.connections.lock() {
-            c.remove(&(endpoint.address, endpoint.spiffe_id.clone()));
+            if let Some(peer) = c.get_mut(&(endpoint.address, endpoint.spiffe_id.clone())) {
+                peer.connections.retain(|p| !p.sender.is_closed());
+            }
         }
     }
 
-    async fn sender(&self, endpoint: &EndpointView) -> Result<SendRequest<Body>, ProxyError> {
+    /// A connection to send on, and its in-flight count: the least busy open one, or a
+    /// new one when there is none or all are busy (see the module docs).
+    async fn sender(
+        &self,
+        endpoint: &EndpointView,
+    ) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), ProxyError> {
         let key = (endpoint.address, endpoint.spiffe_id.clone());
         if let Ok(mut c) = self.connections.lock() {
-            if let Some(p) = c.get_mut(&key) {
-                if !p.sender.is_closed() {
+            let peer = c.entry(key.clone()).or_default();
+            peer.connections.retain(|p| !p.sender.is_closed());
+            match peer.choose() {
+                Choice::Use(i) => {
+                    let p = &mut peer.connections[i];
                     p.last_used = Instant::now();
-                    return Ok(p.sender.clone());
+                    return Ok((p.sender.clone(), p.in_flight.clone()));
                 }
+                Choice::Open => peer.opening = true,
             }
         }
-        let sender = self.connect(endpoint).await?;
+        let opened = self.connect(endpoint).await;
+        let in_flight = Arc::new(AtomicUsize::new(0));
         if let Ok(mut c) = self.connections.lock() {
-            c.insert(
-                key,
-                Pooled {
+            let peer = c.entry(key).or_default();
+            peer.opening = false;
+            if let Ok(sender) = &opened {
+                peer.connections.push(Pooled {
                     sender: sender.clone(),
                     last_used: Instant::now(),
-                },
-            );
+                    in_flight: in_flight.clone(),
+                });
+            }
         }
+        let sender = opened?;
         let (connections, idle) = (Arc::downgrade(&self.connections), self.idle_timeout);
         self.reaper
             .call_once(|| drop(tokio::spawn(close_idle(connections, idle))));
-        Ok(sender)
+        Ok((sender, in_flight))
     }
 
     async fn connect(&self, endpoint: &EndpointView) -> Result<SendRequest<Body>, ProxyError> {
@@ -247,23 +340,41 @@ async fn close_idle(connections: Weak<Connections>, idle: Duration) {
 }
 
 fn drop_idle<S>(
-    connections: &mut HashMap<Key, Pooled<S>>,
+    connections: &mut HashMap<Key, Peer<S>>,
     now: Instant,
     idle: Duration,
     closed: impl Fn(&S) -> bool,
 ) {
-    connections.retain(|(address, _), p| {
-        let keep = !closed(&p.sender) && now.saturating_duration_since(p.last_used) < idle;
-        if !keep {
-            tracing::debug!(peer = %address, "closing an idle peer connection");
-        }
-        keep
+    connections.retain(|(address, _), peer| {
+        peer.connections.retain(|p| {
+            let keep = !closed(&p.sender) && now.saturating_duration_since(p.last_used) < idle;
+            if !keep {
+                tracing::debug!(peer = %address, "closing an idle peer connection");
+            }
+            keep
+        });
+        !peer.connections.is_empty() || peer.opening
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pooled(closed: bool, last_used: Instant, in_flight: usize) -> Pooled<bool> {
+        Pooled {
+            sender: closed,
+            last_used,
+            in_flight: Arc::new(AtomicUsize::new(in_flight)),
+        }
+    }
+
+    fn peer(connections: Vec<Pooled<bool>>) -> Peer<bool> {
+        Peer {
+            connections,
+            opening: false,
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn connections_idle_past_the_timeout_are_dropped() {
@@ -272,28 +383,10 @@ mod tests {
         let idle = Duration::from_secs(90);
         let mut map = HashMap::new();
         let start = Instant::now();
-        map.insert(
-            key(1),
-            Pooled {
-                sender: false,
-                last_used: start,
-            },
-        );
+        map.insert(key(1), peer(vec![pooled(false, start, 0)]));
         tokio::time::advance(Duration::from_secs(60)).await;
-        map.insert(
-            key(2),
-            Pooled {
-                sender: false,
-                last_used: Instant::now(),
-            },
-        );
-        map.insert(
-            key(3),
-            Pooled {
-                sender: true,
-                last_used: Instant::now(),
-            },
-        );
+        map.insert(key(2), peer(vec![pooled(false, Instant::now(), 0)]));
+        map.insert(key(3), peer(vec![pooled(true, Instant::now(), 0)]));
 
         drop_idle(&mut map, Instant::now(), idle, |closed| *closed);
         assert_eq!(map.len(), 2, "a closed connection is dropped at once");
@@ -302,6 +395,32 @@ mod tests {
         assert!(
             map.contains_key(&key(2)) && map.len() == 1,
             "91 s idle is too long"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_peer_gets_more_connections_up_to_the_limit() {
+        let now = Instant::now();
+        assert_eq!(peer(vec![]).choose(), Choice::Open, "none yet");
+        let quiet = peer(vec![pooled(false, now, 3), pooled(false, now, 1)]);
+        assert_eq!(quiet.choose(), Choice::Use(1), "the least busy one");
+        let busy = peer(vec![pooled(false, now, GROW_AT)]);
+        assert_eq!(busy.choose(), Choice::Open, "all busy: one more");
+        let mut opening = peer(vec![pooled(false, now, GROW_AT)]);
+        opening.opening = true;
+        assert_eq!(
+            opening.choose(),
+            Choice::Use(0),
+            "one connection opened at a time"
+        );
+        let full = peer(
+            (0..MAX_PER_PEER)
+                .map(|_| pooled(false, now, GROW_AT * 4))
+                .collect(),
+        );
+        assert!(
+            matches!(full.choose(), Choice::Use(_)),
+            "never more than MAX_PER_PEER"
         );
     }
 }
