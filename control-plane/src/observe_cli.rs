@@ -224,23 +224,52 @@ fn parse(workload: &str, text: &str) -> anyhow::Result<BTreeMap<Key, (RequestCou
     Ok(rows)
 }
 
-/// The `q` quantile in milliseconds from cumulative buckets (upper bound of the bucket).
+/// The `q` quantile in milliseconds from cumulative buckets, computed as PromQL's
+/// `histogram_quantile` does, so `vigil stat`, the dashboard and `vigil check` agree with
+/// a Prometheus reading the same series: linear interpolation within the bucket the rank
+/// falls in (from 0 for the first bucket), and the highest finite bound when it falls in
+/// the `+Inf` bucket. 0 without observations; `+Inf` when there is no `+Inf` bucket or
+/// fewer than two buckets (PromQL's NaN).
 pub fn quantile(buckets: &BTreeMap<OrderedF64, f64>, q: f64) -> f64 {
-    let total = buckets.values().cloned().fold(0.0, f64::max);
-    if total <= 0.0 {
+    // Ascending upper bounds with cumulative counts, kept monotonic as PromQL does.
+    let mut bounds: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for (le, count) in buckets {
+        let count = bounds
+            .last()
+            .map_or(*count, |(_, prev): &(f64, f64)| count.max(*prev));
+        bounds.push((le.0, count));
+    }
+    let Some(&(last_bound, observations)) = bounds.last() else {
+        return 0.0;
+    };
+    if observations <= 0.0 {
         return 0.0;
     }
-    let rank = total * q;
-    for (le, count) in buckets {
-        if *count >= rank {
-            return if le.0.is_finite() {
-                le.0 * 1000.0
-            } else {
-                f64::INFINITY
-            };
-        }
+    if !last_bound.is_infinite() || bounds.len() < 2 {
+        return f64::INFINITY;
     }
-    f64::INFINITY
+    let q = q.clamp(0.0, 1.0);
+    let mut rank = q * observations;
+    let b = bounds
+        .iter()
+        .position(|(_, count)| *count >= rank)
+        .unwrap_or(bounds.len() - 1);
+    let seconds = if b == bounds.len() - 1 {
+        bounds[b - 1].0
+    } else if b == 0 && bounds[0].0 <= 0.0 {
+        bounds[0].0
+    } else {
+        let (start, below) = if b == 0 { (0.0, 0.0) } else { bounds[b - 1] };
+        let (end, count) = bounds[b];
+        rank -= below;
+        let in_bucket = count - below;
+        if in_bucket <= 0.0 {
+            end
+        } else {
+            start + (end - start) * (rank / in_bucket)
+        }
+    };
+    seconds * 1000.0
 }
 
 async fn scrape(target: &ProxyTarget) -> anyhow::Result<BTreeMap<Key, (RequestCounts, f64)>> {
@@ -493,9 +522,11 @@ vigil_request_duration_seconds_bucket{le="+Inf",direction="outbound",peer_identi
         assert_eq!(row.total, 100.0);
         assert_eq!(row.failures, 2.0);
         assert_eq!(*mtls, 100.0);
-        assert_eq!(quantile(&row.buckets, 0.5), 1.0);
-        assert_eq!(quantile(&row.buckets, 0.95), 2.0);
-        assert_eq!(quantile(&row.buckets, 0.99), 4.0);
+        // As PromQL's histogram_quantile: interpolated within the bucket.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(quantile(&row.buckets, 0.5), 1.0));
+        assert!(close(quantile(&row.buckets, 0.95), 1.0 + 45.0 / 46.0));
+        assert!(close(quantile(&row.buckets, 0.99), 3.5));
     }
 
     #[test]
