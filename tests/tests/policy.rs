@@ -149,14 +149,24 @@ async fn decisions_reach_the_client_and_denied_requests_never_reach_the_app() {
         "no denied request reached the app"
     );
 
-    // Denials are in the decision log with who, what and the bundle.
-    let log =
-        std::fs::read_to_string(m.mesh.dir.path().join("server-decisions.log")).unwrap_or_default();
-    let denial = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["path"] == "/admin")
-        .unwrap_or_else(|| panic!("no decision log line for /admin in:\n{log}"));
+    // Denials are in the decision log with who, what and the bundle. The log is written by
+    // its own thread, off the request path: give it a moment.
+    let path = m.mesh.dir.path().join("server-decisions.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let denial = loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["path"] == "/admin");
+        match found {
+            Some(line) => break line,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => panic!("no decision log line for /admin in:\n{log}"),
+        }
+    };
     assert_eq!(denial["result"], "deny");
     assert_eq!(denial["source_principal"], m.client.spiffe_id());
     assert!(denial["bundle_version"]
