@@ -381,24 +381,47 @@ pub struct Route {
     pub timeout: Duration,
     pub retries: Arc<RetryPolicy>,
     pub fault: Option<FaultPolicy>,
+    /// The metric label, made once with the route (see [`Route::label`]).
+    label: Arc<str>,
 }
 
 impl Route {
+    fn new(
+        path_prefix: Option<String>,
+        timeout: Duration,
+        retries: Arc<RetryPolicy>,
+        fault: Option<FaultPolicy>,
+    ) -> Route {
+        let label = Arc::from(path_prefix.as_deref().unwrap_or("default"));
+        Route {
+            path_prefix,
+            timeout,
+            retries,
+            fault,
+            label,
+        }
+    }
+
     /// The metric label for requests on this route: its path prefix, or `default` for
     /// requests no route matches. Bounded by the routes an operator writes.
     pub fn label(&self) -> &str {
-        self.path_prefix.as_deref().unwrap_or("default")
+        &self.label
+    }
+
+    /// The same label, shared rather than copied into each request's record.
+    pub fn shared_label(&self) -> Arc<str> {
+        self.label.clone()
     }
 }
 
 impl Default for Route {
     fn default() -> Self {
-        Route {
-            path_prefix: None,
-            timeout: DEFAULT_TIMEOUT,
-            retries: Arc::new(RetryPolicy::default()),
-            fault: None,
-        }
+        Route::new(
+            None,
+            DEFAULT_TIMEOUT,
+            Arc::new(RetryPolicy::default()),
+            None,
+        )
     }
 }
 
@@ -465,12 +488,7 @@ impl TrafficPolicy {
 
     fn resolve(&mut self) {
         let base = Arc::new(self.retries.clone());
-        self.fallback = Arc::new(Route {
-            path_prefix: None,
-            timeout: self.timeout,
-            retries: base.clone(),
-            fault: None,
-        });
+        self.fallback = Arc::new(Route::new(None, self.timeout, base.clone(), None));
         self.resolved = self
             .routes
             .iter()
@@ -486,12 +504,12 @@ impl TrafficPolicy {
                         backoff: o.backoff.clone().unwrap_or_else(|| base.backoff.clone()),
                     }),
                 };
-                Arc::new(Route {
-                    path_prefix: Some(r.path_prefix.clone()),
-                    timeout: r.timeout.unwrap_or(self.timeout),
+                Arc::new(Route::new(
+                    Some(r.path_prefix.clone()),
+                    r.timeout.unwrap_or(self.timeout),
                     retries,
-                    fault: r.fault.clone(),
-                })
+                    r.fault.clone(),
+                ))
             })
             .collect();
     }

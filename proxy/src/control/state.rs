@@ -73,12 +73,15 @@ pub struct ServiceView {
     pub endpoints: Vec<EndpointView>,
     /// Timeouts, retries, circuit breaking and limits, defaults filled in.
     pub traffic: Arc<TrafficPolicy>,
+    /// `name.namespace`, made once per snapshot and shared by every request's record.
+    #[serde(skip)]
+    pub label: Arc<str>,
 }
 
 impl ServiceView {
     /// `name.namespace`, the label used in logs and metrics.
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.name, self.namespace)
+        self.label.to_string()
     }
 }
 
@@ -89,6 +92,10 @@ pub struct MeshView {
     pub trust_domain: String,
     pub workload: WorkloadInfo,
     pub services: Vec<Arc<ServiceView>>,
+    /// This workload's `name.namespace`: the service label of inbound requests that
+    /// name no mesh service.
+    #[serde(skip)]
+    pub workload_label: Arc<str>,
     #[serde(skip)]
     by_host: HashMap<String, Arc<ServiceView>>,
     #[serde(skip)]
@@ -161,6 +168,7 @@ impl MeshView {
                 hosts: s.hosts.clone(),
                 endpoints,
                 traffic: Arc::new(traffic),
+                label: Arc::from(format!("{}.{}", s.name, s.namespace)),
             });
             for h in &s.hosts {
                 by_host.insert(h.to_ascii_lowercase(), view.clone());
@@ -177,6 +185,7 @@ impl MeshView {
         Ok(MeshView {
             version: snapshot.version.clone(),
             trust_domain: snapshot.trust_domain.clone(),
+            workload_label: Arc::from(format!("{}.{}", workload.name, workload.namespace)),
             workload,
             services,
             by_host,

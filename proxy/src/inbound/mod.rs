@@ -204,7 +204,9 @@ async fn request(
     }
     let grpc = crate::http::error::is_grpc(&req);
     let mut observed = RequestObservation::start(&proxy, Direction::inbound, &mut req);
-    (observed.service, observed.route) = inbound_service(&proxy, &req);
+    if let Some((service, route)) = inbound_service(&proxy, &req) {
+        (observed.service, observed.route) = (service, route);
+    }
     observed.peer = conn.peer_name();
     let opaque =
         req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
@@ -227,26 +229,21 @@ async fn request(
 
 /// The service a caller addressed (by authority), or this workload when none matches.
 /// With the label of the service's traffic route the path matches, as outbound sees it.
-fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> (Arc<str>, Arc<str>) {
-    let default = || Arc::from("default");
+/// `None` before the first snapshot. The labels are shared, made once per snapshot.
+fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> Option<(Arc<str>, Arc<str>)> {
     let mesh = proxy.discovery.mesh.load();
-    let Some(mesh) = mesh.as_ref() else {
-        return (Arc::from(""), default());
-    };
+    let mesh = mesh.as_ref()?;
     let host = authority(req).unwrap_or_default();
-    match mesh.service_for_host(host) {
+    Some(match mesh.service_for_host(host) {
         Some(s) => (
-            Arc::from(s.qualified_name()),
-            Arc::from(s.traffic.route(req.uri().path()).label()),
+            s.label.clone(),
+            s.traffic.route(req.uri().path()).shared_label(),
         ),
         None => (
-            Arc::from(format!(
-                "{}.{}",
-                mesh.workload.name, mesh.workload.namespace
-            )),
-            default(),
+            mesh.workload_label.clone(),
+            crate::telemetry::observe::default_route(),
         ),
-    }
+    })
 }
 
 async fn http(
@@ -340,7 +337,7 @@ async fn http(
     });
     // What the decision changes in the target (query parameters to set or remove), and
     // what it tells the logs.
-    let upstream = vigil_authz::upstream_path_and_query(&path, &decision).into_owned();
+    let upstream = vigil_authz::upstream_path_and_query(&path, &decision);
     let metadata = decision
         .dynamic_metadata()
         .map(|m| PolicyMetadata(Arc::new(m.clone())));

@@ -353,7 +353,7 @@ async fn forward(
     proxy: &Proxy,
     target: &Target,
     mut req: Request<Incoming>,
-    routed: &mut RequestObservation<'_>,
+    observed: &mut RequestObservation<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(
@@ -372,14 +372,14 @@ async fn forward(
     let service = match destination(proxy, &mesh, target, &host)? {
         Destination::Mesh(service) => service,
         Destination::Egress(dst) => {
-            routed.service = Arc::from(EGRESS);
+            observed.service = Arc::from(EGRESS);
             return egress_http(proxy, dst, req, &host).await;
         }
     };
     let target = proxy.targets.get(proxy, &mesh, service);
-    routed.service = target.name.clone();
+    observed.service = target.name.clone();
     let route = target.route(service, req.uri().path());
-    routed.route = route.label.clone();
+    observed.route = route.label.clone();
     let path = req
         .uri()
         .path_and_query()
@@ -419,7 +419,7 @@ async fn forward(
     let max_body = proxy.config.request_limits.max_body_bytes;
     let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
     let result = stack::send(stack, Request::from_parts(parts, limited)).await;
-    routed.peer = tries.last_peer();
+    observed.peer = tries.last_peer();
     let (mut parts, body) = match (result, max_body) {
         (Err(_), Some(limit)) if exceeded.happened() => {
             return Err(ProxyError::BodyTooLarge { limit })

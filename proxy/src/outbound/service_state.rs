@@ -125,6 +125,7 @@ mod tests {
             hosts: s.hosts.clone(),
             endpoints: s.endpoints.clone(),
             traffic: s.traffic.clone(),
+            label: s.label.clone(),
         }
     }
 }

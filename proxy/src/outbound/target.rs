@@ -48,12 +48,12 @@ pub struct ServiceTarget {
 impl ServiceTarget {
     fn build(proxy: &Proxy, mesh: &MeshView, service: &ServiceView) -> ServiceTarget {
         let route_target = |route: &Arc<Route>| RouteTarget {
-            label: Arc::from(route.label()),
+            label: route.shared_label(),
             stack: stack::http(proxy, mesh, service, route),
             route: route.clone(),
         };
         ServiceTarget {
-            name: Arc::from(service.qualified_name()),
+            name: service.label.clone(),
             routes: service
                 .traffic
                 .resolved_routes()
@@ -139,10 +139,5 @@ impl Targets {
             return None;
         }
         built.by_service.get(&key(service)).cloned()
-    }
-
-    /// Which snapshot the targets were built for, if any.
-    pub fn version(&self) -> Option<String> {
-        self.built.load().as_ref().map(|b| b.mesh.version.clone())
     }
 }

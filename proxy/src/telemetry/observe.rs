@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 mod request;
 
-pub use request::{PolicyMetadata, RequestObservation};
+pub use request::{default_route, PolicyMetadata, RequestObservation};
 
 use crate::telemetry::log_writer::LineWriter;
 use crate::telemetry::metrics::{Direction, ErrorLabels, Metrics};

@@ -81,7 +81,8 @@ impl Drop for Busy {
 }
 
 /// A served connection that can be asked to finish: hyper's HTTP/1 (with upgrades) and
-/// HTTP/2 server connections.
+/// HTTP/2 server connections. hyper-util's `GracefulConnection` would do, but it does not
+/// cover HTTP/1 connections with upgrades, which both listeners need.
 trait Finishing: Future<Output = Result<(), hyper::Error>> {
     fn finish(self: Pin<&mut Self>);
 }

@@ -4,7 +4,7 @@
 //! caller went away before an answer (its future dropped) is recorded too, as status 499
 //! with reason `cancelled`, instead of vanishing from every view.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
@@ -37,6 +37,16 @@ struct Outcome {
 /// The `dynamic_metadata` of the policy decision on a request, carried on its response.
 #[derive(Clone)]
 pub struct PolicyMetadata(pub Arc<vigil_authz::DynamicMetadata>);
+
+/// Labels of a request not (yet) matched to a service or route, shared rather than
+/// allocated per request.
+static NO_SERVICE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+static DEFAULT_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default"));
+
+/// The route label of requests no traffic route matches.
+pub fn default_route() -> Arc<str> {
+    DEFAULT_ROUTE.clone()
+}
 
 /// The status recorded for a request whose caller left before it was answered.
 const CANCELLED: u16 = 499;
@@ -103,8 +113,8 @@ impl<'p> RequestObservation<'p> {
             started: Instant::now(),
             head,
             span,
-            service: Arc::from(""),
-            route: Arc::from("default"),
+            service: NO_SERVICE.clone(),
+            route: default_route(),
             peer: String::new(),
             outcome: None,
         }
