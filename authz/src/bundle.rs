@@ -222,9 +222,10 @@ impl Backend {
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Backend::Rvm => f.write_str("rvm"),
-            Backend::Interpreter { reason } => write!(f, "interpreter ({reason})"),
+        f.write_str(self.name())?;
+        match self.reason() {
+            Some(reason) => write!(f, " ({reason})"),
+            None => Ok(()),
         }
     }
 }

@@ -316,13 +316,44 @@ fn strings_count(base: &Value, search: &Value) -> Outcome {
     Ok(Value::from(count as u64))
 }
 
+/// Largest compiled program a pattern may make, as regorus's own `regex.*` builtins allow:
+/// a pattern from a request cannot make the proxy build an enormous automaton.
+const REGEX_SIZE_LIMIT: usize = 100 * 1024;
+
+/// Patterns compiled recently on this thread, so a policy's patterns are compiled once
+/// and not on every evaluation. Bounded: cleared when it fills.
+const REGEX_CACHE_ENTRIES: usize = 256;
+
+thread_local! {
+    static REGEX_CACHE: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `pattern` (already in Rust's syntax) compiled, from the cache when it was seen before.
+fn compiled(pattern: &str) -> Result<regex::Regex, String> {
+    if let Some(re) = REGEX_CACHE.with(|c| c.borrow().get(pattern).cloned()) {
+        return Ok(re);
+    }
+    let re = regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("error parsing regexp: {e}"))?;
+    REGEX_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= REGEX_CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(pattern.to_string(), re.clone());
+    });
+    Ok(re)
+}
+
 /// Go's `regexp.Split(s, -1)`: the text between the matches Go's `FindAllStringIndex` reports
 /// (which skips an empty match right after a previous match).
 fn regex_split(pattern: &Value, text: &Value) -> Outcome {
     let pattern = string_operand(pattern, 1)?;
     let s = string_operand(text, 2)?;
-    let re = regex::Regex::new(&go_pattern(pattern))
-        .map_err(|e| format!("error parsing regexp: {e}"))?;
+    let re = compiled(&go_pattern(pattern))?;
     if !pattern.is_empty() && s.is_empty() {
         return Ok(Value::from(vec![Value::from("")]));
     }
@@ -522,8 +553,7 @@ fn template_match(template: &str, value: &str, start: &str, end: &str) -> Outcom
         let literal = template
             .get(last..from)
             .ok_or("delimiters split a character")?;
-        regex::Regex::new(&go_pattern(&format!("^{inner}$")))
-            .map_err(|e| format!("error parsing regexp: {e}"))?;
+        compiled(&go_pattern(&format!("^{inner}$")))?;
         pattern.push_str(&regex::escape(literal));
         pattern.push('(');
         pattern.push_str(&go_pattern(inner));
@@ -532,7 +562,7 @@ fn template_match(template: &str, value: &str, start: &str, end: &str) -> Outcom
     }
     pattern.push_str(&regex::escape(template.get(last..).unwrap_or("")));
     pattern.push('$');
-    let re = regex::Regex::new(&pattern).map_err(|e| format!("error parsing regexp: {e}"))?;
+    let re = compiled(&pattern)?;
     Ok(Value::from(re.is_match(value)))
 }
 
