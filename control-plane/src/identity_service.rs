@@ -7,8 +7,8 @@
 //! a TokenReview in cluster mode (`kubernetes::token_review`). Issuing stays here, once.
 //!
 //! Refused credentials are throttled per source address ([`failure_throttle`]), counted
-//! by reason ([`RefusalCounts`]; the control plane has no metrics registry to export them
-//! from) and logged with their reason, never with the credential.
+//! by reason ([`RefusalCounts`], `vigil_identity_refusals_total` on the control plane's
+//! `/metrics`) and logged with their reason, never with the credential.
 
 mod failure_throttle;
 
