@@ -932,3 +932,26 @@ pub async fn start_python_app(
     }
     Ok(app)
 }
+
+/// The first line of the file at `path` that `wanted` accepts, waiting up to `limit` for
+/// it: logs written by a thread of their own (decision and access logs) lag the request.
+pub async fn wait_for_line(
+    path: &Path,
+    wanted: impl Fn(&str) -> bool,
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| wanted(l)) {
+            return Ok(line.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no such line in {} after {limit:?}:\n{text}",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -152,21 +152,12 @@ async fn decisions_reach_the_client_and_denied_requests_never_reach_the_app() {
     // Denials are in the decision log with who, what and the bundle. The log is written by
     // its own thread, off the request path: give it a moment.
     let path = m.mesh.dir.path().join("server-decisions.log");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let denial = loop {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        let found = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|r| r["path"] == "/admin");
-        match found {
-            Some(line) => break line,
-            None if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            None => panic!("no decision log line for /admin in:\n{log}"),
-        }
-    };
+    let is_admin =
+        |l: &str| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|r| r["path"] == "/admin");
+    let denial = wait_for_line(&path, is_admin, Duration::from_secs(10))
+        .await
+        .expect("a decision log line for /admin");
+    let denial: serde_json::Value = serde_json::from_str(&denial).expect("json line");
     assert_eq!(denial["result"], "deny");
     assert_eq!(denial["source_principal"], m.client.spiffe_id());
     assert!(denial["bundle_version"]
@@ -393,15 +384,13 @@ async fn the_result_object_rewrites_the_query_and_its_metadata_reaches_the_acces
         "nothing unparsed reached the app"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let text = std::fs::read_to_string(&access_log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("/orders/7")) {
-            break line.to_string();
-        }
-        assert!(Instant::now() < deadline, "no access log line: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let line = wait_for_line(
+        &access_log,
+        |l| l.contains("/orders/7"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("an access log line for /orders/7");
     let line: serde_json::Value = serde_json::from_str(&line).expect("json line");
     assert_eq!(line["dynamic_metadata"]["tenant"], "acme", "{line}");
     assert!(!line.to_string().contains("s3cr3t"), "{line}");
