@@ -10,6 +10,11 @@
 //! assert_eq!(policy.route("/slow/report").timeout.as_secs(), 10);
 //! assert_eq!(policy.route("/fast").retries.attempts, 3);
 //! ```
+//!
+//! Retries default to connect failures only (the request never reached the app), so a
+//! request that did reach an app is never sent to it twice unless the mesh file says so:
+//! with a default of retrying 5xx at every hop, one failing service multiplies the load
+//! on every healthy service in front of it (three hops of three tries is up to 27×).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +67,8 @@ pub struct RetryPolicy {
     /// Deadline of each try; none by default (only the request timeout applies).
     #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
-    /// Which failures are retried.
+    /// Which failures are retried: connect failures by default; statuses and gRPC codes
+    /// only when listed.
     pub on: Vec<RetryOn>,
     /// Methods whose requests are retried on a status or gRPC code; connect failures are
     /// retried whatever the method, since the request never left.
@@ -77,13 +83,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             attempts: 3,
             per_try_timeout: None,
-            on: vec![
-                RetryOn::Status(502),
-                RetryOn::Status(503),
-                RetryOn::Status(504),
-                RetryOn::ConnectFailure,
-                RetryOn::Grpc(GrpcCode::Unavailable),
-            ],
+            on: vec![RetryOn::ConnectFailure],
             methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
                 .into_iter()
                 .map(|m| MethodName(Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET)))
@@ -110,6 +110,16 @@ impl RetryPolicy {
         self.on
             .iter()
             .any(|o| matches!(o, RetryOn::Grpc(c) if *c as u8 == code))
+    }
+
+    /// Whether a response (a status or a gRPC code) may be retried at all: a request that
+    /// reached the app is sent again only when the mesh file opts in.
+    pub fn retries_responses(&self) -> bool {
+        self.attempts > 1
+            && self
+                .on
+                .iter()
+                .any(|o| matches!(o, RetryOn::Status(_) | RetryOn::Grpc(_)))
     }
 
     /// Whether failures to connect are retried.
@@ -227,7 +237,9 @@ impl From<MethodName> for String {
 }
 
 /// How many retries a service may send: `ratio` of its requests over `window`, plus
-/// `min_per_second` so a quiet service can still retry.
+/// `min_per_second` so a quiet service can still retry. The floor is small (1/s) so that
+/// it cannot dwarf the ratio at the low rates most services see: at 4 requests/s a floor
+/// of 10/s would allow every request to be tried three times.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetPolicy {
@@ -241,7 +253,7 @@ impl Default for RetryBudgetPolicy {
     fn default() -> Self {
         RetryBudgetPolicy {
             ratio: 0.2,
-            min_per_second: 10,
+            min_per_second: 1,
             window: Duration::from_secs(10),
         }
     }
@@ -698,19 +710,15 @@ mod tests {
         let r = p.route("/anything");
         assert_eq!(r.path_prefix, None);
         assert_eq!(r.retries.attempts, 3);
-        assert!(r
-            .retries
-            .retries_status(&Method::GET, StatusCode::BAD_GATEWAY));
-        assert!(!r
-            .retries
-            .retries_status(&Method::POST, StatusCode::BAD_GATEWAY));
-        assert!(!r
-            .retries
-            .retries_status(&Method::GET, StatusCode::INTERNAL_SERVER_ERROR));
+        // Only a request that never reached the app is tried again by default.
         assert!(r.retries.retries_connect_failures());
-        assert!(r.retries.retries_grpc(14));
+        assert!(!r.retries.retries_responses());
+        for status in [StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE] {
+            assert!(!r.retries.retries_status(&Method::GET, status));
+        }
+        assert!(!r.retries.retries_grpc(14));
         assert_eq!(p.retries.budget.ratio, 0.2);
-        assert_eq!(p.retries.budget.min_per_second, 10);
+        assert_eq!(p.retries.budget.min_per_second, 1);
         assert_eq!(p.circuit_breaker.consecutive_failures, 7);
         assert_eq!(p.circuit_breaker.max_ejection, Duration::from_secs(60));
         assert_eq!(p.limits.max_in_flight, 1000);
@@ -764,6 +772,32 @@ mod tests {
         // What /config shows reads back as the same policy.
         let shown = serde_json::to_string(&p).expect("serializes");
         assert_eq!(TrafficPolicy::parse(&shown).expect("round trip"), p);
+    }
+
+    #[test]
+    fn status_retries_are_opted_into_per_route() {
+        let p = TrafficPolicy::parse(
+            r#"{"routes": [{"path_prefix": "/stock", "retries": {"on": [503, "connect-failure"]}}]}"#,
+        )
+        .expect("valid");
+        let stock = p.route("/stock/42");
+        assert!(stock.retries.retries_responses());
+        assert!(stock
+            .retries
+            .retries_status(&Method::GET, StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!stock
+            .retries
+            .retries_status(&Method::POST, StatusCode::SERVICE_UNAVAILABLE));
+        assert!(stock.retries.retries_connect_failures());
+        let other = p.route("/checkout");
+        assert!(!other.retries.retries_responses());
+        assert!(!other
+            .retries
+            .retries_status(&Method::GET, StatusCode::SERVICE_UNAVAILABLE));
+        // One try in all is no retry, whatever is listed.
+        let off =
+            TrafficPolicy::parse(r#"{"retries": {"attempts": 1, "on": [503]}}"#).expect("valid");
+        assert!(!off.route("/").retries.retries_responses());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The retry budget: how many retries a service may send, so that retries never turn a
 //! struggling service's trouble into a storm. Over a sliding window (10 s by default) a
 //! service may retry `ratio` of its requests (20%) plus `min_per_second` × the window
-//! (10/s), the floor that lets a quiet service retry at all.
+//! (1/s), the floor that lets a quiet service retry at all. The floor is kept low because
+//! at the few requests a second most services see it, not the ratio, sets the bound: a
+//! floor of 10/s let a service at 4 requests/s retry every request twice.
 //!
 //! Not tower's `TpsBudget`: it turns the ratio into a whole number of requests per retry
 //! (`1 / ratio`, truncated), so 0.3 allows 33% and 0.1 can allow 11%, and it panics on
@@ -137,6 +139,23 @@ mod tests {
             b.deposit();
         }
         assert_eq!(withdraw_all(&b), 10, "ratio on top of the floor");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_a_few_requests_a_second_the_default_bounds_retries_to_under_half() {
+        // 4 requests a second, each one failing and asking for a retry, for a minute.
+        let b = RetryBudget::new(&RetryBudgetPolicy::default());
+        let (mut requests, mut retries) = (0u32, 0u32);
+        for _ in 0..240 {
+            b.deposit();
+            requests += 1;
+            retries += u32::from(b.withdraw());
+            tokio::time::advance(Duration::from_millis(250)).await;
+        }
+        let amplification = f64::from(requests + retries) / f64::from(requests);
+        // Steady state: 0.2 × 40 + 1 × 10 = 18 retries per 40 requests in a window.
+        assert!(amplification <= 1.5, "{amplification}");
+        assert!(retries > 0, "a quiet service may still retry");
     }
 
     #[tokio::test(start_paused = true)]

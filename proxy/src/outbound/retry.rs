@@ -3,15 +3,19 @@
 //! while the route's attempts and the service's [`RetryBudget`] last. What is retried:
 //!
 //! - a request that never left (no connection, refused identity, connection closed
-//!   before it was written): always, whatever its method or body, since the pool hands
-//!   it back untouched (`connect-failure` in `on`);
-//! - a response with a listed status (502, 503, 504), a transport error (as 502) or a
-//!   per-try timeout (as 504), for the listed (idempotent) methods;
-//! - a listed gRPC status in the response headers (a trailers-only response), whatever
-//!   the method: gRPC calls are POSTs, and UNAVAILABLE means "not processed".
+//!   before it was written): whatever its method or body, since the pool hands it back
+//!   untouched (`connect-failure` in `on`, the default and the only default: the app
+//!   never saw it, so trying again adds no load to any app);
+//! - only when the route lists them: a response with a listed status (e.g. 503), a
+//!   transport error (as 502) or a per-try timeout (as 504), for the listed
+//!   (idempotent) methods, and a listed gRPC status in the response headers (a
+//!   trailers-only response) whatever the method, since gRPC calls are POSTs and
+//!   UNAVAILABLE means "not processed". Sending a request that reached an app again is
+//!   what multiplies load hop by hop, so it is opt-in.
 //!
-//! Bodies up to 64 KiB of known length are buffered so they can be replayed; a longer
-//! or unknown-length (streaming) body is sent as it comes and not retried.
+//! Bodies up to 64 KiB of known length are buffered so they can be replayed, and only
+//! on routes that retry responses; a longer or unknown-length (streaming) body is sent
+//! as it comes and not retried once it left.
 //!
 //! Not `tower::retry::Retry`: it can only retry a request it cloned before the first
 //! try, so a streaming body that never left could not go elsewhere.
@@ -101,7 +105,10 @@ where
         let fresh = self.inner.clone();
         let inner = BoxCloneService::new(std::mem::replace(&mut self.inner, fresh));
         let p = &self.config.policy;
-        let replayable = p.attempts > 1 && (p.allows_method(req.method()) || has_grpc_codes(p));
+        // A request that never left comes back whole; a copy is only needed to send one
+        // that did leave again, which the route must have asked for.
+        let replayable =
+            p.retries_responses() && (p.allows_method(req.method()) || has_grpc_codes(p));
         let method = req.method().clone();
         let first = if replayable {
             Replay::keep(req)
@@ -380,9 +387,42 @@ mod tests {
         TrafficPolicy::default().retries
     }
 
+    /// A route that opted into retrying responses, as a mesh file writes it.
+    fn opted_in() -> RetryPolicy {
+        TrafficPolicy::parse(
+            r#"{"retries": {"on": [502, 503, 504, "connect-failure", "unavailable"]}}"#,
+        )
+        .expect("valid")
+        .retries
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn by_default_a_request_that_reached_the_app_is_not_sent_again() {
+        let (layer, metrics) = layer(defaults(), RetryBudgetPolicy::default());
+        for step in [
+            Try::Status(503),
+            Try::Status(502),
+            Try::Reset,
+            Try::Grpc(14),
+        ] {
+            let peer = Scripted::new(&[step, Try::Status(200)]);
+            let _ = layer.layer(peer.clone()).oneshot(request("GET", b"")).await;
+            assert_eq!(peer.tries(), 1, "{step:?} reached the app once");
+        }
+        assert!(!metrics.encode().contains("vigil_retries_total{"));
+        // ...while one that never left is tried again.
+        let peer = Scripted::new(&[Try::ConnectFailure, Try::Status(200)]);
+        let r = layer
+            .layer(peer.clone())
+            .oneshot(request("POST", b"x"))
+            .await
+            .expect("response");
+        assert_eq!((r.status().as_u16(), peer.tries()), (200, 2));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retries_listed_statuses_for_idempotent_methods_replaying_the_body() {
-        let (layer, metrics) = layer(defaults(), RetryBudgetPolicy::default());
+        let (layer, metrics) = layer(opted_in(), RetryBudgetPolicy::default());
         let peer = Scripted::new(&[Try::Status(503), Try::Reset, Try::Status(200)]);
         let r = layer
             .layer(peer.clone())
@@ -420,7 +460,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_that_never_left_is_retried_even_a_streaming_post() {
-        let (layer, _) = layer(defaults(), RetryBudgetPolicy::default());
+        let (layer, _) = layer(opted_in(), RetryBudgetPolicy::default());
         let peer = Scripted::new(&[Try::ConnectFailure, Try::ConnectFailure, Try::Status(201)]);
         let r = layer
             .layer(peer.clone())
@@ -458,7 +498,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn grpc_unavailable_is_retried_for_posts_and_backoff_waits_between_tries() {
-        let (layer, _) = layer(defaults(), RetryBudgetPolicy::default());
+        let (layer, _) = layer(opted_in(), RetryBudgetPolicy::default());
         let peer = Scripted::new(&[Try::Grpc(14), Try::Grpc(14), Try::Grpc(0)]);
         let started = tokio::time::Instant::now();
         let r = layer
@@ -496,7 +536,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_spent_budget_stops_retries_and_is_counted() {
         let (layer, metrics) = layer(
-            defaults(),
+            opted_in(),
             RetryBudgetPolicy {
                 ratio: 0.0,
                 min_per_second: 0,
