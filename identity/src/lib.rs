@@ -1,8 +1,9 @@
 //! SPIFFE identities for Vigil: SPIFFE IDs, the certificate authority, workload keys and CSRs,
 //! X.509-SVID verification, and the one place rustls configs are built.
 //!
-//! Defaults are closed: TLS 1.3 only, the ring provider passed explicitly (never the process
-//! default), no session resumption, private keys never leave the process that made them.
+//! Defaults are closed: TLS 1.3 only, the aws-lc-rs provider passed explicitly (never the
+//! process default), post-quantum hybrid key exchange first, no session resumption, private
+//! keys never leave the process that made them.
 //!
 //! ```
 //! use std::time::Duration;
@@ -60,10 +61,20 @@ pub use trust::{certs_to_pem, TrustBundle};
 pub use verify::{reason_of, svid_error_to_rustls};
 pub use workload_key::{KeyError, WorkloadKey};
 
-/// The ring crypto provider every config and verifier in this crate uses, built once.
+/// The aws-lc-rs crypto provider every config and verifier in this crate uses, built once.
 ///
-/// Passed explicitly everywhere so behaviour never depends on a process-wide default.
+/// Passed explicitly everywhere so behaviour never depends on a process-wide default. Key
+/// exchange offers the post-quantum hybrid X25519MLKEM768 first, so traffic recorded today
+/// cannot be decrypted by a future quantum computer, and still accepts plain X25519 from a
+/// peer without ML-KEM: these two groups, in this order, are the only key-exchange
+/// preference in Vigil.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
+    Arc::clone(PROVIDER.get_or_init(|| {
+        use rustls::crypto::aws_lc_rs::{self, kx_group};
+        Arc::new(CryptoProvider {
+            kx_groups: vec![kx_group::X25519MLKEM768, kx_group::X25519],
+            ..aws_lc_rs::default_provider()
+        })
+    }))
 }

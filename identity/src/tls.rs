@@ -1,4 +1,5 @@
-//! The one place rustls configs are made: TLS 1.3 only, ring provider, SVID verification.
+//! The one place rustls configs are made: TLS 1.3 only, the aws-lc-rs provider with
+//! X25519MLKEM768 key exchange first ([`crate::provider`]), SVID verification.
 
 use std::sync::Arc;
 
@@ -74,8 +75,8 @@ pub fn mtls_client_config(
     });
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        // The ring provider always supports TLS 1.3; failure here is a build-time bug.
-        .expect("ring provider supports TLS 1.3")
+        // The aws-lc-rs provider always supports TLS 1.3; failure here is a build-time bug.
+        .expect("aws-lc-rs provider supports TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = match svid {
@@ -99,8 +100,8 @@ pub fn server_name_for(_expected: &SpiffeId) -> ServerName<'static> {
 fn server_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier> {
     ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        // The ring provider always supports TLS 1.3; failure here is a build-time bug.
-        .expect("ring provider supports TLS 1.3")
+        // The aws-lc-rs provider always supports TLS 1.3; failure here is a build-time bug.
+        .expect("aws-lc-rs provider supports TLS 1.3")
 }
 
 fn finish_server(mut config: ServerConfig, opts: &TlsOptions) -> Arc<ServerConfig> {

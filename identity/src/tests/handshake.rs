@@ -150,6 +150,53 @@ async fn alpn_is_negotiated() {
     assert_eq!(c.unwrap().get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 }
 
+/// The key-exchange group both sides agreed on, for `client` against the mesh server.
+async fn negotiated_group(m: &Mesh, client: Arc<ClientConfig>) -> rustls::NamedGroup {
+    let (c_io, s_io) = tokio::io::duplex(64 * 1024);
+    let (s, c) = tokio::join!(
+        TlsAcceptor::from(m.server()).accept(s_io),
+        TlsConnector::from(client).connect(server_name_for(&m.server_id), c_io)
+    );
+    let (s, c) = (s.unwrap(), c.unwrap());
+    let group = |kx: Option<&'static dyn rustls::crypto::SupportedKxGroup>| kx.unwrap().name();
+    let server_group = group(s.get_ref().1.negotiated_key_exchange_group());
+    assert_eq!(
+        server_group,
+        group(c.get_ref().1.negotiated_key_exchange_group())
+    );
+    server_group
+}
+
+#[tokio::test]
+async fn mesh_peers_agree_on_post_quantum_hybrid_key_exchange() {
+    let m = mesh();
+    let client = m.client(Some(svid_store(&m.ca, &id("default", "web"))));
+    assert_eq!(
+        negotiated_group(&m, client).await,
+        rustls::NamedGroup::X25519MLKEM768
+    );
+}
+
+#[tokio::test]
+async fn classical_only_client_still_gets_x25519() {
+    let m = mesh();
+    let classical = Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    });
+    let store = svid_store(&m.ca, &id("default", "web"));
+    let client = ClientConfig::builder_with_provider(classical)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_client_cert_resolver(store);
+    assert_eq!(
+        negotiated_group(&m, Arc::new(client)).await,
+        rustls::NamedGroup::X25519
+    );
+}
+
 #[tokio::test]
 async fn refuses_foreign_ca_client() {
     let m = mesh();
@@ -339,7 +386,8 @@ async fn trust_rotation_applies_to_new_handshakes() {
     assert_eq!(m.trust.bundle().roots().len(), 2);
 }
 
-/// Test-only verifier for the TLS 1.2 client, which must fail before verification matters.
+/// Test-only verifier for clients whose server check is not what the test is about (the TLS
+/// 1.2 client fails before it matters; the classical client tests key exchange).
 #[derive(Debug)]
 struct AcceptAnything;
 
