@@ -14,7 +14,7 @@ use serde::Serialize;
 use vigil_identity::{TlsOptions, TrustBundle, TrustStore};
 
 use crate::admin_client::{self, CertStatus};
-use crate::control_plane::control_plane_id;
+use crate::control_plane::{control_plane_id, DEFAULT_NAMESPACE};
 use crate::mesh::MeshFile;
 
 /// How bad a finding is.
@@ -228,7 +228,9 @@ async fn handshake(
     trust: Arc<TrustStore>,
     trust_domain: &str,
 ) -> anyhow::Result<()> {
-    let expected = control_plane_id(trust_domain)?;
+    // The local mesh's control plane; one started with another --namespace presents that
+    // namespace and fails here with a handshake error naming the trust domain.
+    let expected = control_plane_id(trust_domain, DEFAULT_NAMESPACE)?;
     let config = vigil_identity::mtls_client_config(
         None,
         trust,

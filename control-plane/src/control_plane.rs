@@ -30,12 +30,28 @@ pub struct ControlPlaneOptions {
     pub reload_interval: Duration,
     /// Where the dashboard reads its numbers from and how much it keeps.
     pub dashboard: crate::dashboard::DashboardOptions,
+    /// The namespace the control plane's identity names (`--namespace`): proxies are told
+    /// it and check it, so a mesh installed elsewhere than `vigil-system` still connects.
+    pub namespace: String,
 }
 
-/// The control plane's own identity, presented on 15012 and 15010.
-pub fn control_plane_id(trust_domain: &str) -> anyhow::Result<SpiffeId> {
-    SpiffeId::workload(trust_domain, "vigil-system", "vigil-control-plane")
-        .context("building the control plane's SPIFFE ID")
+/// Where `manifests/` install the control plane unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "vigil-system";
+/// The control plane's Service and ServiceAccount (`manifests/control-plane.yaml`).
+pub const NAME: &str = "vigil-control-plane";
+
+/// The control plane's own identity, presented on 15012, 15010 and 15017:
+/// `spiffe://<trust domain>/ns/<namespace>/sa/vigil-control-plane`.
+pub fn control_plane_id(trust_domain: &str, namespace: &str) -> anyhow::Result<SpiffeId> {
+    SpiffeId::workload(trust_domain, namespace, NAME).with_context(|| {
+        format!("building the control plane's SPIFFE ID from trust domain {trust_domain:?} and namespace {namespace:?} (both must be DNS labels)")
+    })
+}
+
+/// The control plane's Service host in `namespace`, which proxies dial and the API server
+/// calls the webhook on.
+pub fn service_host(namespace: &str) -> String {
+    format!("{NAME}.{namespace}.svc")
 }
 
 /// Where proxies find the trust bundle in local mode.
@@ -61,7 +77,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     write_public_file(&bundle_path, &ca.trust_bundle().to_pem())?;
     tracing::info!(path = %bundle_path.display(), "trust bundle written; give it to proxies with --trust-bundle");
 
-    let own_id = control_plane_id(&trust_domain)?;
+    let own_id = control_plane_id(&trust_domain, &opts.namespace)?;
     let own_svid = SvidStore::new();
     own_svid.set(issue_own(&ca, &own_id)?);
     let trust = TrustStore::new(&trust_domain, ca.trust_bundle())?;
@@ -91,6 +107,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
         Ok(listener) => {
             let config = InjectConfig {
                 trust_domain: trust_domain.clone(),
+                control_plane_namespace: opts.namespace.clone(),
                 identity_address: addresses.identity.to_string(),
                 discovery_address: addresses.discovery.to_string(),
                 trust_bundle_pem: Some(ca.trust_bundle().to_pem()),
@@ -222,15 +239,17 @@ fn load_ca(opts: &ControlPlaneOptions, trust_domain: &str) -> anyhow::Result<Cer
     }
 }
 
+/// The control plane's serving certificate: its SPIFFE ID, and the DNS names of its
+/// Service in the namespace that ID names, which the API server verifies when it calls the
+/// injection webhook.
 pub(crate) fn issue_own(
     ca: &CertificateAuthority,
     id: &SpiffeId,
 ) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
-    let names = vec![
-        "localhost".to_string(),
-        "vigil-control-plane".to_string(),
-        "vigil-control-plane.vigil-system.svc".to_string(),
-    ];
+    let mut names = vec!["localhost".to_string(), NAME.to_string()];
+    if let Some(namespace) = id.namespace() {
+        names.extend([format!("{NAME}.{namespace}"), service_host(namespace)]);
+    }
     ca.issue_own(id, &names, Duration::from_secs(24 * 3600))
         .context("issuing the control plane's own certificate")
 }

@@ -71,6 +71,7 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         ca_key: None,
         ca_chain: None,
         reload_interval: Duration::from_secs(1),
+        namespace: control_plane::DEFAULT_NAMESPACE.to_string(),
         dashboard: crate::dashboard::DashboardOptions {
             access: opts.dashboard.clone(),
             ..Default::default()

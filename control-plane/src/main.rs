@@ -154,6 +154,9 @@ enum Command {
         /// SPIFFE trust domain of the mesh.
         #[arg(long, env = "VIGIL_TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
+        /// Namespace the control plane is installed in (proxies expect its identity there).
+        #[arg(long, env = "VIGIL_CONTROL_PLANE_NAMESPACE", default_value = vigil::control_plane::DEFAULT_NAMESPACE)]
+        control_plane_namespace: String,
         #[command(flatten)]
         sidecar: SidecarArgs,
     },
@@ -165,8 +168,9 @@ struct ClusterArgs {
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "VIGIL_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    /// The control plane's namespace (its CA Secret and policy objects live there).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "vigil-system")]
+    /// The control plane's namespace: its CA Secret and policy objects live there, and its
+    /// SPIFFE ID and webhook certificate name it (also in local mode).
+    #[arg(long, env = "POD_NAMESPACE", default_value = vigil::control_plane::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Secret holding the CA (created on first start).
     #[arg(long, env = "VIGIL_CA_SECRET", default_value = "vigil-ca")]
@@ -206,13 +210,10 @@ struct SidecarArgs {
     /// Image with vigil-proxy and vigil-init.
     #[arg(long, env = "VIGIL_PROXY_IMAGE", default_value = concat!("vigil/proxy:", env!("CARGO_PKG_VERSION")))]
     proxy_image: String,
-    /// Host name (or IP) proxies dial for the control plane's identity and discovery ports.
-    #[arg(
-        long,
-        env = "VIGIL_CONTROL_PLANE_HOST",
-        default_value = "vigil-control-plane.vigil-system.svc"
-    )]
-    control_plane_host: String,
+    /// Host name (or IP) proxies dial for the control plane's identity and discovery ports
+    /// (default: its Service, vigil-control-plane.<namespace>.svc).
+    #[arg(long, env = "VIGIL_CONTROL_PLANE_HOST")]
+    control_plane_host: Option<String>,
     /// UID the proxy runs as; its traffic is not intercepted.
     #[arg(long, env = "VIGIL_PROXY_UID", default_value_t = 1337)]
     proxy_uid: u32,
@@ -222,16 +223,25 @@ impl SidecarArgs {
     fn config(
         &self,
         trust_domain: &str,
+        control_plane_namespace: &str,
         trust_bundle_pem: Option<String>,
     ) -> vigil::inject::InjectConfig {
+        let defaults = vigil::inject::InjectConfig::for_namespace(control_plane_namespace);
+        let (identity_address, discovery_address) = match &self.control_plane_host {
+            Some(host) => (format!("{host}:15012"), format!("{host}:15010")),
+            None => (
+                defaults.identity_address.clone(),
+                defaults.discovery_address.clone(),
+            ),
+        };
         vigil::inject::InjectConfig {
             proxy_image: self.proxy_image.clone(),
             trust_domain: trust_domain.to_string(),
-            identity_address: format!("{}:15012", self.control_plane_host),
-            discovery_address: format!("{}:15010", self.control_plane_host),
+            identity_address,
+            discovery_address,
             proxy_uid: self.proxy_uid,
             trust_bundle_pem,
-            ..vigil::inject::InjectConfig::default()
+            ..defaults
         }
     }
 }
@@ -337,6 +347,7 @@ fn inject(
     output: Option<PathBuf>,
     trust_bundle: Option<PathBuf>,
     trust_domain: String,
+    control_plane_namespace: String,
     sidecar: SidecarArgs,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -362,7 +373,7 @@ fn inject(
             None
         }
     };
-    let config = sidecar.config(&trust_domain, pem);
+    let config = sidecar.config(&trust_domain, &control_plane_namespace, pem);
     let (out, reports) = vigil::inject::offline::inject_yaml(&text, &config)?;
     for r in &reports {
         match &r.outcome {
@@ -400,9 +411,17 @@ fn main() -> ExitCode {
             output,
             trust_bundle,
             trust_domain,
+            control_plane_namespace,
             sidecar,
         } => {
-            return match inject(file, output, trust_bundle, trust_domain, sidecar) {
+            return match inject(
+                file,
+                output,
+                trust_bundle,
+                trust_domain,
+                control_plane_namespace,
+                sidecar,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -448,7 +467,10 @@ fn main() -> ExitCode {
                 cluster,
                 ..
             } => {
-                let inject = cluster.sidecar.config(&cluster.trust_domain, None);
+                let inject =
+                    cluster
+                        .sidecar
+                        .config(&cluster.trust_domain, &cluster.namespace, None);
                 vigil::kubernetes::run(vigil::kubernetes::ClusterOptions {
                     trust_domain: cluster.trust_domain,
                     namespace: cluster.namespace,
@@ -474,6 +496,7 @@ fn main() -> ExitCode {
                 reload_interval,
                 prometheus,
                 dashboard,
+                cluster,
                 ..
             } => {
                 let Some(mesh) = mesh else {
@@ -486,6 +509,7 @@ fn main() -> ExitCode {
                     ca_key,
                     ca_chain,
                     reload_interval,
+                    namespace: cluster.namespace,
                     dashboard: vigil::dashboard::DashboardOptions {
                         prometheus,
                         access: dashboard,

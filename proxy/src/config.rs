@@ -159,8 +159,56 @@ impl ProxyConfig {
         }
     }
 
-    /// The control plane's identity, checked on every connection to it.
-    pub fn control_plane_id(&self) -> Result<SpiffeId, vigil_identity::SpiffeIdError> {
-        SpiffeId::workload(&self.trust_domain, "vigil-system", "vigil-control-plane")
+    /// The control plane's identity, checked on every connection to it: the namespace
+    /// comes from [`ControlPlaneIdentity`], the trust domain is the proxy's own.
+    pub fn control_plane_id(&self) -> Result<SpiffeId, ControlPlaneIdError> {
+        ControlPlaneIdentity::from_env()?.spiffe_id(&self.trust_domain)
+    }
+}
+
+/// Where the control plane was installed, which its SPIFFE ID names. The injector sets
+/// `VIGIL_CONTROL_PLANE_NAMESPACE` on the proxy container; a mesh installed in the
+/// default namespace needs nothing.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ControlPlaneIdentity {
+    /// Namespace of the control plane: the proxy accepts only
+    /// `spiffe://<trust domain>/ns/<this>/sa/vigil-control-plane` on the identity and
+    /// discovery ports.
+    #[arg(
+        long = "control-plane-namespace",
+        env = "VIGIL_CONTROL_PLANE_NAMESPACE",
+        default_value = "vigil-system"
+    )]
+    pub namespace: String,
+}
+
+/// The control plane's expected identity cannot be formed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneIdError {
+    #[error("VIGIL_CONTROL_PLANE_NAMESPACE is unreadable: {0} (set it to the control plane's namespace, e.g. vigil-system)")]
+    Environment(#[from] clap::Error),
+    #[error("the control plane's namespace and the trust domain do not form a SPIFFE ID: {0} (check VIGIL_CONTROL_PLANE_NAMESPACE and --trust-domain)")]
+    SpiffeId(#[from] vigil_identity::SpiffeIdError),
+}
+
+impl ControlPlaneIdentity {
+    /// Read from the environment alone, with the same names and default as the flag.
+    pub fn from_env() -> Result<ControlPlaneIdentity, clap::Error> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct FromEnv {
+            #[command(flatten)]
+            identity: ControlPlaneIdentity,
+        }
+        FromEnv::try_parse_from(["vigil-proxy"]).map(|f| f.identity)
+    }
+
+    /// `spiffe://<trust_domain>/ns/<namespace>/sa/vigil-control-plane`.
+    pub fn spiffe_id(&self, trust_domain: &str) -> Result<SpiffeId, ControlPlaneIdError> {
+        Ok(SpiffeId::workload(
+            trust_domain,
+            &self.namespace,
+            "vigil-control-plane",
+        )?)
     }
 }

@@ -64,6 +64,10 @@ pub const TRUST_DIR: &str = "/var/run/vigil/trust";
 /// The audience the projected token is minted for, and the TokenReview asks about.
 pub const TOKEN_AUDIENCE: &str = "vigil";
 
+/// Tells the proxy which namespace the control plane's identity names (read by
+/// `vigil_proxy::config::ControlPlaneIdentity`).
+pub const CONTROL_PLANE_NAMESPACE_ENV: &str = "VIGIL_CONTROL_PLANE_NAMESPACE";
+
 /// Proxy ports (see ARCHITECTURE.md).
 pub const INBOUND_PORT: u16 = 15006;
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -77,6 +81,9 @@ pub struct InjectConfig {
     pub proxy_image: String,
     pub image_pull_policy: Option<String>,
     pub trust_domain: String,
+    /// The control plane's namespace: the proxy expects the control plane to present
+    /// `spiffe://<trust domain>/ns/<this>/sa/vigil-control-plane`.
+    pub control_plane_namespace: String,
     /// Control plane identity and discovery services as `host:port`.
     pub identity_address: String,
     pub discovery_address: String,
@@ -110,14 +117,29 @@ impl Default for ProxyResources {
     }
 }
 
+impl InjectConfig {
+    /// The defaults for a control plane installed in `namespace`, reached at its Service.
+    pub fn for_namespace(namespace: &str) -> InjectConfig {
+        let host = crate::control_plane::service_host(namespace);
+        InjectConfig {
+            control_plane_namespace: namespace.to_string(),
+            identity_address: format!("{host}:15012"),
+            discovery_address: format!("{host}:15010"),
+            ..InjectConfig::default()
+        }
+    }
+}
+
 impl Default for InjectConfig {
     fn default() -> Self {
+        let host = crate::control_plane::service_host(crate::control_plane::DEFAULT_NAMESPACE);
         InjectConfig {
             proxy_image: format!("vigil/proxy:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: None,
             trust_domain: "cluster.local".into(),
-            identity_address: "vigil-control-plane.vigil-system.svc:15012".into(),
-            discovery_address: "vigil-control-plane.vigil-system.svc:15010".into(),
+            control_plane_namespace: crate::control_plane::DEFAULT_NAMESPACE.into(),
+            identity_address: format!("{host}:15012"),
+            discovery_address: format!("{host}:15010"),
             proxy_uid: 1337,
             trust_bundle_pem: None,
             token_expiration_seconds: 43200,
@@ -458,6 +480,7 @@ fn proxy_container(
             env("POD_NAME", field("metadata.name")),
             env("POD_NAMESPACE", field("metadata.namespace")),
             env("POD_IP", field("status.podIP")),
+            json!({"name": CONTROL_PLANE_NAMESPACE_ENV, "value": cfg.control_plane_namespace}),
         ],
         "ports": [
             {"name": "vigil-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
@@ -655,5 +678,7 @@ fn join(ports: &BTreeSet<u16>) -> String {
         .join(",")
 }
 
+#[cfg(test)]
+mod namespace_tests;
 #[cfg(test)]
 mod tests;

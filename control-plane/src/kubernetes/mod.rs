@@ -73,7 +73,7 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
         Arc::new(ca_secret::load_or_create(&secrets, &opts.ca_secret, &opts.trust_domain).await?);
     let bundle_pem = ca.trust_bundle().to_pem();
 
-    let own_id = control_plane_id(&opts.trust_domain)?;
+    let own_id = control_plane_id(&opts.trust_domain, &opts.namespace)?;
     let own_svid = SvidStore::new();
     own_svid.set(issue_own(&ca, &own_id)?);
     let trust = TrustStore::new(&opts.trust_domain, ca.trust_bundle())?;
@@ -85,6 +85,7 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
     }
     let inject = InjectConfig {
         trust_domain: opts.trust_domain.clone(),
+        control_plane_namespace: opts.namespace.clone(),
         trust_bundle_pem: Some(bundle_pem),
         ..opts.inject.clone()
     };
