@@ -1,5 +1,6 @@
 //! gRPC channels to the control plane over TLS built by `vigil_identity::tls`, so the
-//! control plane is verified by SPIFFE ID exactly like any peer proxy.
+//! control plane is verified by SPIFFE ID exactly like any peer proxy, and each handshake
+//! is counted by what it negotiated.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 use vigil_identity::SpiffeId;
+
+use crate::telemetry::metrics::HandshakeDirection;
 
 /// Connects a gRPC channel to `address`, verifying that the server is `expected`.
 pub async fn connect(
@@ -31,6 +34,7 @@ pub async fn connect(
                 let tcp = TcpStream::connect(address).await?;
                 tcp.set_nodelay(true)?;
                 let tls = connector.connect(server_name, tcp).await?;
+                HandshakeDirection::control_plane.record(tls.get_ref().1);
                 Ok::<_, io::Error>(TokioIo::new(tls))
             }
         }))

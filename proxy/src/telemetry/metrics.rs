@@ -4,7 +4,7 @@
 //! itself names; never paths, addresses or anything a client can make up.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -28,6 +28,55 @@ pub enum Direction {
     inbound,
     #[allow(non_camel_case_types)]
     outbound,
+}
+
+/// Which connection a TLS handshake opened: a peer proxy calling in, this proxy calling a
+/// peer, or this proxy calling the control plane.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum HandshakeDirection {
+    #[allow(non_camel_case_types)]
+    inbound,
+    #[allow(non_camel_case_types)]
+    outbound,
+    #[allow(non_camel_case_types)]
+    control_plane,
+}
+
+/// What a completed handshake negotiated. Both names come from rustls's fixed tables (the
+/// provider offers two groups and three suites), so the label set stays small.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: HandshakeDirection,
+    pub group: &'static str,
+    pub cipher_suite: &'static str,
+}
+
+/// Handshakes completed by this process. Process-wide rather than a field of [`Metrics`]
+/// because handshakes happen in the transport and control-plane client, which hold no
+/// `Metrics`; every registry built by [`Metrics::new`] exports this one family.
+static TLS_HANDSHAKES: LazyLock<Family<HandshakeLabels, Counter>> = LazyLock::new(Family::default);
+
+impl HandshakeDirection {
+    /// Counts one completed TLS handshake by the key-exchange group and cipher suite it
+    /// negotiated, so operators can see how much traffic is post-quantum (X25519MLKEM768)
+    /// and which peers still fall back to classical X25519.
+    pub fn record(self, connection: &rustls::CommonState) {
+        let group = connection
+            .negotiated_key_exchange_group()
+            .and_then(|kx| kx.name().as_str())
+            .unwrap_or("unknown");
+        let cipher_suite = connection
+            .negotiated_cipher_suite()
+            .and_then(|suite| suite.suite().as_str())
+            .unwrap_or("unknown");
+        TLS_HANDSHAKES
+            .get_or_create(&HandshakeLabels {
+                direction: self,
+                group,
+                cipher_suite,
+            })
+            .inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -174,6 +223,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Inbound TLS handshakes refused, by reason",
             tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed, by direction (inbound, outbound, control_plane), negotiated key-exchange group and cipher suite",
+            TLS_HANDSHAKES.clone(),
         );
         let plaintext_connections = Counter::default();
         registry.register(

@@ -304,6 +304,7 @@ impl PeerPool {
                 None => connect_failed(e.to_string()),
             }
         })?;
+        crate::telemetry::metrics::HandshakeDirection::outbound.record(stream.get_ref().1);
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
