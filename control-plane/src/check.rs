@@ -1,8 +1,10 @@
 //! `vigil check`: is a running local mesh healthy? The control plane's identity and
 //! discovery ports answer TLS with the control plane's certificate, every proxy is ready,
 //! certificates are valid and not about to expire, every proxy runs the same policy
-//! bundle, and clocks agree. Each finding is a ✓, ! (warning) or ✗ line, with a hint for
-//! what to do; any ✗ makes the command fail.
+//! bundle, clocks agree, and no request path retries responses at more than one hop.
+//! The first line says which mesh file (and data directory) was read, so a failure is
+//! never blamed on the wrong mesh. Each finding is a ✓, ! (warning) or ✗ line, with a
+//! hint for what to do; any ✗ makes the command fail.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use vigil_identity::{TlsOptions, TrustBundle, TrustStore};
 use crate::admin_client::{self, CertStatus};
 use crate::control_plane::{control_plane_id, DEFAULT_NAMESPACE};
 use crate::mesh::MeshFile;
+use crate::mesh_location::MeshLocation;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,11 +84,13 @@ struct ProxyState {
     config: Option<anyhow::Result<admin_client::ConfigStatus>>,
 }
 
-/// Checks the mesh described by `mesh_file`. `trust_bundle` verifies the control plane;
-/// without it, `trust-bundle.pem` beside the mesh file or a proxy's bundle is used.
-pub async fn check(mesh_file: &Path, trust_bundle: Option<&Path>) -> anyhow::Result<Report> {
+/// Checks the mesh at `at`. `trust_bundle` verifies the control plane; without it, the
+/// run's `trust-bundle.pem` (in its data directory, else beside the mesh file) or a
+/// proxy's bundle is used.
+pub async fn check(at: &MeshLocation, trust_bundle: Option<&Path>) -> anyhow::Result<Report> {
+    let mesh_file = at.mesh_file.as_path();
     let mesh = MeshFile::load(mesh_file)?;
-    let mut findings = Vec::new();
+    let mut findings = vec![pass("mesh file", at.describe())];
 
     let mut proxies = Vec::new();
     for w in &mesh.workloads {
@@ -109,8 +114,8 @@ pub async fn check(mesh_file: &Path, trust_bundle: Option<&Path>) -> anyhow::Res
     }
 
     // The control plane, verified against the mesh's trust bundle.
-    let bundle_pem = find_trust_bundle(mesh_file, trust_bundle, &proxies).await?;
-    findings.extend(check_control_plane(&mesh, bundle_pem.as_deref()).await);
+    let bundle = find_trust_bundle(at, trust_bundle, &proxies).await?;
+    findings.extend(check_control_plane(&mesh, bundle.as_ref()).await);
 
     let now = SystemTime::now();
     let now_secs = now
@@ -129,27 +134,47 @@ pub async fn check(mesh_file: &Path, trust_bundle: Option<&Path>) -> anyhow::Res
         }
     }
     findings.extend(policy_agreement(&proxies));
+    findings.push(retries_per_hop(&mesh).await);
 
     let ok = !findings.iter().any(|f| f.outcome == Outcome::Fail);
     Ok(Report { ok, findings })
 }
 
+/// A trust bundle and where it was found, for the report.
+struct FoundBundle {
+    pem: String,
+    source: String,
+}
+
 async fn find_trust_bundle(
-    mesh_file: &Path,
+    at: &MeshLocation,
     explicit: Option<&Path>,
     proxies: &[ProxyState],
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<FoundBundle>> {
     if let Some(path) = explicit {
         return std::fs::read_to_string(path)
-            .map(Some)
+            .map(|pem| {
+                Some(FoundBundle {
+                    pem,
+                    source: format!("--trust-bundle {}", path.display()),
+                })
+            })
             .with_context(|| format!("reading --trust-bundle {}", path.display()));
     }
-    let beside: PathBuf = mesh_file
+    let beside: PathBuf = at
+        .mesh_file
         .parent()
         .unwrap_or(Path::new("."))
         .join("trust-bundle.pem");
-    if let Ok(pem) = std::fs::read_to_string(&beside) {
-        return Ok(Some(pem));
+    let run = at
+        .data_dir
+        .as_deref()
+        .map(crate::control_plane::trust_bundle_path);
+    for path in run.into_iter().chain([beside]) {
+        if let Ok(pem) = std::fs::read_to_string(&path) {
+            let source = path.display().to_string();
+            return Ok(Some(FoundBundle { pem, source }));
+        }
     }
     // A running proxy serves the bundle it trusts.
     for p in proxies.iter().filter(|p| p.ready.is_ok()) {
@@ -158,17 +183,19 @@ async fn find_trust_bundle(
                 .ok()
                 .and_then(|v| v["trust_bundle_pem"].as_str().map(str::to_string))
             {
-                return Ok(Some(pem));
+                let source = format!("proxy {}'s /certs", p.workload);
+                return Ok(Some(FoundBundle { pem, source }));
             }
         }
     }
     Ok(None)
 }
 
-async fn check_control_plane(mesh: &MeshFile, bundle_pem: Option<&str>) -> Vec<Finding> {
+async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> Vec<Finding> {
     let addresses = &mesh.control_plane;
-    let trust = match bundle_pem.map(|pem| {
-        TrustBundle::from_pem(pem)
+    let source = bundle.map_or("", |b| b.source.as_str());
+    let trust = match bundle.map(|b| {
+        TrustBundle::from_pem(&b.pem)
             .map_err(anyhow::Error::from)
             .and_then(|b| TrustStore::new(&mesh.trust_domain, b).map_err(anyhow::Error::from))
     }) {
@@ -177,7 +204,7 @@ async fn check_control_plane(mesh: &MeshFile, bundle_pem: Option<&str>) -> Vec<F
             return vec![problem(
                 Outcome::Fail,
                 "control plane",
-                format!("the trust bundle does not parse: {e:#}"),
+                format!("the trust bundle from {source} does not parse: {e:#}"),
                 "pass the control plane's data-dir/trust-bundle.pem with --trust-bundle",
             )]
         }
@@ -210,7 +237,15 @@ async fn check_control_plane(mesh: &MeshFile, bundle_pem: Option<&str>) -> Vec<F
                 "accepts connections; TLS not verified (no trust bundle found)",
                 "pass --trust-bundle <data-dir>/trust-bundle.pem to verify the certificate too",
             ),
-            (Err(e), _) => problem(
+            (Err(e), Some(_)) => problem(
+                Outcome::Fail,
+                check,
+                format!("{e:#} (verified with the trust bundle from {source})"),
+                format!(
+                    "if a control plane answers there, that trust bundle may be from another run: pass the running mesh's --mesh, or --trust-bundle <its data-dir>/trust-bundle.pem; otherwise start the control plane (`vigil up` or `vigil demo`), or fix control_plane.{what} in the mesh file"
+                ),
+            ),
+            (Err(e), None) => problem(
                 Outcome::Fail,
                 check,
                 format!("{e:#}"),
@@ -456,6 +491,46 @@ fn policy_agreement(proxies: &[ProxyState]) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// A warning when a request path retries responses at more than one hop (see
+/// [`crate::retry_hops`]); who calls whom comes from the proxies' outbound metrics.
+async fn retries_per_hop(mesh: &MeshFile) -> Finding {
+    let mut calls = std::collections::BTreeSet::new();
+    for w in &mesh.workloads {
+        let Ok((200, body)) = admin_client::get(w.proxy.metrics, "/metrics").await else {
+            continue;
+        };
+        let Ok(m) = crate::observe_cli::parse_exposition(&body) else {
+            continue;
+        };
+        for key in m.requests.keys().filter(|k| k.direction == "outbound") {
+            calls.insert((w.name.clone(), key.service.clone()));
+        }
+    }
+    let stacked = crate::retry_hops::stacked(mesh, &calls);
+    if stacked.is_empty() {
+        return pass(
+            "retries",
+            "no request path retries responses at more than one hop",
+        );
+    }
+    let paths = stacked
+        .iter()
+        .map(|s| {
+            format!(
+                "{} → {} → {} (via {}): up to {} tries reach {} per request",
+                s.caller, s.first, s.second, s.via, s.worst_case, s.second
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    problem(
+        Outcome::Warn,
+        "retries",
+        format!("responses are retried at more than one hop: {paths}"),
+        "keep status retries (`retries.on` with statuses or gRPC codes) on one hop of each path, the one nearest the failing service; see docs/traffic.md",
+    )
 }
 
 /// The report as people read it.

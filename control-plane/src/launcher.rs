@@ -1,7 +1,10 @@
 //! `vigil up`: runs a whole local mesh from one mesh file on one machine — the control
 //! plane (and its dashboard) in this process, a `vigil-proxy` per workload and each
 //! workload's `command` — and stops every one of them on Ctrl-C, SIGTERM or after
-//! `--duration`. Each child's pid is written to `<data-dir>/pids/<name>.pid` while it runs.
+//! `--duration`. Each child's pid is written to `<data-dir>/pids/<name>.pid` while it runs,
+//! and the run is recorded for `vigil check`, `stat` and `tap` to find
+//! ([`crate::mesh_location`]). Each run starts its proxies' decision logs empty, keeping
+//! the previous run's beside them, so the dashboard's recent denials are this run's.
 //!
 //! Every start-up step races the components already started: when the control plane
 //! stops (a policy that does not compile, a CA it cannot load) or a proxy exits, `vigil
@@ -56,6 +59,8 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
     })?;
     clear_pid_files(&pid_dir);
     write_pid(&pid_dir, "vigil", std::process::id());
+    start_decision_logs(&opts.data_dir, &mesh);
+    let _running = crate::mesh_location::record_running(&opts.mesh_file, &opts.data_dir);
 
     let total = 2 + mesh.workloads.len() * 2;
     let mut step = 0;
@@ -281,6 +286,25 @@ fn check_ports(mesh: &MeshFile, mesh_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a workload's proxy writes its decision log in a run's data directory.
+pub fn decision_log_path(data_dir: &Path, workload: &str) -> PathBuf {
+    data_dir.join(format!("{workload}-decisions.log"))
+}
+
+/// Moves the last run's decision logs aside (`<workload>-decisions.log.previous`, one run
+/// kept): the proxies append, and the dashboard reads each log from its start.
+fn start_decision_logs(data_dir: &Path, mesh: &MeshFile) {
+    for w in &mesh.workloads {
+        let log = decision_log_path(data_dir, &w.name);
+        if log.exists() {
+            let previous = log.with_extension("log.previous");
+            if let Err(e) = std::fs::rename(&log, &previous) {
+                tracing::warn!(log = %log.display(), error = %e, "cannot move the last run's decision log aside; its denials will show in this run's dashboard");
+            }
+        }
+    }
+}
+
 fn write_pid(dir: &Path, name: &str, pid: u32) {
     let path = dir.join(format!("{name}.pid"));
     if let Err(e) = std::fs::write(&path, format!("{pid}\n")) {
@@ -392,7 +416,7 @@ fn spawn_proxy(
         .arg("--metrics")
         .arg(w.proxy.metrics.to_string())
         .arg("--decision-log")
-        .arg(data_dir.join(format!("{}-decisions.log", w.name)))
+        .arg(decision_log_path(data_dir, &w.name))
         .env("VIGIL_TOKEN", &w.join_token)
         .env(
             "VIGIL_LOG",

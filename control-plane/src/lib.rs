@@ -37,9 +37,11 @@ pub mod inject;
 pub mod kubernetes;
 pub mod launcher;
 pub mod mesh;
+pub mod mesh_location;
 pub mod model;
 pub mod observe_cli;
 pub mod policy_source;
+pub mod retry_hops;
 pub mod tls_listener;
 
 #[cfg(test)]

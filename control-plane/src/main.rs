@@ -63,9 +63,9 @@ enum Command {
     /// Success rate, request rate and latency per workload and service, from the
     /// proxies' own metrics.
     Stat {
-        /// Mesh file naming the proxies (their metrics addresses).
+        /// Mesh file naming the proxies (default: the running vigil up / vigil demo's).
         #[arg(long, env = "VIGIL_MESH")]
-        mesh: PathBuf,
+        mesh: Option<PathBuf>,
         /// Only this workload's proxy.
         #[arg(long)]
         workload: Option<String>,
@@ -78,8 +78,9 @@ enum Command {
     },
     /// Watch live requests through the proxies (method, path, status, latency, policy).
     Tap {
+        /// Mesh file naming the proxies (default: the running vigil up / vigil demo's).
         #[arg(long, env = "VIGIL_MESH")]
-        mesh: PathBuf,
+        mesh: Option<PathBuf>,
         /// Only this workload's proxy.
         #[arg(long)]
         workload: Option<String>,
@@ -127,7 +128,7 @@ enum Command {
     /// Verify a running mesh: control plane reachable, proxies ready, certificates valid,
     /// one policy bundle everywhere, clocks in sync. Exits non-zero on any failure.
     Check {
-        /// Mesh file of the running mesh (default: the running demo's).
+        /// Mesh file of the running mesh (default: the running vigil up / vigil demo's).
         #[arg(long, env = "VIGIL_MESH")]
         mesh: Option<PathBuf>,
         /// PEM roots that vouch for the control plane (default: trust-bundle.pem beside
@@ -525,14 +526,16 @@ fn main() -> ExitCode {
                 window,
                 output,
             } => {
-                let mesh = vigil::mesh::MeshFile::load(&mesh)?;
+                let at = vigil::mesh_location::locate(mesh)?;
+                eprintln!("{}", at.describe());
+                let mesh = vigil::mesh::MeshFile::load(&at.mesh_file)?;
                 let targets = vigil::observe_cli::targets(&mesh, workload.as_deref())?;
                 eprintln!("measuring for {}…", humantime::format_duration(window));
-                let rows = vigil::observe_cli::stat(&targets, window).await?;
+                let report = vigil::observe_cli::stat(&targets, window).await;
                 if output == "json" {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    println!("{}", vigil::observe_cli::render_json(&at, &report)?);
                 } else {
-                    print!("{}", vigil::observe_cli::render_table(&rows));
+                    print!("{}", vigil::observe_cli::render_table(&report));
                 }
                 Ok(())
             }
@@ -543,7 +546,9 @@ fn main() -> ExitCode {
                 count,
                 output,
             } => {
-                let mesh = vigil::mesh::MeshFile::load(&mesh)?;
+                let at = vigil::mesh_location::locate(mesh)?;
+                eprintln!("{}", at.describe());
+                let mesh = vigil::mesh::MeshFile::load(&at.mesh_file)?;
                 let targets = vigil::observe_cli::targets(&mesh, workload.as_deref())?;
                 let query = filters.join("&");
                 eprintln!("tapping {} proxies; Ctrl-C to stop", targets.len());
@@ -603,20 +608,9 @@ async fn check(
     trust_bundle: Option<PathBuf>,
     output: &str,
 ) -> anyhow::Result<()> {
-    let mesh = match mesh {
-        Some(m) => m,
-        None => {
-            let demo = vigil::demo::mesh_path(&vigil::demo::default_data_dir());
-            if !demo.exists() {
-                anyhow::bail!(
-                    "no --mesh given and no demo running ({} does not exist); pass the mesh file of the running mesh with --mesh",
-                    demo.display()
-                );
-            }
-            demo
-        }
-    };
-    let report = vigil::check::check(&mesh, trust_bundle.as_deref()).await?;
+    let at = vigil::mesh_location::locate(mesh)?;
+    eprintln!("{}", at.describe());
+    let report = vigil::check::check(&at, trust_bundle.as_deref()).await?;
     if output == "json" {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -625,7 +619,10 @@ async fn check(
     if report.ok {
         Ok(())
     } else {
-        anyhow::bail!("the mesh is not healthy; fix the ✗ lines above (their hints say how) and run vigil check again")
+        anyhow::bail!(
+            "the mesh of {} is not healthy; fix the ✗ lines above (their hints say how) and run vigil check again",
+            at.mesh_file.display()
+        )
     }
 }
 

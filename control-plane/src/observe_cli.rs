@@ -1,5 +1,8 @@
 //! `vigil stat` and `vigil tap`: what the proxies themselves report, read from their
-//! metrics and admin endpoints.
+//! metrics and admin endpoints. `vigil stat` keeps policy denials apart from failures
+//! (a 403 from policy is neither a success nor an app error), shows the retries each
+//! proxy sent per service and the tries per request they amount to, and prints what it
+//! could read when a proxy cannot be reached.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +16,7 @@ use serde::Serialize;
 
 use crate::admin_client;
 use crate::mesh::MeshFile;
+use vigil_identity::SpiffeId;
 
 /// One proxy to read from.
 #[derive(Debug, Clone)]
@@ -20,6 +24,8 @@ pub struct ProxyTarget {
     pub workload: String,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
+    /// The workload's SPIFFE ID, as its peers' metrics name it.
+    pub spiffe_id: String,
 }
 
 /// The proxies of a mesh file, optionally only one workload's.
@@ -32,6 +38,9 @@ pub fn targets(mesh: &MeshFile, workload: Option<&str>) -> anyhow::Result<Vec<Pr
             workload: w.name.clone(),
             admin: w.proxy.admin,
             metrics: w.proxy.metrics,
+            spiffe_id: SpiffeId::workload(&mesh.trust_domain, &w.namespace, w.service_account())
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         })
         .collect();
     if targets.is_empty() {
@@ -190,17 +199,26 @@ pub fn parse_exposition(text: &str) -> anyhow::Result<ProxyMetrics> {
     Ok(out)
 }
 
-type Key = (String, String, String);
-
-/// One line of `vigil stat`.
+/// One line of `vigil stat`: what one proxy saw of one service, in one direction, over
+/// the window (or since it started, when the window saw nothing).
 #[derive(Debug, Clone, Serialize)]
 pub struct StatRow {
     pub workload: String,
     pub direction: String,
     pub service: String,
+    /// Requests since the proxy started.
     pub requests: u64,
-    pub success_rate: f64,
     pub rps: f64,
+    /// Share of the requests that got an answer from the policy's side of things (all
+    /// but the denied ones) that did not fail with a 5xx; `null` when every one was
+    /// denied or none came.
+    pub success_rate: Option<f64>,
+    /// Requests the destination's policy refused (counted on both sides of an edge).
+    pub denied: u64,
+    /// Retries this proxy sent for the service (outbound only).
+    pub retried: u64,
+    /// Tries per request on this edge: 1 + retried / requests (outbound only).
+    pub amplification: Option<f64>,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -208,20 +226,92 @@ pub struct StatRow {
     pub mtls_share: f64,
 }
 
-/// Per-(workload, direction, service) counts for `vigil stat`, and how many of them had a
-/// verified peer.
-fn parse(workload: &str, text: &str) -> anyhow::Result<BTreeMap<Key, (RequestCounts, f64)>> {
-    let mut rows: BTreeMap<Key, (RequestCounts, f64)> = BTreeMap::new();
-    for (key, counts) in parse_exposition(text)?.requests {
-        let row = rows
-            .entry((workload.to_string(), key.direction, key.service))
-            .or_default();
-        row.0.add(&counts);
-        if !key.peer_identity.is_empty() {
-            row.1 += counts.total;
-        }
+/// A proxy `vigil stat` could not read, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreadable {
+    pub workload: String,
+    pub error: String,
+}
+
+/// What `vigil stat` found: a row per proxy, direction and service, and the proxies it
+/// could not read (their rows are missing, the others are whole).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatReport {
+    pub window_seconds: f64,
+    pub rows: Vec<StatRow>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// One proxy's window: each series' counts over the window when its row moved, else
+/// since the proxy started, so a quiet row still shows its history.
+struct ProxyWindow {
+    target: ProxyTarget,
+    requests: BTreeMap<SeriesKey, RequestCounts>,
+    denies: f64,
+    retries: BTreeMap<String, f64>,
+    moved: BTreeMap<(String, String), bool>,
+}
+
+fn window_of(
+    target: &ProxyTarget,
+    before: Option<&ProxyMetrics>,
+    now: ProxyMetrics,
+) -> ProxyWindow {
+    let empty = ProxyMetrics::default();
+    let before = before.unwrap_or(&empty);
+    let row = |k: &SeriesKey| (k.direction.clone(), k.service.clone());
+    let mut totals: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    for (k, c) in &now.requests {
+        totals.entry(row(k)).or_default().0 += c.total;
     }
-    Ok(rows)
+    for (k, c) in &before.requests {
+        totals.entry(row(k)).or_default().1 += c.total;
+    }
+    let moved: BTreeMap<_, _> = totals
+        .into_iter()
+        .map(|(k, (now, then))| (k, now > then))
+        .collect();
+    let is_moved = |k: &(String, String)| moved.get(k).copied().unwrap_or(false);
+    let requests = now
+        .requests
+        .iter()
+        .map(|(k, c)| {
+            let counts = if is_moved(&row(k)) {
+                c.since(&before.requests.get(k).cloned().unwrap_or_default())
+            } else {
+                c.clone()
+            };
+            (k.clone(), counts)
+        })
+        .collect();
+    let deny = |m: &ProxyMetrics| m.policy_decisions.get("deny").copied().unwrap_or(0.0);
+    let any_inbound_moved = moved.iter().any(|((d, _), m)| d == "inbound" && *m);
+    let denies = if any_inbound_moved && deny(&now) >= deny(before) {
+        deny(&now) - deny(before)
+    } else {
+        deny(&now)
+    };
+    let retries = now
+        .retries
+        .iter()
+        .map(|(service, n)| {
+            let then = before.retries.get(service).copied().unwrap_or(0.0);
+            let key = ("outbound".to_string(), service.clone());
+            let v = if is_moved(&key) && *n >= then {
+                n - then
+            } else {
+                *n
+            };
+            (service.clone(), v)
+        })
+        .collect();
+    ProxyWindow {
+        target: target.clone(),
+        requests,
+        denies,
+        retries,
+        moved,
+    }
 }
 
 /// The `q` quantile in milliseconds from cumulative buckets, computed as PromQL's
@@ -272,7 +362,7 @@ pub fn quantile(buckets: &BTreeMap<OrderedF64, f64>, q: f64) -> f64 {
     seconds * 1000.0
 }
 
-async fn scrape(target: &ProxyTarget) -> anyhow::Result<BTreeMap<Key, (RequestCounts, f64)>> {
+async fn scrape(target: &ProxyTarget) -> anyhow::Result<ProxyMetrics> {
     let (status, body) = admin_client::get(target.metrics, "/metrics")
         .await
         .with_context(|| {
@@ -284,91 +374,246 @@ async fn scrape(target: &ProxyTarget) -> anyhow::Result<BTreeMap<Key, (RequestCo
     if status != 200 {
         anyhow::bail!("{} answered {status} on /metrics", target.metrics);
     }
-    parse(&target.workload, &body)
+    parse_exposition(&body)
 }
 
-/// Scrapes every proxy twice, `window` apart, and computes rates over the window.
-pub async fn stat(targets: &[ProxyTarget], window: Duration) -> anyhow::Result<Vec<StatRow>> {
+/// Denied requests per inbound series of one proxy. The proxy counts its policy's
+/// denials (`vigil_policy_decisions_total{outcome="deny"}`) but not per caller, so they
+/// are shared out over the 4xx answers of its inbound series, never more than those.
+fn inbound_denials(w: &ProxyWindow) -> BTreeMap<SeriesKey, f64> {
+    let inbound: Vec<_> = w
+        .requests
+        .iter()
+        .filter(|(k, _)| k.direction == "inbound")
+        .collect();
+    let client_errors: f64 = inbound.iter().map(|(_, c)| c.client_errors).sum();
+    let share = if client_errors > 0.0 {
+        (w.denies / client_errors).min(1.0)
+    } else {
+        0.0
+    };
+    inbound
+        .into_iter()
+        .map(|(k, c)| (k.clone(), c.client_errors * share))
+        .collect()
+}
+
+/// Scrapes every proxy twice, `window` apart, and computes rates over the window. A
+/// proxy that cannot be read is listed in `unreadable`; the others' rows are complete.
+pub async fn stat(targets: &[ProxyTarget], window: Duration) -> StatReport {
     let mut first = BTreeMap::new();
     for t in targets {
-        first.extend(scrape(t).await?);
+        if let Ok(m) = scrape(t).await {
+            first.insert(t.workload.clone(), m);
+        }
     }
     tokio::time::sleep(window).await;
-    let mut rows = Vec::new();
+    let mut second = Vec::new();
     for t in targets {
-        for (key, (now, now_mtls)) in scrape(t).await? {
-            let (before, before_mtls) = first.get(&key).cloned().unwrap_or_default();
-            let delta = now.since(&before);
-            let moved = now.total > before.total;
-            let (window_counts, mtls) = if moved {
-                (&delta, now_mtls - before_mtls)
+        second.push((t.clone(), scrape(t).await));
+    }
+    report(&first, second, window)
+}
+
+/// The report from two scrapes `window` apart: `first` by workload (a proxy missing there
+/// started during the window), `second` as each proxy answered.
+pub fn report(
+    first: &BTreeMap<String, ProxyMetrics>,
+    second: Vec<(ProxyTarget, anyhow::Result<ProxyMetrics>)>,
+    window: Duration,
+) -> StatReport {
+    let mut windows = Vec::new();
+    let mut unreadable = Vec::new();
+    for (t, scraped) in second {
+        match scraped {
+            Ok(now) => windows.push(window_of(&t, first.get(&t.workload), now)),
+            Err(e) => unreadable.push(Unreadable {
+                workload: t.workload.clone(),
+                error: format!("{e:#}"),
+            }),
+        }
+    }
+    let denials: Vec<_> = windows.iter().map(inbound_denials).collect();
+    let mut rows = Vec::new();
+    for w in &windows {
+        let mut by_row: BTreeMap<(String, String), (RequestCounts, f64, f64)> = BTreeMap::new();
+        for (k, c) in &w.requests {
+            let acc = by_row
+                .entry((k.direction.clone(), k.service.clone()))
+                .or_default();
+            acc.0.add(c);
+            if !k.peer_identity.is_empty() {
+                acc.1 += c.total;
+            }
+            if k.direction == "inbound" {
+                let own = windows
+                    .iter()
+                    .position(|x| x.target.workload == w.target.workload);
+                acc.2 += own.and_then(|i| denials[i].get(k)).copied().unwrap_or(0.0);
+            }
+        }
+        for ((direction, service), (counts, mtls, inbound_denied)) in by_row {
+            let denied = if direction == "outbound" {
+                // Refused by the destination's policy: its inbound series for this
+                // service whose caller is this workload.
+                let refused: f64 = denials
+                    .iter()
+                    .flat_map(|d| d.iter())
+                    .filter(|(k, _)| {
+                        k.service == service
+                            && !w.target.spiffe_id.is_empty()
+                            && k.peer_identity == w.target.spiffe_id
+                    })
+                    .map(|(_, n)| n)
+                    .sum();
+                refused.min(counts.client_errors)
             } else {
-                (&now, now_mtls)
+                inbound_denied
             };
-            let total = window_counts.total;
+            let moved = w
+                .moved
+                .get(&(direction.clone(), service.clone()))
+                .copied()
+                .unwrap_or(false);
+            let total = counts.total;
+            let answered = total - denied;
+            let retried = if direction == "outbound" {
+                w.retries.get(&service).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
             rows.push(StatRow {
-                workload: key.0.clone(),
-                direction: key.1.clone(),
-                service: key.2.clone(),
-                requests: now.total as u64,
-                success_rate: if total > 0.0 {
-                    1.0 - window_counts.failures / total
-                } else {
-                    1.0
-                },
+                workload: w.target.workload.clone(),
+                direction: direction.clone(),
+                service: service.clone(),
+                requests: cumulative_requests(
+                    w,
+                    &direction,
+                    &service,
+                    moved,
+                    first.get(&w.target.workload),
+                ),
                 rps: if moved {
-                    delta.total / window.as_secs_f64()
+                    total / window.as_secs_f64()
                 } else {
                     0.0
                 },
-                p50_ms: quantile(&window_counts.buckets, 0.50),
-                p95_ms: quantile(&window_counts.buckets, 0.95),
-                p99_ms: quantile(&window_counts.buckets, 0.99),
+                success_rate: (answered > 0.5).then(|| 1.0 - counts.failures / answered),
+                denied: denied.round() as u64,
+                retried: retried.round() as u64,
+                amplification: (direction == "outbound" && total > 0.0)
+                    .then(|| 1.0 + retried / total),
+                p50_ms: quantile(&counts.buckets, 0.50),
+                p95_ms: quantile(&counts.buckets, 0.95),
+                p99_ms: quantile(&counts.buckets, 0.99),
                 mtls_share: if total > 0.0 { mtls / total } else { 0.0 },
             });
         }
     }
-    Ok(rows)
+    StatReport {
+        window_seconds: window.as_secs_f64(),
+        rows,
+        unreadable,
+    }
 }
 
-/// The table `vigil stat` prints.
-pub fn render_table(rows: &[StatRow]) -> String {
+/// Requests a row counted since its proxy started.
+fn cumulative_requests(
+    w: &ProxyWindow,
+    direction: &str,
+    service: &str,
+    moved: bool,
+    before: Option<&ProxyMetrics>,
+) -> u64 {
+    let in_window: f64 = w
+        .requests
+        .iter()
+        .filter(|(k, _)| k.direction == direction && k.service == service)
+        .map(|(_, c)| c.total)
+        .sum();
+    if !moved {
+        return in_window as u64;
+    }
+    let earlier: f64 = before
+        .map(|b| {
+            b.requests
+                .iter()
+                .filter(|(k, _)| k.direction == direction && k.service == service)
+                .map(|(_, c)| c.total)
+                .sum()
+        })
+        .unwrap_or(0.0);
+    (in_window + earlier) as u64
+}
+
+/// The table `vigil stat` prints, with a line for each proxy it could not read.
+pub fn render_table(report: &StatReport) -> String {
     let mut out = format!(
-        "{:<14} {:<9} {:<26} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>6}\n",
+        "{:<12} {:<9} {:<22} {:>8} {:>7} {:>8} {:>6} {:>7} {:>6} {:>9} {:>9} {:>9} {:>5}\n",
         "WORKLOAD",
         "DIRECTION",
         "SERVICE",
         "REQUESTS",
-        "SUCCESS",
         "RPS",
+        "SUCCESS",
+        "DENIED",
+        "RETRIED",
+        "AMPL",
         "P50",
         "P95",
         "P99",
         "MTLS"
     );
-    for r in rows {
-        let ms = |v: f64| {
-            if v.is_finite() {
-                format!("{v:.1}ms")
-            } else {
-                ">max".into()
-            }
-        };
+    let ms = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.1}ms")
+        } else {
+            ">max".into()
+        }
+    };
+    for r in &report.rows {
+        let success = r
+            .success_rate
+            .map_or("-".to_string(), |s| format!("{:.2}%", s * 100.0));
+        let ampl = r
+            .amplification
+            .map_or("-".to_string(), |a| format!("{a:.2}x"));
         out += &format!(
-            "{:<14} {:<9} {:<26} {:>8} {:>8.2}% {:>8.1} {:>9} {:>9} {:>9} {:>5.0}%\n",
+            "{:<12} {:<9} {:<22} {:>8} {:>7.1} {:>8} {:>6} {:>7} {:>6} {:>9} {:>9} {:>9} {:>4.0}%\n",
             r.workload,
             r.direction,
             r.service,
             r.requests,
-            r.success_rate * 100.0,
             r.rps,
+            success,
+            r.denied,
+            r.retried,
+            ampl,
             ms(r.p50_ms),
             ms(r.p95_ms),
             ms(r.p99_ms),
             r.mtls_share * 100.0
         );
     }
+    for u in &report.unreadable {
+        out += &format!("{:<12} NOT READ: {}\n", u.workload, u.error);
+    }
     out
+}
+
+/// What `vigil stat -o json` prints: where the mesh was found, and the report.
+pub fn render_json(
+    at: &crate::mesh_location::MeshLocation,
+    report: &StatReport,
+) -> serde_json::Result<String> {
+    #[derive(Serialize)]
+    struct StatOutput<'a> {
+        #[serde(flatten)]
+        source: &'a crate::mesh_location::MeshLocation,
+        #[serde(flatten)]
+        report: &'a StatReport,
+    }
+    serde_json::to_string_pretty(&StatOutput { source: at, report })
 }
 
 /// Streams tap records from every target to `print` until `limit` records (0: forever).
@@ -513,20 +758,130 @@ vigil_request_duration_seconds_bucket{le="+Inf",direction="outbound",peer_identi
 # EOF
 "#;
 
+    fn target(workload: &str, ns: &str) -> ProxyTarget {
+        ProxyTarget {
+            workload: workload.into(),
+            admin: "127.0.0.1:1".parse().expect("addr"),
+            metrics: "127.0.0.1:1".parse().expect("addr"),
+            spiffe_id: format!("spiffe://vigil.local/ns/{ns}/sa/{workload}"),
+        }
+    }
+
+    fn row<'r>(report: &'r StatReport, workload: &str, direction: &str) -> &'r StatRow {
+        report
+            .rows
+            .iter()
+            .find(|r| r.workload == workload && r.direction == direction)
+            .unwrap_or_else(|| panic!("no {workload} {direction} row: {report:?}"))
+    }
+
     #[test]
     fn computes_success_rate_and_percentiles_from_an_exposition() {
-        let rows = parse("client", EXPOSITION).expect("parses");
-        let (row, mtls) = rows
-            .get(&("client".into(), "outbound".into(), "server.d".into()))
-            .expect("row");
-        assert_eq!(row.total, 100.0);
-        assert_eq!(row.failures, 2.0);
-        assert_eq!(*mtls, 100.0);
+        let now = parse_exposition(EXPOSITION).expect("parses");
+        let report = report(
+            &BTreeMap::new(),
+            vec![(target("client", "d"), Ok(now))],
+            Duration::from_secs(2),
+        );
+        let r = row(&report, "client", "outbound");
+        assert_eq!(r.service, "server.d");
+        assert_eq!(r.requests, 100);
+        assert_eq!(r.success_rate, Some(0.98));
+        assert_eq!(r.mtls_share, 1.0);
         // As PromQL's histogram_quantile: interpolated within the bucket.
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        assert!(close(quantile(&row.buckets, 0.5), 1.0));
-        assert!(close(quantile(&row.buckets, 0.95), 1.0 + 45.0 / 46.0));
-        assert!(close(quantile(&row.buckets, 0.99), 3.5));
+        assert!(close(r.p50_ms, 1.0));
+        assert!(close(r.p95_ms, 1.0 + 45.0 / 46.0));
+        assert!(close(r.p99_ms, 3.5));
+    }
+
+    /// web calls payments, whose policy denies every call, and orders, which answers one
+    /// request in ten with its own 4xx and was retried twice for ten requests.
+    const WEB: &str = r#"# TYPE vigil_requests counter
+vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/payments",service="payments.shop",route="default",status_class="4xx"} 20
+vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="orders.shop",route="default",status_class="2xx"} 9
+vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="orders.shop",route="default",status_class="4xx"} 1
+# TYPE vigil_retries counter
+vigil_retries_total{service="orders.shop"} 2
+# EOF
+"#;
+    const PAYMENTS: &str = r#"# TYPE vigil_requests counter
+vigil_requests_total{direction="inbound",peer_identity="spiffe://vigil.local/ns/shop/sa/web",service="payments.shop",route="default",status_class="4xx"} 20
+vigil_requests_total{direction="inbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="payments.shop",route="default",status_class="2xx"} 30
+# TYPE vigil_policy_decisions counter
+vigil_policy_decisions_total{outcome="allow",rule="data.vigil.authz.allow"} 30
+vigil_policy_decisions_total{outcome="deny",rule="data.vigil.authz.allow"} 20
+# EOF
+"#;
+
+    #[test]
+    fn policy_denials_are_neither_successes_nor_failures_and_retries_show_per_edge() {
+        let scrape = |t| Ok(parse_exposition(t).expect("parses"));
+        let report = report(
+            &BTreeMap::new(),
+            vec![
+                (target("web", "shop"), scrape(WEB)),
+                (target("payments", "shop"), scrape(PAYMENTS)),
+            ],
+            Duration::from_secs(2),
+        );
+        let to_payments = report
+            .rows
+            .iter()
+            .find(|r| r.workload == "web" && r.service == "payments.shop")
+            .expect("web → payments");
+        assert_eq!(to_payments.denied, 20);
+        assert_eq!(to_payments.success_rate, None, "no request was let through");
+        let to_orders = report
+            .rows
+            .iter()
+            .find(|r| r.workload == "web" && r.service == "orders.shop")
+            .expect("web → orders");
+        assert_eq!(to_orders.denied, 0, "an app's own 4xx is not a denial");
+        assert_eq!(to_orders.success_rate, Some(1.0));
+        assert_eq!(to_orders.retried, 2);
+        assert_eq!(to_orders.amplification, Some(1.2));
+        let inbound = row(&report, "payments", "inbound");
+        assert_eq!((inbound.requests, inbound.denied), (50, 20));
+        assert_eq!(inbound.success_rate, Some(1.0));
+        let table = render_table(&report);
+        assert!(
+            table.contains("DENIED") && table.contains("RETRIED"),
+            "{table}"
+        );
+        assert!(table.contains("1.20x"), "{table}");
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_be_read_gets_a_line_and_the_others_their_rows() {
+        let report = report(
+            &BTreeMap::new(),
+            vec![
+                (
+                    target("web", "shop"),
+                    Ok(parse_exposition(WEB).expect("parses")),
+                ),
+                (
+                    target("payments", "shop"),
+                    Err(anyhow::anyhow!(
+                        "reading metrics of payments at 127.0.0.1:16490: is its proxy running?"
+                    )),
+                ),
+            ],
+            Duration::from_secs(2),
+        );
+        assert_eq!(report.rows.len(), 2, "web's rows are all there");
+        let table = render_table(&report);
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("payments"))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(
+            line.contains("NOT READ") && line.contains("16490"),
+            "{line}"
+        );
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["unreadable"][0]["workload"], "payments");
     }
 
     #[test]

@@ -200,16 +200,32 @@ async fn vigil_tap_shows_live_requests_including_a_denial_and_stat_sums_them_up(
         "{}",
         String::from_utf8_lossy(&stat.stderr)
     );
-    let rows: serde_json::Value = serde_json::from_slice(&stat.stdout).expect("json");
-    let row = rows
-        .as_array()
-        .and_then(|r| {
-            r.iter()
-                .find(|r| r["workload"] == "client" && r["direction"] == "outbound")
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("no client outbound row: {rows}"));
-    assert_eq!(row["service"], "server.demo");
-    assert!(row["requests"].as_u64().unwrap_or(0) >= 2, "{row}");
-    assert_eq!(row["mtls_share"], 1.0, "{row}");
+    let report: serde_json::Value = serde_json::from_slice(&stat.stdout).expect("json");
+    assert_eq!(
+        report["mesh_file"].as_str(),
+        Some(mesh_file.to_str().expect("utf-8 path")),
+        "the report says which mesh it read: {report}"
+    );
+    let row = |workload: &str, direction: &str| {
+        report["rows"]
+            .as_array()
+            .and_then(|r| {
+                r.iter()
+                    .find(|r| r["workload"] == workload && r["direction"] == direction)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {workload} {direction} row: {report}"))
+    };
+    let out = row("client", "outbound");
+    assert_eq!(out["service"], "server.demo");
+    assert!(out["requests"].as_u64().unwrap_or(0) >= 2, "{out}");
+    assert_eq!(out["mtls_share"], 1.0, "{out}");
+    // The /admin calls were refused by the server's policy: denied on both sides of the
+    // edge, and not counted against (or for) the success rate.
+    let inbound = row("server", "inbound");
+    for r in [&out, &inbound] {
+        assert!(r["denied"].as_u64().unwrap_or(0) >= 1, "{r}");
+        assert_eq!(r["success_rate"], 1.0, "{r}");
+    }
+    assert_eq!(report["unreadable"], serde_json::json!([]), "{report}");
 }
