@@ -472,9 +472,8 @@ fn rvm_compile(files: &[PolicyFile], rule: &str) -> Result<Arc<Program>, String>
         .map_err(|e| source::condense_error(&e.to_string()))?;
     // Vigil's own builtins (`opa_builtins.rs`) are compiled as calls the VM hands back to
     // Vigil (see `engine.rs`), under the builtin's own name.
-    let host: Vec<(&str, usize)> = opa_builtins::REPLACED
-        .iter()
-        .map(|(name, nargs)| (*name, usize::from(*nargs)))
+    let host: Vec<(&str, usize)> = opa_builtins::vigil_builtins()
+        .map(|(name, nargs)| (name, usize::from(nargs)))
         .collect();
     Compiler::compile_from_policy_with_host_await(&compiled, &[rule], &host)
         .map_err(|e| source::condense_error(&e.to_string()))

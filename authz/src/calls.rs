@@ -5,7 +5,7 @@
 //! [`SUPPORTED_BUILTINS`]: builtins of regorus (Vigil's engine) that the OPA differential
 //! suite (`authz/tests/opa_oracle.rs`) checks against OPA, each one on edge-case arguments.
 //! Everything else is refused with the function's name and `file:line:col`: OPA builtins
-//! regorus lacks (`io.jwt.*`, `crypto.*`, ...), regorus builtins whose results differ from
+//! regorus lacks and Vigil does not carry (`io.jwt.encode_sign`, `crypto.x509.*`, ...), regorus builtins whose results differ from
 //! OPA's (`json.marshal`, `time.format`, ...), and `http.send`, which the sidecar does not
 //! support (a decision never waits on the network). Without this check such a bundle loads and
 //! every request reaching the call fails with an error.
@@ -137,12 +137,47 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "semver.is_valid",
     "units.parse",
     "units.parse_bytes",
+    // JSON Web Tokens (`tokens.rs`).
+    "io.jwt.decode",
+    "io.jwt.decode_verify",
+    "io.jwt.verify_rs256",
+    "io.jwt.verify_rs384",
+    "io.jwt.verify_rs512",
+    "io.jwt.verify_ps256",
+    "io.jwt.verify_ps384",
+    "io.jwt.verify_ps512",
+    "io.jwt.verify_es256",
+    "io.jwt.verify_es384",
+    "io.jwt.verify_eddsa",
+    "io.jwt.verify_hs256",
+    "io.jwt.verify_hs384",
+    "io.jwt.verify_hs512",
+    // Digests and HMACs (`digests.rs`).
+    "crypto.md5",
+    "crypto.sha1",
+    "crypto.sha256",
+    "crypto.hmac.md5",
+    "crypto.hmac.sha1",
+    "crypto.hmac.sha256",
+    "crypto.hmac.sha512",
+    "crypto.hmac.equal",
     // Output only: never changes a decision.
     "print",
 ];
 
-/// regorus builtins whose results the differential suite found to differ from OPA's.
+/// Builtins whose results would differ from OPA's: regorus's, as the differential suite found,
+/// and OPA builtins Vigil cannot reproduce.
 const DIFFERENT_FROM_OPA: &[(&str, &str)] = &[
+    (
+        "io.jwt.verify_es512",
+        "ES512 needs the P-521 curve, which Vigil's crypto (ring) does not verify. Use \
+         io.jwt.decode_verify with ES256 or ES384 keys",
+    ),
+    (
+        "crypto.x509.parse_certificates",
+        "OPA returns Go's x509.Certificate structure field for field (raw DER, Go-named \
+         extensions, big-integer encodings), which Vigil does not reproduce",
+    ),
     (
         "json.marshal",
         "OPA escapes <, > and & in strings (\\u003c ...) and Vigil's engine does not",
@@ -482,10 +517,11 @@ mod tests {
     }
 
     #[test]
-    fn supported_builtins_are_regorus_builtins() {
+    fn supported_builtins_are_regorus_or_vigil_builtins() {
+        let vigil: Vec<&str> = opa_builtins::vigil_builtins().map(|(n, _)| n).collect();
         for name in SUPPORTED_BUILTINS {
             assert!(
-                *name == "print" || BUILTINS.contains_key(name),
+                *name == "print" || BUILTINS.contains_key(name) || vigil.contains(name),
                 "{name} is not a builtin of this regorus build"
             );
         }
@@ -494,13 +530,14 @@ mod tests {
     #[test]
     fn names_the_function_and_where() {
         let p = problems(
-            "package p\nallow if {\n  x := io.jwt.decode(input.t)\n  x[0]\n}\n\
+            "package p\nallow if {\n  x := io.jwt.encode_sign({}, {}, {})\n  x\n}\n\
              y := json.marshal({}) if true\nz := http.send({})\n",
         );
         assert_eq!(p.len(), 3, "{p:?}");
         assert_eq!((p[0].file.as_str(), p[0].line), ("p.rego", 3));
         assert!(
-            p[0].message.starts_with("io.jwt.decode is an OPA builtin"),
+            p[0].message
+                .starts_with("io.jwt.encode_sign is an OPA builtin"),
             "{p:?}"
         );
         assert!(p[1].message.starts_with("json.marshal is refused"), "{p:?}");

@@ -112,6 +112,7 @@ mod bundle;
 mod calls;
 mod cli;
 mod decision;
+mod digests;
 mod engine;
 mod explain;
 mod fold;
@@ -125,6 +126,7 @@ mod rvm_gaps;
 mod source;
 mod syntax;
 mod testing;
+mod tokens;
 mod upstream;
 mod usage;
 

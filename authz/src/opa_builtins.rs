@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use regorus::{Engine, Value};
 
 use crate::go_unicode::{NOT_PRINTABLE, TO_LOWER, TO_UPPER};
-use crate::input;
+use crate::{digests, input, tokens};
 
 /// The builtins evaluated here, with their number of arguments.
 pub(crate) const REPLACED: &[(&str, u8)] = &[
@@ -59,12 +59,21 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
 ];
 
 /// Why a call failed, as OPA's builtin would report it.
-type Outcome = Result<Value, String>;
+pub(crate) type Outcome = Result<Value, String>;
 
-/// Registers every builtin of [`REPLACED`] on `engine`, replacing regorus's.
+/// Every builtin Vigil evaluates itself: those of [`REPLACED`], which regorus also has, and
+/// OPA's JWT and crypto builtins (`tokens.rs`, `digests.rs`), which it lacks.
+pub(crate) fn vigil_builtins() -> impl Iterator<Item = (&'static str, u8)> {
+    REPLACED
+        .iter()
+        .chain(tokens::NAMES)
+        .chain(digests::NAMES)
+        .copied()
+}
+
+/// Registers every builtin of [`vigil_builtins`] on `engine`, replacing regorus's.
 pub(crate) fn register(engine: &mut Engine, strict: bool) {
-    for (name, nargs) in REPLACED {
-        let name = *name;
+    for (name, nargs) in vigil_builtins() {
         let run = move |args: Vec<Value>| -> anyhow::Result<Value> {
             match evaluate(name, &args) {
                 Ok(value) => Ok(value),
@@ -73,13 +82,13 @@ pub(crate) fn register(engine: &mut Engine, strict: bool) {
             }
         };
         // Registration fails only for a name registered twice, which REPLACED does not hold.
-        if let Err(e) = engine.add_extension(name.to_string(), *nargs, Box::new(run)) {
+        if let Err(e) = engine.add_extension(name.to_string(), nargs, Box::new(run)) {
             tracing::error!(builtin = name, error = %e, "could not register builtin");
         }
     }
 }
 
-/// One call of a builtin of [`REPLACED`], as the VM hands it over: undefined where OPA's
+/// One call of a builtin of [`vigil_builtins`], as the VM hands it over: undefined where OPA's
 /// builtin fails (outside strict mode).
 pub(crate) fn call(name: &str, args: &[Value]) -> Value {
     evaluate(name, args).unwrap_or(Value::Undefined)
@@ -130,11 +139,13 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "semver.is_valid" => Ok(Value::from(
             arg(0).as_string().is_ok_and(|s| semver_is_valid(s)),
         )),
-        other => Err(format!("{other} is not evaluated by Vigil")),
+        other => tokens::evaluate(other, args)
+            .or_else(|| digests::evaluate(other, args))
+            .unwrap_or_else(|| Err(format!("{other} is not evaluated by Vigil"))),
     }
 }
 
-fn string_operand(value: &Value, position: usize) -> Result<&str, String> {
+pub(crate) fn string_operand(value: &Value, position: usize) -> Result<&str, String> {
     value
         .as_string()
         .map(|s| s.as_ref())

@@ -13,6 +13,8 @@
 //! values. Bundles Vigil refuses at compile time are counted, not compared; requests Vigil
 //! refuses to turn into an input document (unparseable, so the proxy fails closed) likewise.
 
+#[path = "opa_oracle/jwt_corpus.rs"]
+mod jwt_corpus;
 #[path = "opa_oracle/requests.rs"]
 mod requests;
 
@@ -527,16 +529,18 @@ fn brief_input(input: &Json) -> String {
 /// Every builtin Vigil accepts, called on edge-case arguments (tests/opa_oracle/
 /// builtin_probes.rego), gives OPA's value; where OPA's builtin fails, Vigil's fails in strict
 /// mode and makes the expression undefined otherwise (which is what OPA does outside strict
-/// mode).
+/// mode). The JWT builtins are probed with a corpus of tokens and keys generated on each run
+/// (`opa_oracle/jwt_corpus.rs`).
 #[test]
 fn builtins_evaluate_like_opa() {
     builtin_probes(
         &std::fs::read_to_string(authz_dir().join("tests/opa_oracle/builtin_probes.rego"))
             .expect("probes file"),
+        &jwt_corpus::probes(),
     );
 }
 
-fn builtin_probes<'a>(text: &'a str) {
+fn builtin_probes<'a>(text: &'a str, generated: &'a [String]) {
     let (accepted, refused) = text
         .split_once("# --- refused")
         .expect("the probes file has a refused section");
@@ -549,7 +553,9 @@ fn builtin_probes<'a>(text: &'a str) {
     };
     // The rest of the marker line is a comment.
     let refused = refused.split_once('\n').map_or("", |(_, rest)| rest);
-    let (probes, refused) = (calls(accepted), calls(refused));
+    let (mut probes, refused) = (calls(accepted), calls(refused));
+    let static_probes = probes.len();
+    probes.extend(generated.iter().map(String::as_str));
     for call in &refused {
         let name = call.split('(').next().unwrap_or(call);
         let files = vec![PolicyFile {
@@ -585,7 +591,14 @@ fn builtin_probes<'a>(text: &'a str) {
     assert_eq!(results.len(), probes.len());
     let mut differences = Vec::new();
     let mut failing = 0;
+    // Tokens OPA finds valid: a corpus where none verifies would prove little.
+    let mut verified_tokens = 0;
     for (probe, result) in probes.iter().zip(results) {
+        if probe.starts_with("io.jwt.verify") && result["value"] == json!(true)
+            || probe.starts_with("io.jwt.decode_verify") && result["value"][0] == json!(true)
+        {
+            verified_tokens += 1;
+        }
         let case = Case {
             name: format!("probe {probe}"),
             files: vec![PolicyFile {
@@ -657,8 +670,10 @@ fn builtin_probes<'a>(text: &'a str) {
         }
     }
     println!(
-        "builtin probes: {} calls of {} builtins ({} where OPA's builtin fails); differences: {}",
+        "builtin probes: {} calls ({} from the JWT corpus, {verified_tokens} of them on tokens \
+         OPA verifies) of {} builtins ({} where OPA's builtin fails); differences: {}",
         probes.len(),
+        probes.len() - static_probes,
         SUPPORTED_BUILTINS.len(),
         failing,
         differences.len()
@@ -666,6 +681,10 @@ fn builtin_probes<'a>(text: &'a str) {
     for d in &differences {
         println!("--- {d}");
     }
+    assert!(
+        generated.is_empty() || verified_tokens > 100,
+        "only {verified_tokens} probes of the JWT corpus verify in OPA: the corpus is broken"
+    );
     assert!(
         differences.is_empty(),
         "{} builtin probes differ from OPA (listed above)",

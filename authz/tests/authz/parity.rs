@@ -45,12 +45,12 @@ fn request<'a>(
 fn functions_vigil_cannot_evaluate_like_opa_are_refused_by_name() {
     for (call, expected) in [
         (
-            "io.jwt.decode(input.t)",
-            "policy.rego:4:8: io.jwt.decode is an OPA builtin that Vigil does not implement",
+            "io.jwt.encode_sign({\"alg\": \"HS256\"}, {}, input.t)",
+            "policy.rego:4:8: io.jwt.encode_sign is an OPA builtin that Vigil does not implement",
         ),
         (
-            "crypto.sha256(input.t)",
-            "policy.rego:4:8: crypto.sha256 is an OPA builtin that Vigil does not implement",
+            "crypto.x509.parse_certificates(input.t)",
+            "policy.rego:4:8: crypto.x509.parse_certificates is refused because Vigil would not",
         ),
         (
             "http.send({\"method\": \"GET\", \"url\": input.t})",
@@ -92,7 +92,7 @@ fn the_test_runner_refuses_what_the_proxy_would_refuse() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("policy.rego"),
-        "package vigil.authz\n\nallow if io.jwt.decode(input.token)\n",
+        "package vigil.authz\n\nallow if io.jwt.encode_sign_raw(input.a, input.b, input.c)\n",
     )
     .expect("write");
     std::fs::write(
@@ -104,7 +104,7 @@ fn the_test_runner_refuses_what_the_proxy_would_refuse() {
     assert!(
         error
             .to_string()
-            .starts_with("policy.rego:3:10: io.jwt.decode"),
+            .starts_with("policy.rego:3:10: io.jwt.encode_sign_raw"),
         "{error}"
     );
 }
