@@ -191,6 +191,9 @@ struct ClusterArgs {
     /// Listen address of the injection webhook (HTTPS).
     #[arg(long, env = "VIGIL_WEBHOOK_LISTEN", default_value = "0.0.0.0:15017")]
     webhook_listen: SocketAddr,
+    /// Listen address of the dashboard and the control plane's /metrics.
+    #[arg(long, env = "VIGIL_DASHBOARD_LISTEN", default_value = "0.0.0.0:15080")]
+    dashboard_listen: SocketAddr,
     /// MutatingWebhookConfiguration whose caBundle the control plane keeps current ("" for none).
     #[arg(
         long,
@@ -466,6 +469,8 @@ fn main() -> ExitCode {
             Command::ControlPlane {
                 kubernetes: true,
                 cluster,
+                prometheus,
+                dashboard,
                 ..
             } => {
                 let inject =
@@ -485,6 +490,12 @@ fn main() -> ExitCode {
                     inject,
                     webhook_configuration: Some(cluster.webhook_configuration)
                         .filter(|n| !n.is_empty()),
+                    dashboard: cluster.dashboard_listen,
+                    dashboard_options: vigil::dashboard::DashboardOptions {
+                        prometheus,
+                        access: dashboard,
+                        ..Default::default()
+                    },
                 })
                 .await
             }

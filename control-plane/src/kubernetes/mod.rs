@@ -7,6 +7,8 @@
 //! - [`ca_secret`]: the CA lives in a Secret, shared by every replica;
 //! - [`policy`]: the `VigilPolicy` custom resource or a ConfigMap carries the Rego bundle.
 //!
+//! Each replica also serves the dashboard and its own `/metrics` on 15080 ([`dashboard`]).
+//!
 //! Replicas need no leader: each reads the same API objects and serves the same snapshots,
 //! the CA Secret is created once (whoever loses the create race reads the winner's), and
 //! proxies reconnect to any replica behind the Service.
@@ -61,6 +63,11 @@ pub struct ClusterOptions {
     pub inject: InjectConfig,
     /// MutatingWebhookConfiguration whose caBundle is kept equal to the trust bundle.
     pub webhook_configuration: Option<String>,
+    /// The dashboard and the control plane's `/metrics` (15080, which the manifest
+    /// annotates for Prometheus to scrape).
+    pub dashboard: SocketAddr,
+    /// Where the dashboard reads request metrics (`--prometheus`) and who may read it.
+    pub dashboard_options: crate::dashboard::DashboardOptions,
 }
 
 /// Runs cluster mode until the process stops.
@@ -124,10 +131,14 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
         }),
         Arc::new(move || lifetime),
     );
+    let proxies = Arc::new(ConnectedProxies::default());
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("vigil");
+    identity.refusals().register(&mut metrics);
+    let dashboard = dashboard(&opts, state_rx.clone(), proxies.clone(), metrics);
     let servers = serve(Serving {
         identity,
         state: state_rx,
-        proxies: Arc::new(ConnectedProxies::default()),
+        proxies,
         own_svid: own_svid.clone(),
         trust,
         identity_listener: bind(opts.identity, "identity").await?,
@@ -137,13 +148,53 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
             Arc::new(ArcSwap::from_pointee(inject)),
         )),
     });
-    tracing::info!(identity = %opts.identity, discovery = %opts.discovery, webhook = %opts.webhook, trust_domain = %opts.trust_domain, "control plane serving from the Kubernetes API");
+    tracing::info!(identity = %opts.identity, discovery = %opts.discovery, webhook = %opts.webhook, dashboard = %opts.dashboard, trust_domain = %opts.trust_domain, "control plane serving from the Kubernetes API");
     tokio::select! {
         r = servers => r?,
+        _ = dashboard => {},
         _ = publish => {},
         _ = renew_own(ca, own_id, own_svid) => {},
     }
     Ok(())
+}
+
+/// The dashboard of cluster mode, on `opts.dashboard`: the service graph and policy from
+/// the Kubernetes watch (`state`), the proxies connected to this replica, and the control
+/// plane's own `/metrics`. It names no proxies of its own (there is no mesh file), so
+/// per-workload request numbers need the proxies' metrics from elsewhere.
+pub(crate) fn dashboard(
+    opts: &ClusterOptions,
+    state: tokio::sync::watch::Receiver<Arc<MeshState>>,
+    proxies: Arc<ConnectedProxies>,
+    metrics: prometheus_client::registry::Registry,
+) -> impl std::future::Future<Output = ()> {
+    let mesh = crate::mesh::MeshFile {
+        trust_domain: opts.trust_domain.clone(),
+        certificate_lifetime: opts.certificate_lifetime,
+        control_plane: crate::mesh::ControlPlaneAddresses {
+            identity: opts.identity,
+            discovery: opts.discovery,
+            dashboard: opts.dashboard,
+            webhook: opts.webhook,
+            dashboard_hosts: Vec::new(),
+        },
+        policy: None,
+        workloads: Vec::new(),
+        services: Vec::new(),
+    };
+    crate::dashboard::run(
+        opts.dashboard,
+        crate::dashboard::Sources {
+            mesh: Arc::new(ArcSwap::from_pointee(mesh)),
+            state,
+            proxies,
+            // Decision logs are the proxies' own in a cluster; the root filesystem is
+            // read-only and /tmp an emptyDir (manifests/control-plane.yaml).
+            data_dir: std::env::temp_dir(),
+            metrics: Arc::new(metrics),
+        },
+        opts.dashboard_options.clone(),
+    )
 }
 
 /// The JSONPatch that sets every webhook's `clientConfig.caBundle` to `pem`, or `None`

@@ -592,3 +592,73 @@ async fn the_kube_client_builds_its_tls_on_ring_alone() {
     let url = "https://127.0.0.1:6443".parse().expect("url");
     kube::Client::try_from(kube::Config::new(url)).expect("kube's TLS with ring");
 }
+
+/// Cluster mode's dashboard, started as `run` starts it: the manifest's Prometheus
+/// annotation (15080, `/metrics`) finds the control plane's metrics, and the page's
+/// graph shows the workloads of the Kubernetes watch.
+#[tokio::test]
+async fn cluster_mode_serves_the_dashboard_and_its_own_metrics() {
+    use crate::admin_client::get;
+    use crate::discovery_service::{ConnectedProxies, MeshState};
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let opts = super::ClusterOptions {
+        trust_domain: "cluster.local".into(),
+        namespace: "mesh-ops".into(),
+        ca_secret: "vigil-ca".into(),
+        policy: "default".into(),
+        policy_config_map: "vigil-policy".into(),
+        identity: "127.0.0.1:15012".parse().expect("addr"),
+        discovery: "127.0.0.1:15010".parse().expect("addr"),
+        webhook: "127.0.0.1:15017".parse().expect("addr"),
+        certificate_lifetime: std::time::Duration::from_secs(3600),
+        inject: crate::inject::InjectConfig::for_namespace("mesh-ops"),
+        webhook_configuration: None,
+        dashboard: addr,
+        dashboard_options: crate::dashboard::DashboardOptions::default(),
+    };
+    let (_state_tx, state) = tokio::sync::watch::channel(Arc::new(MeshState {
+        model: mesh_model("cluster.local", &kube_dns_objects()),
+        trust_bundle_der: vec![],
+        policy: None,
+    }));
+    let identity = IdentityService::new(
+        Arc::new(CertificateAuthority::generate("cluster.local").expect("ca")),
+        Arc::new(TokenReviews {
+            client: fake_api::client(|_| (500, status(500, "InternalError", "unused"))).0,
+            trust_domain: "cluster.local".into(),
+        }),
+        Arc::new(|| std::time::Duration::from_secs(3600)),
+    );
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("vigil");
+    identity.refusals().register(&mut metrics);
+    tokio::spawn(super::dashboard(
+        &opts,
+        state,
+        Arc::new(ConnectedProxies::default()),
+        metrics,
+    ));
+
+    let mut answer = get(addr, "/metrics").await;
+    for _ in 0..100 {
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        answer = get(addr, "/metrics").await;
+    }
+    let (code, body) = answer.expect("the dashboard answers on its port");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("vigil_identity_refusals_total"),
+        "the control plane's own metrics:\n{body}"
+    );
+    let (code, graph) = get(addr, "/api/graph").await.expect("graph");
+    assert_eq!(code, 200, "{graph}");
+    assert!(
+        graph.contains("coredns"),
+        "the graph shows the workloads the watch found:\n{graph}"
+    );
+}
