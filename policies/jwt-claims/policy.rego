@@ -1,10 +1,11 @@
-# Claims from a bearer token plus a header rule: admins (role=admin in the JWT) may call the
-# workload, but only for their own tenant: the x-tenant header must name the caller's namespace.
+# Claims from a verified bearer token plus a header rule: admins (role=admin in the JWT) may
+# call the workload, but only for their own tenant: the x-tenant header must name the
+# caller's namespace.
 #
-# SIGNATURE NOT VERIFIED: regorus, the Rego engine embedded in Vigil, has no io.jwt.* builtins
-# (no io.jwt.decode, no io.jwt.verify_hs256), so this policy decodes the token's payload itself
-# and trusts it. Use it only where tokens were verified upstream (e.g. by an ingress gateway);
-# the caller itself is still authenticated by its mTLS SPIFFE identity.
+# The token's signature is checked against the issuer's keys, a JWKS kept in the bundle's data
+# (data.vigil.jwt.jwks, as the JSON text OPA's io.jwt.decode_verify takes), with its issuer,
+# audience, expiry and not-before time. Rotate keys by adding the new one to the JWKS before
+# the issuer signs with it, and removing the old one once its tokens have expired.
 package vigil.authz
 
 import rego.v1
@@ -13,7 +14,6 @@ default allow := false
 
 allow if {
 	claims.role == "admin"
-	claims.exp > time.now_ns() / 1000000000
 	tenant_matches
 }
 
@@ -22,11 +22,17 @@ bearer_token := trim_prefix(header, "Bearer ") if {
 	startswith(header, "Bearer ")
 }
 
-# The payload of header.payload.signature, base64url without padding.
+# The payload of a token whose signature, issuer, audience and validity period check out;
+# undefined otherwise (decode_verify gives [false, {}, {}] for a bad token and fails on one
+# that is not a JWT at all). A token without an expiry is refused too.
 claims := payload if {
-	parts := split(bearer_token, ".")
-	count(parts) == 3
-	payload := json.unmarshal(base64url.decode(parts[1]))
+	[valid, _, payload] := io.jwt.decode_verify(bearer_token, {
+		"cert": data.vigil.jwt.jwks,
+		"iss": data.vigil.jwt.issuer,
+		"aud": data.vigil.jwt.audience,
+	})
+	valid
+	is_number(payload.exp)
 }
 
 # spiffe://<trust domain>/ns/<namespace>/sa/<service account>

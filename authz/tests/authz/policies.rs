@@ -189,29 +189,17 @@ fn shipped_policies_run_on_the_vm() {
     assert_eq!(folded.folded_rules(), ["vigil.authz.public_endpoints"]);
 }
 
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-fn jwt(claims: &str) -> String {
-    format!(
-        "Bearer {}.{}.c2ln",
-        b64url(br#"{"alg":"HS256"}"#),
-        b64url(claims.as_bytes())
-    )
+/// A bearer token of `policies/jwt-claims`'s tests, signed with the keys of its data.
+fn jwt(name: &str) -> String {
+    let tests = std::fs::read_to_string(policies_dir().join("jwt-claims/policy_test.rego"))
+        .expect("jwt-claims tests");
+    let prefix = format!("\t\"{name}\": \"");
+    let token = tests
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.strip_suffix("\","))
+        .unwrap_or_else(|| panic!("no token {name} in jwt-claims/policy_test.rego"));
+    format!("Bearer {token}")
 }
 
 /// Calls `f` with inputs covering allow and deny paths of every shipped policy.
@@ -243,10 +231,11 @@ fn for_each_sample(mut f: impl FnMut(&AuthzInput<'_>)) {
     let mut headers = Vec::new();
     headers.push(HeaderMap::new());
     for (token, tenant) in [
-        (jwt(r#"{"role":"admin","exp":4102444800}"#), "acme"),
-        (jwt(r#"{"role":"admin","exp":4102444800}"#), "globex"),
-        (jwt(r#"{"role":"viewer","exp":4102444800}"#), "acme"),
-        (jwt(r#"{"role":"admin","exp":10}"#), "acme"),
+        (jwt("admin"), "acme"),
+        (jwt("admin"), "globex"),
+        (jwt("viewer"), "acme"),
+        (jwt("expired"), "acme"),
+        (jwt("tampered"), "acme"),
         ("Bearer garbage".to_string(), "acme"),
     ] {
         let mut h = HeaderMap::new();

@@ -275,6 +275,43 @@ pub fn hand_written() -> Vec<RequestFacts> {
         RequestFacts::tcp(None),
         RequestFacts::tcp(Some("spiffe://evil.example/ns/shop/sa/web")).address("8.8.8.8:53"),
     ]
+    .into_iter()
+    .chain(signed_tokens())
+    .collect()
+}
+
+/// Requests carrying the tokens of `policies/jwt-claims`'s tests, signed with the keys of its
+/// data (valid, expired, tampered, of another key or issuer, ...), from the tenant's namespace
+/// and from another one, so that OPA and Vigil verify real signatures.
+fn signed_tokens() -> Vec<RequestFacts> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/jwt-claims");
+    let tests = std::fs::read_to_string(dir.join("policy_test.rego")).expect("jwt-claims tests");
+    let mut out = Vec::new();
+    for line in tests.lines() {
+        let Some((_, token)) = line
+            .trim()
+            .strip_suffix("\",")
+            .and_then(|l| l.split_once(": \""))
+        else {
+            continue;
+        };
+        for principal in [
+            "spiffe://vigil.local/ns/acme/sa/console",
+            "spiffe://vigil.local/ns/shop/sa/web",
+        ] {
+            out.push(
+                RequestFacts::http("GET", "/reports")
+                    .from(Some(principal))
+                    .header("authorization", &format!("Bearer {token}"))
+                    .header("x-tenant", "acme"),
+            );
+        }
+    }
+    assert!(
+        out.len() >= 20,
+        "tokens of jwt-claims/policy_test.rego not found"
+    );
+    out
 }
 
 /// A small deterministic generator (xorshift64*), so every run compares the same requests.

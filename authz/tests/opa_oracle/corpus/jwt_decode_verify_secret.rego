@@ -1,5 +1,5 @@
-# Verifies a JWT with io.jwt.decode_verify, which Vigil does not evaluate: refused at compile
-# time, naming the function.
+# Verifies an HS256 JWT with io.jwt.decode_verify and a shared secret; the requests' tokens
+# are unsigned or malformed, so OPA and Vigil must agree on every way one fails.
 package envoy.authz
 # decision: data.envoy.authz.allow
 
