@@ -247,9 +247,22 @@ pub struct StatReport {
 struct ProxyWindow {
     target: ProxyTarget,
     requests: BTreeMap<SeriesKey, RequestCounts>,
-    denies: f64,
+    /// Denials per inbound series over the window, and since the proxy started: a
+    /// caller's row reads the one its own row shows, so both ends of an edge agree.
+    denials_window: BTreeMap<SeriesKey, f64>,
+    denials_cumulative: BTreeMap<SeriesKey, f64>,
     retries: BTreeMap<String, f64>,
     moved: BTreeMap<(String, String), bool>,
+}
+
+impl ProxyWindow {
+    fn denials(&self, moved: bool) -> &BTreeMap<SeriesKey, f64> {
+        if moved {
+            &self.denials_window
+        } else {
+            &self.denials_cumulative
+        }
+    }
 }
 
 fn window_of(
@@ -285,12 +298,21 @@ fn window_of(
         })
         .collect();
     let deny = |m: &ProxyMetrics| m.policy_decisions.get("deny").copied().unwrap_or(0.0);
-    let any_inbound_moved = moved.iter().any(|((d, _), m)| d == "inbound" && *m);
-    let denies = if any_inbound_moved && deny(&now) >= deny(before) {
+    let delta: BTreeMap<SeriesKey, RequestCounts> = now
+        .requests
+        .iter()
+        .map(|(k, c)| {
+            let then = before.requests.get(k).cloned().unwrap_or_default();
+            (k.clone(), c.since(&then))
+        })
+        .collect();
+    let denies_in_window = if deny(&now) >= deny(before) {
         deny(&now) - deny(before)
     } else {
         deny(&now)
     };
+    let denials_window = inbound_denials(&delta, denies_in_window);
+    let denials_cumulative = inbound_denials(&now.requests, deny(&now));
     let retries = now
         .retries
         .iter()
@@ -308,7 +330,8 @@ fn window_of(
     ProxyWindow {
         target: target.clone(),
         requests,
-        denies,
+        denials_window,
+        denials_cumulative,
         retries,
         moved,
     }
@@ -380,15 +403,17 @@ async fn scrape(target: &ProxyTarget) -> anyhow::Result<ProxyMetrics> {
 /// Denied requests per inbound series of one proxy. The proxy counts its policy's
 /// denials (`vigil_policy_decisions_total{outcome="deny"}`) but not per caller, so they
 /// are shared out over the 4xx answers of its inbound series, never more than those.
-fn inbound_denials(w: &ProxyWindow) -> BTreeMap<SeriesKey, f64> {
-    let inbound: Vec<_> = w
-        .requests
+fn inbound_denials(
+    requests: &BTreeMap<SeriesKey, RequestCounts>,
+    denies: f64,
+) -> BTreeMap<SeriesKey, f64> {
+    let inbound: Vec<_> = requests
         .iter()
         .filter(|(k, _)| k.direction == "inbound")
         .collect();
     let client_errors: f64 = inbound.iter().map(|(_, c)| c.client_errors).sum();
     let share = if client_errors > 0.0 {
-        (w.denies / client_errors).min(1.0)
+        (denies / client_errors).min(1.0)
     } else {
         0.0
     };
@@ -433,7 +458,6 @@ pub fn report(
             }),
         }
     }
-    let denials: Vec<_> = windows.iter().map(inbound_denials).collect();
     let mut rows = Vec::new();
     for w in &windows {
         let mut by_row: BTreeMap<(String, String), (RequestCounts, f64, f64)> = BTreeMap::new();
@@ -446,19 +470,26 @@ pub fn report(
                 acc.1 += c.total;
             }
             if k.direction == "inbound" {
-                let own = windows
-                    .iter()
-                    .position(|x| x.target.workload == w.target.workload);
-                acc.2 += own.and_then(|i| denials[i].get(k)).copied().unwrap_or(0.0);
+                let moved = w
+                    .moved
+                    .get(&(k.direction.clone(), k.service.clone()))
+                    .copied()
+                    .unwrap_or(false);
+                acc.2 += w.denials(moved).get(k).copied().unwrap_or(0.0);
             }
         }
         for ((direction, service), (counts, mtls, inbound_denied)) in by_row {
+            let moved = w
+                .moved
+                .get(&(direction.clone(), service.clone()))
+                .copied()
+                .unwrap_or(false);
             let denied = if direction == "outbound" {
                 // Refused by the destination's policy: its inbound series for this
                 // service whose caller is this workload.
-                let refused: f64 = denials
+                let refused: f64 = windows
                     .iter()
-                    .flat_map(|d| d.iter())
+                    .flat_map(|d| d.denials(moved).iter())
                     .filter(|(k, _)| {
                         k.service == service
                             && !w.target.spiffe_id.is_empty()
@@ -470,11 +501,6 @@ pub fn report(
             } else {
                 inbound_denied
             };
-            let moved = w
-                .moved
-                .get(&(direction.clone(), service.clone()))
-                .copied()
-                .unwrap_or(false);
             let total = counts.total;
             let answered = total - denied;
             let retried = if direction == "outbound" {
@@ -850,6 +876,41 @@ vigil_policy_decisions_total{outcome="deny",rule="data.vigil.authz.allow"} 20
             "{table}"
         );
         assert!(table.contains("1.20x"), "{table}");
+    }
+
+    #[test]
+    fn a_quiet_edge_is_judged_on_both_ends_since_start_while_the_destination_is_busy() {
+        // Between the scrapes orders called payments ten more times; web did not.
+        let busier = PAYMENTS
+            .replace("status_class=\"2xx\"} 30", "status_class=\"2xx\"} 40")
+            .replace(
+                "outcome=\"allow\",rule=\"data.vigil.authz.allow\"} 30",
+                "outcome=\"allow\",rule=\"data.vigil.authz.allow\"} 40",
+            );
+        let parsed = |t: &str| parse_exposition(t).expect("parses");
+        let first = BTreeMap::from([
+            ("web".to_string(), parsed(WEB)),
+            ("payments".to_string(), parsed(PAYMENTS)),
+        ]);
+        let report = report(
+            &first,
+            vec![
+                (target("web", "shop"), Ok(parsed(WEB))),
+                (target("payments", "shop"), Ok(parsed(&busier))),
+            ],
+            Duration::from_secs(2),
+        );
+        let to_payments = report
+            .rows
+            .iter()
+            .find(|r| r.workload == "web" && r.service == "payments.shop")
+            .expect("web → payments");
+        assert_eq!(to_payments.rps, 0.0);
+        assert_eq!((to_payments.requests, to_payments.denied), (20, 20));
+        assert_eq!(to_payments.success_rate, None);
+        let inbound = row(&report, "payments", "inbound");
+        assert_eq!(inbound.rps, 5.0);
+        assert_eq!((inbound.denied, inbound.success_rate), (0, Some(1.0)));
     }
 
     #[test]

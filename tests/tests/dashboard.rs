@@ -1,8 +1,10 @@
 //! The one-command demo and the SRE dashboard, end to end: `vigil demo` starts the real
 //! control plane, proxies and demo apps; headless Chromium renders the dashboard after its
 //! JavaScript ran; `vigil check` passes on the healthy demo and names the proxy that was
-//! stopped. The demo's ports are fixed (16xxx/17xxx), so this is one test that does it all
-//! in order.
+//! stopped, and finds the running demo without `--mesh`; `vigil stat` keeps denials apart
+//! and still prints a table with a proxy down; a decision log left by an earlier run does
+//! not show among the dashboard's denials. The demo's ports are fixed (16xxx/17xxx), so
+//! this is one test that does it all in order.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,11 +19,15 @@ fn dashboard() -> std::net::SocketAddr {
 }
 
 fn check(mesh_file: &Path) -> (bool, String) {
+    vigil(&["check", "--mesh", mesh_file.to_str().expect("utf-8 path")])
+}
+
+/// Runs `vigil` with `args`: whether it succeeded, and stdout then stderr.
+fn vigil(args: &[&str]) -> (bool, String) {
     let out = Command::new(binary("vigil"))
-        .args(["check", "--mesh"])
-        .arg(mesh_file)
+        .args(args)
         .output()
-        .expect("vigil check runs");
+        .expect("vigil runs");
     (
         out.status.success(),
         format!(
@@ -74,6 +80,20 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
     binary("vigil-demo-app");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("demo");
+    // `vigil demo` records itself in the temporary directory for `vigil check`, `stat`
+    // and `tap` to find; this test's own one keeps other tests' meshes out of it. (This
+    // is the only test in this binary, so no other test sees the variable.)
+    let temp = dir.path().join("tmp");
+    std::fs::create_dir(&temp).expect("tmp");
+    std::env::set_var("TMPDIR", &temp);
+    // A decision log an earlier demo run left, with a denial this run never made.
+    std::fs::create_dir(&data).expect("data dir");
+    let ghost = r#"{"decision_id":"ghost","time":"2023-11-14T22:13:20.500Z","bundle_version":"sha256:1234","source_principal":"spiffe://vigil.local/ns/shop/sa/ghost","destination_principal":"spiffe://vigil.local/ns/shop/sa/payments","source_address":"127.0.0.1:5000","method":"GET","path":"/ghost","result":"deny","reason":"ghost_rule: from an earlier run","dry_run":false,"http_status":403}"#;
+    std::fs::write(
+        data.join("payments-decisions.log"),
+        format!("{ghost}\n").repeat(56),
+    )
+    .expect("old decision log");
 
     // A busy port is refused up front, with the port and what it is for.
     {
@@ -145,6 +165,15 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
     }
     let out = demo.output();
     assert!(out.contains("dashboard:  http://127.0.0.1:16080/"), "{out}");
+    let policy = api("/api/policy").await;
+    assert!(
+        !policy.to_string().contains("ghost"),
+        "the last run's decision log is counted again: {policy}"
+    );
+    assert!(
+        data.join("payments-decisions.log.previous").exists(),
+        "the last run's decision log is kept aside"
+    );
 
     // The page as a browser renders it, after its JavaScript fetched the API.
     let url = format!("http://{DASHBOARD}/");
@@ -238,6 +267,69 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
     assert!(ok, "vigil check failed on the healthy demo:\n{report}");
     assert!(report.contains("mesh healthy"), "{report}");
     assert!(report.contains("✓ proxy payments ready"), "{report}");
+    assert!(
+        report.contains("✓ retries: no request path retries responses at more than one hop"),
+        "{report}"
+    );
+    // Without --mesh: the running demo, and the report says which file that is.
+    let (ok, report) = vigil(&["check"]);
+    assert!(ok, "vigil check without --mesh:\n{report}");
+    let shown = format!(
+        "mesh: {}",
+        std::fs::canonicalize(&mesh_file).expect("mesh").display()
+    );
+    assert!(
+        report.contains(&shown) && report.contains("the running vigil up / vigil demo"),
+        "{report}"
+    );
+
+    // `vigil stat` as a script reads it: web's calls to payments are all refused by
+    // payments' policy, so they are denials, not successes.
+    let stat = |extra: &[&str]| {
+        let mut args = vec!["stat", "--window", "3s"];
+        args.extend(extra);
+        let (ok, out) = vigil(&args);
+        assert!(ok, "vigil stat {extra:?}:\n{out}");
+        out
+    };
+    let json = stat(&["-o", "json"]);
+    let report: serde_json::Value = json
+        .find('{')
+        .and_then(|i| {
+            serde_json::Deserializer::from_str(&json[i..])
+                .into_iter()
+                .next()
+        })
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("vigil stat -o json printed no JSON:\n{json}"));
+    let edge = |report: &serde_json::Value, workload: &str, service: &str| {
+        report["rows"]
+            .as_array()
+            .and_then(|rows| {
+                rows.iter().find(|r| {
+                    r["workload"] == workload
+                        && r["direction"] == "outbound"
+                        && r["service"] == service
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {workload} → {service} row: {report}"))
+    };
+    let to_payments = edge(&report, "web", "payments.shop");
+    assert!(
+        to_payments["denied"].as_u64().unwrap_or(0) >= 1,
+        "{to_payments}"
+    );
+    assert_eq!(
+        to_payments["success_rate"],
+        serde_json::Value::Null,
+        "{to_payments}"
+    );
+    assert_eq!(
+        report["data_dir"].as_str().map(Path::new),
+        Some(std::fs::canonicalize(&data).expect("data").as_path()),
+        "{report}"
+    );
 
     let pid_of = |name: &str| {
         std::fs::read_to_string(data.join("pids").join(format!("{name}.pid")))
@@ -284,6 +376,39 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         report.contains("✓ proxy orders ready"),
         "only payments fails:\n{report}"
     );
+    assert!(
+        report.contains(&format!("mesh: {}", mesh_file.display())),
+        "a failing check names the mesh file it read:\n{report}"
+    );
+
+    // With payments' proxy down: a table all the same, with a line naming the proxy it
+    // could not read; and no hop in front of payments retries its failures.
+    let table = stat(&[]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("payments") && l.contains("NOT READ")),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("web ")),
+        "the other proxies' rows are there:\n{table}"
+    );
+    println!("vigil stat with payments' proxy down:\n{table}");
+    let json = stat(&["-o", "json"]);
+    let report: serde_json::Value = json
+        .find('{')
+        .and_then(|i| {
+            serde_json::Deserializer::from_str(&json[i..])
+                .into_iter()
+                .next()
+        })
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("vigil stat -o json printed no JSON:\n{json}"));
+    for (workload, service) in [("loadgen", "web.shop"), ("web", "orders.shop")] {
+        let e = edge(&report, workload, service);
+        assert_eq!(e["retried"], 0, "{workload} → {service} retried: {e}");
+    }
 
     // Ctrl-C stops everything it started.
     demo.interrupt();
