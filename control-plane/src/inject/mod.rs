@@ -4,7 +4,13 @@
 //! and `vigil inject` on YAML files ([`offline`]). It adds:
 //!
 //! - `vigil-init`, an init container with `NET_ADMIN`/`NET_RAW` that writes the iptables
-//!   rules sending the pod's TCP through the proxy (inbound → 15006, outbound → 15001);
+//!   rules sending the pod's TCP through the proxy (inbound → 15006, outbound → 15001).
+//!   The `baseline` and `restricted` Pod Security levels refuse those capabilities, so
+//!   with `vigil.io/interception: none` (which the webhook applies in namespaces that
+//!   enforce either level) there is no init container and nothing is intercepted: the app
+//!   sends its requests to the proxy on 127.0.0.1:15001 itself, peers reach it through
+//!   the proxy's 15006, and its own ports stay reachable without mTLS
+//!   (see `docs/kubernetes.md`);
 //! - `vigil-proxy`, as a native sidecar (init container with `restartPolicy: Always`, the
 //!   default) or a classic sidecar container (`vigil.io/sidecar-mode: classic`);
 //! - a projected ServiceAccount token with audience `vigil` (the proxy's bootstrap
@@ -41,6 +47,8 @@ pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "vigil.io/exclude-inbound-por
 pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "vigil.io/exclude-outbound-ports";
 /// Comma-separated IPv4 CIDRs whose outbound traffic bypasses the proxy.
 pub const ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: &str = "vigil.io/exclude-outbound-cidrs";
+/// `iptables` (default) or `none`: whether `vigil-init` redirects the pod's traffic.
+pub const ANNOTATION_INTERCEPTION: &str = "vigil.io/interception";
 /// `deny` (default) or `allow`: whether the pod may reach addresses outside the mesh.
 pub const ANNOTATION_EGRESS: &str = "vigil.io/egress";
 /// Threads carrying the proxy's traffic (default 2).
@@ -95,6 +103,21 @@ pub struct InjectConfig {
     pub token_expiration_seconds: u32,
     /// Proxy resources when the pod's annotations say nothing.
     pub default_resources: ProxyResources,
+    /// Interception when the pod's `vigil.io/interception` annotation says nothing.
+    pub interception: Interception,
+}
+
+/// How the pod's traffic reaches the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interception {
+    /// `vigil-init` (root, `NET_ADMIN`, `NET_RAW`) redirects every TCP connection: the
+    /// app needs no change and cannot go around the proxy.
+    #[default]
+    Iptables,
+    /// No init container, so the pod passes the `restricted` Pod Security level. Nothing
+    /// is enforced: the app must call 127.0.0.1:15001 itself, and its ports still take
+    /// plaintext from anyone who reaches the pod.
+    None,
 }
 
 /// Requests and limits of the proxy container, as Kubernetes quantities.
@@ -144,6 +167,7 @@ impl Default for InjectConfig {
             trust_bundle_pem: None,
             token_expiration_seconds: 43200,
             default_resources: ProxyResources::default(),
+            interception: Interception::default(),
         }
     }
 }
@@ -287,7 +311,45 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
     };
     let app_probes = probes::rewrite(spec, rewrite_probes, &exclude_inbound, &mut warnings);
 
-    let init = init_container(cfg, &exclude_inbound, &exclude_outbound, &exclude_cidrs);
+    let interception = match annotations.get(ANNOTATION_INTERCEPTION).map(String::as_str) {
+        None => cfg.interception,
+        Some("iptables") => Interception::Iptables,
+        Some("none") => Interception::None,
+        Some(other) => {
+            warnings.push(format!(
+                "{ANNOTATION_INTERCEPTION}={other:?} is neither iptables nor none; using {}",
+                interception_name(cfg.interception)
+            ));
+            cfg.interception
+        }
+    };
+    let init = match interception {
+        Interception::Iptables => Some(init_container(
+            cfg,
+            &exclude_inbound,
+            &exclude_outbound,
+            &exclude_cidrs,
+        )),
+        Interception::None => {
+            warnings.push(
+                "traffic is not intercepted (vigil.io/interception: none): the app must send its \
+                 requests to the proxy at 127.0.0.1:15001 with the service as Host, and its own \
+                 ports still accept plaintext from anyone who reaches the pod"
+                    .into(),
+            );
+            // The restricted level also wants a seccomp profile on the app's containers;
+            // the runtime's default is what it asks for.
+            let security = spec
+                .entry("securityContext")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .ok_or(InjectError::NotAnObject("spec.securityContext"))?;
+            security
+                .entry("seccompProfile")
+                .or_insert_with(|| json!({"type": "RuntimeDefault"}));
+            None
+        }
+    };
     let mut proxy = proxy_container(cfg, resources, egress, threads, &app_probes);
     let inits = spec
         .entry("initContainers")
@@ -300,11 +362,14 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
             if let Some(p) = proxy.as_object_mut() {
                 p.insert("restartPolicy".into(), json!("Always"));
             }
-            inits.splice(0..0, [init, proxy]);
+            inits.splice(0..0, init.into_iter().chain([proxy]));
         }
         SidecarMode::Classic => {
-            inits.insert(0, init);
-            if inits.len() > 1 {
+            let own_inits = !inits.is_empty();
+            if let Some(init) = init {
+                inits.insert(0, init);
+            }
+            if own_inits {
                 warnings.push(
                     "classic sidecar: the pod's own init containers run before the proxy starts, \
                      so their TCP connections fail; use the native mode"
@@ -342,6 +407,10 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
         .as_object_mut()
         .ok_or(InjectError::NotAnObject("metadata.annotations"))?;
     annotations.insert(ANNOTATION_INJECTED.into(), json!("true"));
+    annotations.insert(
+        ANNOTATION_INTERCEPTION.into(),
+        json!(interception_name(interception)),
+    );
     if let Some(pem) = &cfg.trust_bundle_pem {
         annotations.insert(ANNOTATION_TRUST_BUNDLE.into(), json!(pem));
     }
@@ -377,6 +446,13 @@ pub fn complete_trust_bundle(pod: &mut Value, cfg: &InjectConfig) -> bool {
     }
     annotations.insert(ANNOTATION_TRUST_BUNDLE.into(), json!(pem));
     true
+}
+
+fn interception_name(interception: Interception) -> &'static str {
+    match interception {
+        Interception::Iptables => "iptables",
+        Interception::None => "none",
+    }
 }
 
 fn skipped(reason: &str) -> Outcome {
@@ -439,6 +515,7 @@ fn init_container(
             "readOnlyRootFilesystem": true,
             "runAsNonRoot": false,
             "runAsUser": 0,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     });
     set_pull_policy(&mut c, cfg);
@@ -514,6 +591,7 @@ fn proxy_container(
             "runAsGroup": cfg.proxy_uid,
             "runAsNonRoot": true,
             "runAsUser": cfg.proxy_uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},

@@ -725,6 +725,21 @@ async fn the_webhook_serves_reviews_over_tls_to_a_client_that_verifies_its_dns_n
     let response: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(response["response"]["patchType"], "JSONPatch");
 
+    // Namespaces enforcing baseline or restricted are sent to the path without interception.
+    let request = fixture_json("admission/admissionreview-v1-pod-create-kubectl-apply-2025.json");
+    let (status, body) = post(
+        webhook::INJECT_WITHOUT_INTERCEPTION_PATH,
+        request.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let pod = patched(&request, &serde_json::from_str(&body).expect("JSON"));
+    assert_eq!(names(&pod["spec"]["initContainers"])[0], "vigil-proxy");
+    assert_eq!(
+        pod["metadata"]["annotations"][ANNOTATION_INTERCEPTION],
+        "none"
+    );
+
     let (status, body) = post("/inject", b"GET me a pod".to_vec()).await;
     assert_eq!(status, 400);
     assert!(body.contains("not JSON"), "{body}");

@@ -26,10 +26,14 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{complete_trust_bundle, inject_pod, InjectConfig, Outcome};
+use super::{complete_trust_bundle, inject_pod, InjectConfig, Interception, Outcome};
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const INJECT_PATH: &str = "/inject";
+/// The path for namespaces that enforce the `baseline` or `restricted` Pod Security level,
+/// which refuse `vigil-init`'s capabilities: pods there get `vigil.io/interception: none`
+/// unless they say otherwise.
+pub const INJECT_WITHOUT_INTERCEPTION_PATH: &str = "/inject-without-interception";
 /// Largest review accepted (the API server's own request limit is 3 MiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,9 +196,20 @@ pub async fn serve(
 }
 
 async fn handle(req: Request<Incoming>, cfg: &InjectConfig) -> Response<Full<Bytes>> {
+    let without_interception;
+    let cfg = match req.uri().path() {
+        INJECT_WITHOUT_INTERCEPTION_PATH => {
+            without_interception = InjectConfig {
+                interception: Interception::None,
+                ..cfg.clone()
+            };
+            &without_interception
+        }
+        _ => cfg,
+    };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (&Method::POST, INJECT_PATH) => {
+        (&Method::POST, INJECT_PATH | INJECT_WITHOUT_INTERCEPTION_PATH) => {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
@@ -217,7 +232,9 @@ async fn handle(req: Request<Incoming>, cfg: &InjectConfig) -> Response<Full<Byt
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            format!("the injection webhook is POST {INJECT_PATH}\n"),
+            format!(
+                "the injection webhook is POST {INJECT_PATH} (or {INJECT_WITHOUT_INTERCEPTION_PATH})\n"
+            ),
         ),
     }
 }
