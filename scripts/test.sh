@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_cmd in "iproute2:ip" "iptables:iptables" "tcpdump:tcpdump" "util-linux:setpriv" "python3-pip:pip3" "prometheus:promtool" "chromium:chromium" "testssl.sh:testssl"; do
+for pkg_cmd in "iproute2:ip" "iptables:iptables" "tcpdump:tcpdump" "util-linux:setpriv" "python3-pip:pip3" "prometheus:promtool" "chromium:chromium" "testssl.sh:testssl" "buildah:buildah" "podman:podman" "runc:runc" "binutils:strip"; do
   pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
