@@ -123,6 +123,7 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "net.cidr_is_valid",
     "net.cidr_contains",
     "net.cidr_expand",
+    "net.cidr_merge",
     // Time.
     "time.now_ns",
     "time.date",

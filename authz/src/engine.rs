@@ -73,7 +73,7 @@ impl Runner {
                 let result = run_vm(vm);
                 // Don't keep request data (tokens, bodies) alive until the next request.
                 vm.set_input(Value::Undefined);
-                result.map_err(|e| EvalError(condense_error(&e.to_string())))
+                result.map_err(|e| EvalError(condense_error(&e)))
             }
             RunnerKind::Interpreter(engine) => run_interpreter(engine, input, rule),
         }
@@ -81,8 +81,8 @@ impl Runner {
 }
 
 /// Runs the VM to its result, answering each call to one of Vigil's own builtins.
-fn run_vm(vm: &mut RegoVM) -> Result<Value, regorus::rvm::vm::VmError> {
-    let mut result = vm.execute();
+fn run_vm(vm: &mut RegoVM) -> Result<Value, String> {
+    let mut result = vm.execute().map_err(|e| e.to_string());
     loop {
         let (identifier, argument) = match vm.execution_state() {
             ExecutionState::Suspended {
@@ -101,7 +101,8 @@ fn run_vm(vm: &mut RegoVM) -> Result<Value, regorus::rvm::vm::VmError> {
             .map(|s| s.to_string())
             .unwrap_or_default();
         let args = argument.as_array().map(|a| a.to_vec()).unwrap_or_default();
-        result = vm.resume(Some(opa_builtins::call(&name, &args)));
+        let answer = opa_builtins::call(&name, &args)?;
+        result = vm.resume(Some(answer)).map_err(|e| e.to_string());
     }
 }
 

@@ -110,6 +110,7 @@
 
 mod bundle;
 mod calls;
+mod cidr_merge;
 mod cli;
 mod decision;
 mod digests;

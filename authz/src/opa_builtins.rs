@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use regorus::{Engine, Value};
 
 use crate::go_unicode::{NOT_PRINTABLE, TO_LOWER, TO_UPPER};
-use crate::{digests, input, tokens};
+use crate::{cidr_merge, digests, input, tokens};
 
 /// The builtins evaluated here, with their number of arguments.
 pub(crate) const REPLACED: &[(&str, u8)] = &[
@@ -58,6 +58,9 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
     ("strings.replace_n", 2),
 ];
 
+/// OPA builtins regorus lacks, evaluated here (besides `tokens.rs` and `digests.rs`).
+const ADDED: &[(&str, u8)] = &[("net.cidr_merge", 1)];
+
 /// Why a call failed, as OPA's builtin would report it.
 pub(crate) type Outcome = Result<Value, String>;
 
@@ -68,6 +71,7 @@ pub(crate) fn vigil_builtins() -> impl Iterator<Item = (&'static str, u8)> {
         .iter()
         .chain(tokens::NAMES)
         .chain(digests::NAMES)
+        .chain(ADDED)
         .copied()
 }
 
@@ -77,7 +81,9 @@ pub(crate) fn register(engine: &mut Engine, strict: bool) {
         let run = move |args: Vec<Value>| -> anyhow::Result<Value> {
             match evaluate(name, &args) {
                 Ok(value) => Ok(value),
-                Err(message) if strict => Err(anyhow::anyhow!("{name}: {message}")),
+                Err(message) if strict || message.starts_with(ABORTS) => {
+                    Err(anyhow::anyhow!("{name}: {message}"))
+                }
                 Err(_) => Ok(Value::Undefined),
             }
         };
@@ -89,10 +95,18 @@ pub(crate) fn register(engine: &mut Engine, strict: bool) {
 }
 
 /// One call of a builtin of [`vigil_builtins`], as the VM hands it over: undefined where OPA's
-/// builtin fails (outside strict mode).
-pub(crate) fn call(name: &str, args: &[Value]) -> Value {
-    evaluate(name, args).unwrap_or(Value::Undefined)
+/// builtin fails (outside strict mode), an error where OPA's evaluation itself fails.
+pub(crate) fn call(name: &str, args: &[Value]) -> Result<Value, String> {
+    match evaluate(name, args) {
+        Ok(value) => Ok(value),
+        Err(message) if message.starts_with(ABORTS) => Err(format!("{name}: {message}")),
+        Err(_) => Ok(Value::Undefined),
+    }
 }
+
+/// Starts the message of a failure that ends OPA's whole evaluation, not just the call (a Go
+/// runtime error inside the builtin): Vigil's evaluation fails too, in any mode.
+pub(crate) const ABORTS: &str = "runtime error: ";
 
 fn evaluate(name: &str, args: &[Value]) -> Outcome {
     let arg = |i: usize| args.get(i).unwrap_or(&Value::Undefined);
@@ -129,6 +143,7 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
             arg(0).as_string().is_ok_and(|s| base64_decode(s).is_ok()),
         )),
         "floor" => floor(arg(0)),
+        "net.cidr_merge" => cidr_merge::cidr_merge(arg(0)),
         "strings.replace_n" => replace_n(arg(0), arg(1)),
         "regex.template_match" => template_match(
             string_operand(arg(0), 1)?,
@@ -900,6 +915,16 @@ fn to4(ip: &[u8]) -> Option<[u8; 4]> {
         }
         _ => None,
     }
+}
+
+/// Go's `net.ParseIP` for `cidr_merge.rs`: 4 bytes for IPv4, 16 otherwise.
+pub(crate) fn go_parse_ip(s: &str) -> Option<Vec<u8>> {
+    parse_ip(s)
+}
+
+/// Go's `net.ParseCIDR` for `cidr_merge.rs`: the masked address and the mask.
+pub(crate) fn go_parse_cidr(s: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    parse_cidr(s).map(|n| (n.ip, n.mask))
 }
 
 /// A network as Go's `net.ParseCIDR` returns it: masked address and mask of equal length.
