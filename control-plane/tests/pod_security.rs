@@ -25,12 +25,19 @@ fn repo() -> PathBuf {
 
 /// The pod the API server creates: the review's object with the webhook's patch applied.
 fn injected(file: &str, cfg: &InjectConfig) -> Value {
+    injected_with(file, cfg, |_| {})
+}
+
+/// As [`injected`], with the recorded pod changed by `edit` first.
+fn injected_with(file: &str, cfg: &InjectConfig, edit: impl FnOnce(&mut Value)) -> Value {
     let path = repo()
         .join("tests/fixtures/kubernetes/admission")
         .join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (recorded payloads live there)", path.display()));
-    let request: Value = serde_json::from_str(&text).expect("JSON");
+    let mut request: Value = serde_json::from_str(&text).expect("JSON");
+    edit(&mut request["request"]["object"]);
+    let text = request.to_string();
     let response = review(text.as_bytes(), cfg).expect("the review is answered");
     let patch = response["response"]["patch"]
         .as_str()
@@ -176,6 +183,34 @@ fn iptables_interception_keeps_the_init_container_that_restricted_refuses() {
         restricted_violations(proxy, security),
         Vec::<String>::new(),
         "the proxy itself passes in either mode"
+    );
+}
+
+#[test]
+fn the_pod_annotation_chooses_interception_either_way() {
+    let annotate = |value: &'static str| {
+        move |pod: &mut Value| {
+            pod["metadata"]["annotations"]["vigil.io/interception"] = json!(value);
+        }
+    };
+    let names = |pod: &Value| -> Vec<String> {
+        vigil_containers(pod)
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let file = POD_REVIEWS[3];
+    let pod = injected_with(file, &InjectConfig::default(), annotate("none"));
+    assert_eq!(names(&pod), ["vigil-proxy"], "opted out of interception");
+    let pod = injected_with(file, &restricted_config(), annotate("iptables"));
+    assert_eq!(
+        names(&pod),
+        ["vigil-init", "vigil-proxy"],
+        "asked for interception where the webhook would leave it out"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["vigil.io/interception"],
+        "iptables"
     );
 }
 
