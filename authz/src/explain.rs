@@ -231,8 +231,9 @@ fn explain_body(
     }
 }
 
-/// The first statement after which the body no longer holds.
-fn first_failing<'a>(
+/// The first statement after which the body no longer holds (also used by `vigil policy test`
+/// to show where a failing test stopped).
+pub(crate) fn first_failing<'a>(
     base: &Engine,
     module: &ModuleOutline,
     package: &str,

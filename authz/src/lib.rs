@@ -142,7 +142,7 @@ pub use engine::EvalError;
 pub use explain::{explain, ExplainRequest};
 pub use input::{AuthzInput, BodyInput, HttpAttributes, InputError, InputKind};
 pub use log::{DecisionRecord, QueryLogging};
-pub use testing::{run_tests, TestSummary};
+pub use testing::{run_tests, run_tests_with, TestFilter, TestFormat, TestOptions, TestSummary};
 pub use upstream::upstream_path_and_query;
 
 /// The Rego value type used for inputs and raw decisions (re-exported from regorus).

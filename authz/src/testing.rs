@@ -1,19 +1,26 @@
 //! `vigil policy test`: runs the `test_*` rules of a policy directory, like `opa test`.
 //!
 //! Tests run on the tree interpreter, because they rely on `with input as ...` and
-//! `with data.x as ...`, which the RVM compiler does not support.
+//! `with data.x as ...`, which the RVM compiler does not support. As with `opa test`,
+//! `todo_test_*` rules are reported as skipped, `--run` selects tests by a regular expression
+//! over their full name, `--format json` prints OPA's JSON result array, and a failing test
+//! names the first expression of its body that did not hold (found as `vigil policy explain`
+//! finds it, by evaluating prefixes of the body).
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use regorus::Value;
+use serde_json::json;
 
 use crate::bundle::{BundleError, PolicyBundle, PolicyFile, PolicyOptions};
 use crate::calls;
+use crate::explain::first_failing;
 use crate::opa_alignment;
-use crate::rules::{self, DefinitionKind};
+use crate::rules::{self, DefinitionKind, ModuleOutline, RuleOutline};
 use crate::source::{self, condense_error, FileKind, TestFiles};
 
 /// Decision rules the runner reports the engine for, in order: Vigil's default, then
@@ -34,17 +41,95 @@ pub struct TestSummary {
     pub failed: usize,
     /// Tests whose evaluation raised an error.
     pub errored: usize,
+    /// `todo_test_*` rules, reported but not run.
+    pub skipped: usize,
 }
 
 impl TestSummary {
-    /// Number of tests run.
+    /// Number of tests reported (skipped ones included, as `opa test` counts them).
     pub fn total(&self) -> usize {
-        self.passed + self.failed + self.errored
+        self.passed + self.failed + self.errored + self.skipped
     }
 
     /// Whether at least one test ran and none failed or errored.
     pub fn success(&self) -> bool {
-        self.total() > 0 && self.failed == 0 && self.errored == 0
+        self.passed > 0 && self.failed == 0 && self.errored == 0
+    }
+}
+
+/// How `vigil policy test` reports its results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TestFormat {
+    /// One line per test and a summary, as `opa test` prints them.
+    #[default]
+    Pretty,
+    /// The JSON array of results `opa test --format json` prints.
+    Json,
+}
+
+/// The regular expression `--run` selects tests with (Rust's `regex` syntax, close to Go's
+/// RE2 that `opa test` uses).
+pub type TestFilter = regex::Regex;
+
+/// What `vigil policy test` runs and how it reports.
+#[derive(Clone, Debug, Default)]
+pub struct TestOptions {
+    /// Also print the output of `print()` for passing tests.
+    pub verbose: bool,
+    /// Run only the tests whose full name (`data.pkg.test_x`) matches.
+    pub run: Option<TestFilter>,
+    pub format: TestFormat,
+}
+
+/// The prefix of tests `opa test` reports as skipped.
+const SKIP_PREFIX: &str = "todo_test_";
+
+/// One test, as `--format json` reports it (OPA's `tester.Result`).
+struct TestRecord {
+    package: String,
+    name: String,
+    file: String,
+    line: u32,
+    outcome: Outcome,
+    duration: Duration,
+    prints: Vec<String>,
+}
+
+enum Outcome {
+    Pass,
+    Fail { failed_at: Option<(u32, String)> },
+    Error(String),
+    Skip,
+}
+
+impl TestRecord {
+    fn to_json(&self) -> serde_json::Value {
+        let mut record = json!({
+            "location": {"file": self.file, "row": self.line, "col": 1},
+            "package": self.package,
+            "name": self.name,
+            "duration": u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX),
+        });
+        match &self.outcome {
+            Outcome::Pass => {}
+            Outcome::Fail { failed_at } => {
+                record["fail"] = json!(true);
+                if let Some((line, text)) = failed_at {
+                    record["failed_at"] = json!({
+                        "location": {"file": self.file, "row": line},
+                        "text": text,
+                    });
+                }
+            }
+            Outcome::Error(message) => record["error"] = json!({"message": message}),
+            Outcome::Skip => record["skip"] = json!(true),
+        }
+        if !self.prints.is_empty() {
+            // OPA's `output` is bytes, which Go's JSON writes as base64.
+            let text: String = self.prints.iter().map(|p| format!("{p}\n")).collect();
+            record["output"] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+        record
     }
 }
 
@@ -65,13 +150,34 @@ pub fn run_tests(
     out: &mut dyn Write,
     verbose: bool,
 ) -> Result<TestSummary, BundleError> {
+    let options = TestOptions {
+        verbose,
+        ..TestOptions::default()
+    };
+    run_tests_with(dir, out, &options)
+}
+
+/// [`run_tests`] with `opa test`'s options: `--run` and `--format`.
+pub fn run_tests_with(
+    dir: &Path,
+    out: &mut dyn Write,
+    options: &TestOptions,
+) -> Result<TestSummary, BundleError> {
+    let pretty = options.format == TestFormat::Pretty;
     let roots = bundle_roots(dir)?;
     let mut summary = TestSummary::default();
+    let mut records = Vec::new();
     for root in &roots {
-        if roots.len() > 1 || root != dir {
+        if pretty && (roots.len() > 1 || root != dir) {
             w(out, format_args!("{}:\n", root.display()))?;
         }
-        run_bundle(root, out, verbose, &mut summary)?;
+        run_bundle(root, out, options, &mut summary, &mut records)?;
+    }
+    if !pretty {
+        let results: Vec<serde_json::Value> = records.iter().map(TestRecord::to_json).collect();
+        let text = serde_json::to_string_pretty(&results).unwrap_or_else(|_| "[]".into());
+        w(out, format_args!("{text}\n"))?;
+        return Ok(summary);
     }
     if summary.total() == 0 {
         w(out, format_args!("no tests found\n"))?;
@@ -79,14 +185,15 @@ pub fn run_tests(
     }
     let total = summary.total();
     w(out, format_args!("{}\n", "-".repeat(80)))?;
-    if summary.passed > 0 {
-        w(out, format_args!("PASS: {}/{total}\n", summary.passed))?;
-    }
-    if summary.failed > 0 {
-        w(out, format_args!("FAIL: {}/{total}\n", summary.failed))?;
-    }
-    if summary.errored > 0 {
-        w(out, format_args!("ERROR: {}/{total}\n", summary.errored))?;
+    for (label, count) in [
+        ("PASS", summary.passed),
+        ("FAIL", summary.failed),
+        ("SKIPPED", summary.skipped),
+        ("ERROR", summary.errored),
+    ] {
+        if count > 0 {
+            w(out, format_args!("{label}: {count}/{total}\n"))?;
+        }
     }
     Ok(summary)
 }
@@ -94,16 +201,20 @@ pub fn run_tests(
 fn run_bundle(
     root: &Path,
     out: &mut dyn Write,
-    verbose: bool,
+    options: &TestOptions,
     summary: &mut TestSummary,
+    records: &mut Vec<TestRecord>,
 ) -> Result<(), BundleError> {
+    let pretty = options.format == TestFormat::Pretty;
     let files = source::read_dir(root, TestFiles::Include)?;
     let mut parsed = source::load_engine(&files)?;
     let refused = calls::check(parsed.get_modules());
     if !refused.is_empty() {
         return Err(BundleError::from_problems(refused));
     }
-    report_engine(&files, out)?;
+    if pretty {
+        report_engine(&files, out)?;
+    }
     // Tests run on the interpreter as the proxy would run the bundle there (see
     // `opa_alignment.rs`).
     let aligned = opa_alignment::align(parsed.get_modules(), &files);
@@ -117,52 +228,105 @@ fn run_bundle(
     let _ = engine.take_prints();
 
     let mut seen = BTreeSet::new();
-    let mut tests = Vec::new();
-    for module in rules::outline(&mut engine) {
+    let outline = rules::outline(&mut engine);
+    let mut tests: Vec<(&ModuleOutline, &RuleOutline)> = Vec::new();
+    for module in &outline {
         for rule in &module.rules {
-            let is_test = rule.name.starts_with("test_")
+            let is_test = (rule.name.starts_with("test_") || rule.name.starts_with(SKIP_PREFIX))
                 && matches!(
                     rule.kind,
                     DefinitionKind::Complete | DefinitionKind::Default
                 );
             let path = format!("data.{}.{}", module.package, rule.name);
-            if is_test && seen.insert(path.clone()) {
-                tests.push(path);
+            let selected = options.run.as_ref().is_none_or(|r| r.is_match(&path));
+            if is_test && selected && seen.insert(path) {
+                tests.push((module, rule));
             }
         }
     }
 
-    for test in tests {
+    for (module, rule) in tests {
+        let test = format!("data.{}.{}", module.package, rule.name);
+        let mut record = TestRecord {
+            package: format!("data.{}", module.package),
+            name: rule.name.clone(),
+            file: module.file.clone(),
+            line: rule.line,
+            outcome: Outcome::Skip,
+            duration: Duration::ZERO,
+            prints: Vec::new(),
+        };
+        if rule.name.starts_with(SKIP_PREFIX) {
+            summary.skipped += 1;
+            if pretty {
+                w(out, format_args!("SKIPPED {test}\n"))?;
+            }
+            records.push(record);
+            continue;
+        }
         let start = Instant::now();
         let result = engine.eval_rule(test.clone());
-        let took = format_duration(start.elapsed());
-        let prints = engine.take_prints().unwrap_or_default();
+        record.duration = start.elapsed();
+        let took = format_duration(record.duration);
+        record.prints = engine.take_prints().unwrap_or_default();
         let show_prints = match result {
             // OPA semantics: a test passes when its rule is defined and not false.
             Ok(Value::Bool(false)) | Ok(Value::Undefined) => {
                 summary.failed += 1;
-                w(out, format_args!("FAIL {test} ({took})\n"))?;
+                let failed_at = failing_expression(&engine, module, rule);
+                if pretty {
+                    w(out, format_args!("FAIL {test} ({took})\n"))?;
+                    if let Some((line, text)) = &failed_at {
+                        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                        w(
+                            out,
+                            format_args!("  failed at {}:{line}: {text}\n", module.file),
+                        )?;
+                    }
+                }
+                record.outcome = Outcome::Fail { failed_at };
                 true
             }
             Ok(_) => {
                 summary.passed += 1;
-                w(out, format_args!("PASS {test} ({took})\n"))?;
-                verbose
+                if pretty {
+                    w(out, format_args!("PASS {test} ({took})\n"))?;
+                }
+                record.outcome = Outcome::Pass;
+                options.verbose
             }
             Err(e) => {
                 summary.errored += 1;
                 let message = condense_error(&format!("{e:#}"));
-                w(out, format_args!("ERROR {test} ({took})\n  {message}\n"))?;
+                if pretty {
+                    w(out, format_args!("ERROR {test} ({took})\n  {message}\n"))?;
+                }
+                record.outcome = Outcome::Error(message);
                 true
             }
         };
-        if show_prints {
-            for line in prints {
+        if pretty && show_prints {
+            for line in &record.prints {
                 w(out, format_args!("  {line}\n"))?;
             }
         }
+        records.push(record);
     }
     Ok(())
+}
+
+/// The first expression of a failing test's body that does not hold, with its line (for a
+/// test with one body; `else` and multiple bodies are not narrowed down).
+fn failing_expression(
+    engine: &regorus::Engine,
+    module: &ModuleOutline,
+    rule: &RuleOutline,
+) -> Option<(u32, String)> {
+    let [body] = rule.bodies.as_slice() else {
+        return None;
+    };
+    let stmt = first_failing(engine, module, &module.package, &body.stmts)?;
+    Some((stmt.line, stmt.text.clone()))
 }
 
 /// Prints which engine the bundle (without its tests) would run on in the proxy.

@@ -252,12 +252,19 @@ impl SidecarArgs {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Run every `test_*` rule under DIR, like `opa test`; fails if any test fails.
+    /// Run every `test_*` rule under DIR, like `opa test` (`todo_test_*` rules are reported
+    /// as skipped); exits with 2 if any test fails.
     Test {
         dir: PathBuf,
         /// Also print `print()` output of passing tests.
         #[arg(short, long)]
         verbose: bool,
+        /// Run only the tests whose full name (data.pkg.test_x) matches this regular expression.
+        #[arg(short, long, value_parser = parse_regex)]
+        run: Option<vigil_authz::TestFilter>,
+        /// Output format: pretty, or json (the result array of `opa test --format json`).
+        #[arg(short, long, default_value = "pretty", value_parser = parse_test_format)]
+        format: vigil_authz::TestFormat,
     },
     /// Evaluate a policy directory against an input document (JSON).
     Eval {
@@ -295,6 +302,18 @@ enum PolicyCommand {
     },
 }
 
+fn parse_regex(s: &str) -> Result<vigil_authz::TestFilter, String> {
+    vigil_authz::TestFilter::new(s).map_err(|e| format!("not a regular expression: {e}"))
+}
+
+fn parse_test_format(s: &str) -> Result<vigil_authz::TestFormat, String> {
+    match s {
+        "pretty" => Ok(vigil_authz::TestFormat::Pretty),
+        "json" => Ok(vigil_authz::TestFormat::Json),
+        _ => Err(format!("expected pretty or json, got {s:?}")),
+    }
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once(':')
@@ -307,8 +326,18 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
     use anyhow::Context;
     let mut out = std::io::stdout();
     match cmd {
-        PolicyCommand::Test { dir, verbose } => {
-            let summary = vigil_authz::run_tests(&dir, &mut out, verbose)?;
+        PolicyCommand::Test {
+            dir,
+            verbose,
+            run,
+            format,
+        } => {
+            let options = vigil_authz::TestOptions {
+                verbose,
+                run,
+                format,
+            };
+            let summary = vigil_authz::run_tests_with(&dir, &mut out, &options)?;
             Ok(summary.success())
         }
         PolicyCommand::Eval {
@@ -436,12 +465,13 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => {
             return match policy(cmd) {
                 Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
+                // Failing tests, with `opa test`'s exit code.
+                Ok(false) => ExitCode::from(2),
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::from(2)
                 }
-            }
+            };
         }
         command => Cli { command },
     };
