@@ -329,6 +329,9 @@ pub struct Edge {
     /// Whether every answered request on this edge crossed mutual TLS.
     pub mtls: bool,
     pub retries_rps: f64,
+    /// Tries per request the caller's proxy sent over the window, 1 + retries / requests:
+    /// the load retries add to the service behind this edge.
+    pub retry_amplification: Option<f64>,
     pub breaker_open: bool,
     /// Requests since the proxies started.
     pub requests_total: u64,
@@ -502,6 +505,8 @@ pub fn graph(model: &MeshModel, views: &BTreeMap<String, WorkloadView>) -> Graph
                 mtls_share: (answered > 0.0).then(|| acc.with_peer / answered),
                 mtls: answered > 0.0 && acc.without_peer == 0.0,
                 retries_rps: if secs > 0.0 { acc.retries / secs } else { 0.0 },
+                retry_amplification: (acc.window.total > 0.0)
+                    .then(|| 1.0 + acc.retries / acc.window.total),
                 breaker_open: acc.breaker_open,
                 requests_total: acc.cumulative.total as u64,
             }
@@ -570,6 +575,27 @@ services:
         let p99 = edge.p99_ms.expect("a p99");
         assert!((p99 - 9.9).abs() < 1e-9, "{p99}");
         assert_eq!(g.nodes.len(), 2);
+    }
+
+    #[test]
+    fn an_edge_shows_the_tries_per_request_its_retries_add() {
+        let mesh = MeshFile::parse(MESH).expect("mesh");
+        let model = mesh.model().expect("model");
+        let orders = "spiffe://vigil.local/ns/shop/sa/orders";
+        let with_retries = |ok, retries| {
+            let mut m = exposition(ok, 0, 0, orders);
+            m.retries.insert("orders.shop".to_string(), retries);
+            m
+        };
+        let mut web = WorkloadView::default();
+        let t0 = Instant::now();
+        web.add_scrape(t0, with_retries(10, 1.0));
+        web.add_scrape(t0 + Duration::from_secs(2), with_retries(30, 5.0));
+        let views = BTreeMap::from([("web".to_string(), web)]);
+        let g = graph(&model, &views);
+        let edge = g.edges.iter().find(|e| e.source == "web").expect("edge");
+        assert_eq!(edge.retries_rps, 2.0);
+        assert_eq!(edge.retry_amplification, Some(1.2), "4 retries for 20 requests");
     }
 
     #[test]

@@ -178,7 +178,7 @@ function drawGraph(g, width) {
     const line1 = denied ? `denied · ${num(e.rps)} rps` : idle ? "idle" : `${num(e.rps)} rps · ${pct(e.success_rate)}`;
     const parts2 = [];
     if (!idle && !denied) parts2.push("p99 " + ms(e.p99_ms));
-    if (e.retries_rps > 0.05) parts2.push(num(e.retries_rps) + " retries/s");
+    if (e.retries_rps > 0.05) parts2.push(num(e.retries_rps) + " retries/s" + (e.retry_amplification != null ? ` (×${e.retry_amplification.toFixed(2)} tries)` : ""));
     if (e.breaker_open) parts2.push("breaker open");
     if (!e.mtls && e.mtls_share != null) parts2.push("NO mTLS");
     const line2 = parts2.join(" · ");
