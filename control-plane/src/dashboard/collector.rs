@@ -595,7 +595,11 @@ services:
         let g = graph(&model, &views);
         let edge = g.edges.iter().find(|e| e.source == "web").expect("edge");
         assert_eq!(edge.retries_rps, 2.0);
-        assert_eq!(edge.retry_amplification, Some(1.2), "4 retries for 20 requests");
+        assert_eq!(
+            edge.retry_amplification,
+            Some(1.2),
+            "4 retries for 20 requests"
+        );
     }
 
     #[test]
