@@ -127,6 +127,7 @@ mod rvm_gaps;
 mod source;
 mod syntax;
 mod testing;
+mod token_keys;
 mod tokens;
 mod upstream;
 mod usage;

@@ -55,17 +55,80 @@ fn object(constraints: &Json) -> String {
     format!("{{\n  {}\n}}", fields.join(",\n  "))
 }
 
+/// Signs a JWS signing input, giving the base64url signature.
+type SignFn = Box<dyn Fn(&[u8]) -> String>;
+
 /// A signing key and the ways a policy can be given its public half.
 struct Signer {
-    alg: Algorithm,
     name: &'static str,
-    encoding: EncodingKey,
+    sign: SignFn,
     /// SPKI `PUBLIC KEY` PEM.
     public_pem: String,
     /// A self-signed certificate PEM, where rcgen can make one.
     certificate: Option<String>,
     /// The public key as a JWK (no `alg`, no `kid`).
     jwk: Json,
+}
+
+fn jsonwebtoken_signer(alg: Algorithm, key: EncodingKey) -> SignFn {
+    Box::new(move |input| jsonwebtoken::crypto::sign(input, &key, alg).expect("signs"))
+}
+
+/// An RSA key of 1024 bits, which ring cannot sign with: the `rsa` crate signs.
+fn small_rsa_signer(name: &'static str, key: &rsa::RsaPrivateKey) -> Signer {
+    use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _};
+    let public = key.to_public_key();
+    let sign: SignFn = if name == "RS256" {
+        let signing = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone());
+        Box::new(move |input| b64(&signing.sign(input).to_bytes()))
+    } else {
+        let signing = rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(key.clone());
+        Box::new(move |input| {
+            b64(&signing
+                .sign_with_rng(&mut rsa::rand_core::OsRng, input)
+                .to_bytes())
+        })
+    };
+    Signer {
+        name,
+        sign,
+        public_pem: public
+            .to_public_key_pem(LineEnding::LF)
+            .expect("public PEM"),
+        certificate: None,
+        jwk: json!({
+            "kty": "RSA",
+            "n": b64(&public.n().to_bytes_be()),
+            "e": b64(&public.e().to_bytes_be()),
+        }),
+    }
+}
+
+/// A P-521 key, which neither ring nor rcgen handles: the `p521` crate signs.
+fn p521_signer() -> Signer {
+    use p521::ecdsa::signature::RandomizedSigner as _;
+    use p521::pkcs8::EncodePublicKey as _;
+    let signing = p521::ecdsa::SigningKey::random(&mut rsa::rand_core::OsRng);
+    let point = p521::ecdsa::VerifyingKey::from(&signing).to_encoded_point(false);
+    let public = p521::PublicKey::from_sec1_bytes(point.as_bytes()).expect("P-521 point");
+    Signer {
+        name: "ES512",
+        sign: Box::new(move |input| {
+            let signature: p521::ecdsa::Signature =
+                signing.sign_with_rng(&mut rsa::rand_core::OsRng, input);
+            b64(&signature.to_bytes())
+        }),
+        public_pem: public
+            .to_public_key_pem(p521::pkcs8::LineEnding::LF)
+            .expect("public PEM"),
+        certificate: None,
+        jwk: json!({
+            "kty": "EC",
+            "crv": "P-521",
+            "x": b64(point.x().expect("x")),
+            "y": b64(point.y().expect("y")),
+        }),
+    }
 }
 
 fn rsa_signer(alg: Algorithm, name: &'static str, key: &rsa::RsaPrivateKey) -> Signer {
@@ -83,9 +146,8 @@ fn rsa_signer(alg: Algorithm, name: &'static str, key: &rsa::RsaPrivateKey) -> S
         .expect("certificate")
         .pem();
     Signer {
-        alg,
         name,
-        encoding: EncodingKey::from_rsa_der(der.as_bytes()),
+        sign: jsonwebtoken_signer(alg, EncodingKey::from_rsa_der(der.as_bytes())),
         public_pem: public
             .to_public_key_pem(LineEnding::LF)
             .expect("public PEM"),
@@ -111,9 +173,8 @@ fn ec_signer(alg: Algorithm, name: &'static str, curve: &str) -> Signer {
         .expect("certificate")
         .pem();
     Signer {
-        alg,
         name,
-        encoding: EncodingKey::from_ec_der(&key_pair.serialize_der()),
+        sign: jsonwebtoken_signer(alg, EncodingKey::from_ec_der(&key_pair.serialize_der())),
         public_pem: key_pair.public_key_pem(),
         certificate: Some(certificate),
         jwk: json!({
@@ -128,9 +189,11 @@ fn ec_signer(alg: Algorithm, name: &'static str, curve: &str) -> Signer {
 fn ed_signer() -> Signer {
     let key_pair = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("Ed25519 key");
     Signer {
-        alg: Algorithm::EdDSA,
         name: "EdDSA",
-        encoding: EncodingKey::from_ed_der(&key_pair.serialize_der()),
+        sign: jsonwebtoken_signer(
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_der(&key_pair.serialize_der()),
+        ),
         public_pem: key_pair.public_key_pem(),
         certificate: None,
         jwk: json!({"kty": "OKP", "crv": "Ed25519", "x": b64(key_pair.public_key_raw())}),
@@ -139,9 +202,8 @@ fn ed_signer() -> Signer {
 
 fn hmac_signer(alg: Algorithm, name: &'static str, secret: &str) -> Signer {
     Signer {
-        alg,
         name,
-        encoding: EncodingKey::from_secret(secret.as_bytes()),
+        sign: jsonwebtoken_signer(alg, EncodingKey::from_secret(secret.as_bytes())),
         public_pem: String::new(),
         certificate: None,
         jwk: json!({"kty": "oct", "k": b64(secret.as_bytes())}),
@@ -155,8 +217,7 @@ fn sign(signer: &Signer, header: &Json, claims: &Json) -> String {
         b64(header.to_string().as_bytes()),
         b64(claims.to_string().as_bytes())
     );
-    let signature =
-        jsonwebtoken::crypto::sign(input.as_bytes(), &signer.encoding, signer.alg).expect("signs");
+    let signature = (signer.sign)(input.as_bytes());
     format!("{input}.{signature}")
 }
 
@@ -182,25 +243,12 @@ fn with(mut base: Json, changes: Json) -> Json {
     base
 }
 
-fn verify_builtin(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::RS256 => "io.jwt.verify_rs256",
-        Algorithm::RS384 => "io.jwt.verify_rs384",
-        Algorithm::RS512 => "io.jwt.verify_rs512",
-        Algorithm::PS256 => "io.jwt.verify_ps256",
-        Algorithm::PS384 => "io.jwt.verify_ps384",
-        Algorithm::PS512 => "io.jwt.verify_ps512",
-        Algorithm::ES256 => "io.jwt.verify_es256",
-        Algorithm::ES384 => "io.jwt.verify_es384",
-        Algorithm::EdDSA => "io.jwt.verify_eddsa",
-        Algorithm::HS256 => "io.jwt.verify_hs256",
-        Algorithm::HS384 => "io.jwt.verify_hs384",
-        Algorithm::HS512 => "io.jwt.verify_hs512",
-    }
+fn verify_builtin(name: &str) -> String {
+    format!("io.jwt.verify_{}", name.to_lowercase())
 }
 
-fn is_hmac(alg: Algorithm) -> bool {
-    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+fn is_hmac(name: &str) -> bool {
+    name.starts_with("HS")
 }
 
 /// Flips one character of a token's signature section.
@@ -227,6 +275,7 @@ fn tamper_payload(token: &str, claims: &Json) -> String {
 pub fn probes() -> Vec<String> {
     let rsa_key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
     let other_rsa_key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
+    let small_rsa_key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).expect("RSA key");
     let secret = "vigil-shared-secret";
     let signers = vec![
         rsa_signer(Algorithm::RS256, "RS256", &rsa_key),
@@ -237,6 +286,9 @@ pub fn probes() -> Vec<String> {
         rsa_signer(Algorithm::PS512, "PS512", &rsa_key),
         ec_signer(Algorithm::ES256, "ES256", "P-256"),
         ec_signer(Algorithm::ES384, "ES384", "P-384"),
+        p521_signer(),
+        small_rsa_signer("RS256", &small_rsa_key),
+        small_rsa_signer("PS256", &small_rsa_key),
         ed_signer(),
         hmac_signer(Algorithm::HS256, "HS256", secret),
         hmac_signer(Algorithm::HS384, "HS384", secret),
@@ -306,7 +358,7 @@ pub fn probes() -> Vec<String> {
         let jwks_other_alg = pretty(&json!({"keys": [
             with(signer.jwk.clone(), json!({"alg": "RS512"})),
         ]}));
-        if !is_hmac(signer.alg) {
+        if !is_hmac(signer.name) {
             keys.push(signer.public_pem.clone());
             if let Some(cert) = &signer.certificate {
                 keys.push(cert.clone());
@@ -321,13 +373,13 @@ pub fn probes() -> Vec<String> {
         let signature_cases = [0, 1, tokens.len() - 2, tokens.len() - 1];
         for (i, token) in tokens.iter().enumerate() {
             out.push(call("io.jwt.decode", &[lit(token)]));
-            let verify = verify_builtin(signer.alg);
-            if is_hmac(signer.alg) {
-                out.push(call(verify, &[lit(token), lit(secret)]));
-                out.push(call(verify, &[lit(token), lit("wrong")]));
+            let verify = verify_builtin(signer.name);
+            if is_hmac(signer.name) {
+                out.push(call(&verify, &[lit(token), lit(secret)]));
+                out.push(call(&verify, &[lit(token), lit("wrong")]));
             } else {
                 for key in &keys {
-                    out.push(call(verify, &[lit(token), lit(key)]));
+                    out.push(call(&verify, &[lit(token), lit(key)]));
                 }
             }
             let mut constraint_sets = vec![
@@ -342,7 +394,7 @@ pub fn probes() -> Vec<String> {
             ];
             for constraints in constraint_sets.iter_mut() {
                 let fields = constraints.as_object_mut().expect("object");
-                if is_hmac(signer.alg) {
+                if is_hmac(signer.name) {
                     fields.insert("secret".into(), json!(secret));
                 } else {
                     fields.insert("cert".into(), json!(keys[0]));
@@ -353,7 +405,7 @@ pub fn probes() -> Vec<String> {
                     constraint_sets.push(json!({"cert": key, "aud": "api", "time": time}));
                 }
             }
-            if !is_hmac(signer.alg) {
+            if !is_hmac(signer.name) {
                 constraint_sets.push(json!({"secret": secret, "aud": "api", "time": time}));
             }
             for constraints in &constraint_sets {
@@ -366,7 +418,10 @@ pub fn probes() -> Vec<String> {
     }
 
     // Tokens without a valid signature of any key.
-    let hs = &signers[9];
+    let hs = signers
+        .iter()
+        .find(|s| s.name == "HS256")
+        .expect("an HS256 signer");
     let none = format!(
         "{}.{}.",
         b64(br#"{"alg":"none","typ":"JWT"}"#),
