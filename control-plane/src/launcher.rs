@@ -275,11 +275,32 @@ fn check_ports(mesh: &MeshFile, mesh_file: &Path) -> anyhow::Result<()> {
     }
     for (addr, what) in wanted {
         if let Err(e) = std::net::TcpListener::bind(addr) {
+            let running = match crate::mesh_location::running_mesh(
+                &crate::mesh_location::running_record_path(),
+            ) {
+                Some(r) => format!(
+                    "`vigil up`/`vigil demo` (pid {}, mesh {}) is running: stop it with `kill -INT {}`",
+                    r.pid,
+                    r.mesh_file.display(),
+                    r.pid
+                ),
+                None => "Is another `vigil demo` or `vigil up` running? Stop it".to_string(),
+            };
+            // The demo writes its mesh file afresh on every start: editing it changes
+            // nothing, so the way to other ports is a copy run with `vigil up`.
+            let is_demo =
+                std::fs::read_to_string(mesh_file).is_ok_and(|text| text == crate::demo::MESH_YAML);
+            let elsewhere = if is_demo {
+                format!(
+                    "or run the demo on other ports: copy {} (vigil demo rewrites it on every start), change the ports, and run `vigil up --mesh <the copy>`",
+                    mesh_file.display()
+                )
+            } else {
+                format!("or change the address in {}", mesh_file.display())
+            };
             bail!(
-                "port {} ({what}) is not free: {e}. Is another `vigil demo` or `vigil up` running? Stop it, find the owner with `ss -ltnp 'sport = :{}'`, or change the address in {}",
-                addr,
+                "port {addr} ({what}) is not free: {e}. {running}, find the owner with `ss -ltnp 'sport = :{}'`, {elsewhere}",
                 addr.port(),
-                mesh_file.display()
             );
         }
     }

@@ -110,6 +110,11 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
             text.contains("port 127.0.0.1:16080 (dashboard) is not free"),
             "{text}"
         );
+        // Not "edit the mesh file": the demo writes it afresh on every start.
+        assert!(
+            text.contains("vigil up --mesh <the copy>") && !text.contains("change the address in"),
+            "{text}"
+        );
     }
 
     let mut demo = RunningDemo(
