@@ -160,11 +160,10 @@ async fn a_killed_endpoint_costs_next_to_no_requests() {
         tally.success_rate() * 100.0
     );
     assert!(before[1] > 0, "web-b took traffic before it died");
-    assert!(
-        tally.success_rate() >= 0.999,
-        "{tally:?}\n{}",
-        f.mesh.logs()
-    );
+    // Only requests already sent to web-b when it died may fail (one per worker at
+    // most): they may have reached its app, so they are not retried by default. Every
+    // later one is a connect failure, retried on another endpoint.
+    assert!(tally.failed <= 4, "{tally:?}\n{}", f.mesh.logs());
     let exposition = f.metrics().await;
     println!(
         "(a) retries {}, web-b ejections {}",
