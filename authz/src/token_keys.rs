@@ -4,7 +4,8 @@
 //! `jwsbb`), and a signature verifies here exactly where it does in Go. RSA signatures of keys
 //! of 2048 to 8192 bits, Ed25519 and HMAC go through the `jsonwebtoken` crate on `ring`, the
 //! crypto Vigil uses for TLS; RSA keys of 1024 to 2047 bits (which Go still takes and ring
-//! does not) through the `rsa` crate; ECDSA through the RustCrypto curves, whose prehash
+//! does not) and PSS signatures of any salt length (`verify_ps*`, as Go's `rsa.VerifyPSS`)
+//! through the `rsa` crate; ECDSA through the RustCrypto curves, whose prehash
 //! verification matches Go's for every pairing of curve and hash a policy can ask for (an
 //! ES256 signature checked with a P-384 key, ES512 on P-521). What neither can check the way
 //! Go does (an RSA modulus over 8192 bits, SHA-256 with a P-521 key) fails the call, so the
@@ -324,16 +325,24 @@ fn unsupported(what: &str) -> String {
     )
 }
 
+/// Which of OPA's two verifiers checks a signature: `io.jwt.decode_verify` goes through
+/// `jwsbb` (ECDSA r and s each exactly the curve's size, PSS salt as long as the hash), the
+/// `io.jwt.verify_*` builtins through Go's `crypto` calls directly (the ECDSA signature split in
+/// halves, any PSS salt length).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verifier {
+    Jws,
+    Builtin,
+}
+
 /// Whether `signature` over `message` verifies with `key`. `Ok(false)` wherever OPA's check
-/// fails (wrong key type too); `Err` only where Vigil cannot tell. `exact_ecdsa_length` is
-/// `jwsbb`'s rule (r and s each exactly the curve's size); the `verify_es*` builtins split
-/// the signature in halves instead, as OPA's `verifyES` does.
+/// fails (wrong key type too); `Err` only where Vigil cannot tell.
 pub(crate) fn check_signature(
     key: &PublicKey,
     scheme: Scheme,
     message: &[u8],
     signature: &[u8],
-    exact_ecdsa_length: bool,
+    verifier: Verifier,
 ) -> Result<bool, String> {
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
     match (scheme, key) {
@@ -346,13 +355,18 @@ pub(crate) fn check_signature(
             if bits < 1024 {
                 return Ok(false);
             }
-            if bits < 2048 {
+            if bits < 2048 && !(matches!(scheme, Scheme::Pss(_)) && verifier == Verifier::Builtin) {
                 return Ok(rsa_verify(
                     scheme, hash, modulus, exponent, message, signature,
                 ));
             }
             if bits > 8192 {
                 return Err(unsupported(&format!("an RSA key of {bits} bits")));
+            }
+            if matches!(scheme, Scheme::Pss(_)) && verifier == Verifier::Builtin {
+                return Ok(pss_verify_any_salt(
+                    hash, modulus, exponent, message, signature,
+                ));
             }
             let algorithm = match (scheme, hash) {
                 (Scheme::Pkcs1(_), Hash::Sha256) => Algorithm::RS256,
@@ -367,7 +381,7 @@ pub(crate) fn check_signature(
         }
         (Scheme::Ecdsa(hash), PublicKey::Ec { curve, point }) => {
             let size = curve.size();
-            let (r, s) = if exact_ecdsa_length {
+            let (r, s) = if verifier == Verifier::Jws {
                 if signature.len() != 2 * size {
                     return Ok(false);
                 }
@@ -475,6 +489,92 @@ fn rsa_verify(
         (_, Hash::Sha384) => verify!(pss::VerifyingKey<sha2::Sha384>, pss::Signature),
         (_, Hash::Sha512) => verify!(pss::VerifyingKey<sha2::Sha512>, pss::Signature),
     }
+}
+
+/// Go's `rsa.VerifyPSS` with `PSSSaltLengthAuto` (what OPA's `verify_ps*` use): the salt length
+/// is read from the encoded message (RFC 8017 9.1.2), where ring and the rsa crate want it
+/// given.
+fn pss_verify_any_salt(
+    hash: Hash,
+    modulus: &[u8],
+    exponent: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    let key = match rsa::RsaPublicKey::new_with_max_size(
+        rsa::BigUint::from_bytes_be(modulus),
+        rsa::BigUint::from_bytes_be(exponent),
+        8192,
+    ) {
+        Ok(key) => key,
+        Err(_) => return false,
+    };
+    match hash {
+        Hash::Sha256 => pss_auto::<sha2::Sha256>(&key, message, signature),
+        Hash::Sha384 => pss_auto::<sha2::Sha384>(&key, message, signature),
+        Hash::Sha512 => pss_auto::<sha2::Sha512>(&key, message, signature),
+    }
+}
+
+fn pss_auto<D: sha2::Digest>(key: &rsa::RsaPublicKey, message: &[u8], signature: &[u8]) -> bool {
+    use rsa::traits::PublicKeyParts as _;
+    let size = key.size();
+    let s = rsa::BigUint::from_bytes_be(signature);
+    if signature.len() != size || &s >= key.n() {
+        return false;
+    }
+    let Ok(m) = rsa::hazmat::rsa_encrypt(key, &s) else {
+        return false;
+    };
+    let m = m.to_bytes_be();
+    let mut em = vec![0u8; size.saturating_sub(m.len())];
+    em.extend(m);
+    let em_bits = key.n().bits() - 1;
+    let em_len = em_bits.div_ceil(8);
+    // Go encodes to the modulus size and drops leading zero bytes beyond emLen.
+    while em.len() > em_len {
+        if em[0] != 0 {
+            return false;
+        }
+        em.remove(0);
+    }
+    let m_hash = D::digest(message);
+    let h_len = m_hash.len();
+    if em_len < h_len + 2 || em[em_len - 1] != 0xbc {
+        return false;
+    }
+    let (db, rest) = em.split_at_mut(em_len - h_len - 1);
+    let h = &rest[..h_len];
+    let bit_mask: u8 = 0xff >> (8 * em_len - em_bits);
+    if db[0] & !bit_mask != 0 {
+        return false;
+    }
+    // DB = maskedDB xor MGF1(H).
+    let mut counter = 0u32;
+    let mut done = 0;
+    while done < db.len() {
+        let mut block = D::new();
+        block.update(h);
+        block.update(counter.to_be_bytes());
+        let block = block.finalize();
+        for (out, mask) in db[done..].iter_mut().zip(block.iter()) {
+            *out ^= mask;
+        }
+        done += block.len();
+        counter += 1;
+    }
+    db[0] &= bit_mask;
+    let Some(ps_len) = db.iter().position(|b| *b == 0x01) else {
+        return false;
+    };
+    if db[..ps_len].iter().any(|b| *b != 0) {
+        return false;
+    }
+    let mut check = D::new();
+    check.update([0u8; 8]);
+    check.update(&m_hash);
+    check.update(&db[ps_len + 1..]);
+    check.finalize().as_slice() == h
 }
 
 fn strip_zeros(bytes: &[u8]) -> &[u8] {

@@ -14,6 +14,7 @@ use regorus::Value;
 use crate::opa_builtins::{string_operand, Outcome};
 use crate::token_keys::{
     check_signature, hmac_equal, keys_from_cert_or_jwk, Hash, PublicKey, Scheme, VerificationKey,
+    Verifier,
 };
 
 /// The builtins evaluated here, with their number of arguments.
@@ -249,8 +250,9 @@ fn verify_with_keys(jwt: &Value, keys: &Value, scheme: Scheme) -> Outcome {
     let signature = token.decoded_signature()?;
     let header = TokenHeader::parse(&token.decoded_header()?)?;
     let message = token.signing_input();
-    let check =
-        |key: &VerificationKey| check_signature(&key.key, scheme, &message, &signature, false);
+    let check = |key: &VerificationKey| {
+        check_signature(&key.key, scheme, &message, &signature, Verifier::Builtin)
+    };
     if !header.kid.is_empty() {
         if let Some(key) = keys.iter().find(|k| k.kid == header.kid) {
             return check(key).map(Value::from);
@@ -340,8 +342,9 @@ impl Constraints {
             return Ok(false);
         };
         if let Some(keys) = &self.keys {
-            let check =
-                |key: &VerificationKey| check_signature(&key.key, scheme, message, signature, true);
+            let check = |key: &VerificationKey| {
+                check_signature(&key.key, scheme, message, signature, Verifier::Jws)
+            };
             if !header.kid.is_empty() {
                 if let Some(key) = keys.iter().find(|k| k.kid == header.kid) {
                     return check(key);
@@ -358,7 +361,7 @@ impl Constraints {
             return Ok(false);
         }
         let secret = PublicKey::Secret(self.secret.as_bytes().to_vec());
-        check_signature(&secret, scheme, message, signature, true)
+        check_signature(&secret, scheme, message, signature, Verifier::Jws)
     }
 
     /// OPA's `validAudience`: the token's `aud`, a string or an array holding one, must be

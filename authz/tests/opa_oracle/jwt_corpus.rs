@@ -104,6 +104,46 @@ fn small_rsa_signer(name: &'static str, key: &rsa::RsaPrivateKey) -> Signer {
     }
 }
 
+/// RSASSA-PSS with a salt of `salt` bytes instead of the hash's length: OPA's `verify_ps*`
+/// accept it, `decode_verify` does not.
+fn pss_salt_signer(name: &'static str, key: &rsa::RsaPrivateKey, salt: usize) -> Signer {
+    use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _};
+    let public = key.to_public_key();
+    let sign: SignFn = match name {
+        "PS256" => {
+            let signing =
+                rsa::pss::SigningKey::<sha2::Sha256>::new_with_salt_len(key.clone(), salt);
+            Box::new(move |input| {
+                b64(&signing
+                    .sign_with_rng(&mut rsa::rand_core::OsRng, input)
+                    .to_bytes())
+            })
+        }
+        _ => {
+            let signing =
+                rsa::pss::SigningKey::<sha2::Sha512>::new_with_salt_len(key.clone(), salt);
+            Box::new(move |input| {
+                b64(&signing
+                    .sign_with_rng(&mut rsa::rand_core::OsRng, input)
+                    .to_bytes())
+            })
+        }
+    };
+    Signer {
+        name,
+        sign,
+        public_pem: public
+            .to_public_key_pem(LineEnding::LF)
+            .expect("public PEM"),
+        certificate: None,
+        jwk: json!({
+            "kty": "RSA",
+            "n": b64(&public.n().to_bytes_be()),
+            "e": b64(&public.e().to_bytes_be()),
+        }),
+    }
+}
+
 /// A P-521 key, which neither ring nor rcgen handles: the `p521` crate signs.
 fn p521_signer() -> Signer {
     use p521::ecdsa::signature::RandomizedSigner as _;
@@ -289,6 +329,9 @@ pub fn probes() -> Vec<String> {
         p521_signer(),
         small_rsa_signer("RS256", &small_rsa_key),
         small_rsa_signer("PS256", &small_rsa_key),
+        pss_salt_signer("PS256", &rsa_key, 0),
+        pss_salt_signer("PS512", &rsa_key, 20),
+        pss_salt_signer("PS256", &small_rsa_key, 7),
         ed_signer(),
         hmac_signer(Algorithm::HS256, "HS256", secret),
         hmac_signer(Algorithm::HS384, "HS384", secret),
