@@ -75,3 +75,53 @@ fn a_guessable_join_token_is_refused_with_how_to_make_one() {
         "the token is repeated: {out}"
     );
 }
+
+/// `vigil` with `TMPDIR` pointing at `temp`, where running meshes are recorded.
+fn vigil_in(temp: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .env("TMPDIR", temp)
+        .env_remove("VIGIL_MESH")
+        .output()
+        .expect("vigil runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn check_stat_and_tap_find_no_mesh_alike_and_never_read_an_earlier_demos_file() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    for command in ["check", "stat", "tap"] {
+        let (ok, out) = vigil_in(temp.path(), &[command]);
+        assert!(!ok, "{command}: {out}");
+        assert!(
+            out.contains("no --mesh given and no vigil up or vigil demo is running")
+                && out.contains("pass the mesh file of the running mesh with --mesh"),
+            "{command}: {out}"
+        );
+    }
+    // A demo that has stopped left its mesh file behind: named, and not read.
+    let stale = temp.path().join("vigil-demo");
+    std::fs::create_dir(&stale).expect("dir");
+    std::fs::write(stale.join("mesh.yaml"), "trust_domain: vigil.local\n").expect("mesh");
+    for command in ["check", "stat", "tap"] {
+        let (ok, out) = vigil_in(temp.path(), &[command]);
+        assert!(!ok, "{command}: {out}");
+        assert!(
+            out.contains("vigil-demo/mesh.yaml is left from an earlier demo, not read"),
+            "{command}: {out}"
+        );
+    }
+    // Given with --mesh, each says which file it read before anything else.
+    let mesh = stale.join("mesh.yaml");
+    let mesh = mesh.to_str().expect("utf-8");
+    for command in ["check", "stat", "tap"] {
+        let (_, out) = vigil_in(temp.path(), &[command, "--mesh", mesh]);
+        assert!(
+            out.starts_with(&format!("mesh: {mesh} (data: not known; from --mesh)")),
+            "{command}: {out}"
+        );
+    }
+}
