@@ -35,6 +35,8 @@ pub struct ProxyConfig {
     /// Most certificates a peer may present, leaf included; longer chains are refused
     /// with `reason="chain-too-long"`.
     pub max_chain_depth: usize,
+    /// Threads that carry traffic, each with its own runtime and connections.
+    pub worker_threads: usize,
     /// Connections each traffic listener takes, in total and per source address.
     pub limits: crate::transport::listener::ConnectionLimits,
     /// Largest request head (line plus headers) accepted; larger gets 431.

@@ -69,11 +69,10 @@ pub struct Proxy {
     pub services: ServiceStates,
     /// Each service's ready stacks, built once per snapshot.
     pub targets: outbound::target::Targets,
-    /// HTTP/1.1 keep-alive connections to the local application.
-    pub app: Client<HttpConnector, Body>,
-    /// HTTP/2 (prior knowledge, cleartext) connections to the local application, for
-    /// requests that were HTTP/2 end to end, such as gRPC.
-    pub app_h2: Client<HttpConnector, Body>,
+    /// Connections to the local application, one set per traffic worker.
+    apps: Vec<AppClients>,
+    /// The threads that carry traffic.
+    pub workers: Arc<transport::workers::Workers>,
     pub metrics: Arc<Metrics>,
     /// Hop spans (OpenTelemetry), off unless configured.
     pub traces: trace::Tracing,
@@ -83,7 +82,48 @@ pub struct Proxy {
     pub observer: observe::Observer,
 }
 
+/// One worker's connections to the local application. Each worker keeps its own, so a
+/// request and its app connection always run on the same thread.
+struct AppClients {
+    /// HTTP/1.1 keep-alive connections.
+    http1: Client<HttpConnector, Body>,
+    /// HTTP/2 (prior knowledge, cleartext) connections, for requests that were HTTP/2
+    /// end to end, such as gRPC.
+    http2: Client<HttpConnector, Body>,
+}
+
+impl AppClients {
+    fn new(config: &ProxyConfig) -> AppClients {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        AppClients {
+            http1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(APP_IDLE_TIMEOUT)
+                .build(connector.clone()),
+            http2: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(APP_IDLE_TIMEOUT)
+                .http2_only(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .build(connector),
+        }
+    }
+}
+
+/// App connections unused this long are closed.
+const APP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 impl Proxy {
+    /// This worker's HTTP/1.1 client to the local application.
+    pub fn app(&self) -> &Client<HttpConnector, Body> {
+        &self.apps[transport::workers::current() % self.apps.len()].http1
+    }
+
+    /// This worker's HTTP/2 client to the local application.
+    pub fn app_h2(&self) -> &Client<HttpConnector, Body> {
+        &self.apps[transport::workers::current() % self.apps.len()].http2
+    }
+
     /// Why the proxy is not ready, if it is not: empty means ready.
     pub fn readiness_problems(&self) -> Vec<&'static str> {
         let mut problems = Vec::new();
@@ -115,23 +155,17 @@ pub async fn run(
     let discovery = Discovery::new();
     let authz = Authorizer::new(decision_log, metrics.clone())
         .context("starting the decision log writer")?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    let app = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .build(connector.clone());
-    let app_h2 = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .http2_only(true)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .build(connector);
+    let workers = Arc::new(
+        transport::workers::Workers::start(config.worker_threads)
+            .context("starting the traffic worker threads")?,
+    );
     let pool = Arc::new(PeerPool::new(
         identity.svid.clone(),
         identity.trust.clone(),
         config.tls_options(&[b"h2"]),
         config.connect_timeout,
         PEER_IDLE_TIMEOUT,
+        workers.count(),
     ));
     let proxy = Arc::new(Proxy {
         endpoints: EndpointStates::with_pool(pool.clone()),
@@ -142,8 +176,10 @@ pub async fn run(
         identity: identity.clone(),
         discovery: discovery.clone(),
         authz: authz.clone(),
-        app,
-        app_h2,
+        apps: (0..workers.count())
+            .map(|_| AppClients::new(&config))
+            .collect(),
+        workers,
         metrics: metrics.clone(),
         drain: drain::Drain::new(),
         traces: match &config.trace {

@@ -90,9 +90,9 @@ struct Args {
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "VIGIL_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
-    /// Threads that carry traffic. On the 2-core bench machine one thread used 14% less
-    /// CPU per request at full load than two, but doubled p99 latency at 1,000 req/s
-    /// (2.9-5.0 ms against 1.3-1.7 ms), so the default is two.
+    /// Threads that carry traffic. Each runs its own single-threaded runtime and owns
+    /// the connections it accepted, with their peer and app connections, so a request
+    /// never crosses threads; connections are spread over them round robin.
     #[arg(long, env = "VIGIL_WORKER_THREADS", default_value_t = 2)]
     worker_threads: usize,
     /// Intercepted traffic to an address that is no mesh service: `deny` refuses it
@@ -215,6 +215,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         handshake_timeout: args.handshake_timeout,
         max_chain_depth: args.max_chain_depth,
         limits: args.connection_limits,
+        worker_threads: args.worker_threads.max(1),
         max_header_bytes: args.max_header_bytes,
         request_limits: args.request_limits,
         http2: args.http2,
@@ -241,8 +242,9 @@ fn start(args: Args) -> anyhow::Result<()> {
         .map(|writer| {
             vigil_proxy::telemetry::observe::AccessLog::new(writer, args.log_query_strings)
         });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads.max(1))
+    // This thread is traffic worker 0 and also runs the listeners, discovery and the
+    // admin port; `run` starts the other workers (see `transport::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

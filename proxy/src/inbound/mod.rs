@@ -23,7 +23,7 @@ use crate::http::headers::{
 };
 use crate::telemetry::metrics::{Direction, ReasonLabels};
 use crate::telemetry::observe::{PolicyMetadata, RequestObservation};
-use crate::transport::listener::accept_loop;
+use crate::transport::listener::accept_traffic;
 use crate::Proxy;
 
 /// The request id header, set on every request that arrives without one.
@@ -55,11 +55,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         &proxy.config.tls_options(&[b"h2", b"http/1.1"]),
     );
     let acceptor = TlsAcceptor::from(tls);
-    accept_loop(
+    accept_traffic(
         listener,
         "inbound",
-        Some(proxy.drain.clone()),
+        proxy.drain.clone(),
         proxy.config.limits,
+        proxy.workers.clone(),
         move |tcp, peer_address| {
             let proxy = proxy.clone();
             let acceptor = acceptor.clone();
@@ -407,9 +408,9 @@ async fn http(
     };
     let req = Request::from_parts(parts, forward);
     let app = if app_version == Version::HTTP_2 {
-        &proxy.app_h2
+        proxy.app_h2()
     } else {
-        &proxy.app
+        proxy.app()
     };
     let response = app.request(req).await.map_err(|e| {
         too_large(

@@ -31,7 +31,7 @@ use crate::http::error::ProxyError;
 use crate::http::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
 use crate::telemetry::metrics::{Direction, TcpLabels};
 use crate::telemetry::observe::RequestObservation;
-use crate::transport::listener::accept_loop;
+use crate::transport::listener::accept_traffic;
 use crate::transport::orig_dst::original_destination;
 use crate::Proxy;
 
@@ -50,11 +50,12 @@ enum Target {
 
 /// Serves an outbound listener; `service` binds it to one service.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, service: Option<String>) {
-    accept_loop(
+    accept_traffic(
         listener,
         "outbound",
-        Some(proxy.drain.clone()),
+        proxy.drain.clone(),
         proxy.config.limits,
+        proxy.workers.clone(),
         move |tcp, client| {
             let proxy = proxy.clone();
             let service = service.clone();
@@ -471,7 +472,11 @@ async fn egress_http(
     let (parts, incoming) = req.into_parts();
     let max_body = proxy.config.request_limits.max_body_bytes;
     let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
-    let response = match proxy.app.request(Request::from_parts(parts, limited)).await {
+    let response = match proxy
+        .app()
+        .request(Request::from_parts(parts, limited))
+        .await
+    {
         Ok(response) => response,
         Err(_) if exceeded.happened() => {
             return Err(ProxyError::BodyTooLarge {

@@ -12,6 +12,7 @@ use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::transport::drain::Drain;
+use crate::transport::workers::Workers;
 
 /// How many connections a listener takes.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -83,7 +84,8 @@ impl Admission {
 }
 
 /// Accepts until draining starts (never, without a `drain`: the admin and metrics
-/// listeners stay up to report the drain), spawning `handle` for each admitted connection.
+/// listeners stay up to report the drain), spawning `handle` for each admitted connection
+/// on this thread.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     name: &'static str,
@@ -91,7 +93,37 @@ pub async fn accept_loop<F, Fut>(
     limits: ConnectionLimits,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    accept(listener, name, drain, limits, None, handle).await
+}
+
+/// [`accept_loop`] for a traffic listener: each admitted connection is served on the next
+/// of `workers`.
+pub async fn accept_traffic<F, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    drain: Arc<Drain>,
+    limits: ConnectionLimits,
+    workers: Arc<Workers>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    accept(listener, name, Some(drain), limits, Some(workers), handle).await
+}
+
+async fn accept<F, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    drain: Option<Arc<Drain>>,
+    limits: ConnectionLimits,
+    workers: Option<Arc<Workers>>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let admission = Arc::new(Admission {
@@ -122,10 +154,19 @@ pub async fn accept_loop<F, Fut>(
         // `map`, not an async block around `task.await`: the block would hold the
         // connection's future twice (once captured, once being awaited), doubling the
         // memory every connection costs.
-        tokio::spawn(handle(tcp, peer).map(move |()| {
-            drop(place);
-            drop(open);
-        }));
+        let handle = handle.clone();
+        let serve = move |tcp, peer| {
+            handle(tcp, peer).map(move |()| {
+                drop(place);
+                drop(open);
+            })
+        };
+        match &workers {
+            Some(workers) => workers.run(tcp, peer, serve),
+            None => {
+                tokio::spawn(serve(tcp, peer));
+            }
+        }
     };
     loop {
         let accepted = tokio::select! {

@@ -9,3 +9,4 @@ pub mod pool;
 pub mod preface;
 pub mod serve;
 pub mod stall;
+pub mod workers;

@@ -3,7 +3,9 @@
 //! and TCP tunnel; when even its least busy connection has [`GROW_AT`] requests in flight,
 //! the next request opens another, up to [`MAX_PER_PEER`], so no single connection's task
 //! (its framing and encryption run on one thread) caps a busy peer. Requests go to the
-//! least busy connection; one unused for the idle timeout is closed.
+//! least busy connection; one unused for the idle timeout is closed. Each traffic worker
+//! ([`super::workers`]) has connections of its own, so a request and the connection that
+//! carries it run on the same thread.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -135,6 +137,7 @@ impl Drop for InFlight {
     }
 }
 
+/// One traffic worker's connections.
 type Connections = Mutex<HashMap<Key, Peer<SendRequest<Body>>>>;
 
 /// Connections to peer proxies.
@@ -145,7 +148,8 @@ pub struct PeerPool {
     tls: TlsOptions,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    connections: Arc<Connections>,
+    /// Indexed by worker.
+    connections: Arc<[Connections]>,
     reaper: Once,
 }
 
@@ -156,6 +160,7 @@ impl PeerPool {
         tls: TlsOptions,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        workers: usize,
     ) -> Self {
         PeerPool {
             svid,
@@ -163,7 +168,9 @@ impl PeerPool {
             tls,
             connect_timeout,
             idle_timeout,
-            connections: Arc::new(Mutex::new(HashMap::new())),
+            connections: (0..workers.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             reaper: Once::new(),
         }
     }
@@ -206,9 +213,10 @@ impl PeerPool {
     /// Number of open peer connections.
     pub fn len(&self) -> usize {
         self.connections
-            .lock()
-            .map(|c| c.values().map(|p| p.connections.len()).sum())
-            .unwrap_or(0)
+            .iter()
+            .filter_map(|c| c.lock().ok())
+            .map(|c| c.values().map(|p| p.connections.len()).sum::<usize>())
+            .sum()
     }
 
     /// Whether no peer connection is open.
@@ -218,7 +226,7 @@ impl PeerPool {
 
     /// Drops the peer's connections found dead.
     fn forget(&self, endpoint: &EndpointView) {
-        if let Ok(mut c) = self.connections.lock() {
+        if let Ok(mut c) = self.own().lock() {
             if let Some(peer) = c.get_mut(&(endpoint.address, endpoint.spiffe_id.clone())) {
                 peer.connections.retain(|p| !p.sender.is_closed());
             }
@@ -232,7 +240,7 @@ impl PeerPool {
         endpoint: &EndpointView,
     ) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), ProxyError> {
         let key = (endpoint.address, endpoint.spiffe_id.clone());
-        if let Ok(mut c) = self.connections.lock() {
+        if let Ok(mut c) = self.own().lock() {
             let peer = c.entry(key.clone()).or_default();
             peer.connections.retain(|p| !p.sender.is_closed());
             match peer.choose() {
@@ -246,7 +254,7 @@ impl PeerPool {
         }
         let opened = self.connect(endpoint).await;
         let in_flight = Arc::new(AtomicUsize::new(0));
-        if let Ok(mut c) = self.connections.lock() {
+        if let Ok(mut c) = self.own().lock() {
             let peer = c.entry(key).or_default();
             peer.opening = false;
             if let Ok(sender) = &opened {
@@ -262,6 +270,11 @@ impl PeerPool {
         self.reaper
             .call_once(|| drop(tokio::spawn(close_idle(connections, idle))));
         Ok((sender, in_flight))
+    }
+
+    /// This worker's connections.
+    fn own(&self) -> &Connections {
+        &self.connections[super::workers::current() % self.connections.len()]
     }
 
     async fn connect(&self, endpoint: &EndpointView) -> Result<SendRequest<Body>, ProxyError> {
@@ -327,16 +340,18 @@ impl PeerPool {
 
 /// Drops connections idle for `idle` until the pool itself is gone. Dropping the last
 /// sender lets hyper close the connection once its streams finish.
-async fn close_idle(connections: Weak<Connections>, idle: Duration) {
+async fn close_idle(connections: Weak<[Connections]>, idle: Duration) {
     let period = (idle / 4).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(period).await;
         let Some(connections) = connections.upgrade() else {
             return;
         };
-        if let Ok(mut c) = connections.lock() {
-            drop_idle(&mut c, Instant::now(), idle, SendRequest::is_closed);
-        };
+        for worker in connections.iter() {
+            if let Ok(mut c) = worker.lock() {
+                drop_idle(&mut c, Instant::now(), idle, SendRequest::is_closed);
+            }
+        }
     }
 }
 
