@@ -129,8 +129,12 @@ fn read_record(path: &Path) -> Option<RunningMesh> {
     serde_json::from_str(&text).ok()
 }
 
+/// Whether `pid` is still a `vigil` process (not one that was given a recycled pid).
 fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline")).is_ok_and(|cmd| {
+        let program = cmd.split(|b| *b == 0).next().unwrap_or_default();
+        String::from_utf8_lossy(program).contains("vigil")
+    })
 }
 
 /// The running mesh, if a live launcher recorded one at `record`.
