@@ -86,10 +86,61 @@ pub fn explain(
             return Ok(decision);
         }
     };
-    let decision = bundle.evaluate_value(input_value.clone());
-
     print_input(out, &request)?;
-    print_decision(out, &bundle, &decision)?;
+    explain_document(&bundle, input_value, out)
+}
+
+/// Like [`explain`], for an input document given as it is (`vigil policy explain --input`),
+/// such as one copied from a decision log or written by hand for OPA.
+pub fn explain_input(
+    policy_dir: &Path,
+    input_json: &str,
+    rule: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<Decision, BundleError> {
+    let bundle = load_bundle(policy_dir, rule)?;
+    let input_value =
+        Value::from_json_str(input_json).map_err(|e| BundleError::Input(format!("{e:#}")))?;
+    let field = |path: &[&str]| {
+        let mut value = &input_value;
+        for key in path {
+            value = &value[*key];
+        }
+        match value {
+            Value::Undefined => "-".to_string(),
+            other => show(other),
+        }
+    };
+    w(
+        out,
+        format_args!(
+            "input (as given):
+"
+        ),
+    )?;
+    for (label, path) in [
+        ("source", &["attributes", "source", "principal"][..]),
+        (
+            "destination",
+            &["attributes", "destination", "principal"][..],
+        ),
+        ("method", &["attributes", "request", "http", "method"][..]),
+        ("path", &["attributes", "request", "http", "path"][..]),
+    ] {
+        w(out, format_args!("  {label:<12}{}\n", field(path)))?;
+    }
+    explain_document(&bundle, input_value, out)
+}
+
+/// The decision for an input document, the values of the decision package's rules, and which
+/// bodies of its allow/deny rules matched or where they stopped.
+fn explain_document(
+    bundle: &PolicyBundle,
+    input_value: Value,
+    out: &mut dyn Write,
+) -> Result<Decision, BundleError> {
+    let decision = bundle.evaluate_value(input_value.clone());
+    print_decision(out, bundle, &decision)?;
 
     let mut engine = bundle.interpreter.clone();
     engine.set_input(input_value.clone());

@@ -140,7 +140,7 @@ pub use calls::SUPPORTED_BUILTINS;
 pub use cli::eval_command;
 pub use decision::{Decision, DynamicMetadata};
 pub use engine::EvalError;
-pub use explain::{explain, ExplainRequest};
+pub use explain::{explain, explain_input, ExplainRequest};
 pub use input::{AuthzInput, BodyInput, HttpAttributes, InputError, InputKind};
 pub use log::{DecisionRecord, QueryLogging};
 pub use testing::{run_tests, run_tests_with, TestFilter, TestFormat, TestOptions, TestSummary};

@@ -281,6 +281,10 @@ enum PolicyCommand {
     Explain {
         #[arg(long)]
         policy: PathBuf,
+        /// An input document (JSON, OPA-Envoy ext_authz shape) to explain instead of a request
+        /// described by the flags below.
+        #[arg(long, conflicts_with_all = ["source", "destination", "method", "path", "host", "headers"])]
+        input: Option<PathBuf>,
         /// Caller's SPIFFE ID (omit for a caller without a mesh identity).
         #[arg(long)]
         source: Option<String>,
@@ -352,6 +356,18 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
         }
         PolicyCommand::Explain {
             policy,
+            input: Some(input),
+            rule,
+            ..
+        } => {
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading --input {}", input.display()))?;
+            vigil_authz::explain_input(&policy, &text, rule.as_deref(), &mut out)?;
+            Ok(true)
+        }
+        PolicyCommand::Explain {
+            policy,
+            input: None,
             source,
             destination,
             method,
