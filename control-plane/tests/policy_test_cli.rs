@@ -72,9 +72,7 @@ fn a_failing_test_exits_2_and_shows_where_it_stopped() {
         "{out}"
     );
     assert!(
-        out.contains(
-            "  failed at policy_test.rego:16: allow with input as {\"role\": \"guest\"}"
-        ),
+        out.contains("  failed at policy_test.rego:16: allow with input as {\"role\": \"guest\"}"),
         "{out}"
     );
     assert!(
@@ -91,8 +89,14 @@ fn run_selects_tests_by_regular_expression() {
     let dir = policy_dir(TESTS);
     let (code, out) = vigil_test(dir.path(), &["--run", "admin|guest_denied$"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("PASS data.vigil.authz.test_admin_allowed"), "{out}");
-    assert!(out.contains("PASS data.vigil.authz.test_guest_denied"), "{out}");
+    assert!(
+        out.contains("PASS data.vigil.authz.test_admin_allowed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("PASS data.vigil.authz.test_guest_denied"),
+        "{out}"
+    );
     assert!(!out.contains("wrongly"), "{out}");
     assert!(out.contains("PASS: 2/2"), "{out}");
 
