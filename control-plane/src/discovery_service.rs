@@ -1,5 +1,8 @@
 //! The discovery service (port 15010): each proxy, authenticated by its SVID, watches a
 //! stream of snapshots of the mesh as its workload sees it.
+//!
+//! Every stream finds its workload through one [`WorkloadIndex`] per state, built by the
+//! first stream to need it after a change and shared by the others.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vigil_api::{Snapshot, WatchRequest};
 
-use crate::model::MeshModel;
+use crate::model::{MeshModel, WorkloadIndex};
 use crate::tls_listener::PeerInfo;
 
 /// What the control plane currently serves; replaced whole on every change.
@@ -57,15 +60,44 @@ impl ConnectedProxies {
     }
 }
 
+/// The workload index of the state in force, so a change costs one index build however
+/// many proxies are watching.
+#[derive(Default)]
+struct SharedWorkloadIndex {
+    current: Mutex<Option<(Arc<MeshState>, Arc<WorkloadIndex>)>>,
+}
+
+impl SharedWorkloadIndex {
+    fn of(&self, state: &Arc<MeshState>) -> Arc<WorkloadIndex> {
+        let mut current = match self.current.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((indexed, index)) = current.as_ref() {
+            if Arc::ptr_eq(indexed, state) {
+                return index.clone();
+            }
+        }
+        let index = Arc::new(state.model.workload_index());
+        *current = Some((state.clone(), index.clone()));
+        index
+    }
+}
+
 /// Serves snapshots from a `watch` channel of [`MeshState`].
 pub struct DiscoveryService {
     state: watch::Receiver<Arc<MeshState>>,
     proxies: Arc<ConnectedProxies>,
+    index: Arc<SharedWorkloadIndex>,
 }
 
 impl DiscoveryService {
     pub fn new(state: watch::Receiver<Arc<MeshState>>, proxies: Arc<ConnectedProxies>) -> Self {
-        DiscoveryService { state, proxies }
+        DiscoveryService {
+            state,
+            proxies,
+            index: Arc::default(),
+        }
     }
 }
 
@@ -96,7 +128,11 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
         let req = request.into_inner();
         let mut state = self.state.clone();
         let initial = state.borrow_and_update().clone();
-        let Some(workload) = initial.model.workload_for(&id, &workload_name) else {
+        let Some(workload) = self
+            .index
+            .of(&initial)
+            .workload(&initial.model, &id, &workload_name)
+        else {
             tracing::warn!(spiffe_id = %id, workload = %workload_name, "discovery refused: no such workload for this identity");
             return Err(Status::permission_denied(format!(
                 "no workload {workload_name:?} with identity {id} in the mesh"
@@ -122,11 +158,15 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
 
         let (tx, rx) = mpsc::channel(4);
         let proxies = self.proxies.clone();
+        let index = self.index.clone();
         tokio::spawn(async move {
             let mut last_version = String::new();
             loop {
                 let current = state.borrow_and_update().clone();
-                match current.model.workload_for(&id, &workload_name) {
+                match index
+                    .of(&current)
+                    .workload(&current.model, &id, &workload_name)
+                {
                     Some(workload) => {
                         let snapshot = current.model.snapshot_for(
                             workload,

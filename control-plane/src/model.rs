@@ -1,6 +1,10 @@
 //! The control plane's internal model of the mesh, filled by the mesh file or by
 //! Kubernetes, and turned into per-proxy discovery snapshots.
+//!
+//! Discovery finds a proxy's workload through a [`WorkloadIndex`], built once per model
+//! and shared by every stream, rather than by scanning every workload on each change.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +94,15 @@ impl MeshModel {
         same_identity.find(|w| w.name == name)
     }
 
+    /// The workloads of this model by identity; build it once per model, not per lookup.
+    pub fn workload_index(&self) -> WorkloadIndex {
+        let mut by_identity: HashMap<SpiffeId, Vec<usize>> = HashMap::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            by_identity.entry(w.spiffe_id.clone()).or_default().push(i);
+        }
+        WorkloadIndex { by_identity }
+    }
+
     /// The discovery snapshot for one workload's proxy.
     pub fn snapshot_for(
         &self,
@@ -148,10 +161,120 @@ impl MeshModel {
     }
 }
 
+/// The workloads of one [`MeshModel`] by SPIFFE ID, in the model's order, so finding a
+/// proxy's workload costs one lookup whatever the size of the mesh.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadIndex {
+    by_identity: HashMap<SpiffeId, Vec<usize>>,
+}
+
+impl WorkloadIndex {
+    /// Same answer as [`MeshModel::workload_for`] on `model`, the model this index was
+    /// built from: the name only picks among workloads sharing the verified identity.
+    pub fn workload<'m>(
+        &self,
+        model: &'m MeshModel,
+        id: &SpiffeId,
+        name: &str,
+    ) -> Option<&'m Workload> {
+        let mut same_identity = self
+            .by_identity
+            .get(id)?
+            .iter()
+            .filter_map(|&i| model.workloads.get(i));
+        if name.is_empty() {
+            return same_identity.next();
+        }
+        same_identity.find(|w| w.name == name)
+    }
+}
+
 /// A content hash, so a proxy (and `vigil check`) can tell whether two snapshots differ.
 fn snapshot_version(snapshot: &vigil_api::Snapshot) -> String {
     use prost::Message;
     let digest = Sha256::digest(snapshot.encode_to_vec());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(workloads: usize) -> MeshModel {
+        let workloads = (0..workloads)
+            .map(|i| Workload {
+                name: format!("w{i}"),
+                namespace: "shop".into(),
+                service_account: format!("sa{}", i / 2),
+                spiffe_id: SpiffeId::workload("vigil.local", "shop", &format!("sa{}", i / 2))
+                    .expect("id"),
+                app_port: 8080,
+                tcp_ports: vec![],
+                inbound_address: SocketAddr::from(([127, 0, 0, 1], 15006)),
+            })
+            .collect();
+        MeshModel {
+            trust_domain: "vigil.local".into(),
+            workloads,
+            services: vec![],
+        }
+    }
+
+    /// The index answers as the scan does: the name picks among workloads of the
+    /// identity, never outside it, and an empty name means the first of them.
+    #[test]
+    fn the_index_finds_the_workload_the_scan_finds() {
+        let model = model(6);
+        let index = model.workload_index();
+        let sa1 = SpiffeId::workload("vigil.local", "shop", "sa1").expect("id");
+        let sa2 = SpiffeId::workload("vigil.local", "shop", "sa2").expect("id");
+        let other = SpiffeId::workload("vigil.local", "shop", "nobody").expect("id");
+        for (id, name) in [
+            (&sa1, ""),
+            (&sa1, "w2"),
+            (&sa1, "w3"),
+            (&sa1, "w4"),
+            (&sa2, "w4"),
+            (&other, ""),
+            (&other, "w0"),
+        ] {
+            assert_eq!(
+                index.workload(&model, id, name).map(|w| &w.name),
+                model.workload_for(id, name).map(|w| &w.name),
+                "{id} {name:?}"
+            );
+        }
+        assert_eq!(
+            index.workload(&model, &sa1, "").map(|w| w.name.as_str()),
+            Some("w2")
+        );
+        assert!(index.workload(&model, &sa1, "w4").is_none());
+    }
+
+    /// Prints what finding every proxy's workload costs in a mesh of 5,000 workloads, as
+    /// every stream does on each change: once by scanning, once through the index.
+    #[test]
+    fn finding_every_workload_of_a_large_mesh() {
+        let model = model(5_000);
+        let started = std::time::Instant::now();
+        let scanned = model
+            .workloads
+            .iter()
+            .filter(|w| model.workload_for(&w.spiffe_id, &w.name).is_some())
+            .count();
+        let scan = started.elapsed();
+        let started = std::time::Instant::now();
+        let index = model.workload_index();
+        let indexed = model
+            .workloads
+            .iter()
+            .filter(|w| index.workload(&model, &w.spiffe_id, &w.name).is_some())
+            .count();
+        let lookup = started.elapsed();
+        assert_eq!((scanned, indexed), (5_000, 5_000));
+        println!(
+            "5,000 workloads, every one looked up: scan {scan:?}, index (built included) {lookup:?}"
+        );
+    }
 }
