@@ -16,6 +16,12 @@ use crate::control::control_plane_client;
 use crate::control::identity::WorkloadIdentity;
 use crate::control::state::MeshView;
 
+/// The largest snapshot the proxy accepts. Every snapshot carries the whole mesh (about
+/// 250 bytes a service), so tonic's default of 4 MiB would refuse a mesh of some 16,000
+/// services; 64 MiB leaves room for well over 200,000 while still bounding what a
+/// misbehaving control plane can make the proxy buffer.
+const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Live state fed by discovery.
 pub struct Discovery {
     pub mesh: ArcSwapOption<MeshView>,
@@ -76,7 +82,8 @@ impl Discovery {
             &config.tls_options(&[b"h2"]),
         );
         let channel = control_plane_client::connect(config.discovery_address, tls, &cp).await?;
-        let mut client = vigil_api::discovery::DiscoveryClient::new(channel);
+        let mut client = vigil_api::discovery::DiscoveryClient::new(channel)
+            .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
         let workload = identity
             .status()
             .map(|s| s.workload.clone())
