@@ -1,5 +1,9 @@
 //! `vigil control-plane`: the CA, the identity and discovery services, and the watch on
 //! the mesh file and policy directory that keeps every proxy's snapshot current.
+//!
+//! Each poll hashes the mesh file's bytes and the policy sources first: only when that
+//! fingerprint moves is the file parsed, the model rebuilt and the Rego bundle compiled,
+//! so an idle mesh costs a read and a hash per interval whatever its size.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use vigil_identity::{CertificateAuthority, SpiffeId, SvidStore, TlsOptions, Trus
 use crate::discovery_service::{ConnectedProxies, DiscoveryService, MeshState};
 use crate::identity_service::IdentityService;
 use crate::inject::{webhook, InjectConfig};
-use crate::mesh::MeshFile;
+use crate::mesh::{MeshFile, PolicySettings};
 use crate::{policy_source, tls_listener};
 
 /// How the control plane is started.
@@ -275,8 +279,21 @@ async fn watch_sources(
     state: watch::Sender<Arc<MeshState>>,
 ) {
     let mut last_error = String::new();
+    // Unknown at start, so the first poll rebuilds once whatever happened since loading.
+    let mut last_fingerprint = None;
     loop {
         tokio::time::sleep(opts.reload_interval).await;
+        let fingerprint = match sources_fingerprint(&opts.mesh_file, mesh.load().policy.as_ref()) {
+            Ok(f) => f,
+            Err(e) => {
+                report(&mut last_error, e);
+                continue;
+            }
+        };
+        if last_fingerprint == Some(fingerprint) {
+            continue;
+        }
+        last_fingerprint = Some(fingerprint);
         let new_mesh = match MeshFile::load(&opts.mesh_file) {
             Ok(m) => m,
             Err(e) => {
@@ -299,6 +316,12 @@ async fn watch_sources(
                 current.policy.clone()
             }
         };
+        // The fingerprint covered the old policy directory: when the file names another,
+        // the next poll rebuilds once more and fingerprints the new one.
+        let policy_dir = |m: &MeshFile| m.policy.as_ref().map(|p| p.dir.clone());
+        if policy_dir(&new_mesh) != policy_dir(&mesh.load()) {
+            last_fingerprint = None;
+        }
         if model != current.model || policy != current.policy {
             if policy != current.policy {
                 let version = policy
@@ -322,6 +345,40 @@ async fn watch_sources(
     }
 }
 
+/// A hash of the mesh file's bytes and of the policy files it names (the shipped default
+/// policy depends on the file alone): equal fingerprints mean nothing to rebuild.
+fn sources_fingerprint(
+    mesh_file: &Path,
+    policy: Option<&PolicySettings>,
+) -> Result<[u8; 32], String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(mesh_file).map_err(|e| {
+        format!(
+            "cannot read mesh file {}: {e} (restore it; the last good mesh stays in force)",
+            mesh_file.display()
+        )
+    })?;
+    let mut hash = Sha256::new();
+    hash.update((bytes.len() as u64).to_le_bytes());
+    hash.update(&bytes);
+    if let Some(policy) = policy {
+        match vigil_authz::PolicyBundle::read_dir(&policy.dir) {
+            Ok(files) => {
+                for file in files {
+                    for part in [file.path.as_bytes(), file.contents.as_bytes()] {
+                        hash.update((part.len() as u64).to_le_bytes());
+                        hash.update(part);
+                    }
+                }
+            }
+            // Compiling reports the problem; an unreadable directory that stays so is
+            // reported once rather than on every poll.
+            Err(e) => hash.update(format!("unreadable: {e}").as_bytes()),
+        }
+    }
+    Ok(hash.finalize().into())
+}
+
 /// Logs a reload problem once, not on every poll.
 fn report(last: &mut String, message: String) {
     if *last != message {
@@ -341,4 +398,88 @@ fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+    use vigil_api::discovery::Discovery;
+
+    use crate::discovery_service::DiscoveryService;
+    use crate::tls_listener::PeerInfo;
+
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const WEB: &str = "workloads:\n  - { name: web, namespace: shop, join_token: \"580e03ca12da94db77610eb82123ebf4\", app_port: 8080 }\n";
+    const API: &str = "  - { name: api, namespace: shop, join_token: \"16221b9e1a926f6fdc29f532ef0f830f\", app_port: 8081 }\n";
+
+    fn state_of(mesh: &MeshFile) -> MeshState {
+        MeshState {
+            model: mesh.model().expect("model"),
+            trust_bundle_der: vec![],
+            policy: Some(
+                policy_source::load(mesh.policy.as_ref(), &mesh.trust_domain)
+                    .expect("policy")
+                    .wire,
+            ),
+        }
+    }
+
+    /// A poll that finds the mesh file and policy unchanged does nothing: the watching
+    /// proxy gets no second snapshot and the mesh in force (whose join-token index the
+    /// identity service keeps) is the same one. A changed file still reaches the proxy.
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_mesh_file_is_not_rebuilt_and_a_changed_one_is_pushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mesh_file = dir.path().join("mesh.yaml");
+        let text = format!("trust_domain: vigil.local\n{WEB}");
+        std::fs::write(&mesh_file, &text).expect("write mesh");
+        let loaded = MeshFile::load(&mesh_file).expect("mesh");
+        let (state_tx, state_rx) = watch::channel(Arc::new(state_of(&loaded)));
+        let mesh = Arc::new(ArcSwap::from_pointee(loaded));
+        let opts = ControlPlaneOptions {
+            mesh_file: mesh_file.clone(),
+            data_dir: dir.path().to_path_buf(),
+            ca_cert: None,
+            ca_key: None,
+            ca_chain: None,
+            reload_interval: INTERVAL,
+            dashboard: crate::dashboard::DashboardOptions::default(),
+            namespace: DEFAULT_NAMESPACE.into(),
+        };
+        let discovery = DiscoveryService::new(state_rx, Arc::new(ConnectedProxies::default()));
+        let mut request = tonic::Request::new(vigil_api::WatchRequest::default());
+        request.extensions_mut().insert(PeerInfo {
+            address: "127.0.0.1:40000".parse().expect("addr"),
+            spiffe_id: Some(SpiffeId::workload("vigil.local", "shop", "web").expect("id")),
+        });
+        let mut stream = discovery.watch(request).await.expect("watch").into_inner();
+        let first = stream.next().await.expect("a snapshot").expect("ok");
+        tokio::spawn(watch_sources(opts, mesh.clone(), state_tx));
+
+        // The first poll rebuilds once (nothing is known at start); later ones must not.
+        tokio::time::sleep(INTERVAL * 2).await;
+        let in_force = mesh.load_full();
+        let quiet = tokio::time::timeout(INTERVAL * 5, stream.next()).await;
+        assert!(
+            quiet.is_err(),
+            "an unchanged mesh file pushed again: {quiet:?}"
+        );
+        assert!(
+            Arc::ptr_eq(&in_force, &mesh.load_full()),
+            "an unchanged mesh file was parsed and replaced again"
+        );
+
+        // Web's own port changes, so its snapshot does.
+        let changed = format!("{}{API}", text.replace("8080", "8090"));
+        std::fs::write(&mesh_file, changed).expect("rewrite mesh");
+        let second = tokio::time::timeout(INTERVAL * 5, stream.next())
+            .await
+            .expect("a changed mesh file is pushed within a few polls")
+            .expect("a snapshot")
+            .expect("ok");
+        assert_ne!(second.version, first.version);
+        assert_eq!(second.workload.map(|w| w.app_port), Some(8090));
+        assert!(mesh.load().workloads.iter().any(|w| w.name == "api"));
+    }
 }
