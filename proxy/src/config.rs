@@ -37,6 +37,8 @@ pub struct ProxyConfig {
     pub max_chain_depth: usize,
     /// Threads that carry traffic, each with its own runtime and connections.
     pub worker_threads: usize,
+    /// Where the control plane runs, which its expected identity names.
+    pub control_plane: ControlPlaneIdentity,
     /// Connections each traffic listener takes, in total and per source address.
     pub limits: crate::transport::listener::ConnectionLimits,
     /// Largest request head (line plus headers) accepted; larger gets 431.
@@ -164,7 +166,7 @@ impl ProxyConfig {
     /// The control plane's identity, checked on every connection to it: the namespace
     /// comes from [`ControlPlaneIdentity`], the trust domain is the proxy's own.
     pub fn control_plane_id(&self) -> Result<SpiffeId, ControlPlaneIdError> {
-        ControlPlaneIdentity::from_env()?.spiffe_id(&self.trust_domain)
+        self.control_plane.spiffe_id(&self.trust_domain)
     }
 }
 
@@ -187,24 +189,11 @@ pub struct ControlPlaneIdentity {
 /// The control plane's expected identity cannot be formed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneIdError {
-    #[error("VIGIL_CONTROL_PLANE_NAMESPACE is unreadable: {0} (set it to the control plane's namespace, e.g. vigil-system)")]
-    Environment(#[from] clap::Error),
     #[error("the control plane's namespace and the trust domain do not form a SPIFFE ID: {0} (check VIGIL_CONTROL_PLANE_NAMESPACE and --trust-domain)")]
     SpiffeId(#[from] vigil_identity::SpiffeIdError),
 }
 
 impl ControlPlaneIdentity {
-    /// Read from the environment alone, with the same names and default as the flag.
-    pub fn from_env() -> Result<ControlPlaneIdentity, clap::Error> {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct FromEnv {
-            #[command(flatten)]
-            identity: ControlPlaneIdentity,
-        }
-        FromEnv::try_parse_from(["vigil-proxy"]).map(|f| f.identity)
-    }
-
     /// `spiffe://<trust_domain>/ns/<namespace>/sa/vigil-control-plane`.
     pub fn spiffe_id(&self, trust_domain: &str) -> Result<SpiffeId, ControlPlaneIdError> {
         Ok(SpiffeId::workload(

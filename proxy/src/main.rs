@@ -63,6 +63,8 @@ struct Args {
     #[arg(long, env = "VIGIL_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
     #[command(flatten)]
+    control_plane: vigil_proxy::config::ControlPlaneIdentity,
+    #[command(flatten)]
     connection_limits: vigil_proxy::transport::listener::ConnectionLimits,
     #[command(flatten)]
     request_limits: vigil_proxy::config::RequestLimits,
@@ -216,6 +218,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         max_chain_depth: args.max_chain_depth,
         limits: args.connection_limits,
         worker_threads: args.worker_threads.max(1),
+        control_plane: args.control_plane,
         max_header_bytes: args.max_header_bytes,
         request_limits: args.request_limits,
         http2: args.http2,
