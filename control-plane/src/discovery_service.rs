@@ -2,7 +2,8 @@
 //! stream of snapshots of the mesh as its workload sees it.
 //!
 //! Every stream finds its workload through one [`WorkloadIndex`] per state, built by the
-//! first stream to need it after a change and shared by the others.
+//! first stream to need it after a change and shared by the others. A proxy that
+//! reconnects with the version it already has is sent nothing until that version changes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,7 +150,7 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
                     spiffe_id: id.to_string(),
                     address: peer.address.to_string(),
                     connected_since: SystemTime::now(),
-                    snapshot_version: String::new(),
+                    snapshot_version: req.known_version.clone(),
                     policy_version: req.policy_version.clone(),
                 },
             )
@@ -160,7 +161,10 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
         let proxies = self.proxies.clone();
         let index = self.index.clone();
         tokio::spawn(async move {
-            let mut last_version = String::new();
+            // A reconnecting proxy that already has the current snapshot is sent nothing
+            // until the mesh changes: a control-plane restart then costs each proxy a
+            // handshake, not a whole-mesh message.
+            let mut last_version = req.known_version;
             loop {
                 let current = state.borrow_and_update().clone();
                 match index
@@ -209,5 +213,81 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
             tracing::info!(workload = %workload_name, "proxy stopped watching");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+    use vigil_api::discovery::Discovery;
+    use vigil_identity::SpiffeId;
+
+    use crate::mesh::MeshFile;
+
+    fn state(app_port: u16) -> Arc<MeshState> {
+        let mesh = MeshFile::parse(&format!(
+            "trust_domain: vigil.local\nworkloads:\n  - {{ name: web, namespace: shop, join_token: \"580e03ca12da94db77610eb82123ebf4\", app_port: {app_port} }}\n"
+        ))
+        .expect("mesh");
+        Arc::new(MeshState {
+            model: mesh.model().expect("model"),
+            trust_bundle_der: vec![],
+            policy: None,
+        })
+    }
+
+    async fn watch(
+        discovery: &DiscoveryService,
+        known_version: &str,
+    ) -> ReceiverStream<Result<Snapshot, Status>> {
+        let mut request = Request::new(WatchRequest {
+            known_version: known_version.into(),
+            policy_version: String::new(),
+        });
+        request.extensions_mut().insert(PeerInfo {
+            address: "127.0.0.1:40000".parse().expect("addr"),
+            spiffe_id: Some(SpiffeId::workload("vigil.local", "shop", "web").expect("id")),
+        });
+        discovery.watch(request).await.expect("watch").into_inner()
+    }
+
+    /// A proxy reconnecting with the current version gets nothing until the mesh
+    /// changes, then the new snapshot; one with an older version gets the current one.
+    #[tokio::test(start_paused = true)]
+    async fn a_proxy_that_has_the_current_snapshot_is_sent_only_changes() {
+        let (state_tx, state_rx) = watch::channel(state(8080));
+        let proxies = Arc::new(ConnectedProxies::default());
+        let discovery = DiscoveryService::new(state_rx, proxies.clone());
+        let current = watch(&discovery, "")
+            .await
+            .next()
+            .await
+            .expect("snapshot")
+            .expect("ok");
+
+        let mut stale = watch(&discovery, "sha256:0000000000000000").await;
+        let resent = stale.next().await.expect("snapshot").expect("ok");
+        assert_eq!(resent.version, current.version);
+
+        let mut up_to_date = watch(&discovery, &current.version).await;
+        let quiet =
+            tokio::time::timeout(std::time::Duration::from_secs(5), up_to_date.next()).await;
+        assert!(
+            quiet.is_err(),
+            "the current snapshot was sent again: {quiet:?}"
+        );
+        assert!(
+            proxies
+                .list()
+                .iter()
+                .any(|p| p.snapshot_version == current.version),
+            "the proxy is listed with the version it has"
+        );
+
+        state_tx.send_replace(state(8090));
+        let changed = up_to_date.next().await.expect("snapshot").expect("ok");
+        assert_ne!(changed.version, current.version);
+        assert_eq!(changed.workload.map(|w| w.app_port), Some(8090));
     }
 }

@@ -105,6 +105,9 @@ impl Discovery {
             .await
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
             .into_inner();
+        // Connected from the moment the watch is accepted: a proxy that reconnects with the
+        // current version is sent nothing until the mesh changes.
+        self.connected.store(true, Ordering::Relaxed);
         while let Some(snapshot) = stream
             .message()
             .await
