@@ -425,21 +425,21 @@ mod tests {
         }
     }
 
-    /// A poll that finds the mesh file and policy unchanged does nothing: the watching
-    /// proxy gets no second snapshot and the mesh in force (whose join-token index the
-    /// identity service keeps) is the same one. A changed file still reaches the proxy.
-    #[tokio::test(start_paused = true)]
-    async fn an_unchanged_mesh_file_is_not_rebuilt_and_a_changed_one_is_pushed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mesh_file = dir.path().join("mesh.yaml");
-        let text = format!("trust_domain: vigil.local\n{WEB}");
-        std::fs::write(&mesh_file, &text).expect("write mesh");
-        let loaded = MeshFile::load(&mesh_file).expect("mesh");
+    /// What a test watches: the mesh in force and a proxy's discovery stream after its
+    /// first snapshot, with the control plane polling `mesh_file`.
+    struct Watched {
+        mesh: Arc<ArcSwap<MeshFile>>,
+        stream: tokio_stream::wrappers::ReceiverStream<Result<vigil_api::Snapshot, tonic::Status>>,
+        first: vigil_api::Snapshot,
+    }
+
+    async fn watch_mesh_file(dir: &Path, mesh_file: &Path) -> Watched {
+        let loaded = MeshFile::load(mesh_file).expect("mesh");
         let (state_tx, state_rx) = watch::channel(Arc::new(state_of(&loaded)));
         let mesh = Arc::new(ArcSwap::from_pointee(loaded));
         let opts = ControlPlaneOptions {
-            mesh_file: mesh_file.clone(),
-            data_dir: dir.path().to_path_buf(),
+            mesh_file: mesh_file.to_path_buf(),
+            data_dir: dir.to_path_buf(),
             ca_cert: None,
             ca_key: None,
             ca_chain: None,
@@ -456,30 +456,85 @@ mod tests {
         let mut stream = discovery.watch(request).await.expect("watch").into_inner();
         let first = stream.next().await.expect("a snapshot").expect("ok");
         tokio::spawn(watch_sources(opts, mesh.clone(), state_tx));
-
         // The first poll rebuilds once (nothing is known at start); later ones must not.
         tokio::time::sleep(INTERVAL * 2).await;
-        let in_force = mesh.load_full();
-        let quiet = tokio::time::timeout(INTERVAL * 5, stream.next()).await;
+        Watched {
+            mesh,
+            stream,
+            first,
+        }
+    }
+
+    async fn next_within_polls(w: &mut Watched) -> vigil_api::Snapshot {
+        tokio::time::timeout(INTERVAL * 5, w.stream.next())
+            .await
+            .expect("a change is pushed within a few polls")
+            .expect("a snapshot")
+            .expect("ok")
+    }
+
+    /// A poll that finds the mesh file and policy unchanged does nothing: the watching
+    /// proxy gets no second snapshot and the mesh in force (whose join-token index the
+    /// identity service keeps) is the same one. A changed file still reaches the proxy.
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_mesh_file_is_not_rebuilt_and_a_changed_one_is_pushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mesh_file = dir.path().join("mesh.yaml");
+        let text = format!("trust_domain: vigil.local\n{WEB}");
+        std::fs::write(&mesh_file, &text).expect("write mesh");
+        let mut watched = watch_mesh_file(dir.path(), &mesh_file).await;
+
+        let in_force = watched.mesh.load_full();
+        let quiet = tokio::time::timeout(INTERVAL * 5, watched.stream.next()).await;
         assert!(
             quiet.is_err(),
             "an unchanged mesh file pushed again: {quiet:?}"
         );
         assert!(
-            Arc::ptr_eq(&in_force, &mesh.load_full()),
+            Arc::ptr_eq(&in_force, &watched.mesh.load_full()),
             "an unchanged mesh file was parsed and replaced again"
         );
 
         // Web's own port changes, so its snapshot does.
         let changed = format!("{}{API}", text.replace("8080", "8090"));
         std::fs::write(&mesh_file, changed).expect("rewrite mesh");
-        let second = tokio::time::timeout(INTERVAL * 5, stream.next())
-            .await
-            .expect("a changed mesh file is pushed within a few polls")
-            .expect("a snapshot")
-            .expect("ok");
-        assert_ne!(second.version, first.version);
+        let second = next_within_polls(&mut watched).await;
+        assert_ne!(second.version, watched.first.version);
         assert_eq!(second.workload.map(|w| w.app_port), Some(8090));
-        assert!(mesh.load().workloads.iter().any(|w| w.name == "api"));
+        assert!(watched
+            .mesh
+            .load()
+            .workloads
+            .iter()
+            .any(|w| w.name == "api"));
+    }
+
+    /// The fingerprint covers the policy directory: editing a policy file alone, with the
+    /// mesh file untouched, still reaches the proxy.
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_policy_file_is_pushed_with_the_mesh_file_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy_dir = dir.path().join("policy");
+        std::fs::create_dir(&policy_dir).expect("policy dir");
+        let rego = include_str!("../../policies/default/policy.rego");
+        std::fs::write(policy_dir.join("policy.rego"), rego).expect("write policy");
+        let mesh_file = dir.path().join("mesh.yaml");
+        let text = format!("trust_domain: vigil.local\npolicy: {{ dir: policy }}\n{WEB}");
+        std::fs::write(&mesh_file, &text).expect("write mesh");
+        let mut watched = watch_mesh_file(dir.path(), &mesh_file).await;
+        let quiet = tokio::time::timeout(INTERVAL * 5, watched.stream.next()).await;
+        assert!(
+            quiet.is_err(),
+            "an unchanged policy pushed again: {quiet:?}"
+        );
+
+        std::fs::write(
+            policy_dir.join("policy.rego"),
+            format!("{rego}\n# reviewed\n"),
+        )
+        .expect("rewrite policy");
+        let second = next_within_polls(&mut watched).await;
+        let version = |s: &vigil_api::Snapshot| s.policy.as_ref().map(|p| p.version.clone());
+        assert_ne!(version(&second), version(&watched.first));
     }
 }
