@@ -1,8 +1,9 @@
 //! The discovery service (port 15010): each proxy, authenticated by its SVID, watches a
 //! stream of snapshots of the mesh as its workload sees it.
 //!
-//! Every stream finds its workload through one [`WorkloadIndex`] per state, built by the
-//! first stream to need it after a change and shared by the others. A proxy that
+//! Every stream finds its workload through one [`WorkloadIndex`] per state, and takes
+//! its services from one [`SharedServices`] per state, both built by the first stream to
+//! need them after a change and shared by the others. A proxy that
 //! reconnects with the version it already has is sent nothing until that version changes.
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vigil_api::{Snapshot, WatchRequest};
 
-use crate::model::{MeshModel, WorkloadIndex};
+use crate::model::{MeshModel, SharedServices, WorkloadIndex};
 use crate::tls_listener::PeerInfo;
 
 /// What the control plane currently serves; replaced whole on every change.
@@ -61,27 +62,37 @@ impl ConnectedProxies {
     }
 }
 
-/// The workload index of the state in force, so a change costs one index build however
-/// many proxies are watching.
-#[derive(Default)]
-struct SharedWorkloadIndex {
-    current: Mutex<Option<(Arc<MeshState>, Arc<WorkloadIndex>)>>,
+/// What every stream needs from one state, built once by the first stream to need it
+/// after a change and shared by the others.
+struct PreparedState {
+    workloads: WorkloadIndex,
+    services: SharedServices,
 }
 
-impl SharedWorkloadIndex {
-    fn of(&self, state: &Arc<MeshState>) -> Arc<WorkloadIndex> {
+/// The [`PreparedState`] of the state in force, so a change costs one index and one
+/// service list however many proxies are watching.
+#[derive(Default)]
+struct SharedPreparedState {
+    current: Mutex<Option<(Arc<MeshState>, Arc<PreparedState>)>>,
+}
+
+impl SharedPreparedState {
+    fn of(&self, state: &Arc<MeshState>) -> Arc<PreparedState> {
         let mut current = match self.current.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some((indexed, index)) = current.as_ref() {
-            if Arc::ptr_eq(indexed, state) {
-                return index.clone();
+        if let Some((prepared_for, prepared)) = current.as_ref() {
+            if Arc::ptr_eq(prepared_for, state) {
+                return prepared.clone();
             }
         }
-        let index = Arc::new(state.model.workload_index());
-        *current = Some((state.clone(), index.clone()));
-        index
+        let prepared = Arc::new(PreparedState {
+            workloads: state.model.workload_index(),
+            services: state.model.shared_services(),
+        });
+        *current = Some((state.clone(), prepared.clone()));
+        prepared
     }
 }
 
@@ -89,7 +100,7 @@ impl SharedWorkloadIndex {
 pub struct DiscoveryService {
     state: watch::Receiver<Arc<MeshState>>,
     proxies: Arc<ConnectedProxies>,
-    index: Arc<SharedWorkloadIndex>,
+    prepared: Arc<SharedPreparedState>,
 }
 
 impl DiscoveryService {
@@ -97,7 +108,7 @@ impl DiscoveryService {
         DiscoveryService {
             state,
             proxies,
-            index: Arc::default(),
+            prepared: Arc::default(),
         }
     }
 }
@@ -129,10 +140,11 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
         let req = request.into_inner();
         let mut state = self.state.clone();
         let initial = state.borrow_and_update().clone();
-        let Some(workload) = self
-            .index
-            .of(&initial)
-            .workload(&initial.model, &id, &workload_name)
+        let Some(workload) =
+            self.prepared
+                .of(&initial)
+                .workloads
+                .workload(&initial.model, &id, &workload_name)
         else {
             tracing::warn!(spiffe_id = %id, workload = %workload_name, "discovery refused: no such workload for this identity");
             return Err(Status::permission_denied(format!(
@@ -159,7 +171,7 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
 
         let (tx, rx) = mpsc::channel(4);
         let proxies = self.proxies.clone();
-        let index = self.index.clone();
+        let shared = self.prepared.clone();
         tokio::spawn(async move {
             // A reconnecting proxy that already has the current snapshot is sent nothing
             // until the mesh changes: a control-plane restart then costs each proxy a
@@ -167,12 +179,14 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
             let mut last_version = req.known_version;
             loop {
                 let current = state.borrow_and_update().clone();
-                match index
-                    .of(&current)
+                let prepared = shared.of(&current);
+                match prepared
+                    .workloads
                     .workload(&current.model, &id, &workload_name)
                 {
                     Some(workload) => {
-                        let snapshot = current.model.snapshot_for(
+                        let snapshot = current.model.snapshot_with(
+                            &prepared.services,
                             workload,
                             &current.trust_bundle_der,
                             current.policy.clone(),
