@@ -83,6 +83,13 @@ async fn proxies_and_control_plane_negotiate_post_quantum_key_exchange() {
             assert!(*count >= 1.0);
         }
     }
+    // The server proxy counts the same handshake from its side.
+    let server = metrics(mesh.spec.workload("server").metrics).await;
+    let inbound = handshakes(&server, "inbound");
+    assert!(
+        !inbound.is_empty() && inbound.iter().all(|(g, _, _)| g == "X25519MLKEM768"),
+        "inbound handshakes must be counted as post-quantum:\n{server}"
+    );
 }
 
 /// Checks the server's SPIFFE ID and handshake signature, without chain verification:

@@ -118,6 +118,7 @@ async fn connection(
             return;
         }
     };
+    crate::telemetry::metrics::HandshakeDirection::inbound.record(stream.get_ref().1);
     let peer = match stream
         .get_ref()
         .1
