@@ -94,8 +94,11 @@ struct Args {
     drain_timeout: Duration,
     /// Threads that carry traffic. Each runs its own single-threaded runtime and owns
     /// the connections it accepted, with their peer and app connections, so a request
-    /// never crosses threads; connections are spread over them round robin.
-    #[arg(long, env = "VIGIL_WORKER_THREADS", default_value_t = 2)]
+    /// never crosses threads; connections are spread over them round robin. One thread
+    /// carries about 25,000 req/s on the 2-core bench machine with the least CPU per
+    /// request (a second one there added 25% CPU per request, with the same p99 at
+    /// 1,000 req/s); raise it for a workload that needs more than one core of proxying.
+    #[arg(long, env = "VIGIL_WORKER_THREADS", default_value_t = 1)]
     worker_threads: usize,
     /// Intercepted traffic to an address that is no mesh service: `deny` refuses it
     /// (HTTP gets 403 `egress-denied`), `allow` sends it there directly.

@@ -53,6 +53,8 @@ pub const ANNOTATION_INTERCEPTION: &str = "vigil.io/interception";
 pub const ANNOTATION_EGRESS: &str = "vigil.io/egress";
 /// Threads carrying the proxy's traffic (default 2).
 pub const ANNOTATION_WORKER_THREADS: &str = "vigil.io/proxy-worker-threads";
+/// The proxy's own default: one traffic worker, which uses the least CPU per request.
+const DEFAULT_WORKER_THREADS: u16 = 1;
 /// Proxy resources: `vigil.io/proxy-{cpu,memory}-{request,limit}`.
 pub const ANNOTATION_PROXY_RESOURCES: [(&str, &str, &str); 4] = [
     ("vigil.io/proxy-cpu-request", "requests", "cpu"),
@@ -283,14 +285,14 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
     };
 
     let threads = match annotations.get(ANNOTATION_WORKER_THREADS) {
-        None => 2,
+        None => DEFAULT_WORKER_THREADS,
         Some(v) => match v.trim().parse::<u16>() {
             Ok(n @ 1..=64) => n,
             _ => {
                 warnings.push(format!(
-                    "vigil.io/proxy-worker-threads={v:?} is not a number from 1 to 64; using 2"
+                    "vigil.io/proxy-worker-threads={v:?} is not a number from 1 to 64; using {DEFAULT_WORKER_THREADS}"
                 ));
-                2
+                DEFAULT_WORKER_THREADS
             }
         },
     };
