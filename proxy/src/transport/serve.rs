@@ -132,7 +132,10 @@ where
     let busy = activity.clone();
     let service = hyper::service::service_fn(move |req| {
         let request = Busy::new(&busy);
-        let response = handle(req);
+        // Boxed: hyper's HTTP/1 dispatcher keeps the request future inline in the
+        // connection's own future, so unboxed its size (the whole request path) was held
+        // by every idle keep-alive connection, about 27 KB each.
+        let response = Box::pin(handle(req));
         async move {
             let response = response.await;
             drop(request);
