@@ -20,6 +20,7 @@
 //!     ca_chain: None,
 //!     reload_interval: std::time::Duration::from_secs(1),
 //!     dashboard: Default::default(),
+//!     namespace: "vigil-system".into(),
 //! })
 //! .await
 //! # }
