@@ -77,7 +77,6 @@ fn jsonwebtoken_signer(alg: Algorithm, key: EncodingKey) -> SignFn {
 /// An RSA key of 1024 bits, which ring cannot sign with: the `rsa` crate signs.
 fn small_rsa_signer(name: &'static str, key: &rsa::RsaPrivateKey) -> Signer {
     use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _};
-    let public = key.to_public_key();
     let sign: SignFn = if name == "RS256" {
         let signing = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone());
         Box::new(move |input| b64(&signing.sign(input).to_bytes()))
@@ -89,46 +88,35 @@ fn small_rsa_signer(name: &'static str, key: &rsa::RsaPrivateKey) -> Signer {
                 .to_bytes())
         })
     };
-    Signer {
-        name,
-        sign,
-        public_pem: public
-            .to_public_key_pem(LineEnding::LF)
-            .expect("public PEM"),
-        certificate: None,
-        jwk: json!({
-            "kty": "RSA",
-            "n": b64(&public.n().to_bytes_be()),
-            "e": b64(&public.e().to_bytes_be()),
-        }),
-    }
+    rsa_crate_signer(name, key, sign)
 }
 
 /// RSASSA-PSS with a salt of `salt` bytes instead of the hash's length: OPA's `verify_ps*`
 /// accept it, `decode_verify` does not.
 fn pss_salt_signer(name: &'static str, key: &rsa::RsaPrivateKey, salt: usize) -> Signer {
     use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _};
-    let public = key.to_public_key();
-    let sign: SignFn = match name {
-        "PS256" => {
-            let signing =
-                rsa::pss::SigningKey::<sha2::Sha256>::new_with_salt_len(key.clone(), salt);
-            Box::new(move |input| {
-                b64(&signing
-                    .sign_with_rng(&mut rsa::rand_core::OsRng, input)
-                    .to_bytes())
-            })
-        }
-        _ => {
-            let signing =
-                rsa::pss::SigningKey::<sha2::Sha512>::new_with_salt_len(key.clone(), salt);
-            Box::new(move |input| {
-                b64(&signing
-                    .sign_with_rng(&mut rsa::rand_core::OsRng, input)
-                    .to_bytes())
-            })
-        }
+    fn with_salt<D>(key: &rsa::RsaPrivateKey, salt: usize) -> SignFn
+    where
+        D: sha2::Digest + rsa::sha2::digest::FixedOutputReset + 'static,
+    {
+        let signing = rsa::pss::SigningKey::<D>::new_with_salt_len(key.clone(), salt);
+        Box::new(move |input| {
+            b64(&signing
+                .sign_with_rng(&mut rsa::rand_core::OsRng, input)
+                .to_bytes())
+        })
+    }
+    let sign = match name {
+        "PS256" => with_salt::<sha2::Sha256>(key, salt),
+        _ => with_salt::<sha2::Sha512>(key, salt),
     };
+    rsa_crate_signer(name, key, sign)
+}
+
+/// A signer whose signatures the `rsa` crate makes, its public half given as PEM and JWK
+/// only (no certificate).
+fn rsa_crate_signer(name: &'static str, key: &rsa::RsaPrivateKey, sign: SignFn) -> Signer {
+    let public = key.to_public_key();
     Signer {
         name,
         sign,
