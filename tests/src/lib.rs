@@ -955,3 +955,16 @@ pub async fn wait_for_line(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---- Prometheus itself, to check what the proxies expose against the real thing ----
+
+/// Debian's `prometheus` or `promtool` binary; fails (never skips) when it is missing,
+/// saying how to install it.
+pub fn prometheus_tool(name: &str) -> PathBuf {
+    let path = Path::new("/usr/bin").join(name);
+    assert!(
+        path.exists(),
+        "{name} is missing: install Debian's prometheus package (apt-get install prometheus), or run the tests with scripts/test.sh which does"
+    );
+    path
+}

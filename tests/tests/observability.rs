@@ -36,15 +36,6 @@ async fn observed_pair() -> (Mesh, tempfile::TempDir) {
     (mesh, policies)
 }
 
-fn tool(name: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new("/usr/bin").join(name);
-    assert!(
-        path.exists(),
-        "{name} is missing: install Debian's prometheus package (apt-get install prometheus), or run the tests with scripts/test.sh which does"
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_proxies_and_promtool_accepts_the_exposition() {
     let (mesh, _policies) = observed_pair().await;
@@ -61,7 +52,7 @@ async fn prometheus_scrapes_the_proxies_and_promtool_accepts_the_exposition() {
     let _prometheus = Process::spawn(
         "prometheus",
         dir.path(),
-        &tool("prometheus"),
+        &prometheus_tool("prometheus"),
         &[
             format!(
                 "--config.file={}",
@@ -116,7 +107,7 @@ async fn prometheus_scrapes_the_proxies_and_promtool_accepts_the_exposition() {
     for target in [client.metrics, server.metrics] {
         let exposition = metrics(target).await;
         assert!(exposition.contains("vigil_certificate_expiry_timestamp_seconds"));
-        let mut child = Command::new(tool("promtool"))
+        let mut child = Command::new(prometheus_tool("promtool"))
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -12,15 +12,6 @@ use vigil_e2e::*;
 
 const DASHBOARD: &str = "127.0.0.1:16080";
 
-fn tool(name: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new("/usr/bin").join(name);
-    assert!(
-        path.exists(),
-        "{name} is missing: install Debian's prometheus package (apt-get install prometheus), or run the tests with scripts/test.sh which does"
-    );
-    path
-}
-
 /// `vigil demo` stopped with SIGINT even when the test fails, so nothing outlives it.
 struct RunningDemo(Process);
 
@@ -175,7 +166,7 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
     let _prometheus = Process::spawn(
         "prometheus",
         &prom_dir,
-        &tool("prometheus"),
+        &prometheus_tool("prometheus"),
         &[
             format!(
                 "--config.file={}",
