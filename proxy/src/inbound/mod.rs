@@ -33,17 +33,22 @@ const REQUEST_ID: &str = "x-request-id";
 struct Connection {
     /// The verified SPIFFE ID; `None` only for plaintext in permissive mode.
     peer: Option<SpiffeId>,
+    /// The peer's identity as metrics and logs name it, once per connection; empty for
+    /// plaintext.
+    peer_name: Arc<str>,
     peer_address: SocketAddr,
     local_address: SocketAddr,
 }
 
 impl Connection {
-    /// The peer's identity as metrics and logs name it; empty for plaintext.
-    fn peer_name(&self) -> String {
-        self.peer
-            .as_ref()
-            .map(|p| p.to_string())
-            .unwrap_or_default()
+    fn new(peer: Option<SpiffeId>, peer_address: SocketAddr, local_address: SocketAddr) -> Self {
+        let peer_name = peer.as_ref().map(|p| p.to_string()).unwrap_or_default();
+        Connection {
+            peer,
+            peer_name: Arc::from(peer_name),
+            peer_address,
+            local_address,
+        }
     }
 }
 
@@ -87,11 +92,7 @@ async fn connection(
                 proxy.metrics.plaintext_connections.inc();
                 let tcp =
                     crate::transport::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
-                let conn = Connection {
-                    peer: None,
-                    peer_address,
-                    local_address,
-                };
+                let conn = Connection::new(None, peer_address, local_address);
                 return serve_requests(proxy, tcp, conn).await;
             }
             None => return,
@@ -131,11 +132,7 @@ async fn connection(
             return;
         }
     };
-    let conn = Connection {
-        peer: Some(peer),
-        peer_address,
-        local_address,
-    };
+    let conn = Connection::new(Some(peer), peer_address, local_address);
     serve_requests(proxy, stream, conn).await;
 }
 
@@ -209,7 +206,7 @@ async fn request(
     if let Some((service, route)) = inbound_service(&proxy, &req) {
         (observed.service, observed.route) = (service, route);
     }
-    observed.peer = conn.peer_name();
+    observed.peer = conn.peer_name.clone();
     let opaque =
         req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
     let result = if opaque {

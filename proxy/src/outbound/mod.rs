@@ -420,7 +420,7 @@ async fn forward(
     let max_body = proxy.config.request_limits.max_body_bytes;
     let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
     let result = stack::send(stack, Request::from_parts(parts, limited)).await;
-    observed.peer = tries.last_peer();
+    observed.peer = Arc::from(tries.last_peer());
     let (mut parts, body) = match (result, max_body) {
         (Err(_), Some(limit)) if exceeded.happened() => {
             return Err(ProxyError::BodyTooLarge { limit })

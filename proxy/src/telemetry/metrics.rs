@@ -82,17 +82,17 @@ impl HandshakeDirection {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
-    pub peer_identity: String,
-    pub service: String,
-    pub route: String,
+    pub peer_identity: Arc<str>,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
     pub status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub direction: Direction,
-    pub peer_identity: String,
-    pub service: String,
+    pub peer_identity: Arc<str>,
+    pub service: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -311,30 +311,31 @@ impl Metrics {
         })
     }
 
-    /// Records one finished HTTP request.
+    /// Records one finished HTTP request. The labels are shared (made once per connection
+    /// or snapshot), so recording allocates nothing for them.
     pub fn request(
         &self,
         direction: Direction,
-        peer_identity: &str,
-        service: &str,
-        route: &str,
+        peer_identity: &Arc<str>,
+        service: &Arc<str>,
+        route: &Arc<str>,
         status: StatusCode,
         elapsed: Duration,
     ) {
         self.requests
             .get_or_create(&RequestLabels {
                 direction,
-                peer_identity: peer_identity.to_string(),
-                service: service.to_string(),
-                route: route.to_string(),
+                peer_identity: peer_identity.clone(),
+                service: service.clone(),
+                route: route.clone(),
                 status_class: status_class(status),
             })
             .inc();
         self.request_duration
             .get_or_create(&LatencyLabels {
                 direction,
-                peer_identity: peer_identity.to_string(),
-                service: service.to_string(),
+                peer_identity: peer_identity.clone(),
+                service: service.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -481,9 +482,9 @@ mod tests {
         let m = Metrics::new();
         m.request(
             Direction::inbound,
-            "spiffe://vigil.local/ns/a/sa/b",
-            "svc.a",
-            "/api",
+            &Arc::from("spiffe://vigil.local/ns/a/sa/b"),
+            &Arc::from("svc.a"),
+            &Arc::from("/api"),
             StatusCode::OK,
             Duration::from_millis(3),
         );

@@ -7,6 +7,7 @@
 //! was cut; `--log-query-strings` ([`AccessLog::new`]) keeps them.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
@@ -84,10 +85,10 @@ pub struct Observer {
 pub struct Call<'a> {
     pub direction: Direction,
     /// The peer's identity.
-    pub peer: &'a str,
-    pub service: &'a str,
+    pub peer: &'a Arc<str>,
+    pub service: &'a Arc<str>,
     /// The traffic route it matched ([`crate::traffic::Route::label`]).
-    pub route: &'a str,
+    pub route: &'a Arc<str>,
 }
 
 impl Observer {

@@ -38,7 +38,7 @@ struct Outcome {
 #[derive(Clone)]
 pub struct PolicyMetadata(pub Arc<vigil_authz::DynamicMetadata>);
 
-/// Labels of a request not (yet) matched to a service or route, shared rather than
+/// Labels of a request not (yet) matched to a service, route or peer, shared rather than
 /// allocated per request.
 static NO_SERVICE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 static DEFAULT_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default"));
@@ -64,7 +64,7 @@ pub struct RequestObservation<'p> {
     /// The traffic route's label.
     pub route: Arc<str>,
     /// The peer's SPIFFE ID (inbound: the caller; outbound: the endpoint that answered).
-    pub peer: String,
+    pub peer: Arc<str>,
     outcome: Option<Outcome>,
 }
 
@@ -115,7 +115,7 @@ impl<'p> RequestObservation<'p> {
             span,
             service: NO_SERVICE.clone(),
             route: default_route(),
-            peer: String::new(),
+            peer: NO_SERVICE.clone(),
             outcome: None,
         }
     }
@@ -151,7 +151,7 @@ impl Drop for RequestObservation<'_> {
             span.finish(
                 outcome.status.as_u16(),
                 vec![
-                    KeyValue::new("vigil.peer.identity", self.peer.clone()),
+                    KeyValue::new("vigil.peer.identity", self.peer.to_string()),
                     KeyValue::new("vigil.service", self.service.to_string()),
                     KeyValue::new("vigil.policy.decision", outcome.policy),
                     KeyValue::new("vigil.error", outcome.error.unwrap_or("")),
@@ -179,7 +179,7 @@ impl Drop for RequestObservation<'_> {
             .status()
             .map(|s| s.spiffe_id.clone())
             .unwrap_or_default();
-        let peer = std::mem::take(&mut self.peer);
+        let peer = self.peer.to_string();
         let (source, destination) = match self.direction {
             Direction::inbound => (peer, own),
             Direction::outbound => (own, peer),
