@@ -325,9 +325,14 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
+/// The `--input` document of `policy eval` and `policy explain`, with its path on failure.
+fn read_input(input: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    std::fs::read_to_string(input).with_context(|| format!("reading --input {}", input.display()))
+}
+
 /// Runs a policy subcommand; `Ok(false)` means it ran and the answer is a failure.
 fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
-    use anyhow::Context;
     let mut out = std::io::stdout();
     match cmd {
         PolicyCommand::Test {
@@ -349,8 +354,7 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
             input,
             rule,
         } => {
-            let text = std::fs::read_to_string(&input)
-                .with_context(|| format!("reading --input {}", input.display()))?;
+            let text = read_input(&input)?;
             vigil_authz::eval_command(&policy, &text, rule.as_deref(), &mut out)?;
             Ok(true)
         }
@@ -360,8 +364,7 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
             rule,
             ..
         } => {
-            let text = std::fs::read_to_string(&input)
-                .with_context(|| format!("reading --input {}", input.display()))?;
+            let text = read_input(&input)?;
             vigil_authz::explain_input(&policy, &text, rule.as_deref(), &mut out)?;
             Ok(true)
         }
