@@ -3,10 +3,12 @@
 use std::process::Command;
 
 fn vigil(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .output()
-        .expect("vigil runs");
+    run(Command::new(env!("CARGO_BIN_EXE_vigil")).args(args))
+}
+
+/// Whether `command` succeeded, and its standard error followed by its standard output.
+fn run(command: &mut Command) -> (bool, String) {
+    let out = command.output().expect("vigil runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
@@ -78,16 +80,10 @@ fn a_guessable_join_token_is_refused_with_how_to_make_one() {
 
 /// `vigil` with `TMPDIR` pointing at `temp`, where running meshes are recorded.
 fn vigil_in(temp: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    run(Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
         .env("TMPDIR", temp)
-        .env_remove("VIGIL_MESH")
-        .output()
-        .expect("vigil runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
-    )
+        .env_remove("VIGIL_MESH"))
 }
 
 #[test]
