@@ -18,6 +18,11 @@ pub(crate) fn load_bundle(dir: &Path, rule: Option<&str>) -> Result<PolicyBundle
     PolicyBundle::compile(PolicyBundle::read_dir(dir)?, options)
 }
 
+/// Reads an input document given whole on the command line, as OPA-Envoy would build it.
+pub(crate) fn parse_input(input_json: &str) -> Result<Value, BundleError> {
+    Value::from_json_str(input_json).map_err(|e| BundleError::Input(format!("{e:#}")))
+}
+
 /// Evaluates the policies under `policy_dir` against `input_json` (a full input document, as
 /// OPA-Envoy would build it) and prints the raw value and the interpreted decision as pretty
 /// JSON. Returns the decision.
@@ -28,8 +33,7 @@ pub fn eval_command(
     out: &mut dyn Write,
 ) -> Result<Decision, BundleError> {
     let bundle = load_bundle(policy_dir, rule)?;
-    let input =
-        Value::from_json_str(input_json).map_err(|e| BundleError::Input(format!("{e:#}")))?;
+    let input = parse_input(input_json)?;
     let (value, decision) = match bundle.eval_raw(input) {
         Ok(value) => {
             let decision = Decision::from_value(&value, &bundle.options().rule);

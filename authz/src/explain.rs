@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use regorus::{Engine, Value};
 
 use crate::bundle::{BundleError, PolicyBundle};
-use crate::cli::load_bundle;
+use crate::cli::{load_bundle, parse_input};
 use crate::decision::Decision;
 use crate::input::{AuthzInput, HttpAttributes, InputKind};
 use crate::rules::{self, BodyOutline, DefinitionKind, ModuleOutline, StmtOutline};
@@ -99,8 +99,7 @@ pub fn explain_input(
     out: &mut dyn Write,
 ) -> Result<Decision, BundleError> {
     let bundle = load_bundle(policy_dir, rule)?;
-    let input_value =
-        Value::from_json_str(input_json).map_err(|e| BundleError::Input(format!("{e:#}")))?;
+    let input_value = parse_input(input_json)?;
     let field = |path: &[&str]| {
         let mut value = &input_value;
         for key in path {
