@@ -449,6 +449,16 @@ fn ecdsa_verify(
     }
 }
 
+/// The public key of a JWK's or PEM's modulus and exponent, if one of at most `max_bits`.
+fn rsa_public_key(modulus: &[u8], exponent: &[u8], max_bits: usize) -> Option<rsa::RsaPublicKey> {
+    rsa::RsaPublicKey::new_with_max_size(
+        rsa::BigUint::from_bytes_be(modulus),
+        rsa::BigUint::from_bytes_be(exponent),
+        max_bits,
+    )
+    .ok()
+}
+
 /// RSA keys of 1024 to 2047 bits, which Go still takes and ring does not.
 fn rsa_verify(
     scheme: Scheme,
@@ -459,10 +469,7 @@ fn rsa_verify(
     signature: &[u8],
 ) -> bool {
     use rsa::signature::Verifier as _;
-    let Ok(key) = rsa::RsaPublicKey::new(
-        rsa::BigUint::from_bytes_be(modulus),
-        rsa::BigUint::from_bytes_be(exponent),
-    ) else {
+    let Some(key) = rsa_public_key(modulus, exponent, rsa::RsaPublicKey::MAX_SIZE) else {
         return false;
     };
     macro_rules! verify {
@@ -501,13 +508,8 @@ fn pss_verify_any_salt(
     message: &[u8],
     signature: &[u8],
 ) -> bool {
-    let key = match rsa::RsaPublicKey::new_with_max_size(
-        rsa::BigUint::from_bytes_be(modulus),
-        rsa::BigUint::from_bytes_be(exponent),
-        8192,
-    ) {
-        Ok(key) => key,
-        Err(_) => return false,
+    let Some(key) = rsa_public_key(modulus, exponent, 8192) else {
+        return false;
     };
     match hash {
         Hash::Sha256 => pss_auto::<sha2::Sha256>(&key, message, signature),
