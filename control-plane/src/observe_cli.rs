@@ -801,6 +801,15 @@ vigil_request_duration_seconds_bucket{le="+Inf",direction="outbound",peer_identi
             .unwrap_or_else(|| panic!("no {workload} {direction} row: {report:?}"))
     }
 
+    /// The row for calls from `workload` to `service`.
+    fn edge<'r>(report: &'r StatReport, workload: &str, service: &str) -> &'r StatRow {
+        report
+            .rows
+            .iter()
+            .find(|r| r.workload == workload && r.service == service)
+            .unwrap_or_else(|| panic!("no {workload} → {service} row: {report:?}"))
+    }
+
     #[test]
     fn computes_success_rate_and_percentiles_from_an_exposition() {
         let now = parse_exposition(EXPOSITION).expect("parses");
@@ -851,18 +860,10 @@ vigil_policy_decisions_total{outcome="deny",rule="data.vigil.authz.allow"} 20
             ],
             Duration::from_secs(2),
         );
-        let to_payments = report
-            .rows
-            .iter()
-            .find(|r| r.workload == "web" && r.service == "payments.shop")
-            .expect("web → payments");
+        let to_payments = edge(&report, "web", "payments.shop");
         assert_eq!(to_payments.denied, 20);
         assert_eq!(to_payments.success_rate, None, "no request was let through");
-        let to_orders = report
-            .rows
-            .iter()
-            .find(|r| r.workload == "web" && r.service == "orders.shop")
-            .expect("web → orders");
+        let to_orders = edge(&report, "web", "orders.shop");
         assert_eq!(to_orders.denied, 0, "an app's own 4xx is not a denial");
         assert_eq!(to_orders.success_rate, Some(1.0));
         assert_eq!(to_orders.retried, 2);
@@ -900,11 +901,7 @@ vigil_policy_decisions_total{outcome="deny",rule="data.vigil.authz.allow"} 20
             ],
             Duration::from_secs(2),
         );
-        let to_payments = report
-            .rows
-            .iter()
-            .find(|r| r.workload == "web" && r.service == "payments.shop")
-            .expect("web → payments");
+        let to_payments = edge(&report, "web", "payments.shop");
         assert_eq!(to_payments.rps, 0.0);
         assert_eq!((to_payments.requests, to_payments.denied), (20, 20));
         assert_eq!(to_payments.success_rate, None);
