@@ -968,3 +968,37 @@ pub fn prometheus_tool(name: &str) -> PathBuf {
     );
     path
 }
+
+// ---- `vigil demo`, whose dashboard and proxies listen on fixed ports ----
+
+/// `vigil demo` that is stopped with SIGINT, as a person would, even when the test fails:
+/// a SIGKILL would leave its proxies and apps running.
+pub struct RunningDemo(pub Process);
+
+impl Drop for RunningDemo {
+    fn drop(&mut self) {
+        self.0.interrupt();
+        if self.0.wait_exit(Duration::from_secs(20)).is_none() {
+            self.0.kill();
+        }
+    }
+}
+
+/// Starts `vigil demo` for five minutes, run from `dir`, keeping its mesh in `data`.
+pub fn start_demo(dir: &Path, data: &Path) -> RunningDemo {
+    RunningDemo(
+        Process::spawn(
+            "demo",
+            dir,
+            &binary("vigil"),
+            &[
+                "demo".into(),
+                "--duration".into(),
+                "5m".into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+            ],
+        )
+        .expect("vigil demo starts"),
+    )
+}

@@ -45,19 +45,6 @@ async fn api(path: &str) -> serde_json::Value {
     }
 }
 
-/// `vigil demo` that is stopped with SIGINT, as a person would, even when the test fails:
-/// a SIGKILL would leave its proxies and apps running.
-struct RunningDemo(Process);
-
-impl Drop for RunningDemo {
-    fn drop(&mut self) {
-        self.0.interrupt();
-        if self.0.wait_exit(Duration::from_secs(20)).is_none() {
-            self.0.kill();
-        }
-    }
-}
-
 fn edge_rps(html: &str, source: &str, target: &str) -> f64 {
     tags_with(
         html,
@@ -117,21 +104,7 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         );
     }
 
-    let mut demo = RunningDemo(
-        Process::spawn(
-            "demo",
-            dir.path(),
-            &binary("vigil"),
-            &[
-                "demo".into(),
-                "--duration".into(),
-                "5m".into(),
-                "--data-dir".into(),
-                data.display().to_string(),
-            ],
-        )
-        .expect("vigil demo starts"),
-    );
+    let mut demo = start_demo(dir.path(), &data);
     let demo = &mut demo.0;
 
     // Until the graph carries traffic on the whole chain and a denial with its rule is in.

@@ -12,18 +12,6 @@ use vigil_e2e::*;
 
 const DASHBOARD: &str = "127.0.0.1:16080";
 
-/// `vigil demo` stopped with SIGINT even when the test fails, so nothing outlives it.
-struct RunningDemo(Process);
-
-impl Drop for RunningDemo {
-    fn drop(&mut self) {
-        self.0.interrupt();
-        if self.0.wait_exit(Duration::from_secs(20)).is_none() {
-            self.0.kill();
-        }
-    }
-}
-
 fn stat(window: &str) -> Value {
     let out = Command::new(binary("vigil"))
         .args(["stat", "--window", window, "-o", "json"])
@@ -100,21 +88,7 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
     let temp = dir.path().join("tmp");
     std::fs::create_dir(&temp).expect("tmp");
     std::env::set_var("TMPDIR", &temp);
-    let mut demo = RunningDemo(
-        Process::spawn(
-            "demo",
-            dir.path(),
-            &binary("vigil"),
-            &[
-                "demo".into(),
-                "--duration".into(),
-                "5m".into(),
-                "--data-dir".into(),
-                data.display().to_string(),
-            ],
-        )
-        .expect("vigil demo starts"),
-    );
+    let mut demo = start_demo(dir.path(), &data);
 
     // The proxies' metrics addresses, from the mesh file the demo wrote.
     let deadline = Instant::now() + Duration::from_secs(120);
