@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use regorus::Value;
 
-use crate::opa_builtins::{go_parse_cidr, go_parse_ip, Outcome, ABORTS};
+use crate::opa_builtins::{go_parse_cidr, parse_ip, Outcome, ABORTS};
 
 const V4_IN_V6_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
@@ -57,7 +57,7 @@ fn ip_net_of(item: &Value) -> Result<IpNet, String> {
     let text = item
         .as_string()
         .map_err(|_| "element must be string".to_string())?;
-    if let Some(ip) = go_parse_ip(text) {
+    if let Some(ip) = parse_ip(text) {
         let ip = to16(&ip);
         return match to4(&ip) {
             Some(v4) => Ok(IpNet {
@@ -118,7 +118,8 @@ fn merge(networks: Vec<IpNet>) -> Result<Vec<IpNet>, String> {
 // ---------------------------------------------------------------------------------------------
 // Go's net package
 
-fn to4(ip: &[u8]) -> Option<[u8; 4]> {
+/// `net.IP.To4`: IPv4 and IPv4-mapped IPv6 addresses as 4 bytes.
+pub(crate) fn to4(ip: &[u8]) -> Option<[u8; 4]> {
     match ip.len() {
         4 => ip.try_into().ok(),
         16 if ip[..12] == V4_IN_V6_PREFIX => ip[12..].try_into().ok(),
@@ -144,7 +145,7 @@ fn default_mask(ip: [u8; 4]) -> Vec<u8> {
 }
 
 /// `net.CIDRMask(ones, bits)`.
-fn cidr_mask(ones: usize, bits: usize) -> Vec<u8> {
+pub(crate) fn cidr_mask(ones: usize, bits: usize) -> Vec<u8> {
     (0..bits / 8)
         .map(|i| {
             let on = ones.saturating_sub(i * 8).min(8);
@@ -197,7 +198,7 @@ fn mask_size(mask: &[u8]) -> usize {
 }
 
 /// `net.IP.String`.
-fn ip_string(ip: &[u8]) -> String {
+pub(crate) fn ip_string(ip: &[u8]) -> String {
     if ip.is_empty() {
         return "<nil>".into();
     }

@@ -20,6 +20,7 @@ use std::net::IpAddr;
 
 use regorus::{Engine, Value};
 
+use crate::cidr_merge::{cidr_mask, ip_string, to4};
 use crate::go_unicode::{NOT_PRINTABLE, TO_LOWER, TO_UPPER};
 use crate::{cidr_merge, digests, input, tokens};
 
@@ -896,7 +897,7 @@ fn parse_hex_float(s: &str) -> Option<f64> {
 // Networks
 
 /// Go's `net.ParseIP` (through `netip.ParseAddr`; no zones), as 16 bytes or 4 for IPv4.
-fn parse_ip(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn parse_ip(s: &str) -> Option<Vec<u8>> {
     if s.contains('%') {
         return None;
     }
@@ -904,22 +905,6 @@ fn parse_ip(s: &str) -> Option<Vec<u8>> {
         IpAddr::V4(v4) => Some(v4.octets().to_vec()),
         IpAddr::V6(v6) => Some(v6.octets().to_vec()),
     }
-}
-
-/// Go's `net.IP.To4`: IPv4 and IPv4-mapped IPv6 addresses as 4 bytes.
-fn to4(ip: &[u8]) -> Option<[u8; 4]> {
-    match ip.len() {
-        4 => ip.try_into().ok(),
-        16 if ip[..10].iter().all(|b| *b == 0) && ip[10] == 0xff && ip[11] == 0xff => {
-            ip[12..].try_into().ok()
-        }
-        _ => None,
-    }
-}
-
-/// Go's `net.ParseIP` for `cidr_merge.rs`: 4 bytes for IPv4, 16 otherwise.
-pub(crate) fn go_parse_ip(s: &str) -> Option<Vec<u8>> {
-    parse_ip(s)
 }
 
 /// Go's `net.ParseCIDR` for `cidr_merge.rs`: the masked address and the mask.
@@ -944,16 +929,7 @@ fn parse_cidr(s: &str) -> Option<Network> {
     if ones > bits {
         return None;
     }
-    let mask: Vec<u8> = (0..ip.len())
-        .map(|i| {
-            let on = ones.saturating_sub(i * 8).min(8);
-            if on == 0 {
-                0
-            } else {
-                0xffu8 << (8 - on)
-            }
-        })
-        .collect();
+    let mask = cidr_mask(ones, bits);
     // Go keeps a 16-byte address with a 4-byte mask only for IPv4; masking drops to 4 bytes.
     let ip: Vec<u8> = ip.iter().zip(&mask).map(|(a, m)| a & m).collect();
     Some(Network { ip, mask })
@@ -1007,19 +983,7 @@ fn cidr_expand(cidr: &str) -> Outcome {
     }
     let width = network.ip.len();
     let addresses: std::collections::BTreeSet<Value> = (first..=last)
-        .map(|n| {
-            let bytes = &n.to_be_bytes()[16 - width..];
-            let text = match (width, to4(bytes)) {
-                (_, Some(v4)) => std::net::Ipv4Addr::from(v4).to_string(),
-                (16, None) => {
-                    let mut octets = [0u8; 16];
-                    octets.copy_from_slice(bytes);
-                    std::net::Ipv6Addr::from(octets).to_string()
-                }
-                _ => String::new(),
-            };
-            Value::from(text)
-        })
+        .map(|n| Value::from(ip_string(&n.to_be_bytes()[16 - width..])))
         .collect();
     Ok(Value::from(addresses))
 }
