@@ -87,11 +87,7 @@ impl MeshModel {
     /// The workload a verified SPIFFE ID and a claimed name designate together. The
     /// name only picks among workloads sharing the identity; it can never widen it.
     pub fn workload_for(&self, id: &SpiffeId, name: &str) -> Option<&Workload> {
-        let mut same_identity = self.workloads.iter().filter(|w| &w.spiffe_id == id);
-        if name.is_empty() {
-            return same_identity.next();
-        }
-        same_identity.find(|w| w.name == name)
+        pick_by_name(self.workloads.iter().filter(|w| &w.spiffe_id == id), name)
     }
 
     /// The workloads of this model by identity; build it once per model, not per lookup.
@@ -213,16 +209,25 @@ impl WorkloadIndex {
         id: &SpiffeId,
         name: &str,
     ) -> Option<&'m Workload> {
-        let mut same_identity = self
+        let same_identity = self
             .by_identity
             .get(id)?
             .iter()
             .filter_map(|&i| model.workloads.get(i));
-        if name.is_empty() {
-            return same_identity.next();
-        }
-        same_identity.find(|w| w.name == name)
+        pick_by_name(same_identity, name)
     }
+}
+
+/// Among workloads sharing one verified identity, the one `name` claims, or the first
+/// when no name is claimed; shared by the scan and the index so they cannot disagree.
+fn pick_by_name<'m>(
+    mut same_identity: impl Iterator<Item = &'m Workload>,
+    name: &str,
+) -> Option<&'m Workload> {
+    if name.is_empty() {
+        return same_identity.next();
+    }
+    same_identity.find(|w| w.name == name)
 }
 
 /// A content hash, so a proxy (and `vigil check`) can tell whether two snapshots differ:
