@@ -74,6 +74,7 @@ pub fn explain(
         source_principal: request.source.as_deref(),
         destination_principal: request.destination.as_deref(),
     };
+    print_input(out, &request)?;
     let input_value = match input.document() {
         Ok(document) => document,
         Err(e) => {
@@ -81,12 +82,10 @@ pub fn explain(
             let decision = Decision::Error {
                 reason: e.to_string(),
             };
-            print_input(out, &request)?;
             print_decision(out, &bundle, &decision)?;
             return Ok(decision);
         }
     };
-    print_input(out, &request)?;
     explain_document(&bundle, input_value, out)
 }
 
@@ -110,13 +109,7 @@ pub fn explain_input(
             other => show(other),
         }
     };
-    w(
-        out,
-        format_args!(
-            "input (as given):
-"
-        ),
-    )?;
+    w(out, format_args!("input (as given):\n"))?;
     for (label, path) in [
         ("source", &["attributes", "source", "principal"][..]),
         (
