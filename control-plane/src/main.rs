@@ -231,18 +231,13 @@ impl SidecarArgs {
         trust_bundle_pem: Option<String>,
     ) -> vigil::inject::InjectConfig {
         let defaults = vigil::inject::InjectConfig::for_namespace(control_plane_namespace);
-        let (identity_address, discovery_address) = match &self.control_plane_host {
-            Some(host) => (format!("{host}:15012"), format!("{host}:15010")),
-            None => (
-                defaults.identity_address.clone(),
-                defaults.discovery_address.clone(),
-            ),
+        let defaults = match &self.control_plane_host {
+            Some(host) => defaults.reached_at(host),
+            None => defaults,
         };
         vigil::inject::InjectConfig {
             proxy_image: self.proxy_image.clone(),
             trust_domain: trust_domain.to_string(),
-            identity_address,
-            discovery_address,
             proxy_uid: self.proxy_uid,
             trust_bundle_pem,
             ..defaults

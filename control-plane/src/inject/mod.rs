@@ -145,32 +145,42 @@ impl Default for ProxyResources {
 impl InjectConfig {
     /// The defaults for a control plane installed in `namespace`, reached at its Service.
     pub fn for_namespace(namespace: &str) -> InjectConfig {
-        let host = crate::control_plane::service_host(namespace);
         InjectConfig {
             control_plane_namespace: namespace.to_string(),
+            ..InjectConfig::default()
+        }
+        .reached_at(&crate::control_plane::service_host(namespace))
+    }
+
+    /// This config with proxies dialling the control plane at `host`: identity on 15012,
+    /// discovery on 15010.
+    pub fn reached_at(self, host: &str) -> InjectConfig {
+        InjectConfig {
             identity_address: format!("{host}:15012"),
             discovery_address: format!("{host}:15010"),
-            ..InjectConfig::default()
+            ..self
         }
     }
 }
 
 impl Default for InjectConfig {
     fn default() -> Self {
-        let host = crate::control_plane::service_host(crate::control_plane::DEFAULT_NAMESPACE);
+        let namespace = crate::control_plane::DEFAULT_NAMESPACE;
         InjectConfig {
             proxy_image: format!("vigil/proxy:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: None,
             trust_domain: "cluster.local".into(),
-            control_plane_namespace: crate::control_plane::DEFAULT_NAMESPACE.into(),
-            identity_address: format!("{host}:15012"),
-            discovery_address: format!("{host}:15010"),
+            control_plane_namespace: namespace.into(),
+            // Set by `reached_at` below, from the one place that names the ports.
+            identity_address: String::new(),
+            discovery_address: String::new(),
             proxy_uid: 1337,
             trust_bundle_pem: None,
             token_expiration_seconds: 43200,
             default_resources: ProxyResources::default(),
             interception: Interception::default(),
         }
+        .reached_at(&crate::control_plane::service_host(namespace))
     }
 }
 
