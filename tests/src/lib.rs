@@ -1002,3 +1002,30 @@ pub fn start_demo(dir: &Path, data: &Path) -> RunningDemo {
         .expect("vigil demo starts"),
     )
 }
+
+// ---- The smallest mesh: a client calling an echo server over mutual TLS ----
+
+/// Workloads `client` and `server` (namespace `demo`), with service `server` (HTTP).
+pub fn echo_pair() -> MeshSpec {
+    MeshSpec::new(vec![
+        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("server", "demo"),
+    ])
+    .service("server", "http", &["server"], None)
+}
+
+/// [`echo_pair`] running: control plane, the server's echo app and both proxies ready.
+pub async fn running_echo_pair() -> Mesh {
+    let mut mesh = Mesh::start(echo_pair())
+        .await
+        .expect("control plane starts");
+    start_echo_app(mesh.spec.workload("server").app_port, "server")
+        .await
+        .expect("server app");
+    for w in ["client", "server"] {
+        mesh.start_proxy(w)
+            .await
+            .unwrap_or_else(|e| panic!("{w} proxy start: {e}"));
+    }
+    mesh
+}

@@ -9,35 +9,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_e2e::*;
 use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustBundle, TrustStore};
 
-fn pair() -> MeshSpec {
-    MeshSpec::new(vec![
-        WorkloadSpec::new("client", "demo"),
-        WorkloadSpec::new("server", "demo"),
-    ])
-    .service("server", "http", &["server"], None)
-}
-
-async fn running_pair() -> Mesh {
-    let spec = pair();
-    let mut mesh = Mesh::start(spec).await.expect("control plane starts");
-    start_echo_app(mesh.spec.workload("server").app_port, "server")
-        .await
-        .expect("server app");
-    for w in ["client", "server"] {
-        mesh.start_proxy(w)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", "proxy start"));
-    }
-    mesh
-}
-
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http1_and_http2_reach_the_server_with_the_callers_verified_identity() {
-    let mesh = running_pair().await;
+    let mesh = running_echo_pair().await;
     let client = mesh.spec.workload("client").clone();
 
     // HTTP/1.1 from the app, with a forged identity header that must not survive.
@@ -159,7 +137,7 @@ async fn handshake(config: Arc<rustls::ClientConfig>, server: &WorkloadSpec) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_clients_are_refused_and_the_proxy_keeps_serving() {
-    let mesh = running_pair().await;
+    let mesh = running_echo_pair().await;
     let server = mesh.spec.workload("server").clone();
     let client = mesh.spec.workload("client").clone();
     let ca = vigil_identity::CertificateAuthority::load_or_generate(
@@ -314,7 +292,7 @@ async fn sign(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_token_decides_the_identity_never_the_csr() {
-    let mesh = Mesh::start(pair()).await.expect("control plane");
+    let mesh = Mesh::start(echo_pair()).await.expect("control plane");
     let client = mesh.spec.workload("client").clone();
     let server = mesh.spec.workload("server").clone();
 
@@ -375,7 +353,7 @@ async fn steady_traffic(via: std::net::SocketAddr, duration: Duration) -> (u64, 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn short_lived_certificates_renew_under_traffic_without_losing_a_request() {
-    let mut spec = pair();
+    let mut spec = echo_pair();
     spec.lifetime = "10s".into();
     let mut mesh = Mesh::start(spec).await.expect("control plane");
     start_echo_app(mesh.spec.workload("server").app_port, "server")
@@ -449,7 +427,7 @@ async fn short_lived_certificates_renew_under_traffic_without_losing_a_request()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn traffic_keeps_flowing_while_the_control_plane_restarts() {
-    let mut mesh = running_pair().await;
+    let mut mesh = running_echo_pair().await;
     let client = mesh.spec.workload("client").clone();
     let traffic = tokio::spawn(steady_traffic(client.outbound, Duration::from_secs(12)));
     tokio::time::sleep(Duration::from_secs(2)).await;

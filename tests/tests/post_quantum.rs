@@ -13,24 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_e2e::*;
 use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustStore};
 
-async fn running_pair() -> Mesh {
-    let spec = MeshSpec::new(vec![
-        WorkloadSpec::new("client", "demo"),
-        WorkloadSpec::new("server", "demo"),
-    ])
-    .service("server", "http", &["server"], None);
-    let mut mesh = Mesh::start(spec).await.expect("control plane starts");
-    start_echo_app(mesh.spec.workload("server").app_port, "server")
-        .await
-        .expect("server app");
-    for w in ["client", "server"] {
-        mesh.start_proxy(w)
-            .await
-            .unwrap_or_else(|e| panic!("{w} proxy start: {e}"));
-    }
-    mesh
-}
-
 /// `(group, cipher_suite, count)` of every `vigil_tls_handshakes_total` series of
 /// `direction` in a proxy's exposition.
 fn handshakes(exposition: &str, direction: &str) -> Vec<(String, String, f64)> {
@@ -59,7 +41,7 @@ fn handshakes(exposition: &str, direction: &str) -> Vec<(String, String, f64)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxies_and_control_plane_negotiate_post_quantum_key_exchange() {
-    let mesh = running_pair().await;
+    let mesh = running_echo_pair().await;
     let client = mesh.spec.workload("client").clone();
 
     let r = http1(client.outbound, "server", "/pq", &[])
@@ -172,7 +154,7 @@ async fn served_group(config: Arc<rustls::ClientConfig>, server: &WorkloadSpec) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn classical_x25519_client_is_still_served_on_the_inbound_port() {
-    let mesh = running_pair().await;
+    let mesh = running_echo_pair().await;
     let server = mesh.spec.workload("server").clone();
     let client = mesh.spec.workload("client").clone();
     let ca = vigil_identity::CertificateAuthority::load_or_generate(
