@@ -80,13 +80,7 @@ pub(crate) fn vigil_builtins() -> impl Iterator<Item = (&'static str, u8)> {
 pub(crate) fn register(engine: &mut Engine, strict: bool) {
     for (name, nargs) in vigil_builtins() {
         let run = move |args: Vec<Value>| -> anyhow::Result<Value> {
-            match evaluate(name, &args) {
-                Ok(value) => Ok(value),
-                Err(message) if strict || message.starts_with(ABORTS) => {
-                    Err(anyhow::anyhow!("{name}: {message}"))
-                }
-                Err(_) => Ok(Value::Undefined),
-            }
+            settle(name, &args, strict).map_err(anyhow::Error::msg)
         };
         // Registration fails only for a name registered twice, which REPLACED does not hold.
         if let Err(e) = engine.add_extension(name.to_string(), nargs, Box::new(run)) {
@@ -98,9 +92,15 @@ pub(crate) fn register(engine: &mut Engine, strict: bool) {
 /// One call of a builtin of [`vigil_builtins`], as the VM hands it over: undefined where OPA's
 /// builtin fails (outside strict mode), an error where OPA's evaluation itself fails.
 pub(crate) fn call(name: &str, args: &[Value]) -> Result<Value, String> {
+    settle(name, args, false)
+}
+
+/// A call's outcome as the evaluation sees it: a failed builtin is undefined, unless in
+/// strict mode or the failure ends OPA's whole evaluation.
+fn settle(name: &str, args: &[Value], strict: bool) -> Result<Value, String> {
     match evaluate(name, args) {
         Ok(value) => Ok(value),
-        Err(message) if message.starts_with(ABORTS) => Err(format!("{name}: {message}")),
+        Err(message) if strict || message.starts_with(ABORTS) => Err(format!("{name}: {message}")),
         Err(_) => Ok(Value::Undefined),
     }
 }
