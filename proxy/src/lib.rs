@@ -114,6 +114,28 @@ impl AppClients {
 const APP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 impl Proxy {
+    /// Serves a traffic listener until draining starts: each connection admitted under
+    /// the proxy's connection limits runs `handle` on the next worker.
+    pub async fn serve_traffic<F, Fut>(
+        &self,
+        listener: tokio::net::TcpListener,
+        name: &'static str,
+        handle: F,
+    ) where
+        F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        listener::accept_traffic(
+            listener,
+            name,
+            self.drain.clone(),
+            self.config.limits,
+            self.workers.clone(),
+            handle,
+        )
+        .await
+    }
+
     /// This worker's HTTP/1.1 client to the local application.
     pub fn app(&self) -> &Client<HttpConnector, Body> {
         &self.apps[transport::workers::current() % self.apps.len()].http1

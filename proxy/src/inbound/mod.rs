@@ -23,7 +23,6 @@ use crate::http::headers::{
 };
 use crate::telemetry::metrics::{Direction, ReasonLabels};
 use crate::telemetry::observe::{PolicyMetadata, RequestObservation};
-use crate::transport::listener::accept_traffic;
 use crate::Proxy;
 
 /// The request id header, set on every request that arrives without one.
@@ -60,19 +59,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         &proxy.config.tls_options(&[b"h2", b"http/1.1"]),
     );
     let acceptor = TlsAcceptor::from(tls);
-    accept_traffic(
-        listener,
-        "inbound",
-        proxy.drain.clone(),
-        proxy.config.limits,
-        proxy.workers.clone(),
-        move |tcp, peer_address| {
-            let proxy = proxy.clone();
+    let handler = proxy.clone();
+    proxy
+        .serve_traffic(listener, "inbound", move |tcp, peer_address| {
+            let proxy = handler.clone();
             let acceptor = acceptor.clone();
             async move { connection(proxy, acceptor, tcp, peer_address).await }
-        },
-    )
-    .await;
+        })
+        .await;
 }
 
 async fn connection(

@@ -31,7 +31,6 @@ use crate::http::error::ProxyError;
 use crate::http::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
 use crate::telemetry::metrics::{Direction, TcpLabels};
 use crate::telemetry::observe::RequestObservation;
-use crate::transport::listener::accept_traffic;
 use crate::transport::orig_dst::original_destination;
 use crate::Proxy;
 
@@ -50,19 +49,14 @@ enum Target {
 
 /// Serves an outbound listener; `service` binds it to one service.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, service: Option<String>) {
-    accept_traffic(
-        listener,
-        "outbound",
-        proxy.drain.clone(),
-        proxy.config.limits,
-        proxy.workers.clone(),
-        move |tcp, client| {
-            let proxy = proxy.clone();
+    let handler = proxy.clone();
+    proxy
+        .serve_traffic(listener, "outbound", move |tcp, client| {
+            let proxy = handler.clone();
             let service = service.clone();
             async move { connection(proxy, tcp, client, service).await }
-        },
-    )
-    .await;
+        })
+        .await;
 }
 
 async fn connection(
