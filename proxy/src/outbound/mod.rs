@@ -375,13 +375,7 @@ async fn forward(
     observed.service = target.name.clone();
     let route = target.route(service, req.uri().path());
     observed.route = route.label.clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    *req.uri_mut() = Uri::try_from(format!("http://{host}{path}"))
-        .map_err(|e| ProxyError::BadRequest(format!("invalid Host {host:?}: {e}")))?;
+    *req.uri_mut() = absolute_uri(std::mem::take(req.uri_mut()), &host)?;
     // An HTTP/1.1 upgrade (WebSocket) crosses to the peer as an extended CONNECT.
     let upgrade = crate::http::upgrade::requested(&req).map(|protocol| {
         let client = hyper::upgrade::on(&mut req);
@@ -438,6 +432,20 @@ async fn forward(
         }
     }
     Ok(response)
+}
+
+/// `uri` made absolute for the peer proxy (`http://host/path?query`), reusing its parsed
+/// path rather than formatting and parsing the whole URI again.
+fn absolute_uri(uri: Uri, host: &str) -> Result<Uri, ProxyError> {
+    let invalid =
+        |e: &dyn std::fmt::Display| ProxyError::BadRequest(format!("invalid Host {host:?}: {e}"));
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(http::uri::Authority::try_from(host).map_err(|e| invalid(&e))?);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).map_err(|e| invalid(&e))
 }
 
 /// An intercepted request to an address outside the mesh (`--egress allow`), sent on as
@@ -591,6 +599,18 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_made_absolute_for_the_peer_with_their_path_and_query() {
+        let uri = absolute_uri(Uri::from_static("/a/b?c=1"), "orders.shop:8080").unwrap();
+        assert_eq!(uri, "http://orders.shop:8080/a/b?c=1");
+        let uri = absolute_uri(Uri::from_static("http://other/x"), "orders").unwrap();
+        assert_eq!(uri, "http://orders/x", "the Host header names the service");
+        assert!(matches!(
+            absolute_uri(Uri::from_static("/"), "bad host"),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
 
     #[test]
     fn classifies_protocols_from_first_bytes() {
