@@ -6,18 +6,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::tests::{arg_after, patched, proxy_of};
 use super::webhook::review;
 use super::*;
 use crate::fixtures::fixture_json;
 
 const NAMESPACE: &str = "mesh-ops";
-
-fn proxy_of(pod: &Value) -> &Value {
-    pod["spec"]["initContainers"]
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["name"] == PROXY_CONTAINER))
-        .expect("the injected pod has a vigil-proxy container")
-}
 
 fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
     container["env"]
@@ -27,24 +21,14 @@ fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
         .as_str()
 }
 
-fn arg_after<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
-    let args = container["args"].as_array()?;
-    let i = args.iter().position(|a| a == flag)?;
-    args.get(i + 1)?.as_str()
-}
-
 fn injected(cfg: &InjectConfig) -> Value {
     let request = fixture_json("admission/admissionreview-v1-pod-create-kubectl-apply-2025.json");
     let response = review(request.to_string().as_bytes(), cfg).expect("answered");
-    let patch = response["response"]["patch"]
-        .as_str()
-        .expect("the pod is patched");
-    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, patch)
-        .expect("patch is base64");
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("JSONPatch");
-    let mut pod = request["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).expect("patch applies");
-    pod
+    assert!(
+        response["response"]["patch"].is_string(),
+        "the pod is patched: {response}"
+    );
+    patched(&request, &response)
 }
 
 #[test]

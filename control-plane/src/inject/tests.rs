@@ -26,7 +26,7 @@ fn config() -> InjectConfig {
 }
 
 /// The response's JSONPatch applied to the request's pod, as the API server does.
-fn patched(request: &Value, response: &Value) -> Value {
+pub(super) fn patched(request: &Value, response: &Value) -> Value {
     let mut pod = request["request"]["object"].clone();
     if let Some(p) = response["response"]["patch"].as_str() {
         let bytes = base64::engine::general_purpose::STANDARD
@@ -55,7 +55,7 @@ fn args(container: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-fn arg_after<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
+pub(super) fn arg_after<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
     let a = args(container);
     a.iter()
         .position(|x| *x == flag)
@@ -150,7 +150,7 @@ fn every_recorded_pod_create_gets_a_native_sidecar_patch() {
 }
 
 /// The proxy container of an injected pod, native or classic.
-fn proxy_of(pod: &Value) -> &Value {
+pub(super) fn proxy_of(pod: &Value) -> &Value {
     ["initContainers", "containers"]
         .iter()
         .filter_map(|list| pod["spec"][list].as_array())
