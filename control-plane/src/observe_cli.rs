@@ -337,6 +337,12 @@ fn window_of(
     }
 }
 
+/// Tries a caller's proxy sent per request, 1 + retries / requests: the load its retries
+/// add to the service behind. `vigil stat` and the dashboard show the same figure.
+pub fn tries_per_request(requests: f64, retries: f64) -> Option<f64> {
+    (requests > 0.0).then(|| 1.0 + retries / requests)
+}
+
 /// The `q` quantile in milliseconds from cumulative buckets, computed as PromQL's
 /// `histogram_quantile` does, so `vigil stat`, the dashboard and `vigil check` agree with
 /// a Prometheus reading the same series: linear interpolation within the bucket the rank
@@ -527,8 +533,9 @@ pub fn report(
                 success_rate: (answered > 0.5).then(|| 1.0 - counts.failures / answered),
                 denied: denied.round() as u64,
                 retried: retried.round() as u64,
-                amplification: (direction == "outbound" && total > 0.0)
-                    .then(|| 1.0 + retried / total),
+                amplification: (direction == "outbound")
+                    .then(|| tries_per_request(total, retried))
+                    .flatten(),
                 p50_ms: quantile(&counts.buckets, 0.50),
                 p95_ms: quantile(&counts.buckets, 0.95),
                 p99_ms: quantile(&counts.buckets, 0.99),

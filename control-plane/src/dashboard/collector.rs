@@ -505,8 +505,7 @@ pub fn graph(model: &MeshModel, views: &BTreeMap<String, WorkloadView>) -> Graph
                 mtls_share: (answered > 0.0).then(|| acc.with_peer / answered),
                 mtls: answered > 0.0 && acc.without_peer == 0.0,
                 retries_rps: if secs > 0.0 { acc.retries / secs } else { 0.0 },
-                retry_amplification: (acc.window.total > 0.0)
-                    .then(|| 1.0 + acc.retries / acc.window.total),
+                retry_amplification: observe_cli::tries_per_request(acc.window.total, acc.retries),
                 breaker_open: acc.breaker_open,
                 requests_total: acc.cumulative.total as u64,
             }
