@@ -310,7 +310,7 @@ impl vigil_api::identity::Identity for IdentityService {
         let id = &workload.spiffe_id;
         let chain = self
             .ca
-            .sign_csr(&req.csr_der, id, (self.lifetime)())
+            .sign_csr_for_workload(&req.csr_der, id, &workload.workload, (self.lifetime)())
             .map_err(|e| {
                 let detail = format!("{e} (workload {})", workload.workload);
                 self.refuse(&peer, RefusalReason::Csr, &detail);

@@ -255,6 +255,20 @@ impl CertificateAuthority {
         id: &SpiffeId,
         lifetime: Duration,
     ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        self.sign_csr_for_workload(csr_der, id, "", lifetime)
+    }
+
+    /// Like [`sign_csr`](Self::sign_csr), and names `workload` (when not empty) as the
+    /// subject's common name: the workload the control plane issued the SVID to, which
+    /// peers read back from the verified certificate for their metrics' `peer_workload`
+    /// label. The identity stays the URI SAN alone; nothing authorizes by this name.
+    pub fn sign_csr_for_workload(
+        &self,
+        csr_der: &[u8],
+        id: &SpiffeId,
+        workload: &str,
+        lifetime: Duration,
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
         self.check_issuable(id)?;
         let (rest, csr) =
             x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
@@ -274,7 +288,12 @@ impl CertificateAuthority {
         {
             return Err(CaError::UnsupportedKey);
         }
-        let params = self.svid_params(id, &[], lifetime)?;
+        let mut params = self.svid_params(id, &[], lifetime)?;
+        if !workload.is_empty() {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, workload.to_string());
+        }
         self.issue_custom(&params, &spki)
     }
 
@@ -510,8 +529,9 @@ impl CertificateAuthority {
             sans.push(SanType::DnsName(ia5));
         }
         let mut params = CertificateParams::default();
-        // SVIDs carry their identity in the URI SAN only; an empty subject avoids a second,
-        // unverified name that some tool might mistake for the identity.
+        // SVIDs carry their identity in the URI SAN only; the subject is empty unless the
+        // control plane names the workload in it (`sign_csr_for_workload`), never a name
+        // that looks like an identity.
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;

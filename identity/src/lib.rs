@@ -52,7 +52,7 @@ mod tests;
 pub use ca::{CaError, CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use store::{SvidStore, TrustStore};
-pub use svid::{check_svid_leaf, peer_spiffe_id, SvidError, SvidInfo};
+pub use svid::{check_svid_leaf, peer_identity, peer_spiffe_id, SvidError, SvidInfo};
 pub use tls::{
     mtls_client_config, mtls_server_config, server_config, server_name_for, TlsOptions,
     PLACEHOLDER_SERVER_NAME,

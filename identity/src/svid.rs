@@ -149,6 +149,34 @@ pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, SvidErro
     check_svid_leaf(leaf)
 }
 
+/// What a peer's already-verified leaf says about who is calling: the SPIFFE ID (its
+/// identity) and the workload name the control plane wrote into the subject's common name
+/// (empty when there is none), for metric labels.
+pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<(SpiffeId, String), SvidError> {
+    let leaf = certs.first().ok_or(SvidError::NoPeerCertificate)?;
+    let cert = parse_cert(leaf)?;
+    let id = leaf_rules(&cert)?;
+    let workload = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|name| is_workload_name(name))
+        .unwrap_or_default()
+        .to_string();
+    Ok((id, workload))
+}
+
+/// A name fit for a metric label: what Kubernetes allows for a pod or a mesh file for a
+/// workload (lowercase letters, digits, `-` and `.`, at most 253 bytes).
+fn is_workload_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
     let (rest, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| SvidError::Malformed(e.to_string()))?;

@@ -452,3 +452,36 @@ fn testing_credentials_write_key_0600() {
     let info = SvidInfo::from_der(&cred.chain_der()[0]).unwrap();
     assert!(info.not_after < SystemTime::now());
 }
+
+#[test]
+fn an_svid_names_its_workload_for_peers_but_its_identity_stays_the_uri() {
+    let ca = test_ca();
+    let key = WorkloadKey::generate().unwrap();
+    let wid = id("shop", "web");
+    let named = ca
+        .sign_csr_for_workload(
+            &key.csr_der().unwrap(),
+            &wid,
+            "web-7f9c",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    verify_chain(&named, &ca.trust_bundle()).unwrap();
+    assert_eq!(
+        crate::peer_identity(&named).unwrap(),
+        (wid.clone(), "web-7f9c".to_string())
+    );
+    assert_eq!(check_svid_leaf(&named[0]).unwrap(), wid);
+
+    // Without a workload the subject stays empty, and peers read no name.
+    let bare = ca
+        .sign_csr(&key.csr_der().unwrap(), &wid, Duration::from_secs(60))
+        .unwrap();
+    assert!(crate::svid::parse_cert(&bare[0])
+        .unwrap()
+        .subject()
+        .iter()
+        .next()
+        .is_none());
+    assert_eq!(crate::peer_identity(&bare).unwrap(), (wid, String::new()));
+}
