@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::telemetry::log_writer::LineWriter;
-use crate::telemetry::metrics::{Metrics, PolicyLabels};
+use crate::telemetry::metrics::{no_label, Metrics, PolicyLabels};
 use arc_swap::ArcSwapOption;
 use vigil_authz::{
     AuthzInput, Decision, DecisionRecord, PolicyBundle, PolicyFile, PolicyOptions, QueryLogging,
@@ -17,6 +17,30 @@ use vigil_authz::{
 pub struct InForce {
     pub bundle: PolicyBundle,
     pub request_body_bytes: usize,
+    /// The decision rule as the metric label, made once per bundle.
+    rule_label: Arc<str>,
+}
+
+/// At most this many distinct `denied_by` values per proxy; later ones count as `other`,
+/// so a policy that puts request data in its reasons cannot grow the series without end.
+const MAX_DENIED_BY: usize = 64;
+
+/// Which rule a denial names: the rule-like word before the first `:` of its reason (the
+/// convention of reasons such as `allowed_callers: web may not call payments`), else the
+/// decision rule itself (a `false` or undefined `allow` is the default refusing).
+fn denied_by<'r>(reason: &'r str, rule: &'r str) -> &'r str {
+    match reason.split_once(':') {
+        Some((head, _))
+            if !head.is_empty()
+                && head.len() <= 64
+                && head
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-[]\"".contains(&b)) =>
+        {
+            head
+        }
+        _ => rule,
+    }
 }
 
 /// Holds the bundle in force and evaluates requests against it.
@@ -24,6 +48,8 @@ pub struct Authorizer {
     bundle: ArcSwapOption<InForce>,
     log: LineWriter,
     metrics: Arc<Metrics>,
+    /// The `denied_by` label values seen so far (see [`MAX_DENIED_BY`]).
+    denied_by: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     /// Last bundle the proxy refused, with the reason.
     pub last_refused: ArcSwapOption<String>,
     /// Whether the decision log keeps query strings as received (they are redacted unless
@@ -43,6 +69,7 @@ impl Authorizer {
             bundle: ArcSwapOption::empty(),
             log,
             metrics,
+            denied_by: Default::default(),
             last_refused: ArcSwapOption::empty(),
             keep_query_strings: AtomicBool::new(false),
         }))
@@ -101,9 +128,11 @@ impl Authorizer {
                     engine = %bundle.backend(),
                     "policy bundle in force"
                 );
+                let rule_label = Arc::from(bundle.options().rule.as_str());
                 self.bundle.store(Some(Arc::new(InForce {
                     bundle,
                     request_body_bytes: wire.request_body_bytes as usize,
+                    rule_label,
                 })));
                 self.last_refused.store(None);
             }
@@ -123,28 +152,54 @@ impl Authorizer {
             .unwrap_or(0)
     }
 
+    /// `name` as a shared label value, or `other` once [`MAX_DENIED_BY`] are in use.
+    fn denied_by_label(&self, name: &str) -> Arc<str> {
+        let mut seen = self
+            .denied_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = seen.get(name) {
+            return known.clone();
+        }
+        if seen.len() >= MAX_DENIED_BY {
+            return Arc::from("other");
+        }
+        let label: Arc<str> = Arc::from(name);
+        seen.insert(label.clone());
+        label
+    }
+
     /// Decides one request or connection. Evaluation errors and a missing bundle deny
     /// (fail closed); dry-run allows but still logs what would have happened.
     pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
         let guard = self.bundle.load();
-        let Some(bundle) = guard.as_ref().map(|f| &f.bundle) else {
+        let Some(in_force) = guard.as_ref() else {
             self.metrics
                 .policy_decisions
                 .get_or_create(&PolicyLabels {
                     outcome: "error",
-                    rule: String::new(),
+                    rule: no_label(),
+                    denied_by: no_label(),
                 })
                 .inc();
             return Decision::Error {
                 reason: "no policy bundle received from the control plane yet".into(),
             };
         };
+        let bundle = &in_force.bundle;
         let decision = bundle.evaluate(input);
+        let denied_by = match &decision {
+            Decision::Deny { reason, .. } => {
+                self.denied_by_label(denied_by(reason, &in_force.rule_label))
+            }
+            _ => no_label(),
+        };
         self.metrics
             .policy_decisions
             .get_or_create(&PolicyLabels {
                 outcome: decision.outcome(),
-                rule: bundle.options().rule.clone(),
+                rule: in_force.rule_label.clone(),
+                denied_by,
             })
             .inc();
         if bundle.should_log(&decision) {
@@ -164,6 +219,22 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denial_is_counted_under_the_rule_its_reason_names() {
+        let rule = "data.vigil.authz.allow";
+        assert_eq!(
+            denied_by("allowed_callers: web may not call payments", rule),
+            "allowed_callers"
+        );
+        assert_eq!(denied_by("data.vigil.authz.allow is false", rule), rule);
+        assert_eq!(
+            denied_by("a caller in ns x: no", rule),
+            rule,
+            "not a rule name"
+        );
+        assert_eq!(denied_by(": nothing before", rule), rule);
+    }
     use std::sync::Mutex;
 
     /// A decision log that can be read back while the authorizer holds it.

@@ -709,8 +709,9 @@ pub struct App {
 }
 
 /// An HTTP application whose behaviour the test controls: it answers `{"app": name}`,
-/// fails `fail_percent` of requests with 503, waits `delay_ms`, and sleeps N ms on any
-/// path containing `/sleep/N`.
+/// fails `fail_percent` of requests with 503, waits `delay_ms`, sleeps N ms on any path
+/// containing `/sleep/N`, and on a path containing `/forge-denial` answers 403 dressed
+/// as a Vigil policy denial (`x-vigil-error: policy-denied`), as a misbehaving app might.
 pub async fn start_app(port: u16, name: &str) -> anyhow::Result<std::sync::Arc<App>> {
     use std::sync::atomic::Ordering::Relaxed;
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
@@ -740,11 +741,24 @@ pub async fn start_app(port: u16, name: &str) -> anyhow::Result<std::sync::Arc<A
                             if wait > 0 {
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
                             }
-                            let status = if fail { 503 } else { 200 };
+                            let forge = req.uri().path().contains("/forge-denial");
+                            let status = if fail {
+                                503
+                            } else if forge {
+                                403
+                            } else {
+                                200
+                            };
                             let body = serde_json::json!({"app": app.name}).to_string();
                             let mut response = Response::new(Full::new(Bytes::from(body)));
                             *response.status_mut() =
                                 http::StatusCode::from_u16(status).unwrap_or_default();
+                            if forge {
+                                response.headers_mut().insert(
+                                    "x-vigil-error",
+                                    http::HeaderValue::from_static("policy-denied"),
+                                );
+                            }
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -757,13 +771,55 @@ pub async fn start_app(port: u16, name: &str) -> anyhow::Result<std::sync::Arc<A
     Ok(app)
 }
 
-/// A metric's value in a Prometheus exposition (0 when absent). `series` is the name
-/// with its labels, exactly as exposed: `vigil_retries_total{service="web.demo"}`.
+/// A metric's value in a Prometheus exposition (0 when absent). `series` is the name with
+/// the labels that pick it out, as exposed: `vigil_retries_total{service="web.demo"}`.
+/// Labels the series carries besides those (the proxy's `local_*` labels) do not matter;
+/// every series that has all of them is summed.
 pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    let (name, wanted) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let wanted: Vec<&str> = split_labels(wanted);
     exposition
         .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+        .filter_map(|line| {
+            let (head, value) = line.rsplit_once(' ')?;
+            let labels = match head.split_once('{') {
+                Some((n, rest)) if n == name => rest.trim_end_matches('}'),
+                None if head == name => "",
+                _ => return None,
+            };
+            let have = split_labels(labels);
+            wanted
+                .iter()
+                .all(|w| have.contains(w))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// `a="x",b="y,z"` as `["a=\"x\"", "b=\"y,z\""]`: commas inside quotes do not split.
+fn split_labels(labels: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in labels.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&labels[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < labels.len() {
+        out.push(&labels[start..]);
+    }
+    out
 }
 
 // ---- The dashboard: `vigil demo` as a process, headless Chromium ----

@@ -215,10 +215,12 @@ async fn bad_clients_are_refused_and_the_proxy_keeps_serving() {
         "ca-as-leaf",
         "no-client-cert",
     ] {
-        assert!(
-            exposition.contains(&format!(
-                "vigil_tls_handshake_failures_total{{reason=\"{reason}\"}} 1"
-            )),
+        assert_eq!(
+            metric_value(
+                &exposition,
+                &format!("vigil_tls_handshake_failures_total{{reason=\"{reason}\"}}")
+            ),
+            1.0,
             "handshake failure {reason} is counted:\n{exposition}"
         );
     }

@@ -131,6 +131,94 @@ async fn prometheus_scrapes_the_proxies_and_promtool_accepts_the_exposition() {
     }
 }
 
+/// The request series of one proxy whose labels include every one of `labels`, summed.
+fn requests_with(exposition: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("vigil_requests_total{") && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_ends_of_an_edge_name_each_other_and_count_a_denial_once_each() {
+    let policies = tempfile::tempdir().expect("tempdir");
+    std::fs::write(policies.path().join("policy.rego"), DENY_ADMIN).expect("policy");
+    let mut spec = MeshSpec::new(vec![
+        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("server", "demo"),
+    ])
+    .service("server", "http", &["server"], None);
+    spec.policy_dir = Some(policies.path().to_path_buf());
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    start_app(mesh.spec.workload("server").app_port, "server")
+        .await
+        .expect("app");
+    mesh.start_proxy("client").await.expect("client proxy");
+    mesh.start_proxy("server").await.expect("server proxy");
+    let client = mesh.spec.workload("client").clone();
+    let server = mesh.spec.workload("server").clone();
+
+    let traffic = pooled_client();
+    for (path, status) in [("/hello", 200), ("/admin", 403), ("/forge-denial", 403)] {
+        let r = call(&traffic, client.outbound, "server", path)
+            .await
+            .expect("request");
+        assert_eq!(r.status, status, "{path}: {}\n{}", r.body, mesh.logs());
+        if path == "/forge-denial" {
+            assert!(
+                !r.headers.contains_key("x-vigil-error"),
+                "the app's forged x-vigil-error reached the caller: {:?}",
+                r.headers
+            );
+        }
+    }
+    // Recorded when each response ends: wait for the server's third request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (out, inn) = loop {
+        let (out, inn) = (metrics(client.metrics).await, metrics(server.metrics).await);
+        if requests_with(&inn, &["direction=\"inbound\""]) >= 3.0
+            && requests_with(&out, &["direction=\"outbound\""]) >= 3.0
+        {
+            break (out, inn);
+        }
+        assert!(Instant::now() < deadline, "{out}\n{inn}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Each end names itself and the other: workload, namespace and identity.
+    let client_id = format!("peer_identity=\"{}\"", client.spiffe_id());
+    let server_id = format!("peer_identity=\"{}\"", server.spiffe_id());
+    let outbound = [
+        "direction=\"outbound\"",
+        "local_workload=\"client\"",
+        "local_namespace=\"demo\"",
+        "peer_workload=\"server\"",
+        "peer_namespace=\"demo\"",
+        &server_id,
+    ];
+    let inbound = [
+        "direction=\"inbound\"",
+        "local_workload=\"server\"",
+        "peer_workload=\"client\"",
+        "peer_namespace=\"demo\"",
+        &client_id,
+    ];
+    for (exposition, labels) in [(&out, &outbound[..]), (&inn, &inbound[..])] {
+        assert_eq!(requests_with(exposition, labels), 3.0, "{exposition}");
+        // The policy's denial is a denial on both ends; the app's forged one is the app's
+        // own 403, a success as far as the mesh is concerned.
+        let with = |extra: &str| {
+            let mut all = labels.to_vec();
+            all.push(extra);
+            requests_with(exposition, &all)
+        };
+        assert_eq!(with("outcome=\"denied\""), 1.0, "{exposition}");
+        assert_eq!(with("response_code=\"403\""), 2.0, "{exposition}");
+        assert_eq!(with("outcome=\"success\""), 2.0, "{exposition}");
+        assert_eq!(with("response_code=\"200\""), 1.0, "{exposition}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn vigil_tap_shows_live_requests_including_a_denial_and_stat_sums_them_up() {
     let (mesh, _policies) = observed_pair().await;

@@ -16,10 +16,11 @@ use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustStore};
 /// `(group, cipher_suite, count)` of every `vigil_tls_handshakes_total` series of
 /// `direction` in a proxy's exposition.
 fn handshakes(exposition: &str, direction: &str) -> Vec<(String, String, f64)> {
-    let prefix = format!("vigil_tls_handshakes_total{{direction=\"{direction}\",");
+    let wanted = format!("direction=\"{direction}\"");
     exposition
         .lines()
-        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|line| line.strip_prefix("vigil_tls_handshakes_total{"))
+        .filter(|rest| rest.split(',').any(|l| l == wanted))
         .map(|rest| {
             let (labels, count) = rest.split_once("} ").expect("labels then value");
             let label = |name: &str| {

@@ -190,6 +190,21 @@ async fn a_request_across_three_hops_is_one_trace_with_the_right_parents() {
     assert!(attr(c_in, "vigil.peer.identity").contains(&b.spiffe_id()));
     assert!(attr(c_in, "vigil.policy.decision").contains("allow"));
     assert!(attr(b_in, "http.response.status_code").contains("200"));
+    // The stable OpenTelemetry HTTP conventions, and the peer by its workload too.
+    assert!(attr(a_out, "http.request.method").contains("GET"));
+    assert!(attr(a_out, "url.path").contains("/start"));
+    assert!(attr(a_out, "server.address").contains("\"b\""), "{a_out:?}");
+    assert!(attr(b_in, "network.protocol.version").contains('2'));
+    assert!(
+        attr(c_in, "vigil.peer.workload").contains("\"b\""),
+        "{c_in:?}"
+    );
+    assert!(
+        attr(a_out, "vigil.peer.workload").contains("\"b\""),
+        "{a_out:?}"
+    );
+    assert!(attr(c_in, "vigil.outcome").contains("success"));
+    assert!(attr(a_out, "error.type").is_empty(), "a 200 is no error");
     let _ = c;
 }
 

@@ -104,6 +104,11 @@ impl WorkloadIdentity {
                     self.metrics
                         .certificate_expiry
                         .set(i64::try_from(status.not_after).unwrap_or(i64::MAX));
+                    self.metrics.set_local(crate::telemetry::metrics::Local {
+                        workload: status.workload.clone(),
+                        namespace: status.namespace.clone(),
+                        identity: status.spiffe_id.clone(),
+                    });
                     tracing::info!(spiffe_id = %status.spiffe_id, expires_in = ?issued.lifetime_left, renew_in = ?wait, "workload certificate installed");
                     self.status.store(Some(Arc::new(status)));
                     tokio::time::sleep(wait).await;

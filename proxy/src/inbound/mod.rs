@@ -21,7 +21,7 @@ use crate::http::error::{local_response, PolicyOutcome, ProxyError, ERROR_HEADER
 use crate::http::headers::{
     authority, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
 };
-use crate::telemetry::metrics::{Direction, ReasonLabels};
+use crate::telemetry::metrics::{Direction, Peer, ReasonLabels, TcpLabels};
 use crate::telemetry::observe::{PolicyMetadata, RequestObservation};
 use crate::Proxy;
 
@@ -32,19 +32,23 @@ const REQUEST_ID: &str = "x-request-id";
 struct Connection {
     /// The verified SPIFFE ID; `None` only for plaintext in permissive mode.
     peer: Option<SpiffeId>,
-    /// The peer's identity as metrics and logs name it, once per connection; empty for
-    /// plaintext.
-    peer_name: Arc<str>,
+    /// The peer as metrics and logs name it, once per connection; empty for plaintext.
+    peer_labels: Peer,
     peer_address: SocketAddr,
     local_address: SocketAddr,
 }
 
 impl Connection {
-    fn new(peer: Option<SpiffeId>, peer_address: SocketAddr, local_address: SocketAddr) -> Self {
-        let peer_name = peer.as_ref().map(|p| p.to_string()).unwrap_or_default();
+    /// `workload` is the name the control plane wrote into the peer's certificate.
+    fn new(
+        peer: Option<SpiffeId>,
+        workload: &str,
+        peer_address: SocketAddr,
+        local_address: SocketAddr,
+    ) -> Self {
         Connection {
+            peer_labels: Peer::new(peer.as_ref(), workload),
             peer,
-            peer_name: Arc::from(peer_name),
             peer_address,
             local_address,
         }
@@ -86,7 +90,7 @@ async fn connection(
                 proxy.metrics.plaintext_connections.inc();
                 let tcp =
                     crate::transport::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
-                let conn = Connection::new(None, peer_address, local_address);
+                let conn = Connection::new(None, "", peer_address, local_address);
                 return serve_requests(proxy, tcp, conn).await;
             }
             None => return,
@@ -114,19 +118,19 @@ async fn connection(
         }
     };
     crate::telemetry::metrics::HandshakeDirection::inbound.record(stream.get_ref().1);
-    let peer = match stream
+    let (peer, workload) = match stream
         .get_ref()
         .1
         .peer_certificates()
-        .map(vigil_identity::peer_spiffe_id)
+        .map(vigil_identity::peer_identity)
     {
-        Some(Ok(id)) => id,
+        Some(Ok(found)) => found,
         _ => {
             handshake_failed(&proxy, "no-identity");
             return;
         }
     };
-    let conn = Connection::new(Some(peer), peer_address, local_address);
+    let conn = Connection::new(Some(peer), &workload, peer_address, local_address);
     serve_requests(proxy, stream, conn).await;
 }
 
@@ -200,16 +204,16 @@ async fn request(
     if let Some((service, route)) = inbound_service(&proxy, &req) {
         (observed.service, observed.route) = (service, route);
     }
-    observed.peer = conn.peer_name.clone();
+    observed.peer = conn.peer_labels.clone();
     let opaque =
         req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
     let result = if opaque {
-        tunnel(&proxy, &conn, req).await
+        tunnel(&proxy, &conn, req, observed.service.clone()).await
     } else {
         http(&proxy, &conn, req).await
     };
     let response = result.unwrap_or_else(|e| {
-        tracing::debug!(peer = %observed.peer, error = %e, "inbound request failed");
+        tracing::debug!(peer = %observed.peer.identity, error = %e, "inbound request failed");
         e.into_response()
     });
     // Metrics and logs keep the proxy's own status; a gRPC caller gets it as gRPC.
@@ -424,6 +428,9 @@ async fn http(
     };
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Only the proxy says why it answered itself: an app cannot pass its own answers off
+    // as a policy denial or a proxy failure in its callers' metrics.
+    parts.headers.remove(ERROR_HEADER);
     if switched {
         // The peer proxy turns this back into the app's 101 for its caller.
         parts.status = StatusCode::OK;
@@ -449,6 +456,7 @@ async fn tunnel(
     proxy: &Proxy,
     conn: &Connection,
     mut req: Request<Incoming>,
+    service: Arc<str>,
 ) -> Result<Response<Body>, ProxyError> {
     let mesh = proxy
         .discovery
@@ -501,11 +509,24 @@ async fn tunnel(
     let upgrade = hyper::upgrade::on(&mut req);
     let peer_address = conn.peer_address;
     let idle = proxy.config.idle_timeout;
+    let metrics = proxy.metrics.clone();
+    let labels = TcpLabels::new(Direction::inbound, &conn.peer_labels, service);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
+                metrics.tcp_opened.get_or_create(&labels).inc();
                 let mut upgraded = TokioIo::new(upgraded);
                 let tunneled = crate::transport::serve::tunnel(&mut upgraded, &mut app, idle).await;
+                // Forward is what the peer sent; backward what the app sent it.
+                metrics
+                    .tcp_bytes_received
+                    .get_or_create(&labels)
+                    .inc_by(tunneled.forward);
+                metrics
+                    .tcp_bytes_sent
+                    .get_or_create(&labels)
+                    .inc_by(tunneled.backward);
+                metrics.tcp_closed.get_or_create(&labels).inc();
                 if let Err(e) = tunneled.result {
                     tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel ended");
                 }

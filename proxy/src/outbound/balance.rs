@@ -109,7 +109,7 @@ impl Service<Request<Body>> for Balance {
             let e = ProxyError::NoEndpoints(self.service.to_string());
             return Box::pin(std::future::ready(Err(SendError::new(e))));
         };
-        log.record(&endpoint.state.key);
+        log.record(&endpoint.state);
         Box::pin(self.endpoint_stack(endpoint, probe).oneshot(req))
     }
 }
@@ -354,7 +354,7 @@ mod tests {
         let mut seen = vec![];
         for _ in 0..3 {
             let (c, _) = choose(&endpoints, &log, Instant::now()).expect("one");
-            log.record(&c.state.key);
+            log.record(&c.state);
             seen.push(c.state.workload.to_string());
         }
         seen.sort();
@@ -455,5 +455,22 @@ mod tests {
         assert_eq!(aim_tunnel(req, 9000).uri(), "127.0.0.1:9000");
         let get = Request::new(crate::http::body::empty());
         assert_eq!(aim_tunnel(get, 9000).uri(), "/");
+    }
+
+    #[test]
+    fn the_attempt_log_names_the_last_peer() {
+        use crate::telemetry::metrics::Peer;
+        let log = AttemptLog::default();
+        assert_eq!(log.last_peer(), Peer::none());
+        let states = Peers::default().states();
+        let m = mesh("v1", &["a"]);
+        let endpoints = states.for_service(&m, &m.services[0]);
+        let state = &endpoints[0].state;
+        log.clone().record(state);
+        assert!(log.tried(&state.key));
+        assert_eq!(log.count(), 1);
+        let peer = log.last_peer();
+        assert_eq!(&*peer.identity, "spiffe://vigil.local/ns/demo/sa/a");
+        assert_eq!((&*peer.workload, &*peer.namespace), ("a", "demo"));
     }
 }

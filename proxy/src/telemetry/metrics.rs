@@ -3,10 +3,12 @@
 //! Label sets are bounded: directions, mesh identities, services and reasons the proxy
 //! itself names; never paths, addresses or anything a client can make up.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -17,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
+use vigil_identity::SpiffeId;
 
 use crate::http::body::{self, Body};
 use crate::transport::listener::{accept_loop, ConnectionLimits};
@@ -79,27 +82,92 @@ impl HandshakeDirection {
     }
 }
 
+/// Who is at the other end of a request or connection, as its metric labels: the
+/// verified SPIFFE ID, the namespace in it, and the workload the control plane named in
+/// the peer's certificate (inbound) or in discovery (outbound). Made once per inbound
+/// connection or outbound endpoint and shared by every request recorded under it.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Peer {
+    pub identity: Arc<str>,
+    pub workload: Arc<str>,
+    pub namespace: Arc<str>,
+}
+
+static NO_PEER: LazyLock<Peer> = LazyLock::new(Peer::default);
+
+impl Peer {
+    /// A peer proven by `id` (none for plaintext or a request that reached no peer).
+    pub fn new(id: Option<&SpiffeId>, workload: &str) -> Peer {
+        let Some(id) = id else {
+            return Peer::none();
+        };
+        Peer {
+            identity: Arc::from(id.to_string()),
+            workload: Arc::from(workload),
+            namespace: Arc::from(id.namespace().unwrap_or_default()),
+        }
+    }
+
+    /// No peer: every label empty, shared.
+    pub fn none() -> Peer {
+        NO_PEER.clone()
+    }
+}
+
+/// How a request ended, as `outcome` names it: `denied` by policy (this proxy's for
+/// inbound, the destination's for outbound), else `failure` for a 5xx, else `success`.
+/// The success rate is `success / (success + failure)`: a denial is neither.
+pub fn outcome(status: StatusCode, denied: bool) -> &'static str {
+    if denied {
+        "denied"
+    } else if status.is_server_error() {
+        "failure"
+    } else {
+        "success"
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
     pub peer_identity: Arc<str>,
+    pub peer_workload: Arc<str>,
+    pub peer_namespace: Arc<str>,
     pub service: Arc<str>,
     pub route: Arc<str>,
+    pub response_code: u16,
     pub status_class: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub direction: Direction,
     pub peer_identity: Arc<str>,
+    pub peer_workload: Arc<str>,
+    pub peer_namespace: Arc<str>,
     pub service: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: Direction,
-    pub peer_identity: String,
-    pub service: String,
+    pub peer_identity: Arc<str>,
+    pub peer_workload: Arc<str>,
+    pub peer_namespace: Arc<str>,
+    pub service: Arc<str>,
+}
+
+impl TcpLabels {
+    pub fn new(direction: Direction, peer: &Peer, service: Arc<str>) -> TcpLabels {
+        TcpLabels {
+            direction,
+            peer_identity: peer.identity.clone(),
+            peer_workload: peer.workload.clone(),
+            peer_namespace: peer.namespace.clone(),
+            service,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,7 +178,17 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub outcome: &'static str,
-    pub rule: String,
+    /// The decision rule.
+    pub rule: Arc<str>,
+    /// For a denial, the rule its reason names (else the decision rule); empty otherwise.
+    pub denied_by: Arc<str>,
+}
+
+static NO_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
+/// The empty label value, shared.
+pub fn no_label() -> Arc<str> {
+    NO_LABEL.clone()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,9 +223,17 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+/// This proxy's own workload, namespace and identity, put on every series it exports so
+/// that series from both ends of an edge join without relabelling.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Local {
+    pub workload: String,
+    pub namespace: String,
+    pub identity: String,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
-    registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pub proxy_errors: Family<ErrorLabels, Counter>,
@@ -165,121 +251,13 @@ pub struct Metrics {
     pub breaker_open: Family<EndpointLabels, Gauge>,
     pub certificate_expiry: Gauge,
     pub certificate_renewals: Counter,
+    build_info: Family<BuildLabels, Gauge>,
+    /// Known once the control plane has issued the proxy's certificate.
+    local: ArcSwapOption<Local>,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("vigil");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "HTTP requests handled, by direction, peer identity, service, route and status class",
-            requests.clone(),
-        );
-        let request_duration =
-            Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register_with_unit(
-            "request_duration",
-            "Time from request received to response headers, as the caller saw it",
-            Unit::Seconds,
-            request_duration.clone(),
-        );
-        let proxy_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "proxy_errors",
-            "Responses the proxy produced itself, by reason (x-vigil-error)",
-            proxy_errors.clone(),
-        );
-        let tcp_opened = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "tcp_connections_opened",
-            "Opaque TCP connections opened",
-            tcp_opened.clone(),
-        );
-        let tcp_closed = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "tcp_connections_closed",
-            "Opaque TCP connections closed",
-            tcp_closed.clone(),
-        );
-        let tcp_bytes_sent = Family::<TcpLabels, Counter>::default();
-        registry.register_with_unit(
-            "tcp_sent",
-            "Bytes sent to the peer over opaque TCP",
-            Unit::Bytes,
-            tcp_bytes_sent.clone(),
-        );
-        let tcp_bytes_received = Family::<TcpLabels, Counter>::default();
-        registry.register_with_unit(
-            "tcp_received",
-            "Bytes received from the peer over opaque TCP",
-            Unit::Bytes,
-            tcp_bytes_received.clone(),
-        );
-        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "tls_handshake_failures",
-            "Inbound TLS handshakes refused, by reason",
-            tls_handshake_failures.clone(),
-        );
-        registry.register(
-            "tls_handshakes",
-            "TLS handshakes completed, by direction (inbound, outbound, control_plane), negotiated key-exchange group and cipher suite",
-            TLS_HANDSHAKES.clone(),
-        );
-        let plaintext_connections = Counter::default();
-        registry.register(
-            "inbound_plaintext_connections",
-            "Plaintext connections served on the inbound port in permissive mode: callers not yet in the mesh",
-            plaintext_connections.clone(),
-        );
-        let log_lines_dropped = Family::<LogLabels, Counter>::default();
-        registry.register(
-            "log_lines_dropped",
-            "Decision or access log lines dropped because the log writer fell behind (a slow disk); requests never wait for it",
-            log_lines_dropped.clone(),
-        );
-        let policy_decisions = Family::<PolicyLabels, Counter>::default();
-        registry.register(
-            "policy_decisions",
-            "Policy decisions by outcome (allow, deny, error) and decision rule",
-            policy_decisions.clone(),
-        );
-        let retries = Family::<ServiceLabels, Counter>::default();
-        registry.register("retries", "Requests retried, by service", retries.clone());
-        let retry_budget_exhausted = Family::<ServiceLabels, Counter>::default();
-        registry.register(
-            "retry_budget_exhausted",
-            "Retries skipped because the retry budget was spent",
-            retry_budget_exhausted.clone(),
-        );
-        let ejections = Family::<EndpointLabels, Counter>::default();
-        registry.register(
-            "endpoint_ejections",
-            "Endpoints ejected by the circuit breaker",
-            ejections.clone(),
-        );
-        let breaker_open = Family::<EndpointLabels, Gauge>::default();
-        registry.register(
-            "circuit_breaker_open",
-            "1 while an endpoint's circuit breaker is open",
-            breaker_open.clone(),
-        );
-        let certificate_expiry = Gauge::default();
-        registry.register_with_unit(
-            "certificate_expiry_timestamp",
-            "When the workload certificate expires, seconds since the Unix epoch",
-            Unit::Seconds,
-            certificate_expiry.clone(),
-        );
-        let certificate_renewals = Counter::default();
-        registry.register(
-            "certificate_renewals",
-            "Certificates renewed",
-            certificate_renewals.clone(),
-        );
         // A gauge rather than an OpenMetrics info metric, so classic Prometheus text
         // parsers (promtool) accept the exposition too.
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -288,54 +266,183 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        registry.register("build_info", "Build information; always 1", build_info);
         Arc::new(Metrics {
-            registry,
-            requests,
-            request_duration,
-            proxy_errors,
-            tcp_opened,
-            tcp_closed,
-            tcp_bytes_sent,
-            tcp_bytes_received,
-            tls_handshake_failures,
-            plaintext_connections,
-            log_lines_dropped,
-            policy_decisions,
-            retries,
-            retry_budget_exhausted,
-            ejections,
-            breaker_open,
-            certificate_expiry,
-            certificate_renewals,
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            proxy_errors: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_bytes_sent: Family::default(),
+            tcp_bytes_received: Family::default(),
+            tls_handshake_failures: Family::default(),
+            plaintext_connections: Counter::default(),
+            log_lines_dropped: Family::default(),
+            policy_decisions: Family::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            ejections: Family::default(),
+            breaker_open: Family::default(),
+            certificate_expiry: Gauge::default(),
+            certificate_renewals: Counter::default(),
+            build_info,
+            local: ArcSwapOption::empty(),
         })
     }
 
-    /// Records one finished HTTP request. The labels are shared (made once per connection
-    /// or snapshot), so recording allocates nothing for them.
+    /// Names this proxy's workload, namespace and identity on every series from now on
+    /// (when its certificate is issued).
+    pub fn set_local(&self, local: Local) {
+        if self.local.load().as_deref() != Some(&local) {
+            self.local.store(Some(Arc::new(local)));
+        }
+    }
+
+    /// A registry over the families, with the local labels as they are now. Built per
+    /// scrape (the families are shared handles), because the local labels are only known
+    /// after the proxy's certificate is issued.
+    fn registry(&self) -> Registry {
+        let local = self.local.load_full().unwrap_or_default();
+        let labels = [
+            ("local_workload", local.workload.clone()),
+            ("local_namespace", local.namespace.clone()),
+            ("local_identity", local.identity.clone()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)));
+        let mut registry = Registry::with_prefix_and_labels("vigil", labels);
+        registry.register(
+            "requests",
+            "HTTP requests handled, by direction, peer (identity, workload, namespace), service, route, exact response code, status class and outcome (success, failure, denied)",
+            self.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request received to response headers, as the caller saw it",
+            Unit::Seconds,
+            self.request_duration.clone(),
+        );
+        registry.register(
+            "proxy_errors",
+            "Responses the proxy produced itself, by reason (x-vigil-error)",
+            self.proxy_errors.clone(),
+        );
+        registry.register(
+            "tcp_connections_opened",
+            "Opaque TCP connections opened, by direction, peer and service",
+            self.tcp_opened.clone(),
+        );
+        registry.register(
+            "tcp_connections_closed",
+            "Opaque TCP connections closed, by direction, peer and service",
+            self.tcp_closed.clone(),
+        );
+        registry.register_with_unit(
+            "tcp_sent",
+            "Bytes sent to the peer over opaque TCP",
+            Unit::Bytes,
+            self.tcp_bytes_sent.clone(),
+        );
+        registry.register_with_unit(
+            "tcp_received",
+            "Bytes received from the peer over opaque TCP",
+            Unit::Bytes,
+            self.tcp_bytes_received.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Inbound TLS handshakes refused, by reason",
+            self.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed, by direction (inbound, outbound, control_plane), negotiated key-exchange group and cipher suite",
+            TLS_HANDSHAKES.clone(),
+        );
+        registry.register(
+            "inbound_plaintext_connections",
+            "Plaintext connections served on the inbound port in permissive mode: callers not yet in the mesh",
+            self.plaintext_connections.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Decision or access log lines dropped because the log writer fell behind (a slow disk); requests never wait for it",
+            self.log_lines_dropped.clone(),
+        );
+        registry.register(
+            "policy_decisions",
+            "Policy decisions by outcome (allow, deny, error), decision rule and, for denials, the rule that denied (the word before the first ':' of the policy's reason, else the decision rule)",
+            self.policy_decisions.clone(),
+        );
+        registry.register(
+            "retries",
+            "Requests retried, by service",
+            self.retries.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries skipped because the retry budget was spent",
+            self.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected by the circuit breaker",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "circuit_breaker_open",
+            "1 while an endpoint's circuit breaker is open",
+            self.breaker_open.clone(),
+        );
+        registry.register_with_unit(
+            "certificate_expiry_timestamp",
+            "When the workload certificate expires, seconds since the Unix epoch",
+            Unit::Seconds,
+            self.certificate_expiry.clone(),
+        );
+        registry.register(
+            "certificate_renewals",
+            "Certificates renewed",
+            self.certificate_renewals.clone(),
+        );
+        registry.register(
+            "build_info",
+            "Build information; always 1",
+            self.build_info.clone(),
+        );
+        registry
+    }
+
+    /// Records one finished HTTP request. The labels are shared (made once per connection,
+    /// endpoint or snapshot), so recording allocates nothing for them.
     pub fn request(
         &self,
-        direction: Direction,
-        peer_identity: &Arc<str>,
-        service: &Arc<str>,
-        route: &Arc<str>,
+        call: &crate::telemetry::observe::Call<'_>,
         status: StatusCode,
+        denied: bool,
         elapsed: Duration,
     ) {
+        let peer = call.peer;
         self.requests
             .get_or_create(&RequestLabels {
-                direction,
-                peer_identity: peer_identity.clone(),
-                service: service.clone(),
-                route: route.clone(),
+                direction: call.direction,
+                peer_identity: peer.identity.clone(),
+                peer_workload: peer.workload.clone(),
+                peer_namespace: peer.namespace.clone(),
+                service: call.service.clone(),
+                route: call.route.clone(),
+                response_code: status.as_u16(),
                 status_class: status_class(status),
+                outcome: outcome(status, denied),
             })
             .inc();
         self.request_duration
             .get_or_create(&LatencyLabels {
-                direction,
-                peer_identity: peer_identity.clone(),
-                service: service.clone(),
+                direction: call.direction,
+                peer_identity: peer.identity.clone(),
+                peer_workload: peer.workload.clone(),
+                peer_namespace: peer.namespace.clone(),
+                service: call.service.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -361,7 +468,7 @@ impl Metrics {
     /// The exposition, in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry()).is_err() {
             out.clear();
         }
         out
@@ -480,14 +587,15 @@ mod tests {
     #[test]
     fn classic_text_names_counter_series_and_drops_openmetrics_only_lines() {
         let m = Metrics::new();
-        m.request(
-            Direction::inbound,
-            &Arc::from("spiffe://vigil.local/ns/a/sa/b"),
-            &Arc::from("svc.a"),
-            &Arc::from("/api"),
-            StatusCode::OK,
-            Duration::from_millis(3),
-        );
+        let id = SpiffeId::parse("spiffe://vigil.local/ns/a/sa/b").expect("id");
+        let peer = Peer::new(Some(&id), "b-1");
+        let call = crate::telemetry::observe::Call {
+            direction: Direction::inbound,
+            peer: &peer,
+            service: &Arc::from("svc.a"),
+            route: &Arc::from("/api"),
+        };
+        m.request(&call, StatusCode::OK, false, Duration::from_millis(3));
         let text = classic_text(&m.encode());
         assert!(
             text.contains("# TYPE vigil_requests_total counter"),
@@ -496,5 +604,73 @@ mod tests {
         assert!(text.contains("# HELP vigil_requests_total "), "{text}");
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
         assert!(text.contains("# TYPE vigil_request_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn request_series_name_both_ends_the_exact_code_and_the_outcome() {
+        let m = Metrics::new();
+        let id = SpiffeId::parse("spiffe://vigil.local/ns/shop/sa/web").expect("id");
+        let peer = Peer::new(Some(&id), "web");
+        let call = crate::telemetry::observe::Call {
+            direction: Direction::inbound,
+            peer: &peer,
+            service: &Arc::from("payments.shop"),
+            route: &Arc::from("default"),
+        };
+        m.request(&call, StatusCode::FORBIDDEN, true, Duration::from_millis(1));
+        m.request(
+            &call,
+            StatusCode::NOT_FOUND,
+            false,
+            Duration::from_millis(1),
+        );
+        m.request(
+            &call,
+            StatusCode::BAD_GATEWAY,
+            false,
+            Duration::from_millis(1),
+        );
+        // No local labels before the certificate names this proxy's workload.
+        assert!(!m.encode().contains("local_workload"));
+        m.set_local(Local {
+            workload: "payments".into(),
+            namespace: "shop".into(),
+            identity: "spiffe://vigil.local/ns/shop/sa/payments".into(),
+        });
+        let text = m.encode();
+        let series = |code: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("vigil_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .unwrap_or_else(|| panic!("no {code} series:\n{text}"))
+                .to_string()
+        };
+        let denied = series("403");
+        for label in [
+            "direction=\"inbound\"",
+            "peer_identity=\"spiffe://vigil.local/ns/shop/sa/web\"",
+            "peer_workload=\"web\"",
+            "peer_namespace=\"shop\"",
+            "service=\"payments.shop\"",
+            "status_class=\"4xx\"",
+            "outcome=\"denied\"",
+            "local_workload=\"payments\"",
+            "local_namespace=\"shop\"",
+            "local_identity=\"spiffe://vigil.local/ns/shop/sa/payments\"",
+        ] {
+            assert!(denied.contains(label), "{label} missing: {denied}");
+        }
+        assert!(
+            series("404").contains("outcome=\"success\""),
+            "an app's 4xx is no failure"
+        );
+        assert!(series("502").contains("outcome=\"failure\""));
+        // Every series carries the local labels, the handshake and build ones too.
+        assert!(text
+            .lines()
+            .filter(|l| l.starts_with("vigil_build_info"))
+            .all(|l| l.contains("local_workload=\"payments\"")));
     }
 }

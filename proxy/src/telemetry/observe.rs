@@ -19,7 +19,7 @@ mod request;
 pub use request::{default_route, PolicyMetadata, RequestObservation};
 
 use crate::telemetry::log_writer::LineWriter;
-use crate::telemetry::metrics::{Direction, ErrorLabels, Metrics};
+use crate::telemetry::metrics::{Direction, ErrorLabels, Metrics, Peer};
 
 /// What happened to one request, as the tap and the access log show it.
 #[derive(Debug, Clone, Serialize)]
@@ -84,8 +84,8 @@ pub struct Observer {
 /// Which call a finished request was, as its metrics are labelled.
 pub struct Call<'a> {
     pub direction: Direction,
-    /// The peer's identity.
-    pub peer: &'a Arc<str>,
+    /// Who is at the other end.
+    pub peer: &'a Peer,
     pub service: &'a Arc<str>,
     /// The traffic route it matched ([`crate::traffic::Route::label`]).
     pub route: &'a Arc<str>,
@@ -123,18 +123,12 @@ impl Observer {
         &self,
         call: Call<'_>,
         status: StatusCode,
+        denied: bool,
         elapsed: Duration,
         error: Option<&'static str>,
     ) {
         let direction = call.direction;
-        self.metrics.request(
-            direction,
-            call.peer,
-            call.service,
-            call.route,
-            status,
-            elapsed,
-        );
+        self.metrics.request(&call, status, denied, elapsed);
         if let Some(reason) = error {
             self.metrics
                 .proxy_errors

@@ -38,6 +38,9 @@ pub struct Tracing {
 /// A hop span in progress.
 pub struct HopSpan {
     cx: Option<Context>,
+    /// A client span (outbound) counts a 4xx as an error too; a server span only a 5xx,
+    /// as the OpenTelemetry HTTP conventions say.
+    client: bool,
 }
 
 impl Tracing {
@@ -97,7 +100,10 @@ impl Tracing {
         attributes: Vec<KeyValue>,
     ) -> HopSpan {
         let Some((_, tracer)) = &self.inner else {
-            return HopSpan { cx: None };
+            return HopSpan {
+                cx: None,
+                client: false,
+            };
         };
         let mut parent = self.propagator.extract(&HeaderExtract(headers));
         if !parent.span().span_context().is_valid() {
@@ -107,14 +113,17 @@ impl Tracing {
         }
         let span = tracer
             .span_builder(name)
-            .with_kind(kind)
+            .with_kind(kind.clone())
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         let cx = parent.with_span(span);
         self.propagator
             .inject_context(&cx, &mut HeaderInject(headers));
         inject_b3(cx.span().span_context(), headers);
-        HopSpan { cx: Some(cx) }
+        HopSpan {
+            cx: Some(cx),
+            client: kind == SpanKind::Client,
+        }
     }
 
     /// Flushes what is queued (on shutdown).
@@ -144,7 +153,10 @@ impl HopSpan {
         for kv in attributes {
             span.set_attribute(kv);
         }
-        if status >= 500 {
+        if status >= 500 || (self.client && status >= 400) {
+            // `error.type` names the class of error: the status code, unless the caller
+            // set a more precise one (the proxy's reason).
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
             span.set_status(Status::error(format!("HTTP {status}")));
         }
         span.end();

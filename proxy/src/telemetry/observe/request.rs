@@ -11,8 +11,8 @@ use http::{Request, Response, StatusCode};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
-use crate::http::error::{LocalReason, PolicyOutcome};
-use crate::telemetry::metrics::Direction;
+use crate::http::error::{LocalReason, PolicyOutcome, ERROR_HEADER};
+use crate::telemetry::metrics::{Direction, Peer};
 use crate::telemetry::observe::{now_secs, Call, RequestRecord};
 use crate::telemetry::trace::HopSpan;
 use crate::Proxy;
@@ -31,6 +31,8 @@ struct Outcome {
     status: StatusCode,
     error: Option<&'static str>,
     policy: &'static str,
+    /// Refused by policy: this proxy's (inbound) or the destination proxy's (outbound).
+    denied: bool,
     metadata: Option<Arc<vigil_authz::DynamicMetadata>>,
 }
 
@@ -63,8 +65,8 @@ pub struct RequestObservation<'p> {
     pub service: Arc<str>,
     /// The traffic route's label.
     pub route: Arc<str>,
-    /// The peer's SPIFFE ID (inbound: the caller; outbound: the endpoint that answered).
-    pub peer: Arc<str>,
+    /// The peer (inbound: the caller; outbound: the endpoint that answered).
+    pub peer: Peer,
     outcome: Option<Outcome>,
 }
 
@@ -98,11 +100,29 @@ impl<'p> RequestObservation<'p> {
                 Direction::inbound => ("inbound", SpanKind::Server),
                 Direction::outbound => ("outbound", SpanKind::Client),
             };
-            let attributes = vec![
-                KeyValue::new("vigil.direction", name),
+            // The stable OpenTelemetry HTTP conventions, then Vigil's own.
+            let mut attributes = vec![
                 KeyValue::new("http.request.method", req.method().to_string()),
                 KeyValue::new("url.path", req.uri().path().to_string()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("network.protocol.name", "http"),
+                KeyValue::new(
+                    "network.protocol.version",
+                    match req.version() {
+                        http::Version::HTTP_2 => "2",
+                        http::Version::HTTP_10 => "1.0",
+                        _ => "1.1",
+                    },
+                ),
+                KeyValue::new("vigil.direction", name),
             ];
+            if let Some(host) = crate::http::headers::authority(req) {
+                let (address, port) = split_host_port(host);
+                attributes.push(KeyValue::new("server.address", address.to_string()));
+                if let Some(port) = port {
+                    attributes.push(KeyValue::new("server.port", i64::from(port)));
+                }
+            }
             proxy
                 .traces
                 .start(name.into(), kind, req.headers_mut(), attributes)
@@ -115,19 +135,32 @@ impl<'p> RequestObservation<'p> {
             span,
             service: NO_SERVICE.clone(),
             route: default_route(),
-            peer: NO_SERVICE.clone(),
+            peer: Peer::none(),
             outcome: None,
         }
     }
 
     /// Records what answered: the status, and the proxy's reason, policy outcome and
-    /// policy metadata the response carries.
+    /// policy metadata the response carries. Outbound, a response the destination's proxy
+    /// marked `x-vigil-error: policy-denied` is a denial too (its inbound side strips that
+    /// header from whatever the app answers, so only the proxy can set it).
     pub fn answered<B>(&mut self, response: &Response<B>) {
         let extensions = response.extensions();
+        let policy = extensions.get::<PolicyOutcome>().map(|p| p.0).unwrap_or("");
+        let error = extensions.get::<LocalReason>().map(|r| r.0);
+        let denied = policy == "deny"
+            || (self.direction == Direction::outbound
+                && error.is_none()
+                && !self.peer.identity.is_empty()
+                && response
+                    .headers()
+                    .get(ERROR_HEADER)
+                    .is_some_and(|v| v.as_bytes() == b"policy-denied"));
         self.outcome = Some(Outcome {
             status: response.status(),
-            error: extensions.get::<LocalReason>().map(|r| r.0),
-            policy: extensions.get::<PolicyOutcome>().map(|p| p.0).unwrap_or(""),
+            error,
+            policy,
+            denied,
             metadata: extensions.get::<PolicyMetadata>().map(|m| m.0.clone()),
         });
     }
@@ -140,6 +173,7 @@ impl Drop for RequestObservation<'_> {
             status: StatusCode::from_u16(CANCELLED).unwrap_or(StatusCode::BAD_REQUEST),
             error: Some("cancelled"),
             policy: "",
+            denied: false,
             metadata: None,
         });
         let direction_name = match self.direction {
@@ -151,10 +185,16 @@ impl Drop for RequestObservation<'_> {
             span.finish(
                 outcome.status.as_u16(),
                 vec![
-                    KeyValue::new("vigil.peer.identity", self.peer.to_string()),
+                    KeyValue::new("vigil.peer.identity", self.peer.identity.to_string()),
+                    KeyValue::new("vigil.peer.workload", self.peer.workload.to_string()),
                     KeyValue::new("vigil.service", self.service.to_string()),
                     KeyValue::new("vigil.policy.decision", outcome.policy),
                     KeyValue::new("vigil.error", outcome.error.unwrap_or("")),
+                    KeyValue::new("vigil.route", self.route.to_string()),
+                    KeyValue::new(
+                        "vigil.outcome",
+                        crate::telemetry::metrics::outcome(outcome.status, outcome.denied),
+                    ),
                 ],
             );
         }
@@ -167,6 +207,7 @@ impl Drop for RequestObservation<'_> {
                 route: &self.route,
             },
             outcome.status,
+            outcome.denied,
             elapsed,
             outcome.error,
         );
@@ -179,7 +220,7 @@ impl Drop for RequestObservation<'_> {
             .status()
             .map(|s| s.spiffe_id.clone())
             .unwrap_or_default();
-        let peer = self.peer.to_string();
+        let peer = self.peer.identity.to_string();
         let (source, destination) = match self.direction {
             Direction::inbound => (peer, own),
             Direction::outbound => (own, peer),
@@ -200,5 +241,40 @@ impl Drop for RequestObservation<'_> {
             request_id: head.request_id,
             dynamic_metadata: outcome.metadata,
         });
+    }
+}
+
+/// `host[:port]` (or `[v6]:port`) as `server.address` and `server.port`.
+fn split_host_port(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && (!host.contains(':') || host.ends_with(']')) => {
+            match port.parse() {
+                Ok(port) => (
+                    host.trim_start_matches('[').trim_end_matches(']'),
+                    Some(port),
+                ),
+                Err(_) => (authority, None),
+            }
+        }
+        _ => (
+            authority.trim_start_matches('[').trim_end_matches(']'),
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host_port;
+
+    #[test]
+    fn authorities_split_into_address_and_port() {
+        assert_eq!(
+            split_host_port("orders.shop:8080"),
+            ("orders.shop", Some(8080))
+        );
+        assert_eq!(split_host_port("orders.shop"), ("orders.shop", None));
+        assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_host_port("[::1]"), ("::1", None));
     }
 }
