@@ -53,8 +53,11 @@ pub fn targets(mesh: &MeshFile, workload: Option<&str>) -> anyhow::Result<Vec<Pr
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RequestCounts {
     pub total: f64,
-    /// 5xx answers.
+    /// Failed requests (`outcome="failure"`: a 5xx that was no policy denial).
     pub failures: f64,
+    /// Requests a policy refused (`outcome="denied"`): this proxy's policy inbound, the
+    /// destination's outbound.
+    pub denied: f64,
     /// 4xx answers (policy denials among them).
     pub client_errors: f64,
     /// `le` bound in seconds → cumulative count.
@@ -71,6 +74,7 @@ impl RequestCounts {
         RequestCounts {
             total: self.total - before.total,
             failures: (self.failures - before.failures).max(0.0),
+            denied: (self.denied - before.denied).max(0.0),
             client_errors: (self.client_errors - before.client_errors).max(0.0),
             buckets: self
                 .buckets
@@ -85,10 +89,40 @@ impl RequestCounts {
         }
     }
 
+    /// Counts `value` requests of one `vigil_requests_total` series by its `outcome` and
+    /// `status_class` labels. A proxy that predates `outcome` has its 5xx counted as
+    /// failures and no denials.
+    pub fn count(&mut self, outcome: Option<&str>, status_class: Option<&str>, value: f64) {
+        self.total += value;
+        if status_class == Some("4xx") {
+            self.client_errors += value;
+        }
+        match (outcome, status_class) {
+            (Some("denied"), _) => self.denied += value,
+            (Some("failure"), _) | (None, Some("5xx")) => self.failures += value,
+            _ => {}
+        }
+    }
+
+    /// The share of requests that did not fail, leaving policy denials out (a denial is
+    /// the policy working, neither a success nor a failure): `success / (success +
+    /// failure)`, as `vigil stat`, the dashboard and `vigil check` all show it and as
+    /// PromQL computes it from `outcome`. `None` when every request was denied or none came.
+    pub fn success_rate(&self) -> Option<f64> {
+        let answered = self.total - self.denied;
+        (answered > 0.5).then(|| (1.0 - self.failures / answered).clamp(0.0, 1.0))
+    }
+
+    /// The share of requests a policy denied; `None` without requests.
+    pub fn denied_share(&self) -> Option<f64> {
+        (self.total > 0.0).then(|| self.denied / self.total)
+    }
+
     /// Adds another series' counts to these.
     pub fn add(&mut self, other: &RequestCounts) {
         self.total += other.total;
         self.failures += other.failures;
+        self.denied += other.denied;
         self.client_errors += other.client_errors;
         for (le, c) in &other.buckets {
             *self.buckets.entry(*le).or_default() += c;
@@ -159,13 +193,11 @@ pub fn parse_exposition(text: &str) -> anyhow::Result<ProxyMetrics> {
         };
         match (sample.metric.as_str(), value, &sample.value) {
             ("vigil_requests_total" | "vigil_requests", Some(v), _) => {
-                let row = out.requests.entry(key()).or_default();
-                row.total += v;
-                match label("status_class").as_str() {
-                    "5xx" => row.failures += v,
-                    "4xx" => row.client_errors += v,
-                    _ => {}
-                }
+                out.requests.entry(key()).or_default().count(
+                    sample.labels.get("outcome"),
+                    sample.labels.get("status_class"),
+                    v,
+                );
             }
             ("vigil_request_duration_seconds_bucket", Some(v), _) => {
                 if let Ok(le) = label("le").parse::<f64>() {
@@ -247,22 +279,8 @@ pub struct StatReport {
 struct ProxyWindow {
     target: ProxyTarget,
     requests: BTreeMap<SeriesKey, RequestCounts>,
-    /// Denials per inbound series over the window, and since the proxy started: a
-    /// caller's row reads the one its own row shows, so both ends of an edge agree.
-    denials_window: BTreeMap<SeriesKey, f64>,
-    denials_cumulative: BTreeMap<SeriesKey, f64>,
     retries: BTreeMap<String, f64>,
     moved: BTreeMap<(String, String), bool>,
-}
-
-impl ProxyWindow {
-    fn denials(&self, moved: bool) -> &BTreeMap<SeriesKey, f64> {
-        if moved {
-            &self.denials_window
-        } else {
-            &self.denials_cumulative
-        }
-    }
 }
 
 fn window_of(
@@ -297,22 +315,6 @@ fn window_of(
             (k.clone(), counts)
         })
         .collect();
-    let deny = |m: &ProxyMetrics| m.policy_decisions.get("deny").copied().unwrap_or(0.0);
-    let delta: BTreeMap<SeriesKey, RequestCounts> = now
-        .requests
-        .iter()
-        .map(|(k, c)| {
-            let then = before.requests.get(k).cloned().unwrap_or_default();
-            (k.clone(), c.since(&then))
-        })
-        .collect();
-    let denies_in_window = if deny(&now) >= deny(before) {
-        deny(&now) - deny(before)
-    } else {
-        deny(&now)
-    };
-    let denials_window = inbound_denials(&delta, denies_in_window);
-    let denials_cumulative = inbound_denials(&now.requests, deny(&now));
     let retries = now
         .retries
         .iter()
@@ -330,8 +332,6 @@ fn window_of(
     ProxyWindow {
         target: target.clone(),
         requests,
-        denials_window,
-        denials_cumulative,
         retries,
         moved,
     }
@@ -406,29 +406,6 @@ async fn scrape(target: &ProxyTarget) -> anyhow::Result<ProxyMetrics> {
     parse_exposition(&body)
 }
 
-/// Denied requests per inbound series of one proxy. The proxy counts its policy's
-/// denials (`vigil_policy_decisions_total{outcome="deny"}`) but not per caller, so they
-/// are shared out over the 4xx answers of its inbound series, never more than those.
-fn inbound_denials(
-    requests: &BTreeMap<SeriesKey, RequestCounts>,
-    denies: f64,
-) -> BTreeMap<SeriesKey, f64> {
-    let inbound: Vec<_> = requests
-        .iter()
-        .filter(|(k, _)| k.direction == "inbound")
-        .collect();
-    let client_errors: f64 = inbound.iter().map(|(_, c)| c.client_errors).sum();
-    let share = if client_errors > 0.0 {
-        (denies / client_errors).min(1.0)
-    } else {
-        0.0
-    };
-    inbound
-        .into_iter()
-        .map(|(k, c)| (k.clone(), c.client_errors * share))
-        .collect()
-}
-
 /// Scrapes every proxy twice, `window` apart, and computes rates over the window. A
 /// proxy that cannot be read is listed in `unreadable`; the others' rows are complete.
 pub async fn stat(targets: &[ProxyTarget], window: Duration) -> StatReport {
@@ -466,7 +443,7 @@ pub fn report(
     }
     let mut rows = Vec::new();
     for w in &windows {
-        let mut by_row: BTreeMap<(String, String), (RequestCounts, f64, f64)> = BTreeMap::new();
+        let mut by_row: BTreeMap<(String, String), (RequestCounts, f64)> = BTreeMap::new();
         for (k, c) in &w.requests {
             let acc = by_row
                 .entry((k.direction.clone(), k.service.clone()))
@@ -475,40 +452,14 @@ pub fn report(
             if !k.peer_identity.is_empty() {
                 acc.1 += c.total;
             }
-            if k.direction == "inbound" {
-                let moved = w
-                    .moved
-                    .get(&(k.direction.clone(), k.service.clone()))
-                    .copied()
-                    .unwrap_or(false);
-                acc.2 += w.denials(moved).get(k).copied().unwrap_or(0.0);
-            }
         }
-        for ((direction, service), (counts, mtls, inbound_denied)) in by_row {
+        for ((direction, service), (counts, mtls)) in by_row {
             let moved = w
                 .moved
                 .get(&(direction.clone(), service.clone()))
                 .copied()
                 .unwrap_or(false);
-            let denied = if direction == "outbound" {
-                // Refused by the destination's policy: its inbound series for this
-                // service whose caller is this workload.
-                let refused: f64 = windows
-                    .iter()
-                    .flat_map(|d| d.denials(moved).iter())
-                    .filter(|(k, _)| {
-                        k.service == service
-                            && !w.target.spiffe_id.is_empty()
-                            && k.peer_identity == w.target.spiffe_id
-                    })
-                    .map(|(_, n)| n)
-                    .sum();
-                refused.min(counts.client_errors)
-            } else {
-                inbound_denied
-            };
             let total = counts.total;
-            let answered = total - denied;
             let retried = if direction == "outbound" {
                 w.retries.get(&service).copied().unwrap_or(0.0)
             } else {
@@ -530,8 +481,8 @@ pub fn report(
                 } else {
                     0.0
                 },
-                success_rate: (answered > 0.5).then(|| 1.0 - counts.failures / answered),
-                denied: denied.round() as u64,
+                success_rate: counts.success_rate(),
+                denied: counts.denied.round() as u64,
                 retried: retried.round() as u64,
                 amplification: (direction == "outbound")
                     .then(|| tries_per_request(total, retried))
@@ -840,16 +791,16 @@ vigil_request_duration_seconds_bucket{le="+Inf",direction="outbound",peer_identi
     /// web calls payments, whose policy denies every call, and orders, which answers one
     /// request in ten with its own 4xx and was retried twice for ten requests.
     const WEB: &str = r#"# TYPE vigil_requests counter
-vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/payments",service="payments.shop",route="default",status_class="4xx"} 20
-vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="orders.shop",route="default",status_class="2xx"} 9
-vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="orders.shop",route="default",status_class="4xx"} 1
+vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/payments",service="payments.shop",route="default",response_code="403",status_class="4xx",outcome="denied"} 20
+vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="orders.shop",route="default",response_code="200",status_class="2xx",outcome="success"} 9
+vigil_requests_total{direction="outbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="orders.shop",route="default",response_code="404",status_class="4xx",outcome="success"} 1
 # TYPE vigil_retries counter
 vigil_retries_total{service="orders.shop"} 2
 # EOF
 "#;
     const PAYMENTS: &str = r#"# TYPE vigil_requests counter
-vigil_requests_total{direction="inbound",peer_identity="spiffe://vigil.local/ns/shop/sa/web",service="payments.shop",route="default",status_class="4xx"} 20
-vigil_requests_total{direction="inbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="payments.shop",route="default",status_class="2xx"} 30
+vigil_requests_total{direction="inbound",peer_identity="spiffe://vigil.local/ns/shop/sa/web",service="payments.shop",route="default",response_code="403",status_class="4xx",outcome="denied"} 20
+vigil_requests_total{direction="inbound",peer_identity="spiffe://vigil.local/ns/shop/sa/orders",service="payments.shop",route="default",response_code="200",status_class="2xx",outcome="success"} 30
 # TYPE vigil_policy_decisions counter
 vigil_policy_decisions_total{outcome="allow",rule="data.vigil.authz.allow"} 30
 vigil_policy_decisions_total{outcome="deny",rule="data.vigil.authz.allow"} 20
@@ -890,7 +841,7 @@ vigil_policy_decisions_total{outcome="deny",rule="data.vigil.authz.allow"} 20
     fn a_quiet_edge_is_judged_on_both_ends_since_start_while_the_destination_is_busy() {
         // Between the scrapes orders called payments ten more times; web did not.
         let busier = PAYMENTS
-            .replace("status_class=\"2xx\"} 30", "status_class=\"2xx\"} 40")
+            .replace("outcome=\"success\"} 30", "outcome=\"success\"} 40")
             .replace(
                 "outcome=\"allow\",rule=\"data.vigil.authz.allow\"} 30",
                 "outcome=\"allow\",rule=\"data.vigil.authz.allow\"} 40",

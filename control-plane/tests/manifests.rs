@@ -167,6 +167,8 @@ fn kustomization_lists_existing_files_and_the_dashboard_covers_the_metrics() {
         "vigil_policy_decisions_total",
         "vigil_tls_handshake_failures_total",
         "vigil_certificate_expiry_timestamp_seconds",
+        "vigil_retries_total",
+        "vigil_tcp_sent_bytes_total",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),
@@ -177,8 +179,10 @@ fn kustomization_lists_existing_files_and_the_dashboard_covers_the_metrics() {
         "direction",
         "peer_identity",
         "service",
-        "status_class",
         "outcome",
+        "response_code",
+        "local_workload",
+        "peer_workload",
         "reason",
     ] {
         assert!(

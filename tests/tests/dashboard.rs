@@ -125,7 +125,19 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
                     .is_some_and(|r| r.starts_with("allowed_callers: web may not call payments"))
             })
         });
+        // Every call from web to payments is refused by payments' policy; some of the
+        // loadgen's calls to web (/admin) are refused by web's.
+        let denied_share = |s: &str, t: &str| {
+            edges
+                .iter()
+                .find(|e| e["source"] == s && e["target"] == t)
+                .and_then(|e| e["denied_share"].as_f64())
+                .unwrap_or(0.0)
+        };
         if flowing("loadgen", "web")
+            && denied_share("web", "payments") == 1.0
+            && denied_share("loadgen", "web") > 0.0
+            && denied_share("loadgen", "web") < 1.0
             && flowing("web", "orders")
             && flowing("orders", "payments")
             && flowing("orders", "inventory")
@@ -156,7 +168,31 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
     // The page as a browser renders it, after its JavaScript fetched the API.
     let url = format!("http://{DASHBOARD}/");
     let budget = "--virtual-time-budget=8000".to_string();
-    let dom = headless_chromium(&url, &["--dump-dom".into(), budget.clone()]).expect("chromium");
+    // The denied share is drawn on each edge that has denials, and only there.
+    let denied_drawn = |dom: &str, s: &str, t: &str| {
+        tags_with(
+            dom,
+            &[
+                "class=\"edge",
+                &format!("data-source=\"{s}\""),
+                &format!("data-target=\"{t}\""),
+            ],
+        )
+        .iter()
+        .filter_map(|t| attribute(t, "data-denied")?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+    };
+    // web calls payments, and the loadgen /admin, about once in 2 s: a 10 s window
+    // rarely, but can, hold none.
+    let mut dom = String::new();
+    for _ in 0..3 {
+        dom = headless_chromium(&url, &["--dump-dom".into(), budget.clone()]).expect("chromium");
+        if denied_drawn(&dom, "web", "payments") > 0.99
+            && denied_drawn(&dom, "loadgen", "web") > 0.0
+        {
+            break;
+        }
+    }
     for node in ["loadgen", "web", "orders", "payments", "inventory"] {
         assert!(
             !tags_with(&dom, &["class=\"node", &format!("data-node=\"{node}\"")]).is_empty(),
@@ -186,6 +222,24 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
             .iter()
             .any(|t| attribute(t, "data-mtls") == Some("true")),
         "web → orders is not drawn as mTLS: {locked:?}"
+    );
+    assert!(
+        denied_drawn(&dom, "web", "payments") > 0.99,
+        "web → payments is not drawn as denied:\n{dom}"
+    );
+    let some = denied_drawn(&dom, "loadgen", "web");
+    assert!(
+        some > 0.0 && some < 1.0,
+        "loadgen → web does not show its share of denied /admin calls ({some}):\n{dom}"
+    );
+    assert_eq!(
+        denied_drawn(&dom, "web", "orders"),
+        0.0,
+        "web → orders has no denials"
+    );
+    assert!(
+        dom.contains("100% denied") && dom.contains("Denied by policy"),
+        "no denied share in the edge labels or the headline:\n{dom}"
     );
     assert!(
         !tags_with(
@@ -232,12 +286,35 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         &[
             format!("--screenshot={}", shot.display()),
             "--window-size=1400,1000".into(),
-            budget,
+            budget.clone(),
         ],
     )
     .expect("chromium screenshot");
     assert!(shot.exists(), "no screenshot at {}", shot.display());
     println!("dashboard screenshot: {}", shot.display());
+    // web's page: its calls to payments all denied, in the table beside the others.
+    let web_page = headless_chromium(
+        &format!("{url}#workload/web"),
+        &["--dump-dom".into(), budget.clone()],
+    )
+    .expect("chromium");
+    assert!(
+        web_page.contains("Denied") && web_page.contains("Tries/req"),
+        "web's page has no denied or tries column:\n{web_page}"
+    );
+    let shot = artifacts_dir().join("dashboard-web.png");
+    let _ = std::fs::remove_file(&shot);
+    headless_chromium(
+        &format!("{url}#workload/web"),
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1400,1400".into(),
+            budget,
+        ],
+    )
+    .expect("chromium screenshot");
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    println!("web's page: {}", shot.display());
 
     // `vigil check` on the healthy demo, then with one proxy stopped.
     let mesh_file = data.join("mesh.yaml");
@@ -308,6 +385,35 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         Some(std::fs::canonicalize(&data).expect("data").as_path()),
         "{report}"
     );
+
+    // Load into each service per request of the loadgen, over 10 s, while all is healthy.
+    let measure = || {
+        let (ok, out) = vigil(&["stat", "--window", "10s", "-o", "json"]);
+        assert!(ok, "vigil stat:\n{out}");
+        out.find('{')
+            .and_then(|i| {
+                serde_json::Deserializer::from_str(&out[i..])
+                    .into_iter()
+                    .next()
+            })
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("vigil stat -o json printed no JSON:\n{out}"))
+    };
+    let per_request = |report: &serde_json::Value, workload: &str| {
+        let rps = |w: &str, direction: &str| {
+            report["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["workload"] == w && r["direction"] == direction)
+                .map(|r| r["rps"].as_f64().unwrap_or(0.0))
+                .sum::<f64>()
+        };
+        let load = rps("loadgen", "outbound");
+        assert!(load > 0.0, "the loadgen sends nothing: {report}");
+        rps(workload, "inbound") / load
+    };
+    let healthy = measure();
 
     let pid_of = |name: &str| {
         std::fs::read_to_string(data.join("pids").join(format!("{name}.pid")))
@@ -387,6 +493,38 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
         let e = edge(&report, workload, service);
         assert_eq!(e["retried"], 0, "{workload} → {service} retried: {e}");
     }
+    // The healthy services behind take no more per request of the loadgen than before
+    // (retries go only to the endpoint that refused the connection, within the budget),
+    // and no edge into them shows an amplification.
+    let degraded = measure();
+    for workload in ["web", "orders", "inventory"] {
+        let (before, after) = (
+            per_request(&healthy, workload),
+            per_request(&degraded, workload),
+        );
+        println!("{workload}: {before:.2} requests per loadgen request healthy, {after:.2} with payments down");
+        assert!(
+            after <= before * 1.5 + 0.1,
+            "{workload} takes {after:.2} requests per loadgen request with payments down, {before:.2} before:\n{degraded}"
+        );
+    }
+    for (workload, service) in [("loadgen", "web.shop"), ("web", "orders.shop")] {
+        let e = edge(&degraded, workload, service);
+        assert_eq!(
+            e["amplification"].as_f64(),
+            Some(1.0),
+            "{workload} → {service}: {e}"
+        );
+    }
+    // The flaky inventory's route opts into retrying its 503s: within the default budget,
+    // 20% of the requests plus one retry a second.
+    let e = edge(&degraded, "orders", "inventory.shop");
+    let rps = e["rps"].as_f64().unwrap_or(0.0);
+    let amplification = e["amplification"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        rps > 0.0 && amplification <= 1.0 + 0.2 + 1.0 / rps + 1e-9,
+        "orders → inventory beyond its retry budget: {e}"
+    );
 
     // Ctrl-C stops everything it started.
     demo.interrupt();

@@ -1,8 +1,9 @@
-//! `vigil stat` and a real Prometheus read the same proxies of the running demo and must
-//! tell an SRE the same thing per edge: request rate while the load runs, and, once it
-//! stops, the same request counts, success rates and p50/p99 (PromQL's
-//! `histogram_quantile` over the same buckets). The demo's ports are fixed, so this is
-//! one test.
+//! `vigil stat`, the dashboard's JSON API and a real Prometheus read the same proxies of
+//! the running demo and must tell an SRE the same thing per edge: request rate while the
+//! load runs, and, once it stops, the same request counts, denials, success rates and
+//! p50/p99 (PromQL's `histogram_quantile` over the same buckets). Every query of the
+//! Grafana dashboard in manifests/ runs against that Prometheus too, and those about
+//! requests find series. The demo's ports are fixed, so this is one test.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -165,8 +166,13 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    // Rates while the load runs: stat over 10 s, PromQL over the same 10 s just after.
+    // Rates while the load runs: stat over 10 s, PromQL over the same 10 s just after, and
+    // the dashboard's 10 s window as it stands then.
     let live = stat("10s");
+    let live_graph = get(DASHBOARD.parse().expect("addr"), "/api/graph")
+        .await
+        .map(|(_, body)| serde_json::from_str::<Value>(&body).unwrap_or_default())
+        .unwrap_or_default();
     let rates = promql(
         prometheus,
         "sum by (instance, direction, service) (rate(vigil_requests_total[10s]))",
@@ -187,6 +193,20 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
             (ours - theirs).abs() <= 0.3 * ours.max(theirs) + 0.3,
             "rates disagree on {row}: PromQL {theirs}"
         );
+        if row["direction"] == "outbound" {
+            let drawn: f64 = live_graph["edges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["source"] == row["workload"] && e["service"] == row["service"])
+                .filter_map(|e| e["rps"].as_f64())
+                .sum();
+            println!("  dashboard {drawn:.2}/s");
+            assert!(
+                (ours - drawn).abs() <= 0.3 * ours.max(drawn) + 0.3,
+                "rates disagree on {row}: dashboard {drawn}"
+            );
+        }
         compared += 1;
     }
     assert!(compared >= 8, "every edge in both directions: {live}");
@@ -210,9 +230,35 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
     .await;
     let failures = promql(
         prometheus,
-        "sum by (instance, direction, service) (vigil_requests_total{status_class=\"5xx\"})",
+        "sum by (instance, direction, service) (vigil_requests_total{outcome=\"failure\"})",
     )
     .await;
+    let denials = promql(
+        prometheus,
+        "sum by (instance, direction, service) (vigil_requests_total{outcome=\"denied\"})",
+    )
+    .await;
+    // The demo's policy names the rule in each denial's reason; the policy metric counts
+    // denials by it.
+    let by_rule = promql(
+        prometheus,
+        "sum by (denied_by) (vigil_policy_decisions_total{outcome=\"deny\"})",
+    )
+    .await;
+    for rule in ["allowed_callers", "no_admin"] {
+        assert!(
+            by_rule
+                .iter()
+                .any(|(m, v)| m["denied_by"] == rule && *v >= 1.0),
+            "no denials counted under {rule}: {by_rule:?}"
+        );
+    }
+    let graph = get(DASHBOARD.parse().expect("addr"), "/api/graph")
+        .await
+        .map(|(_, body)| serde_json::from_str::<Value>(&body).unwrap_or_default())
+        .unwrap_or_default();
+    let edges = graph["edges"].as_array().cloned().unwrap_or_default();
+    let mut dashboard_compared = 0;
     let quantile = |q: f64| {
         format!(
             "histogram_quantile({q}, sum by (le, instance, direction, service) (vigil_request_duration_seconds_bucket)) * 1000"
@@ -231,8 +277,13 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
         let requests = row["requests"].as_f64().unwrap_or(0.0);
         let total = value_for(&totals, &instance, row).unwrap_or(0.0);
         assert_eq!(requests, total, "{edge}: requests");
-        // Success leaves policy denials out in both: 1 - 5xx / (requests - denied).
+        // Success leaves policy denials out in all: 1 - failures / (requests - denied).
         let denied = row["denied"].as_f64().unwrap_or(0.0);
+        assert_eq!(
+            denied,
+            value_for(&denials, &instance, row).unwrap_or(0.0),
+            "{edge}: denied"
+        );
         let failed = value_for(&failures, &instance, row).unwrap_or(0.0);
         match row["success_rate"].as_f64() {
             Some(ours) => assert!(
@@ -253,5 +304,69 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
                 "{edge}: {field} {ours} vs PromQL {theirs}"
             );
         }
+        // The dashboard draws each caller's outbound rows as edges; since the proxies
+        // started, it must count exactly what `vigil stat` counts.
+        if row["direction"] == "outbound" {
+            let drawn: Vec<&Value> = edges
+                .iter()
+                .filter(|e| e["source"] == row["workload"] && e["service"] == row["service"])
+                .collect();
+            assert_eq!(drawn.len(), 1, "{edge}: one edge on the dashboard: {graph}");
+            let since = &drawn[0]["since_start"];
+            assert_eq!(
+                since["requests"].as_f64(),
+                Some(requests),
+                "{edge}: {since}"
+            );
+            assert_eq!(since["denied"].as_f64(), Some(denied), "{edge}: {since}");
+            match (row["success_rate"].as_f64(), since["success_rate"].as_f64()) {
+                (Some(a), Some(b)) => assert!(close(a, b), "{edge}: success {a} vs {b}"),
+                (a, b) => assert_eq!(a, b, "{edge}: success rate"),
+            }
+            for field in ["p50_ms", "p99_ms"] {
+                let ours = row[field].as_f64().unwrap_or(f64::NAN);
+                let drawn = since[field].as_f64().unwrap_or(f64::NAN);
+                assert!(
+                    close(ours, drawn),
+                    "{edge}: {field} {ours} vs dashboard {drawn}"
+                );
+            }
+            dashboard_compared += 1;
+        }
     }
+    assert!(
+        dashboard_compared >= 4,
+        "every caller's edge on the dashboard: {graph}"
+    );
+
+    // Every query of the Grafana dashboard is valid PromQL over these series, and those
+    // about requests find them (the rest may have nothing to show in this demo: no
+    // retries, no opaque TCP, no failed handshakes).
+    let grafana: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("manifests/grafana/vigil-dashboard.json"))
+            .expect("the Grafana dashboard"),
+    )
+    .expect("JSON");
+    let mut queried = 0;
+    for panel in grafana["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            let expr = expr
+                .replace("$service", ".*")
+                .replace("$__rate_interval", "1m");
+            let series = try_promql(prometheus, &expr)
+                .await
+                .unwrap_or_else(|e| panic!("panel {:?}: {e}", panel["title"]));
+            let about_requests = expr.contains("vigil_request") && !expr.contains("vigil_retries");
+            assert!(
+                !about_requests || !series.is_empty(),
+                "panel {:?} shows nothing: {expr}",
+                panel["title"]
+            );
+            queried += 1;
+        }
+    }
+    assert!(queried >= 10, "{queried} Grafana queries");
 }

@@ -21,7 +21,6 @@ pub struct Window {
     pub requests: BTreeMap<SeriesKey, RequestCounts>,
     /// Totals since the proxy started (direct mode) or over the window (Prometheus).
     pub cumulative: BTreeMap<SeriesKey, RequestCounts>,
-    pub denies: f64,
     pub retries: BTreeMap<String, f64>,
     pub breakers_open: Vec<(String, String)>,
 }
@@ -98,17 +97,10 @@ impl WorkloadView {
                 )
             })
             .collect();
-        let denies_now = newest.policy_decisions.get("deny").cloned().unwrap_or(0.0);
-        let denies_then = oldest.policy_decisions.get("deny").cloned().unwrap_or(0.0);
         self.window = Window {
             seconds: newest_at.duration_since(*oldest_at).as_secs_f64(),
             requests,
             cumulative: newest.requests.clone(),
-            denies: if denies_now >= denies_then {
-                denies_now - denies_then
-            } else {
-                denies_now
-            },
             retries: newest
                 .retries
                 .iter()
@@ -158,7 +150,7 @@ impl WorkloadView {
             p99_in_ms: latency(&inbound, 0.99),
             p99_out_ms: latency(&outbound, 0.99),
             denied_rps: if w.seconds > 0.0 {
-                w.denies / secs
+                inbound.denied / secs
             } else {
                 0.0
             },
@@ -185,9 +177,10 @@ fn sum(w: &Window, direction: &str) -> RequestCounts {
     total
 }
 
-/// Share of answers that were not 5xx; `None` without traffic.
+/// Share of requests that did not fail, policy denials left out; `None` without traffic
+/// or when every request was denied. The same function as `vigil stat`'s.
 pub fn success(c: &RequestCounts) -> Option<f64> {
-    (c.total > 0.0).then(|| 1.0 - c.failures / c.total)
+    c.success_rate()
 }
 
 /// A latency quantile in ms; `None` without traffic or beyond the last bucket.
@@ -320,7 +313,7 @@ pub struct Edge {
     pub rps: f64,
     /// Answers that were not 5xx, as the caller saw them.
     pub success_rate: Option<f64>,
-    /// Share of 4xx answers (policy denials show here).
+    /// Share of requests a policy denied (the destination's, as the caller saw it).
     pub denied_share: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -335,6 +328,18 @@ pub struct Edge {
     pub breaker_open: bool,
     /// Requests since the proxies started.
     pub requests_total: u64,
+    /// The edge since the caller's proxy started (also when it is idle now).
+    pub since_start: EdgeSinceStart,
+}
+
+/// An edge's figures since the caller's proxy started, as `vigil stat` shows an idle row.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeSinceStart {
+    pub requests: u64,
+    pub denied: u64,
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 /// The graph as the dashboard draws it.
@@ -342,6 +347,17 @@ pub struct Edge {
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub edges: Vec<Edge>,
+    /// Every edge's window summed: the headline figures, by the same functions as each
+    /// edge's, so the headline can never contradict the edges beside it.
+    pub totals: Totals,
+}
+
+/// All hops of the mesh over the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub rps: f64,
+    pub success_rate: Option<f64>,
+    pub denied_share: Option<f64>,
 }
 
 #[derive(Default)]
@@ -483,6 +499,19 @@ pub fn graph(model: &MeshModel, views: &BTreeMap<String, WorkloadView>) -> Graph
         }
     }
 
+    let mut all = RequestCounts::default();
+    let mut rps = 0.0;
+    for acc in edges.values() {
+        all.add(&acc.window);
+        if acc.seconds > 0.0 {
+            rps += acc.window.total / acc.seconds;
+        }
+    }
+    let totals = Totals {
+        rps,
+        success_rate: all.success_rate(),
+        denied_share: all.denied_share(),
+    };
     let edges = edges
         .into_iter()
         .map(|((source, target, service), acc)| {
@@ -498,8 +527,7 @@ pub fn graph(model: &MeshModel, views: &BTreeMap<String, WorkloadView>) -> Graph
                     0.0
                 },
                 success_rate: success(&acc.window),
-                denied_share: (acc.window.total > 0.0)
-                    .then(|| acc.window.client_errors / acc.window.total),
+                denied_share: acc.window.denied_share(),
                 p50_ms: latency(&acc.window, 0.5),
                 p99_ms: latency(&acc.window, 0.99),
                 mtls_share: (answered > 0.0).then(|| acc.with_peer / answered),
@@ -508,10 +536,21 @@ pub fn graph(model: &MeshModel, views: &BTreeMap<String, WorkloadView>) -> Graph
                 retry_amplification: observe_cli::tries_per_request(acc.window.total, acc.retries),
                 breaker_open: acc.breaker_open,
                 requests_total: acc.cumulative.total as u64,
+                since_start: EdgeSinceStart {
+                    requests: acc.cumulative.total.round() as u64,
+                    denied: acc.cumulative.denied.round() as u64,
+                    success_rate: success(&acc.cumulative),
+                    p50_ms: latency(&acc.cumulative, 0.5),
+                    p99_ms: latency(&acc.cumulative, 0.99),
+                },
             }
         })
         .collect();
-    Graph { nodes, edges }
+    Graph {
+        nodes,
+        edges,
+        totals,
+    }
 }
 
 /// Now, in seconds since the Unix epoch.
@@ -541,9 +580,9 @@ services:
 
     fn exposition(ok: u64, failed: u64, denied: u64, peer: &str) -> ProxyMetrics {
         let text = format!(
-            "vigil_requests_total{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",route=\"default\",status_class=\"2xx\"}} {ok}\n\
-             vigil_requests_total{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",route=\"default\",status_class=\"5xx\"}} {failed}\n\
-             vigil_requests_total{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",route=\"default\",status_class=\"4xx\"}} {denied}\n\
+            "vigil_requests_total{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",route=\"default\",response_code=\"200\",status_class=\"2xx\",outcome=\"success\"}} {ok}\n\
+             vigil_requests_total{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",route=\"default\",response_code=\"503\",status_class=\"5xx\",outcome=\"failure\"}} {failed}\n\
+             vigil_requests_total{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",route=\"default\",response_code=\"403\",status_class=\"4xx\",outcome=\"denied\"}} {denied}\n\
              vigil_request_duration_seconds_bucket{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",le=\"0.01\"}} {}\n\
              vigil_request_duration_seconds_bucket{{direction=\"outbound\",peer_identity=\"{peer}\",service=\"orders.shop\",le=\"+Inf\"}} {}\n",
             ok + failed + denied,
@@ -567,7 +606,8 @@ services:
         let edge = g.edges.iter().find(|e| e.source == "web").expect("edge");
         assert_eq!(edge.target, "orders");
         assert_eq!(edge.rps, 10.0, "20 requests in 2 s");
-        assert_eq!(edge.success_rate, Some(0.9));
+        // 2 of 20 denied, 2 of the other 18 failed.
+        assert_eq!(edge.success_rate, Some(1.0 - 2.0 / 18.0));
         assert_eq!(edge.denied_share, Some(0.1));
         assert!(edge.mtls);
         // All 20 under 10 ms: interpolated as PromQL's histogram_quantile does, 9.9 ms.

@@ -410,6 +410,7 @@ impl Dashboard {
             "updated": view.updated.map(unix_secs),
             "nodes": graph.nodes,
             "edges": graph.edges,
+            "totals": graph.totals,
         })
     }
 

@@ -83,20 +83,16 @@ pub fn parse_vector(body: &str) -> anyhow::Result<Vec<Series>> {
 }
 
 /// The PromQL the dashboard runs, one window's worth.
-pub fn queries() -> [(&'static str, String); 4] {
+pub fn queries() -> [(&'static str, String); 3] {
     let w = WINDOW.as_secs();
     [
         (
             "requests",
-            format!("sum by (instance, workload, direction, service, peer_identity, status_class) (increase(vigil_requests_total[{w}s]))"),
+            format!("sum by (instance, workload, direction, service, peer_identity, status_class, outcome) (increase(vigil_requests_total[{w}s]))"),
         ),
         (
             "latency",
             format!("sum by (instance, workload, direction, service, peer_identity, le) (increase(vigil_request_duration_seconds_bucket[{w}s]))"),
-        ),
-        (
-            "denies",
-            format!("sum by (instance, workload) (increase(vigil_policy_decisions_total{{outcome=\"deny\"}}[{w}s]))"),
         ),
         (
             "retries",
@@ -105,7 +101,7 @@ pub fn queries() -> [(&'static str, String); 4] {
     ]
 }
 
-/// Turns the four query results into one window per workload. `instances` maps a
+/// Turns the three query results into one window per workload. `instances` maps a
 /// metrics address (`127.0.0.1:16290`) to its workload.
 pub fn windows(
     results: &BTreeMap<&str, Vec<Series>>,
@@ -137,12 +133,11 @@ pub fn windows(
     for s in results.get("requests").into_iter().flatten() {
         let Some(name) = workload(s) else { continue };
         let c = window(&mut out, name).requests.entry(key(s)).or_default();
-        c.total += s.value;
-        match s.labels.get("status_class").map(String::as_str) {
-            Some("5xx") => c.failures += s.value,
-            Some("4xx") => c.client_errors += s.value,
-            _ => {}
-        }
+        c.count(
+            s.labels.get("outcome").map(String::as_str),
+            s.labels.get("status_class").map(String::as_str),
+            s.value,
+        );
     }
     for s in results.get("latency").into_iter().flatten() {
         let Some(name) = workload(s) else { continue };
@@ -156,10 +151,6 @@ pub fn windows(
             .buckets
             .entry(OrderedF64(le))
             .or_default() += s.value;
-    }
-    for s in results.get("denies").into_iter().flatten() {
-        let Some(name) = workload(s) else { continue };
-        window(&mut out, name).denies += s.value;
     }
     for s in results.get("retries").into_iter().flatten() {
         let Some(name) = workload(s) else { continue };

@@ -175,7 +175,8 @@ function drawGraph(g, width) {
     const cls = denied ? "denied" : idle ? "idle" : e.success_rate != null && e.success_rate < 0.95 ? "failing" : e.success_rate != null && e.success_rate < 0.99 ? "flaky" : "ok";
     const arrow = { denied: "bad", failing: "bad", flaky: "warn", idle: "idle", ok: "ok" }[cls];
     const w = idle ? 1.5 : Math.min(5, 1.5 + Math.log2(1 + e.rps));
-    const line1 = denied ? `denied · ${num(e.rps)} rps` : idle ? "idle" : `${num(e.rps)} rps · ${pct(e.success_rate)}`;
+    const deniedPart = e.denied_share > 0 ? ` · ${pct(e.denied_share)} denied` : "";
+    const line1 = denied ? `${pct(e.denied_share)} denied · ${num(e.rps)} rps` : idle ? "idle" : `${num(e.rps)} rps · ${pct(e.success_rate)}${deniedPart}`;
     const parts2 = [];
     if (!idle && !denied) parts2.push("p99 " + ms(e.p99_ms));
     if (e.retries_rps > 0.05) parts2.push(num(e.retries_rps) + " retries/s" + (e.retry_amplification != null ? ` (×${e.retry_amplification.toFixed(2)} tries)` : ""));
@@ -184,7 +185,7 @@ function drawGraph(g, width) {
     const line2 = parts2.join(" · ");
     const tw = Math.max(line1.length, line2.length) * 6.4 + 34;
     const th = line2 ? 34 : 20;
-    out += `<g class="edge ${cls}" data-source="${esc(e.source)}" data-target="${esc(e.target)}" data-service="${esc(e.service)}" data-rps="${num(e.rps, 2)}" data-success="${e.success_rate == null ? "" : e.success_rate.toFixed(4)}" data-mtls="${e.mtls}">` +
+    out += `<g class="edge ${cls}" data-source="${esc(e.source)}" data-target="${esc(e.target)}" data-service="${esc(e.service)}" data-rps="${num(e.rps, 2)}" data-success="${e.success_rate == null ? "" : e.success_rate.toFixed(4)}" data-denied="${e.denied_share == null ? "" : e.denied_share.toFixed(4)}" data-mtls="${e.mtls}">` +
       `<title>${esc(short(e.source))} → ${esc(short(e.target))} (${esc(e.service)})&#10;${esc(line1)} ${esc(line2)}&#10;mTLS: ${e.mtls_share == null ? "no answered requests" : pct(e.mtls_share) + " of answered requests"}&#10;${e.requests_total} requests in all</title>` +
       `<path class="line" d="${d}" stroke-width="${w.toFixed(1)}" marker-end="url(#arrow-${arrow})"/></g>`;
     labels.push(`<g class="edge ${cls}"><g class="label" transform="translate(${(lx - tw / 2).toFixed(1)},${(ly - th / 2).toFixed(1)})">` +
@@ -213,9 +214,6 @@ async function graphView() {
     api("/api/graph"), api("/api/overview"), api("/api/policy"), api("/api/workloads"),
   ]);
   const meshRps = g.nodes.filter((n) => n.kind === "workload").reduce((s, n) => s + (n.rps_in || 0), 0);
-  const edgesWithTraffic = g.edges.filter((e) => e.rps > 0);
-  const reqs = edgesWithTraffic.reduce((s, e) => s + e.rps, 0);
-  const ok = edgesWithTraffic.reduce((s, e) => s + e.rps * (e.success_rate == null ? 1 : e.success_rate), 0);
   const mtlsEdges = g.edges.filter((e) => e.mtls_share != null);
   const mtlsOk = mtlsEdges.filter((e) => e.mtls).length;
   const width = Math.max(900, Math.min(1450, view.clientWidth - 34));
@@ -224,7 +222,8 @@ async function graphView() {
     <div class="cards">
       ${card("Workloads ready", `${overview.ready} / ${overview.workloads}`, overview.ready === overview.workloads ? "ok" : "bad")}
       ${card("Requests / s (all hops)", num(meshRps))}
-      ${card("Success rate", pct(reqs > 0 ? ok / reqs : null), successClass(reqs > 0 ? ok / reqs : null))}
+      ${card("Success rate (denials aside)", pct(g.totals.success_rate), successClass(g.totals.success_rate))}
+      ${card("Denied by policy", pct(g.totals.denied_share), g.totals.denied_share ? "warn" : "")}
       ${card("Edges with mTLS", `${mtlsOk} / ${mtlsEdges.length}`, mtlsOk === mtlsEdges.length ? "ok" : "bad")}
       ${card("Recent denials", String(policy.denials.length), policy.denials.length ? "warn" : "")}
       ${card("Policy bundle", overview.policy_version ? overview.policy_version.replace("sha256:", "") : "none", "", "mono")}
@@ -314,13 +313,14 @@ function chartCard(title, samples, series, opts) {
 
 function edgeTable(edges, side) {
   if (!edges.length) return '<p class="empty">None seen yet.</p>';
-  return `<table><tr><th>${side === "in" ? "Caller" : "Callee"}</th><th>Service</th><th class="num">rps</th><th class="num">Success</th><th class="num">Denied</th><th class="num">p99</th><th>mTLS</th></tr>` +
+  return `<table><tr><th>${side === "in" ? "Caller" : "Callee"}</th><th>Service</th><th class="num">rps</th><th class="num">Success</th><th class="num">Denied</th><th class="num">Tries/req</th><th class="num">p99</th><th>mTLS</th></tr>` +
     edges.map((e) => {
       const peer = side === "in" ? e.source : e.target;
       return `<tr><td>${peer.includes(":") ? esc(short(peer.replace(/^(svc|ext):/, ""))) : `<a href="#workload/${encodeURIComponent(peer)}">${esc(peer)}</a>`}</td>
       <td class="mono">${esc(e.service)}</td><td class="num">${num(e.rps)}</td>
       <td class="num ${successClass(e.success_rate)}">${pct(e.success_rate)}</td>
-      <td class="num">${e.denied_share ? pct(e.denied_share) : "–"}</td><td class="num">${ms(e.p99_ms)}</td>
+      <td class="num">${e.denied_share ? pct(e.denied_share) : "–"}</td>
+      <td class="num">${e.retry_amplification == null ? "–" : "×" + e.retry_amplification.toFixed(2)}</td><td class="num">${ms(e.p99_ms)}</td>
       <td>${e.mtls_share == null ? "–" : e.mtls ? '<span class="badge ok">mTLS</span>' : `<span class="badge bad">${pct(e.mtls_share)}</span>`}</td></tr>`;
     }).join("") + "</table>";
 }
