@@ -245,6 +245,19 @@ impl CertificateAuthority {
         Ok(())
     }
 
+    /// Trusts the self-signed certificates among `certs` too, after the ones already trusted
+    /// (the active root stays first in the bundle).
+    pub(crate) fn add_roots(&mut self, certs: &[CertificateDer<'static>]) -> Result<(), CaError> {
+        for cert in certs {
+            let parsed = parse_cert(cert).map_err(|e| CaError::Pem(e.to_string()))?;
+            if is_self_signed(&parsed) && !self.roots.contains(cert) {
+                require_ca(&parsed)?;
+                self.roots.push(cert.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Signs an X.509-SVID for `id` over the public key of a DER PKCS#10 CSR.
     ///
     /// Only the CSR's key is used (after its self-signature is checked); the subject, SANs and
@@ -347,7 +360,9 @@ impl CertificateAuthority {
         Self::from_pem_with_trust_domain(td, &cert_pem, &key_pem, None)
     }
 
-    fn generate_inner(td: &str) -> Result<(CertificateAuthority, String, String), CaError> {
+    pub(crate) fn generate_inner(
+        td: &str,
+    ) -> Result<(CertificateAuthority, String, String), CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let now = now_secs();
         let mut params = CertificateParams::default();
@@ -650,7 +665,7 @@ fn asn1_to_offset(ts: i64) -> Result<OffsetDateTime, CaError> {
 }
 
 #[cfg(unix)]
-fn check_key_file_mode(path: &Path) -> Result<(), CaError> {
+pub(crate) fn check_key_file_mode(path: &Path) -> Result<(), CaError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = fs::metadata(path).map_err(|source| CaError::Io {
         path: path.to_owned(),
@@ -667,7 +682,7 @@ fn check_key_file_mode(path: &Path) -> Result<(), CaError> {
 }
 
 #[cfg(not(unix))]
-fn check_key_file_mode(_path: &Path) -> Result<(), CaError> {
+pub(crate) fn check_key_file_mode(_path: &Path) -> Result<(), CaError> {
     Ok(())
 }
 

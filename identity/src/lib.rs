@@ -36,6 +36,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 mod ca;
+mod rotation;
 mod spiffe;
 mod store;
 mod svid;
@@ -50,6 +51,10 @@ pub mod testing;
 mod tests;
 
 pub use ca::{CaError, CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE};
+pub use rotation::{
+    chain_root, root_name, CaDirectory, LoadedCa, RotationPhase, NEXT_CERT_FILE, NEXT_KEY_FILE,
+    PREVIOUS_CERT_FILE,
+};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use store::{SvidStore, TrustStore};
 pub use svid::{check_svid_leaf, peer_identity, peer_spiffe_id, SvidError, SvidInfo};

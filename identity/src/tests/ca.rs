@@ -90,7 +90,7 @@ fn partial_ca_dir_is_refused() {
 }
 
 /// Verifies `chain` (leaf first) to `bundle` the way the client side of a handshake does.
-fn verify_chain(
+pub(super) fn verify_chain(
     chain: &[CertificateDer<'static>],
     bundle: &TrustBundle,
 ) -> Result<(), rustls::Error> {
@@ -108,15 +108,15 @@ fn verify_chain(
     )
 }
 
-struct OperatorPki {
-    root_pem: String,
-    inter_pem: String,
-    inter_key_pem: String,
-    root_der: CertificateDer<'static>,
-    inter_der: CertificateDer<'static>,
+pub(super) struct OperatorPki {
+    pub(super) root_pem: String,
+    pub(super) inter_pem: String,
+    pub(super) inter_key_pem: String,
+    pub(super) root_der: CertificateDer<'static>,
+    pub(super) inter_der: CertificateDer<'static>,
 }
 
-fn operator_pki(td: &str) -> OperatorPki {
+pub(super) fn operator_pki(td: &str) -> OperatorPki {
     let root_key = KeyPair::generate().unwrap();
     let mut rp = CertificateParams::default();
     rp.distinguished_name.push(DnType::CommonName, "Corp Root");

@@ -2,6 +2,7 @@
 
 mod ca;
 mod handshake;
+mod rotation;
 
 use std::sync::Arc;
 use std::time::Duration;
