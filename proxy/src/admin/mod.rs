@@ -131,6 +131,9 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                     "last_renewal_error": proxy.identity.last_error().map(|e| e.to_string()),
                     "chain_pem": status.chain_pem,
                     "trust_bundle_pem": proxy.identity.trust.bundle().to_pem(),
+                    "root": status.root,
+                    "signer": status.signer,
+                    "trust_roots": proxy.identity.trust.bundle().roots().iter().map(vigil_identity::root_name).collect::<Vec<_>>(),
                 }))
             }
             None => text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n"),

@@ -148,7 +148,7 @@ impl Discovery {
                     .map(|d| rustls_pki_types::CertificateDer::from(d.clone()))
                     .collect(),
             )?;
-            identity.trust.set(bundle)?;
+            identity.update_trust(bundle)?;
         }
         let view = view?;
         tracing::info!(version = %view.version, services = view.services.len(), "snapshot applied");

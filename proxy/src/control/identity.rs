@@ -29,6 +29,11 @@ pub struct CertificateStatus {
     /// When the proxy will next try to renew, seconds since the epoch.
     pub renew_at: u64,
     pub chain_pem: Vec<String>,
+    /// The trusted root the chain leads to (its name, see `vigil_identity::root_name`): during
+    /// a CA rotation, which root this proxy's certificate still depends on.
+    pub root: String,
+    /// The certificate that signed this one (an intermediate, else the root), by name.
+    pub signer: String,
 }
 
 /// The proxy's live certificate and trust bundle.
@@ -42,7 +47,14 @@ pub struct WorkloadIdentity {
     pub renewal_failures: AtomicU64,
     last_error: ArcSwapOption<String>,
     metrics: Arc<Metrics>,
+    /// Woken when the trust bundle changes (a CA rotation step): renew within seconds rather
+    /// than at half-life, so certificates move to the new signer without waiting a lifetime.
+    renew_now: tokio::sync::Notify,
 }
+
+/// The longest a proxy waits, at random, before renewing after the trust bundle changed:
+/// enough to spread a fleet's renewals out, short enough that a rotation takes seconds.
+const ROTATION_JITTER: Duration = Duration::from_secs(5);
 
 /// Outcome of one signing round trip.
 struct Issued {
@@ -68,12 +80,27 @@ impl WorkloadIdentity {
             renewal_failures: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
             metrics,
+            renew_now: tokio::sync::Notify::new(),
         }))
     }
 
     /// The current certificate's status, once there is one.
     pub fn status(&self) -> Option<Arc<CertificateStatus>> {
         self.status.load_full()
+    }
+
+    /// Installs a trust bundle from discovery; when it differs from the one in force and a
+    /// certificate is already held, renews soon (see [`ROTATION_JITTER`]).
+    pub fn update_trust(&self, bundle: TrustBundle) -> anyhow::Result<()> {
+        let changed = self.trust.bundle().roots() != bundle.roots();
+        self.trust.set(bundle)?;
+        if changed && self.status.load().is_some() {
+            tracing::info!(
+                "trust bundle changed (a CA rotation step); renewing the certificate soon"
+            );
+            self.renew_now.notify_one();
+        }
+        Ok(())
     }
 
     /// The last renewal error, cleared by the next success.
@@ -111,7 +138,13 @@ impl WorkloadIdentity {
                     });
                     tracing::info!(spiffe_id = %status.spiffe_id, expires_in = ?issued.lifetime_left, renew_in = ?wait, "workload certificate installed");
                     self.status.store(Some(Arc::new(status)));
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.renew_now.notified() => {
+                            let jitter = ROTATION_JITTER.mul_f64(rand::random::<f64>());
+                            tokio::time::sleep(jitter).await;
+                        }
+                    }
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -176,6 +209,11 @@ impl WorkloadIdentity {
             .iter()
             .map(|c| pem("CERTIFICATE", c.as_ref()))
             .collect();
+        let root = vigil_identity::chain_root(&chain, &bundle);
+        let signer = chain
+            .get(1)
+            .map(vigil_identity::root_name)
+            .unwrap_or_else(|| root.clone());
         let certified = self.key.certified(chain)?;
         self.trust.set(bundle)?;
         self.svid.set(certified);
@@ -194,6 +232,8 @@ impl WorkloadIdentity {
                 not_after: unix(info.not_after),
                 renew_at: 0,
                 chain_pem,
+                root,
+                signer,
             },
             lifetime_left,
         })
