@@ -69,6 +69,12 @@ pub struct CertStatus {
     pub renewals: u64,
     pub renewal_failures: u64,
     pub last_renewal_error: Option<String>,
+    /// What signed the certificate (an intermediate, else a root), by name.
+    #[serde(default)]
+    pub signer: String,
+    /// The roots the proxy trusts, by name.
+    #[serde(default)]
+    pub trust_roots: Vec<String>,
 }
 
 /// Reads `/certs`.

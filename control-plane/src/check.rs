@@ -134,6 +134,14 @@ pub async fn check(at: &MeshLocation, trust_bundle: Option<&Path>) -> anyhow::Re
         }
     }
     findings.extend(policy_agreement(&proxies));
+    if let Some(bundle) = &bundle {
+        let phase = at.data_dir.as_deref().and_then(|d| {
+            vigil_identity::CaDirectory::new(&d.join("ca"), &mesh.trust_domain)
+                .phase()
+                .ok()
+        });
+        findings.push(trust_anchors(bundle, phase, &proxies));
+    }
     findings.push(retries_per_hop(&mesh).await);
 
     let ok = !findings.iter().any(|f| f.outcome == Outcome::Fail);
@@ -414,6 +422,118 @@ fn httpdate_parse(s: &str) -> Option<SystemTime> {
     let t = chrono::DateTime::parse_from_rfc2822(s).ok()?;
     let secs = u64::try_from(t.timestamp()).ok()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Whether every proxy trusts the control plane's roots and holds a certificate from the
+/// CA that signs now; during a rotation, how far it has come.
+fn trust_anchors(
+    bundle: &FoundBundle,
+    phase: Option<vigil_identity::RotationPhase>,
+    proxies: &[ProxyState],
+) -> Finding {
+    use vigil_identity::RotationPhase;
+    let check = "trust anchors";
+    let roots: Vec<String> = match TrustBundle::from_pem(&bundle.pem) {
+        Ok(b) => b.roots().iter().map(vigil_identity::root_name).collect(),
+        Err(e) => {
+            return problem(
+                Outcome::Warn,
+                check,
+                format!("{} does not parse: {e}", bundle.source),
+                "pass --trust-bundle <data-dir>/trust-bundle.pem",
+            )
+        }
+    };
+    let certs: Vec<(&str, &CertStatus)> = proxies
+        .iter()
+        .filter_map(|p| match &p.cert {
+            Some(Ok(c)) => Some((p.workload.as_str(), c)),
+            _ => None,
+        })
+        .collect();
+    let signer_root = roots.first().cloned().unwrap_or_default();
+    let not_trusting = |root: &str| -> Vec<&str> {
+        certs
+            .iter()
+            .filter(|(_, c)| !c.trust_roots.iter().any(|r| r == root))
+            .map(|(w, _)| *w)
+            .collect()
+    };
+    match phase {
+        Some(RotationPhase::Staged) => {
+            let new = roots.get(1).cloned().unwrap_or_default();
+            let behind = not_trusting(&new);
+            problem(
+                Outcome::Warn,
+                check,
+                format!(
+                    "CA rotation staged: {} of {} proxies trust the new root {new} beside {signer_root}{}",
+                    certs.len() - behind.len(),
+                    certs.len(),
+                    list_behind(&behind)
+                ),
+                "run `vigil ca rotate` to let the new root sign (it waits until every proxy trusts it)",
+            )
+        }
+        Some(RotationPhase::Issuing) => {
+            let old = roots.get(1..).unwrap_or(&[]);
+            let on_old: Vec<&str> = certs
+                .iter()
+                .filter(|(_, c)| {
+                    // Root-signed certificates name their root; intermediates are not roots.
+                    old.contains(&c.signer)
+                })
+                .map(|(w, _)| *w)
+                .collect();
+            problem(
+                Outcome::Warn,
+                check,
+                format!(
+                    "CA rotation: the new root {signer_root} signs; {} of {} proxies hold a certificate from it, the old root {} is still trusted{}",
+                    certs.len() - on_old.len(),
+                    certs.len(),
+                    old.join(", "),
+                    list_behind(&on_old)
+                ),
+                "run `vigil ca rotate` to retire the old root once every proxy has renewed",
+            )
+        }
+        _ => {
+            let stale: Vec<&str> = certs
+                .iter()
+                .filter(|(_, c)| !c.trust_roots.is_empty() && c.trust_roots != roots)
+                .map(|(w, _)| *w)
+                .collect();
+            if stale.is_empty() {
+                pass(
+                    check,
+                    format!(
+                        "{} trusted by the control plane and every proxy",
+                        roots.join(", ")
+                    ),
+                )
+            } else {
+                problem(
+                    Outcome::Warn,
+                    check,
+                    format!(
+                        "the control plane trusts {} but {} trust another set",
+                        roots.join(", "),
+                        stale.join(", ")
+                    ),
+                    "the proxies get the bundle from discovery: check that they are connected to the control plane",
+                )
+            }
+        }
+    }
+}
+
+fn list_behind(behind: &[&str]) -> String {
+    if behind.is_empty() {
+        String::new()
+    } else {
+        format!(" (not yet: {})", behind.join(", "))
+    }
 }
 
 fn policy_agreement(proxies: &[ProxyState]) -> Vec<Finding> {

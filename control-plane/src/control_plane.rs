@@ -76,7 +76,8 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
         )
     })?;
 
-    let ca = Arc::new(load_ca(&opts, &trust_domain)?);
+    let (ca, ca_dir, ca_status) = load_ca(&opts, &trust_domain)?;
+    let ca = Arc::new(ca);
     let bundle_path = trust_bundle_path(&opts.data_dir);
     write_public_file(&bundle_path, &ca.trust_bundle().to_pem())?;
     tracing::info!(path = %bundle_path.display(), "trust bundle written; give it to proxies with --trust-bundle");
@@ -127,6 +128,24 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     tracing::info!(identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
 
     let identity = IdentityService::local(ca.clone(), mesh.clone());
+    let live_ca = identity.ca_handle();
+    let ca_status = Arc::new(ArcSwap::from_pointee(ca_status));
+    let rotation = match ca_dir {
+        Some(dir) => futures::future::Either::Left(crate::ca_rotation::watch(
+            dir,
+            crate::ca_rotation::LiveCa {
+                ca: live_ca.clone(),
+                status: ca_status.clone(),
+                trust: trust.clone(),
+                own_id: own_id.clone(),
+                own_svid: own_svid.clone(),
+                state: state_tx.clone(),
+                bundle_path: bundle_path.clone(),
+            },
+            opts.reload_interval,
+        )),
+        None => futures::future::Either::Right(std::future::pending::<()>()),
+    };
     let mut metrics = prometheus_client::registry::Registry::with_prefix("vigil");
     identity.refusals().register(&mut metrics);
     let dashboard = crate::dashboard::run(
@@ -137,6 +156,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
             proxies: proxies.clone(),
             data_dir: opts.data_dir.clone(),
             metrics: Arc::new(metrics),
+            ca: ca_status,
         },
         opts.dashboard.clone(),
     );
@@ -151,12 +171,13 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
         webhook,
     });
     let reload = watch_sources(opts.clone(), mesh.clone(), state_tx);
-    let renew = renew_own(ca.clone(), own_id, own_svid);
+    let renew = renew_own(live_ca, own_id, own_svid);
     tokio::select! {
         r = servers => r?,
         _ = reload => {},
         _ = renew => {},
         _ = dashboard => {},
+        _ = rotation => {},
     }
     Ok(())
 }
@@ -221,7 +242,15 @@ pub(crate) async fn serve(s: Serving) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_ca(opts: &ControlPlaneOptions, trust_domain: &str) -> anyhow::Result<CertificateAuthority> {
+/// The CA, the directory it rotates through (none for operator files) and its status.
+fn load_ca(
+    opts: &ControlPlaneOptions,
+    trust_domain: &str,
+) -> anyhow::Result<(
+    CertificateAuthority,
+    Option<vigil_identity::CaDirectory>,
+    crate::ca_rotation::CaStatus,
+)> {
     match (&opts.ca_cert, &opts.ca_key) {
         (Some(cert), Some(key)) => {
             let read = |p: &PathBuf| {
@@ -233,11 +262,19 @@ fn load_ca(opts: &ControlPlaneOptions, trust_domain: &str) -> anyhow::Result<Cer
             if ca.trust_domain() != trust_domain {
                 tracing::info!(ca = %ca.trust_domain(), mesh = %trust_domain, "operator CA carries no trust domain of its own; issuing for the mesh's");
             }
-            Ok(ca)
+            let status = crate::ca_rotation::CaStatus::fixed(&ca, "operator files (--ca-cert)");
+            Ok((ca, None, status))
         }
         (None, None) => {
-            CertificateAuthority::load_or_generate(&opts.data_dir.join("ca"), trust_domain)
-                .context("loading or creating the CA under the data directory")
+            let dir = vigil_identity::CaDirectory::new(&opts.data_dir.join("ca"), trust_domain);
+            let loaded = dir
+                .load()
+                .context("loading or creating the CA under the data directory")?;
+            if loaded.phase != vigil_identity::RotationPhase::Steady {
+                tracing::info!(phase = loaded.phase.as_str(), roots = ?loaded.roots, "a CA rotation is under way; `vigil ca rotate` goes on with it");
+            }
+            let status = crate::ca_rotation::CaStatus::of(&dir, &loaded);
+            Ok((loaded.ca, Some(dir), status))
         }
         _ => anyhow::bail!("--ca-cert and --ca-key go together; pass both or neither"),
     }
@@ -259,10 +296,14 @@ pub(crate) fn issue_own(
 }
 
 /// Renews the control plane's own serving certificate well before it expires.
-pub(crate) async fn renew_own(ca: Arc<CertificateAuthority>, id: SpiffeId, store: Arc<SvidStore>) {
+pub(crate) async fn renew_own(
+    ca: Arc<ArcSwap<CertificateAuthority>>,
+    id: SpiffeId,
+    store: Arc<SvidStore>,
+) {
     loop {
         tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
-        match issue_own(&ca, &id) {
+        match issue_own(&ca.load(), &id) {
             Ok(key) => store.set(key),
             Err(e) => {
                 tracing::error!(error = %e, "renewing the control plane certificate failed; retrying in 12 h")
@@ -333,12 +374,14 @@ async fn watch_sources(
             if model != current.model {
                 tracing::info!("mesh changed; pushing to proxies");
             }
-            let next = MeshState {
-                model,
-                trust_bundle_der: current.trust_bundle_der.clone(),
-                policy,
-            };
-            state.send_replace(Arc::new(next));
+            // The trust bundle is the CA watcher's: keep whatever is current at the swap.
+            state.send_modify(|current| {
+                *current = Arc::new(MeshState {
+                    model,
+                    trust_bundle_der: current.trust_bundle_der.clone(),
+                    policy,
+                });
+            });
             last_error.clear();
         }
         mesh.store(Arc::new(new_mesh));
@@ -393,7 +436,7 @@ pub(crate) async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Resu
     })
 }
 
-fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_client;
+pub mod ca_rotation;
 pub mod check;
 pub mod control_plane;
 pub mod dashboard;

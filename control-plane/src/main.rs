@@ -139,6 +139,9 @@ enum Command {
         #[arg(short, long, default_value = "text")]
         output: String,
     },
+    /// The mesh's certificate authority: rotate its trust anchor while the mesh runs.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Add the sidecar to the Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs
     /// and CronJobs of a multi-document YAML file, as the injection webhook would.
     Inject {
@@ -160,6 +163,36 @@ enum Command {
         control_plane_namespace: String,
         #[command(flatten)]
         sidecar: SidecarArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Rotate the CA of a running local mesh with no restart and no failed request: stage a
+    /// new root beside the current one, let it sign once every proxy trusts it, retire the
+    /// old root once every proxy holds a certificate from the new one. Waits for the
+    /// proxies at each step and says who it waits for.
+    Rotate {
+        /// Mesh file of the running mesh (default: the running vigil up / vigil demo's).
+        #[arg(long, env = "VIGIL_MESH")]
+        mesh: Option<PathBuf>,
+        /// The control plane's data directory (default: the running vigil up / vigil
+        /// demo's); its CA lives in <data-dir>/ca.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Which step to take; `all` takes the ones left, in order.
+        #[arg(long, value_enum, default_value = "all")]
+        step: vigil::ca_rotation::Step,
+        /// Stage this CA certificate (PEM, an intermediate followed by its chain up to the
+        /// root) instead of generating a new root.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Key of --cert (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// How long to wait for the proxies at each step.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -575,6 +608,34 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Policy(_) | Command::Inject { .. } => Ok(()),
+            Command::Ca(CaCommand::Rotate {
+                mesh,
+                data_dir,
+                step,
+                cert,
+                key,
+                timeout,
+            }) => {
+                let at = vigil::mesh_location::locate(mesh)?;
+                eprintln!("{}", at.describe());
+                let data_dir = data_dir.or(at.data_dir.clone()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no data directory: pass --data-dir, the one the control plane of {} runs with",
+                        at.mesh_file.display()
+                    )
+                })?;
+                let mesh = vigil::mesh::MeshFile::load(&at.mesh_file)?;
+                let dir = vigil_identity::CaDirectory::new(&data_dir.join("ca"), &mesh.trust_domain);
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+                };
+                let operator = match (&cert, &key) {
+                    (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                    _ => None,
+                };
+                vigil::ca_rotation::rotate(&dir, &mesh, step, operator, timeout).await
+            }
             Command::Stat {
                 mesh,
                 workload,

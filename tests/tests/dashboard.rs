@@ -292,6 +292,28 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
     .expect("chromium screenshot");
     assert!(shot.exists(), "no screenshot at {}", shot.display());
     println!("dashboard screenshot: {}", shot.display());
+    // The identity view names the CA, its phase and each proxy's signer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let identity = loop {
+        let identity = api("/api/identity").await;
+        let polled = identity["workloads"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().all(|w| !w["cert"].is_null()));
+        if polled || Instant::now() > deadline {
+            break identity;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let roots = identity["ca"]["roots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(identity["ca"]["phase"], "steady", "{identity}");
+    assert_eq!(roots.len(), 1, "{identity}");
+    for w in identity["workloads"].as_array().into_iter().flatten() {
+        assert_eq!(w["signer"], roots[0], "{w}");
+        assert_eq!(w["trust_roots"], serde_json::json!(roots), "{w}");
+    }
     // web's page: its calls to payments all denied, in the table beside the others.
     let web_page = headless_chromium(
         &format!("{url}#workload/web"),

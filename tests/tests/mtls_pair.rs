@@ -462,3 +462,151 @@ async fn traffic_keeps_flowing_while_the_control_plane_restarts() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `/certs` of a proxy: what signed its certificate and which roots it trusts.
+async fn trust_of(admin: std::net::SocketAddr) -> (String, Vec<String>) {
+    let (_, body) = get(admin, "/certs").await.expect("certs");
+    let v = json(&body);
+    let roots = v["trust_roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect();
+    (v["signer"].as_str().unwrap_or_default().to_string(), roots)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trust_anchor_rotates_under_traffic_without_a_failed_request() {
+    // Three proxies: two clients calling one server, short certificate lifetimes.
+    let mut spec = MeshSpec::new(vec![
+        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("other", "demo"),
+        WorkloadSpec::new("server", "demo"),
+    ])
+    .service("server", "http", &["server"], None);
+    spec.lifetime = "60s".into();
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    start_echo_app(mesh.spec.workload("server").app_port, "server")
+        .await
+        .expect("app");
+    for w in ["client", "other", "server"] {
+        mesh.start_proxy(w).await.expect("proxy");
+    }
+    let workloads: Vec<_> = ["client", "other", "server"]
+        .iter()
+        .map(|w| mesh.spec.workload(w).clone())
+        .collect();
+    let (old_signer, old_roots) = trust_of(workloads[0].admin).await;
+    assert_eq!(old_roots, vec![old_signer.clone()]);
+    // The old CA as it is on disk now, to show later that nobody trusts it any more.
+    let old_ca = vigil_identity::CertificateAuthority::load_or_generate(
+        &mesh.data_dir().join("ca"),
+        TRUST_DOMAIN,
+    )
+    .expect("the control plane's CA");
+
+    // Traffic from both clients through the whole rotation.
+    let traffic: Vec<_> = ["client", "other"]
+        .iter()
+        .map(|w| {
+            let via = mesh.spec.workload(w).outbound;
+            tokio::spawn(steady_traffic(via, Duration::from_secs(25)))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let rotate = tokio::process::Command::new(binary("vigil"))
+        .args(["ca", "rotate", "--mesh"])
+        .arg(mesh.dir.path().join("mesh.yaml"))
+        .arg("--data-dir")
+        .arg(mesh.data_dir())
+        .args(["--timeout", "60s"])
+        .output()
+        .await
+        .expect("vigil ca rotate runs");
+    let took = started.elapsed();
+    let said = String::from_utf8_lossy(&rotate.stderr).into_owned();
+    assert!(rotate.status.success(), "{said}\n{}", mesh.logs());
+    for step in [
+        "1/3 staged",
+        "2/3 the new CA",
+        "3/3 retired",
+        "every proxy trusting only the current roots",
+    ] {
+        assert!(said.contains(step), "no {step:?} in:\n{said}");
+    }
+    println!("vigil ca rotate took {took:?}:\n{said}");
+
+    let mut total = 0;
+    for t in traffic {
+        let (ok, failed, failures) = t.await.expect("traffic");
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} failed: {failures:?}\n{}",
+            ok + failed,
+            mesh.logs()
+        );
+        total += ok;
+    }
+    assert!(total > 200, "only {total} requests went through");
+    println!("{total} requests, none failed");
+
+    // Every proxy holds a certificate of the new root and trusts nothing else; the control
+    // plane's bundle file says the same, and the old CA key is gone.
+    let bundle = std::fs::read_to_string(mesh.data_dir().join("trust-bundle.pem")).expect("bundle");
+    let bundle = vigil_identity::TrustBundle::from_pem(&bundle).expect("pem");
+    let names: Vec<String> = bundle
+        .roots()
+        .iter()
+        .map(vigil_identity::root_name)
+        .collect();
+    assert_eq!(names.len(), 1);
+    assert_ne!(names[0], old_signer, "a new root");
+    for w in &workloads {
+        let (signer, roots) = trust_of(w.admin).await;
+        assert_eq!(
+            signer, names[0],
+            "{} holds a certificate of the new root",
+            w.name
+        );
+        assert_eq!(roots, names, "{} trusts only the new root", w.name);
+    }
+    let ca = mesh.data_dir().join("ca");
+    let left: Vec<String> = std::fs::read_dir(&ca)
+        .expect("ca dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let mut sorted = left.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["ca-key.pem", "ca.pem"],
+        "nothing of the old CA is left"
+    );
+
+    // A caller with a certificate of the old root is refused now; one of the new is not.
+    let server = mesh.spec.workload("server").clone();
+    let me = SpiffeId::parse(&workloads[0].spiffe_id()).expect("id");
+    let old_leaf = vigil_identity::testing::valid_leaf(&old_ca, &me)
+        .expect("leaf")
+        .certified_key()
+        .expect("key");
+    assert!(
+        handshake(client_with(Some(old_leaf), &bundle, &server), &server)
+            .await
+            .is_err(),
+        "a certificate of the retired root is still accepted"
+    );
+    let new_ca = vigil_identity::CertificateAuthority::load_or_generate(&ca, TRUST_DOMAIN)
+        .expect("the new CA");
+    let new_leaf = vigil_identity::testing::valid_leaf(&new_ca, &me)
+        .expect("leaf")
+        .certified_key()
+        .expect("key");
+    assert_eq!(
+        handshake(client_with(Some(new_leaf), &bundle, &server), &server).await,
+        Ok(())
+    );
+}

@@ -79,6 +79,8 @@ pub struct Sources {
     pub data_dir: PathBuf,
     /// The control plane's own metrics, served at `/metrics`.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The CA: where it is kept, its rotation phase and trusted roots.
+    pub ca: Arc<ArcSwap<crate::ca_rotation::CaStatus>>,
 }
 
 struct Dashboard {
@@ -549,6 +551,8 @@ impl Dashboard {
                     "workload": name,
                     "expected_spiffe_id": expected,
                     "status": status,
+                    "signer": w.cert.as_ref().map(|c| c.signer.clone()),
+                    "trust_roots": w.cert.as_ref().map(|c| c.trust_roots.clone()),
                     "cert": w.cert,
                     "error": w.cert_error.clone().or_else(|| (!w.reachable).then(|| w.ready_detail.clone())),
                 })
@@ -557,6 +561,7 @@ impl Dashboard {
         json!({
             "trust_domain": state.model.trust_domain,
             "now": now,
+            "ca": **self.sources.ca.load(),
             "workloads": list,
         })
     }

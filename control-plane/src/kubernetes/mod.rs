@@ -131,10 +131,12 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
         }),
         Arc::new(move || lifetime),
     );
+    let live_ca = identity.ca_handle();
     let proxies = Arc::new(ConnectedProxies::default());
     let mut metrics = prometheus_client::registry::Registry::with_prefix("vigil");
     identity.refusals().register(&mut metrics);
-    let dashboard = dashboard(&opts, state_rx.clone(), proxies.clone(), metrics);
+    let ca_status = crate::ca_rotation::CaStatus::fixed(&ca, &format!("Secret {}", opts.ca_secret));
+    let dashboard = dashboard(&opts, state_rx.clone(), proxies.clone(), metrics, ca_status);
     let servers = serve(Serving {
         identity,
         state: state_rx,
@@ -153,7 +155,7 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
         r = servers => r?,
         _ = dashboard => {},
         _ = publish => {},
-        _ = renew_own(ca, own_id, own_svid) => {},
+        _ = renew_own(live_ca, own_id, own_svid) => {},
     }
     Ok(())
 }
@@ -167,6 +169,7 @@ pub(crate) fn dashboard(
     state: tokio::sync::watch::Receiver<Arc<MeshState>>,
     proxies: Arc<ConnectedProxies>,
     metrics: prometheus_client::registry::Registry,
+    ca_status: crate::ca_rotation::CaStatus,
 ) -> impl std::future::Future<Output = ()> {
     let mesh = crate::mesh::MeshFile {
         trust_domain: opts.trust_domain.clone(),
@@ -192,6 +195,7 @@ pub(crate) fn dashboard(
             // read-only and /tmp an emptyDir (manifests/control-plane.yaml).
             data_dir: std::env::temp_dir(),
             metrics: Arc::new(metrics),
+            ca: Arc::new(ArcSwap::from_pointee(ca_status)),
         },
         opts.dashboard_options.clone(),
     )

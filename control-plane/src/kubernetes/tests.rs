@@ -639,6 +639,7 @@ async fn cluster_mode_serves_the_dashboard_and_its_own_metrics() {
         state,
         Arc::new(ConnectedProxies::default()),
         metrics,
+        crate::ca_rotation::CaStatus::default(),
     ));
 
     let mut answer = get(addr, "/metrics").await;

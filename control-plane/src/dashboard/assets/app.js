@@ -447,10 +447,24 @@ async function tapView() {
 async function identityView() {
   const d = await api("/api/identity");
   const badge = { valid: "ok", expiring: "warn", expired: "bad", "not-yet-valid": "bad", unknown: "warn" };
+  const ca = d.ca || { phase: "steady", roots: [], source: "" };
+  const phaseText = {
+    steady: "one root signs and is trusted",
+    staged: "rotation: a new root is trusted beside the current one, which still signs",
+    issuing: "rotation: the new root signs; the old one is trusted until every proxy has renewed",
+  }[ca.phase] || ca.phase;
+  const signerOf = (w) => w.signer || "–";
+  const trusts = (w) => (w.trust_roots || []).join(", ") || "–";
   view.innerHTML = `
+    <div class="card" id="ca" data-phase="${esc(ca.phase)}">
+      <h2>Certificate authority <span class="muted" style="font-weight:400">· ${esc(ca.source)}</span></h2>
+      <p><span class="badge ${ca.phase === "steady" ? "ok" : "warn"}">${esc(ca.phase)}</span> ${esc(phaseText)}</p>
+      <p>Trusted roots (the signing one first): ${ca.roots.map((r) => `<span class="mono">${esc(r)}</span>`).join(", ") || "–"}</p>
+      ${ca.phase !== "steady" ? `<p class="muted">Run <span class="mono">vigil ca rotate</span> to go on; it waits for every proxy at each step.</p>` : ""}
+    </div>
     <div class="card">
       <h2>Workload certificates <span class="muted" style="font-weight:400">· trust domain ${esc(d.trust_domain)} · renewed at half-life</span></h2>
-      <table><tr><th>Workload</th><th>SPIFFE ID</th><th>Serial</th><th>Issued</th><th>Expires</th><th>Renews</th><th class="num">Renewals</th><th>Status</th></tr>
+      <table><tr><th>Workload</th><th>SPIFFE ID</th><th>Serial</th><th>Issued</th><th>Expires</th><th>Renews</th><th class="num">Renewals</th><th>Signed by</th><th>Trusts</th><th>Status</th></tr>
       ${d.workloads.map((w) => {
         const c = w.cert;
         return `<tr class="cert" data-workload="${esc(w.workload)}"><td><a href="#workload/${encodeURIComponent(w.workload)}">${esc(w.workload)}</a></td>
@@ -460,6 +474,7 @@ async function identityView() {
           <td>${c ? clock(c.not_after) + ` <span class="muted">(in ${duration(c.not_after - d.now)})</span>` : "–"}</td>
           <td>${c && c.renew_at ? (c.renew_at > d.now ? "in " + duration(c.renew_at - d.now) : "due") : "–"}</td>
           <td class="num">${c ? c.renewals : "–"}${c && c.renewal_failures ? ` <span class="bad">(${c.renewal_failures} failed)</span>` : ""}</td>
+          <td class="mono signer">${esc(signerOf(w))}</td><td class="mono">${esc(trusts(w))}</td>
           <td><span class="badge ${badge[w.status] || "warn"}">${esc(w.status)}</span>${w.error ? `<div class="error">${esc(w.error)}</div>` : ""}${c && c.last_renewal_error ? `<div class="error">${esc(c.last_renewal_error)}</div>` : ""}</td></tr>`;
       }).join("")}</table>
     </div>`;
