@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/vigil/v1/identity.proto",
         "proto/vigil/v1/discovery.proto",
+        "proto/spiffe/workload.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

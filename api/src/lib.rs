@@ -2,10 +2,13 @@
 //!
 //! Two gRPC services, both in package `vigil.v1`:
 //! - [`identity`]: a proxy sends a CSR and its bootstrap credential and gets back
-//!   an X.509-SVID chain and the trust bundle (port 15012, server-authenticated TLS);
+//!   an X.509-SVID chain and the trust bundle, or a JWT-SVID for given audiences (port
+//!   15012, server-authenticated TLS);
 //! - [`discovery`]: a proxy, authenticated by its SVID, watches a stream of
 //!   [`Snapshot`]s: the services it may call, their endpoints and the identity expected
 //!   at each, the trust bundle and the policy bundle (port 15010, mutual TLS).
+//!
+//! And [`workload`], the SPIFFE Workload API a proxy serves to its application.
 //!
 //! ```
 //! use vigil_api::{SignRequest, TokenKind};
@@ -24,6 +27,12 @@ pub use pb::*;
 pub mod identity {
     pub use super::pb::identity_client::IdentityClient;
     pub use super::pb::identity_server::{Identity, IdentityServer};
+}
+
+/// The SPIFFE Workload API (no protobuf package, as the standard defines it), served by
+/// the proxy to its application on a Unix socket.
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
 }
 
 /// Client and server for the discovery (snapshot watch) service.

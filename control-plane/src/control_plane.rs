@@ -87,8 +87,15 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     own_svid.set(issue_own(&ca, &own_id)?);
     let trust = TrustStore::new(&trust_domain, ca.trust_bundle())?;
 
-    let policy =
-        policy_source::load(mesh.policy.as_ref(), &trust_domain).map_err(anyhow::Error::msg)?;
+    // The JWT-SVID key: private to this process like the CA key; its JWKS goes to every
+    // proxy with discovery and to policy authors as <data-dir>/jwt-bundle.json.
+    let jwt_signer = Arc::new(
+        vigil_identity::JwtSvidSigner::load_or_generate(&opts.data_dir.join("jwt-svid-key.pem"))
+            .context("loading or creating the JWT-SVID key under the data directory")?,
+    );
+    write_public_file(&opts.data_dir.join("jwt-bundle.json"), &jwt_signer.jwks())?;
+    let policy = policy_source::load_with(mesh.policy.as_ref(), &trust_domain, &jwt_signer.jwks())
+        .map_err(anyhow::Error::msg)?;
     tracing::info!(version = %policy.wire.version, "policy bundle loaded");
     let state = MeshState {
         model: mesh.model()?,
@@ -99,6 +106,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
             .map(|c| c.as_ref().to_vec())
             .collect(),
         policy: Some(policy.wire),
+        jwt_bundle: jwt_signer.jwks(),
     };
     let (state_tx, state_rx) = watch::channel(Arc::new(state));
     let mesh = Arc::new(ArcSwap::from_pointee(mesh));
@@ -127,7 +135,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     };
     tracing::info!(identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
 
-    let identity = IdentityService::local(ca.clone(), mesh.clone());
+    let identity = IdentityService::local(ca.clone(), mesh.clone()).with_jwt_signer(jwt_signer);
     let live_ca = identity.ca_handle();
     let ca_status = Arc::new(ArcSwap::from_pointee(ca_status));
     let rotation = match ca_dir {
@@ -350,7 +358,11 @@ async fn watch_sources(
             }
         };
         let current = state.borrow().clone();
-        let policy = match policy_source::load(new_mesh.policy.as_ref(), &new_mesh.trust_domain) {
+        let policy = match policy_source::load_with(
+            new_mesh.policy.as_ref(),
+            &new_mesh.trust_domain,
+            &current.jwt_bundle,
+        ) {
             Ok(p) => Some(p.wire),
             Err(e) => {
                 report(&mut last_error, e);
@@ -380,6 +392,7 @@ async fn watch_sources(
                     model,
                     trust_bundle_der: current.trust_bundle_der.clone(),
                     policy,
+                    jwt_bundle: current.jwt_bundle.clone(),
                 });
             });
             last_error.clear();
@@ -465,6 +478,7 @@ mod tests {
                     .expect("policy")
                     .wire,
             ),
+            jwt_bundle: String::new(),
         }
     }
 

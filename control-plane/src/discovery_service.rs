@@ -26,6 +26,8 @@ pub struct MeshState {
     pub model: MeshModel,
     pub trust_bundle_der: Vec<Vec<u8>>,
     pub policy: Option<vigil_api::PolicyBundle>,
+    /// The JWKS verifying the mesh's JWT-SVIDs (empty: none are issued).
+    pub jwt_bundle: String,
 }
 
 /// A proxy currently watching, for `vigil check` and the dashboard.
@@ -185,11 +187,14 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
                     .workload(&current.model, &id, &workload_name)
                 {
                     Some(workload) => {
-                        let snapshot = current.model.snapshot_with(
-                            &prepared.services,
-                            workload,
-                            &current.trust_bundle_der,
-                            current.policy.clone(),
+                        let snapshot = with_jwt_bundle(
+                            current.model.snapshot_with(
+                                &prepared.services,
+                                workload,
+                                &current.trust_bundle_der,
+                                current.policy.clone(),
+                            ),
+                            &current.jwt_bundle,
                         );
                         if snapshot.version != last_version {
                             last_version = snapshot.version.clone();
@@ -230,6 +235,20 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
     }
 }
 
+/// `snapshot` carrying the JWT bundle, its version covering it too.
+fn with_jwt_bundle(mut snapshot: vigil_api::Snapshot, jwt_bundle: &str) -> vigil_api::Snapshot {
+    if !jwt_bundle.is_empty() {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(snapshot.version.as_bytes())
+            .chain_update(jwt_bundle.as_bytes())
+            .finalize();
+        snapshot.version = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        snapshot.jwt_bundle = jwt_bundle.to_string();
+    }
+    snapshot
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +267,7 @@ mod tests {
             model: mesh.model().expect("model"),
             trust_bundle_der: vec![],
             policy: None,
+            jwt_bundle: String::new(),
         })
     }
 

@@ -250,6 +250,7 @@ pub struct IdentityService {
     lifetime: LifetimeSource,
     throttle: FailureThrottle,
     refusals: Arc<RefusalCounts>,
+    jwt: Option<Arc<vigil_identity::JwtSvidSigner>>,
 }
 
 impl IdentityService {
@@ -264,6 +265,7 @@ impl IdentityService {
             lifetime,
             throttle: FailureThrottle::new(ThrottleSettings::default()),
             refusals: Arc::default(),
+            jwt: None,
         }
     }
 
@@ -317,8 +319,81 @@ impl IdentityService {
     }
 }
 
+/// How long a JWT-SVID is valid: short, as the standard advises; the Workload API fetches
+/// a new one per use.
+const JWT_SVID_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl IdentityService {
+    /// Signs JWT-SVIDs with `signer` (without one, `SignJwt` is refused as unimplemented).
+    pub fn with_jwt_signer(mut self, signer: Arc<vigil_identity::JwtSvidSigner>) -> Self {
+        self.jwt = Some(signer);
+        self
+    }
+
+    /// The workload a signing request's credential proves, throttling sources that keep
+    /// presenting bad ones.
+    async fn credential(
+        &self,
+        source: Option<IpAddr>,
+        peer: &str,
+        kind: i32,
+        token: &str,
+    ) -> Result<VerifiedWorkload, Status> {
+        let kind = TokenKind::try_from(kind).unwrap_or(TokenKind::Unspecified);
+        let attempt = match self.throttle.begin(source) {
+            Ok(attempt) => attempt,
+            Err(throttled) => return Err(self.throttled(peer, throttled)),
+        };
+        match self.check.verify(kind, token).await {
+            Ok(w) => {
+                attempt.accepted();
+                Ok(w)
+            }
+            Err(CredentialError::Refused(reason)) => {
+                self.refuse(peer, RefusalReason::Credential, &reason);
+                Err(Status::unauthenticated(reason))
+            }
+            Err(CredentialError::Unavailable(reason)) => {
+                attempt.accepted();
+                tracing::warn!(%peer, ?kind, %reason, "not signed: the credential cannot be checked now");
+                Err(Status::unavailable(reason))
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl vigil_api::identity::Identity for IdentityService {
+    async fn sign_jwt(
+        &self,
+        request: Request<vigil_api::SignJwtRequest>,
+    ) -> Result<Response<vigil_api::SignJwtResponse>, Status> {
+        let Some(signer) = self.jwt.clone() else {
+            return Err(Status::unimplemented(
+                "this control plane issues no JWT-SVIDs (cluster mode keeps no JWT key yet)",
+            ));
+        };
+        let source: Option<IpAddr> = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.address.ip());
+        let peer = source.map(|ip| ip.to_string()).unwrap_or_default();
+        let req = request.into_inner();
+        let workload = self.credential(source, &peer, req.kind, &req.token).await?;
+        let svid = signer
+            .sign(&workload.spiffe_id, &req.audience, JWT_SVID_LIFETIME)
+            .map_err(|e| {
+                self.refuse(&peer, RefusalReason::Csr, &e.to_string());
+                Status::invalid_argument(e.to_string())
+            })?;
+        tracing::info!(%peer, workload = %workload.workload, spiffe_id = %workload.spiffe_id, audience = ?req.audience, "issued JWT-SVID");
+        Ok(Response::new(vigil_api::SignJwtResponse {
+            svid,
+            spiffe_id: workload.spiffe_id.to_string(),
+            jwt_bundle: signer.jwks(),
+        }))
+    }
+
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let source: Option<IpAddr> = request
             .extensions()
@@ -327,26 +402,7 @@ impl vigil_api::identity::Identity for IdentityService {
         let peer = source.map(|ip| ip.to_string()).unwrap_or_default();
         let started = std::time::Instant::now();
         let req = request.into_inner();
-        let kind = TokenKind::try_from(req.kind).unwrap_or(TokenKind::Unspecified);
-        let attempt = match self.throttle.begin(source) {
-            Ok(attempt) => attempt,
-            Err(throttled) => return Err(self.throttled(&peer, throttled)),
-        };
-        let workload = match self.check.verify(kind, &req.token).await {
-            Ok(w) => {
-                attempt.accepted();
-                w
-            }
-            Err(CredentialError::Refused(reason)) => {
-                self.refuse(&peer, RefusalReason::Credential, &reason);
-                return Err(Status::unauthenticated(reason));
-            }
-            Err(CredentialError::Unavailable(reason)) => {
-                attempt.accepted();
-                tracing::warn!(%peer, ?kind, %reason, "CSR not signed: the credential cannot be checked now");
-                return Err(Status::unavailable(reason));
-            }
-        };
+        let workload = self.credential(source, &peer, req.kind, &req.token).await?;
         let id = &workload.spiffe_id;
         // One CA for the chain and the bundle, even if a rotation step swaps it meanwhile.
         let ca = self.ca.load_full();

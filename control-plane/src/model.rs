@@ -179,6 +179,7 @@ impl MeshModel {
             services: Vec::new(),
             trust_bundle_der: trust_bundle.to_vec(),
             policy,
+            jwt_bundle: String::new(),
         };
         snapshot.version = snapshot_version(&snapshot, &shared.digest);
         snapshot.services = shared.services.clone();

@@ -30,8 +30,23 @@ pub struct LoadedPolicy {
 
 /// Reads and compiles the configured bundle (or the default one).
 pub fn load(settings: Option<&PolicySettings>, trust_domain: &str) -> Result<LoadedPolicy, String> {
+    load_with(settings, trust_domain, "")
+}
+
+/// Where the mesh's JWT bundle appears to policies: `data.vigil.jwt_svid.jwks`, a JWKS
+/// string that `io.jwt.decode_verify(token, {"cert": data.vigil.jwt_svid.jwks, ...})`
+/// takes as it is.
+pub const JWT_SVID_DATA_PATH: &str = "vigil/jwt_svid/data.json";
+
+/// Like [`load`], with the mesh's JWT bundle (when not empty) added to the bundle's data
+/// at [`JWT_SVID_DATA_PATH`], so policies can verify the mesh's JWT-SVIDs.
+pub fn load_with(
+    settings: Option<&PolicySettings>,
+    trust_domain: &str,
+    jwt_bundle: &str,
+) -> Result<LoadedPolicy, String> {
     let request_body_bytes = settings.map(|s| s.request_body_bytes).unwrap_or(0);
-    let (files, options) = match settings {
+    let (mut files, options) = match settings {
         Some(s) => (
             read(&s.dir)?,
             PolicyOptions {
@@ -42,6 +57,12 @@ pub fn load(settings: Option<&PolicySettings>, trust_domain: &str) -> Result<Loa
         ),
         None => (default_policy_files(trust_domain), PolicyOptions::default()),
     };
+    if !jwt_bundle.is_empty() && !files.iter().any(|f| f.path == JWT_SVID_DATA_PATH) {
+        files.push(PolicyFile {
+            path: JWT_SVID_DATA_PATH.into(),
+            contents: serde_json::json!({ "jwks": jwt_bundle }).to_string(),
+        });
+    }
     compile(files, options, request_body_bytes)
 }
 

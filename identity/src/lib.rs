@@ -36,6 +36,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 mod ca;
+mod jwt_svid;
 mod rotation;
 mod spiffe;
 mod store;
@@ -51,6 +52,7 @@ pub mod testing;
 mod tests;
 
 pub use ca::{CaError, CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE};
+pub use jwt_svid::{validate_jwt_svid, JwtSvidError, JwtSvidSigner};
 pub use rotation::{
     chain_root, root_name, CaDirectory, LoadedCa, RotationPhase, NEXT_CERT_FILE, NEXT_KEY_FILE,
     PREVIOUS_CERT_FILE,

@@ -65,6 +65,8 @@ pub struct ProxyConfig {
     pub trace: Option<crate::telemetry::trace::TraceConfig>,
     /// The app's kubelet probes, answered at `/app-health/...` on the metrics port.
     pub app_probes: crate::admin::probes::AppProbes,
+    /// Where to serve the SPIFFE Workload API to the application (off when `None`).
+    pub workload_api_socket: Option<std::path::PathBuf>,
 }
 
 /// Intercepted connections to an address that is no mesh service: refused (the closed

@@ -32,6 +32,7 @@ pub mod outbound;
 pub mod telemetry;
 pub mod traffic;
 pub mod transport;
+pub mod workload_api;
 
 use std::sync::Arc;
 
@@ -238,6 +239,14 @@ pub async fn run(
             .run(config.clone(), identity.clone(), authz.clone()),
     );
 
+    if let Some(path) = config.workload_api_socket.clone() {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            if let Err(e) = workload_api::serve(&path, proxy).await {
+                tracing::error!(error = %format!("{e:#}"), "the SPIFFE Workload API is not served");
+            }
+        });
+    }
     tokio::spawn(inbound::serve(inbound, proxy.clone()));
     for (listener, service) in upstreams {
         tokio::spawn(outbound::serve(listener, proxy.clone(), Some(service)));

@@ -132,6 +132,12 @@ struct Args {
     /// /app-health/<container>/<probe> on the metrics listener.
     #[arg(long, env = "VIGIL_APP_PROBES", hide_env_values = true, value_parser = vigil_proxy::admin::probes::AppProbes::from_json)]
     app_probes: Option<vigil_proxy::admin::probes::AppProbes>,
+    /// Serve the SPIFFE Workload API on this Unix socket, so the application can fetch an
+    /// X.509-SVID, JWT-SVIDs and the bundles of its own identity (mode 0600: only the
+    /// proxy's user, and the app if it runs as the same one, may connect). Off by default:
+    /// an X.509-SVID handed to the app comes with a private key, made for the app alone.
+    #[arg(long, env = "VIGIL_WORKLOAD_API_SOCKET")]
+    workload_api_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,6 +244,7 @@ fn start(args: Args) -> anyhow::Result<()> {
                 sampling: args.trace_sampling,
             }),
         app_probes: args.app_probes.unwrap_or_default(),
+        workload_api_socket: args.workload_api_socket.clone(),
     };
     let log = open_log(&args.decision_log, "--decision-log")?;
     let access_log = args

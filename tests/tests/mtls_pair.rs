@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_e2e::*;
 use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustBundle, TrustStore};
@@ -610,3 +611,171 @@ async fn the_trust_anchor_rotates_under_traffic_without_a_failed_request() {
         Ok(())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_application_gets_its_identity_over_the_spiffe_workload_api() {
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("workload.sock");
+    let mut spec = echo_pair();
+    spec.workloads[0].extra_args =
+        vec!["--workload-api-socket".into(), socket.display().to_string()];
+    // The server's policy wants a JWT-SVID for "server" naming the caller, verified
+    // against the mesh's JWT bundle, which the control plane puts in the policy's data.
+    std::fs::write(sockets.path().join("policy.rego"), JWT_SVID_POLICY).expect("policy");
+    spec.policy_dir = Some(sockets.path().to_path_buf());
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    start_echo_app(mesh.spec.workload("server").app_port, "server")
+        .await
+        .expect("app");
+    mesh.start_proxy("client").await.expect("client proxy");
+    mesh.start_proxy("server").await.expect("server proxy");
+    let client = mesh.spec.workload("client").clone();
+    let server = mesh.spec.workload("server").clone();
+    let mode = std::fs::metadata(&socket)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("the socket exists");
+    assert_eq!(mode, 0o600, "the socket is private");
+
+    // As an application would: the spiffe crate's client on the socket.
+    let api = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
+        .await
+        .expect("connects");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let svid = loop {
+        match api.fetch_x509_svid().await {
+            Ok(svid) => break svid,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no X.509-SVID: {e}\n{}",
+                    mesh.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(svid.spiffe_id().to_string(), client.spiffe_id());
+    let bundles = api.fetch_x509_bundles().await.expect("bundles");
+    let domain = spiffe::TrustDomain::new(TRUST_DOMAIN).expect("trust domain");
+    let bundle = bundles.get(&domain).expect("the mesh's bundle");
+    let roots: Vec<CertificateDer<'static>> = bundle
+        .authorities()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_ref().to_vec()))
+        .collect();
+    let trust = TrustBundle::from_der(roots).expect("roots");
+
+    // The app's SVID is a real mesh identity, with a key of its own: it passes the
+    // server proxy's mutual TLS, and it is not the proxy's certificate.
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_ref().to_vec()))
+        .collect();
+    let key = vigil_identity::provider()
+        .key_provider
+        .load_private_key(rustls_pki_types::PrivateKeyDer::Pkcs8(
+            svid.private_key().as_ref().to_vec().into(),
+        ))
+        .expect("a usable key");
+    let app_identity = Arc::new(rustls::sign::CertifiedKey::new(chain.clone(), key));
+    assert_eq!(
+        handshake(client_with(Some(app_identity), &trust, &server), &server).await,
+        Ok(())
+    );
+    let (_, certs) = get(client.admin, "/certs").await.expect("certs");
+    let app_leaf = vigil_identity::SvidInfo::from_der(chain[0].as_ref()).expect("an SVID");
+    assert_ne!(
+        json(&certs)["serial"].as_str(),
+        Some(app_leaf.serial_hex.as_str()),
+        "the app got a certificate of its own, not the proxy's"
+    );
+
+    // JWT-SVIDs: fetched for an audience, valid for it only.
+    let jwt = api
+        .fetch_jwt_svid(["orders"], None)
+        .await
+        .expect("a JWT-SVID");
+    assert_eq!(jwt.spiffe_id().to_string(), client.spiffe_id());
+    let checked = api
+        .validate_jwt_token("orders", jwt.token())
+        .await
+        .expect("valid for its audience");
+    assert_eq!(checked.spiffe_id().to_string(), client.spiffe_id());
+    assert!(
+        api.validate_jwt_token("payments", jwt.token())
+            .await
+            .is_err(),
+        "valid for another audience"
+    );
+    let jwt_bundles = api.fetch_jwt_bundles().await.expect("JWT bundles");
+    assert!(jwt_bundles.get(&domain).is_some(), "the mesh's JWT bundle");
+
+    // What the spiffe crate never sends: no security header, or another workload's ID.
+    let path = socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://workload-api")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("a raw channel");
+    let mut raw =
+        vigil_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
+    let request = || vigil_api::workload::JwtsvidRequest {
+        audience: vec!["orders".into()],
+        spiffe_id: String::new(),
+    };
+    let refused = raw.fetch_jwtsvid(request()).await.expect_err("no header");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    let mut as_server = tonic::Request::new(vigil_api::workload::JwtsvidRequest {
+        spiffe_id: server.spiffe_id(),
+        ..request()
+    });
+    as_server
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("value"));
+    let refused = raw.fetch_jwtsvid(as_server).await.expect_err("not ours");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+
+    // A policy verifies the JWT-SVID with io.jwt.decode_verify.
+    let for_server = api
+        .fetch_jwt_svid(["server"], None)
+        .await
+        .expect("a JWT-SVID for the server");
+    for (token, status) in [
+        (Some(for_server.token().to_string()), 200),
+        (Some(jwt.token().to_string()), 403),
+        (None, 403),
+    ] {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| vec![("authorization", b)])
+            .unwrap_or_default();
+        let r = http1(client.outbound, "server", "/", &headers)
+            .await
+            .expect("a response");
+        assert_eq!(r.status, status, "{}\n{}", r.body, mesh.logs());
+    }
+}
+
+const JWT_SVID_POLICY: &str = r#"package vigil.authz
+
+import rego.v1
+
+default allow := false
+
+# A caller that shows a JWT-SVID for "server" issued to its own identity.
+allow if {
+	[scheme, token] := split(input.attributes.request.http.headers.authorization, " ")
+	scheme == "Bearer"
+	[valid, _, claims] := io.jwt.decode_verify(token, {"cert": data.vigil.jwt_svid.jwks, "aud": "server"})
+	valid
+	claims.sub == input.attributes.source.principal
+}
+"#;

@@ -112,6 +112,7 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
             .map(|c| c.as_ref().to_vec())
             .collect(),
         policy: Some(default_policy.wire),
+        jwt_bundle: String::new(),
     }));
     let watch_opts = watch::WatchOptions {
         trust_domain: opts.trust_domain.clone(),

@@ -623,6 +623,7 @@ async fn cluster_mode_serves_the_dashboard_and_its_own_metrics() {
         model: mesh_model("cluster.local", &kube_dns_objects()),
         trust_bundle_der: vec![],
         policy: None,
+        jwt_bundle: String::new(),
     }));
     let identity = IdentityService::new(
         Arc::new(CertificateAuthority::generate("cluster.local").expect("ca")),

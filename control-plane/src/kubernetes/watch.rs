@@ -229,6 +229,7 @@ pub async fn publish(
                 model,
                 trust_bundle_der: current.trust_bundle_der.clone(),
                 policy,
+                jwt_bundle: current.jwt_bundle.clone(),
             }));
         }
         changed.notified().await;

@@ -29,6 +29,8 @@ pub struct Discovery {
     /// Why the latest snapshot was refused (the previous view stays), cleared by the
     /// next one applied.
     pub last_refused: ArcSwapOption<String>,
+    /// The JWT bundle (JWKS) of the mesh's JWT-SVIDs, from the latest snapshot that had one.
+    pub jwt_bundle: ArcSwapOption<String>,
 }
 
 impl Discovery {
@@ -37,6 +39,7 @@ impl Discovery {
             mesh: ArcSwapOption::empty(),
             connected: AtomicBool::new(false),
             last_refused: ArcSwapOption::empty(),
+            jwt_bundle: ArcSwapOption::empty(),
         })
     }
 
@@ -149,6 +152,12 @@ impl Discovery {
                     .collect(),
             )?;
             identity.update_trust(bundle)?;
+        }
+        if !snapshot.jwt_bundle.is_empty()
+            && self.jwt_bundle.load().as_deref().map(String::as_str) != Some(&snapshot.jwt_bundle)
+        {
+            self.jwt_bundle
+                .store(Some(Arc::new(snapshot.jwt_bundle.clone())));
         }
         let view = view?;
         tracing::info!(version = %view.version, services = view.services.len(), "snapshot applied");

@@ -50,6 +50,8 @@ pub struct WorkloadIdentity {
     /// Woken when the trust bundle changes (a CA rotation step): renew within seconds rather
     /// than at half-life, so certificates move to the new signer without waiting a lifetime.
     renew_now: tokio::sync::Notify,
+    /// Bumped when the certificate or the trust bundle changes (the Workload API streams).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The longest a proxy waits, at random, before renewing after the trust bundle changed:
@@ -81,6 +83,7 @@ impl WorkloadIdentity {
             last_error: ArcSwapOption::empty(),
             metrics,
             renew_now: tokio::sync::Notify::new(),
+            changed: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -99,6 +102,9 @@ impl WorkloadIdentity {
                 "trust bundle changed (a CA rotation step); renewing the certificate soon"
             );
             self.renew_now.notify_one();
+        }
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
         }
         Ok(())
     }
@@ -138,6 +144,7 @@ impl WorkloadIdentity {
                     });
                     tracing::info!(spiffe_id = %status.spiffe_id, expires_in = ?issued.lifetime_left, renew_in = ?wait, "workload certificate installed");
                     self.status.store(Some(Arc::new(status)));
+                    self.changed.send_modify(|n| *n += 1);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.renew_now.notified() => {
@@ -161,7 +168,10 @@ impl WorkloadIdentity {
         }
     }
 
-    async fn request(&self) -> anyhow::Result<Issued> {
+    /// A client of the control plane's identity service.
+    async fn identity_client(
+        &self,
+    ) -> anyhow::Result<vigil_api::identity::IdentityClient<tonic::transport::Channel>> {
         let cp = self.config.control_plane_id()?;
         // Before the first certificate the proxy has no SVID to present; afterwards
         // it still presents none here: the join token is the credential for signing.
@@ -172,7 +182,52 @@ impl WorkloadIdentity {
             &self.config.tls_options(&[b"h2"]),
         );
         let channel = control_plane_client::connect(self.config.identity_address, tls, &cp).await?;
-        let mut client = vigil_api::identity::IdentityClient::new(channel);
+        Ok(vigil_api::identity::IdentityClient::new(channel))
+    }
+
+    /// Has the control plane sign `csr_der` with this proxy's credential: an X.509-SVID of
+    /// this workload for a key the application holds (the SPIFFE Workload API), never the
+    /// proxy's own.
+    pub async fn sign_for_app(&self, csr_der: Vec<u8>) -> anyhow::Result<vigil_api::SignResponse> {
+        let response = self
+            .identity_client()
+            .await?
+            .sign(vigil_api::SignRequest {
+                csr_der,
+                token: self.config.current_token(),
+                kind: self.config.token_kind as i32,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+        Ok(response.into_inner())
+    }
+
+    /// A JWT-SVID of this workload for `audience`, from the control plane.
+    pub async fn sign_jwt(
+        &self,
+        audience: Vec<String>,
+    ) -> Result<vigil_api::SignJwtResponse, tonic::Status> {
+        let mut client = self
+            .identity_client()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+        let response = client
+            .sign_jwt(vigil_api::SignJwtRequest {
+                token: self.config.current_token(),
+                kind: self.config.token_kind as i32,
+                audience,
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// Changes whenever the certificate or the trust bundle does.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    async fn request(&self) -> anyhow::Result<Issued> {
+        let mut client = self.identity_client().await?;
         let response = client
             .sign(vigil_api::SignRequest {
                 csr_der: self.key.csr_der()?,

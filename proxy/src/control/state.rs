@@ -268,6 +268,7 @@ mod tests {
             }],
             trust_bundle_der: vec![],
             policy: None,
+            jwt_bundle: String::new(),
         }
     }
 

@@ -290,6 +290,7 @@ pub(super) mod tests {
             }],
             trust_bundle_der: vec![],
             policy: None,
+            jwt_bundle: String::new(),
         })
         .expect("valid snapshot")
     }
