@@ -36,6 +36,13 @@ for module_pkg in "grpc:grpcio" "websockets:websockets"; do
   fi
 done
 
+# sslyze, the second TLS audit of the inbound port beside testssl.sh (tests/hostile/testssl.rs).
+if ! python3 -c "import sslyze" >/dev/null 2>&1; then
+  echo "==> installing the sslyze Python package (TLS audit)" >&2
+  pip3 install --quiet sslyze 2>/dev/null \
+    || pip3 install --quiet --break-system-packages sslyze
+fi
+
 # OPA itself, as the oracle of the policy differential suite (authz/tests/opa_oracle.rs). The
 # package declares Python >= 3.14 but works on Debian 12's 3.11.
 if ! python3 -c "import opa_bindings" >/dev/null 2>&1; then

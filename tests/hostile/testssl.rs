@@ -1,5 +1,5 @@
-//! A TLS audit of the inbound port by Debian's testssl.sh: only TLS 1.3 is offered, only
-//! TLS 1.3 cipher suites, and no finding is rated MEDIUM or worse.
+//! TLS audits of the inbound port: Debian's testssl.sh (only TLS 1.3 offered, only TLS 1.3
+//! cipher suites, no finding rated MEDIUM or worse) and sslyze (TLS 1.3 only).
 //!
 //! testssl.sh cannot present a SPIFFE client certificate, so every handshake it makes ends
 //! at client authentication: it still sees the ServerHello (protocols, cipher suites, key
@@ -163,4 +163,94 @@ async fn testssl_sees_only_tls13_and_nothing_medium_or_worse() {
     );
     assert!(problems.is_empty(), "{}\n\n{text}", problems.join("\n"));
     steady.finish(|| pair.mesh.logs()).await;
+}
+
+/// sslyze, the second opinion: presenting a real mesh client certificate it completes the
+/// handshakes, and finds cipher suites accepted under TLS 1.3 only. Its curve probe knows
+/// classical groups only (OpenSSL's): it finds X25519, the fallback for peers without the
+/// hybrid; `tests/tests/post_quantum.rs` shows X25519MLKEM768 negotiated between proxies.
+#[tokio::test(flavor = "multi_thread")]
+async fn sslyze_finds_tls13_only() {
+    let _one_at_a_time = serial().await;
+    let pair = Pair::start(PairOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let me = vigil_identity::SpiffeId::parse(&pair.client.spiffe_id()).expect("id");
+    let (cert, key) = vigil_identity::testing::valid_leaf(&pair.ca(), &me)
+        .expect("a client certificate")
+        .write_to(dir.path(), "client")
+        .expect("written");
+    let json = dir.path().join("sslyze.json");
+    let mut command = Command::new("python3");
+    command
+        .args(["-m", "sslyze", "--quiet"])
+        .arg(format!("--cert={}", cert.display()))
+        .arg(format!("--key={}", key.display()))
+        .args([
+            "--sslv2",
+            "--sslv3",
+            "--tlsv1",
+            "--tlsv1_1",
+            "--tlsv1_2",
+            "--tlsv1_3",
+            "--elliptic_curves",
+        ])
+        .arg(format!("--json_out={}", json.display()))
+        .arg(pair.server.inbound.to_string());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("python3 runs");
+    let report = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        panic!(
+            "sslyze wrote no report ({e}); is it installed (pip3 install sslyze, which scripts/test.sh does)?\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    std::fs::write(vigil_e2e::artifacts_dir().join("sslyze.json"), &report).ok();
+    let v: serde_json::Value = serde_json::from_str(&report).expect("JSON");
+    let scan = &v["server_scan_results"][0];
+    assert_eq!(scan["scan_status"], "COMPLETED", "{report}");
+    let results = &scan["scan_result"];
+    let accepted = |name: &str| -> Vec<String> {
+        results[name]["result"]["accepted_cipher_suites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["cipher_suite"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    for old in [
+        "ssl_2_0_cipher_suites",
+        "ssl_3_0_cipher_suites",
+        "tls_1_0_cipher_suites",
+        "tls_1_1_cipher_suites",
+        "tls_1_2_cipher_suites",
+    ] {
+        assert_eq!(
+            results[old]["status"], "COMPLETED",
+            "{old} not scanned: {}",
+            results[old]
+        );
+        assert!(
+            accepted(old).is_empty(),
+            "{old} accepted {:?}",
+            accepted(old)
+        );
+    }
+    let tls13 = accepted("tls_1_3_cipher_suites");
+    println!("sslyze: TLS 1.3 suites accepted {tls13:?}");
+    assert!(!tls13.is_empty(), "no TLS 1.3 suite accepted: {report}");
+    let groups: Vec<String> = results["elliptic_curves"]["result"]["supported_curves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    println!("sslyze: key exchange groups accepted {groups:?}");
+    assert!(
+        groups.iter().any(|g| g == "X25519"),
+        "X25519 not accepted: {}",
+        results["elliptic_curves"]
+    );
 }
