@@ -275,6 +275,15 @@ def main():
             + "."
         )
         w("")
+    handshakes = os.path.join(out, "handshakes.md")
+    if os.path.exists(handshakes):
+        w("## TLS handshakes: X25519 against the hybrid X25519MLKEM768")
+        w("")
+        w("Full mTLS 1.3 handshakes over loopback with Vigil's server config and ECDSA P-256 SVIDs, no resumption (`cargo bench -p vigil-identity --bench handshake`):")
+        w("")
+        with open(handshakes) as f:
+            w(f.read().rstrip())
+        w("")
     errors = [(k, r["first_error"]) for k, r in runs.items() if r.get("errors")]
     for (path, mode), e in errors:
         w(f"- {path}/{mode}: first error: `{e}`")

@@ -512,6 +512,14 @@ for path in $PATHS; do
     esac
 done
 
+# Handshake cost of the hybrid post-quantum key exchange, on the same machine after the
+# traffic runs (identity/benches/handshake.rs); BENCH_HANDSHAKES=0 skips it.
+if [ "${BENCH_HANDSHAKES:-1}" != 0 ]; then
+    log "measuring TLS handshakes (cargo bench -p vigil-identity --bench handshake)"
+    (cd "$ROOT" && cargo bench -q -p vigil-identity --bench handshake) >"$OUT/handshakes.md" 2>"$OUT/logs/handshakes.log" \
+        || log "the handshake bench failed; see $OUT/logs/handshakes.log"
+fi
+
 log "writing bench/RESULTS.md"
 echo "threads=${THREADS_NOTE%; }" >>"$OUT/env.txt"
 python3 "$BENCH/report.py" "$OUT" "$BENCH/RESULTS.md" || die "report generation failed"
