@@ -131,6 +131,10 @@ enum Command {
         /// Mesh file of the running mesh (default: the running vigil up / vigil demo's).
         #[arg(long, env = "VIGIL_MESH")]
         mesh: Option<PathBuf>,
+        /// The control plane's data directory, for its trust bundle and the CA rotation
+        /// phase (default: the running vigil up / vigil demo's).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// PEM roots that vouch for the control plane (default: trust-bundle.pem beside
         /// the mesh file, else the one a proxy serves).
         #[arg(long)]
@@ -616,9 +620,12 @@ fn main() -> ExitCode {
                 key,
                 timeout,
             }) => {
-                let at = vigil::mesh_location::locate(mesh)?;
+                let mut at = vigil::mesh_location::locate(mesh)?;
+                if data_dir.is_some() {
+                    at.data_dir = data_dir;
+                }
                 eprintln!("{}", at.describe());
-                let data_dir = data_dir.or(at.data_dir.clone()).ok_or_else(|| {
+                let data_dir = at.data_dir.clone().ok_or_else(|| {
                     anyhow::anyhow!(
                         "no data directory: pass --data-dir, the one the control plane of {} runs with",
                         at.mesh_file.display()
@@ -677,9 +684,10 @@ fn main() -> ExitCode {
             } => vigil::demo::run(data_dir, duration, dashboard).await,
             Command::Check {
                 mesh,
+                data_dir,
                 trust_bundle,
                 output,
-            } => check(mesh, trust_bundle, &output).await,
+            } => check(mesh, data_dir, trust_bundle, &output).await,
             Command::Up {
                 mesh,
                 data_dir,
@@ -721,10 +729,14 @@ fn main() -> ExitCode {
 /// `vigil check`: prints the report; an error when any check failed.
 async fn check(
     mesh: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     trust_bundle: Option<PathBuf>,
     output: &str,
 ) -> anyhow::Result<()> {
-    let at = vigil::mesh_location::locate(mesh)?;
+    let mut at = vigil::mesh_location::locate(mesh)?;
+    if data_dir.is_some() {
+        at.data_dir = data_dir;
+    }
     eprintln!("{}", at.describe());
     let report = vigil::check::check(&at, trust_bundle.as_deref()).await?;
     if output == "json" {

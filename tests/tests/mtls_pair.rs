@@ -512,23 +512,59 @@ async fn the_trust_anchor_rotates_under_traffic_without_a_failed_request() {
         .iter()
         .map(|w| {
             let via = mesh.spec.workload(w).outbound;
-            tokio::spawn(steady_traffic(via, Duration::from_secs(25)))
+            tokio::spawn(steady_traffic(via, Duration::from_secs(40)))
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let mesh_file = mesh.dir.path().join("mesh.yaml");
+    let vigil = |args: Vec<String>| {
+        let mut command = tokio::process::Command::new(binary("vigil"));
+        command.args(args);
+        async move {
+            let out = command.output().await.expect("vigil runs");
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+    };
+    let located = |cmd: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "--mesh".to_string(),
+            mesh_file.display().to_string(),
+            "--data-dir".to_string(),
+            mesh.data_dir().display().to_string(),
+        ]);
+        args
+    };
+    // Each step on its own, with `vigil check` saying where the rotation stands.
     let started = Instant::now();
-    let rotate = tokio::process::Command::new(binary("vigil"))
-        .args(["ca", "rotate", "--mesh"])
-        .arg(mesh.dir.path().join("mesh.yaml"))
-        .arg("--data-dir")
-        .arg(mesh.data_dir())
-        .args(["--timeout", "60s"])
-        .output()
-        .await
-        .expect("vigil ca rotate runs");
+    let mut said = String::new();
+    for (step, check_says) in [
+        (
+            "stage",
+            "CA rotation staged: 3 of 3 proxies trust the new root",
+        ),
+        ("activate", "3 of 3 proxies hold a certificate from it"),
+        ("retire", "trusted by the control plane and every proxy"),
+    ] {
+        let mut args = located(&["ca", "rotate", "--step", step]);
+        args.extend(["--timeout".to_string(), "60s".to_string()]);
+        let (ok, out) = vigil(args).await;
+        assert!(ok, "vigil ca rotate --step {step}:\n{out}\n{}", mesh.logs());
+        said += &out;
+        let (_, report) = vigil(located(&["check"])).await;
+        assert!(
+            report.contains(check_says),
+            "after {step}, vigil check does not say {check_says:?}:\n{report}"
+        );
+    }
     let took = started.elapsed();
-    let said = String::from_utf8_lossy(&rotate.stderr).into_owned();
-    assert!(rotate.status.success(), "{said}\n{}", mesh.logs());
     for step in [
         "1/3 staged",
         "2/3 the new CA",
@@ -537,7 +573,7 @@ async fn the_trust_anchor_rotates_under_traffic_without_a_failed_request() {
     ] {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }
-    println!("vigil ca rotate took {took:?}:\n{said}");
+    println!("the rotation, step by step with vigil check after each, took {took:?}:\n{said}");
 
     let mut total = 0;
     for t in traffic {
