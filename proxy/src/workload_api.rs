@@ -216,12 +216,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        let own = self
-            .proxy
-            .identity
-            .status()
-            .map(|s| s.spiffe_id.clone())
-            .unwrap_or_default();
+        let own = self.proxy.identity.spiffe_id();
         if !req.spiffe_id.is_empty() && req.spiffe_id != own {
             return Err(Status::permission_denied(format!(
                 "this workload is {own}, not {}",

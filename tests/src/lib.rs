@@ -1072,9 +1072,13 @@ pub fn echo_pair() -> MeshSpec {
 
 /// [`echo_pair`] running: control plane, the server's echo app and both proxies ready.
 pub async fn running_echo_pair() -> Mesh {
-    let mut mesh = Mesh::start(echo_pair())
-        .await
-        .expect("control plane starts");
+    running_echo_pair_of(echo_pair()).await
+}
+
+/// Like [`running_echo_pair`], for a variant of [`echo_pair`]'s spec (other flags, policy
+/// or lifetimes).
+pub async fn running_echo_pair_of(spec: MeshSpec) -> Mesh {
+    let mut mesh = Mesh::start(spec).await.expect("control plane starts");
     start_echo_app(mesh.spec.workload("server").app_port, "server")
         .await
         .expect("server app");

@@ -45,7 +45,9 @@ async fn api(path: &str) -> serde_json::Value {
     }
 }
 
-fn edge_rps(html: &str, source: &str, target: &str) -> f64 {
+/// The largest number the graph draws as `name` (`data-rps`, `data-denied`) on the edges
+/// from `source` to `target`; 0 when there is none.
+fn edge_number(html: &str, source: &str, target: &str, name: &str) -> f64 {
     tags_with(
         html,
         &[
@@ -55,8 +57,12 @@ fn edge_rps(html: &str, source: &str, target: &str) -> f64 {
         ],
     )
     .iter()
-    .filter_map(|t| attribute(t, "data-rps")?.parse::<f64>().ok())
+    .filter_map(|t| attribute(t, name)?.parse::<f64>().ok())
     .fold(0.0, f64::max)
+}
+
+fn edge_rps(html: &str, source: &str, target: &str) -> f64 {
+    edge_number(html, source, target, "data-rps")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,19 +175,7 @@ async fn vigil_demo_serves_a_live_dashboard_and_vigil_check_names_a_stopped_prox
     let url = format!("http://{DASHBOARD}/");
     let budget = "--virtual-time-budget=8000".to_string();
     // The denied share is drawn on each edge that has denials, and only there.
-    let denied_drawn = |dom: &str, s: &str, t: &str| {
-        tags_with(
-            dom,
-            &[
-                "class=\"edge",
-                &format!("data-source=\"{s}\""),
-                &format!("data-target=\"{t}\""),
-            ],
-        )
-        .iter()
-        .filter_map(|t| attribute(t, "data-denied")?.parse::<f64>().ok())
-        .fold(0.0, f64::max)
-    };
+    let denied_drawn = |dom: &str, s: &str, t: &str| edge_number(dom, s, t, "data-denied");
     // web calls payments, and the loadgen /admin, about once in 2 s: a 10 s window
     // rarely, but can, hold none.
     let mut dom = String::new();

@@ -358,12 +358,7 @@ async fn steady_traffic(via: std::net::SocketAddr, duration: Duration) -> (u64, 
 async fn short_lived_certificates_renew_under_traffic_without_losing_a_request() {
     let mut spec = echo_pair();
     spec.lifetime = "10s".into();
-    let mut mesh = Mesh::start(spec).await.expect("control plane");
-    start_echo_app(mesh.spec.workload("server").app_port, "server")
-        .await
-        .expect("app");
-    mesh.start_proxy("client").await.expect("client proxy");
-    mesh.start_proxy("server").await.expect("server proxy");
+    let mesh = running_echo_pair_of(spec).await;
     let client = mesh.spec.workload("client").clone();
     let server = mesh.spec.workload("server").clone();
     let (_, before) = get(server.admin, "/certs").await.expect("certs");
@@ -659,12 +654,7 @@ async fn an_application_gets_its_identity_over_the_spiffe_workload_api() {
     // against the mesh's JWT bundle, which the control plane puts in the policy's data.
     std::fs::write(sockets.path().join("policy.rego"), JWT_SVID_POLICY).expect("policy");
     spec.policy_dir = Some(sockets.path().to_path_buf());
-    let mut mesh = Mesh::start(spec).await.expect("control plane");
-    start_echo_app(mesh.spec.workload("server").app_port, "server")
-        .await
-        .expect("app");
-    mesh.start_proxy("client").await.expect("client proxy");
-    mesh.start_proxy("server").await.expect("server proxy");
+    let mesh = running_echo_pair_of(spec).await;
     let client = mesh.spec.workload("client").clone();
     let server = mesh.spec.workload("server").clone();
     let mode = std::fs::metadata(&socket)

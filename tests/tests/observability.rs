@@ -18,7 +18,9 @@ allow if {
 }
 "#;
 
-async fn observed_pair() -> (Mesh, tempfile::TempDir) {
+/// A client and a server whose policy closes /admin: the control plane running, the
+/// proxies not yet (the caller starts the server's app first).
+async fn deny_admin_mesh() -> (Mesh, tempfile::TempDir) {
     let policies = tempfile::tempdir().expect("tempdir");
     std::fs::write(policies.path().join("policy.rego"), DENY_ADMIN).expect("policy");
     let mut spec = MeshSpec::new(vec![
@@ -27,12 +29,20 @@ async fn observed_pair() -> (Mesh, tempfile::TempDir) {
     ])
     .service("server", "http", &["server"], None);
     spec.policy_dir = Some(policies.path().to_path_buf());
-    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    (Mesh::start(spec).await.expect("control plane"), policies)
+}
+
+async fn start_proxies(mesh: &mut Mesh) {
+    mesh.start_proxy("client").await.expect("client proxy");
+    mesh.start_proxy("server").await.expect("server proxy");
+}
+
+async fn observed_pair() -> (Mesh, tempfile::TempDir) {
+    let (mut mesh, policies) = deny_admin_mesh().await;
     start_echo_app(mesh.spec.workload("server").app_port, "server")
         .await
         .expect("app");
-    mesh.start_proxy("client").await.expect("client proxy");
-    mesh.start_proxy("server").await.expect("server proxy");
+    start_proxies(&mut mesh).await;
     (mesh, policies)
 }
 
@@ -142,20 +152,11 @@ fn requests_with(exposition: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn both_ends_of_an_edge_name_each_other_and_count_a_denial_once_each() {
-    let policies = tempfile::tempdir().expect("tempdir");
-    std::fs::write(policies.path().join("policy.rego"), DENY_ADMIN).expect("policy");
-    let mut spec = MeshSpec::new(vec![
-        WorkloadSpec::new("client", "demo"),
-        WorkloadSpec::new("server", "demo"),
-    ])
-    .service("server", "http", &["server"], None);
-    spec.policy_dir = Some(policies.path().to_path_buf());
-    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    let (mut mesh, _policies) = deny_admin_mesh().await;
     start_app(mesh.spec.workload("server").app_port, "server")
         .await
         .expect("app");
-    mesh.start_proxy("client").await.expect("client proxy");
-    mesh.start_proxy("server").await.expect("server proxy");
+    start_proxies(&mut mesh).await;
     let client = mesh.spec.workload("client").clone();
     let server = mesh.spec.workload("server").clone();
 

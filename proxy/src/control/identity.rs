@@ -109,6 +109,15 @@ impl WorkloadIdentity {
         Ok(())
     }
 
+    /// This proxy's SPIFFE ID once it holds a certificate; empty before.
+    pub fn spiffe_id(&self) -> String {
+        self.status
+            .load()
+            .as_ref()
+            .map(|s| s.spiffe_id.clone())
+            .unwrap_or_default()
+    }
+
     /// The last renewal error, cleared by the next success.
     pub fn last_error(&self) -> Option<Arc<String>> {
         self.last_error.load_full()

@@ -518,15 +518,7 @@ async fn tunnel(
                 let mut upgraded = TokioIo::new(upgraded);
                 let tunneled = crate::transport::serve::tunnel(&mut upgraded, &mut app, idle).await;
                 // Forward is what the peer sent; backward what the app sent it.
-                metrics
-                    .tcp_bytes_received
-                    .get_or_create(&labels)
-                    .inc_by(tunneled.forward);
-                metrics
-                    .tcp_bytes_sent
-                    .get_or_create(&labels)
-                    .inc_by(tunneled.backward);
-                metrics.tcp_closed.get_or_create(&labels).inc();
+                metrics.tcp_closed(&labels, tunneled.backward, tunneled.forward);
                 if let Err(e) = tunneled.result {
                     tracing::debug!(peer = %peer_address, error = %e, "inbound tunnel ended");
                 }

@@ -521,15 +521,7 @@ where
     let mut tcp = crate::transport::stall::WriteStall::new(tcp, proxy.config.write_stall_timeout);
     let tunneled =
         crate::transport::serve::tunnel(&mut tcp, remote, proxy.config.idle_timeout).await;
-    metrics
-        .tcp_bytes_sent
-        .get_or_create(&labels)
-        .inc_by(tunneled.forward);
-    metrics
-        .tcp_bytes_received
-        .get_or_create(&labels)
-        .inc_by(tunneled.backward);
-    metrics.tcp_closed.get_or_create(&labels).inc();
+    metrics.tcp_closed(&labels, tunneled.forward, tunneled.backward);
     if let Err(e) = tunneled.result {
         tracing::debug!(service = %labels.service, error = %e, "outbound tunnel ended");
     }

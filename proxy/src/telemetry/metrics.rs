@@ -447,6 +447,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Records the end of an opaque TCP stream opened under `labels` (counted in
+    /// `tcp_opened` when it opened): the bytes `sent` to and `received` from the peer, and
+    /// the close. Bytes are counted once, at the end, not per read.
+    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_bytes_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_bytes_received
+            .get_or_create(labels)
+            .inc_by(received);
+        self.tcp_closed.get_or_create(labels).inc();
+    }
+
     /// The counter of lines dropped from `log` (`decision`, `access`).
     pub fn log_lines_dropped(&self, log: &'static str) -> Counter {
         self.log_lines_dropped

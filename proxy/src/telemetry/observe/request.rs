@@ -214,12 +214,7 @@ impl Drop for RequestObservation<'_> {
         let Some(head) = self.head.take() else {
             return;
         };
-        let own = self
-            .proxy
-            .identity
-            .status()
-            .map(|s| s.spiffe_id.clone())
-            .unwrap_or_default();
+        let own = self.proxy.identity.spiffe_id();
         let peer = self.peer.identity.to_string();
         let (source, destination) = match self.direction {
             Direction::inbound => (peer, own),
