@@ -8,19 +8,17 @@ use vigil_authz::{PolicyBundle, PolicyFile, PolicyOptions};
 use crate::mesh::PolicySettings;
 
 /// The shipped default policy, used when the mesh names none: identities of this mesh's
-/// trust domain allowed, health checks and metrics scraping allowed, everything else denied.
-pub fn default_policy_files(trust_domain: &str) -> Vec<PolicyFile> {
-    vec![
-        PolicyFile {
-            path: "policy.rego".into(),
-            contents: include_str!("../../policies/default/policy.rego").into(),
-        },
-        PolicyFile {
-            path: "data.json".into(),
-            contents: serde_json::json!({ "vigil": { "trust_domain": trust_domain } }).to_string(),
-        },
-    ]
+/// trust domain (from `data.vigil.mesh`) allowed, health checks and metrics scraping
+/// allowed, everything else denied.
+pub fn default_policy_files() -> Vec<PolicyFile> {
+    vec![PolicyFile {
+        path: "policy.rego".into(),
+        contents: include_str!("../../policies/default/policy.rego").into(),
+    }]
 }
+
+/// Where the mesh's facts appear to policies: `data.vigil.mesh.trust_domain`.
+pub const MESH_DATA_PATH: &str = "vigil/mesh/data.json";
 
 /// A compiled bundle and its wire form.
 pub struct LoadedPolicy {
@@ -38,8 +36,9 @@ pub fn load(settings: Option<&PolicySettings>, trust_domain: &str) -> Result<Loa
 /// takes as it is.
 pub const JWT_SVID_DATA_PATH: &str = "vigil/jwt_svid/data.json";
 
-/// Like [`load`], with the mesh's JWT bundle (when not empty) added to the bundle's data
-/// at [`JWT_SVID_DATA_PATH`], so policies can verify the mesh's JWT-SVIDs.
+/// Like [`load`], with the mesh's facts added to the bundle's data: the trust domain at
+/// [`MESH_DATA_PATH`] and the JWT bundle (when not empty) at [`JWT_SVID_DATA_PATH`], so
+/// policies need not pin either.
 pub fn load_with(
     settings: Option<&PolicySettings>,
     trust_domain: &str,
@@ -55,8 +54,14 @@ pub fn load_with(
                 log_allows: s.log_allows,
             },
         ),
-        None => (default_policy_files(trust_domain), PolicyOptions::default()),
+        None => (default_policy_files(), PolicyOptions::default()),
     };
+    if !files.iter().any(|f| f.path == MESH_DATA_PATH) {
+        files.push(PolicyFile {
+            path: MESH_DATA_PATH.into(),
+            contents: serde_json::json!({ "trust_domain": trust_domain }).to_string(),
+        });
+    }
     if !jwt_bundle.is_empty() && !files.iter().any(|f| f.path == JWT_SVID_DATA_PATH) {
         files.push(PolicyFile {
             path: JWT_SVID_DATA_PATH.into(),
@@ -99,4 +104,62 @@ fn read(dir: &Path) -> Result<Vec<PolicyFile>, String> {
             dir.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use vigil_authz::{AuthzInput, InputKind};
+
+    fn allows(loaded: &LoadedPolicy, principal: &str) -> bool {
+        let addr: SocketAddr = "10.0.0.1:1".parse().expect("addr");
+        loaded
+            .bundle
+            .evaluate(&AuthzInput {
+                kind: InputKind::Tcp,
+                source_address: addr,
+                destination_address: addr,
+                source_principal: Some(principal),
+                destination_principal: None,
+            })
+            .allowed()
+    }
+
+    #[test]
+    fn the_default_policy_follows_the_meshs_trust_domain_whatever_it_is() {
+        let shipped = PolicySettings {
+            dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default"),
+            rule: "data.vigil.authz.allow".into(),
+            dry_run: false,
+            log_allows: false,
+            request_body_bytes: 0,
+        };
+        for settings in [None, Some(&shipped)] {
+            let loaded = load_with(settings, "cluster.local", "").expect("compiles");
+            assert!(allows(&loaded, "spiffe://cluster.local/ns/a/sa/b"));
+            assert!(!allows(&loaded, "spiffe://vigil.local/ns/a/sa/b"));
+            let loaded = load_with(settings, "vigil.local", "").expect("compiles");
+            assert!(allows(&loaded, "spiffe://vigil.local/ns/a/sa/b"));
+            assert!(!allows(&loaded, "spiffe://cluster.local/ns/a/sa/b"));
+        }
+    }
+
+    #[test]
+    fn the_jwt_bundle_is_data_for_policies_when_there_is_one() {
+        let loaded = load_with(None, "vigil.local", r#"{"keys":[]}"#).expect("compiles");
+        let data = loaded
+            .wire
+            .files
+            .iter()
+            .find(|f| f.path == JWT_SVID_DATA_PATH)
+            .expect("the JWT bundle file");
+        assert_eq!(data.contents, r#"{"jwks":"{\"keys\":[]}"}"#);
+        let without = load_with(None, "vigil.local", "").expect("compiles");
+        assert!(!without
+            .wire
+            .files
+            .iter()
+            .any(|f| f.path == JWT_SVID_DATA_PATH));
+    }
 }

@@ -25,14 +25,20 @@ public_endpoints := {
 	["metrics"],
 }
 
-# With data.vigil.trust_domain set (data.json ships "vigil.local"), only that trust domain.
+# The mesh's trust domain: data.vigil.trust_domain when the bundle sets one, else the one the
+# control plane gives every bundle (data.vigil.mesh.trust_domain).
+trust_domain := data.vigil.trust_domain
+
+trust_domain := data.vigil.mesh.trust_domain if not data.vigil.trust_domain
+
+# With a trust domain known, only identities of that trust domain.
 mesh_identity if {
-	startswith(input.attributes.source.principal, concat("", ["spiffe://", data.vigil.trust_domain, "/"]))
+	startswith(input.attributes.source.principal, concat("", ["spiffe://", trust_domain, "/"]))
 }
 
-# Without it, any SPIFFE identity: the proxy only sets the principal after verifying the peer's
-# certificate against the mesh's trust bundle.
+# Without one (the bundle evaluated outside a mesh), any SPIFFE identity: the proxy only
+# sets the principal after verifying the peer's certificate against the mesh's trust bundle.
 mesh_identity if {
-	not data.vigil.trust_domain
+	not trust_domain
 	startswith(input.attributes.source.principal, "spiffe://")
 }

@@ -18,23 +18,42 @@ anonymous_input(method, path) := {
 	"parsed_path": split(trim_prefix(path, "/"), "/"),
 }
 
+# The trust domain the control plane gives every bundle.
+mesh := {"trust_domain": "vigil.local"}
+
 test_mesh_identity_allowed if {
 	allow with input as http_input("spiffe://vigil.local/ns/shop/sa/web", "POST", "/orders")
+		with data.vigil.mesh as mesh
 }
 
 test_other_trust_domain_denied if {
 	not allow with input as http_input("spiffe://evil.example/ns/shop/sa/web", "GET", "/orders")
+		with data.vigil.mesh as mesh
 }
 
 test_trust_domain_prefix_is_not_enough if {
 	not allow with input as http_input("spiffe://vigil.local.evil.example/ns/a/sa/b", "GET", "/")
+		with data.vigil.mesh as mesh
 }
 
-test_trust_domain_from_data if {
+test_any_trust_domain_the_mesh_names if {
+	allow with input as http_input("spiffe://cluster.local/ns/a/sa/b", "GET", "/x")
+		with data.vigil.mesh as {"trust_domain": "cluster.local"}
+	not allow with input as http_input("spiffe://vigil.local/ns/a/sa/b", "GET", "/x")
+		with data.vigil.mesh as {"trust_domain": "cluster.local"}
+}
+
+test_without_a_trust_domain_any_verified_spiffe_id if {
+	allow with input as http_input("spiffe://anywhere.example/ns/a/sa/b", "GET", "/x")
+}
+
+test_trust_domain_from_data_wins_over_the_mesh if {
 	allow with input as http_input("spiffe://other.example/ns/a/sa/b", "GET", "/x")
 		with data.vigil.trust_domain as "other.example"
+		with data.vigil.mesh as mesh
 	not allow with input as http_input("spiffe://vigil.local/ns/a/sa/b", "GET", "/x")
 		with data.vigil.trust_domain as "other.example"
+		with data.vigil.mesh as mesh
 }
 
 test_anonymous_denied if {

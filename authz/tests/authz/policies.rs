@@ -4,7 +4,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 use vigil_authz::{
     run_tests, AuthzInput, Backend, BackendPreference, BodyInput, HttpAttributes, InputKind,
-    PolicyBundle, PolicyOptions, Value,
+    PolicyBundle, PolicyFile, PolicyOptions, Value,
 };
 
 use crate::{addr, policies_dir};
@@ -130,12 +130,8 @@ fn test_runner_reports_compile_errors() {
 
 #[test]
 fn default_policy_accepts_any_spiffe_id_without_trust_domain() {
-    let files: Vec<_> = PolicyBundle::read_dir(&policies_dir().join("default"))
-        .expect("readable")
-        .into_iter()
-        .filter(|f| f.path != "data.json")
-        .collect();
-    let b = PolicyBundle::compile(files, PolicyOptions::default()).expect("compiles");
+    let files = PolicyBundle::read_dir(&policies_dir().join("default")).expect("readable");
+    let b = PolicyBundle::compile(files.clone(), PolicyOptions::default()).expect("compiles");
     let tcp = |principal| AuthzInput {
         kind: InputKind::Tcp,
         source_address: addr("10.0.0.1:1"),
@@ -148,8 +144,13 @@ fn default_policy_accepts_any_spiffe_id_without_trust_domain() {
         .allowed());
     assert!(!b.evaluate(&tcp(Some("elsewhere"))).allowed());
     assert!(!b.evaluate(&tcp(None)).allowed());
-    // With the shipped data, only vigil.local.
-    let b = shipped("default", "data.vigil.authz.allow");
+    // With the trust domain the control plane adds to every bundle, only that one.
+    let mut with_mesh = files;
+    with_mesh.push(PolicyFile {
+        path: "vigil/mesh/data.json".into(),
+        contents: r#"{"trust_domain": "vigil.local"}"#.into(),
+    });
+    let b = PolicyBundle::compile(with_mesh, PolicyOptions::default()).expect("compiles");
     assert!(!b
         .evaluate(&tcp(Some("spiffe://elsewhere/ns/a/sa/b")))
         .allowed());
@@ -186,7 +187,10 @@ fn shipped_policies_run_on_the_vm() {
         .folded_rules()
         .contains(&"vigil.authz.route_index".to_string()));
     let folded = shipped("default", "data.vigil.authz.allow");
-    assert_eq!(folded.folded_rules(), ["vigil.authz.public_endpoints"]);
+    assert_eq!(
+        folded.folded_rules(),
+        ["vigil.authz.public_endpoints", "vigil.authz.trust_domain"]
+    );
 }
 
 /// A bearer token of `policies/jwt-claims`'s tests, signed with the keys of its data.
