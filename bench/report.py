@@ -281,8 +281,14 @@ def main():
         w("")
         w("Full mTLS 1.3 handshakes over loopback with Vigil's server config and ECDSA P-256 SVIDs, no resumption (`cargo bench -p vigil-identity --bench handshake`):")
         w("")
+        previous = ""
         with open(handshakes) as f:
-            w(f.read().rstrip())
+            for line in f.read().rstrip().splitlines():
+                # A table needs a blank line before it to render as one.
+                if line.startswith("|") and previous and not previous.startswith("|"):
+                    w("")
+                w(line)
+                previous = line
         w("")
     errors = [(k, r["first_error"]) for k, r in runs.items() if r.get("errors")]
     for (path, mode), e in errors:
