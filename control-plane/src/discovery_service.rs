@@ -187,13 +187,11 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
                     .workload(&current.model, &id, &workload_name)
                 {
                     Some(workload) => {
-                        let snapshot = with_jwt_bundle(
-                            current.model.snapshot_with(
-                                &prepared.services,
-                                workload,
-                                &current.trust_bundle_der,
-                                current.policy.clone(),
-                            ),
+                        let snapshot = current.model.snapshot_with(
+                            &prepared.services,
+                            workload,
+                            &current.trust_bundle_der,
+                            current.policy.clone(),
                             &current.jwt_bundle,
                         );
                         if snapshot.version != last_version {
@@ -233,20 +231,6 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-/// `snapshot` carrying the JWT bundle, its version covering it too.
-fn with_jwt_bundle(mut snapshot: vigil_api::Snapshot, jwt_bundle: &str) -> vigil_api::Snapshot {
-    if !jwt_bundle.is_empty() {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::new()
-            .chain_update(snapshot.version.as_bytes())
-            .chain_update(jwt_bundle.as_bytes())
-            .finalize();
-        snapshot.version = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        snapshot.jwt_bundle = jwt_bundle.to_string();
-    }
-    snapshot
 }
 
 #[cfg(test)]

@@ -153,7 +153,7 @@ impl MeshModel {
         trust_bundle: &[Vec<u8>],
         policy: Option<vigil_api::PolicyBundle>,
     ) -> vigil_api::Snapshot {
-        self.snapshot_with(&self.shared_services(), workload, trust_bundle, policy)
+        self.snapshot_with(&self.shared_services(), workload, trust_bundle, policy, "")
     }
 
     /// The discovery snapshot for one workload's proxy, with services this model's
@@ -164,6 +164,7 @@ impl MeshModel {
         workload: &Workload,
         trust_bundle: &[Vec<u8>],
         policy: Option<vigil_api::PolicyBundle>,
+        jwt_bundle: &str,
     ) -> vigil_api::Snapshot {
         let mut snapshot = vigil_api::Snapshot {
             version: String::new(),
@@ -179,7 +180,7 @@ impl MeshModel {
             services: Vec::new(),
             trust_bundle_der: trust_bundle.to_vec(),
             policy,
-            jwt_bundle: String::new(),
+            jwt_bundle: jwt_bundle.to_string(),
         };
         snapshot.version = snapshot_version(&snapshot, &shared.digest);
         snapshot.services = shared.services.clone();
@@ -359,7 +360,7 @@ mod tests {
         moved.services[2].endpoints[1].address = "10.9.9.9:15006".parse().expect("addr");
         assert_ne!(version(&model, 0), version(&moved, 0));
         let shared = model.shared_services();
-        let snapshot = model.snapshot_with(&shared, &model.workloads[0], &[], None);
+        let snapshot = model.snapshot_with(&shared, &model.workloads[0], &[], None, "");
         assert_eq!(snapshot, model.snapshot_for(&model.workloads[0], &[], None));
         assert_eq!(snapshot.services.len(), 3);
     }
@@ -377,7 +378,7 @@ mod tests {
         let started = std::time::Instant::now();
         let shared = model.shared_services();
         for w in &model.workloads {
-            model.snapshot_with(&shared, w, &[], None);
+            model.snapshot_with(&shared, w, &[], None, "");
         }
         let with_shared = started.elapsed();
         println!(
