@@ -230,8 +230,8 @@ pub async fn rotate(
     operator: Option<(String, String)>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let phase = dir.phase()?;
     let current = dir.load()?;
+    let phase = current.phase;
     eprintln!(
         "CA {}: {} (roots: {})",
         dir.path().display(),

@@ -150,26 +150,24 @@ impl CaDirectory {
         }
     }
 
-    /// A digest of the directory's CA files, to notice any change cheaply.
-    pub fn fingerprint(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for name in [
+    /// What the directory's CA files look like from outside (size, modification time and
+    /// inode of each), to notice any change cheaply: every step writes or renames a file,
+    /// and nothing is read, so no key material is copied to notice it.
+    pub fn fingerprint(&self) -> Vec<(u64, i64, i64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        [
             CA_CERT_FILE,
             CA_KEY_FILE,
             NEXT_CERT_FILE,
             NEXT_KEY_FILE,
             PREVIOUS_CERT_FILE,
-        ] {
-            out.extend_from_slice(name.as_bytes());
-            match fs::read(self.file(name)) {
-                Ok(bytes) => {
-                    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                    out.extend_from_slice(&bytes);
-                }
-                Err(_) => out.push(0),
-            }
-        }
-        out
+        ]
+        .iter()
+        .map(|name| match fs::metadata(self.file(name)) {
+            Ok(m) => (m.len(), m.mtime(), m.mtime_nsec(), m.ino()),
+            Err(_) => (0, 0, 0, 0),
+        })
+        .collect()
     }
 
     /// Stages a next CA: a new self-signed root, or the operator's `(certificate chain PEM,
