@@ -7,7 +7,7 @@
 //! a TokenReview in cluster mode (`kubernetes::token_review`). Issuing stays here, once.
 //!
 //! Refused credentials are throttled per source address ([`failure_throttle`]), counted
-//! by reason ([`RefusalCounts`], `vigil_identity_refusals_total` on the control plane's
+//! by reason ([`IssuanceMetrics`], `vigil_identity_refusals_total` on the control plane's
 //! `/metrics`) and logged with their reason, never with the credential.
 
 mod failure_throttle;
@@ -170,16 +170,16 @@ struct RefusalLabels {
 /// certificates issued with how long signing took (`vigil_identity_certificates_issued_total`,
 /// `vigil_identity_signing_duration_seconds`), on the control plane's `/metrics`.
 #[derive(Debug)]
-pub struct RefusalCounts {
+pub struct IssuanceMetrics {
     family: Family<RefusalLabels, Counter>,
     issued: Counter,
     /// From the request's arrival to the signed chain: credential check included.
     signing: prometheus_client::metrics::histogram::Histogram,
 }
 
-impl Default for RefusalCounts {
+impl Default for IssuanceMetrics {
     fn default() -> Self {
-        RefusalCounts {
+        IssuanceMetrics {
             family: Family::default(),
             issued: Counter::default(),
             // 100 µs … ~3 s.
@@ -190,7 +190,7 @@ impl Default for RefusalCounts {
     }
 }
 
-impl RefusalCounts {
+impl IssuanceMetrics {
     fn counter(&self, reason: RefusalReason) -> Counter {
         self.family
             .get_or_create(&RefusalLabels {
@@ -249,7 +249,7 @@ pub struct IdentityService {
     check: Arc<dyn CredentialCheck>,
     lifetime: LifetimeSource,
     throttle: FailureThrottle,
-    refusals: Arc<RefusalCounts>,
+    refusals: Arc<IssuanceMetrics>,
     jwt: Option<Arc<vigil_identity::JwtSvidSigner>>,
 }
 
@@ -281,7 +281,7 @@ impl IdentityService {
     }
 
     /// Signing requests refused since start, by reason.
-    pub fn refusals(&self) -> Arc<RefusalCounts> {
+    pub fn refusals(&self) -> Arc<IssuanceMetrics> {
         self.refusals.clone()
     }
 

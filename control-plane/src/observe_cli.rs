@@ -58,8 +58,6 @@ pub struct RequestCounts {
     /// Requests a policy refused (`outcome="denied"`): this proxy's policy inbound, the
     /// destination's outbound.
     pub denied: f64,
-    /// 4xx answers (policy denials among them).
-    pub client_errors: f64,
     /// `le` bound in seconds → cumulative count.
     pub buckets: BTreeMap<OrderedF64, f64>,
 }
@@ -75,7 +73,6 @@ impl RequestCounts {
             total: self.total - before.total,
             failures: (self.failures - before.failures).max(0.0),
             denied: (self.denied - before.denied).max(0.0),
-            client_errors: (self.client_errors - before.client_errors).max(0.0),
             buckets: self
                 .buckets
                 .iter()
@@ -94,9 +91,6 @@ impl RequestCounts {
     /// failures and no denials.
     pub fn count(&mut self, outcome: Option<&str>, status_class: Option<&str>, value: f64) {
         self.total += value;
-        if status_class == Some("4xx") {
-            self.client_errors += value;
-        }
         match (outcome, status_class) {
             (Some("denied"), _) => self.denied += value,
             (Some("failure"), _) | (None, Some("5xx")) => self.failures += value,
@@ -123,7 +117,6 @@ impl RequestCounts {
         self.total += other.total;
         self.failures += other.failures;
         self.denied += other.denied;
-        self.client_errors += other.client_errors;
         for (le, c) in &other.buckets {
             *self.buckets.entry(*le).or_default() += c;
         }

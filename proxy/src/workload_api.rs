@@ -126,6 +126,7 @@ async fn issue_app_svid(proxy: &Proxy) -> anyhow::Result<(AppSvid, Duration)> {
     ))
 }
 
+#[derive(Clone)]
 struct WorkloadApi {
     proxy: Arc<Proxy>,
     app: watch::Receiver<Option<Arc<AppSvid>>>,
@@ -198,10 +199,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&request)?;
-        let api = WorkloadApi {
-            proxy: self.proxy.clone(),
-            app: self.app.clone(),
-        };
+        let api = self.clone();
         let stream =
             WatchStream::new(self.proxy.identity.changes()).map(move |_| Ok(api.x509_bundles()));
         Ok(Response::new(Box::pin(stream)))
@@ -238,10 +236,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&request)?;
-        let api = WorkloadApi {
-            proxy: self.proxy.clone(),
-            app: self.app.clone(),
-        };
+        let api = self.clone();
         if api.jwt_bundles().is_none() {
             return Err(Status::unavailable(
                 "no JWT bundle from the control plane yet",

@@ -144,8 +144,8 @@ impl WorkloadView {
             } else {
                 0.0
             },
-            success_in: success(&inbound),
-            success_out: success(&outbound),
+            success_in: inbound.success_rate(),
+            success_out: outbound.success_rate(),
             p50_in_ms: latency(&inbound, 0.5),
             p99_in_ms: latency(&inbound, 0.99),
             p99_out_ms: latency(&outbound, 0.99),
@@ -175,12 +175,6 @@ fn sum(w: &Window, direction: &str) -> RequestCounts {
         }
     }
     total
-}
-
-/// Share of requests that did not fail, policy denials left out; `None` without traffic
-/// or when every request was denied. The same function as `vigil stat`'s.
-pub fn success(c: &RequestCounts) -> Option<f64> {
-    c.success_rate()
 }
 
 /// A latency quantile in ms; `None` without traffic or beyond the last bucket.
@@ -526,7 +520,7 @@ pub fn graph(model: &MeshModel, views: &BTreeMap<String, WorkloadView>) -> Graph
                 } else {
                     0.0
                 },
-                success_rate: success(&acc.window),
+                success_rate: acc.window.success_rate(),
                 denied_share: acc.window.denied_share(),
                 p50_ms: latency(&acc.window, 0.5),
                 p99_ms: latency(&acc.window, 0.99),
@@ -539,7 +533,7 @@ pub fn graph(model: &MeshModel, views: &BTreeMap<String, WorkloadView>) -> Graph
                 since_start: EdgeSinceStart {
                     requests: acc.cumulative.total.round() as u64,
                     denied: acc.cumulative.denied.round() as u64,
-                    success_rate: success(&acc.cumulative),
+                    success_rate: acc.cumulative.success_rate(),
                     p50_ms: latency(&acc.cumulative, 0.5),
                     p99_ms: latency(&acc.cumulative, 0.99),
                 },

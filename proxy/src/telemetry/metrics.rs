@@ -595,18 +595,24 @@ pub fn classic_text(openmetrics: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn classic_text_names_counter_series_and_drops_openmetrics_only_lines() {
-        let m = Metrics::new();
-        let id = SpiffeId::parse("spiffe://vigil.local/ns/a/sa/b").expect("id");
-        let peer = Peer::new(Some(&id), "b-1");
+    /// Records one inbound request from the workload `peer` (service account `sa`) to
+    /// `service` with `status`.
+    fn record(m: &Metrics, sa: &str, peer: &str, service: &str, status: StatusCode, denied: bool) {
+        let id = SpiffeId::parse(&format!("spiffe://vigil.local/ns/shop/sa/{sa}")).expect("id");
+        let peer = Peer::new(Some(&id), peer);
         let call = crate::telemetry::observe::Call {
             direction: Direction::inbound,
             peer: &peer,
-            service: &Arc::from("svc.a"),
-            route: &Arc::from("/api"),
+            service: &Arc::from(service),
+            route: &Arc::from("default"),
         };
-        m.request(&call, StatusCode::OK, false, Duration::from_millis(3));
+        m.request(&call, status, denied, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn classic_text_names_counter_series_and_drops_openmetrics_only_lines() {
+        let m = Metrics::new();
+        record(&m, "b", "b-1", "svc.a", StatusCode::OK, false);
         let text = classic_text(&m.encode());
         assert!(
             text.contains("# TYPE vigil_requests_total counter"),
@@ -620,26 +626,29 @@ mod tests {
     #[test]
     fn request_series_name_both_ends_the_exact_code_and_the_outcome() {
         let m = Metrics::new();
-        let id = SpiffeId::parse("spiffe://vigil.local/ns/shop/sa/web").expect("id");
-        let peer = Peer::new(Some(&id), "web");
-        let call = crate::telemetry::observe::Call {
-            direction: Direction::inbound,
-            peer: &peer,
-            service: &Arc::from("payments.shop"),
-            route: &Arc::from("default"),
-        };
-        m.request(&call, StatusCode::FORBIDDEN, true, Duration::from_millis(1));
-        m.request(
-            &call,
+        record(
+            &m,
+            "web",
+            "web",
+            "payments.shop",
+            StatusCode::FORBIDDEN,
+            true,
+        );
+        record(
+            &m,
+            "web",
+            "web",
+            "payments.shop",
             StatusCode::NOT_FOUND,
             false,
-            Duration::from_millis(1),
         );
-        m.request(
-            &call,
+        record(
+            &m,
+            "web",
+            "web",
+            "payments.shop",
             StatusCode::BAD_GATEWAY,
             false,
-            Duration::from_millis(1),
         );
         // No local labels before the certificate names this proxy's workload.
         assert!(!m.encode().contains("local_workload"));
