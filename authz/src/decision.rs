@@ -92,6 +92,17 @@ impl Decision {
         }
     }
 
+    /// Which rule a denial names, for metrics and replay reports: the rule-like word before
+    /// the first `:` of its reason (the convention of reasons such as `allowed_callers: web
+    /// may not call payments`), else the decision rule itself (a `false` or undefined
+    /// `allow` is the default refusing). `None` unless this is a denial.
+    pub fn denied_by<'r>(&'r self, rule: &'r str) -> Option<&'r str> {
+        match self {
+            Decision::Deny { reason, .. } => Some(rule_named_by(reason, rule)),
+            _ => None,
+        }
+    }
+
     /// The policy's `dynamic_metadata`, if it gave one.
     pub fn dynamic_metadata(&self) -> Option<&DynamicMetadata> {
         match self {
@@ -368,5 +379,42 @@ fn type_name(value: &Value) -> &'static str {
         Value::Set(_) => "set",
         Value::Object(_) => "object",
         Value::Undefined => "undefined",
+    }
+}
+
+/// The rule a denial's reason names (see [`Decision::denied_by`]).
+pub fn rule_named_by<'r>(reason: &'r str, rule: &'r str) -> &'r str {
+    match reason.split_once(':') {
+        Some((head, _))
+            if !head.is_empty()
+                && head.len() <= 64
+                && head
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-[]\"".contains(&b)) =>
+        {
+            head
+        }
+        _ => rule,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_is_counted_under_the_rule_its_reason_names() {
+        let rule = "data.vigil.authz.allow";
+        assert_eq!(
+            rule_named_by("allowed_callers: web may not call payments", rule),
+            "allowed_callers"
+        );
+        assert_eq!(rule_named_by("data.vigil.authz.allow is false", rule), rule);
+        assert_eq!(
+            rule_named_by("a caller in ns x: no", rule),
+            rule,
+            "not a rule name"
+        );
+        assert_eq!(rule_named_by(": nothing before", rule), rule);
     }
 }

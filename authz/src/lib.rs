@@ -122,6 +122,7 @@ mod input;
 mod log;
 mod opa_alignment;
 mod opa_builtins;
+mod replay;
 mod rules;
 mod rvm_gaps;
 mod source;
@@ -138,11 +139,12 @@ pub use bundle::{
 };
 pub use calls::SUPPORTED_BUILTINS;
 pub use cli::eval_command;
-pub use decision::{Decision, DynamicMetadata};
+pub use decision::{rule_named_by, Decision, DynamicMetadata};
 pub use engine::EvalError;
 pub use explain::{explain, explain_input, ExplainRequest};
 pub use input::{AuthzInput, BodyInput, HttpAttributes, InputError, InputKind};
-pub use log::{DecisionRecord, QueryLogging};
+pub use log::{DecisionRecord, InputRecording, QueryLogging};
+pub use replay::{replay, ChangeGroup, RecordedLog, ReplayExample, ReplaySummary};
 pub use testing::{run_tests, run_tests_with, TestFilter, TestFormat, TestOptions, TestSummary};
 pub use upstream::upstream_path_and_query;
 

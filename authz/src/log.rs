@@ -45,6 +45,132 @@ pub struct DecisionRecord {
     /// The policy's `dynamic_metadata` (OPA-Envoy's decision field), when it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_metadata: Option<DynamicMetadata>,
+    /// The input document, when the bundle records inputs ([`InputRecording`]): what
+    /// `vigil policy replay` evaluates a candidate bundle against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// What the recorded input left out: redacted header names, `body`, `query`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub input_redacted: Vec<String>,
+    /// Why the input was not recorded although the bundle records inputs (too large).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_omitted: Option<String>,
+}
+
+/// What a decision record keeps of the input document, so that recorded decisions can be
+/// evaluated again against another bundle before it is put in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputRecording {
+    /// Header names (matched without regard to case) whose values become `REDACTED`.
+    pub redact_headers: Vec<String>,
+    /// A document longer than this (as JSON) is left out of the record, which says so.
+    pub max_bytes: usize,
+    /// Whether the request body and its parsed form are kept (they are dropped otherwise).
+    pub bodies: bool,
+}
+
+impl InputRecording {
+    /// Headers redacted unless the operator lists others: credentials and session cookies.
+    pub const DEFAULT_REDACTED_HEADERS: [&'static str; 3] =
+        ["authorization", "proxy-authorization", "cookie"];
+    /// The default size bound of one recorded input.
+    pub const DEFAULT_MAX_BYTES: usize = 16 * 1024;
+
+    /// The input as this recording keeps it, the parts it left out, and why the whole
+    /// document was left out when it was.
+    fn record(
+        &self,
+        input: &AuthzInput<'_>,
+        query: QueryLogging,
+    ) -> (Option<serde_json::Value>, Vec<String>, Option<String>) {
+        let mut document = input.to_json();
+        let mut redacted = Vec::new();
+        if let Some(http) = document.pointer_mut("/attributes/request/http") {
+            if let Some(headers) = http.get_mut("headers").and_then(|h| h.as_object_mut()) {
+                for (name, value) in headers.iter_mut() {
+                    if self
+                        .redact_headers
+                        .iter()
+                        .any(|r| r.eq_ignore_ascii_case(name))
+                    {
+                        *value = serde_json::Value::from(REDACTED);
+                        redacted.push(name.clone());
+                    }
+                }
+            }
+            if !self.bodies
+                && http
+                    .as_object_mut()
+                    .and_then(|h| h.remove("body"))
+                    .is_some()
+            {
+                redacted.push("body".into());
+            }
+            if query == QueryLogging::Redacted {
+                // The path is in the `:path` pseudo-header too.
+                let mut any = false;
+                if let Some(path) = http.get_mut("headers").and_then(|h| h.get_mut(":path")) {
+                    any |= redact_query_in(path);
+                }
+                if let Some(path) = http.get_mut("path") {
+                    any |= redact_query_in(path);
+                }
+                if any {
+                    redacted.push("query".into());
+                }
+            }
+        }
+        if redacted.iter().any(|r| r == "body") {
+            if let Some(parsed) = document.get_mut("parsed_body") {
+                *parsed = serde_json::Value::Null;
+            }
+        }
+        if redacted.iter().any(|r| r == "query") {
+            if let Some(params) = document
+                .get_mut("parsed_query")
+                .and_then(|q| q.as_object_mut())
+            {
+                for values in params.values_mut() {
+                    if let Some(values) = values.as_array_mut() {
+                        values.fill(serde_json::Value::from(REDACTED));
+                    }
+                }
+            }
+        }
+        let size = serde_json::to_vec(&document).map_or(0, |b| b.len());
+        if size > self.max_bytes {
+            let why = format!(
+                "the input is {size} bytes, over the {}-byte limit of recorded inputs",
+                self.max_bytes
+            );
+            return (None, redacted, Some(why));
+        }
+        (Some(document), redacted, None)
+    }
+}
+
+/// Redacts the query of a path held in a JSON string; whether there was one.
+fn redact_query_in(path: &mut serde_json::Value) -> bool {
+    match path.as_str().filter(|p| p.contains('?')) {
+        Some(text) => {
+            *path = serde_json::Value::from(redact_query(text));
+            true
+        }
+        None => false,
+    }
+}
+
+impl Default for InputRecording {
+    fn default() -> Self {
+        InputRecording {
+            redact_headers: Self::DEFAULT_REDACTED_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            bodies: false,
+        }
+    }
 }
 
 /// How a decision record writes the request's query string.
@@ -126,7 +252,25 @@ impl DecisionRecord {
             dry_run: bundle.options().dry_run,
             http_status: decision.http_status(),
             dynamic_metadata: decision.dynamic_metadata().cloned(),
+            input: None,
+            input_redacted: Vec::new(),
+            input_omitted: None,
         }
+    }
+
+    /// Adds the input document as `recording` keeps it (the query string redacted or kept
+    /// as for [`with_query_logging`](Self::with_query_logging)).
+    pub fn with_input(
+        mut self,
+        input: &AuthzInput<'_>,
+        recording: &InputRecording,
+        query: QueryLogging,
+    ) -> Self {
+        let (document, redacted, omitted) = recording.record(input, query);
+        self.input = document;
+        self.input_redacted = redacted;
+        self.input_omitted = omitted;
+        self
     }
 
     /// The record as one line of JSON (no trailing newline).

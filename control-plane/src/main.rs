@@ -298,6 +298,30 @@ enum PolicyCommand {
         #[arg(short, long, default_value = "pretty", value_parser = parse_test_format)]
         format: vigil_authz::TestFormat,
     },
+    /// Evaluate a candidate policy against recorded decisions and show what would change.
+    ///
+    /// The decision logs must have been written with input recording on (`record_input` in
+    /// the policy settings). Exits 2 when any decision changes, unless --allow-changes.
+    Replay {
+        /// Decision log to replay (repeatable).
+        #[arg(long = "log", required = true)]
+        logs: Vec<PathBuf>,
+        /// The candidate policy directory.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Rule to evaluate (default data.vigil.authz.allow).
+        #[arg(long)]
+        rule: Option<String>,
+        /// The mesh's trust domain, for data.vigil.mesh (default: read from the log).
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// Output format: pretty, or json for CI.
+        #[arg(short, long, default_value = "pretty", value_parser = parse_test_format)]
+        format: vigil_authz::TestFormat,
+        /// Exit 0 even when decisions change.
+        #[arg(long)]
+        allow_changes: bool,
+    },
     /// Evaluate a policy directory against an input document (JSON).
     Eval {
         #[arg(long)]
@@ -380,6 +404,25 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
             };
             let summary = vigil_authz::run_tests_with(&dir, &mut out, &options)?;
             Ok(summary.success())
+        }
+        PolicyCommand::Replay {
+            logs,
+            policy,
+            rule,
+            trust_domain,
+            format,
+            allow_changes,
+        } => {
+            let summary = vigil::policy_source::replay(
+                &logs,
+                &policy,
+                rule.as_deref(),
+                trust_domain.as_deref(),
+                format,
+                &mut out,
+            )
+            .map_err(anyhow::Error::msg)?;
+            Ok(allow_changes || summary.changed() == 0)
         }
         PolicyCommand::Eval {
             policy,

@@ -102,6 +102,62 @@ pub struct PolicySettings {
     /// `input.parsed_body`; 0 (the default) leaves bodies streaming untouched.
     #[serde(default)]
     pub request_body_bytes: u32,
+    /// Keep each logged decision's input document, so that `vigil policy replay` can
+    /// evaluate a candidate policy against it (with `log_allows` for allowed requests too).
+    #[serde(default)]
+    pub record_input: Option<InputRecordingSettings>,
+}
+
+/// What decision records keep of the input (`record_input: {}` takes the defaults).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InputRecordingSettings {
+    /// Headers whose values are written as `REDACTED` (default: authorization,
+    /// proxy-authorization, cookie).
+    #[serde(default = "default_redacted_headers")]
+    pub redact_headers: Vec<String>,
+    /// Inputs longer than this many bytes of JSON are left out of the record.
+    #[serde(default = "default_recorded_input_bytes")]
+    pub max_bytes: u32,
+    /// Keep request bodies (off: bodies carry personal data).
+    #[serde(default)]
+    pub bodies: bool,
+}
+
+impl Default for InputRecordingSettings {
+    fn default() -> Self {
+        InputRecordingSettings {
+            redact_headers: default_redacted_headers(),
+            max_bytes: default_recorded_input_bytes(),
+            bodies: false,
+        }
+    }
+}
+
+fn default_redacted_headers() -> Vec<String> {
+    vigil_authz::InputRecording::DEFAULT_REDACTED_HEADERS
+        .iter()
+        .map(|h| h.to_string())
+        .collect()
+}
+
+fn default_recorded_input_bytes() -> u32 {
+    vigil_authz::InputRecording::DEFAULT_MAX_BYTES as u32
+}
+
+impl InputRecordingSettings {
+    /// The settings as sent to proxies.
+    pub fn wire(&self) -> vigil_api::InputRecording {
+        vigil_api::InputRecording {
+            redact_headers: self
+                .redact_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            max_bytes: self.max_bytes,
+            bodies: self.bodies,
+        }
+    }
 }
 
 fn default_rule() -> String {

@@ -68,7 +68,11 @@ pub fn load_with(
             contents: serde_json::json!({ "jwks": jwt_bundle }).to_string(),
         });
     }
-    compile(files, options, request_body_bytes)
+    let mut loaded = compile(files, options, request_body_bytes)?;
+    loaded.wire.record_input = settings
+        .and_then(|s| s.record_input.as_ref())
+        .map(|r| r.wire());
+    Ok(loaded)
 }
 
 /// Compiles policy files from any source (mesh file directory, ConfigMap, VigilPolicy).
@@ -93,8 +97,66 @@ pub fn compile(
         dry_run: options.dry_run,
         log_allows: options.log_allows,
         request_body_bytes,
+        record_input: None,
     };
     Ok(LoadedPolicy { bundle, wire })
+}
+
+/// `vigil policy replay`: evaluates the decisions recorded in `logs` against the candidate
+/// bundle in `dir`, compiled as the control plane would compile it for a mesh of
+/// `trust_domain` (inferred from the first recorded destination when not given).
+pub fn replay(
+    logs: &[std::path::PathBuf],
+    dir: &Path,
+    rule: Option<&str>,
+    trust_domain: Option<&str>,
+    format: vigil_authz::TestFormat,
+    out: &mut dyn std::io::Write,
+) -> Result<vigil_authz::ReplaySummary, String> {
+    let open = |path: &std::path::PathBuf| {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| format!("cannot open decision log {}: {e}", path.display()))
+    };
+    let trust_domain = match trust_domain {
+        Some(td) => td.to_string(),
+        None => recorded_trust_domain(logs, open).ok_or_else(|| {
+            "no recorded decision names its destination; give the mesh's --trust-domain".to_string()
+        })?,
+    };
+    let settings = PolicySettings {
+        dir: dir.to_path_buf(),
+        rule: rule.map_or_else(|| PolicyOptions::default().rule, str::to_string),
+        dry_run: false,
+        log_allows: false,
+        request_body_bytes: 0,
+        record_input: None,
+    };
+    let candidate = load_with(Some(&settings), &trust_domain, "")?.bundle;
+    let mut readers = Vec::new();
+    for path in logs {
+        readers.push(vigil_authz::RecordedLog {
+            name: path.display().to_string(),
+            reader: Box::new(open(path)?),
+        });
+    }
+    vigil_authz::replay(&candidate, readers, format, out).map_err(|e| e.to_string())
+}
+
+/// The trust domain of the first recorded destination principal.
+fn recorded_trust_domain<R: std::io::BufRead>(
+    logs: &[std::path::PathBuf],
+    open: impl Fn(&std::path::PathBuf) -> Result<R, String>,
+) -> Option<String> {
+    logs.iter()
+        .filter_map(|path| open(path).ok())
+        .flat_map(|reader| reader.lines().map_while(Result::ok))
+        .find_map(|line| {
+            let record: serde_json::Value = serde_json::from_str(&line).ok()?;
+            let id = record.get("destination_principal")?.as_str()?;
+            let id: vigil_identity::SpiffeId = id.parse().ok()?;
+            Some(id.trust_domain().to_string())
+        })
 }
 
 fn read(dir: &Path) -> Result<Vec<PolicyFile>, String> {
@@ -134,6 +196,7 @@ mod tests {
             dry_run: false,
             log_allows: false,
             request_body_bytes: 0,
+            record_input: None,
         };
         for settings in [None, Some(&shipped)] {
             let loaded = load_with(settings, "cluster.local", "").expect("compiles");

@@ -10,7 +10,8 @@ use crate::telemetry::log_writer::LineWriter;
 use crate::telemetry::metrics::{no_label, Metrics, PolicyLabels};
 use arc_swap::ArcSwapOption;
 use vigil_authz::{
-    AuthzInput, Decision, DecisionRecord, PolicyBundle, PolicyFile, PolicyOptions, QueryLogging,
+    AuthzInput, Decision, DecisionRecord, InputRecording, PolicyBundle, PolicyFile, PolicyOptions,
+    QueryLogging,
 };
 
 /// The bundle in force and how much request body it wants to see.
@@ -19,29 +20,15 @@ pub struct InForce {
     pub request_body_bytes: usize,
     /// The decision rule as the metric label, made once per bundle.
     rule_label: Arc<str>,
+    /// What decision records keep of the input, when the bundle records inputs.
+    recording: Option<InputRecording>,
+    /// The recording settings as received, to tell a change of them alone.
+    recording_wire: Option<vigil_api::InputRecording>,
 }
 
 /// At most this many distinct `denied_by` values per proxy; later ones count as `other`,
 /// so a policy that puts request data in its reasons cannot grow the series without end.
 const MAX_DENIED_BY: usize = 64;
-
-/// Which rule a denial names: the rule-like word before the first `:` of its reason (the
-/// convention of reasons such as `allowed_callers: web may not call payments`), else the
-/// decision rule itself (a `false` or undefined `allow` is the default refusing).
-fn denied_by<'r>(reason: &'r str, rule: &'r str) -> &'r str {
-    match reason.split_once(':') {
-        Some((head, _))
-            if !head.is_empty()
-                && head.len() <= 64
-                && head
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-[]\"".contains(&b)) =>
-        {
-            head
-        }
-        _ => rule,
-    }
-}
 
 /// Holds the bundle in force and evaluates requests against it.
 pub struct Authorizer {
@@ -104,6 +91,7 @@ impl Authorizer {
         if let Some(current) = self.bundle.load().as_ref() {
             if current.bundle.version() == wire.version
                 && current.request_body_bytes == wire.request_body_bytes as usize
+                && current.recording_wire == wire.record_input
             {
                 return;
             }
@@ -129,10 +117,17 @@ impl Authorizer {
                     "policy bundle in force"
                 );
                 let rule_label = Arc::from(bundle.options().rule.as_str());
+                let recording = wire.record_input.as_ref().map(|r| InputRecording {
+                    redact_headers: r.redact_headers.clone(),
+                    max_bytes: r.max_bytes as usize,
+                    bodies: r.bodies,
+                });
                 self.bundle.store(Some(Arc::new(InForce {
                     bundle,
                     request_body_bytes: wire.request_body_bytes as usize,
                     rule_label,
+                    recording,
+                    recording_wire: wire.record_input.clone(),
                 })));
                 self.last_refused.store(None);
             }
@@ -190,7 +185,7 @@ impl Authorizer {
         let decision = bundle.evaluate(input);
         let denied_by = match &decision {
             Decision::Deny { reason, .. } => {
-                self.denied_by_label(denied_by(reason, &in_force.rule_label))
+                self.denied_by_label(vigil_authz::rule_named_by(reason, &in_force.rule_label))
             }
             _ => no_label(),
         };
@@ -208,8 +203,11 @@ impl Authorizer {
             } else {
                 QueryLogging::Redacted
             };
-            let line =
-                DecisionRecord::with_query_logging(bundle, input, &decision, query).to_json_line();
+            let mut record = DecisionRecord::with_query_logging(bundle, input, &decision, query);
+            if let Some(recording) = &in_force.recording {
+                record = record.with_input(input, recording, query);
+            }
+            let line = record.to_json_line();
             self.log.write_line(line.into_bytes());
         }
         bundle.enforce(decision)
@@ -220,21 +218,6 @@ impl Authorizer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_denial_is_counted_under_the_rule_its_reason_names() {
-        let rule = "data.vigil.authz.allow";
-        assert_eq!(
-            denied_by("allowed_callers: web may not call payments", rule),
-            "allowed_callers"
-        );
-        assert_eq!(denied_by("data.vigil.authz.allow is false", rule), rule);
-        assert_eq!(
-            denied_by("a caller in ns x: no", rule),
-            rule,
-            "not a rule name"
-        );
-        assert_eq!(denied_by(": nothing before", rule), rule);
-    }
     use std::sync::Mutex;
 
     /// A decision log that can be read back while the authorizer holds it.
@@ -277,6 +260,7 @@ mod tests {
             dry_run: false,
             log_allows: false,
             request_body_bytes: 0,
+            record_input: None,
         }
     }
 

@@ -214,6 +214,10 @@ pub struct MeshSpec {
     pub policy_rule: Option<String>,
     /// `policy.request_body_bytes`: how much body the policy sees.
     pub policy_body_bytes: u32,
+    /// Further `policy:` settings, as YAML lines indented by two spaces.
+    pub policy_extra: String,
+    /// Further top-level mesh file sections, as YAML.
+    pub extra_yaml: String,
 }
 
 impl MeshSpec {
@@ -228,6 +232,8 @@ impl MeshSpec {
             policy_dir: None,
             policy_rule: None,
             policy_body_bytes: 0,
+            policy_extra: String::new(),
+            extra_yaml: String::new(),
         }
     }
 
@@ -273,7 +279,9 @@ impl MeshSpec {
                 y += &format!("  rule: \"{rule}\"\n");
             }
             y += &format!("  request_body_bytes: {}\n", self.policy_body_bytes);
+            y += &self.policy_extra;
         }
+        y += &self.extra_yaml;
         y += "workloads:\n";
         for w in &self.workloads {
             y += &format!(
