@@ -119,6 +119,7 @@ mod explain;
 mod fold;
 mod go_unicode;
 mod input;
+mod istio_import;
 mod log;
 mod opa_alignment;
 mod opa_builtins;
@@ -143,6 +144,9 @@ pub use decision::{rule_named_by, Decision, DynamicMetadata};
 pub use engine::EvalError;
 pub use explain::{explain, explain_input, ExplainRequest};
 pub use input::{AuthzInput, BodyInput, HttpAttributes, InputError, InputKind};
+pub use istio_import::{
+    import_istio, IstioImport, IstioImportError, IstioImportOptions, Untranslated,
+};
 pub use log::{DecisionRecord, InputRecording, QueryLogging};
 pub use replay::{replay, ChangeGroup, RecordedLog, ReplayExample, ReplaySummary};
 pub use testing::{run_tests, run_tests_with, TestFilter, TestFormat, TestOptions, TestSummary};

@@ -5,9 +5,14 @@
 //! `todo_test_*` rules are reported as skipped, `--run` selects tests by a regular expression
 //! over their full name, `--format json` prints OPA's JSON result array, and a failing test
 //! names the first expression of its body that did not hold (found as `vigil policy explain`
-//! finds it, by evaluating prefixes of the body).
+//! finds it, by evaluating prefixes of the body). `--coverage` reports the lines of the
+//! policies and tests the selected tests evaluated, as `opa test --coverage` does
+//! (`testing/coverage.rs`); being measured on the interpreter, it is the interpreter's
+//! evaluation even for a bundle the proxy runs on the RVM.
 
-use std::collections::BTreeSet;
+mod coverage;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +28,8 @@ use crate::opa_alignment;
 use crate::rules::{self, DefinitionKind, ModuleOutline, RuleOutline};
 use crate::source::{self, condense_error, FileKind, TestFiles};
 
+use coverage::CoverageReport;
+
 /// Decision rules the runner reports the engine for, in order: Vigil's default, then
 /// OPA-Envoy's default and its documented `result` form. (The proxy's rule comes from the
 /// mesh file, which the runner does not read.)
@@ -32,8 +39,8 @@ const DECISION_RULES: &[&str] = &[
     "data.envoy.authz.result",
 ];
 
-/// Counts of test outcomes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Counts of test outcomes, and the coverage when it was asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TestSummary {
     /// Tests whose rule was true (defined and not false).
     pub passed: usize,
@@ -43,6 +50,10 @@ pub struct TestSummary {
     pub errored: usize,
     /// `todo_test_*` rules, reported but not run.
     pub skipped: usize,
+    /// With `--coverage`: the percentage of counted lines the tests evaluated.
+    pub coverage: Option<f64>,
+    /// With `--threshold`: whether `coverage` fell below it.
+    pub below_threshold: bool,
 }
 
 impl TestSummary {
@@ -51,9 +62,10 @@ impl TestSummary {
         self.passed + self.failed + self.errored + self.skipped
     }
 
-    /// Whether at least one test ran and none failed or errored.
+    /// Whether at least one test ran, none failed or errored, and coverage, if it was
+    /// measured against a threshold, reached it.
     pub fn success(&self) -> bool {
-        self.passed > 0 && self.failed == 0 && self.errored == 0
+        self.passed > 0 && self.failed == 0 && self.errored == 0 && !self.below_threshold
     }
 }
 
@@ -79,6 +91,12 @@ pub struct TestOptions {
     /// Run only the tests whose full name (`data.pkg.test_x`) matches.
     pub run: Option<TestFilter>,
     pub format: TestFormat,
+    /// Measure which lines the tests evaluated (`opa test --coverage`). With
+    /// [`TestFormat::Json`], OPA's coverage report replaces the result array.
+    pub coverage: bool,
+    /// With `coverage`: the total percentage below which the run fails (`opa test
+    /// --threshold`).
+    pub threshold: Option<f64>,
 }
 
 /// The prefix of tests `opa test` reports as skipped.
@@ -157,7 +175,14 @@ pub fn run_tests(
     run_tests_with(dir, out, &options)
 }
 
-/// [`run_tests`] with `opa test`'s options: `--run` and `--format`.
+/// [`run_tests`] with `opa test`'s options: `--run`, `--format`, `--coverage` and
+/// `--threshold`.
+///
+/// Coverage is accumulated over every test that ran in every bundle, and reported per file
+/// with paths relative to `dir`. In JSON it is OPA's `cover.Report`; in the pretty format a
+/// table follows the summary, one line per file with the lines not covered. As with
+/// `opa test --coverage`, a JSON run with a failing test prints the failures instead of the
+/// report.
 pub fn run_tests_with(
     dir: &Path,
     out: &mut dyn Write,
@@ -167,11 +192,28 @@ pub fn run_tests_with(
     let roots = bundle_roots(dir)?;
     let mut summary = TestSummary::default();
     let mut records = Vec::new();
+    let mut report = options.coverage.then(CoverageReport::default);
     for root in &roots {
         if pretty && (roots.len() > 1 || root != dir) {
             w(out, format_args!("{}:\n", root.display()))?;
         }
-        run_bundle(root, out, options, &mut summary, &mut records)?;
+        let lines = run_bundle(root, out, options, &mut summary, &mut records)?;
+        if let (Some(report), Some(lines)) = (report.as_mut(), lines) {
+            let prefix = root.strip_prefix(dir).unwrap_or(root);
+            report.add_bundle(&prefix.to_string_lossy().replace('\\', "/"), lines);
+        }
+    }
+    if let Some(report) = &report {
+        let percent = report.percent();
+        summary.coverage = Some(percent);
+        summary.below_threshold = options.threshold.is_some_and(|t| percent < t);
+    }
+    if let (Some(report), false) = (&report, pretty) {
+        if summary.failed + summary.errored > 0 {
+            return write_failures(&records, &summary, out).map(|()| summary);
+        }
+        w(out, format_args!("{}\n", report.to_json()))?;
+        return Ok(summary);
     }
     if !pretty {
         let results: Vec<serde_json::Value> = records.iter().map(TestRecord::to_json).collect();
@@ -195,16 +237,64 @@ pub fn run_tests_with(
             w(out, format_args!("{label}: {count}/{total}\n"))?;
         }
     }
+    if let Some(report) = &report {
+        w(out, format_args!("{}\n", "-".repeat(80)))?;
+        report.write_table(out)?;
+        if let (true, Some(threshold)) = (summary.below_threshold, options.threshold) {
+            w(
+                out,
+                format_args!(
+                    "FAIL: coverage {:.2}% is below the threshold of {threshold:.2}%\n",
+                    report.percent()
+                ),
+            )?;
+        }
+    }
     Ok(summary)
 }
 
+/// The failing and erroring tests and the counts, in the pretty format: what a JSON coverage
+/// run prints instead of its report when a test did not pass (as `opa test --coverage` does).
+fn write_failures(
+    records: &[TestRecord],
+    summary: &TestSummary,
+    out: &mut dyn Write,
+) -> Result<(), BundleError> {
+    for record in records {
+        let test = format!("{}.{}", record.package, record.name);
+        match &record.outcome {
+            Outcome::Fail { failed_at } => {
+                w(out, format_args!("FAIL {test}\n"))?;
+                if let Some((line, text)) = failed_at {
+                    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                    w(
+                        out,
+                        format_args!("  failed at {}:{line}: {text}\n", record.file),
+                    )?;
+                }
+            }
+            Outcome::Error(message) => w(out, format_args!("ERROR {test}\n  {message}\n"))?,
+            Outcome::Pass | Outcome::Skip => {}
+        }
+    }
+    let total = summary.total();
+    w(out, format_args!("{}\n", "-".repeat(80)))?;
+    for (label, count) in [("FAIL", summary.failed), ("ERROR", summary.errored)] {
+        if count > 0 {
+            w(out, format_args!("{label}: {count}/{total}\n"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one bundle's tests; with `options.coverage`, returns the coverage of its files.
 fn run_bundle(
     root: &Path,
     out: &mut dyn Write,
     options: &TestOptions,
     summary: &mut TestSummary,
     records: &mut Vec<TestRecord>,
-) -> Result<(), BundleError> {
+) -> Result<Option<BTreeMap<String, coverage::FileLines>>, BundleError> {
     let pretty = options.format == TestFormat::Pretty;
     let files = source::read_dir(root, TestFiles::Include)?;
     let mut parsed = source::load_engine(&files)?;
@@ -219,6 +309,10 @@ fn run_bundle(
     // `opa_alignment.rs`).
     let aligned = opa_alignment::align(parsed.get_modules(), &files);
     let mut engine = source::load_engine(&aligned.interpreter)?;
+    if options.coverage {
+        let files = coverage::explicit_head_values(engine.get_modules(), &aligned.interpreter);
+        engine = source::load_engine(&files)?;
+    }
     engine.set_gather_prints(true);
     // Analyze once up front, so compile errors are reported as such and the first test's time
     // does not include the analysis.
@@ -245,6 +339,9 @@ fn run_bundle(
         }
     }
 
+    // Enabled only now, so that the analysis above counts for nothing; from here on, every test
+    // adds the lines it evaluates.
+    engine.set_enable_coverage(options.coverage);
     for (module, rule) in tests {
         let test = format!("data.{}.{}", module.package, rule.name);
         let mut record = TestRecord {
@@ -312,7 +409,10 @@ fn run_bundle(
         }
         records.push(record);
     }
-    Ok(())
+    if !options.coverage {
+        return Ok(None);
+    }
+    coverage::bundle_coverage(parsed.get_modules(), &mut engine).map(Some)
 }
 
 /// The first expression of a failing test's body that does not hold, with its line (for a

@@ -1,7 +1,8 @@
 //! Differential suite: Vigil's policy decisions against OPA's, with OPA as the oracle.
 //!
-//! Every shipped policy (policies/) and every policy of the corpus (tests/opa_oracle/corpus/,
-//! written to exercise the language and the builtins) is evaluated on the same requests by
+//! Every shipped policy (policies/), every policy of the corpus (tests/opa_oracle/corpus/,
+//! written to exercise the language and the builtins) and the bundles imported from Istio's
+//! documented examples (tests/istio_import/) is evaluated on the same requests by
 //! OPA 1.x (the `opa-golib-python-bindings` package, driven by tests/opa_oracle/driver.py in
 //! one python3 process) and by Vigil on every engine path it uses: the engine the bundle runs
 //! on in the proxy, and the tree interpreter. Input documents come from the proxy's own
@@ -171,6 +172,33 @@ fn cases() -> Vec<Case> {
             rule: rule_of(&files),
             files,
             shipped: false,
+        });
+    }
+    // The bundles `vigil policy import istio` writes for Istio's documented examples
+    // (tests/istio_import/): Vigil's importer must write Rego both engines read alike.
+    let examples = authz_dir().join("tests/istio_import");
+    let mut yamls: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .expect("istio_import/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    yamls.sort();
+    for path in yamls {
+        let yaml = std::fs::read_to_string(&path).expect("example");
+        let import = vigil_authz::import_istio(&yaml, &vigil_authz::IstioImportOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        out.push(Case {
+            name: format!(
+                "istio_import/{}",
+                path.file_name().expect("name").to_string_lossy()
+            ),
+            files: import
+                .files
+                .into_iter()
+                .filter(|f| !f.path.ends_with("_test.rego"))
+                .collect(),
+            rule: "data.vigil.authz.allow".to_string(),
+            shipped: true,
         });
     }
     out

@@ -297,6 +297,14 @@ enum PolicyCommand {
         /// Output format: pretty, or json (the result array of `opa test --format json`).
         #[arg(short, long, default_value = "pretty", value_parser = parse_test_format)]
         format: vigil_authz::TestFormat,
+        /// Report the lines of each policy and test file the tests evaluated, like
+        /// `opa test --coverage`; with `--format json`, OPA's coverage report replaces the
+        /// results.
+        #[arg(short, long)]
+        coverage: bool,
+        /// Exit with 2 when total coverage is below this percentage.
+        #[arg(long, requires = "coverage", value_name = "PCT")]
+        threshold: Option<f64>,
     },
     /// Evaluate a candidate policy against recorded decisions and show what would change.
     ///
@@ -360,6 +368,93 @@ enum PolicyCommand {
         #[arg(long)]
         rule: Option<String>,
     },
+    /// Translate another system's policies into a Vigil policy bundle (with tests).
+    Import {
+        #[command(subcommand)]
+        from: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// Istio `AuthorizationPolicy` documents (security.istio.io/v1 or v1beta1). Prints what
+    /// could not be translated and exits with 3 without writing anything, unless
+    /// --allow-partial.
+    Istio {
+        /// The YAML file (several documents separated by `---`), or `-` for standard input.
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Directory to write policy.rego and policy_test.rego to (default: the file's path
+        /// without its extension).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Istio's root namespace: policies there apply to every workload.
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
+        /// Write the bundle even when some fields were not translated (each is translated the
+        /// closed way: ALLOW rules dropped, DENY rules widened).
+        #[arg(long)]
+        allow_partial: bool,
+    },
+}
+
+/// `vigil policy import istio`: the report goes to standard error; exit code 3 when some
+/// field was not translated and --allow-partial was not given.
+fn import(from: ImportSource) -> ExitCode {
+    use std::io::Read;
+    let ImportSource::Istio {
+        file,
+        out,
+        root_namespace,
+        allow_partial,
+    } = from;
+    let mut text = String::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(&file).map(|t| text = t)
+    };
+    if let Err(e) = read {
+        eprintln!("error: reading -f {}: {e}", file.display());
+        return ExitCode::from(2);
+    }
+    let options = vigil_authz::IstioImportOptions {
+        root_namespace,
+        source_name: file.display().to_string(),
+    };
+    let import = match vigil_authz::import_istio(&text, &options) {
+        Ok(import) => import,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    eprint!("{}", import.report());
+    let out = out.unwrap_or_else(|| {
+        if file.as_os_str() == "-" {
+            PathBuf::from("istio-policy")
+        } else {
+            file.with_extension("")
+        }
+    });
+    if !import.untranslated.is_empty() && !allow_partial {
+        eprintln!(
+            "error: {} field(s) not translated, so nothing was written; review them, then \
+             re-run with --allow-partial to write {} with the closed translation above",
+            import.untranslated.len(),
+            out.display()
+        );
+        return ExitCode::from(3);
+    }
+    if let Err(e) = import.write_to(&out) {
+        eprintln!("error: writing {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    eprintln!(
+        "wrote {0}/policy.rego and {0}/policy_test.rego; run: vigil policy test {0}",
+        out.display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn parse_regex(s: &str) -> Result<vigil_authz::TestFilter, String> {
@@ -396,13 +491,22 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
             verbose,
             run,
             format,
+            coverage,
+            threshold,
         } => {
             let options = vigil_authz::TestOptions {
                 verbose,
                 run,
                 format,
+                coverage,
+                threshold,
             };
             let summary = vigil_authz::run_tests_with(&dir, &mut out, &options)?;
+            if let (true, Some(got), Some(threshold)) =
+                (summary.below_threshold, summary.coverage, threshold)
+            {
+                eprintln!("coverage threshold not met: got {got:.2}% instead of {threshold:.2}%");
+            }
             Ok(summary.success())
         }
         PolicyCommand::Replay {
@@ -465,6 +569,8 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<bool> {
             vigil_authz::explain(&policy, request, rule.as_deref(), &mut out)?;
             Ok(true)
         }
+        // `main` runs imports itself, for their own exit code (3: not all translated).
+        PolicyCommand::Import { from } => Ok(import(from) == ExitCode::SUCCESS),
     }
 }
 
@@ -556,6 +662,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Policy(PolicyCommand::Import { from }) => return import(from),
         Command::Policy(cmd) => {
             return match policy(cmd) {
                 Ok(true) => ExitCode::SUCCESS,
