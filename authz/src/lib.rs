@@ -147,7 +147,7 @@ pub use input::{AuthzInput, BodyInput, HttpAttributes, InputError, InputKind};
 pub use istio_import::{
     import_istio, IstioImport, IstioImportError, IstioImportOptions, Untranslated,
 };
-pub use log::{DecisionRecord, InputRecording, QueryLogging};
+pub use log::{CandidateDecision, DecisionRecord, InputRecording, QueryLogging};
 pub use replay::{replay, ChangeGroup, RecordedLog, ReplayExample, ReplaySummary};
 pub use testing::{run_tests, run_tests_with, TestFilter, TestFormat, TestOptions, TestSummary};
 pub use upstream::upstream_path_and_query;

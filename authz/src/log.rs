@@ -55,6 +55,18 @@ pub struct DecisionRecord {
     /// Why the input was not recorded although the bundle records inputs (too large).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_omitted: Option<String>,
+    /// What the candidate bundle beside this one decided, where it decided otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateDecision>,
+}
+
+/// A candidate bundle's decision, recorded where it differs from the one in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CandidateDecision {
+    pub bundle_version: String,
+    /// `allow`, `deny` or `error`.
+    pub result: &'static str,
+    pub reason: String,
 }
 
 /// What a decision record keeps of the input document, so that recorded decisions can be
@@ -255,6 +267,7 @@ impl DecisionRecord {
             input: None,
             input_redacted: Vec::new(),
             input_omitted: None,
+            candidate: None,
         }
     }
 

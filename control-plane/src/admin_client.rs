@@ -99,7 +99,22 @@ pub async fn certs(admin: SocketAddr) -> anyhow::Result<CertStatus> {
 pub struct ConfigStatus {
     pub control_plane_connected: bool,
     pub policy_version: Option<String>,
+    /// Which of the mesh's policies the proxy runs: `default` or an attached policy.
+    pub policy_name: Option<String>,
     pub policy_last_refused: Option<String>,
+    /// The candidate bundle evaluated beside the one in force, and how it compares.
+    pub policy_candidate: Option<CandidateStatus>,
+}
+
+/// How a proxy's candidate bundle compares with the one in force, since it arrived.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CandidateStatus {
+    pub version: String,
+    pub compared: u64,
+    pub allow_to_deny: u64,
+    pub deny_to_allow: u64,
+    pub error_changes: u64,
 }
 
 /// Reads `/config`.

@@ -6,6 +6,7 @@
 //! never blamed on the wrong mesh. Each finding is a ✓, ! (warning) or ✗ line, with a
 //! hint for what to do; any ✗ makes the command fail.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,7 +134,7 @@ pub async fn check(at: &MeshLocation, trust_bundle: Option<&Path>) -> anyhow::Re
             }
         }
     }
-    findings.extend(policy_agreement(&proxies));
+    findings.extend(policy_agreement(&mesh, &proxies));
     if let Some(bundle) = &bundle {
         let phase = at.data_dir.as_deref().and_then(|d| {
             vigil_identity::CaDirectory::new(&d.join("ca"), &mesh.trust_domain)
@@ -536,17 +537,84 @@ fn list_behind(behind: &[&str]) -> String {
     }
 }
 
-fn policy_agreement(proxies: &[ProxyState]) -> Vec<Finding> {
-    let mut versions: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+/// Each proxy runs the policy its targets give it (the first attached policy that selects
+/// its workload, else the mesh-wide one), and proxies running the same policy run the same
+/// version of it.
+fn policy_agreement(mesh: &MeshFile, proxies: &[ProxyState]) -> Vec<Finding> {
+    let model = mesh.model().ok();
+    let policy_names = |workload: &str| -> Vec<&str> {
+        let Some(w) = model
+            .as_ref()
+            .and_then(|m| m.workloads.iter().find(|w| w.name == workload))
+        else {
+            return Vec::new();
+        };
+        mesh.policies
+            .iter()
+            .filter(|p| p.targets.iter().any(|t| t.selects(w)))
+            .map(|p| p.name.as_str())
+            .collect()
+    };
+    // policy name -> version -> workloads
+    type Versions<'a> = BTreeMap<String, BTreeMap<String, Vec<&'a str>>>;
+    let mut versions: Versions<'_> = BTreeMap::new();
     let mut out = Vec::new();
     for p in proxies {
+        let selecting = policy_names(&p.workload);
+        let expected = selecting
+            .first()
+            .copied()
+            .unwrap_or(crate::policy_source::DEFAULT_POLICY_NAME);
+        if let [runs, shadowed @ ..] = selecting.as_slice() {
+            if !shadowed.is_empty() {
+                out.push(problem(
+                    Outcome::Warn,
+                    format!("policy of {}", p.workload),
+                    format!(
+                        "selected by {} as well as {runs}; it runs {runs}, the first in the mesh file",
+                        shadowed.join(", ")
+                    ),
+                    "narrow the targets so each workload is selected once, or reorder the policies",
+                ));
+            }
+        }
         match &p.config {
             Some(Ok(c)) => {
                 let v = c
                     .policy_version
                     .clone()
                     .unwrap_or_else(|| "(none)".to_string());
-                versions.entry(v).or_default().push(&p.workload);
+                let name = c
+                    .policy_name
+                    .clone()
+                    .unwrap_or_else(|| expected.to_string());
+                if c.policy_version.is_some() && name != expected {
+                    out.push(problem(
+                        Outcome::Fail,
+                        format!("policy of {}", p.workload),
+                        format!("the proxy runs policy {name:?}; its targets give it {expected:?}"),
+                        "the proxy has not received the latest snapshot: check that it is connected to discovery",
+                    ));
+                }
+                versions
+                    .entry(name)
+                    .or_default()
+                    .entry(v)
+                    .or_default()
+                    .push(&p.workload);
+                if let Some(candidate) = &c.policy_candidate {
+                    out.push(pass(
+                        format!("candidate policy of {}", p.workload),
+                        format!(
+                            "{} beside the bundle in force: {} decisions compared, {} allow->deny, {} deny->allow, {} to or from an error",
+                            candidate.version,
+                            candidate.compared,
+                            candidate.allow_to_deny,
+                            candidate.deny_to_allow,
+                            candidate.error_changes
+                        ),
+                    ));
+                }
                 if let Some(refused) = &c.policy_last_refused {
                     out.push(problem(
                         Outcome::Warn,
@@ -574,41 +642,48 @@ fn policy_agreement(proxies: &[ProxyState]) -> Vec<Finding> {
             None => {}
         }
     }
-    match versions.len() {
-        0 => {}
-        1 => {
-            let (v, who) = versions
-                .iter()
-                .next()
-                .map(|(v, w)| (v.clone(), w.len()))
-                .unwrap_or_default();
-            if v == "(none)" {
-                out.push(problem(
-                    Outcome::Fail,
-                    "policy bundle",
-                    "no proxy has a policy bundle; every request is refused",
-                    "check the control plane's log for a policy that does not compile",
-                ));
-            } else {
-                out.push(pass(
-                    "policy bundle",
-                    format!("all {who} reachable proxies run {v}"),
+    if versions.is_empty() {
+        return out;
+    }
+    let none = |by_version: &BTreeMap<String, Vec<&str>>| {
+        by_version.len() == 1 && by_version.contains_key("(none)")
+    };
+    if versions.values().all(none) {
+        out.push(problem(
+            Outcome::Fail,
+            "policy bundle",
+            "no proxy has a policy bundle; every request is refused",
+            "check the control plane's log for a policy that does not compile",
+        ));
+        return out;
+    }
+    let mut agreed = Vec::new();
+    for (name, by_version) in &versions {
+        if by_version.len() == 1 {
+            for (v, who) in by_version {
+                let proxies = if who.len() == 1 { "proxy" } else { "proxies" };
+                agreed.push(format!(
+                    "{name} {v} on {} {proxies} ({})",
+                    who.len(),
+                    who.join(", ")
                 ));
             }
+            continue;
         }
-        _ => {
-            let detail = versions
-                .iter()
-                .map(|(v, who)| format!("{v}: {}", who.join(", ")))
-                .collect::<Vec<_>>()
-                .join("; ");
-            out.push(problem(
-                Outcome::Fail,
-                "policy bundle",
-                format!("proxies disagree: {detail}"),
-                "proxies on an old bundle have lost the control plane or refused the new bundle: see their /config",
-            ));
-        }
+        let detail = by_version
+            .iter()
+            .map(|(v, who)| format!("{v}: {}", who.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        out.push(problem(
+            Outcome::Fail,
+            "policy bundle",
+            format!("proxies running policy {name:?} disagree: {detail}"),
+            "proxies on an old bundle have lost the control plane or refused the new bundle: see their /config",
+        ));
+    }
+    if !agreed.is_empty() {
+        out.push(pass("policy bundle", agreed.join("; ")));
     }
     out
 }

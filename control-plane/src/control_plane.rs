@@ -94,9 +94,11 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
             .context("loading or creating the JWT-SVID key under the data directory")?,
     );
     write_public_file(&opts.data_dir.join("jwt-bundle.json"), &jwt_signer.jwks())?;
-    let policy = policy_source::load_with(mesh.policy.as_ref(), &trust_domain, &jwt_signer.jwks())
-        .map_err(anyhow::Error::msg)?;
-    tracing::info!(version = %policy.wire.version, "policy bundle loaded");
+    let policies =
+        policy_source::load_all(&mesh, &jwt_signer.jwks()).map_err(anyhow::Error::msg)?;
+    for served in policies.all() {
+        tracing::info!(policy = %served.bundle.name, version = %served.bundle.version, candidate = ?served.candidate.as_ref().map(|c| &c.version), "policy bundle loaded");
+    }
     let state = MeshState {
         model: mesh.model()?,
         trust_bundle_der: ca
@@ -105,7 +107,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
             .iter()
             .map(|c| c.as_ref().to_vec())
             .collect(),
-        policy: Some(policy.wire),
+        policies,
         jwt_bundle: jwt_signer.jwks(),
     };
     let (state_tx, state_rx) = watch::channel(Arc::new(state));
@@ -332,7 +334,7 @@ async fn watch_sources(
     let mut last_fingerprint = None;
     loop {
         tokio::time::sleep(opts.reload_interval).await;
-        let fingerprint = match sources_fingerprint(&opts.mesh_file, mesh.load().policy.as_ref()) {
+        let fingerprint = match sources_fingerprint(&opts.mesh_file, &mesh.load()) {
             Ok(f) => f,
             Err(e) => {
                 report(&mut last_error, e);
@@ -358,30 +360,23 @@ async fn watch_sources(
             }
         };
         let current = state.borrow().clone();
-        let policy = match policy_source::load_with(
-            new_mesh.policy.as_ref(),
-            &new_mesh.trust_domain,
-            &current.jwt_bundle,
-        ) {
-            Ok(p) => Some(p.wire),
+        let policies = match policy_source::load_all(&new_mesh, &current.jwt_bundle) {
+            Ok(p) => p,
             Err(e) => {
                 report(&mut last_error, e);
-                current.policy.clone()
+                current.policies.clone()
             }
         };
-        // The fingerprint covered the old policy directory: when the file names another,
-        // the next poll rebuilds once more and fingerprints the new one.
-        let policy_dir = |m: &MeshFile| m.policy.as_ref().map(|p| p.dir.clone());
-        if policy_dir(&new_mesh) != policy_dir(&mesh.load()) {
+        // The fingerprint covered the old policy directories: when the file names others,
+        // the next poll rebuilds once more and fingerprints the new ones.
+        if policy_dirs(&new_mesh) != policy_dirs(&mesh.load()) {
             last_fingerprint = None;
         }
-        if model != current.model || policy != current.policy {
-            if policy != current.policy {
-                let version = policy
-                    .as_ref()
-                    .map(|p| p.version.as_str())
-                    .unwrap_or("none");
-                tracing::info!(%version, "policy bundle changed; pushing to proxies");
+        if model != current.model || policies != current.policies {
+            if policies != current.policies {
+                for served in policies.all() {
+                    tracing::info!(policy = %served.bundle.name, version = %served.bundle.version, "policy bundles changed; pushing to proxies");
+                }
             }
             if model != current.model {
                 tracing::info!("mesh changed; pushing to proxies");
@@ -391,7 +386,7 @@ async fn watch_sources(
                 *current = Arc::new(MeshState {
                     model,
                     trust_bundle_der: current.trust_bundle_der.clone(),
-                    policy,
+                    policies,
                     jwt_bundle: current.jwt_bundle.clone(),
                 });
             });
@@ -401,12 +396,18 @@ async fn watch_sources(
     }
 }
 
+/// Every policy directory the mesh file names: bundles and candidates.
+fn policy_dirs(mesh: &MeshFile) -> Vec<PathBuf> {
+    mesh.policy
+        .iter()
+        .chain(mesh.policies.iter().map(|p| &p.bundle))
+        .flat_map(|p: &PolicySettings| std::iter::once(p.dir.clone()).chain(p.candidate.clone()))
+        .collect()
+}
+
 /// A hash of the mesh file's bytes and of the policy files it names (the shipped default
 /// policy depends on the file alone): equal fingerprints mean nothing to rebuild.
-fn sources_fingerprint(
-    mesh_file: &Path,
-    policy: Option<&PolicySettings>,
-) -> Result<[u8; 32], String> {
+fn sources_fingerprint(mesh_file: &Path, mesh: &MeshFile) -> Result<[u8; 32], String> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(mesh_file).map_err(|e| {
         format!(
@@ -417,8 +418,8 @@ fn sources_fingerprint(
     let mut hash = Sha256::new();
     hash.update((bytes.len() as u64).to_le_bytes());
     hash.update(&bytes);
-    if let Some(policy) = policy {
-        match vigil_authz::PolicyBundle::read_dir(&policy.dir) {
+    for dir in policy_dirs(mesh) {
+        match vigil_authz::PolicyBundle::read_dir(&dir) {
             Ok(files) => {
                 for file in files {
                     for part in [file.path.as_bytes(), file.contents.as_bytes()] {
@@ -473,11 +474,7 @@ mod tests {
         MeshState {
             model: mesh.model().expect("model"),
             trust_bundle_der: vec![],
-            policy: Some(
-                policy_source::load(mesh.policy.as_ref(), &mesh.trust_domain)
-                    .expect("policy")
-                    .wire,
-            ),
+            policies: policy_source::load_all(mesh, "").expect("policy"),
             jwt_bundle: String::new(),
         }
     }

@@ -25,7 +25,8 @@ use crate::tls_listener::PeerInfo;
 pub struct MeshState {
     pub model: MeshModel,
     pub trust_bundle_der: Vec<Vec<u8>>,
-    pub policy: Option<vigil_api::PolicyBundle>,
+    /// Every policy bundle, each workload's chosen by its targets.
+    pub policies: crate::policy_source::ServedPolicies,
     /// The JWKS verifying the mesh's JWT-SVIDs (empty: none are issued).
     pub jwt_bundle: String,
 }
@@ -191,7 +192,7 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
                             &prepared.services,
                             workload,
                             &current.trust_bundle_der,
-                            current.policy.clone(),
+                            current.policies.for_workload(workload),
                             &current.jwt_bundle,
                         );
                         if snapshot.version != last_version {
@@ -250,7 +251,7 @@ mod tests {
         Arc::new(MeshState {
             model: mesh.model().expect("model"),
             trust_bundle_der: vec![],
-            policy: None,
+            policies: Default::default(),
             jwt_bundle: String::new(),
         })
     }

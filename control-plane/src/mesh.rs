@@ -46,9 +46,14 @@ pub struct MeshFile {
     pub certificate_lifetime: Duration,
     #[serde(default)]
     pub control_plane: ControlPlaneAddresses,
-    /// Rego bundle in force; the shipped default policy when absent.
+    /// Rego bundle in force for every workload that no entry of `policies` selects; the
+    /// shipped default policy when absent.
     #[serde(default)]
     pub policy: Option<PolicySettings>,
+    /// Bundles attached to workloads. A workload runs the first entry, in file order,
+    /// whose targets select it, and the mesh-wide `policy` when none does.
+    #[serde(default)]
+    pub policies: Vec<AttachedPolicySettings>,
     #[serde(default)]
     pub workloads: Vec<WorkloadEntry>,
     #[serde(default)]
@@ -106,6 +111,51 @@ pub struct PolicySettings {
     /// evaluate a candidate policy against it (with `log_allows` for allowed requests too).
     #[serde(default)]
     pub record_input: Option<InputRecordingSettings>,
+    /// A candidate bundle (directory) evaluated beside this one on live traffic and never
+    /// enforced: where it would decide otherwise is counted and logged.
+    #[serde(default)]
+    pub candidate: Option<PathBuf>,
+}
+
+/// A policy bundle attached to the workloads its targets select.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachedPolicySettings {
+    /// Shown by the dashboard and `vigil check`, and in the proxies' `/config`.
+    pub name: String,
+    /// Which workloads run this bundle: any target that selects a workload will do.
+    pub targets: Vec<PolicyTarget>,
+    /// The bundle and how it is evaluated, as for the mesh-wide `policy`.
+    pub bundle: PolicySettings,
+}
+
+/// Selects workloads: every field given must match (an empty target selects all).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTarget {
+    /// The workloads' namespace; any namespace when absent.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Workload names; any workload when empty.
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    /// Labels the workload must all carry.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl PolicyTarget {
+    /// Whether this target selects `workload`.
+    pub fn selects(&self, workload: &Workload) -> bool {
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == workload.namespace)
+            && (self.workloads.is_empty() || self.workloads.contains(&workload.name))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| workload.labels.get(k) == Some(v))
+    }
 }
 
 /// What decision records keep of the input (`record_input: {}` takes the defaults).
@@ -178,6 +228,9 @@ pub struct WorkloadEntry {
     pub join_token: String,
     /// Port the application listens on, on 127.0.0.1.
     pub app_port: u16,
+    /// Labels, as a pod's: policies can select workloads by them.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Further application ports that accept opaque TCP through the mesh.
     #[serde(default)]
     pub tcp_ports: Vec<u16>,
@@ -288,9 +341,18 @@ impl MeshFile {
             other => other,
         })?;
         // Relative policy paths are relative to the mesh file, not the working directory.
-        if let Some(policy) = mesh.policy.as_mut() {
+        let base = path.parent().unwrap_or(Path::new("."));
+        for policy in mesh
+            .policy
+            .iter_mut()
+            .chain(mesh.policies.iter_mut().map(|p| &mut p.bundle))
+        {
+            if let Some(candidate) = policy.candidate.as_mut() {
+                if candidate.is_relative() {
+                    *candidate = base.join(&*candidate);
+                }
+            }
             if policy.dir.is_relative() {
-                let base = path.parent().unwrap_or(Path::new("."));
                 policy.dir = base.join(&policy.dir);
             }
         }
@@ -402,6 +464,7 @@ impl MeshFile {
                 app_port: w.app_port,
                 tcp_ports: w.tcp_ports.clone(),
                 inbound_address: w.proxy.inbound,
+                labels: w.labels.clone(),
             });
         }
         let services = self

@@ -30,6 +30,8 @@ pub struct Workload {
     pub tcp_ports: Vec<u16>,
     /// The sidecar's inbound (mTLS) address.
     pub inbound_address: SocketAddr,
+    /// The workload's labels (a pod's), which policy targets select on.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// How a service's traffic is treated.
@@ -151,7 +153,7 @@ impl MeshModel {
         &self,
         workload: &Workload,
         trust_bundle: &[Vec<u8>],
-        policy: Option<vigil_api::PolicyBundle>,
+        policy: Option<&crate::policy_source::ServedPolicy>,
     ) -> vigil_api::Snapshot {
         self.snapshot_with(&self.shared_services(), workload, trust_bundle, policy, "")
     }
@@ -163,7 +165,7 @@ impl MeshModel {
         shared: &SharedServices,
         workload: &Workload,
         trust_bundle: &[Vec<u8>],
-        policy: Option<vigil_api::PolicyBundle>,
+        policy: Option<&crate::policy_source::ServedPolicy>,
         jwt_bundle: &str,
     ) -> vigil_api::Snapshot {
         let mut snapshot = vigil_api::Snapshot {
@@ -179,8 +181,9 @@ impl MeshModel {
             }),
             services: Vec::new(),
             trust_bundle_der: trust_bundle.to_vec(),
-            policy,
+            policy: policy.map(|p| p.bundle.clone()),
             jwt_bundle: jwt_bundle.to_string(),
+            candidate_policy: policy.and_then(|p| p.candidate.clone()),
         };
         snapshot.version = snapshot_version(&snapshot, &shared.digest);
         snapshot.services = shared.services.clone();
@@ -259,6 +262,7 @@ mod tests {
                 app_port: 8080,
                 tcp_ports: vec![],
                 inbound_address: SocketAddr::from(([127, 0, 0, 1], 15006)),
+                labels: Default::default(),
             })
             .collect();
         MeshModel {

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use vigil_authz::{PolicyBundle, PolicyFile, PolicyOptions};
 
-use crate::mesh::PolicySettings;
+use crate::mesh::{MeshFile, PolicySettings, PolicyTarget};
+use crate::model::Workload;
 
 /// The shipped default policy, used when the mesh names none: identities of this mesh's
 /// trust domain (from `data.vigil.mesh`) allowed, health checks and metrics scraping
@@ -56,6 +57,128 @@ pub fn load_with(
         ),
         None => (default_policy_files(), PolicyOptions::default()),
     };
+    add_mesh_data(&mut files, trust_domain, jwt_bundle);
+    let mut loaded = compile(files, options, request_body_bytes)?;
+    loaded.wire.record_input = settings
+        .and_then(|s| s.record_input.as_ref())
+        .map(|r| r.wire());
+    Ok(loaded)
+}
+
+/// The name of the mesh-wide policy, for workloads no attached policy selects.
+pub const DEFAULT_POLICY_NAME: &str = "default";
+
+/// A bundle as served, with the candidate evaluated beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedPolicy {
+    pub bundle: vigil_api::PolicyBundle,
+    pub candidate: Option<vigil_api::PolicyBundle>,
+}
+
+/// A bundle attached to the workloads its targets select.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachedPolicy {
+    pub targets: Vec<PolicyTarget>,
+    pub served: ServedPolicy,
+}
+
+/// Every bundle the control plane serves: the mesh-wide one and those attached to
+/// workloads. A workload runs the first attached policy whose targets select it, else the
+/// mesh-wide one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServedPolicies {
+    pub mesh_wide: Option<ServedPolicy>,
+    pub attached: Vec<AttachedPolicy>,
+}
+
+impl ServedPolicies {
+    /// Only a mesh-wide bundle.
+    pub fn mesh_wide(bundle: vigil_api::PolicyBundle) -> Self {
+        ServedPolicies {
+            mesh_wide: Some(ServedPolicy {
+                bundle,
+                candidate: None,
+            }),
+            attached: Vec::new(),
+        }
+    }
+
+    /// The policy `workload` runs.
+    pub fn for_workload(&self, workload: &Workload) -> Option<&ServedPolicy> {
+        self.attached
+            .iter()
+            .find(|a| a.targets.iter().any(|t| t.selects(workload)))
+            .map(|a| &a.served)
+            .or(self.mesh_wide.as_ref())
+    }
+
+    /// The names of every attached policy that selects `workload`, in order: the first
+    /// runs, the others are shadowed by it (which `vigil check` reports).
+    pub fn selecting(&self, workload: &Workload) -> Vec<&str> {
+        self.attached
+            .iter()
+            .filter(|a| a.targets.iter().any(|t| t.selects(workload)))
+            .map(|a| a.served.bundle.name.as_str())
+            .collect()
+    }
+
+    /// Every bundle served, candidates included, for listing.
+    pub fn all(&self) -> impl Iterator<Item = &ServedPolicy> {
+        self.mesh_wide
+            .iter()
+            .chain(self.attached.iter().map(|a| &a.served))
+    }
+}
+
+/// Compiles every bundle the mesh file names, each with the mesh's facts as data. Any
+/// bundle (or candidate) that does not compile refuses the whole set, so that the last
+/// good set stays in force.
+pub fn load_all(mesh: &MeshFile, jwt_bundle: &str) -> Result<ServedPolicies, String> {
+    let served = |name: &str, settings: Option<&PolicySettings>| -> Result<ServedPolicy, String> {
+        let mut bundle = load_with(settings, &mesh.trust_domain, jwt_bundle)
+            .map_err(|e| format!("policy {name:?}: {e}"))?
+            .wire;
+        bundle.name = name.to_string();
+        let candidate = match settings.and_then(|s| s.candidate.as_ref().map(|c| (s, c))) {
+            Some((settings, dir)) => {
+                let candidate_settings = PolicySettings {
+                    dir: dir.clone(),
+                    candidate: None,
+                    record_input: None,
+                    ..settings.clone()
+                };
+                let mut wire = load_with(Some(&candidate_settings), &mesh.trust_domain, jwt_bundle)
+                    .map_err(|e| format!("policy {name:?}, candidate {}: {e}", dir.display()))?
+                    .wire;
+                wire.name = format!("{name} (candidate)");
+                Some(wire)
+            }
+            None => None,
+        };
+        Ok(ServedPolicy { bundle, candidate })
+    };
+    let mut attached = Vec::new();
+    for policy in &mesh.policies {
+        if policy.name == DEFAULT_POLICY_NAME {
+            return Err(format!(
+                "an attached policy cannot be named {DEFAULT_POLICY_NAME:?}: that is the mesh-wide one (rename it)"
+            ));
+        }
+        attached.push(AttachedPolicy {
+            targets: policy.targets.clone(),
+            served: served(&policy.name, Some(&policy.bundle))?,
+        });
+    }
+    Ok(ServedPolicies {
+        mesh_wide: Some(served(DEFAULT_POLICY_NAME, mesh.policy.as_ref())?),
+        attached,
+    })
+}
+
+/// Adds the mesh's facts to a bundle's files, whatever its source: the trust domain at
+/// [`MESH_DATA_PATH`] and the JWT bundle (when not empty) at [`JWT_SVID_DATA_PATH`], each
+/// unless the bundle has a file of its own there.
+pub fn add_mesh_data(files: &mut Vec<PolicyFile>, trust_domain: &str, jwt_bundle: &str) {
     if !files.iter().any(|f| f.path == MESH_DATA_PATH) {
         files.push(PolicyFile {
             path: MESH_DATA_PATH.into(),
@@ -68,11 +191,6 @@ pub fn load_with(
             contents: serde_json::json!({ "jwks": jwt_bundle }).to_string(),
         });
     }
-    let mut loaded = compile(files, options, request_body_bytes)?;
-    loaded.wire.record_input = settings
-        .and_then(|s| s.record_input.as_ref())
-        .map(|r| r.wire());
-    Ok(loaded)
 }
 
 /// Compiles policy files from any source (mesh file directory, ConfigMap, VigilPolicy).
@@ -98,6 +216,7 @@ pub fn compile(
         log_allows: options.log_allows,
         request_body_bytes,
         record_input: None,
+        name: DEFAULT_POLICY_NAME.to_string(),
     };
     Ok(LoadedPolicy { bundle, wire })
 }
@@ -131,6 +250,7 @@ pub fn replay(
         log_allows: false,
         request_body_bytes: 0,
         record_input: None,
+        candidate: None,
     };
     let candidate = load_with(Some(&settings), &trust_domain, "")?.bundle;
     let mut readers = Vec::new();
@@ -197,6 +317,7 @@ mod tests {
             log_allows: false,
             request_body_bytes: 0,
             record_input: None,
+            candidate: None,
         };
         for settings in [None, Some(&shipped)] {
             let loaded = load_with(settings, "cluster.local", "").expect("compiles");
@@ -224,5 +345,78 @@ mod tests {
             .files
             .iter()
             .any(|f| f.path == JWT_SVID_DATA_PATH));
+    }
+
+    /// A workload runs the first attached policy whose targets select it (by name,
+    /// namespace or labels), the mesh-wide one otherwise; every bundle knows its name.
+    #[test]
+    fn each_workload_runs_the_first_policy_that_selects_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, rego) in [
+            ("a", "package vigil.authz\n\nallow := true\n"),
+            ("b", "package vigil.authz\n\nallow := false\n"),
+        ] {
+            std::fs::create_dir(dir.path().join(name)).expect("dir");
+            std::fs::write(dir.path().join(name).join("p.rego"), rego).expect("write");
+        }
+        let text = format!(
+            r#"trust_domain: vigil.local
+policies:
+  - name: backend
+    targets: [{{ labels: {{ tier: backend }} }}]
+    bundle: {{ dir: "{a}" }}
+  - name: shop-wide
+    targets: [{{ namespace: shop }}, {{ workloads: [lonely] }}]
+    bundle: {{ dir: "{b}", candidate: "{a}" }}
+workloads:
+  - {{ name: api, namespace: shop, join_token: "580e03ca12da94db77610eb82123ebf4", app_port: 1, labels: {{ tier: backend }} }}
+  - {{ name: web, namespace: shop, join_token: "16221b9e1a926f6fdc29f532ef0f830f", app_port: 2 }}
+  - {{ name: lonely, namespace: other, join_token: "a3c0f1e3b2d94c0f9e8d7c6b5a493827", app_port: 3 }}
+  - {{ name: ops, namespace: other, join_token: "0f9e8d7c6b5a4938a3c0f1e3b2d94c27", app_port: 4 }}
+"#,
+            a = dir.path().join("a").display(),
+            b = dir.path().join("b").display(),
+        );
+        let mesh = MeshFile::parse(&text).expect("mesh");
+        let model = mesh.model().expect("model");
+        let policies = load_all(&mesh, "").expect("compiles");
+        let runs = |name: &str| {
+            let w = model
+                .workloads
+                .iter()
+                .find(|w| w.name == name)
+                .expect("workload");
+            let served = policies.for_workload(w).expect("a policy");
+            (
+                served.bundle.name.clone(),
+                served.candidate.as_ref().map(|c| c.name.clone()),
+                policies.selecting(w),
+            )
+        };
+        assert_eq!(
+            runs("api"),
+            ("backend".into(), None, vec!["backend", "shop-wide"]),
+            "by label, and first: shop-wide is shadowed"
+        );
+        assert_eq!(
+            runs("web"),
+            (
+                "shop-wide".into(),
+                Some("shop-wide (candidate)".into()),
+                vec!["shop-wide"]
+            )
+        );
+        assert_eq!(runs("lonely").0, "shop-wide", "by name, any namespace");
+        assert_eq!(runs("ops").0, DEFAULT_POLICY_NAME);
+
+        let misnamed =
+            MeshFile::parse(&text.replace("name: backend", "name: default")).expect("mesh");
+        assert!(load_all(&misnamed, "").is_err_and(|e| e.contains("default")));
+        let broken = text.replace(&dir.path().join("a").display().to_string(), "/nonexistent");
+        let broken = MeshFile::parse(&broken).expect("mesh");
+        assert!(
+            load_all(&broken, "").is_err_and(|e| e.contains("backend")),
+            "a bundle that does not load refuses the set, naming the policy"
+        );
     }
 }

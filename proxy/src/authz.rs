@@ -3,15 +3,15 @@
 //! [`crate::telemetry::log_writer`]). Bundles are compiled on the blocking pool by discovery.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::telemetry::log_writer::LineWriter;
-use crate::telemetry::metrics::{no_label, Metrics, PolicyLabels};
+use crate::telemetry::metrics::{no_label, CandidateLabels, Metrics, PolicyLabels};
 use arc_swap::ArcSwapOption;
 use vigil_authz::{
-    AuthzInput, Decision, DecisionRecord, InputRecording, PolicyBundle, PolicyFile, PolicyOptions,
-    QueryLogging,
+    AuthzInput, CandidateDecision, Decision, DecisionRecord, InputRecording, PolicyBundle,
+    PolicyFile, PolicyOptions, QueryLogging,
 };
 
 /// The bundle in force and how much request body it wants to see.
@@ -24,6 +24,33 @@ pub struct InForce {
     recording: Option<InputRecording>,
     /// The recording settings as received, to tell a change of them alone.
     recording_wire: Option<vigil_api::InputRecording>,
+    /// Which of the mesh's policies this is (`default` or an attached policy's name).
+    name: String,
+}
+
+/// A candidate bundle evaluated beside the one in force and never enforced, with a tally
+/// of how its decisions compare (reset when another candidate arrives).
+pub struct Candidate {
+    bundle: PolicyBundle,
+    rule_label: Arc<str>,
+    /// Decisions compared.
+    compared: AtomicU64,
+    /// The candidate denies what the bundle in force allows.
+    allow_to_deny: AtomicU64,
+    /// The candidate allows what the bundle in force denies.
+    deny_to_allow: AtomicU64,
+    /// Either side failed where the other did not.
+    error_changes: AtomicU64,
+}
+
+/// How a candidate compares so far, for `/config` and the dashboard.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CandidateReport {
+    pub version: String,
+    pub compared: u64,
+    pub allow_to_deny: u64,
+    pub deny_to_allow: u64,
+    pub error_changes: u64,
 }
 
 /// At most this many distinct `denied_by` values per proxy; later ones count as `other`,
@@ -33,6 +60,7 @@ const MAX_DENIED_BY: usize = 64;
 /// Holds the bundle in force and evaluates requests against it.
 pub struct Authorizer {
     bundle: ArcSwapOption<InForce>,
+    candidate: ArcSwapOption<Candidate>,
     log: LineWriter,
     metrics: Arc<Metrics>,
     /// The `denied_by` label values seen so far (see [`MAX_DENIED_BY`]).
@@ -54,6 +82,7 @@ impl Authorizer {
         let log = LineWriter::start("decision", log, metrics.log_lines_dropped("decision"))?;
         Ok(Arc::new(Authorizer {
             bundle: ArcSwapOption::empty(),
+            candidate: ArcSwapOption::empty(),
             log,
             metrics,
             denied_by: Default::default(),
@@ -77,6 +106,11 @@ impl Authorizer {
         })
     }
 
+    /// Which of the mesh's policies is in force (`default` or an attached policy's name).
+    pub fn policy_name(&self) -> Option<String> {
+        self.bundle.load().as_ref().map(|b| b.name.clone())
+    }
+
     /// The version of the bundle in force.
     pub fn version(&self) -> Option<String> {
         self.bundle
@@ -92,24 +126,12 @@ impl Authorizer {
             if current.bundle.version() == wire.version
                 && current.request_body_bytes == wire.request_body_bytes as usize
                 && current.recording_wire == wire.record_input
+                && current.name == wire.name
             {
                 return;
             }
         }
-        let files = wire
-            .files
-            .iter()
-            .map(|f| PolicyFile {
-                path: f.path.clone(),
-                contents: f.contents.clone(),
-            })
-            .collect();
-        let options = PolicyOptions {
-            rule: wire.rule.clone(),
-            dry_run: wire.dry_run,
-            log_allows: wire.log_allows,
-        };
-        match PolicyBundle::compile(files, options) {
+        match PolicyBundle::compile(wire_files(wire), wire_options(wire)) {
             Ok(bundle) => {
                 tracing::info!(
                     version = %bundle.version(),
@@ -128,6 +150,7 @@ impl Authorizer {
                     rule_label,
                     recording,
                     recording_wire: wire.record_input.clone(),
+                    name: wire.name.clone(),
                 })));
                 self.last_refused.store(None);
             }
@@ -136,6 +159,96 @@ impl Authorizer {
                 self.last_refused.store(Some(Arc::new(e.to_string())));
             }
         }
+    }
+
+    /// Installs (or, with `None`, removes) the candidate bundle, unless it is the one
+    /// already evaluated. One that does not compile is dropped with an error: a candidate
+    /// never affects traffic.
+    pub fn update_candidate(&self, wire: Option<&vigil_api::PolicyBundle>) {
+        let Some(wire) = wire else {
+            if self.candidate.swap(None).is_some() {
+                tracing::info!("candidate policy bundle removed");
+            }
+            return;
+        };
+        if let Some(current) = self.candidate.load().as_ref() {
+            if current.bundle.version() == wire.version {
+                return;
+            }
+        }
+        match PolicyBundle::compile(wire_files(wire), wire_options(wire)) {
+            Ok(bundle) => {
+                tracing::info!(version = %bundle.version(), "candidate policy bundle evaluated beside the one in force");
+                let rule_label = Arc::from(bundle.options().rule.as_str());
+                self.candidate.store(Some(Arc::new(Candidate {
+                    bundle,
+                    rule_label,
+                    compared: AtomicU64::new(0),
+                    allow_to_deny: AtomicU64::new(0),
+                    deny_to_allow: AtomicU64::new(0),
+                    error_changes: AtomicU64::new(0),
+                })));
+            }
+            Err(e) => {
+                tracing::error!(version = %wire.version, error = %e, "candidate policy bundle refused");
+                self.candidate.store(None);
+            }
+        }
+    }
+
+    /// How the candidate's decisions compare with those in force, when there is one.
+    pub fn candidate_report(&self) -> Option<CandidateReport> {
+        self.candidate.load().as_ref().map(|c| CandidateReport {
+            version: c.bundle.version().to_string(),
+            compared: c.compared.load(Ordering::Relaxed),
+            allow_to_deny: c.allow_to_deny.load(Ordering::Relaxed),
+            deny_to_allow: c.deny_to_allow.load(Ordering::Relaxed),
+            error_changes: c.error_changes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Evaluates the candidate on the same input, counts how it compares and, where it
+    /// decides otherwise, returns its decision for the log.
+    fn compare_candidate(
+        &self,
+        input: &AuthzInput<'_>,
+        in_force: &Decision,
+        in_force_rule: &str,
+    ) -> Option<CandidateDecision> {
+        let guard = self.candidate.load();
+        let candidate = guard.as_ref()?;
+        let theirs = candidate.bundle.evaluate(input);
+        candidate.compared.fetch_add(1, Ordering::Relaxed);
+        let (ours_outcome, theirs_outcome) = (in_force.outcome(), theirs.outcome());
+        let denied_by = if ours_outcome == theirs_outcome {
+            no_label()
+        } else {
+            let rule = theirs
+                .denied_by(&candidate.rule_label)
+                .or_else(|| in_force.denied_by(in_force_rule))
+                .unwrap_or("");
+            self.denied_by_label(rule)
+        };
+        self.metrics
+            .candidate_decisions
+            .get_or_create(&CandidateLabels {
+                in_force: ours_outcome,
+                candidate: theirs_outcome,
+                denied_by,
+            })
+            .inc();
+        let tally = match (ours_outcome, theirs_outcome) {
+            (ours, theirs) if ours == theirs => return None,
+            ("allow", "deny") => &candidate.allow_to_deny,
+            ("deny", "allow") => &candidate.deny_to_allow,
+            _ => &candidate.error_changes,
+        };
+        tally.fetch_add(1, Ordering::Relaxed);
+        Some(CandidateDecision {
+            bundle_version: candidate.bundle.version().to_string(),
+            result: theirs_outcome,
+            reason: theirs.reason().to_string(),
+        })
     }
 
     /// How many request body bytes the bundle in force wants to read (0: none).
@@ -197,7 +310,8 @@ impl Authorizer {
                 denied_by,
             })
             .inc();
-        if bundle.should_log(&decision) {
+        let candidate = self.compare_candidate(input, &decision, &in_force.rule_label);
+        if bundle.should_log(&decision) || candidate.is_some() {
             let query = if self.keep_query_strings.load(Ordering::Relaxed) {
                 QueryLogging::Kept
             } else {
@@ -207,10 +321,31 @@ impl Authorizer {
             if let Some(recording) = &in_force.recording {
                 record = record.with_input(input, recording, query);
             }
+            record.candidate = candidate;
             let line = record.to_json_line();
             self.log.write_line(line.into_bytes());
         }
         bundle.enforce(decision)
+    }
+}
+
+/// A bundle's files as received.
+fn wire_files(wire: &vigil_api::PolicyBundle) -> Vec<PolicyFile> {
+    wire.files
+        .iter()
+        .map(|f| PolicyFile {
+            path: f.path.clone(),
+            contents: f.contents.clone(),
+        })
+        .collect()
+}
+
+/// A bundle's evaluation options as received.
+fn wire_options(wire: &vigil_api::PolicyBundle) -> PolicyOptions {
+    PolicyOptions {
+        rule: wire.rule.clone(),
+        dry_run: wire.dry_run,
+        log_allows: wire.log_allows,
     }
 }
 
@@ -261,6 +396,7 @@ mod tests {
             log_allows: false,
             request_body_bytes: 0,
             record_input: None,
+            name: "default".into(),
         }
     }
 

@@ -536,3 +536,130 @@ async fn recorded_decisions_replay_against_a_candidate_policy() {
     );
     assert_eq!(report["unchanged"], 4);
 }
+
+/// Denies `/x`: the candidate beside the mesh-wide policy.
+const CLOSES_X: &str = r#"package vigil.authz
+
+import rego.v1
+
+default allow := true
+
+allow := {"allowed": false, "body": "no_x: /x is closing"} if input.parsed_path == ["x"]
+"#;
+
+/// Closes `/admin`: attached to `server` alone.
+const CLOSES_ADMIN: &str = r#"package vigil.authz
+
+import rego.v1
+
+default allow := true
+
+allow := {"allowed": false, "body": "no_admin: closed here"} if input.parsed_path == ["admin"]
+"#;
+
+/// A policy attached to one workload runs there alone; the mesh-wide one runs elsewhere
+/// with a candidate beside it that is counted, logged and never enforced; `vigil check`
+/// says which policy each proxy runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_attach_to_workloads_and_a_candidate_runs_beside_them() {
+    let policies = tempfile::tempdir().expect("tempdir");
+    let (open, candidate, strict) = (
+        policies.path().join("open"),
+        policies.path().join("candidate"),
+        policies.path().join("strict"),
+    );
+    write_policy(&open, "package vigil.authz\n\nallow := true\n");
+    write_policy(&candidate, CLOSES_X);
+    write_policy(&strict, CLOSES_ADMIN);
+    let mut spec = MeshSpec::new(vec![
+        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("server", "demo"),
+        WorkloadSpec::new("other", "demo"),
+    ])
+    .service("server", "http", &["server"], None)
+    .service("other", "http", &["other"], None);
+    spec.policy_dir = Some(open.clone());
+    spec.policy_extra = format!("  candidate: \"{}\"\n", candidate.display());
+    spec.extra_yaml = format!(
+        "policies:\n  - name: server-strict\n    targets: [{{ namespace: demo, workloads: [server] }}]\n    bundle: {{ dir: \"{}\" }}\n",
+        strict.display()
+    );
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    for w in ["server", "other"] {
+        start_echo_app(mesh.spec.workload(w).app_port, w)
+            .await
+            .expect("app");
+    }
+    for w in ["client", "server", "other"] {
+        mesh.start_proxy(w).await.expect("proxy");
+    }
+    let via = mesh.spec.workload("client").outbound;
+    let status = |host: &'static str, path: &'static str| async move {
+        http1(via, host, path, &[]).await.expect("request").status
+    };
+    assert_eq!(status("server", "/admin").await, 403, "{}", mesh.logs());
+    assert_eq!(
+        status("other", "/admin").await,
+        200,
+        "server's policy is its own"
+    );
+    assert_eq!(status("server", "/x").await, 200);
+    assert_eq!(
+        status("other", "/x").await,
+        200,
+        "a candidate is never enforced"
+    );
+
+    let config = |w: &str| {
+        let admin = mesh.spec.workload(w).admin;
+        async move {
+            let (_, body) = get(admin, "/config").await.expect("config");
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")
+        }
+    };
+    let (server, other) = (config("server").await, config("other").await);
+    assert_eq!(server["policy_name"], "server-strict");
+    assert!(server["policy_candidate"].is_null(), "{server:#}");
+    assert_eq!(other["policy_name"], "default");
+    assert_eq!(other["policy_candidate"]["compared"], 2, "{other:#}");
+    assert_eq!(other["policy_candidate"]["allow_to_deny"], 1, "{other:#}");
+    let exposition = metrics(mesh.spec.workload("other").metrics).await;
+    assert_eq!(
+        metric_value(
+            &exposition,
+            r#"vigil_policy_candidate_decisions_total{in_force="allow",candidate="deny",denied_by="no_x"}"#
+        ),
+        1.0,
+        "{exposition}"
+    );
+    let log = mesh.dir.path().join("other-decisions.log");
+    let line = wait_for_line(
+        &log,
+        |l| l.contains("\"candidate\""),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the disagreement is logged");
+    let record: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(record["path"], "/x");
+    assert_eq!(record["result"], "allow");
+    assert_eq!(record["candidate"]["result"], "deny");
+    assert_eq!(record["candidate"]["reason"], "no_x: /x is closing");
+
+    let out = std::process::Command::new(binary("vigil"))
+        .args(["check", "--mesh"])
+        .arg(mesh.dir.path().join("mesh.yaml"))
+        .arg("--data-dir")
+        .arg(mesh.data_dir())
+        .output()
+        .expect("vigil check");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("server-strict sha256:") && report.contains("default sha256:"),
+        "check names each proxy's policy: {report}"
+    );
+    assert!(
+        report.contains("1 allow->deny"),
+        "check reports the candidate: {report}"
+    );
+}

@@ -59,6 +59,8 @@ pub struct WorkloadView {
     pub cert: Option<CertStatus>,
     pub cert_error: Option<String>,
     pub policy_version: Option<String>,
+    /// The candidate bundle beside the one in force, and how it compares.
+    pub candidate: Option<crate::admin_client::CandidateStatus>,
     pub control_plane_connected: Option<bool>,
     pub last_seen: Option<SystemTime>,
 }
@@ -275,6 +277,7 @@ impl WorkloadView {
         }
         if let Some(Ok(c)) = poll.config {
             self.policy_version = c.policy_version;
+            self.candidate = c.policy_candidate;
             self.control_plane_connected = Some(c.control_plane_connected);
         }
     }

@@ -396,7 +396,7 @@ impl Dashboard {
                 "discovery": mesh.control_plane.discovery.to_string(),
                 "dashboard": mesh.control_plane.dashboard.to_string(),
             },
-            "policy_version": state.policy.as_ref().map(|p| p.version.clone()),
+            "policy_version": state.policies.mesh_wide.as_ref().map(|p| p.bundle.version.clone()),
             "workloads": view.workloads.len(),
             "ready": ready,
             "watching_discovery": self.sources.proxies.list().len(),
@@ -435,9 +435,10 @@ impl Dashboard {
             "ready": w.ready,
             "ready_detail": w.ready_detail,
             "watching_discovery": connected,
+            "policy": expected_policy(state, name).map(|p| p.bundle.name.clone()),
             "policy_version": w.policy_version,
             "policy_current": w.policy_version.is_some()
-                && w.policy_version == state.policy.as_ref().map(|p| p.version.clone()),
+                && w.policy_version == expected_policy(state, name).map(|p| p.bundle.version.clone()),
             "cert_not_after": w.cert.as_ref().map(|c| c.not_after),
             "cert_expires_in_seconds": w.cert.as_ref().map(|c| c.not_after.saturating_sub(unix_now())),
             "rps_in": last.map(|s| s.rps_in),
@@ -485,34 +486,57 @@ impl Dashboard {
     fn policy_json(&self) -> Value {
         let state = self.state();
         let view = self.view();
-        let bundle = state.policy.as_ref().map(|p| {
+        let bundle_json = |p: &vigil_api::PolicyBundle| {
             json!({
+                "name": p.name,
                 "version": p.version,
                 "rule": p.rule,
                 "dry_run": p.dry_run,
                 "log_allows": p.log_allows,
                 "request_body_bytes": p.request_body_bytes,
+                "records_input": p.record_input.is_some(),
                 "files": p.files.iter().map(|f| json!({
                     "path": f.path,
                     "bytes": f.contents.len(),
                     "contents": f.contents,
                 })).collect::<Vec<_>>(),
             })
-        });
-        let version = state.policy.as_ref().map(|p| p.version.clone());
+        };
+        let served_json = |served: &crate::policy_source::ServedPolicy| {
+            let mut v = bundle_json(&served.bundle);
+            v["candidate"] = json!(served.candidate.as_ref().map(bundle_json));
+            v
+        };
+        let mut bundles: Vec<Value> = Vec::new();
+        if let Some(mesh_wide) = &state.policies.mesh_wide {
+            let mut v = served_json(mesh_wide);
+            v["targets"] = json!("every workload no attached policy selects");
+            bundles.push(v);
+        }
+        for attached in &state.policies.attached {
+            let mut v = served_json(&attached.served);
+            v["targets"] = json!(attached.targets);
+            bundles.push(v);
+        }
         let proxies: Vec<Value> = view
             .workloads
             .iter()
             .map(|(name, w)| {
+                let expected = expected_policy(&state, name);
                 json!({
                     "workload": name,
+                    "policy": expected.map(|p| p.bundle.name.clone()),
+                    "expected_version": expected.map(|p| p.bundle.version.clone()),
                     "version": w.policy_version,
-                    "current": w.policy_version.is_some() && w.policy_version == version,
+                    "current": w.policy_version.is_some()
+                        && w.policy_version == expected.map(|p| p.bundle.version.clone()),
+                    "candidate": w.candidate,
                 })
             })
             .collect();
         json!({
-            "bundle": bundle,
+            "bundle": state.policies.mesh_wide.as_ref().map(served_json),
+            "bundles": bundles,
             "proxies": proxies,
             "denials": view.denials.list(),
             "by_rule": view.denials.by_rule().into_iter().map(|(rule, count)| json!({"rule": rule, "count": count})).collect::<Vec<_>>(),
@@ -651,4 +675,13 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     let mut r = json_response(json!({ "error": message }));
     *r.status_mut() = status;
     r
+}
+
+/// The policy the workload called `name` is meant to run.
+fn expected_policy<'s>(
+    state: &'s MeshState,
+    name: &str,
+) -> Option<&'s crate::policy_source::ServedPolicy> {
+    let workload = state.model.workloads.iter().find(|w| w.name == name)?;
+    state.policies.for_workload(workload)
 }

@@ -111,7 +111,7 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
             .iter()
             .map(|c| c.as_ref().to_vec())
             .collect(),
-        policy: Some(default_policy.wire),
+        policies: policy_source::ServedPolicies::mesh_wide(default_policy.wire),
         jwt_bundle: String::new(),
     }));
     let watch_opts = watch::WatchOptions {
@@ -183,6 +183,7 @@ pub(crate) fn dashboard(
             dashboard_hosts: Vec::new(),
         },
         policy: None,
+        policies: Vec::new(),
         workloads: Vec::new(),
         services: Vec::new(),
     };

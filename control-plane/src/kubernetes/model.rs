@@ -117,6 +117,7 @@ fn workload(trust_domain: &str, pod: &Pod, accounts: &BTreeSet<ObjectKey>) -> Op
         app_port,
         tcp_ports: ports.into_iter().skip(1).collect(),
         inbound_address: SocketAddr::new(ip, INBOUND_PORT),
+        labels: meta.labels.clone().unwrap_or_default(),
     })
 }
 

@@ -2,10 +2,13 @@
 //! control plane's namespace.
 //!
 //! One object is one bundle, so an edit is applied whole or not at all (a bundle spread
-//! over several objects would be seen half-updated). The control plane uses the VigilPolicy
+//! over several objects would be seen half-updated). The mesh-wide bundle is the VigilPolicy
 //! named by `--policy` (default `default`) when it exists, else the ConfigMap named by
-//! `--policy-configmap` (default `vigil-policy`), else the shipped default policy. A bundle
-//! that does not compile is refused with its error and the last good one stays in force.
+//! `--policy-configmap` (default `vigil-policy`), else the shipped default policy. Every
+//! other VigilPolicy of the namespace with `spec.targets` is attached to the workloads its
+//! targets select; a workload runs the first such policy by name, else the mesh-wide one.
+//! A bundle that does not compile is refused with its error and the last good set stays in
+//! force. Every bundle gets the mesh's facts as data (`data.vigil.mesh`).
 
 use std::collections::BTreeMap;
 
@@ -15,7 +18,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vigil_authz::{PolicyFile, PolicyOptions};
 
-use crate::policy_source::{self, LoadedPolicy};
+use crate::mesh::PolicyTarget;
+use crate::policy_source::{self, AttachedPolicy, LoadedPolicy, ServedPolicies, ServedPolicy};
 
 /// A Rego policy bundle for the mesh: modules, data and how they are evaluated.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -50,6 +54,10 @@ pub struct VigilPolicySpec {
     /// Buffer up to this many request body bytes for `input.parsed_body` (0: none).
     #[serde(default)]
     pub request_body_bytes: u32,
+    /// The workloads this bundle is attached to (any target selecting one will do). Left
+    /// empty on the mesh-wide VigilPolicy; another VigilPolicy without targets is unused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<PolicyTarget>,
 }
 
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -59,8 +67,8 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// Compiles a VigilPolicy.
-pub fn from_vigil_policy(policy: &VigilPolicy) -> Result<LoadedPolicy, String> {
+/// Compiles a VigilPolicy for a mesh of `trust_domain`.
+pub fn from_vigil_policy(policy: &VigilPolicy, trust_domain: &str) -> Result<LoadedPolicy, String> {
     let spec = &policy.spec;
     let mut files = Vec::new();
     for (name, contents) in &spec.modules {
@@ -91,12 +99,13 @@ pub fn from_vigil_policy(policy: &VigilPolicy) -> Result<LoadedPolicy, String> {
         dry_run: spec.dry_run,
         log_allows: spec.log_allows,
     };
+    policy_source::add_mesh_data(&mut files, trust_domain, "");
     policy_source::compile(files, options, spec.request_body_bytes)
 }
 
 /// Compiles a ConfigMap: keys ending in `.rego` are modules, `.json`/`.yaml` data; the
 /// optional keys `rule`, `dryRun`, `logAllows` and `requestBodyBytes` set the options.
-pub fn from_config_map(config_map: &ConfigMap) -> Result<LoadedPolicy, String> {
+pub fn from_config_map(config_map: &ConfigMap, trust_domain: &str) -> Result<LoadedPolicy, String> {
     let data = config_map.data.clone().unwrap_or_default();
     let mut files = Vec::new();
     for (key, contents) in &data {
@@ -136,6 +145,7 @@ pub fn from_config_map(config_map: &ConfigMap) -> Result<LoadedPolicy, String> {
         dry_run: flag("dryRun")?,
         log_allows: flag("logAllows")?,
     };
+    policy_source::add_mesh_data(&mut files, trust_domain, "");
     policy_source::compile(files, options, request_body_bytes)
 }
 
@@ -147,13 +157,13 @@ pub fn select(
     trust_domain: &str,
 ) -> Result<LoadedPolicy, String> {
     match (policy, config_map) {
-        (Some(p), _) => from_vigil_policy(p).map_err(|e| {
+        (Some(p), _) => from_vigil_policy(p, trust_domain).map_err(|e| {
             format!(
                 "VigilPolicy {}: {e}",
                 p.metadata.name.as_deref().unwrap_or("?")
             )
         }),
-        (None, Some(cm)) => from_config_map(cm).map_err(|e| {
+        (None, Some(cm)) => from_config_map(cm, trust_domain).map_err(|e| {
             format!(
                 "policy ConfigMap {}: {e}",
                 cm.metadata.name.as_deref().unwrap_or("?")
@@ -161,4 +171,44 @@ pub fn select(
         }),
         (None, None) => policy_source::load(None, trust_domain),
     }
+}
+
+/// Every bundle of the namespace: the mesh-wide one (see [`select`]) and every other
+/// VigilPolicy with targets, attached in the order of their names.
+pub fn select_all(
+    policies: &[std::sync::Arc<VigilPolicy>],
+    mesh_wide: &str,
+    config_map: Option<&ConfigMap>,
+    trust_domain: &str,
+) -> Result<ServedPolicies, String> {
+    use kube::ResourceExt;
+    let named = policies.iter().find(|p| p.name_any() == mesh_wide);
+    let mesh_wide_bundle = select(named.map(|p| &**p), config_map, trust_domain)?.wire;
+    let mut attached: Vec<&VigilPolicy> = policies
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| p.name_any() != mesh_wide && !p.spec.targets.is_empty())
+        .collect();
+    attached.sort_by_key(|p| p.name_any());
+    let mut served = ServedPolicies::mesh_wide(mesh_wide_bundle);
+    for policy in attached {
+        let name = policy.name_any();
+        if name == policy_source::DEFAULT_POLICY_NAME {
+            return Err(format!(
+                "VigilPolicy {name}: an attached policy cannot be named {name:?}, which names the mesh-wide one (rename it)"
+            ));
+        }
+        let mut bundle = from_vigil_policy(policy, trust_domain)
+            .map_err(|e| format!("VigilPolicy {name}: {e}"))?
+            .wire;
+        bundle.name = name;
+        served.attached.push(AttachedPolicy {
+            targets: policy.spec.targets.clone(),
+            served: ServedPolicy {
+                bundle,
+                candidate: None,
+            },
+        });
+    }
+    Ok(served)
 }

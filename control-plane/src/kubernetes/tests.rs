@@ -86,6 +86,7 @@ workloads:
     join_token: not-used-in-cluster-mode
     app_port: 53
     tcp_ports: [9153, 8080, 8181]
+    labels: { k8s-app: kube-dns, pod-template-hash: "66bc5c9577", vigil.io/injected: "true" }
     proxy: { inbound: "10.244.0.3:15006" }
 services:
   - name: kube-dns
@@ -558,6 +559,79 @@ fn policies_come_from_a_vigil_policy_or_a_config_map() {
     assert!(policy::select(None, None, "cluster.local").is_ok());
 }
 
+/// VigilPolicies with targets are attached to the pods they select, in name order; the
+/// one named by --policy is the mesh-wide one; every bundle gets data.vigil.mesh.
+#[test]
+fn vigil_policies_with_targets_attach_to_the_pods_they_select() {
+    let policy = |name: &str, targets: serde_json::Value| -> Arc<VigilPolicy> {
+        Arc::new(parse(json!({
+            "apiVersion": "vigil.io/v1alpha1", "kind": "VigilPolicy",
+            "metadata": {"name": name, "namespace": "vigil-system"},
+            "spec": {
+                "modules": {"policy.rego": "package vigil.authz\nallow := data.vigil.mesh.trust_domain == \"cluster.local\""},
+                "targets": targets,
+            },
+        })))
+    };
+    let policies = vec![
+        policy("z-kube-system", json!([{"namespace": "kube-system"}])),
+        policy("default", json!([])),
+        policy("a-dns", json!([{"labels": {"k8s-app": "kube-dns"}}])),
+        policy("unattached", json!([])),
+    ];
+    let served = policy::select_all(&policies, "default", None, "cluster.local").expect("compiles");
+    let names: Vec<&str> = served
+        .attached
+        .iter()
+        .map(|a| a.served.bundle.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["a-dns", "z-kube-system"],
+        "by name; untargeted ones unused"
+    );
+    let model = mesh_model("cluster.local", &kube_dns_objects());
+    let coredns = &model.workloads[0];
+    let runs = served.for_workload(coredns).expect("a policy");
+    assert_eq!(
+        runs.bundle.name, "a-dns",
+        "the pod's labels select it, first by name"
+    );
+    assert_eq!(served.selecting(coredns), ["a-dns", "z-kube-system"]);
+    let compiled = crate::policy_source::compile(
+        runs.bundle
+            .files
+            .iter()
+            .map(|f| vigil_authz::PolicyFile {
+                path: f.path.clone(),
+                contents: f.contents.clone(),
+            })
+            .collect(),
+        vigil_authz::PolicyOptions::default(),
+        0,
+    )
+    .expect("compiles");
+    assert!(
+        compiled
+            .bundle
+            .evaluate_value(vigil_authz::Value::new_object())
+            .allowed(),
+        "the bundle reads the mesh's trust domain"
+    );
+
+    let mut broken = (*policies[2]).clone();
+    broken
+        .spec
+        .modules
+        .insert("policy.rego".into(), "package x\nallow if {".into());
+    let mut with_broken = policies.clone();
+    with_broken[2] = Arc::new(broken);
+    let err = policy::select_all(&with_broken, "default", None, "cluster.local")
+        .err()
+        .unwrap_or_default();
+    assert!(err.starts_with("VigilPolicy a-dns:"), "{err}");
+}
+
 #[test]
 fn the_webhook_ca_bundle_patch_targets_every_webhook_once() {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -622,7 +696,7 @@ async fn cluster_mode_serves_the_dashboard_and_its_own_metrics() {
     let (_state_tx, state) = tokio::sync::watch::channel(Arc::new(MeshState {
         model: mesh_model("cluster.local", &kube_dns_objects()),
         trust_bundle_der: vec![],
-        policy: None,
+        policies: Default::default(),
         jwt_bundle: String::new(),
     }));
     let identity = IdentityService::new(

@@ -94,10 +94,11 @@ pub fn start(client: &kube::Client, opts: &WatchOptions) -> (ClusterStores, Arc<
             watcher::Config::default(),
             &changed,
         ),
+        // All of them: the mesh-wide one by name, the others attached by their targets.
         policies: reflect(
             "vigilpolicies",
             Api::namespaced(client.clone(), &opts.namespace),
-            by_name(&opts.policy),
+            watcher::Config::default(),
             &changed,
         ),
         config_maps: reflect(
@@ -191,44 +192,41 @@ pub async fn publish(
     loop {
         let model = mesh_model(&opts.trust_domain, &stores.objects());
         let current = state.borrow().clone();
-        let vigil_policy = stores
-            .policies
-            .state()
-            .into_iter()
-            .find(|p| p.name_any() == opts.policy);
         let config_map = stores
             .config_maps
             .state()
             .into_iter()
             .find(|c| c.name_any() == opts.policy_config_map);
-        let policy = match policy::select(
-            vigil_policy.as_deref(),
+        let policies = match policy::select_all(
+            &stores.policies.state(),
+            &opts.policy,
             config_map.as_deref(),
             &opts.trust_domain,
         ) {
-            Ok(p) => Some(p.wire),
+            Ok(p) => p,
             Err(e) => {
                 if e != last_error {
                     tracing::error!("{e}");
                     last_error = e;
                 }
-                current.policy.clone()
+                current.policies.clone()
             }
         };
-        if model != current.model || policy != current.policy {
+        if model != current.model || policies != current.policies {
             tracing::info!(
                 workloads = model.workloads.len(),
                 services = model.services.len(),
-                policy = policy
+                policy = policies
+                    .mesh_wide
                     .as_ref()
-                    .map(|p| p.version.as_str())
+                    .map(|p| p.bundle.version.as_str())
                     .unwrap_or("none"),
                 "cluster changed; pushing to proxies"
             );
             state.send_replace(Arc::new(MeshState {
                 model,
                 trust_bundle_der: current.trust_bundle_der.clone(),
-                policy,
+                policies,
                 jwt_bundle: current.jwt_bundle.clone(),
             }));
         }

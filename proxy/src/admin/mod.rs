@@ -144,7 +144,9 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                 "snapshot": mesh.as_deref(),
                 "control_plane_connected": proxy.discovery.connected.load(std::sync::atomic::Ordering::Relaxed),
                 "policy_version": proxy.authz.version(),
+                "policy_name": proxy.authz.policy_name(),
                 "policy_last_refused": proxy.authz.last_refused.load_full().map(|e| e.to_string()),
+                "policy_candidate": proxy.authz.candidate_report(),
                 "policy_engine": proxy.authz.engine().map(|(name, reason)| json!({"name": name, "reason": reason})),
                 "listeners": {
                     "inbound": proxy.config.inbound.to_string(),

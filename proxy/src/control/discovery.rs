@@ -120,8 +120,13 @@ impl Discovery {
             // Compiling a bundle can take a while: on the blocking pool, never on the
             // threads that carry traffic.
             if let Some(policy) = snapshot.policy.clone() {
+                let candidate = snapshot.candidate_policy.clone();
                 let authz = authz.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || authz.update(&policy)).await {
+                let compile = move || {
+                    authz.update(&policy);
+                    authz.update_candidate(candidate.as_ref());
+                };
+                if let Err(e) = tokio::task::spawn_blocking(compile).await {
                     tracing::error!(error = %e, "policy bundle compilation did not finish; keeping the bundle in force");
                 }
             }

@@ -269,6 +269,7 @@ mod tests {
             trust_bundle_der: vec![],
             policy: None,
             jwt_bundle: String::new(),
+            candidate_policy: None,
         }
     }
 

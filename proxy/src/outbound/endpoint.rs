@@ -291,6 +291,7 @@ pub(super) mod tests {
             trust_bundle_der: vec![],
             policy: None,
             jwt_bundle: String::new(),
+            candidate_policy: None,
         })
         .expect("valid snapshot")
     }

@@ -184,6 +184,18 @@ pub struct PolicyLabels {
     pub denied_by: Arc<str>,
 }
 
+/// A candidate bundle's decision beside the one in force.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CandidateLabels {
+    /// What the bundle in force decided: allow, deny or error.
+    pub in_force: &'static str,
+    /// What the candidate decided.
+    pub candidate: &'static str,
+    /// The rule that explains a disagreement (the candidate's denial, else the denial in
+    /// force); empty when they agree.
+    pub denied_by: Arc<str>,
+}
+
 static NO_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 /// The empty label value, shared.
@@ -245,6 +257,7 @@ pub struct Metrics {
     pub plaintext_connections: Counter,
     log_lines_dropped: Family<LogLabels, Counter>,
     pub policy_decisions: Family<PolicyLabels, Counter>,
+    pub candidate_decisions: Family<CandidateLabels, Counter>,
     pub retries: Family<ServiceLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
     pub ejections: Family<EndpointLabels, Counter>,
@@ -278,6 +291,7 @@ impl Metrics {
             plaintext_connections: Counter::default(),
             log_lines_dropped: Family::default(),
             policy_decisions: Family::default(),
+            candidate_decisions: Family::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             ejections: Family::default(),
@@ -373,6 +387,11 @@ impl Metrics {
             "policy_decisions",
             "Policy decisions by outcome (allow, deny, error), decision rule and, for denials, the rule that denied (the word before the first ':' of the policy's reason, else the decision rule)",
             self.policy_decisions.clone(),
+        );
+        registry.register(
+            "policy_candidate_decisions",
+            "Decisions of the candidate bundle evaluated beside the one in force (never enforced), by what each decided; where they differ, denied_by names the rule that explains it",
+            self.candidate_decisions.clone(),
         );
         registry.register(
             "retries",

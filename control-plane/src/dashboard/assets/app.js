@@ -367,6 +367,22 @@ function denialTable(list, compact) {
       <td class="rule">${d.rule ? esc(d.rule) : '<span class="muted">(unknown: no decision log in the control plane\'s data directory)</span>'}</td></tr>`).join("") + "</table>";
 }
 
+function targetText(t) {
+  const parts = [];
+  parts.push(t.namespace ? `namespace ${t.namespace}` : "any namespace");
+  if (t.workloads && t.workloads.length) parts.push(`workloads ${t.workloads.join(", ")}`);
+  const labels = Object.entries(t.labels || {});
+  if (labels.length) parts.push(`labels ${labels.map(([k, v]) => `${k}=${v}`).join(", ")}`);
+  return parts.join(", ");
+}
+
+function candidateText(c) {
+  if (!c) return '<span class="muted">–</span>';
+  const changed = c.allow_to_deny + c.deny_to_allow + c.error_changes;
+  const cls = changed ? "warn" : "ok";
+  return `<span class="badge ${cls}">${changed} of ${c.compared}</span> <span class="muted">${c.allow_to_deny} allow→deny · ${c.deny_to_allow} deny→allow${c.error_changes ? ` · ${c.error_changes} error` : ""}</span>`;
+}
+
 async function policyView() {
   const p = await api("/api/policy");
   const b = p.bundle;
@@ -384,7 +400,8 @@ async function policyView() {
       <div>
         <div class="card"><h2>Denials by rule</h2>${p.by_rule.length ? `<table>${p.by_rule.map((r) => `<tr><td>${esc(r.rule)}</td><td class="num">${r.count}</td><td style="width:30%"><div class="bar" style="width:${(100 * r.count) / max}%"></div></td></tr>`).join("")}</table>` : '<p class="empty">None.</p>'}</div>
         <div class="card" style="margin-top:14px"><h2>Bundle files</h2>${b ? b.files.map((f) => `<details><summary class="mono">${esc(f.path)} <span class="muted">(${f.bytes} bytes)</span></summary><pre>${esc(f.contents)}</pre></details>`).join("") : '<p class="empty">No policy.</p>'}</div>
-        <div class="card" style="margin-top:14px"><h2>Bundle per proxy</h2><table>${p.proxies.map((x) => `<tr><td>${esc(x.workload)}</td><td class="mono">${esc(x.version || "–")}</td><td>${x.current ? '<span class="badge ok">current</span>' : '<span class="badge bad">differs</span>'}</td></tr>`).join("")}</table></div>
+        <div class="card" style="margin-top:14px"><h2>Bundles and their targets</h2><table><tr><th>Policy</th><th>Version</th><th>Applies to</th><th>Candidate beside it</th></tr>${p.bundles.map((x) => `<tr class="bundle" data-policy="${esc(x.name)}"><td><b>${esc(x.name)}</b>${x.dry_run ? ' <span class="badge warn">dry run</span>' : ""}${x.records_input ? ' <span class="badge">records input</span>' : ""}</td><td class="mono">${esc(x.version.replace("sha256:", ""))}</td><td>${esc(typeof x.targets === "string" ? x.targets : x.targets.map(targetText).join("; "))}</td><td class="mono">${x.candidate ? esc(x.candidate.version.replace("sha256:", "")) : '<span class="muted">none</span>'}</td></tr>`).join("")}</table></div>
+        <div class="card" style="margin-top:14px"><h2>Bundle per proxy</h2><table><tr><th>Workload</th><th>Policy</th><th>Version</th><th></th><th>Candidate disagreements</th></tr>${p.proxies.map((x) => `<tr class="proxy-policy" data-workload="${esc(x.workload)}"><td>${esc(x.workload)}</td><td>${esc(x.policy || "–")}</td><td class="mono">${esc(x.version || "–")}</td><td>${x.current ? '<span class="badge ok">current</span>' : '<span class="badge bad">differs</span>'}</td><td class="candidate">${candidateText(x.candidate)}</td></tr>`).join("")}</table></div>
       </div>
     </div>`;
 }
