@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::eval::{evaluate, pattern_holds, HttpRequest, Request};
+use super::eval::{evaluate, values_hold, HttpRequest, Request};
 use super::model::{Attribute, Match, Pattern, Policy};
 use super::rego::quote;
 
@@ -201,15 +201,7 @@ fn satisfy(request: &mut Request, m: &Match, trust_domain: &str) {
     let original = request.clone();
     for candidate in candidates {
         set(request, &m.attribute, &candidate);
-        let listed = m.values.is_empty()
-            || m.values
-                .iter()
-                .any(|p| pattern_holds(&m.attribute, p, request));
-        let excluded = m
-            .not_values
-            .iter()
-            .any(|p| pattern_holds(&m.attribute, p, request));
-        if listed && !excluded {
+        if values_hold(m, request) {
             return;
         }
         *request = original.clone();
@@ -225,15 +217,7 @@ fn violate(request: &mut Request, m: &Match) -> bool {
     let original = request.clone();
     for candidate in candidates {
         set(request, &m.attribute, &candidate);
-        let listed = m.values.is_empty()
-            || m.values
-                .iter()
-                .any(|p| pattern_holds(&m.attribute, p, request));
-        let excluded = m
-            .not_values
-            .iter()
-            .any(|p| pattern_holds(&m.attribute, p, request));
-        if !listed || excluded {
+        if !values_hold(m, request) {
             return true;
         }
         *request = original.clone();

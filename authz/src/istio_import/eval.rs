@@ -101,6 +101,12 @@ fn match_holds(action: Action, m: &Match, request: &Request) -> bool {
         // Only reached for DENY, AUDIT and CUSTOM rules (see `rule_matches`).
         return action.widens();
     }
+    values_hold(m, request)
+}
+
+/// Whether the request's attribute is among the field's values (any, when there are none)
+/// and among none of its `not` values.
+pub(crate) fn values_hold(m: &Match, request: &Request) -> bool {
     let listed = m.values.is_empty()
         || m.values
             .iter()
