@@ -520,9 +520,14 @@ fn decision_document(parsed: &mut Engine, rule: &str) -> Result<Option<PolicyFil
     }))
 }
 
+/// Where the control plane puts the facts of the workload a bundle was sent to
+/// (`data.vigil.mesh.workload`). The bundle's version leaves this file out, so every proxy
+/// running a policy reports the policy's version, not that of its own copy.
+pub const WORKLOAD_DATA_PATH: &str = "vigil/mesh/workload/data.json";
+
 fn bundle_version(files: &[PolicyFile], options: &PolicyOptions) -> String {
     let mut hasher = Sha256::new();
-    for file in files {
+    for file in files.iter().filter(|f| f.path != WORKLOAD_DATA_PATH) {
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
         hasher.update((file.path.len() as u64).to_le_bytes());
         hasher.update(file.path.as_bytes());

@@ -181,14 +181,44 @@ impl MeshModel {
             }),
             services: Vec::new(),
             trust_bundle_der: trust_bundle.to_vec(),
-            policy: policy.map(|p| p.bundle.clone()),
+            policy: policy.map(|p| with_workload_facts(&p.bundle, workload)),
             jwt_bundle: jwt_bundle.to_string(),
-            candidate_policy: policy.and_then(|p| p.candidate.clone()),
+            candidate_policy: policy
+                .and_then(|p| p.candidate.as_ref())
+                .map(|c| with_workload_facts(c, workload)),
         };
         snapshot.version = snapshot_version(&snapshot, &shared.digest);
         snapshot.services = shared.services.clone();
         snapshot
     }
+}
+
+/// The bundle as sent to one workload's proxy: with the workload's own facts as
+/// `data.vigil.mesh.workload` (unless the bundle has a file of its own there), which the
+/// bundle's version leaves out.
+fn with_workload_facts(
+    bundle: &vigil_api::PolicyBundle,
+    workload: &Workload,
+) -> vigil_api::PolicyBundle {
+    let mut bundle = bundle.clone();
+    if !bundle
+        .files
+        .iter()
+        .any(|f| f.path == vigil_authz::WORKLOAD_DATA_PATH)
+    {
+        let facts = serde_json::json!({
+            "name": workload.name,
+            "namespace": workload.namespace,
+            "service_account": workload.service_account,
+            "spiffe_id": workload.spiffe_id.to_string(),
+            "labels": workload.labels,
+        });
+        bundle.files.push(vigil_api::PolicyFile {
+            path: vigil_authz::WORKLOAD_DATA_PATH.to_string(),
+            contents: facts.to_string(),
+        });
+    }
+    bundle
 }
 
 /// Every service of a [`MeshModel`] in wire form, with a hash of them all.

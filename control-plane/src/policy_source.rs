@@ -135,8 +135,13 @@ impl ServedPolicies {
 /// good set stays in force.
 pub fn load_all(mesh: &MeshFile, jwt_bundle: &str) -> Result<ServedPolicies, String> {
     let served = |name: &str, settings: Option<&PolicySettings>| -> Result<ServedPolicy, String> {
+        // Errors of an attached policy name it; the mesh-wide one is "the policy".
+        let named = |e: String| match name {
+            DEFAULT_POLICY_NAME => e,
+            _ => format!("policy {name:?}: {e}"),
+        };
         let mut bundle = load_with(settings, &mesh.trust_domain, jwt_bundle)
-            .map_err(|e| format!("policy {name:?}: {e}"))?
+            .map_err(named)?
             .wire;
         bundle.name = name.to_string();
         let candidate = match settings.and_then(|s| s.candidate.as_ref().map(|c| (s, c))) {
@@ -148,7 +153,7 @@ pub fn load_all(mesh: &MeshFile, jwt_bundle: &str) -> Result<ServedPolicies, Str
                     ..settings.clone()
                 };
                 let mut wire = load_with(Some(&candidate_settings), &mesh.trust_domain, jwt_bundle)
-                    .map_err(|e| format!("policy {name:?}, candidate {}: {e}", dir.display()))?
+                    .map_err(|e| named(format!("candidate {}: {e}", dir.display())))?
                     .wire;
                 wire.name = format!("{name} (candidate)");
                 Some(wire)

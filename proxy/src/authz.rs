@@ -26,6 +26,8 @@ pub struct InForce {
     recording_wire: Option<vigil_api::InputRecording>,
     /// Which of the mesh's policies this is (`default` or an attached policy's name).
     name: String,
+    /// The workload's facts the bundle came with, which its version leaves out.
+    workload_facts: Option<String>,
 }
 
 /// A candidate bundle evaluated beside the one in force and never enforced, with a tally
@@ -127,6 +129,7 @@ impl Authorizer {
                 && current.request_body_bytes == wire.request_body_bytes as usize
                 && current.recording_wire == wire.record_input
                 && current.name == wire.name
+                && current.workload_facts == workload_facts(wire)
             {
                 return;
             }
@@ -151,6 +154,7 @@ impl Authorizer {
                     recording,
                     recording_wire: wire.record_input.clone(),
                     name: wire.name.clone(),
+                    workload_facts: workload_facts(wire),
                 })));
                 self.last_refused.store(None);
             }
@@ -327,6 +331,14 @@ impl Authorizer {
         }
         bundle.enforce(decision)
     }
+}
+
+/// The workload's facts in a bundle as received (see [`vigil_authz::WORKLOAD_DATA_PATH`]).
+fn workload_facts(wire: &vigil_api::PolicyBundle) -> Option<String> {
+    wire.files
+        .iter()
+        .find(|f| f.path == vigil_authz::WORKLOAD_DATA_PATH)
+        .map(|f| f.contents.clone())
 }
 
 /// A bundle's files as received.

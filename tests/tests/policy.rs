@@ -554,7 +554,9 @@ import rego.v1
 
 default allow := true
 
-allow := {"allowed": false, "body": "no_admin: closed here"} if input.parsed_path == ["admin"]
+allow := {"allowed": false, "body": sprintf("no_admin: closed on %s", [data.vigil.mesh.workload.name])} if {
+	input.parsed_path == ["admin"]
+}
 "#;
 
 /// A policy attached to one workload runs there alone; the mesh-wide one runs elsewhere
@@ -597,7 +599,12 @@ async fn policies_attach_to_workloads_and_a_candidate_runs_beside_them() {
     let status = |host: &'static str, path: &'static str| async move {
         http1(via, host, path, &[]).await.expect("request").status
     };
-    assert_eq!(status("server", "/admin").await, 403, "{}", mesh.logs());
+    let denied = http1(via, "server", "/admin", &[]).await.expect("request");
+    assert_eq!(denied.status, 403, "{}", mesh.logs());
+    assert_eq!(
+        denied.body, "no_admin: closed on server",
+        "the policy reads its workload's facts"
+    );
     assert_eq!(
         status("other", "/admin").await,
         200,
@@ -646,6 +653,60 @@ async fn policies_attach_to_workloads_and_a_candidate_runs_beside_them() {
     assert_eq!(record["candidate"]["result"], "deny");
     assert_eq!(record["candidate"]["reason"], "no_x: /x is closing");
 
+    // The dashboard's Policy page, rendered by Chromium: each bundle with its targets, and
+    // per proxy the policy it runs and how the candidate compares.
+    let dashboard = mesh.spec.dashboard;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = match get(dashboard, "/api/policy").await {
+            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|p| {
+                    p["proxies"].as_array().and_then(|ps| {
+                        ps.iter()
+                            .find(|x| x["workload"] == "other")
+                            .map(|x| x["candidate"]["compared"] == 2)
+                    })
+                })
+                .unwrap_or(false),
+            _ => false,
+        };
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard never showed other's candidate"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let dom = headless_chromium(
+        &format!("http://{dashboard}/#policy"),
+        &["--dump-dom".into(), "--virtual-time-budget=5000".into()],
+    )
+    .expect("chromium");
+    let row = |class: &str, attribute: &str| {
+        let start = dom
+            .find(&format!("<tr class=\"{class}\" {attribute}"))
+            .unwrap_or_else(|| panic!("no {class} row {attribute} in the page:\n{dom}"));
+        let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
+        dom[start..end].to_string()
+    };
+    let strict = row("bundle", "data-policy=\"server-strict\"");
+    assert!(
+        strict.contains("namespace demo, workloads server"),
+        "{strict}"
+    );
+    let other_row = row("proxy-policy", "data-workload=\"other\"");
+    assert!(
+        other_row.contains("default") && other_row.contains("1 of 2"),
+        "{other_row}"
+    );
+    assert!(
+        row("proxy-policy", "data-workload=\"server\"").contains("server-strict"),
+        "{dom}"
+    );
+
     let out = std::process::Command::new(binary("vigil"))
         .args(["check", "--mesh"])
         .arg(mesh.dir.path().join("mesh.yaml"))
@@ -655,8 +716,10 @@ async fn policies_attach_to_workloads_and_a_candidate_runs_beside_them() {
         .expect("vigil check");
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
-        report.contains("server-strict sha256:") && report.contains("default sha256:"),
-        "check names each proxy's policy: {report}"
+        report.contains("server-strict sha256:")
+            && report.contains("default sha256:")
+            && report.contains("on 2 proxies (client, other)"),
+        "check names each proxy's policy, one version for all its proxies: {report}"
     );
     assert!(
         report.contains("1 allow->deny"),

@@ -58,6 +58,40 @@ pub struct VigilPolicySpec {
     /// empty on the mesh-wide VigilPolicy; another VigilPolicy without targets is unused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<PolicyTarget>,
+    /// Keep each logged decision's input, for `vigil policy replay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_input: Option<RecordInputSpec>,
+    /// A candidate bundle evaluated beside this one on live traffic and never enforced
+    /// (same rule); its disagreements are counted and logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateSpec>,
+}
+
+/// What decision records keep of the input (an empty object takes the defaults).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordInputSpec {
+    /// Headers whose values are written as REDACTED (default: authorization,
+    /// proxy-authorization, cookie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact_headers: Option<Vec<String>>,
+    /// Inputs longer than this many bytes of JSON are left out (default 16384).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u32>,
+    /// Keep request bodies.
+    #[serde(default)]
+    pub bodies: bool,
+}
+
+/// A candidate bundle: modules and data, as in the spec.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct CandidateSpec {
+    /// Rego modules by file name (each ending in .rego).
+    pub modules: BTreeMap<String, String>,
+    /// Data document the modules read under `data` (JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub data: Option<serde_json::Value>,
 }
 
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -67,11 +101,73 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// Compiles a VigilPolicy for a mesh of `trust_domain`.
+/// Compiles a VigilPolicy for a mesh of `trust_domain`, with its candidate when it has one.
 pub fn from_vigil_policy(policy: &VigilPolicy, trust_domain: &str) -> Result<LoadedPolicy, String> {
+    served_from(policy, trust_domain).map(|(loaded, _)| loaded)
+}
+
+/// A VigilPolicy's bundle, named as the mesh's policy it is, with its candidate.
+fn served_policy(
+    policy: &VigilPolicy,
+    name: &str,
+    trust_domain: &str,
+) -> Result<ServedPolicy, String> {
+    let (loaded, candidate) = served_from(policy, trust_domain)?;
+    let mut bundle = loaded.wire;
+    bundle.name = name.to_string();
+    let candidate = candidate.map(|mut c| {
+        c.name = format!("{name} (candidate)");
+        c
+    });
+    Ok(ServedPolicy { bundle, candidate })
+}
+
+fn served_from(
+    policy: &VigilPolicy,
+    trust_domain: &str,
+) -> Result<(LoadedPolicy, Option<vigil_api::PolicyBundle>), String> {
     let spec = &policy.spec;
+    let options = PolicyOptions {
+        rule: spec
+            .rule
+            .clone()
+            .unwrap_or_else(|| PolicyOptions::default().rule),
+        dry_run: spec.dry_run,
+        log_allows: spec.log_allows,
+    };
+    let compile = |modules: &BTreeMap<String, String>, data: Option<&serde_json::Value>| {
+        let mut files = bundle_files(modules, data)?;
+        policy_source::add_mesh_data(&mut files, trust_domain, "");
+        policy_source::compile(files, options.clone(), spec.request_body_bytes)
+    };
+    let mut loaded = compile(&spec.modules, spec.data.as_ref())?;
+    loaded.wire.record_input = spec.record_input.as_ref().map(|r| {
+        let defaults = crate::mesh::InputRecordingSettings::default();
+        crate::mesh::InputRecordingSettings {
+            redact_headers: r.redact_headers.clone().unwrap_or(defaults.redact_headers),
+            max_bytes: r.max_bytes.unwrap_or(defaults.max_bytes),
+            bodies: r.bodies,
+        }
+        .wire()
+    });
+    let candidate = match &spec.candidate {
+        Some(c) => Some(
+            compile(&c.modules, c.data.as_ref())
+                .map_err(|e| format!("candidate: {e}"))?
+                .wire,
+        ),
+        None => None,
+    };
+    Ok((loaded, candidate))
+}
+
+/// A bundle's files from a spec's modules and data.
+fn bundle_files(
+    modules: &BTreeMap<String, String>,
+    data: Option<&serde_json::Value>,
+) -> Result<Vec<PolicyFile>, String> {
     let mut files = Vec::new();
-    for (name, contents) in &spec.modules {
+    for (name, contents) in modules {
         if !name.ends_with(".rego") || name.contains('/') {
             return Err(format!(
                 "VigilPolicy module {name:?}: module names are plain file names ending in .rego"
@@ -82,25 +178,16 @@ pub fn from_vigil_policy(policy: &VigilPolicy, trust_domain: &str) -> Result<Loa
             contents: contents.clone(),
         });
     }
-    if let Some(data) = &spec.data {
+    if let Some(data) = data {
         if !data.is_object() {
-            return Err("VigilPolicy spec.data must be a JSON object".into());
+            return Err("VigilPolicy data must be a JSON object".into());
         }
         files.push(PolicyFile {
             path: "data.json".into(),
             contents: data.to_string(),
         });
     }
-    let options = PolicyOptions {
-        rule: spec
-            .rule
-            .clone()
-            .unwrap_or_else(|| PolicyOptions::default().rule),
-        dry_run: spec.dry_run,
-        log_allows: spec.log_allows,
-    };
-    policy_source::add_mesh_data(&mut files, trust_domain, "");
-    policy_source::compile(files, options, spec.request_body_bytes)
+    Ok(files)
 }
 
 /// Compiles a ConfigMap: keys ending in `.rego` are modules, `.json`/`.yaml` data; the
@@ -183,14 +270,22 @@ pub fn select_all(
 ) -> Result<ServedPolicies, String> {
     use kube::ResourceExt;
     let named = policies.iter().find(|p| p.name_any() == mesh_wide);
-    let mesh_wide_bundle = select(named.map(|p| &**p), config_map, trust_domain)?.wire;
+    let mut served = match named {
+        Some(p) => ServedPolicies {
+            mesh_wide: Some(
+                served_policy(p, policy_source::DEFAULT_POLICY_NAME, trust_domain)
+                    .map_err(|e| format!("VigilPolicy {mesh_wide}: {e}"))?,
+            ),
+            attached: Vec::new(),
+        },
+        None => ServedPolicies::mesh_wide(select(None, config_map, trust_domain)?.wire),
+    };
     let mut attached: Vec<&VigilPolicy> = policies
         .iter()
         .map(|p| &**p)
         .filter(|p| p.name_any() != mesh_wide && !p.spec.targets.is_empty())
         .collect();
     attached.sort_by_key(|p| p.name_any());
-    let mut served = ServedPolicies::mesh_wide(mesh_wide_bundle);
     for policy in attached {
         let name = policy.name_any();
         if name == policy_source::DEFAULT_POLICY_NAME {
@@ -198,16 +293,10 @@ pub fn select_all(
                 "VigilPolicy {name}: an attached policy cannot be named {name:?}, which names the mesh-wide one (rename it)"
             ));
         }
-        let mut bundle = from_vigil_policy(policy, trust_domain)
-            .map_err(|e| format!("VigilPolicy {name}: {e}"))?
-            .wire;
-        bundle.name = name;
         served.attached.push(AttachedPolicy {
             targets: policy.spec.targets.clone(),
-            served: ServedPolicy {
-                bundle,
-                candidate: None,
-            },
+            served: served_policy(policy, &name, trust_domain)
+                .map_err(|e| format!("VigilPolicy {name}: {e}"))?,
         });
     }
     Ok(served)

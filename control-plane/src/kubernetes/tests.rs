@@ -619,6 +619,40 @@ fn vigil_policies_with_targets_attach_to_the_pods_they_select() {
         "the bundle reads the mesh's trust domain"
     );
 
+    // The mesh-wide VigilPolicy's candidate and input recording travel with it.
+    let mut with_candidate = (*policies[1]).clone();
+    with_candidate.spec.candidate = Some(policy::CandidateSpec {
+        modules: [(
+            "p.rego".to_string(),
+            "package vigil.authz\nallow := false".to_string(),
+        )]
+        .into(),
+        data: None,
+    });
+    with_candidate.spec.record_input = Some(policy::RecordInputSpec {
+        redact_headers: None,
+        max_bytes: Some(1024),
+        bodies: false,
+    });
+    let served = policy::select_all(
+        &[Arc::new(with_candidate)],
+        "default",
+        None,
+        "cluster.local",
+    )
+    .expect("compiles");
+    let mesh_wide = served.mesh_wide.expect("the mesh-wide policy");
+    assert_eq!(mesh_wide.bundle.name, "default");
+    assert_eq!(
+        mesh_wide.candidate.map(|c| c.name),
+        Some("default (candidate)".to_string())
+    );
+    let recording = mesh_wide.bundle.record_input.expect("records input");
+    assert_eq!(recording.max_bytes, 1024);
+    assert!(recording
+        .redact_headers
+        .contains(&"authorization".to_string()));
+
     let mut broken = (*policies[2]).clone();
     broken
         .spec
