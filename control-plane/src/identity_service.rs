@@ -251,6 +251,9 @@ pub struct IdentityService {
     throttle: FailureThrottle,
     refusals: Arc<IssuanceMetrics>,
     jwt: Option<Arc<vigil_identity::JwtSvidSigner>>,
+    /// One permit per core: signatures run on the blocking pool at most this many at a
+    /// time, and the rest wait their turn without holding a thread.
+    signers: Arc<tokio::sync::Semaphore>,
 }
 
 impl IdentityService {
@@ -266,6 +269,9 @@ impl IdentityService {
             throttle: FailureThrottle::new(ThrottleSettings::default()),
             refusals: Arc::default(),
             jwt: None,
+            signers: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 
@@ -406,13 +412,34 @@ impl vigil_api::identity::Identity for IdentityService {
         let id = &workload.spiffe_id;
         // One CA for the chain and the bundle, even if a rotation step swaps it meanwhile.
         let ca = self.ca.load_full();
-        let chain = ca
-            .sign_csr_for_workload(&req.csr_der, id, &workload.workload, (self.lifetime)())
-            .map_err(|e| {
-                let detail = format!("{e} (workload {})", workload.workload);
-                self.refuse(&peer, RefusalReason::Csr, &detail);
-                Status::invalid_argument(format!("CSR refused: {e}"))
-            })?;
+        // Parsing the CSR and signing cost a few hundred microseconds of CPU each: on the
+        // blocking pool, so a burst of issuance does not stall the discovery streams.
+        let signed = {
+            let (ca, csr, id, name, lifetime) = (
+                ca.clone(),
+                req.csr_der,
+                id.clone(),
+                workload.workload.clone(),
+                (self.lifetime)(),
+            );
+            let permit = self
+                .signers
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| Status::internal(format!("signing is shut down: {e}")))?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                ca.sign_csr_for_workload(&csr, &id, &name, lifetime)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("signing did not finish: {e}")))?
+        };
+        let chain = signed.map_err(|e| {
+            let detail = format!("{e} (workload {})", workload.workload);
+            self.refuse(&peer, RefusalReason::Csr, &detail);
+            Status::invalid_argument(format!("CSR refused: {e}"))
+        })?;
         let leaf = chain
             .first()
             .ok_or_else(|| Status::internal("the CA returned an empty chain"))?;

@@ -31,6 +31,7 @@ pub mod admin_client;
 pub mod ca_rotation;
 pub mod check;
 pub mod control_plane;
+pub mod control_plane_bench;
 pub mod dashboard;
 pub mod demo;
 pub mod discovery_service;

@@ -20,6 +20,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// `vigil control-plane` with --proxies simulated proxies (real Sign calls and real
+    /// mutual-TLS Watch streams) and --services services.
+    ControlPlane(vigil::control_plane_bench::BenchOptions),
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the control plane (CA, identity, discovery, injection webhook) from a local mesh
     /// file, or from the Kubernetes API with --kubernetes.
@@ -125,8 +132,15 @@ enum Command {
         #[command(flatten)]
         dashboard: vigil::dashboard::DashboardAccess,
     },
+    /// Measure a real control plane under a simulated fleet of proxies: issuance, snapshot
+    /// size, memory, CPU, endpoint-change latency and recovery from a restart.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Verify a running mesh: control plane reachable, proxies ready, certificates valid,
-    /// one policy bundle everywhere, clocks in sync. Exits non-zero on any failure.
+    /// each proxy on the current version of its policy, clocks in sync. Exits non-zero on
+    /// any failure.
     Check {
         /// Mesh file of the running mesh (default: the running vigil up / vigil demo's).
         #[arg(long, env = "VIGIL_MESH")]
@@ -681,7 +695,10 @@ fn main() -> ExitCode {
     init_logging(
         if matches!(
             cli.command,
-            Command::Up { .. } | Command::Demo { .. } | Command::Check { .. }
+            Command::Up { .. }
+                | Command::Demo { .. }
+                | Command::Check { .. }
+                | Command::Bench { .. }
         ) {
             "warn"
         } else {
@@ -832,6 +849,9 @@ fn main() -> ExitCode {
                 data_dir,
                 dashboard,
             } => vigil::demo::run(data_dir, duration, dashboard).await,
+            Command::Bench {
+                what: BenchCommand::ControlPlane(opts),
+            } => vigil::control_plane_bench::run(opts).await.map(|_| ()),
             Command::Check {
                 mesh,
                 data_dir,

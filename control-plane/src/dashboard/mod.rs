@@ -91,8 +91,16 @@ struct Dashboard {
     last_viewed: AtomicU64,
 }
 
-/// Taps are held open this long after the dashboard was last looked at.
+/// Taps are held open, and proxies polled every round, this long after the dashboard was
+/// last looked at.
 const TAP_WHILE_VIEWED: u64 = 300;
+
+/// While nobody looks, proxies are polled only one round in this many.
+const IDLE_POLL_EVERY: u64 = 5;
+
+/// Proxies polled at once: a mesh of thousands is polled in waves, not with thousands of
+/// connections at the same moment.
+const CONCURRENT_POLLS: usize = 64;
 
 struct View {
     workloads: BTreeMap<String, WorkloadView>,
@@ -144,20 +152,36 @@ impl Dashboard {
         observe_cli::targets(&self.sources.mesh.load(), None).unwrap_or_default()
     }
 
-    /// Polls every proxy every two seconds.
+    /// Polls every proxy every two seconds while the dashboard is looked at, every ten
+    /// otherwise, at most [`CONCURRENT_POLLS`] at a time.
     async fn collect(self: Arc<Self>) {
+        use futures::StreamExt;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: u64 = 0;
         loop {
             tick.tick().await;
-            let targets = self.targets();
-            let slow = round.is_multiple_of(5);
+            let viewed = unix_now().saturating_sub(self.last_viewed.load(Ordering::Relaxed))
+                < TAP_WHILE_VIEWED;
+            let this_round = round;
             round += 1;
+            if !viewed && !this_round.is_multiple_of(IDLE_POLL_EVERY) {
+                continue;
+            }
+            let targets = self.targets();
+            let slow = this_round.is_multiple_of(5);
             let direct = self.opts.prometheus.is_none();
-            let polls =
-                futures::future::join_all(targets.iter().map(|t| collector::poll(t, direct, slow)))
-                    .await;
+            // Each poll owns its target: a stream of futures borrowing `targets` would not
+            // be Send for every lifetime, as the spawned task needs.
+            let polls: Vec<collector::Poll> = futures::stream::iter(
+                targets
+                    .iter()
+                    .cloned()
+                    .map(move |t| async move { collector::poll(&t, direct, slow).await }),
+            )
+            .buffer_unordered(CONCURRENT_POLLS)
+            .collect()
+            .await;
             let windows = match &self.opts.prometheus {
                 Some(url) => Some(prometheus_windows(url, &targets).await),
                 None => None,
