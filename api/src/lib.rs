@@ -35,8 +35,25 @@ pub mod workload {
     include!(concat!(env!("OUT_DIR"), "/_.rs"));
 }
 
-/// Client and server for the discovery (snapshot watch) service.
+/// The discovery (snapshot watch) service's client, as proxies use it.
 pub mod discovery {
     pub use super::pb::discovery_client::DiscoveryClient;
-    pub use super::pb::discovery_server::{Discovery, DiscoveryServer};
+}
+
+/// The discovery service as the control plane serves it: the same wire format, with the
+/// parts shared between proxies encoded once ([`wire::EncodedSnapshot`]).
+pub mod wire {
+    mod pb {
+        include!(concat!(env!("OUT_DIR"), "/wire/vigil.v1.rs"));
+    }
+    pub use pb::discovery_server::{Discovery, DiscoveryServer};
+    pub use pb::{EncodedSnapshot, WatchRequest};
+
+    impl EncodedSnapshot {
+        /// The snapshot as a proxy decodes it.
+        pub fn decode_snapshot(&self) -> Result<super::Snapshot, prost::DecodeError> {
+            use prost::Message;
+            super::Snapshot::decode(self.encode_to_vec().as_slice())
+        }
+    }
 }

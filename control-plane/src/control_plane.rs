@@ -220,7 +220,7 @@ pub(crate) async fn serve(s: Serving) -> anyhow::Result<()> {
         ));
     let discovery = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
-        .add_service(vigil_api::discovery::DiscoveryServer::new(
+        .add_service(vigil_api::wire::DiscoveryServer::new(
             DiscoveryService::new(s.state, s.proxies),
         ))
         .serve_with_incoming(tls_listener::incoming(
@@ -461,7 +461,7 @@ pub(crate) fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<(
 mod tests {
     use super::*;
     use tokio_stream::StreamExt;
-    use vigil_api::discovery::Discovery;
+    use vigil_api::wire::Discovery;
 
     use crate::discovery_service::DiscoveryService;
     use crate::tls_listener::PeerInfo;
@@ -483,7 +483,9 @@ mod tests {
     /// first snapshot, with the control plane polling `mesh_file`.
     struct Watched {
         mesh: Arc<ArcSwap<MeshFile>>,
-        stream: tokio_stream::wrappers::ReceiverStream<Result<vigil_api::Snapshot, tonic::Status>>,
+        stream: tokio_stream::wrappers::ReceiverStream<
+            Result<vigil_api::wire::EncodedSnapshot, tonic::Status>,
+        >,
         first: vigil_api::Snapshot,
     }
 
@@ -502,13 +504,19 @@ mod tests {
             namespace: DEFAULT_NAMESPACE.into(),
         };
         let discovery = DiscoveryService::new(state_rx, Arc::new(ConnectedProxies::default()));
-        let mut request = tonic::Request::new(vigil_api::WatchRequest::default());
+        let mut request = tonic::Request::new(vigil_api::wire::WatchRequest::default());
         request.extensions_mut().insert(PeerInfo {
             address: "127.0.0.1:40000".parse().expect("addr"),
             spiffe_id: Some(SpiffeId::workload("vigil.local", "shop", "web").expect("id")),
         });
         let mut stream = discovery.watch(request).await.expect("watch").into_inner();
-        let first = stream.next().await.expect("a snapshot").expect("ok");
+        let first = stream
+            .next()
+            .await
+            .expect("a snapshot")
+            .expect("ok")
+            .decode_snapshot()
+            .expect("decodes");
         tokio::spawn(watch_sources(opts, mesh.clone(), state_tx));
         // The first poll rebuilds once (nothing is known at start); later ones must not.
         tokio::time::sleep(INTERVAL * 2).await;
@@ -525,6 +533,8 @@ mod tests {
             .expect("a change is pushed within a few polls")
             .expect("a snapshot")
             .expect("ok")
+            .decode_snapshot()
+            .expect("decodes")
     }
 
     /// A poll that finds the mesh file and policy unchanged does nothing: the watching

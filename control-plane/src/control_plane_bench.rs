@@ -86,6 +86,8 @@ pub struct BenchResult {
 
 #[derive(Debug, Serialize)]
 pub struct ChangeResult {
+    /// The largest message a proxy received for the change.
+    pub message_bytes: usize,
     pub p50_seconds: f64,
     pub max_seconds: f64,
     pub cpu_seconds: f64,
@@ -185,6 +187,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchResult> {
     let views: Arc<Vec<ProxyView>> =
         Arc::new((0..opts.proxies).map(|_| ProxyView::default()).collect());
     let snapshot_bytes = Arc::new(AtomicUsize::new(0));
+    let delta_bytes = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let opening = futures::stream::iter(svids.iter().enumerate().map(|(i, svid)| {
@@ -200,6 +203,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchResult> {
             cp_id: cp_id.clone(),
             views: views.clone(),
             snapshot_bytes: snapshot_bytes.clone(),
+            delta_bytes: delta_bytes.clone(),
             failed: failed.clone(),
         };
         async move { stream.spawn_after_first().await }
@@ -226,6 +230,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchResult> {
     for change in 1..=opts.changes {
         let before: Vec<String> = views.iter().map(|v| lock(&v.version).0.clone()).collect();
         let cpu = cp.cpu_seconds();
+        delta_bytes.store(0, Ordering::Relaxed);
+        let whole_before = snapshot_bytes.swap(0, Ordering::Relaxed);
         write_mesh(&mesh_file, &opts, &addresses, &tokens, change)?;
         let written = Instant::now();
         wait_until(
@@ -249,8 +255,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchResult> {
         let max = arrivals.last().copied().unwrap_or(0.0);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let spent = cp.cpu_seconds() - cpu;
-        eprintln!("  change {change}: p50 {p50:.2} s, max {max:.2} s, {spent:.2} CPU-s");
+        // Whole snapshots during a change mean a proxy could not take the delta.
+        let message_bytes = snapshot_bytes
+            .swap(whole_before, Ordering::Relaxed)
+            .max(delta_bytes.load(Ordering::Relaxed));
+        eprintln!(
+            "  change {change}: p50 {p50:.2} s, max {max:.2} s, {spent:.2} CPU-s, largest message {message_bytes} bytes"
+        );
         result.changes.push(ChangeResult {
+            message_bytes,
             p50_seconds: p50,
             max_seconds: max,
             cpu_seconds: spent,
@@ -489,6 +502,8 @@ struct ProxyStream {
     cp_id: SpiffeId,
     views: Arc<Vec<ProxyView>>,
     snapshot_bytes: Arc<AtomicUsize>,
+    /// The largest incremental message received since last reset.
+    delta_bytes: Arc<AtomicUsize>,
     failed: Arc<AtomicU64>,
 }
 
@@ -542,8 +557,12 @@ impl ProxyStream {
         }
         while let Some(snapshot) = stream.message().await? {
             let now = Instant::now();
-            self.snapshot_bytes
-                .fetch_max(snapshot.encoded_len(), Ordering::Relaxed);
+            let bytes = if snapshot.incremental {
+                &self.delta_bytes
+            } else {
+                &self.snapshot_bytes
+            };
+            bytes.fetch_max(snapshot.encoded_len(), Ordering::Relaxed);
             *lock(&view.version) = (snapshot.version, Some(now));
         }
         Ok(())
@@ -609,9 +628,9 @@ fn print_table(r: &BenchResult, out: &mut dyn Write) -> std::io::Result<()> {
     };
     writeln!(
         out,
-        "| proxies (services) | snapshot per proxy | CP RSS idle (peak) | endpoint change p50 / max | CP CPU per change | SVIDs/s | all watching after | resync after restart |"
+        "| proxies (services) | snapshot per proxy | change message | CP RSS idle (peak) | endpoint change p50 / max | CP CPU per change | SVIDs/s | all watching after | resync after restart |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
     let restart = r.restart.as_ref().map_or("not run".to_string(), |s| {
         format!(
             "{:.1} s ({} of {}; peak {:.0} MB)",
@@ -620,10 +639,11 @@ fn print_table(r: &BenchResult, out: &mut dyn Write) -> std::io::Result<()> {
     });
     writeln!(
         out,
-        "| {} ({}) | {} KB | {:.0} MB ({:.0} MB) | {:.2} / {:.2} s | {:.2} s | {:.0} | {:.1} s | {} |",
+        "| {} ({}) | {} KB | {} B | {:.0} MB ({:.0} MB) | {:.2} / {:.2} s | {:.2} s | {:.0} | {:.1} s | {} |",
         r.proxies,
         r.services,
         r.snapshot_bytes / 1000,
+        r.changes.iter().map(|c| c.message_bytes).max().unwrap_or(0),
         r.idle_rss_mib,
         r.peak_rss_mib,
         median(&|c| c.p50_seconds),

@@ -3,8 +3,10 @@
 //!
 //! Every stream finds its workload through one [`WorkloadIndex`] per state, and takes
 //! its services from one [`SharedServices`] per state, both built by the first stream to
-//! need them after a change and shared by the others. A proxy that
-//! reconnects with the version it already has is sent nothing until that version changes.
+//! need them after a change and shared by the others: each service and each policy bundle
+//! is encoded once per change, and a stream only copies the bytes. A proxy that
+//! reconnects with the version it already has is sent nothing until that version changes,
+//! and a stream sends the policy bundle only when it differs from the one it last sent.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +17,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use vigil_api::{Snapshot, WatchRequest};
+use vigil_api::wire::{EncodedSnapshot, WatchRequest};
 
-use crate::model::{MeshModel, SharedServices, WorkloadIndex};
+use crate::model::{MeshModel, ServicesDelta, SharedServices, WorkloadIndex};
 use crate::tls_listener::PeerInfo;
 
 /// What the control plane currently serves; replaced whole on every change.
@@ -70,6 +72,8 @@ impl ConnectedProxies {
 struct PreparedState {
     workloads: WorkloadIndex,
     services: SharedServices,
+    /// From the services of the state prepared before this one, for streams that sent it.
+    delta: Option<ServicesDelta>,
 }
 
 /// The [`PreparedState`] of the state in force, so a change costs one index and one
@@ -90,9 +94,14 @@ impl SharedPreparedState {
                 return prepared.clone();
             }
         }
+        let services = state.model.shared_services();
+        let delta = current
+            .as_ref()
+            .map(|(_, before)| services.delta_from(&before.services));
         let prepared = Arc::new(PreparedState {
             workloads: state.model.workload_index(),
-            services: state.model.shared_services(),
+            services,
+            delta,
         });
         *current = Some((state.clone(), prepared.clone()));
         prepared
@@ -117,8 +126,8 @@ impl DiscoveryService {
 }
 
 #[tonic::async_trait]
-impl vigil_api::discovery::Discovery for DiscoveryService {
-    type WatchStream = ReceiverStream<Result<Snapshot, Status>>;
+impl vigil_api::wire::Discovery for DiscoveryService {
+    type WatchStream = ReceiverStream<Result<EncodedSnapshot, Status>>;
 
     async fn watch(
         &self,
@@ -180,6 +189,12 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
             // until the mesh changes: a control-plane restart then costs each proxy a
             // handshake, not a whole-mesh message.
             let mut last_version = req.known_version;
+            // What the last policy sent hashes to: an unchanged bundle is not sent again
+            // (the proxy keeps the one it has when a snapshot carries none).
+            let mut last_policy: Option<u64> = None;
+            // The services this stream last sent, by digest: a proxy that has them gets
+            // only what changed.
+            let mut last_services: Option<[u8; 32]> = None;
             loop {
                 let current = state.borrow_and_update().clone();
                 let prepared = shared.of(&current);
@@ -188,20 +203,45 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
                     .workload(&current.model, &id, &workload_name)
                 {
                     Some(workload) => {
-                        let snapshot = current.model.snapshot_with(
+                        let served = current.policies.for_workload(workload);
+                        let mut snapshot = current.model.snapshot_with(
                             &prepared.services,
                             workload,
                             &current.trust_bundle_der,
-                            current.policies.for_workload(workload),
+                            served,
                             &current.jwt_bundle,
                         );
                         if snapshot.version != last_version {
-                            last_version = snapshot.version.clone();
-                            let policy_version = snapshot
-                                .policy
-                                .as_ref()
-                                .map(|p| p.version.clone())
-                                .unwrap_or_default();
+                            let base_version =
+                                std::mem::replace(&mut last_version, snapshot.version.clone());
+                            let policy_key = policy_key(&snapshot);
+                            if last_policy == Some(policy_key) {
+                                snapshot.policy = bytes::Bytes::new();
+                                snapshot.candidate_policy = bytes::Bytes::new();
+                            }
+                            last_policy = Some(policy_key);
+                            let digest = *prepared.services.digest();
+                            let delta = match last_services {
+                                Some(base) if base == digest => Some((Vec::new(), Vec::new())),
+                                Some(base) => prepared
+                                    .delta
+                                    .as_ref()
+                                    .filter(|d| d.from == base)
+                                    .map(|d| (d.changed.clone(), d.removed.clone())),
+                                None => None,
+                            };
+                            match delta {
+                                Some((changed, removed)) => {
+                                    snapshot.incremental = true;
+                                    snapshot.base_version = base_version;
+                                    snapshot.services = changed;
+                                    snapshot.removed_services = removed;
+                                }
+                                None => snapshot.services = prepared.services.encoded(),
+                            }
+                            last_services = Some(digest);
+                            let policy_version =
+                                served.map(|p| p.bundle.version.clone()).unwrap_or_default();
                             proxies.with(|p| {
                                 if let Some(entry) = p.get_mut(&key) {
                                     entry.snapshot_version = last_version.clone();
@@ -234,24 +274,43 @@ impl vigil_api::discovery::Discovery for DiscoveryService {
     }
 }
 
+/// A hash of the policy and candidate a snapshot carries, to tell whether they changed.
+fn policy_key(snapshot: &EncodedSnapshot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    snapshot.policy.hash(&mut hasher);
+    snapshot.candidate_policy.hash(&mut hasher);
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio_stream::StreamExt;
-    use vigil_api::discovery::Discovery;
+    use vigil_api::wire::Discovery;
     use vigil_identity::SpiffeId;
 
     use crate::mesh::MeshFile;
 
     fn state(app_port: u16) -> Arc<MeshState> {
+        state_with(app_port, "")
+    }
+
+    /// A mesh of one workload; `policy_dir` names a policy directory (else the default).
+    fn state_with(app_port: u16, policy_dir: &str) -> Arc<MeshState> {
+        let policy = if policy_dir.is_empty() {
+            String::new()
+        } else {
+            format!("policy: {{ dir: \"{policy_dir}\" }}\n")
+        };
         let mesh = MeshFile::parse(&format!(
-            "trust_domain: vigil.local\nworkloads:\n  - {{ name: web, namespace: shop, join_token: \"580e03ca12da94db77610eb82123ebf4\", app_port: {app_port} }}\n"
+            "trust_domain: vigil.local\n{policy}workloads:\n  - {{ name: web, namespace: shop, join_token: \"580e03ca12da94db77610eb82123ebf4\", app_port: {app_port} }}\n"
         ))
         .expect("mesh");
         Arc::new(MeshState {
             model: mesh.model().expect("model"),
             trust_bundle_der: vec![],
-            policies: Default::default(),
+            policies: crate::policy_source::load_all(&mesh, "").expect("policy"),
             jwt_bundle: String::new(),
         })
     }
@@ -259,7 +318,7 @@ mod tests {
     async fn watch(
         discovery: &DiscoveryService,
         known_version: &str,
-    ) -> ReceiverStream<Result<Snapshot, Status>> {
+    ) -> ReceiverStream<Result<EncodedSnapshot, Status>> {
         let mut request = Request::new(WatchRequest {
             known_version: known_version.into(),
             policy_version: String::new(),
@@ -307,6 +366,81 @@ mod tests {
         state_tx.send_replace(state(8090));
         let changed = up_to_date.next().await.expect("snapshot").expect("ok");
         assert_ne!(changed.version, current.version);
-        assert_eq!(changed.workload.map(|w| w.app_port), Some(8090));
+        let decoded = changed.decode_snapshot().expect("a proxy decodes it");
+        assert_eq!(decoded.workload.map(|w| w.app_port), Some(8090));
+    }
+
+    /// What a stream sends decodes, as a proxy decodes it, into the snapshot: the policy
+    /// with the workload's facts, sent again only when it changed.
+    #[tokio::test(start_paused = true)]
+    async fn the_policy_is_sent_with_the_workloads_facts_and_only_when_it_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let closed = dir.path().join("closed");
+        std::fs::create_dir(&closed).expect("dir");
+        std::fs::write(
+            closed.join("p.rego"),
+            "package vigil.authz\n\nallow := false\n",
+        )
+        .expect("write");
+        let (state_tx, state_rx) = watch::channel(state(8080));
+        let discovery = DiscoveryService::new(state_rx, Arc::default());
+        let mut stream = watch(&discovery, "").await;
+        async fn next(
+            stream: &mut ReceiverStream<Result<EncodedSnapshot, Status>>,
+        ) -> vigil_api::Snapshot {
+            stream
+                .next()
+                .await
+                .expect("snapshot")
+                .expect("ok")
+                .decode_snapshot()
+                .expect("decodes")
+        }
+        let first = next(&mut stream).await;
+        let policy = first.policy.expect("the first snapshot carries the policy");
+        let facts = policy
+            .files
+            .iter()
+            .find(|f| f.path == vigil_authz::WORKLOAD_DATA_PATH)
+            .expect("the workload's facts");
+        assert!(
+            facts.contents.contains(r#""name":"web""#),
+            "{}",
+            facts.contents
+        );
+        let compiled = crate::policy_source::compile(
+            policy
+                .files
+                .iter()
+                .map(|f| vigil_authz::PolicyFile {
+                    path: f.path.clone(),
+                    contents: f.contents.clone(),
+                })
+                .collect(),
+            vigil_authz::PolicyOptions::default(),
+            0,
+        )
+        .expect("compiles");
+        assert_eq!(
+            compiled.wire.version, policy.version,
+            "facts leave the version alone"
+        );
+
+        state_tx.send_replace(state(8090));
+        let moved = next(&mut stream).await;
+        assert!(
+            moved.policy.is_none(),
+            "an unchanged policy is not sent again"
+        );
+        assert_eq!(moved.workload.map(|w| w.app_port), Some(8090));
+
+        state_tx.send_replace(state_with(8090, &closed.display().to_string()));
+        let changed = next(&mut stream).await;
+        assert!(
+            changed
+                .policy
+                .is_some_and(|p| p.version != policy.version && p.files.len() > 1),
+            "a changed policy is sent"
+        );
     }
 }

@@ -467,6 +467,9 @@ impl MeshFile {
                 labels: w.labels.clone(),
             });
         }
+        // Endpoints name workloads: one lookup each, not a scan of every workload.
+        let by_name: HashMap<&str, &Workload> =
+            workloads.iter().map(|w| (w.name.as_str(), w)).collect();
         let services = self
             .services
             .iter()
@@ -474,7 +477,7 @@ impl MeshFile {
                 let endpoints = s
                     .endpoints
                     .iter()
-                    .filter_map(|name| workloads.iter().find(|w| &w.name == name))
+                    .filter_map(|name| by_name.get(name.as_str()).copied())
                     .map(|w| Endpoint {
                         address: w.inbound_address,
                         spiffe_id: w.spiffe_id.clone(),

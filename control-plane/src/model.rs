@@ -7,8 +7,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use vigil_api::wire::EncodedSnapshot;
 use vigil_identity::SpiffeId;
 
 /// Everything discovery needs to know about the mesh.
@@ -104,7 +107,6 @@ impl MeshModel {
     /// The services of this model as every proxy receives them; build it once per model
     /// and share it, rather than once per proxy.
     pub fn shared_services(&self) -> SharedServices {
-        use prost::Message;
         let services: Vec<vigil_api::Service> = self
             .services
             .iter()
@@ -137,13 +139,22 @@ impl MeshModel {
             })
             .collect();
         let mut digest = Sha256::new();
+        let mut encoded = Vec::with_capacity(services.len());
+        let mut keys = Vec::with_capacity(services.len());
         for service in &services {
-            let encoded = service.encode_to_vec();
-            digest.update((encoded.len() as u64).to_le_bytes());
-            digest.update(&encoded);
+            let bytes = Bytes::from(service.encode_to_vec());
+            digest.update((bytes.len() as u64).to_le_bytes());
+            digest.update(&bytes);
+            encoded.push(bytes);
+            keys.push(vigil_api::ServiceKey {
+                name: service.name.clone(),
+                namespace: service.namespace.clone(),
+                port: service.port,
+            });
         }
         SharedServices {
-            services,
+            encoded,
+            keys,
             digest: digest.finalize().into(),
         }
     }
@@ -154,12 +165,17 @@ impl MeshModel {
         workload: &Workload,
         trust_bundle: &[Vec<u8>],
         policy: Option<&crate::policy_source::ServedPolicy>,
-    ) -> vigil_api::Snapshot {
-        self.snapshot_with(&self.shared_services(), workload, trust_bundle, policy, "")
+    ) -> EncodedSnapshot {
+        let shared = self.shared_services();
+        let mut snapshot = self.snapshot_with(&shared, workload, trust_bundle, policy, "");
+        snapshot.services = shared.encoded();
+        snapshot
     }
 
-    /// The discovery snapshot for one workload's proxy, with services this model's
-    /// [`MeshModel::shared_services`] built once: only the proxy's own part is hashed.
+    /// The discovery snapshot for one workload's proxy, from parts encoded once for all
+    /// proxies ([`MeshModel::shared_services`], the policy's encoding): only the proxy's
+    /// own part is encoded and hashed here. Its version covers `shared`, but the caller
+    /// adds the services themselves, whole ([`SharedServices::encoded`]) or as a delta.
     pub fn snapshot_with(
         &self,
         shared: &SharedServices,
@@ -167,65 +183,121 @@ impl MeshModel {
         trust_bundle: &[Vec<u8>],
         policy: Option<&crate::policy_source::ServedPolicy>,
         jwt_bundle: &str,
-    ) -> vigil_api::Snapshot {
-        let mut snapshot = vigil_api::Snapshot {
-            version: String::new(),
-            trust_domain: self.trust_domain.clone(),
-            workload: Some(vigil_api::Workload {
+    ) -> EncodedSnapshot {
+        let own = Bytes::from(
+            vigil_api::Workload {
                 name: workload.name.clone(),
                 namespace: workload.namespace.clone(),
                 service_account: workload.service_account.clone(),
                 spiffe_id: workload.spiffe_id.to_string(),
                 app_port: u32::from(workload.app_port),
                 tcp_ports: workload.tcp_ports.iter().map(|p| u32::from(*p)).collect(),
-            }),
+            }
+            .encode_to_vec(),
+        );
+        let facts = workload_facts(workload);
+        let mut digest = Sha256::new();
+        for part in [
+            &shared.digest[..],
+            self.trust_domain.as_bytes(),
+            &own,
+            facts.as_bytes(),
+            jwt_bundle.as_bytes(),
+            policy.map_or(&[][..], |p| &p.digest()[..]),
+        ]
+        .into_iter()
+        .chain(trust_bundle.iter().map(Vec::as_slice))
+        {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        let digest = digest.finalize();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        EncodedSnapshot {
+            version: format!("sha256:{hex}"),
+            trust_domain: self.trust_domain.clone(),
+            workload: own,
             services: Vec::new(),
-            trust_bundle_der: trust_bundle.to_vec(),
-            policy: policy.map(|p| with_workload_facts(&p.bundle, workload)),
+            trust_bundle_der: trust_bundle.iter().cloned().map(Bytes::from).collect(),
+            policy: policy.map_or_else(Bytes::new, |p| p.encoded_for(&facts)),
             jwt_bundle: jwt_bundle.to_string(),
-            candidate_policy: policy
-                .and_then(|p| p.candidate.as_ref())
-                .map(|c| with_workload_facts(c, workload)),
-        };
-        snapshot.version = snapshot_version(&snapshot, &shared.digest);
-        snapshot.services = shared.services.clone();
-        snapshot
+            candidate_policy: policy.map_or_else(Bytes::new, |p| p.encoded_candidate_for(&facts)),
+            incremental: false,
+            base_version: String::new(),
+            removed_services: Vec::new(),
+        }
     }
 }
 
-/// The bundle as sent to one workload's proxy: with the workload's own facts as
-/// `data.vigil.mesh.workload` (unless the bundle has a file of its own there), which the
-/// bundle's version leaves out.
-fn with_workload_facts(
-    bundle: &vigil_api::PolicyBundle,
-    workload: &Workload,
-) -> vigil_api::PolicyBundle {
-    let mut bundle = bundle.clone();
-    if !bundle
-        .files
-        .iter()
-        .any(|f| f.path == vigil_authz::WORKLOAD_DATA_PATH)
-    {
-        let facts = serde_json::json!({
-            "name": workload.name,
-            "namespace": workload.namespace,
-            "service_account": workload.service_account,
-            "spiffe_id": workload.spiffe_id.to_string(),
-            "labels": workload.labels,
-        });
-        bundle.files.push(vigil_api::PolicyFile {
-            path: vigil_authz::WORKLOAD_DATA_PATH.to_string(),
-            contents: facts.to_string(),
-        });
-    }
-    bundle
+/// The facts of `workload` policies read as `data.vigil.mesh.workload`.
+fn workload_facts(workload: &Workload) -> String {
+    serde_json::json!({
+        "name": workload.name,
+        "namespace": workload.namespace,
+        "service_account": workload.service_account,
+        "spiffe_id": workload.spiffe_id.to_string(),
+        "labels": workload.labels,
+    })
+    .to_string()
 }
 
-/// Every service of a [`MeshModel`] in wire form, with a hash of them all.
+/// Every service of a [`MeshModel`], each encoded once for every proxy, with a hash of
+/// them all.
 #[derive(Debug, Clone, Default)]
 pub struct SharedServices {
-    services: Vec<vigil_api::Service>,
+    encoded: Vec<Bytes>,
+    /// Each service's key, in the order of `encoded`.
+    keys: Vec<vigil_api::ServiceKey>,
     digest: [u8; 32],
+}
+
+impl SharedServices {
+    /// Every service, encoded (cheap: the bytes are shared).
+    pub fn encoded(&self) -> Vec<Bytes> {
+        self.encoded.clone()
+    }
+
+    /// The hash of every service: equal digests, equal service lists.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// What changed from `before` to these: the services added or changed (encoded) and
+    /// the keys of those removed (encoded), for proxies that have `before`.
+    pub fn delta_from(&self, before: &SharedServices) -> ServicesDelta {
+        let old: HashMap<&vigil_api::ServiceKey, &Bytes> =
+            before.keys.iter().zip(&before.encoded).collect();
+        let new: std::collections::HashSet<&vigil_api::ServiceKey> = self.keys.iter().collect();
+        let changed = self
+            .keys
+            .iter()
+            .zip(&self.encoded)
+            .filter(|(key, bytes)| old.get(key) != Some(bytes))
+            .map(|(_, bytes)| bytes.clone())
+            .collect();
+        let removed = before
+            .keys
+            .iter()
+            .filter(|key| !new.contains(key))
+            .map(|key| Bytes::from(key.encode_to_vec()))
+            .collect();
+        ServicesDelta {
+            from: before.digest,
+            changed,
+            removed,
+        }
+    }
+}
+
+/// The change between two service lists, made once per change for every proxy.
+#[derive(Debug, Clone, Default)]
+pub struct ServicesDelta {
+    /// The digest of the list it applies to.
+    pub from: [u8; 32],
+    /// Services added or changed, encoded.
+    pub changed: Vec<Bytes>,
+    /// Keys of the services removed, encoded.
+    pub removed: Vec<Bytes>,
 }
 
 /// The workloads of one [`MeshModel`] by SPIFFE ID, in the model's order, so finding a
@@ -263,18 +335,6 @@ fn pick_by_name<'m>(
         return same_identity.next();
     }
     same_identity.find(|w| w.name == name)
-}
-
-/// A content hash, so a proxy (and `vigil check`) can tell whether two snapshots differ:
-/// the proxy's own part (`snapshot` without services) and the services' hash.
-fn snapshot_version(snapshot: &vigil_api::Snapshot, services_digest: &[u8; 32]) -> String {
-    use prost::Message;
-    let mut digest = Sha256::new();
-    digest.update(services_digest);
-    digest.update(snapshot.encode_to_vec());
-    let digest = digest.finalize();
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }
 
 #[cfg(test)]
@@ -394,9 +454,41 @@ mod tests {
         moved.services[2].endpoints[1].address = "10.9.9.9:15006".parse().expect("addr");
         assert_ne!(version(&model, 0), version(&moved, 0));
         let shared = model.shared_services();
-        let snapshot = model.snapshot_with(&shared, &model.workloads[0], &[], None, "");
+        let mut snapshot = model.snapshot_with(&shared, &model.workloads[0], &[], None, "");
+        snapshot.services = shared.encoded();
         assert_eq!(snapshot, model.snapshot_for(&model.workloads[0], &[], None));
-        assert_eq!(snapshot.services.len(), 3);
+        let decoded = snapshot.decode_snapshot().expect("decodes");
+        assert_eq!(decoded.services.len(), 3);
+        assert_eq!(decoded.services[2].endpoints[1].workload, "w1");
+    }
+
+    /// A delta names what was added, changed and removed, and nothing else.
+    #[test]
+    fn a_delta_carries_only_what_changed() {
+        let before = with_services(model(4), 3);
+        let mut after = before.clone();
+        after.services[1].endpoints[0].address = "10.9.9.9:15006".parse().expect("addr");
+        let removed = after.services.remove(2);
+        let delta = after
+            .shared_services()
+            .delta_from(&before.shared_services());
+        assert_eq!(delta.from, *before.shared_services().digest());
+        let changed: Vec<vigil_api::Service> = delta
+            .changed
+            .iter()
+            .map(|b| vigil_api::Service::decode(b.as_ref()).expect("service"))
+            .collect();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].name, after.services[1].name);
+        let gone: Vec<vigil_api::ServiceKey> = delta
+            .removed
+            .iter()
+            .map(|b| vigil_api::ServiceKey::decode(b.as_ref()).expect("key"))
+            .collect();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].name, removed.name);
+        let none = after.shared_services().delta_from(&after.shared_services());
+        assert!(none.changed.is_empty() && none.removed.is_empty());
     }
 
     /// Prints what one change costs for 200 proxies in a mesh of 1,500 services: a
@@ -412,7 +504,8 @@ mod tests {
         let started = std::time::Instant::now();
         let shared = model.shared_services();
         for w in &model.workloads {
-            model.snapshot_with(&shared, w, &[], None, "");
+            let mut snapshot = model.snapshot_with(&shared, w, &[], None, "");
+            snapshot.services = shared.encoded();
         }
         let with_shared = started.elapsed();
         println!(

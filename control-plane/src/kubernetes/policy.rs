@@ -119,7 +119,7 @@ fn served_policy(
         c.name = format!("{name} (candidate)");
         c
     });
-    Ok(ServedPolicy { bundle, candidate })
+    Ok(ServedPolicy::new(bundle, candidate))
 }
 
 fn served_from(

@@ -117,6 +117,18 @@ impl Discovery {
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
         {
             self.connected.store(true, Ordering::Relaxed);
+            if snapshot.incremental {
+                let have = self.mesh.load().as_ref().map(|m| m.version.clone());
+                if have.as_deref() != Some(snapshot.base_version.as_str()) {
+                    // Never guess at a list this proxy does not have: a new stream starts
+                    // with a whole snapshot.
+                    anyhow::bail!(
+                        "an incremental snapshot for {} arrived but this proxy has {}; reconnecting for a whole one",
+                        snapshot.base_version,
+                        have.as_deref().unwrap_or("none")
+                    );
+                }
+            }
             // Compiling a bundle can take a while: on the blocking pool, never on the
             // threads that carry traffic.
             if let Some(policy) = snapshot.policy.clone() {
@@ -147,7 +159,10 @@ impl Discovery {
     ) -> anyhow::Result<()> {
         // Trust (and policy, applied before this) stand on their own: a CA rotation must
         // land even when the service list cannot be used.
-        let view = MeshView::from_snapshot(snapshot);
+        let view = match (snapshot.incremental, self.mesh.load_full()) {
+            (true, Some(current)) => current.from_delta(snapshot),
+            _ => MeshView::from_snapshot(snapshot),
+        };
         if !snapshot.trust_bundle_der.is_empty() {
             let bundle = TrustBundle::from_der(
                 snapshot

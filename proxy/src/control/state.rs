@@ -70,6 +70,8 @@ pub struct ServiceView {
     pub port: u16,
     pub protocol: AppProtocol,
     pub hosts: Vec<String>,
+    /// Addresses that mean this service under transparent interception.
+    pub virtual_addresses: Vec<SocketAddr>,
     pub endpoints: Vec<EndpointView>,
     /// Timeouts, retries, circuit breaking and limits, defaults filled in.
     pub traffic: Arc<TrafficPolicy>,
@@ -116,6 +118,48 @@ pub enum SnapshotError {
 impl MeshView {
     /// Validates and indexes a snapshot.
     pub fn from_snapshot(snapshot: &vigil_api::Snapshot) -> Result<MeshView, SnapshotError> {
+        let services = snapshot
+            .services
+            .iter()
+            .map(service_view)
+            .collect::<Result<Vec<_>, _>>()?;
+        MeshView::assemble(snapshot, services)
+    }
+
+    /// Applies an incremental snapshot (one with `incremental` set) to this view, the one
+    /// its `base_version` names: services it lists replace or join this view's, those it
+    /// removes go, every other is kept as it is (not parsed again).
+    pub fn from_delta(&self, snapshot: &vigil_api::Snapshot) -> Result<MeshView, SnapshotError> {
+        let changed = snapshot
+            .services
+            .iter()
+            .map(service_view)
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = |s: &ServiceView| (s.name.clone(), s.namespace.clone(), s.port);
+        let mut gone: std::collections::HashSet<(String, String, u16)> =
+            changed.iter().map(|s| key(s)).collect();
+        for k in &snapshot.removed_services {
+            gone.insert((
+                k.name.clone(),
+                k.namespace.clone(),
+                port(k.port, "removed.port")?,
+            ));
+        }
+        let services = self
+            .services
+            .iter()
+            .filter(|s| !gone.contains(&key(s)))
+            .cloned()
+            .chain(changed)
+            .collect();
+        MeshView::assemble(snapshot, services)
+    }
+
+    /// The view of `snapshot`'s workload with `services`, indexed.
+    fn assemble(
+        snapshot: &vigil_api::Snapshot,
+        services: Vec<Arc<ServiceView>>,
+    ) -> Result<MeshView, SnapshotError> {
         let w = snapshot
             .workload
             .as_ref()
@@ -131,56 +175,15 @@ impl MeshView {
                 .map(|p| port(*p, "workload.tcp_ports"))
                 .collect::<Result<_, _>>()?,
         };
-        let mut services = Vec::new();
         let mut by_host = HashMap::new();
         let mut by_address = HashMap::new();
-        for s in &snapshot.services {
-            let endpoints = s
-                .endpoints
-                .iter()
-                .map(|e| {
-                    Ok(EndpointView {
-                        address: e.address.parse().map_err(|_| SnapshotError::Invalid {
-                            field: "endpoint.address",
-                            value: e.address.clone(),
-                        })?,
-                        spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|_| {
-                            SnapshotError::Invalid {
-                                field: "endpoint.spiffe_id",
-                                value: e.spiffe_id.clone(),
-                            }
-                        })?,
-                        workload: e.workload.clone(),
-                        target_port: port(e.target_port, "endpoint.target_port")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, SnapshotError>>()?;
-            let traffic =
-                TrafficPolicy::parse(&s.traffic_json).map_err(|e| SnapshotError::Traffic {
-                    service: format!("{}.{}", s.name, s.namespace),
-                    reason: e.to_string(),
-                })?;
-            let view = Arc::new(ServiceView {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                port: port(s.port, "service.port")?,
-                protocol: AppProtocol::from_wire(&s.protocol),
-                hosts: s.hosts.clone(),
-                endpoints,
-                traffic: Arc::new(traffic),
-                label: Arc::from(format!("{}.{}", s.name, s.namespace)),
-            });
-            for h in &s.hosts {
+        for view in &services {
+            for h in &view.hosts {
                 by_host.insert(h.to_ascii_lowercase(), view.clone());
             }
-            for a in &s.virtual_addresses {
-                let addr = a.parse().map_err(|_| SnapshotError::Invalid {
-                    field: "service.virtual_addresses",
-                    value: a.clone(),
-                })?;
-                by_address.insert(addr, view.clone());
+            for addr in &view.virtual_addresses {
+                by_address.insert(*addr, view.clone());
             }
-            services.push(view);
         }
         Ok(MeshView {
             version: snapshot.version.clone(),
@@ -203,6 +206,53 @@ impl MeshView {
     pub fn service_for_address(&self, addr: SocketAddr) -> Option<&Arc<ServiceView>> {
         self.by_address.get(&addr)
     }
+}
+
+/// One service of a snapshot, validated.
+fn service_view(s: &vigil_api::Service) -> Result<Arc<ServiceView>, SnapshotError> {
+    let endpoints = s
+        .endpoints
+        .iter()
+        .map(|e| {
+            Ok(EndpointView {
+                address: e.address.parse().map_err(|_| SnapshotError::Invalid {
+                    field: "endpoint.address",
+                    value: e.address.clone(),
+                })?,
+                spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|_| SnapshotError::Invalid {
+                    field: "endpoint.spiffe_id",
+                    value: e.spiffe_id.clone(),
+                })?,
+                workload: e.workload.clone(),
+                target_port: port(e.target_port, "endpoint.target_port")?,
+            })
+        })
+        .collect::<Result<Vec<_>, SnapshotError>>()?;
+    let traffic = TrafficPolicy::parse(&s.traffic_json).map_err(|e| SnapshotError::Traffic {
+        service: format!("{}.{}", s.name, s.namespace),
+        reason: e.to_string(),
+    })?;
+    let virtual_addresses = s
+        .virtual_addresses
+        .iter()
+        .map(|a| {
+            a.parse().map_err(|_| SnapshotError::Invalid {
+                field: "service.virtual_addresses",
+                value: a.clone(),
+            })
+        })
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
+    Ok(Arc::new(ServiceView {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        port: port(s.port, "service.port")?,
+        protocol: AppProtocol::from_wire(&s.protocol),
+        hosts: s.hosts.clone(),
+        virtual_addresses,
+        endpoints,
+        traffic: Arc::new(traffic),
+        label: Arc::from(format!("{}.{}", s.name, s.namespace)),
+    }))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -270,6 +320,7 @@ mod tests {
             policy: None,
             jwt_bundle: String::new(),
             candidate_policy: None,
+            ..Default::default()
         }
     }
 
@@ -317,5 +368,58 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// An incremental snapshot replaces the services it lists, drops those it removes and
+    /// keeps every other one as it was, the very same view.
+    #[test]
+    fn a_delta_changes_only_what_it_names() {
+        let mut base = snapshot();
+        let mut other = base.services[0].clone();
+        other.name = "other".into();
+        other.hosts = vec!["other".into()];
+        other.virtual_addresses = vec![];
+        base.services.push(other.clone());
+        let view = MeshView::from_snapshot(&base).expect("valid");
+        let kept = view.service_for_host("other").expect("other").clone();
+
+        let mut moved = base.services[0].clone();
+        moved.endpoints[0].address = "10.9.9.9:15006".into();
+        let mut added = other.clone();
+        added.name = "added".into();
+        added.hosts = vec!["added".into()];
+        let delta = vigil_api::Snapshot {
+            version: "v2".into(),
+            incremental: true,
+            base_version: base.version.clone(),
+            services: vec![moved, added],
+            ..base.clone()
+        };
+        let next = view.from_delta(&delta).expect("applies");
+        assert_eq!(next.version, "v2");
+        assert_eq!(next.services.len(), 3);
+        let server = next.service_for_host("server").expect("server");
+        assert_eq!(server.endpoints[0].address.to_string(), "10.9.9.9:15006");
+        assert!(next.service_for_host("added").is_some());
+        assert!(
+            Arc::ptr_eq(next.service_for_host("other").expect("other"), &kept),
+            "an unchanged service is kept, not parsed again"
+        );
+
+        let removal = vigil_api::Snapshot {
+            version: "v3".into(),
+            incremental: true,
+            base_version: "v2".into(),
+            services: vec![],
+            removed_services: vec![vigil_api::ServiceKey {
+                name: "other".into(),
+                namespace: other.namespace.clone(),
+                port: other.port,
+            }],
+            ..base.clone()
+        };
+        let last = next.from_delta(&removal).expect("applies");
+        assert!(last.service_for_host("other").is_none());
+        assert_eq!(last.services.len(), 2);
     }
 }

@@ -292,6 +292,7 @@ pub(super) mod tests {
             policy: None,
             jwt_bundle: String::new(),
             candidate_policy: None,
+            ..Default::default()
         })
         .expect("valid snapshot")
     }

@@ -123,6 +123,7 @@ mod tests {
             port: s.port,
             protocol: s.protocol,
             hosts: s.hosts.clone(),
+            virtual_addresses: s.virtual_addresses.clone(),
             endpoints: s.endpoints.clone(),
             traffic: s.traffic.clone(),
             label: s.label.clone(),
