@@ -555,15 +555,25 @@ impl ProxyStream {
         if let Some(tx) = accepted.take() {
             let _ = tx.send(());
         }
-        while let Some(snapshot) = stream.message().await? {
+        // A snapshot may come in several messages (`more`): it has arrived with the last.
+        let (mut size, mut incremental) = (0, false);
+        while let Some(message) = stream.message().await? {
+            if size == 0 {
+                incremental = message.incremental;
+            }
+            size += message.encoded_len();
+            if message.more {
+                continue;
+            }
             let now = Instant::now();
-            let bytes = if snapshot.incremental {
+            let bytes = if incremental {
                 &self.delta_bytes
             } else {
                 &self.snapshot_bytes
             };
-            bytes.fetch_max(snapshot.encoded_len(), Ordering::Relaxed);
-            *lock(&view.version) = (snapshot.version, Some(now));
+            bytes.fetch_max(size, Ordering::Relaxed);
+            size = 0;
+            *lock(&view.version) = (message.version, Some(now));
         }
         Ok(())
     }

@@ -248,7 +248,14 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                                     entry.policy_version = policy_version;
                                 }
                             });
-                            if tx.send(Ok(snapshot)).await.is_err() {
+                            let mut closed = false;
+                            for message in split(snapshot) {
+                                if tx.send(Ok(message)).await.is_err() {
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                            if closed {
                                 break;
                             }
                         }
@@ -272,6 +279,44 @@ impl vigil_api::wire::Discovery for DiscoveryService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The most service bytes one message carries. tonic keeps each stream's encode buffer as
+/// large as the largest message it sent, so one whole-mesh message per proxy would hold a
+/// whole mesh per proxy for as long as it watches.
+const MESSAGE_SERVICE_BYTES: usize = 16 * 1024;
+
+/// Splits a snapshot whose services exceed [`MESSAGE_SERVICE_BYTES`] into messages of
+/// the same version (see the `more` field).
+fn split(mut snapshot: EncodedSnapshot) -> Vec<EncodedSnapshot> {
+    let mut chunks: Vec<Vec<bytes::Bytes>> = Vec::new();
+    let mut size = usize::MAX;
+    for service in std::mem::take(&mut snapshot.services) {
+        if size.saturating_add(service.len()) > MESSAGE_SERVICE_BYTES {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += service.len();
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(service);
+        }
+    }
+    let mut chunks = chunks.into_iter();
+    snapshot.services = chunks.next().unwrap_or_default();
+    let version = snapshot.version.clone();
+    let mut messages = vec![snapshot];
+    for services in chunks {
+        messages.push(EncodedSnapshot {
+            version: version.clone(),
+            services,
+            ..EncodedSnapshot::default()
+        });
+    }
+    let last = messages.len() - 1;
+    for (i, message) in messages.iter_mut().enumerate() {
+        message.more = i < last;
+    }
+    messages
 }
 
 /// A hash of the policy and candidate a snapshot carries, to tell whether they changed.
@@ -442,5 +487,48 @@ mod tests {
                 .is_some_and(|p| p.version != policy.version && p.files.len() > 1),
             "a changed policy is sent"
         );
+    }
+
+    /// A large snapshot goes out as messages of bounded size that together carry every
+    /// service once, the first with everything else, all but the last marked `more`.
+    #[test]
+    fn a_large_snapshot_is_split_into_bounded_messages() {
+        let service = |i: usize| {
+            bytes::Bytes::from(prost::Message::encode_to_vec(&vigil_api::Service {
+                name: format!("s{i}"),
+                namespace: "shop".into(),
+                hosts: vec![format!("s{i}.shop.svc.cluster.local"); 3],
+                ..Default::default()
+            }))
+        };
+        let services: Vec<bytes::Bytes> = (0..1_000).map(service).collect();
+        let snapshot = EncodedSnapshot {
+            version: "sha256:1".into(),
+            workload: bytes::Bytes::from_static(b"\x0a\x03web"),
+            services: services.clone(),
+            ..EncodedSnapshot::default()
+        };
+        let messages = split(snapshot);
+        assert!(messages.len() > 1, "{} messages", messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            assert_eq!(m.version, "sha256:1");
+            assert_eq!(m.more, i + 1 < messages.len());
+            let size: usize = m.services.iter().map(bytes::Bytes::len).sum();
+            assert!(size <= MESSAGE_SERVICE_BYTES, "message {i}: {size} bytes");
+            assert_eq!(
+                !m.workload.is_empty(),
+                i == 0,
+                "only the first has the rest"
+            );
+        }
+        let rejoined: Vec<bytes::Bytes> =
+            messages.iter().flat_map(|m| m.services.clone()).collect();
+        assert_eq!(rejoined, services);
+        let small = split(EncodedSnapshot {
+            version: "v".into(),
+            ..EncodedSnapshot::default()
+        });
+        assert_eq!(small.len(), 1);
+        assert!(!small[0].more);
     }
 }

@@ -32,6 +32,28 @@ pub const MIN_JOIN_TOKEN_CHARS: usize = 16;
 /// does a long passphrase of unrelated words; names, repeats, sequences and dates do not.
 pub const MIN_JOIN_TOKEN_BITS: f64 = 64.0;
 
+/// Hashes of join tokens (with their known words) zxcvbn already found strong.
+static STRONG_TOKENS: StrongTokens = StrongTokens(std::sync::Mutex::new(None));
+
+struct StrongTokens(std::sync::Mutex<Option<std::collections::HashSet<[u8; 32]>>>);
+
+impl StrongTokens {
+    /// At most this many are remembered; past it the set starts over.
+    const LIMIT: usize = 1_000_000;
+
+    fn with<R>(&self, f: impl FnOnce(&mut std::collections::HashSet<[u8; 32]>) -> R) -> R {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let set = guard.get_or_insert_with(Default::default);
+        if set.len() >= Self::LIMIT {
+            set.clear();
+        }
+        f(set)
+    }
+}
+
 /// How the operator is told to make a good token.
 const GENERATE_TOKEN_HINT: &str = "generate one with `openssl rand -hex 16`";
 
@@ -439,6 +461,18 @@ impl MeshFile {
             w.service_account(),
             self.trust_domain.as_str(),
         ];
+        // zxcvbn takes about a millisecond a token: a mesh of thousands re-read on every
+        // change would spend seconds re-judging tokens it already judged. Tokens found
+        // strong are remembered by a hash of the token and its known words.
+        let mut key = Sha256::new();
+        for part in std::iter::once(w.join_token.as_str()).chain(known) {
+            key.update((part.len() as u64).to_le_bytes());
+            key.update(part.as_bytes());
+        }
+        let key: [u8; 32] = key.finalize().into();
+        if STRONG_TOKENS.with(|strong| strong.contains(&key)) {
+            return Ok(());
+        }
         let estimate = zxcvbn::zxcvbn(&w.join_token, &known);
         let bits = (estimate.guesses() as f64).log2();
         if bits < MIN_JOIN_TOKEN_BITS {
@@ -446,6 +480,7 @@ impl MeshFile {
                 "about {bits:.0} bits by zxcvbn's estimate, at least {MIN_JOIN_TOKEN_BITS:.0} needed"
             )));
         }
+        STRONG_TOKENS.with(|strong| strong.insert(key));
         Ok(())
     }
 

@@ -225,6 +225,7 @@ impl MeshModel {
             incremental: false,
             base_version: String::new(),
             removed_services: Vec::new(),
+            more: false,
         }
     }
 }

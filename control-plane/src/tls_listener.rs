@@ -23,6 +23,11 @@ use vigil_identity::SpiffeId;
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes run at once per listener. When thousands of proxies reconnect together
+/// (a control-plane restart), the rest wait their turn on an accepted socket instead of
+/// all sharing the CPU until every one of them times out.
+const CONCURRENT_HANDSHAKES: usize = 128;
+
 /// What a gRPC handler learns about its caller, from the verified TLS session only.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -94,6 +99,7 @@ pub fn incoming(
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let admission = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let (tcp, address) = match listener.accept().await {
@@ -107,7 +113,11 @@ pub fn incoming(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let admission = admission.clone();
             tokio::spawn(async move {
+                let Ok(_turn) = admission.acquire_owned().await else {
+                    return;
+                };
                 let _ = tcp.set_nodelay(true);
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                     .await

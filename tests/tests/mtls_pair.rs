@@ -805,3 +805,66 @@ allow if {
 	claims.sub == input.attributes.source.principal
 }
 "#;
+
+/// A mesh whose snapshot is split across messages, and then changed by a delta: the
+/// proxy assembles the whole view, then applies only what changed, and routes by both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_snapshot_and_its_deltas_reach_the_proxy_whole() {
+    let mut spec = echo_pair();
+    for i in 0..600 {
+        spec = spec.service(&format!("filler{i}"), "http", &["server"], None);
+    }
+    let mesh = running_echo_pair_of(spec.clone()).await;
+    let client = mesh.spec.workload("client").clone();
+    let services = |mesh: &Mesh| {
+        let admin = mesh.spec.workload("client").admin;
+        async move {
+            let (_, body) = get(admin, "/config").await.expect("config");
+            let config = json(&body);
+            config["snapshot"]["services"]
+                .as_array()
+                .map_or(0, |s| s.len())
+        }
+    };
+    assert_eq!(services(&mesh).await, 601, "every service of every message");
+    let r = http1(client.outbound, "filler599", "/", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        r.status, 200,
+        "the last message's services route: {}",
+        r.body
+    );
+
+    // Drop 100 services and add one: the proxy gets a delta, not the mesh again.
+    let mut changed = spec.clone();
+    changed.services.retain(|s| {
+        s.0.strip_prefix("filler")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_none_or(|n| n < 500)
+    });
+    changed = changed.service("late", "http", &["server"], None);
+    mesh.rewrite_mesh_file(&changed.yaml()).expect("rewrite");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while services(&mesh).await != 502 {
+        assert!(Instant::now() < deadline, "the change never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http1(client.outbound, "late", "/", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, 200, "an added service routes: {}", r.body);
+    let r = http1(client.outbound, "filler550", "/", &[])
+        .await
+        .expect("request");
+    assert_ne!(r.status, 200, "a removed service no longer routes");
+    let r = http1(client.outbound, "filler10", "/", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, 200, "a kept service still routes");
+    let log = mesh.logs();
+    assert!(
+        !log.contains("reconnecting for a whole one"),
+        "the delta applied on the proxy's view: {log}"
+    );
+}

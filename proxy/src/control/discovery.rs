@@ -111,12 +111,33 @@ impl Discovery {
         // Connected from the moment the watch is accepted: a proxy that reconnects with the
         // current version is sent nothing until the mesh changes.
         self.connected.store(true, Ordering::Relaxed);
-        while let Some(snapshot) = stream
+        // The first messages of a snapshot split in several (`more`), held until the last.
+        let mut pending: Option<vigil_api::Snapshot> = None;
+        while let Some(message) = stream
             .message()
             .await
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
         {
             self.connected.store(true, Ordering::Relaxed);
+            let snapshot = match pending.take() {
+                Some(mut first) => {
+                    if message.version != first.version {
+                        anyhow::bail!(
+                            "snapshot {} was cut short by {}; reconnecting for a whole one",
+                            first.version,
+                            message.version
+                        );
+                    }
+                    first.services.extend(message.services);
+                    first.more = message.more;
+                    first
+                }
+                None => message,
+            };
+            if snapshot.more {
+                pending = Some(snapshot);
+                continue;
+            }
             if snapshot.incremental {
                 let have = self.mesh.load().as_ref().map(|m| m.version.clone());
                 if have.as_deref() != Some(snapshot.base_version.as_str()) {
