@@ -284,7 +284,7 @@ impl vigil_api::wire::Discovery for DiscoveryService {
 /// The most service bytes one message carries. tonic keeps each stream's encode buffer as
 /// large as the largest message it sent, so one whole-mesh message per proxy would hold a
 /// whole mesh per proxy for as long as it watches.
-const MESSAGE_SERVICE_BYTES: usize = 16 * 1024;
+const MESSAGE_SERVICE_BYTES: usize = 4 * 1024;
 
 /// Splits a snapshot whose services exceed [`MESSAGE_SERVICE_BYTES`] into messages of
 /// the same version (see the `more` field).
