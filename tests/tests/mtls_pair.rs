@@ -382,6 +382,23 @@ async fn short_lived_certificates_renew_under_traffic_without_losing_a_request()
             "{} renewed too few times: {certs}",
             w.name
         );
+        // Renewals reuse the connection to the identity service: one handshake for it
+        // and one for discovery, however many certificates were issued.
+        let exposition = metrics(w.metrics).await;
+        let handshakes: f64 = exposition
+            .lines()
+            .filter(|l| {
+                l.starts_with("vigil_tls_handshakes_total{")
+                    && l.contains(r#"direction="control_plane""#)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        assert!(
+            (2.0..=3.0).contains(&handshakes),
+            "{}: {handshakes} control-plane handshakes for {} renewals",
+            w.name,
+            certs["renewals"]
+        );
         assert!(certs.get("private_key").is_none() && !certs.to_string().contains("PRIVATE KEY"));
     }
     let (_, after) = get(server.admin, "/certs").await.expect("certs");

@@ -52,6 +52,9 @@ pub struct WorkloadIdentity {
     renew_now: tokio::sync::Notify,
     /// Bumped when the certificate or the trust bundle changes (the Workload API streams).
     changed: tokio::sync::watch::Sender<u64>,
+    /// The channel to the identity service, kept between renewals: tonic reconnects it
+    /// when the connection drops, so a renewal costs a request, not a handshake.
+    channel: tokio::sync::Mutex<Option<tonic::transport::Channel>>,
 }
 
 /// The longest a proxy waits, at random, before renewing after the trust bundle changed:
@@ -84,6 +87,7 @@ impl WorkloadIdentity {
             metrics,
             renew_now: tokio::sync::Notify::new(),
             changed: tokio::sync::watch::Sender::new(0),
+            channel: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -181,9 +185,15 @@ impl WorkloadIdentity {
     async fn identity_client(
         &self,
     ) -> anyhow::Result<vigil_api::identity::IdentityClient<tonic::transport::Channel>> {
+        let mut cached = self.channel.lock().await;
+        if let Some(channel) = cached.as_ref() {
+            return Ok(vigil_api::identity::IdentityClient::new(channel.clone()));
+        }
         let cp = self.config.control_plane_id()?;
         // Before the first certificate the proxy has no SVID to present; afterwards
         // it still presents none here: the join token is the credential for signing.
+        // The verifier reads the live trust store, so a reconnection after a CA
+        // rotation checks the control plane against the current roots.
         let tls = vigil_identity::mtls_client_config(
             None,
             self.trust.clone(),
@@ -191,6 +201,7 @@ impl WorkloadIdentity {
             &self.config.tls_options(&[b"h2"]),
         );
         let channel = control_plane_client::connect(self.config.identity_address, tls, &cp).await?;
+        *cached = Some(channel.clone());
         Ok(vigil_api::identity::IdentityClient::new(channel))
     }
 
