@@ -454,14 +454,7 @@ mod tests {
             facts.contents
         );
         let compiled = crate::policy_source::compile(
-            policy
-                .files
-                .iter()
-                .map(|f| vigil_authz::PolicyFile {
-                    path: f.path.clone(),
-                    contents: f.contents.clone(),
-                })
-                .collect(),
+            crate::policy_source::files_of(&policy),
             vigil_authz::PolicyOptions::default(),
             0,
         )

@@ -277,6 +277,17 @@ pub fn add_mesh_data(files: &mut Vec<PolicyFile>, trust_domain: &str, jwt_bundle
     }
 }
 
+/// A bundle's files as a proxy receives them.
+pub fn files_of(wire: &vigil_api::PolicyBundle) -> Vec<PolicyFile> {
+    wire.files
+        .iter()
+        .map(|f| PolicyFile {
+            path: f.path.clone(),
+            contents: f.contents.clone(),
+        })
+        .collect()
+}
+
 /// Compiles policy files from any source (mesh file directory, ConfigMap, VigilPolicy).
 pub fn compile(
     files: Vec<PolicyFile>,

@@ -599,14 +599,7 @@ fn vigil_policies_with_targets_attach_to_the_pods_they_select() {
     );
     assert_eq!(served.selecting(coredns), ["a-dns", "z-kube-system"]);
     let compiled = crate::policy_source::compile(
-        runs.bundle
-            .files
-            .iter()
-            .map(|f| vigil_authz::PolicyFile {
-                path: f.path.clone(),
-                contents: f.contents.clone(),
-            })
-            .collect(),
+        crate::policy_source::files_of(&runs.bundle),
         vigil_authz::PolicyOptions::default(),
         0,
     )
