@@ -158,6 +158,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     };
     let mut metrics = prometheus_client::registry::Registry::with_prefix("vigil");
     identity.refusals().register(&mut metrics);
+    proxies.register(&mut metrics);
     let dashboard = crate::dashboard::run(
         addresses.dashboard,
         crate::dashboard::Sources {

@@ -44,14 +44,59 @@ pub struct ConnectedProxy {
     pub policy_version: String,
 }
 
-/// Registry of watching proxies, keyed by stream.
+/// Registry of watching proxies, keyed by stream, and what discovery has sent them.
 #[derive(Default)]
 pub struct ConnectedProxies {
     next: AtomicU64,
     proxies: Mutex<BTreeMap<u64, ConnectedProxy>>,
+    metrics: DiscoveryMetrics,
+}
+
+/// `kind` of a sent snapshot: `whole` or `delta`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct SnapshotLabels {
+    kind: &'static str,
+}
+
+/// What discovery has done, for the control plane's `/metrics`.
+#[derive(Default)]
+struct DiscoveryMetrics {
+    streams: prometheus_client::metrics::gauge::Gauge,
+    snapshots: prometheus_client::metrics::family::Family<
+        SnapshotLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    bytes: prometheus_client::metrics::counter::Counter,
+    refused: prometheus_client::metrics::counter::Counter,
 }
 
 impl ConnectedProxies {
+    /// Adds discovery's series to the control plane's registry.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let m = &self.metrics;
+        registry.register(
+            "discovery_streams",
+            "Proxies watching discovery now",
+            m.streams.clone(),
+        );
+        registry.register(
+            "discovery_snapshots",
+            "Snapshots sent to proxies, whole or as a delta of the one the proxy has",
+            m.snapshots.clone(),
+        );
+        registry.register_with_unit(
+            "discovery_sent",
+            "Encoded snapshot bytes sent to proxies",
+            prometheus_client::registry::Unit::Bytes,
+            m.bytes.clone(),
+        );
+        registry.register(
+            "discovery_refused",
+            "Watches refused: no workload of the mesh has the caller's identity",
+            m.refused.clone(),
+        );
+    }
+
     pub fn list(&self) -> Vec<ConnectedProxy> {
         match self.proxies.lock() {
             Ok(p) => p.values().cloned().collect(),
@@ -158,6 +203,7 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                 .workloads
                 .workload(&initial.model, &id, &workload_name)
         else {
+            self.proxies.metrics.refused.inc();
             tracing::warn!(spiffe_id = %id, workload = %workload_name, "discovery refused: no such workload for this identity");
             return Err(Status::permission_denied(format!(
                 "no workload {workload_name:?} with identity {id} in the mesh"
@@ -180,6 +226,7 @@ impl vigil_api::wire::Discovery for DiscoveryService {
             )
         });
         tracing::info!(workload = %workload_name, spiffe_id = %id, peer = %peer.address, "proxy watching");
+        self.proxies.metrics.streams.inc();
 
         let (tx, rx) = mpsc::channel(4);
         let proxies = self.proxies.clone();
@@ -248,8 +295,22 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                                     entry.policy_version = policy_version;
                                 }
                             });
+                            let kind = if snapshot.incremental {
+                                "delta"
+                            } else {
+                                "whole"
+                            };
+                            proxies
+                                .metrics
+                                .snapshots
+                                .get_or_create(&SnapshotLabels { kind })
+                                .inc();
                             let mut closed = false;
                             for message in split(snapshot) {
+                                proxies
+                                    .metrics
+                                    .bytes
+                                    .inc_by(prost::Message::encoded_len(&message) as u64);
                                 if tx.send(Ok(message)).await.is_err() {
                                     closed = true;
                                     break;
@@ -275,6 +336,7 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                 }
             }
             proxies.with(|p| p.remove(&key));
+            proxies.metrics.streams.dec();
             tracing::info!(workload = %workload_name, "proxy stopped watching");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -471,6 +533,18 @@ mod tests {
             "an unchanged policy is not sent again"
         );
         assert_eq!(moved.workload.map(|w| w.app_port), Some(8090));
+
+        let mut registry = prometheus_client::registry::Registry::with_prefix("vigil");
+        discovery.proxies.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for series in [
+            "vigil_discovery_streams 1",
+            r#"vigil_discovery_snapshots_total{kind="whole"} 1"#,
+            r#"vigil_discovery_snapshots_total{kind="delta"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
 
         state_tx.send_replace(state_with(8090, &closed.display().to_string()));
         let changed = next(&mut stream).await;

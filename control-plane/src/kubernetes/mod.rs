@@ -136,6 +136,7 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
     let proxies = Arc::new(ConnectedProxies::default());
     let mut metrics = prometheus_client::registry::Registry::with_prefix("vigil");
     identity.refusals().register(&mut metrics);
+    proxies.register(&mut metrics);
     let ca_status = crate::ca_rotation::CaStatus::fixed(&ca, &format!("Secret {}", opts.ca_secret));
     let dashboard = dashboard(&opts, state_rx.clone(), proxies.clone(), metrics, ca_status);
     let servers = serve(Serving {
