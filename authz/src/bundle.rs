@@ -525,9 +525,16 @@ fn decision_document(parsed: &mut Engine, rule: &str) -> Result<Option<PolicyFil
 /// running a policy reports the policy's version, not that of its own copy.
 pub const WORKLOAD_DATA_PATH: &str = "vigil/mesh/workload/data.json";
 
+/// Where each proxy puts the services discovery gave it (`data.vigil.mesh.services`), which
+/// the bundle's version leaves out for the same reason.
+pub const SERVICES_DATA_PATH: &str = "vigil/mesh/services/data.json";
+
 fn bundle_version(files: &[PolicyFile], options: &PolicyOptions) -> String {
     let mut hasher = Sha256::new();
-    for file in files.iter().filter(|f| f.path != WORKLOAD_DATA_PATH) {
+    for file in files
+        .iter()
+        .filter(|f| f.path != WORKLOAD_DATA_PATH && f.path != SERVICES_DATA_PATH)
+    {
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
         hasher.update((file.path.len() as u64).to_le_bytes());
         hasher.update(file.path.as_bytes());

@@ -136,7 +136,7 @@ mod usage;
 
 pub use bundle::{
     Backend, BackendPreference, BundleError, CompileProblem, PolicyBundle, PolicyFile,
-    PolicyOptions, WORKLOAD_DATA_PATH,
+    PolicyOptions, SERVICES_DATA_PATH, WORKLOAD_DATA_PATH,
 };
 pub use calls::SUPPORTED_BUILTINS;
 pub use cli::eval_command;

@@ -28,12 +28,16 @@ pub struct InForce {
     name: String,
     /// The workload's facts the bundle came with, which its version leaves out.
     workload_facts: Option<String>,
+    /// The mesh's services it was compiled with (see [`Authorizer::set_mesh_services`]).
+    services: Option<Arc<String>>,
 }
 
 /// A candidate bundle evaluated beside the one in force and never enforced, with a tally
 /// of how its decisions compare (reset when another candidate arrives).
 pub struct Candidate {
     bundle: PolicyBundle,
+    /// The mesh's services it was compiled with.
+    services: Option<Arc<String>>,
     rule_label: Arc<str>,
     /// Decisions compared.
     compared: AtomicU64,
@@ -63,6 +67,10 @@ const MAX_DENIED_BY: usize = 64;
 pub struct Authorizer {
     bundle: ArcSwapOption<InForce>,
     candidate: ArcSwapOption<Candidate>,
+    /// The last bundle and candidate received, to compile again when the services change.
+    received: ArcSwapOption<(vigil_api::PolicyBundle, Option<vigil_api::PolicyBundle>)>,
+    /// `data.vigil.mesh.services`, from the proxy's view of the mesh.
+    services: ArcSwapOption<String>,
     log: LineWriter,
     metrics: Arc<Metrics>,
     /// The `denied_by` label values seen so far (see [`MAX_DENIED_BY`]).
@@ -85,6 +93,8 @@ impl Authorizer {
         Ok(Arc::new(Authorizer {
             bundle: ArcSwapOption::empty(),
             candidate: ArcSwapOption::empty(),
+            received: ArcSwapOption::empty(),
+            services: ArcSwapOption::empty(),
             log,
             metrics,
             denied_by: Default::default(),
@@ -130,11 +140,16 @@ impl Authorizer {
                 && current.recording_wire == wire.record_input
                 && current.name == wire.name
                 && current.workload_facts == workload_facts(wire)
+                && current.services == self.services.load_full()
             {
                 return;
             }
         }
-        match PolicyBundle::compile(wire_files(wire), wire_options(wire)) {
+        let services = self.services.load_full();
+        match PolicyBundle::compile(
+            self.files_with_services(wire, &services),
+            wire_options(wire),
+        ) {
             Ok(bundle) => {
                 tracing::info!(
                     version = %bundle.version(),
@@ -155,6 +170,7 @@ impl Authorizer {
                     recording_wire: wire.record_input.clone(),
                     name: wire.name.clone(),
                     workload_facts: workload_facts(wire),
+                    services,
                 })));
                 self.last_refused.store(None);
             }
@@ -175,17 +191,22 @@ impl Authorizer {
             }
             return;
         };
+        let services = self.services.load_full();
         if let Some(current) = self.candidate.load().as_ref() {
-            if current.bundle.version() == wire.version {
+            if current.bundle.version() == wire.version && current.services == services {
                 return;
             }
         }
-        match PolicyBundle::compile(wire_files(wire), wire_options(wire)) {
+        match PolicyBundle::compile(
+            self.files_with_services(wire, &services),
+            wire_options(wire),
+        ) {
             Ok(bundle) => {
                 tracing::info!(version = %bundle.version(), "candidate policy bundle evaluated beside the one in force");
                 let rule_label = Arc::from(bundle.options().rule.as_str());
                 self.candidate.store(Some(Arc::new(Candidate {
                     bundle,
+                    services,
                     rule_label,
                     compared: AtomicU64::new(0),
                     allow_to_deny: AtomicU64::new(0),
@@ -198,6 +219,54 @@ impl Authorizer {
                 self.candidate.store(None);
             }
         }
+    }
+
+    /// Installs what discovery received: the bundle and its candidate, compiled with the
+    /// mesh's services (kept, to compile again when the services change).
+    pub fn install(
+        &self,
+        policy: vigil_api::PolicyBundle,
+        candidate: Option<vigil_api::PolicyBundle>,
+    ) {
+        self.update(&policy);
+        self.update_candidate(candidate.as_ref());
+        self.received.store(Some(Arc::new((policy, candidate))));
+    }
+
+    /// Sets `data.vigil.mesh.services` (JSON, from the proxy's view of the mesh) and, when
+    /// it changed, compiles the bundle and candidate in force again with it. Called when
+    /// the set of services changes, not for endpoint changes.
+    pub fn set_mesh_services(&self, services: String) {
+        if self.services.load().as_deref() == Some(&services) {
+            return;
+        }
+        self.services.store(Some(Arc::new(services)));
+        if let Some(received) = self.received.load_full() {
+            self.update(&received.0);
+            self.update_candidate(received.1.as_ref());
+        }
+    }
+
+    /// A received bundle's files, with the mesh's services when there are any (unless the
+    /// bundle has a file of its own there).
+    fn files_with_services(
+        &self,
+        wire: &vigil_api::PolicyBundle,
+        services: &Option<Arc<String>>,
+    ) -> Vec<PolicyFile> {
+        let mut files = wire_files(wire);
+        if let Some(services) = services {
+            if !files
+                .iter()
+                .any(|f| f.path == vigil_authz::SERVICES_DATA_PATH)
+            {
+                files.push(PolicyFile {
+                    path: vigil_authz::SERVICES_DATA_PATH.to_string(),
+                    contents: services.to_string(),
+                });
+            }
+        }
+        files
     }
 
     /// How the candidate's decisions compare with those in force, when there is one.

@@ -554,7 +554,7 @@ import rego.v1
 
 default allow := true
 
-allow := {"allowed": false, "body": sprintf("no_admin: closed on %s", [data.vigil.mesh.workload.name])} if {
+allow := {"allowed": false, "body": sprintf("no_admin: closed on %s, one of %d services", [data.vigil.mesh.workload.name, count(data.vigil.mesh.services)])} if {
 	input.parsed_path == ["admin"]
 }
 "#;
@@ -602,8 +602,8 @@ async fn policies_attach_to_workloads_and_a_candidate_runs_beside_them() {
     let denied = http1(via, "server", "/admin", &[]).await.expect("request");
     assert_eq!(denied.status, 403, "{}", mesh.logs());
     assert_eq!(
-        denied.body, "no_admin: closed on server",
-        "the policy reads its workload's facts"
+        denied.body, "no_admin: closed on server, one of 2 services",
+        "the policy reads its workload's facts and the mesh's services"
     );
     assert_eq!(
         status("other", "/admin").await,

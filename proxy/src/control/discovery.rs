@@ -150,24 +150,30 @@ impl Discovery {
                     );
                 }
             }
-            // Compiling a bundle can take a while: on the blocking pool, never on the
-            // threads that carry traffic.
-            if let Some(policy) = snapshot.policy.clone() {
-                let candidate = snapshot.candidate_policy.clone();
-                let authz = authz.clone();
-                let compile = move || {
-                    authz.update(&policy);
-                    authz.update_candidate(candidate.as_ref());
-                };
-                if let Err(e) = tokio::task::spawn_blocking(compile).await {
-                    tracing::error!(error = %e, "policy bundle compilation did not finish; keeping the bundle in force");
-                }
-            }
             if let Err(e) = self.apply(&snapshot, identity) {
                 // A mistake in the mesh (say, a bad traffic policy) must not cut the
                 // proxy off: keep the last good view and wait for a corrected snapshot.
                 tracing::error!(version = %snapshot.version, error = %e, "snapshot refused; keeping the previous view");
                 self.last_refused.store(Some(Arc::new(e.to_string())));
+            }
+            // Policies see the services of the view (`data.vigil.mesh.services`); the
+            // bundle is compiled again only when that list changes, not for endpoints.
+            // Compiling can take a while: on the blocking pool, never on the threads that
+            // carry traffic.
+            let services = self.mesh.load().as_deref().map(mesh_services);
+            let policy = snapshot.policy.clone();
+            let candidate = snapshot.candidate_policy.clone();
+            let authz = authz.clone();
+            let compile = move || {
+                if let Some(services) = services {
+                    authz.set_mesh_services(services);
+                }
+                if let Some(policy) = policy {
+                    authz.install(policy, candidate);
+                }
+            };
+            if let Err(e) = tokio::task::spawn_blocking(compile).await {
+                tracing::error!(error = %e, "policy bundle compilation did not finish; keeping the bundle in force");
             }
         }
         Ok(())
@@ -206,4 +212,24 @@ impl Discovery {
         self.last_refused.store(None);
         Ok(())
     }
+}
+
+/// `data.vigil.mesh.services` for a view: each service by `name.namespace`, with its ports
+/// and host names.
+fn mesh_services(view: &MeshView) -> String {
+    let mut services: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for s in &view.services {
+        let entry = services
+            .entry(format!("{}.{}", s.name, s.namespace))
+            .or_insert_with(|| {
+                serde_json::json!({"name": s.name, "namespace": s.namespace, "ports": [], "hosts": []})
+            });
+        if let Some(ports) = entry["ports"].as_array_mut() {
+            ports.push(s.port.into());
+        }
+        if let Some(hosts) = entry["hosts"].as_array_mut() {
+            hosts.extend(s.hosts.iter().map(|h| serde_json::Value::from(h.as_str())));
+        }
+    }
+    serde_json::Value::from(serde_json::Map::from_iter(services)).to_string()
 }
