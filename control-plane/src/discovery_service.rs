@@ -238,7 +238,7 @@ impl vigil_api::wire::Discovery for DiscoveryService {
             let mut last_version = req.known_version;
             // What the last policy sent hashes to: an unchanged bundle is not sent again
             // (the proxy keeps the one it has when a snapshot carries none).
-            let mut last_policy: Option<u64> = None;
+            let mut last_policy: Option<[u8; 32]> = None;
             // The services this stream last sent, by digest: a proxy that has them gets
             // only what changed.
             let mut last_services: Option<[u8; 32]> = None;
@@ -251,21 +251,18 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                 {
                     Some(workload) => {
                         let served = current.policies.for_workload(workload);
+                        let policy_key = crate::model::policy_key(served, workload);
                         let mut snapshot = current.model.snapshot_with(
                             &prepared.services,
                             workload,
                             &current.trust_bundle_der,
                             served,
                             &current.jwt_bundle,
+                            last_policy != Some(policy_key),
                         );
                         if snapshot.version != last_version {
                             let base_version =
                                 std::mem::replace(&mut last_version, snapshot.version.clone());
-                            let policy_key = policy_key(&snapshot);
-                            if last_policy == Some(policy_key) {
-                                snapshot.policy = bytes::Bytes::new();
-                                snapshot.candidate_policy = bytes::Bytes::new();
-                            }
                             last_policy = Some(policy_key);
                             let digest = *prepared.services.digest();
                             let delta = match last_services {
@@ -379,15 +376,6 @@ fn split(mut snapshot: EncodedSnapshot) -> Vec<EncodedSnapshot> {
         message.more = i < last;
     }
     messages
-}
-
-/// A hash of the policy and candidate a snapshot carries, to tell whether they changed.
-fn policy_key(snapshot: &EncodedSnapshot) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    snapshot.policy.hash(&mut hasher);
-    snapshot.candidate_policy.hash(&mut hasher);
-    hasher.finish()
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ impl MeshModel {
         policy: Option<&crate::policy_source::ServedPolicy>,
     ) -> EncodedSnapshot {
         let shared = self.shared_services();
-        let mut snapshot = self.snapshot_with(&shared, workload, trust_bundle, policy, "");
+        let mut snapshot = self.snapshot_with(&shared, workload, trust_bundle, policy, "", true);
         snapshot.services = shared.encoded();
         snapshot
     }
@@ -176,6 +176,8 @@ impl MeshModel {
     /// proxies ([`MeshModel::shared_services`], the policy's encoding): only the proxy's
     /// own part is encoded and hashed here. Its version covers `shared`, but the caller
     /// adds the services themselves, whole ([`SharedServices::encoded`]) or as a delta.
+    /// The policy bundle is copied in only with `send_policy` (a proxy that has it, by
+    /// [`policy_key`], is not sent it again); the version covers it either way.
     pub fn snapshot_with(
         &self,
         shared: &SharedServices,
@@ -183,7 +185,9 @@ impl MeshModel {
         trust_bundle: &[Vec<u8>],
         policy: Option<&crate::policy_source::ServedPolicy>,
         jwt_bundle: &str,
+        send_policy: bool,
     ) -> EncodedSnapshot {
+        let policy_sent = policy.filter(|_| send_policy);
         let own = Bytes::from(
             vigil_api::Workload {
                 name: workload.name.clone(),
@@ -219,15 +223,30 @@ impl MeshModel {
             workload: own,
             services: Vec::new(),
             trust_bundle_der: trust_bundle.iter().cloned().map(Bytes::from).collect(),
-            policy: policy.map_or_else(Bytes::new, |p| p.encoded_for(&facts)),
+            policy: policy_sent.map_or_else(Bytes::new, |p| p.encoded_for(&facts)),
             jwt_bundle: jwt_bundle.to_string(),
-            candidate_policy: policy.map_or_else(Bytes::new, |p| p.encoded_candidate_for(&facts)),
+            candidate_policy: policy_sent
+                .map_or_else(Bytes::new, |p| p.encoded_candidate_for(&facts)),
             incremental: false,
             base_version: String::new(),
             removed_services: Vec::new(),
             more: false,
         }
     }
+}
+
+/// What the policy sent to `workload`'s proxy depends on: the bundle and candidate as
+/// encoded, and the workload's facts. Equal keys, equal bytes.
+pub fn policy_key(
+    policy: Option<&crate::policy_source::ServedPolicy>,
+    workload: &Workload,
+) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    if let Some(policy) = policy {
+        digest.update(policy.digest());
+        digest.update(workload_facts(workload).as_bytes());
+    }
+    digest.finalize().into()
 }
 
 /// The facts of `workload` policies read as `data.vigil.mesh.workload`.
@@ -455,7 +474,7 @@ mod tests {
         moved.services[2].endpoints[1].address = "10.9.9.9:15006".parse().expect("addr");
         assert_ne!(version(&model, 0), version(&moved, 0));
         let shared = model.shared_services();
-        let mut snapshot = model.snapshot_with(&shared, &model.workloads[0], &[], None, "");
+        let mut snapshot = model.snapshot_with(&shared, &model.workloads[0], &[], None, "", true);
         snapshot.services = shared.encoded();
         assert_eq!(snapshot, model.snapshot_for(&model.workloads[0], &[], None));
         let decoded = snapshot.decode_snapshot().expect("decodes");
@@ -505,7 +524,7 @@ mod tests {
         let started = std::time::Instant::now();
         let shared = model.shared_services();
         for w in &model.workloads {
-            let mut snapshot = model.snapshot_with(&shared, w, &[], None, "");
+            let mut snapshot = model.snapshot_with(&shared, w, &[], None, "", true);
             snapshot.services = shared.encoded();
         }
         let with_shared = started.elapsed();
