@@ -22,12 +22,9 @@ pub struct InForce {
     rule_label: Arc<str>,
     /// What decision records keep of the input, when the bundle records inputs.
     recording: Option<InputRecording>,
-    /// The recording settings as received, to tell a change of them alone.
-    recording_wire: Option<vigil_api::InputRecording>,
-    /// Which of the mesh's policies this is (`default` or an attached policy's name).
-    name: String,
-    /// The workload's facts the bundle came with, which its version leaves out.
-    workload_facts: Option<String>,
+    /// The bundle as received: a snapshot carrying the same one changes nothing (its
+    /// version leaves out the workload's facts, and its options are not in the version).
+    received: vigil_api::PolicyBundle,
     /// The mesh's services it was compiled with (see [`Authorizer::set_mesh_services`]).
     services: Option<Arc<String>>,
 }
@@ -120,7 +117,7 @@ impl Authorizer {
 
     /// Which of the mesh's policies is in force (`default` or an attached policy's name).
     pub fn policy_name(&self) -> Option<String> {
-        self.bundle.load().as_ref().map(|b| b.name.clone())
+        self.bundle.load().as_ref().map(|b| b.received.name.clone())
     }
 
     /// The version of the bundle in force.
@@ -135,13 +132,7 @@ impl Authorizer {
     /// not compile is refused and the last good one stays.
     pub fn update(&self, wire: &vigil_api::PolicyBundle) {
         if let Some(current) = self.bundle.load().as_ref() {
-            if current.bundle.version() == wire.version
-                && current.request_body_bytes == wire.request_body_bytes as usize
-                && current.recording_wire == wire.record_input
-                && current.name == wire.name
-                && current.workload_facts == workload_facts(wire)
-                && current.services == self.services.load_full()
-            {
+            if current.received == *wire && current.services == self.services.load_full() {
                 return;
             }
         }
@@ -167,9 +158,7 @@ impl Authorizer {
                     request_body_bytes: wire.request_body_bytes as usize,
                     rule_label,
                     recording,
-                    recording_wire: wire.record_input.clone(),
-                    name: wire.name.clone(),
-                    workload_facts: workload_facts(wire),
+                    received: wire.clone(),
                     services,
                 })));
                 self.last_refused.store(None);
@@ -400,14 +389,6 @@ impl Authorizer {
         }
         bundle.enforce(decision)
     }
-}
-
-/// The workload's facts in a bundle as received (see [`vigil_authz::WORKLOAD_DATA_PATH`]).
-fn workload_facts(wire: &vigil_api::PolicyBundle) -> Option<String> {
-    wire.files
-        .iter()
-        .find(|f| f.path == vigil_authz::WORKLOAD_DATA_PATH)
-        .map(|f| f.contents.clone())
 }
 
 /// A bundle's files as received.
