@@ -184,8 +184,8 @@ impl Discovery {
         snapshot: &vigil_api::Snapshot,
         identity: &WorkloadIdentity,
     ) -> anyhow::Result<()> {
-        // Trust (and policy, applied before this) stand on their own: a CA rotation must
-        // land even when the service list cannot be used.
+        // Trust (and policy, applied after this whatever happens here) stand on their own:
+        // a CA rotation must land even when the service list cannot be used.
         let view = match (snapshot.incremental, self.mesh.load_full()) {
             (true, Some(current)) => current.from_delta(snapshot),
             _ => MeshView::from_snapshot(snapshot),
