@@ -220,11 +220,22 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
         None => None,
     };
     let mut out = Vec::new();
-    for (what, addr) in [
-        ("identity", addresses.identity),
-        ("discovery", addresses.discovery),
+    let replicas = addresses.replicas.len() + 1;
+    let mut targets = Vec::new();
+    for (what, all) in [
+        ("identity", addresses.identity_addresses()),
+        ("discovery", addresses.discovery_addresses()),
     ] {
-        let check = format!("control plane {what} {addr}");
+        targets.extend(all.into_iter().map(|addr| (what, addr)));
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    let mut results = Vec::new();
+    for (what, addr) in targets {
+        let check = if replicas > 1 {
+            format!("control plane {what} {addr} (one of {replicas} replicas)")
+        } else {
+            format!("control plane {what} {addr}")
+        };
         let result = match &trust {
             Some(trust) => handshake(addr, trust.clone(), &mesh.trust_domain).await,
             None => {
@@ -234,6 +245,19 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
                     .and_then(|r| r.map_err(anyhow::Error::from))
                     .map(|_| ())
             }
+        };
+        if result.is_ok() {
+            answered.insert(what);
+        }
+        results.push((what, check, result));
+    }
+    for (what, check, result) in results {
+        // With replicas, one that is down is a warning while another serves the same
+        // service: proxies move to the ones that answer.
+        let down = if answered.contains(what) {
+            Outcome::Warn
+        } else {
+            Outcome::Fail
         };
         out.push(match (result, &trust) {
             (Ok(()), Some(_)) => pass(
@@ -247,7 +271,7 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
                 "pass --trust-bundle <data-dir>/trust-bundle.pem to verify the certificate too",
             ),
             (Err(e), Some(_)) => problem(
-                Outcome::Fail,
+                down,
                 check,
                 format!("{e:#} (verified with the trust bundle from {source})"),
                 format!(
@@ -255,7 +279,7 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
                 ),
             ),
             (Err(e), None) => problem(
-                Outcome::Fail,
+                down,
                 check,
                 format!("{e:#}"),
                 format!(

@@ -37,6 +37,9 @@ pub struct ControlPlaneOptions {
     /// The namespace the control plane's identity names (`--namespace`): proxies are told
     /// it and check it, so a mesh installed elsewhere than `vigil-system` still connects.
     pub namespace: String,
+    /// Which of the mesh file's control-plane replicas this process is (0: the addresses
+    /// of `control_plane:` itself, N: the Nth of `control_plane.replicas`).
+    pub replica: usize,
 }
 
 /// Where `manifests/` install the control plane unless told otherwise.
@@ -114,11 +117,13 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     let mesh = Arc::new(ArcSwap::from_pointee(mesh));
     let proxies = Arc::new(ConnectedProxies::default());
 
-    let addresses = mesh.load().control_plane.clone();
+    let addresses = mesh.load().control_plane.replica(opts.replica)?;
     let identity_listener = bind(addresses.identity, "identity").await?;
     let discovery_listener = bind(addresses.discovery, "discovery").await?;
-    // Only Kubernetes calls the webhook, so in local mode a busy port is not fatal.
+    // Only Kubernetes calls the webhook, so in local mode a busy port is not fatal, and a
+    // replica given no webhook address (port 0) serves none.
     let webhook = match TcpListener::bind(addresses.webhook).await {
+        Ok(_) if addresses.webhook.port() == 0 => None,
         Ok(listener) => {
             let config = InjectConfig {
                 trust_domain: trust_domain.clone(),
@@ -135,7 +140,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
             None
         }
     };
-    tracing::info!(identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
+    tracing::info!(replica = opts.replica, identity = %addresses.identity, discovery = %addresses.discovery, trust_domain = %trust_domain, "control plane serving");
 
     let identity = IdentityService::local(ca.clone(), mesh.clone()).with_jwt_signer(jwt_signer);
     let live_ca = identity.ca_handle();
@@ -503,6 +508,7 @@ mod tests {
             reload_interval: INTERVAL,
             dashboard: crate::dashboard::DashboardOptions::default(),
             namespace: DEFAULT_NAMESPACE.into(),
+            replica: 0,
         };
         let discovery = DiscoveryService::new(state_rx, Arc::new(ConnectedProxies::default()));
         let mut request = tonic::Request::new(vigil_api::wire::WatchRequest::default());

@@ -77,6 +77,7 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         ca_chain: None,
         reload_interval: Duration::from_secs(1),
         namespace: control_plane::DEFAULT_NAMESPACE.to_string(),
+        replica: 0,
         dashboard: crate::dashboard::DashboardOptions {
             access: opts.dashboard.clone(),
             ..Default::default()
@@ -92,6 +93,17 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         "control plane up: identity {}, discovery {}",
         mesh.control_plane.identity, mesh.control_plane.discovery
     ));
+    for (n, r) in mesh.control_plane.replicas.iter().enumerate() {
+        eprintln!(
+            "  replica {} (identity {}, discovery {}) is not started here; proxies use it once it runs: vigil control-plane --mesh {} --data-dir {} --replica {}",
+            n + 1,
+            r.identity,
+            r.discovery,
+            opts.mesh_file.display(),
+            opts.data_dir.display(),
+            n + 1
+        );
+    }
 
     let mut children: Vec<(String, Child)> = Vec::new();
     let result = async {
@@ -412,6 +424,15 @@ async fn wait_serving(bundle: &Path, identity: std::net::SocketAddr) -> anyhow::
     }
 }
 
+/// `a,b,c`, as the proxy's --identity-addr and --discovery-addr take several replicas.
+fn join_addresses(addresses: &[std::net::SocketAddr]) -> String {
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn spawn_proxy(
     bin: &Path,
     mesh: &MeshFile,
@@ -425,9 +446,9 @@ fn spawn_proxy(
         .arg("--trust-bundle")
         .arg(bundle)
         .arg("--identity-addr")
-        .arg(mesh.control_plane.identity.to_string())
+        .arg(join_addresses(&mesh.control_plane.identity_addresses()))
         .arg("--discovery-addr")
-        .arg(mesh.control_plane.discovery.to_string())
+        .arg(join_addresses(&mesh.control_plane.discovery_addresses()))
         .arg("--inbound")
         .arg(w.proxy.inbound.to_string())
         .arg("--outbound")

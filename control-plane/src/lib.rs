@@ -21,6 +21,7 @@
 //!     reload_interval: std::time::Duration::from_secs(1),
 //!     dashboard: Default::default(),
 //!     namespace: "vigil-system".into(),
+//!     replica: 0,
 //! })
 //! .await
 //! # }

@@ -66,6 +66,17 @@ enum Command {
         prometheus: Option<String>,
         #[command(flatten)]
         dashboard: vigil::dashboard::DashboardAccess,
+        /// Which replica of the mesh file's control plane this process is: 0 listens on
+        /// the `control_plane:` addresses, N on the Nth entry of `control_plane.replicas`.
+        /// Replicas share the mesh file and the data directory (start the first before the
+        /// others on a new data directory: it creates the CA they share).
+        #[arg(
+            long,
+            env = "VIGIL_REPLICA",
+            default_value_t = 0,
+            conflicts_with = "kubernetes"
+        )]
+        replica: usize,
     },
     /// Success rate, request rate and latency per workload and service, from the
     /// proxies' own metrics.
@@ -757,6 +768,7 @@ fn main() -> ExitCode {
                 prometheus,
                 dashboard,
                 cluster,
+                replica,
                 ..
             } => {
                 let Some(mesh) = mesh else {
@@ -770,6 +782,7 @@ fn main() -> ExitCode {
                     ca_chain,
                     reload_interval,
                     namespace: cluster.namespace,
+                    replica,
                     dashboard: vigil::dashboard::DashboardOptions {
                         prometheus,
                         access: dashboard,

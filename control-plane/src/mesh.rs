@@ -99,6 +99,92 @@ pub struct ControlPlaneAddresses {
     /// Host names the dashboard answers to besides localhost, 127.0.0.1 and [::1] (a
     /// reverse proxy's name, say); requests for any other name get 403.
     pub dashboard_hosts: Vec<String>,
+    /// Further replicas of the control plane, each started with `--replica N` (1 for the
+    /// first here) on the same mesh file and data directory. Proxies are given every
+    /// replica's address and move to another when theirs stops answering.
+    pub replicas: Vec<ReplicaAddresses>,
+}
+
+/// Where one more replica of the control plane listens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaAddresses {
+    pub identity: SocketAddr,
+    pub discovery: SocketAddr,
+    pub dashboard: SocketAddr,
+    /// The injection webhook of this replica; none when left out.
+    #[serde(default)]
+    pub webhook: Option<SocketAddr>,
+}
+
+impl ControlPlaneAddresses {
+    /// Every replica's identity address, the first replica's first.
+    pub fn identity_addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.identity)
+            .chain(self.replicas.iter().map(|r| r.identity))
+            .collect()
+    }
+
+    /// Every replica's discovery address, the first replica's first.
+    pub fn discovery_addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.discovery)
+            .chain(self.replicas.iter().map(|r| r.discovery))
+            .collect()
+    }
+
+    /// Every replica's dashboard address, the first replica's first.
+    pub fn dashboard_addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.dashboard)
+            .chain(self.replicas.iter().map(|r| r.dashboard))
+            .collect()
+    }
+
+    /// The addresses replica `n` serves on (0 is the one the `control_plane:` fields
+    /// name, 1 the first of `replicas:`), with the rest of the settings shared.
+    pub fn replica(&self, n: usize) -> Result<ControlPlaneAddresses, MeshError> {
+        if n == 0 {
+            return Ok(self.clone());
+        }
+        let r = self.replicas.get(n - 1).ok_or_else(|| {
+            MeshError::Invalid(format!(
+                "there is no control plane replica {n}: the mesh file lists {} under control_plane.replicas (replica 0 is control_plane itself)",
+                self.replicas.len()
+            ))
+        })?;
+        Ok(ControlPlaneAddresses {
+            identity: r.identity,
+            discovery: r.discovery,
+            dashboard: r.dashboard,
+            // Replicas without a webhook of their own bind port 0: nothing calls it locally.
+            webhook: r
+                .webhook
+                .unwrap_or_else(|| SocketAddr::new(r.identity.ip(), 0)),
+            ..self.clone()
+        })
+    }
+
+    /// Replicas must not share an address.
+    fn validate(&self) -> Result<(), MeshError> {
+        let mut seen = BTreeSet::new();
+        for (n, addresses) in [
+            self.identity_addresses(),
+            self.discovery_addresses(),
+            self.dashboard_addresses(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for addr in addresses {
+                if !seen.insert(addr) {
+                    let what = ["identity", "discovery", "dashboard"][n];
+                    return Err(MeshError::Invalid(format!(
+                        "control plane address {addr} is used twice (seen again as a {what} address); give each replica its own identity, discovery and dashboard addresses"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ControlPlaneAddresses {
@@ -109,6 +195,7 @@ impl Default for ControlPlaneAddresses {
             dashboard: SocketAddr::from(([127, 0, 0, 1], 15080)),
             webhook: SocketAddr::from(([127, 0, 0, 1], 15017)),
             dashboard_hosts: Vec::new(),
+            replicas: Vec::new(),
         }
     }
 }
@@ -392,6 +479,7 @@ impl MeshFile {
     }
 
     fn validate(&self) -> Result<(), MeshError> {
+        self.control_plane.validate()?;
         let mut names = BTreeSet::new();
         let mut tokens = BTreeSet::new();
         for w in &self.workloads {
@@ -717,5 +805,37 @@ services:
         let typo = MESH.replace("app_port: 8081", "app_prot: 8081");
         let err = MeshFile::parse(&typo).expect_err("typo").to_string();
         assert!(err.contains("app_prot"), "{err}");
+    }
+
+    #[test]
+    fn replicas_each_serve_on_their_own_addresses() {
+        let replicated = MESH.replace(
+            "workloads:",
+            "control_plane:\n  replicas:\n    - { identity: \"127.0.0.1:25012\", discovery: \"127.0.0.1:25010\", dashboard: \"127.0.0.1:25080\" }\nworkloads:",
+        );
+        let mesh = MeshFile::parse(&replicated).expect("valid mesh");
+        let cp = &mesh.control_plane;
+        assert_eq!(
+            cp.discovery_addresses(),
+            [
+                "127.0.0.1:15010".parse().unwrap(),
+                "127.0.0.1:25010".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        let second = cp.replica(1).expect("replica 1");
+        assert_eq!(second.identity, "127.0.0.1:25012".parse().unwrap());
+        assert_eq!(second.webhook.port(), 0, "no webhook unless given one");
+        assert_eq!(cp.replica(0).expect("replica 0").identity, cp.identity);
+        let err = cp.replica(2).expect_err("no such replica").to_string();
+        assert!(
+            err.contains("lists 1 under control_plane.replicas"),
+            "{err}"
+        );
+
+        let clash = replicated.replace("127.0.0.1:25010", "127.0.0.1:15010");
+        let err = MeshFile::parse(&clash)
+            .expect_err("shared address")
+            .to_string();
+        assert!(err.contains("127.0.0.1:15010 is used twice"), "{err}");
     }
 }

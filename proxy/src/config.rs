@@ -19,8 +19,10 @@ pub struct ProxyConfig {
     pub token_kind: vigil_api::TokenKind,
     /// Roots that vouch for the control plane before the proxy has a bundle of its own.
     pub bootstrap_trust: TrustBundle,
-    pub identity_address: SocketAddr,
-    pub discovery_address: SocketAddr,
+    /// The control plane's identity service, one address per replica.
+    pub identity_addresses: Vec<SocketAddr>,
+    /// The control plane's discovery service, one address per replica.
+    pub discovery_addresses: Vec<SocketAddr>,
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,

@@ -229,7 +229,7 @@ pub async fn run(
 
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(identity.clone().run(first_tx));
-    tracing::info!(control_plane = %config.identity_address, "requesting a workload certificate");
+    tracing::info!(control_plane = ?config.identity_addresses, "requesting a workload certificate");
     first_rx
         .await
         .context("the identity task stopped before a certificate was issued")?;

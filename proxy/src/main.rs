@@ -38,12 +38,14 @@ struct Args {
     /// PEM roots that vouch for the control plane (its data dir's trust-bundle.pem).
     #[arg(long, env = "VIGIL_TRUST_BUNDLE")]
     trust_bundle: PathBuf,
-    /// Control plane identity service (CSR signing).
-    #[arg(long, env = "VIGIL_IDENTITY_ADDR", default_value = "127.0.0.1:15012", value_parser = resolve_addr)]
-    identity_addr: SocketAddr,
-    /// Control plane discovery service.
-    #[arg(long, env = "VIGIL_DISCOVERY_ADDR", default_value = "127.0.0.1:15010", value_parser = resolve_addr)]
-    discovery_addr: SocketAddr,
+    /// Control plane identity service (CSR signing): HOST:PORT, or a comma-separated list
+    /// of the replicas of a control plane run more than once; a name that resolves to
+    /// several addresses names them all.
+    #[arg(long, env = "VIGIL_IDENTITY_ADDR", default_value = "127.0.0.1:15012", value_parser = resolve_replicas)]
+    identity_addr: Replicas,
+    /// Control plane discovery service, one address or several as for --identity-addr.
+    #[arg(long, env = "VIGIL_DISCOVERY_ADDR", default_value = "127.0.0.1:15010", value_parser = resolve_replicas)]
+    discovery_addr: Replicas,
     /// Inbound mTLS listener.
     #[arg(long, env = "VIGIL_INBOUND", default_value = "0.0.0.0:15006")]
     inbound: SocketAddr,
@@ -148,15 +150,36 @@ enum TokenKindArg {
 
 /// `ip:port`, or `host:port` resolved once at start: on Kubernetes the control plane is a
 /// Service name whose ClusterIP does not change while the Service exists.
-fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+/// The addresses of a control plane's replicas.
+#[derive(Debug, Clone)]
+struct Replicas(Vec<SocketAddr>);
+
+/// `HOST:PORT[,HOST:PORT...]`, each name resolved to every address it has, duplicates
+/// dropped.
+fn resolve_replicas(s: &str) -> Result<Replicas, String> {
     use std::net::ToSocketAddrs;
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
+    let mut all: Vec<SocketAddr> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let found: Vec<SocketAddr> = match item.parse() {
+            Ok(addr) => vec![addr],
+            Err(_) => item
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {item:?}: {e} (give HOST:PORT)"))?
+                .collect(),
+        };
+        if found.is_empty() {
+            return Err(format!("{item:?} resolves to no address"));
+        }
+        for addr in found {
+            if !all.contains(&addr) {
+                all.push(addr);
+            }
+        }
     }
-    s.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{s:?} resolves to no address"))
+    if all.is_empty() {
+        return Err("no address given: pass HOST:PORT, or several separated by commas".into());
+    }
+    Ok(Replicas(all))
 }
 
 fn parse_upstream(s: &str) -> Result<(SocketAddr, String), String> {
@@ -214,8 +237,8 @@ fn start(args: Args) -> anyhow::Result<()> {
             TokenKindArg::Kubernetes => vigil_api::TokenKind::KubernetesServiceAccount,
         },
         bootstrap_trust,
-        identity_address: args.identity_addr,
-        discovery_address: args.discovery_addr,
+        identity_addresses: args.identity_addr.0,
+        discovery_addresses: args.discovery_addr.0,
         inbound: args.inbound,
         outbound: args.outbound,
         admin: args.admin,

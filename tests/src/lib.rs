@@ -218,6 +218,9 @@ pub struct MeshSpec {
     pub policy_extra: String,
     /// Further top-level mesh file sections, as YAML.
     pub extra_yaml: String,
+    /// Further control-plane replicas (`control_plane.replicas`): identity, discovery and
+    /// dashboard addresses of each. Proxies are given them all.
+    pub replicas: Vec<[SocketAddr; 3]>,
 }
 
 impl MeshSpec {
@@ -234,7 +237,34 @@ impl MeshSpec {
             policy_body_bytes: 0,
             policy_extra: String::new(),
             extra_yaml: String::new(),
+            replicas: vec![],
         }
+    }
+
+    /// Adds `n` more control-plane replicas, each on addresses of its own.
+    pub fn with_replicas(mut self, n: usize) -> Self {
+        for _ in 0..n {
+            self.replicas.push([free_addr(), free_addr(), free_addr()]);
+        }
+        self
+    }
+
+    /// Identity addresses of every replica, as the proxy's --identity-addr takes them.
+    pub fn identity_addresses(&self) -> String {
+        std::iter::once(self.identity)
+            .chain(self.replicas.iter().map(|r| r[0]))
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Discovery addresses of every replica, as the proxy's --discovery-addr takes them.
+    pub fn discovery_addresses(&self) -> String {
+        std::iter::once(self.discovery)
+            .chain(self.replicas.iter().map(|r| r[1]))
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn service(
@@ -273,6 +303,14 @@ impl MeshSpec {
             "trust_domain: {TRUST_DOMAIN}\ncertificate_lifetime: {}\ncontrol_plane:\n  identity: \"{}\"\n  discovery: \"{}\"\n  dashboard: \"{}\"\n",
             self.lifetime, self.identity, self.discovery, self.dashboard
         );
+        if !self.replicas.is_empty() {
+            y += "  replicas:\n";
+            for [identity, discovery, dashboard] in &self.replicas {
+                y += &format!(
+                    "    - {{identity: \"{identity}\", discovery: \"{discovery}\", dashboard: \"{dashboard}\"}}\n"
+                );
+            }
+        }
         if let Some(dir) = &self.policy_dir {
             y += &format!("policy:\n  dir: \"{}\"\n", dir.display());
             if let Some(rule) = &self.policy_rule {
@@ -365,9 +403,9 @@ impl Mesh {
                 .display()
                 .to_string(),
             "--identity-addr".into(),
-            self.spec.identity.to_string(),
+            self.spec.identity_addresses(),
             "--discovery-addr".into(),
-            self.spec.discovery.to_string(),
+            self.spec.discovery_addresses(),
             "--inbound".into(),
             inbound.to_string(),
             "--outbound".into(),
@@ -405,7 +443,17 @@ impl Mesh {
     }
 }
 
-async fn start_control_plane(dir: &Path, spec: &MeshSpec) -> anyhow::Result<Process> {
+/// Starts replica `n` of the mesh's control plane (0: the `control_plane:` addresses) on
+/// the mesh's file and data directory, and waits until its discovery port answers.
+pub async fn start_control_plane_replica(
+    dir: &Path,
+    spec: &MeshSpec,
+    n: usize,
+) -> anyhow::Result<Process> {
+    let discovery = match n {
+        0 => spec.discovery,
+        n => spec.replicas[n - 1][1],
+    };
     let args = vec![
         "control-plane".to_string(),
         "--mesh".into(),
@@ -414,19 +462,26 @@ async fn start_control_plane(dir: &Path, spec: &MeshSpec) -> anyhow::Result<Proc
         dir.join("data").display().to_string(),
         "--reload-interval".into(),
         "200ms".into(),
+        "--replica".into(),
+        n.to_string(),
     ];
-    let mut p = Process::spawn("control-plane", dir, &binary("vigil"), &args)?;
+    let name = match n {
+        0 => "control-plane".to_string(),
+        n => format!("control-plane-{n}"),
+    };
+    let mut p = Process::spawn(&name, dir, &binary("vigil"), &args)?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(spec.discovery)
-        .await
-        .is_err()
-    {
+    while tokio::net::TcpStream::connect(discovery).await.is_err() {
         if !p.running() || Instant::now() > deadline {
-            bail!("control plane did not start:\n{}", p.output());
+            bail!("control plane replica {n} did not start:\n{}", p.output());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(p)
+}
+
+async fn start_control_plane(dir: &Path, spec: &MeshSpec) -> anyhow::Result<Process> {
+    start_control_plane_replica(dir, spec, 0).await
 }
 
 /// Waits for a proxy's `/ready`.

@@ -182,6 +182,7 @@ pub(crate) fn dashboard(
             dashboard: opts.dashboard,
             webhook: opts.webhook,
             dashboard_hosts: Vec::new(),
+            replicas: Vec::new(),
         },
         policy: None,
         policies: Vec::new(),

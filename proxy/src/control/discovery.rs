@@ -12,7 +12,7 @@ use vigil_identity::TrustBundle;
 use crate::authz::Authorizer;
 use crate::config::ProxyConfig;
 use crate::control::backoff::Backoff;
-use crate::control::control_plane_client;
+use crate::control::control_plane_client::{self, Replicas};
 use crate::control::identity::WorkloadIdentity;
 use crate::control::state::MeshView;
 
@@ -31,6 +31,8 @@ pub struct Discovery {
     pub last_refused: ArcSwapOption<String>,
     /// The JWT bundle (JWKS) of the mesh's JWT-SVIDs, from the latest snapshot that had one.
     pub jwt_bundle: ArcSwapOption<String>,
+    /// The discovery replica of the latest watch.
+    replica: ArcSwapOption<std::net::SocketAddr>,
 }
 
 impl Discovery {
@@ -40,10 +42,18 @@ impl Discovery {
             connected: AtomicBool::new(false),
             last_refused: ArcSwapOption::empty(),
             jwt_bundle: ArcSwapOption::empty(),
+            replica: ArcSwapOption::empty(),
         })
     }
 
-    /// Watches forever, reconnecting with backoff.
+    /// The control-plane replica the proxy watches (or last watched).
+    pub fn replica(&self) -> Option<std::net::SocketAddr> {
+        self.replica.load().as_deref().copied()
+    }
+
+    /// Watches forever, reconnecting with backoff. When the control plane runs as several
+    /// replicas, a watch that fails moves straight to the next replica; the backoff applies
+    /// once every replica has failed in a row.
     pub async fn run(
         self: Arc<Self>,
         config: ProxyConfig,
@@ -51,28 +61,49 @@ impl Discovery {
         authz: Arc<Authorizer>,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        let replicas = Replicas::new(config.discovery_addresses.clone());
+        let mut failed_in_a_row = 0;
         loop {
-            match self.watch_once(&config, &identity, &authz).await {
-                Ok(()) => tracing::warn!("discovery stream ended; reconnecting"),
+            let Some(replica) = replicas.current() else {
+                tracing::error!("no discovery address is configured; pass --discovery-addr");
+                return;
+            };
+            self.replica.store(Some(Arc::new(replica)));
+            match self.watch_once(replica, &config, &identity, &authz).await {
+                Ok(()) => tracing::warn!(%replica, "discovery stream ended; reconnecting"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "discovery unavailable; serving with the last snapshot")
+                    tracing::warn!(%replica, error = %e, "discovery unavailable; serving with the last snapshot")
                 }
             }
-            self.connected.store(false, Ordering::Relaxed);
+            let was_connected = self.connected.swap(false, Ordering::Relaxed);
+            if was_connected {
+                backoff.reset();
+            }
+            replicas.failed(replica);
+            failed_in_a_row = if was_connected {
+                1
+            } else {
+                failed_in_a_row + 1
+            };
+            if failed_in_a_row < replicas.len() {
+                // Another replica has not been tried yet: go now, after a short random
+                // pause so a fleet that loses one replica does not reach the next at once.
+                tokio::time::sleep(Duration::from_millis(rand::random_range(0..250))).await;
+                continue;
+            }
+            failed_in_a_row = 0;
             let delay = if self.mesh.load().is_some() {
                 backoff.next_delay()
             } else {
                 backoff.next_delay().min(Duration::from_secs(1))
             };
             tokio::time::sleep(delay).await;
-            if self.connected.load(Ordering::Relaxed) {
-                backoff.reset();
-            }
         }
     }
 
     async fn watch_once(
         &self,
+        replica: std::net::SocketAddr,
         config: &ProxyConfig,
         identity: &Arc<WorkloadIdentity>,
         authz: &Arc<Authorizer>,
@@ -84,7 +115,7 @@ impl Discovery {
             cp.clone(),
             &config.tls_options(&[b"h2"]),
         );
-        let channel = control_plane_client::connect(config.discovery_address, tls, &cp).await?;
+        let channel = control_plane_client::connect(replica, tls, &cp).await?;
         let mut client = vigil_api::discovery::DiscoveryClient::new(channel)
             .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
         let workload = identity

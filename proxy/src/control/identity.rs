@@ -2,6 +2,7 @@
 //! signed by the control plane, and renewal at half-life with jitter. A failed renewal
 //! keeps the current certificate until it expires.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +14,7 @@ use vigil_identity::{SvidInfo, SvidStore, TrustBundle, TrustStore, WorkloadKey};
 
 use crate::config::ProxyConfig;
 use crate::control::backoff::Backoff;
-use crate::control::control_plane_client;
+use crate::control::control_plane_client::{self, Replicas};
 use crate::telemetry::metrics::Metrics;
 
 /// What `/certs` reports about the current certificate.
@@ -53,9 +54,14 @@ pub struct WorkloadIdentity {
     /// Bumped when the certificate or the trust bundle changes (the Workload API streams).
     changed: tokio::sync::watch::Sender<u64>,
     /// The channel to the identity service, kept between renewals: tonic reconnects it
-    /// when the connection drops, so a renewal costs a request, not a handshake.
-    channel: tokio::sync::Mutex<Option<tonic::transport::Channel>>,
+    /// when the connection drops, so a renewal costs a request, not a handshake. Kept
+    /// with the replica it goes to.
+    channel: tokio::sync::Mutex<Option<(SocketAddr, tonic::transport::Channel)>>,
+    /// The identity service's replicas; a call that cannot reach one tries the next.
+    replicas: Replicas,
 }
+
+type IdentityClient = vigil_api::identity::IdentityClient<tonic::transport::Channel>;
 
 /// The longest a proxy waits, at random, before renewing after the trust bundle changed:
 /// enough to spread a fleet's renewals out, short enough that a rotation takes seconds.
@@ -75,7 +81,9 @@ impl WorkloadIdentity {
     ) -> anyhow::Result<Arc<WorkloadIdentity>> {
         let key = WorkloadKey::generate()?;
         let trust = TrustStore::new(&config.trust_domain, config.bootstrap_trust.clone())?;
+        let replicas = Replicas::new(config.identity_addresses.clone());
         Ok(Arc::new(WorkloadIdentity {
+            replicas,
             config,
             key,
             svid: SvidStore::new(),
@@ -169,7 +177,7 @@ impl WorkloadIdentity {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     if first.is_some() {
-                        tracing::warn!(error = %e, retry_in = ?delay, "cannot get a workload certificate yet; is the control plane at {} running and the join token right?", self.config.identity_address);
+                        tracing::warn!(error = %e, retry_in = ?delay, "cannot get a workload certificate yet; is the control plane at {:?} running and the join token right?", self.replicas.all());
                     } else {
                         self.renewal_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, retry_in = ?delay, "certificate renewal failed; keeping the current certificate until it expires");
@@ -181,13 +189,13 @@ impl WorkloadIdentity {
         }
     }
 
-    /// A client of the control plane's identity service.
-    async fn identity_client(
-        &self,
-    ) -> anyhow::Result<vigil_api::identity::IdentityClient<tonic::transport::Channel>> {
+    /// A client of the identity service on `replica`, on the kept channel when it goes there.
+    async fn identity_client(&self, replica: SocketAddr) -> anyhow::Result<IdentityClient> {
         let mut cached = self.channel.lock().await;
-        if let Some(channel) = cached.as_ref() {
-            return Ok(vigil_api::identity::IdentityClient::new(channel.clone()));
+        if let Some((to, channel)) = cached.as_ref() {
+            if *to == replica {
+                return Ok(IdentityClient::new(channel.clone()));
+            }
         }
         let cp = self.config.control_plane_id()?;
         // Before the first certificate the proxy has no SVID to present; afterwards
@@ -200,26 +208,61 @@ impl WorkloadIdentity {
             cp.clone(),
             &self.config.tls_options(&[b"h2"]),
         );
-        let channel = control_plane_client::connect(self.config.identity_address, tls, &cp).await?;
-        *cached = Some(channel.clone());
-        Ok(vigil_api::identity::IdentityClient::new(channel))
+        let channel = control_plane_client::connect(replica, tls, &cp).await?;
+        *cached = Some((replica, channel.clone()));
+        Ok(IdentityClient::new(channel))
+    }
+
+    /// Makes one call to the identity service, trying each replica in turn while the one in
+    /// use cannot be reached. An answer (a refusal included) ends the round: only a replica
+    /// that does not answer is passed over.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(IdentityClient) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = tonic::Status::unavailable("no control plane address is configured");
+        for _ in 0..self.replicas.len() {
+            let Some(replica) = self.replicas.current() else {
+                break;
+            };
+            let outcome = match self.identity_client(replica).await {
+                Ok(client) => call(client).await,
+                Err(e) => Err(tonic::Status::unavailable(format!(
+                    "connecting to the control plane at {replica}: {e:#}"
+                ))),
+            };
+            match outcome {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if unreachable(&status) => {
+                    if self.replicas.len() > 1 {
+                        tracing::warn!(%replica, error = %status.message(), "control plane replica unreachable; trying the next");
+                    }
+                    self.replicas.failed(replica);
+                    *self.channel.lock().await = None;
+                    last = status;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last)
     }
 
     /// Has the control plane sign `csr_der` with this proxy's credential: an X.509-SVID of
     /// this workload for a key the application holds (the SPIFFE Workload API), never the
     /// proxy's own.
     pub async fn sign_for_app(&self, csr_der: Vec<u8>) -> anyhow::Result<vigil_api::SignResponse> {
-        let response = self
-            .identity_client()
-            .await?
-            .sign(vigil_api::SignRequest {
-                csr_der,
-                token: self.config.current_token(),
-                kind: self.config.token_kind as i32,
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
-        Ok(response.into_inner())
+        let request = vigil_api::SignRequest {
+            csr_der,
+            token: self.config.current_token(),
+            kind: self.config.token_kind as i32,
+        };
+        self.call(|mut client| {
+            let request = request.clone();
+            async move { client.sign(request).await }
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))
     }
 
     /// A JWT-SVID of this workload for `audience`, from the control plane.
@@ -227,18 +270,16 @@ impl WorkloadIdentity {
         &self,
         audience: Vec<String>,
     ) -> Result<vigil_api::SignJwtResponse, tonic::Status> {
-        let mut client = self
-            .identity_client()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
-        let response = client
-            .sign_jwt(vigil_api::SignJwtRequest {
-                token: self.config.current_token(),
-                kind: self.config.token_kind as i32,
-                audience,
-            })
-            .await?;
-        Ok(response.into_inner())
+        let request = vigil_api::SignJwtRequest {
+            token: self.config.current_token(),
+            kind: self.config.token_kind as i32,
+            audience,
+        };
+        self.call(|mut client| {
+            let request = request.clone();
+            async move { client.sign_jwt(request).await }
+        })
+        .await
     }
 
     /// Changes whenever the certificate or the trust bundle does.
@@ -247,16 +288,18 @@ impl WorkloadIdentity {
     }
 
     async fn request(&self) -> anyhow::Result<Issued> {
-        let mut client = self.identity_client().await?;
-        let response = client
-            .sign(vigil_api::SignRequest {
-                csr_der: self.key.csr_der()?,
-                token: self.config.current_token(),
-                kind: self.config.token_kind as i32,
+        let request = vigil_api::SignRequest {
+            csr_der: self.key.csr_der()?,
+            token: self.config.current_token(),
+            kind: self.config.token_kind as i32,
+        };
+        let response = self
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.sign(request).await }
             })
             .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-            .into_inner();
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
         let chain: Vec<_> = response
             .cert_chain_der
             .into_iter()
@@ -313,6 +356,15 @@ impl WorkloadIdentity {
             lifetime_left,
         })
     }
+}
+
+/// Whether a call failed because the replica could not be reached (or is going away), as
+/// opposed to an answer from it.
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) || status.message().contains("transport error")
 }
 
 /// Renew at half of the remaining lifetime, ±10% jitter so a fleet started together
