@@ -546,6 +546,7 @@ impl ProxyStream {
         let mut request = tonic::Request::new(vigil_api::WatchRequest {
             known_version: lock(&view.version).0.clone(),
             policy_version: String::new(),
+            also_wanted: Vec::new(),
         });
         if let Ok(name) = format!("w{}", self.index).parse() {
             request.metadata_mut().insert("x-vigil-workload", name);

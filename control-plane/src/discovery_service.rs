@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vigil_api::wire::{EncodedSnapshot, WatchRequest};
 
-use crate::model::{MeshModel, ServicesDelta, SharedServices, WorkloadIndex};
+use crate::model::{MeshModel, Scope, ServicesDelta, SharedServices, WorkloadIndex, MAX_WANTED};
 use crate::tls_listener::PeerInfo;
 
 /// What the control plane currently serves; replaced whole on every change.
@@ -195,6 +195,11 @@ impl vigil_api::wire::Discovery for DiscoveryService {
             .unwrap_or_default()
             .to_string();
         let req = request.into_inner();
+        if req.also_wanted.len() > MAX_WANTED || req.also_wanted.iter().any(|n| n.len() > 300) {
+            return Err(Status::invalid_argument(format!(
+                "also_wanted names at most {MAX_WANTED} services of at most 300 bytes each"
+            )));
+        }
         let mut state = self.state.clone();
         let initial = state.borrow_and_update().clone();
         let Some(workload) =
@@ -242,6 +247,11 @@ impl vigil_api::wire::Discovery for DiscoveryService {
             // The services this stream last sent, by digest: a proxy that has them gets
             // only what changed.
             let mut last_services: Option<[u8; 32]> = None;
+            // For a proxy whose workload declares what it calls: the scope its services
+            // were cut to, the keys it holds, and the rest of what it was last sent.
+            let mut last_scope: Option<[u8; 32]> = None;
+            let mut held: std::collections::HashSet<vigil_api::ServiceKey> = Default::default();
+            let mut last_rest: Option<[u8; 32]> = None;
             loop {
                 let current = state.borrow_and_update().clone();
                 let prepared = shared.of(&current);
@@ -252,38 +262,82 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                     Some(workload) => {
                         let served = current.policies.for_workload(workload);
                         let policy_key = crate::model::policy_key(served, workload);
+                        let send_policy = last_policy != Some(policy_key);
                         let mut snapshot = current.model.snapshot_with(
                             &prepared.services,
                             workload,
                             &current.trust_bundle_der,
                             served,
                             &current.jwt_bundle,
-                            last_policy != Some(policy_key),
+                            send_policy,
                         );
+                        let scope = Scope::of(workload, &req.also_wanted);
+                        if let Some(scope) = &scope {
+                            snapshot.version =
+                                crate::model::scoped_version(&snapshot.version, scope);
+                            snapshot.scoped = true;
+                        }
                         if snapshot.version != last_version {
-                            let base_version =
-                                std::mem::replace(&mut last_version, snapshot.version.clone());
-                            last_policy = Some(policy_key);
                             let digest = *prepared.services.digest();
                             let delta = match last_services {
-                                Some(base) if base == digest => Some((Vec::new(), Vec::new())),
-                                Some(base) => prepared
-                                    .delta
-                                    .as_ref()
-                                    .filter(|d| d.from == base)
-                                    .map(|d| (d.changed.clone(), d.removed.clone())),
+                                Some(base) if base == digest => Some(None),
+                                Some(base) => {
+                                    prepared.delta.as_ref().filter(|d| d.from == base).map(Some)
+                                }
                                 None => None,
                             };
-                            match delta {
-                                Some((changed, removed)) => {
+                            let rest = rest_digest(&snapshot);
+                            match (&scope, delta) {
+                                (None, Some(delta)) => {
                                     snapshot.incremental = true;
-                                    snapshot.base_version = base_version;
-                                    snapshot.services = changed;
-                                    snapshot.removed_services = removed;
+                                    if let Some(d) = delta {
+                                        snapshot.services = d.changed.clone();
+                                        snapshot.removed_services = d.removed.clone();
+                                    }
                                 }
-                                None => snapshot.services = prepared.services.encoded(),
+                                (None, None) => snapshot.services = prepared.services.encoded(),
+                                (Some(scope), Some(delta))
+                                    if last_scope == Some(*scope.digest()) =>
+                                {
+                                    if let Some(d) = delta {
+                                        cut_delta(
+                                            &mut snapshot,
+                                            d,
+                                            &prepared.services,
+                                            scope,
+                                            &mut held,
+                                        );
+                                    }
+                                    let nothing_new = snapshot.services.is_empty()
+                                        && snapshot.removed_services.is_empty()
+                                        && !send_policy
+                                        && last_rest == Some(rest);
+                                    if nothing_new {
+                                        // Nothing this proxy holds changed: send nothing,
+                                        // and the next delta still starts from its version.
+                                        last_services = Some(digest);
+                                        wait_for_change(&mut state, &tx).await;
+                                        if tx.is_closed() || state.has_changed().is_err() {
+                                            break;
+                                        }
+                                        continue;
+                                    }
+                                    snapshot.incremental = true;
+                                }
+                                (Some(scope), _) => {
+                                    let (services, keys) = prepared.services.encoded_in(scope);
+                                    snapshot.services = services;
+                                    held = keys.into_iter().collect();
+                                }
                             }
+                            if snapshot.incremental {
+                                snapshot.base_version = last_version.clone();
+                            }
+                            last_version = snapshot.version.clone();
+                            last_policy = Some(policy_key);
                             last_services = Some(digest);
+                            last_scope = scope.as_ref().map(|s| *s.digest());
+                            last_rest = Some(rest);
                             let policy_version =
                                 served.map(|p| p.bundle.version.clone()).unwrap_or_default();
                             proxies.with(|p| {
@@ -327,9 +381,9 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                         break;
                     }
                 }
-                tokio::select! {
-                    changed = state.changed() => if changed.is_err() { break },
-                    _ = tx.closed() => break,
+                wait_for_change(&mut state, &tx).await;
+                if tx.is_closed() || state.has_changed().is_err() {
+                    break;
                 }
             }
             proxies.with(|p| p.remove(&key));
@@ -337,6 +391,70 @@ impl vigil_api::wire::Discovery for DiscoveryService {
             tracing::info!(workload = %workload_name, "proxy stopped watching");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Waits until the mesh state changes or the proxy goes away.
+async fn wait_for_change(
+    state: &mut watch::Receiver<Arc<MeshState>>,
+    tx: &mpsc::Sender<Result<EncodedSnapshot, Status>>,
+) {
+    tokio::select! {
+        _ = state.changed() => {},
+        _ = tx.closed() => {},
+    }
+}
+
+/// What a snapshot carries besides its services and policy: the workload, trust domain,
+/// trust bundle and JWT bundle. A scoped proxy is sent a change only when its services or
+/// these moved.
+fn rest_digest(snapshot: &EncodedSnapshot) -> [u8; 32] {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for part in [
+        &snapshot.workload[..],
+        snapshot.trust_domain.as_bytes(),
+        snapshot.jwt_bundle.as_bytes(),
+    ]
+    .into_iter()
+    .chain(snapshot.trust_bundle_der.iter().map(|b| &b[..]))
+    {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    digest.finalize().into()
+}
+
+/// Cuts the shared `delta` down to what a proxy holding `held` (the keys of its scope)
+/// needs: services of its scope that changed or joined it, and the keys of those it holds
+/// that were removed or left its scope.
+fn cut_delta(
+    snapshot: &mut EncodedSnapshot,
+    delta: &ServicesDelta,
+    services: &SharedServices,
+    scope: &Scope,
+    held: &mut std::collections::HashSet<vigil_api::ServiceKey>,
+) {
+    use prost::Message;
+    for &i in &delta.changed_at {
+        let Some((key, bytes)) = services.get(i) else {
+            continue;
+        };
+        if services.covered(scope, i) {
+            snapshot.services.push(bytes.clone());
+            held.insert(key.clone());
+        } else if held.remove(key) {
+            snapshot
+                .removed_services
+                .push(bytes::Bytes::from(key.encode_to_vec()));
+        }
+    }
+    for key in &delta.removed_keys {
+        if held.remove(key) {
+            snapshot
+                .removed_services
+                .push(bytes::Bytes::from(key.encode_to_vec()));
+        }
     }
 }
 
@@ -386,6 +504,7 @@ mod tests {
     use vigil_identity::SpiffeId;
 
     use crate::mesh::MeshFile;
+    use std::time::Duration;
 
     fn state(app_port: u16) -> Arc<MeshState> {
         state_with(app_port, "")
@@ -414,9 +533,18 @@ mod tests {
         discovery: &DiscoveryService,
         known_version: &str,
     ) -> ReceiverStream<Result<EncodedSnapshot, Status>> {
+        watch_wanting(discovery, known_version, &[]).await
+    }
+
+    async fn watch_wanting(
+        discovery: &DiscoveryService,
+        known_version: &str,
+        also_wanted: &[&str],
+    ) -> ReceiverStream<Result<EncodedSnapshot, Status>> {
         let mut request = Request::new(WatchRequest {
             known_version: known_version.into(),
             policy_version: String::new(),
+            also_wanted: also_wanted.iter().map(|n| n.to_string()).collect(),
         });
         request.extensions_mut().insert(PeerInfo {
             address: "127.0.0.1:40000".parse().expect("addr"),
@@ -542,6 +670,82 @@ mod tests {
                 .is_some_and(|p| p.version != policy.version && p.files.len() > 1),
             "a changed policy is sent"
         );
+    }
+
+    /// `web` declares that it calls `a`; services `a` and `b` have the endpoints given.
+    fn scoped_state(a: &str, b: &str) -> Arc<MeshState> {
+        let mesh = MeshFile::parse(&format!(
+            "trust_domain: vigil.local\nworkloads:\n  - {{ name: web, namespace: shop, join_token: \"580e03ca12da94db77610eb82123ebf4\", app_port: 8080, calls: [a] }}\n  - {{ name: x1, namespace: shop, join_token: \"6d3dc512e0a3d71a84dc27e75545bc9c\", app_port: 8081 }}\n  - {{ name: x2, namespace: shop, join_token: \"446e058ca19b93489808d5357442e0f4\", app_port: 8082 }}\nservices:\n  - {{ name: a, namespace: shop, endpoints: [{a}] }}\n  - {{ name: b, namespace: shop, endpoints: [{b}] }}\n"
+        ))
+        .expect("mesh");
+        Arc::new(MeshState {
+            model: mesh.model().expect("model"),
+            trust_bundle_der: vec![],
+            policies: crate::policy_source::load_all(&mesh, "").expect("policy"),
+            jwt_bundle: String::new(),
+        })
+    }
+
+    /// A proxy whose workload declares what it calls is sent those services only, and a
+    /// change to any other sends it nothing; one it asks for joins its view.
+    #[tokio::test(start_paused = true)]
+    async fn a_workload_that_declares_its_calls_is_sent_only_those() {
+        let names = |s: &vigil_api::Snapshot| {
+            let mut names: Vec<String> = s.services.iter().map(|s| s.name.clone()).collect();
+            names.sort();
+            names
+        };
+        let (state_tx, state_rx) = watch::channel(scoped_state("x1", "x1"));
+        let discovery = DiscoveryService::new(state_rx, Arc::default());
+        let mut stream = watch(&discovery, "").await;
+        async fn next(
+            stream: &mut ReceiverStream<Result<EncodedSnapshot, Status>>,
+        ) -> Option<vigil_api::Snapshot> {
+            let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .ok()?;
+            Some(
+                message
+                    .expect("open")
+                    .expect("ok")
+                    .decode_snapshot()
+                    .expect("decodes"),
+            )
+        }
+        let first = next(&mut stream).await.expect("a whole snapshot");
+        assert!(first.scoped && !first.incremental);
+        assert_eq!(names(&first), ["a"]);
+
+        state_tx.send_replace(scoped_state("x1", "x2"));
+        assert!(
+            next(&mut stream).await.is_none(),
+            "b moved: nothing for a proxy that does not call it"
+        );
+
+        state_tx.send_replace(scoped_state("x2", "x2"));
+        let moved = next(&mut stream).await.expect("a moved");
+        assert!(moved.incremental);
+        assert_eq!(
+            moved.base_version, first.version,
+            "from what the proxy holds"
+        );
+        assert_eq!(names(&moved), ["a"]);
+        assert_eq!(moved.services[0].endpoints[0].workload, "x2");
+
+        let mut wider =
+            watch_wanting(&discovery, &moved.version, &["b.shop.svc.cluster.local:80"]).await;
+        let widened = wider
+            .next()
+            .await
+            .expect("snapshot")
+            .expect("ok")
+            .decode_snapshot()
+            .expect("decodes");
+        assert!(
+            widened.scoped && !widened.incremental,
+            "another scope: a whole snapshot"
+        );
+        assert_eq!(names(&widened), ["a", "b"]);
     }
 
     /// A large snapshot goes out as messages of bounded size that together carry every

@@ -343,6 +343,12 @@ pub struct WorkloadEntry {
     /// Further application ports that accept opaque TCP through the mesh.
     #[serde(default)]
     pub tcp_ports: Vec<u16>,
+    /// The services this workload calls (host names, `name.namespace`, or `ip:port`).
+    /// When given, its proxy is sent only those (and those its upstream listeners name),
+    /// and asks the control plane for any other the first time the application calls
+    /// it; when left out, every service.
+    #[serde(default)]
+    pub calls: Option<Vec<String>>,
     #[serde(default)]
     pub proxy: ProxyAddresses,
     /// How a launcher (`vigil demo`, the quickstart) starts the application; optional.
@@ -588,6 +594,13 @@ impl MeshFile {
                 tcp_ports: w.tcp_ports.clone(),
                 inbound_address: w.proxy.inbound,
                 labels: w.labels.clone(),
+                calls: w.calls.as_ref().map(|calls| {
+                    calls
+                        .iter()
+                        .chain(w.proxy.upstreams.values())
+                        .cloned()
+                        .collect()
+                }),
             });
         }
         // Endpoints name workloads: one lookup each, not a scan of every workload.

@@ -35,6 +35,10 @@ pub struct Workload {
     pub inbound_address: SocketAddr,
     /// The workload's labels (a pod's), which policy targets select on.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The services the workload calls, when declared (host names, `name.namespace`, or
+    /// `ip:port`): its proxy is then sent only those, and asks for others on first use.
+    /// `None`: every service.
+    pub calls: Option<Vec<String>>,
 }
 
 /// How a service's traffic is treated.
@@ -141,6 +145,15 @@ impl MeshModel {
         let mut digest = Sha256::new();
         let mut encoded = Vec::with_capacity(services.len());
         let mut keys = Vec::with_capacity(services.len());
+        let names = services
+            .iter()
+            .map(|s| {
+                let mut names: Vec<String> =
+                    s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+                names.extend(s.virtual_addresses.iter().cloned());
+                names
+            })
+            .collect();
         for service in &services {
             let bytes = Bytes::from(service.encode_to_vec());
             digest.update((bytes.len() as u64).to_le_bytes());
@@ -155,6 +168,7 @@ impl MeshModel {
         SharedServices {
             encoded,
             keys,
+            names,
             digest: digest.finalize().into(),
         }
     }
@@ -168,7 +182,14 @@ impl MeshModel {
     ) -> EncodedSnapshot {
         let shared = self.shared_services();
         let mut snapshot = self.snapshot_with(&shared, workload, trust_bundle, policy, "", true);
-        snapshot.services = shared.encoded();
+        match Scope::of(workload, &[]) {
+            Some(scope) => {
+                snapshot.services = shared.encoded_in(&scope).0;
+                snapshot.scoped = true;
+                snapshot.version = scoped_version(&snapshot.version, &scope);
+            }
+            None => snapshot.services = shared.encoded(),
+        }
         snapshot
     }
 
@@ -231,6 +252,7 @@ impl MeshModel {
             base_version: String::new(),
             removed_services: Vec::new(),
             more: false,
+            scoped: false,
         }
     }
 }
@@ -268,6 +290,8 @@ pub struct SharedServices {
     encoded: Vec<Bytes>,
     /// Each service's key, in the order of `encoded`.
     keys: Vec<vigil_api::ServiceKey>,
+    /// Each service's names (lower-case hosts, virtual `ip:port`s), for [`Scope`]s.
+    names: Vec<Vec<String>>,
     digest: [u8; 32],
 }
 
@@ -275,6 +299,26 @@ impl SharedServices {
     /// Every service, encoded (cheap: the bytes are shared).
     pub fn encoded(&self) -> Vec<Bytes> {
         self.encoded.clone()
+    }
+
+    /// The services `scope` covers, encoded, with their keys.
+    pub fn encoded_in(&self, scope: &Scope) -> (Vec<Bytes>, Vec<vigil_api::ServiceKey>) {
+        (0..self.encoded.len())
+            .filter(|&i| self.covered(scope, i))
+            .map(|i| (self.encoded[i].clone(), self.keys[i].clone()))
+            .unzip()
+    }
+
+    /// Whether service `i` is among those `scope` covers.
+    pub fn covered(&self, scope: &Scope, i: usize) -> bool {
+        self.names
+            .get(i)
+            .is_some_and(|names| names.iter().any(|n| scope.names.contains(n)))
+    }
+
+    /// Service `i`'s key and encoding.
+    pub fn get(&self, i: usize) -> Option<(&vigil_api::ServiceKey, &Bytes)> {
+        Some((self.keys.get(i)?, self.encoded.get(i)?))
     }
 
     /// The hash of every service: equal digests, equal service lists.
@@ -288,23 +332,34 @@ impl SharedServices {
         let old: HashMap<&vigil_api::ServiceKey, &Bytes> =
             before.keys.iter().zip(&before.encoded).collect();
         let new: std::collections::HashSet<&vigil_api::ServiceKey> = self.keys.iter().collect();
-        let changed = self
+        let changed_at: Vec<usize> = self
             .keys
             .iter()
             .zip(&self.encoded)
-            .filter(|(key, bytes)| old.get(key) != Some(bytes))
-            .map(|(_, bytes)| bytes.clone())
+            .enumerate()
+            .filter(|(_, (key, bytes))| old.get(key) != Some(bytes))
+            .map(|(i, _)| i)
             .collect();
-        let removed = before
+        let changed = changed_at
+            .iter()
+            .map(|&i| self.encoded[i].clone())
+            .collect();
+        let removed_keys: Vec<vigil_api::ServiceKey> = before
             .keys
             .iter()
             .filter(|key| !new.contains(key))
+            .cloned()
+            .collect();
+        let removed = removed_keys
+            .iter()
             .map(|key| Bytes::from(key.encode_to_vec()))
             .collect();
         ServicesDelta {
             from: before.digest,
             changed,
             removed,
+            changed_at,
+            removed_keys,
         }
     }
 }
@@ -318,6 +373,77 @@ pub struct ServicesDelta {
     pub changed: Vec<Bytes>,
     /// Keys of the services removed, encoded.
     pub removed: Vec<Bytes>,
+    /// Where the added or changed services are in the new list, for scoped proxies.
+    pub changed_at: Vec<usize>,
+    /// Keys of the services removed.
+    pub removed_keys: Vec<vigil_api::ServiceKey>,
+}
+
+/// The most names a proxy may ask for beyond those its workload declares.
+pub const MAX_WANTED: usize = 1024;
+
+/// The services one proxy is sent when its workload declares what it calls: those named
+/// in `calls`, those its upstream listeners are bound to (the caller adds them to `calls`),
+/// and those it asked for since (`also_wanted`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    names: std::collections::HashSet<String>,
+    digest: [u8; 32],
+}
+
+impl Scope {
+    /// `None` when the workload declares nothing: its proxy gets every service.
+    pub fn of(workload: &Workload, also_wanted: &[String]) -> Option<Scope> {
+        let calls = workload.calls.as_ref()?;
+        let mut names: Vec<String> = calls
+            .iter()
+            .chain(also_wanted.iter().take(MAX_WANTED))
+            .map(|n| scope_name(n))
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut digest = Sha256::new();
+        for n in &names {
+            digest.update((n.len() as u64).to_le_bytes());
+            digest.update(n.as_bytes());
+        }
+        Some(Scope {
+            names: names.into_iter().collect(),
+            digest: digest.finalize().into(),
+        })
+    }
+
+    /// Equal digests, equal scopes.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+/// The version of a snapshot cut down to `scope`: the whole snapshot's version with the
+/// scope mixed in, so a proxy that reconnects with another scope is sent a whole one.
+pub fn scoped_version(version: &str, scope: &Scope) -> String {
+    let mut digest = Sha256::new();
+    digest.update(version.as_bytes());
+    digest.update(scope.digest);
+    let hex: String = digest.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+/// How a name in a scope is compared: an `ip:port` as written, a host name in lower case
+/// without its port or final dot.
+fn scope_name(name: &str) -> String {
+    let name = name.trim();
+    if name.parse::<SocketAddr>().is_ok() {
+        return name.to_string();
+    }
+    let host = match name.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
+        _ => name,
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// The workloads of one [`MeshModel`] by SPIFFE ID, in the model's order, so finding a
@@ -373,6 +499,7 @@ mod tests {
                 tcp_ports: vec![],
                 inbound_address: SocketAddr::from(([127, 0, 0, 1], 15006)),
                 labels: Default::default(),
+                calls: None,
             })
             .collect();
         MeshModel {

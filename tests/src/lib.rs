@@ -158,6 +158,8 @@ pub struct WorkloadSpec {
     /// Extra command-line flags for this workload's proxy (e.g. a short
     /// `--header-read-timeout`), appended after the harness's own.
     pub extra_args: Vec<String>,
+    /// The services the workload declares it calls (`calls:`); `None` leaves it out.
+    pub calls: Option<Vec<String>>,
 }
 
 /// 128 random bits in hex, as `openssl rand -hex 16` makes them: the control plane refuses
@@ -186,6 +188,7 @@ impl WorkloadSpec {
             metrics: free_addr(),
             upstreams: vec![],
             extra_args: vec![],
+            calls: None,
         }
     }
 
@@ -326,6 +329,9 @@ impl MeshSpec {
                 "  - name: {}\n    namespace: {}\n    join_token: \"{}\"\n    app_port: {}\n    tcp_ports: {:?}\n    proxy:\n      inbound: \"{}\"\n      outbound: \"{}\"\n      admin: \"{}\"\n      metrics: \"{}\"\n",
                 w.name, w.namespace, w.token, w.app_port, w.tcp_ports, w.inbound, w.outbound, w.admin, w.metrics
             );
+            if let Some(calls) = &w.calls {
+                y += &format!("    calls: {calls:?}\n");
+            }
         }
         y += "services:\n";
         for (name, ns, protocol, endpoints, target) in &self.services {

@@ -24,6 +24,10 @@ use crate::model::{Endpoint, MeshModel, Protocol, Service, Workload};
 
 /// Service annotation holding the traffic policy (retries, timeouts, breaker) as JSON.
 pub const TRAFFIC_ANNOTATION: &str = "vigil.io/traffic";
+/// Pod annotation naming the services the workload calls, separated by commas (host
+/// names, `name.namespace`, or `ip:port`): its proxy is then sent only those, and asks for
+/// others the first time it meets them.
+pub const CALLS_ANNOTATION: &str = "vigil.io/calls";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// `(namespace, name)` of an object.
@@ -118,6 +122,18 @@ fn workload(trust_domain: &str, pod: &Pod, accounts: &BTreeSet<ObjectKey>) -> Op
         tcp_ports: ports.into_iter().skip(1).collect(),
         inbound_address: SocketAddr::new(ip, INBOUND_PORT),
         labels: meta.labels.clone().unwrap_or_default(),
+        calls: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CALLS_ANNOTATION))
+            .map(|calls| {
+                calls
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
     })
 }
 

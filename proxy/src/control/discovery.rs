@@ -33,6 +33,29 @@ pub struct Discovery {
     pub jwt_bundle: ArcSwapOption<String>,
     /// The discovery replica of the latest watch.
     replica: ArcSwapOption<std::net::SocketAddr>,
+    /// Names a scoped view lacked when traffic met them (see [`Discovery::ask_for`]),
+    /// sent with every watch as `also_wanted`.
+    wanted: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Woken when `wanted` grows: the watch starts again with the longer list.
+    rescope: tokio::sync::Notify,
+    /// Counts the snapshots applied, for callers waiting for the next one.
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+/// The most names a proxy asks for beyond those its workload declares; the control plane
+/// takes no more.
+const MAX_WANTED: usize = 1024;
+
+/// How long a request for a service the proxy has not met waits for the control plane to
+/// send it.
+const FIRST_USE_WAIT: Duration = Duration::from_secs(3);
+
+/// How one watch ended.
+enum WatchEnd {
+    /// The stream closed or failed: reconnect, to another replica if there is one.
+    Lost,
+    /// The proxy asked for more services: watch again at once, on the same replica.
+    Rescope,
 }
 
 impl Discovery {
@@ -43,7 +66,53 @@ impl Discovery {
             last_refused: ArcSwapOption::empty(),
             jwt_bundle: ArcSwapOption::empty(),
             replica: ArcSwapOption::empty(),
+            wanted: Default::default(),
+            rescope: tokio::sync::Notify::new(),
+            applied: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// For a view scoped to what the workload declared it calls: asks the control plane
+    /// for the services `names` mean (host names or `ip:port`), the first time traffic
+    /// meets them, and waits (at most [`FIRST_USE_WAIT`]) for the snapshot that answers.
+    /// A name asked for once is not asked for again: it stays in the watch, so a service
+    /// created under it later still reaches the proxy, and a name that means nothing costs
+    /// one round trip, not one per request.
+    pub async fn ask_for(&self, names: &[String]) {
+        if !self.mesh.load().as_ref().is_some_and(|m| m.scoped) {
+            return;
+        }
+        let mut applied = self.applied.subscribe();
+        {
+            let mut wanted = match self.wanted.lock() {
+                Ok(w) => w,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let mut added = false;
+            for name in names.iter().filter(|n| !n.is_empty() && n.len() <= 300) {
+                if wanted.len() >= MAX_WANTED {
+                    tracing::warn!(%name, "not asking the control plane for another service: {MAX_WANTED} asked for already; declare the services this workload calls");
+                    break;
+                }
+                added |= wanted.insert(name.to_ascii_lowercase());
+            }
+            if !added {
+                return;
+            }
+        }
+        tracing::info!(
+            ?names,
+            "asking the control plane for a service this proxy has not met"
+        );
+        self.rescope.notify_one();
+        let _ = tokio::time::timeout(FIRST_USE_WAIT, applied.changed()).await;
+    }
+
+    fn wanted(&self) -> Vec<String> {
+        match self.wanted.lock() {
+            Ok(w) => w.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+        }
     }
 
     /// The control-plane replica the proxy watches (or last watched).
@@ -70,7 +139,10 @@ impl Discovery {
             };
             self.replica.store(Some(Arc::new(replica)));
             match self.watch_once(replica, &config, &identity, &authz).await {
-                Ok(()) => tracing::warn!(%replica, "discovery stream ended; reconnecting"),
+                Ok(WatchEnd::Rescope) => continue,
+                Ok(WatchEnd::Lost) => {
+                    tracing::warn!(%replica, "discovery stream ended; reconnecting")
+                }
                 Err(e) => {
                     tracing::warn!(%replica, error = %e, "discovery unavailable; serving with the last snapshot")
                 }
@@ -107,7 +179,7 @@ impl Discovery {
         config: &ProxyConfig,
         identity: &Arc<WorkloadIdentity>,
         authz: &Arc<Authorizer>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<WatchEnd> {
         let cp = config.control_plane_id()?;
         let tls = vigil_identity::mtls_client_config(
             Some(identity.svid.clone()),
@@ -130,6 +202,7 @@ impl Discovery {
                 .map(|m| m.version.clone())
                 .unwrap_or_default(),
             policy_version: authz.version().unwrap_or_default(),
+            also_wanted: self.wanted(),
         });
         if let Ok(v) = workload.parse() {
             request.metadata_mut().insert("x-vigil-workload", v);
@@ -144,11 +217,18 @@ impl Discovery {
         self.connected.store(true, Ordering::Relaxed);
         // The first messages of a snapshot split in several (`more`), held until the last.
         let mut pending: Option<vigil_api::Snapshot> = None;
-        while let Some(message) = stream
-            .message()
-            .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        {
+        loop {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                // A snapshot half received is dropped with the stream: the next one is
+                // whole.
+                _ = self.rescope.notified() => return Ok(WatchEnd::Rescope),
+            };
+            let Some(message) =
+                message.map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+            else {
+                break;
+            };
             self.connected.store(true, Ordering::Relaxed);
             let snapshot = match pending.take() {
                 Some(mut first) => {
@@ -206,8 +286,9 @@ impl Discovery {
             if let Err(e) = tokio::task::spawn_blocking(compile).await {
                 tracing::error!(error = %e, "policy bundle compilation did not finish; keeping the bundle in force");
             }
+            self.applied.send_modify(|n| *n += 1);
         }
-        Ok(())
+        Ok(WatchEnd::Lost)
     }
 
     fn apply(

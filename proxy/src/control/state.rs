@@ -94,6 +94,9 @@ pub struct MeshView {
     pub trust_domain: String,
     pub workload: WorkloadInfo,
     pub services: Vec<Arc<ServiceView>>,
+    /// The view holds only the services the workload declared it calls and those the
+    /// proxy asked for since; any other is asked for the first time it is met.
+    pub scoped: bool,
     /// This workload's `name.namespace`: the service label of inbound requests that
     /// name no mesh service.
     #[serde(skip)]
@@ -187,6 +190,7 @@ impl MeshView {
         }
         Ok(MeshView {
             version: snapshot.version.clone(),
+            scoped: snapshot.scoped,
             trust_domain: snapshot.trust_domain.clone(),
             workload_label: Arc::from(format!("{}.{}", workload.name, workload.namespace)),
             workload,
@@ -255,7 +259,7 @@ fn service_view(s: &vigil_api::Service) -> Result<Arc<ServiceView>, SnapshotErro
     }))
 }
 
-fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

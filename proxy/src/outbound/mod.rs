@@ -70,6 +70,7 @@ async fn connection(
         (None, Some(dst)) => Target::Address(dst),
         (None, None) => Target::ByHost,
     };
+    ask_on_first_use(&proxy, &target, "").await;
     // The declared protocol decides, never the client's bytes: a connection to an HTTP
     // service is served as HTTP whatever it starts with (bytes that are no request get
     // 400), so no byte sequence can turn it into a tunnel that skips request policy.
@@ -278,6 +279,32 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, targe
     }
 }
 
+/// With a view scoped to the services the workload declared, a destination it lacks is
+/// asked for once (see [`crate::control::discovery::Discovery::ask_for`]) before the
+/// connection or request is given up as unknown.
+async fn ask_on_first_use(proxy: &Proxy, target: &Target, host: &str) {
+    let unknown = match proxy.discovery.mesh.load().as_ref() {
+        Some(mesh) if mesh.scoped => match target {
+            Target::ByHost if host.is_empty() => false,
+            _ => resolve(mesh, target, host).is_err(),
+        },
+        _ => false,
+    };
+    if !unknown {
+        return;
+    }
+    let mut names = Vec::with_capacity(2);
+    match target {
+        Target::Fixed(name) => names.push(name.clone()),
+        Target::Address(addr) => names.push(addr.to_string()),
+        Target::ByHost => {}
+    }
+    if !host.is_empty() {
+        names.push(crate::control::state::strip_port(host).to_string());
+    }
+    proxy.discovery.ask_for(&names).await;
+}
+
 fn resolve<'m>(
     mesh: &'m MeshView,
     target: &Target,
@@ -355,15 +382,16 @@ async fn forward(
             "CONNECT is not supported on the outbound listener".into(),
         ));
     }
+    crate::http::limits::check_head(&req, &proxy.config.request_limits)?;
+    let host = crate::http::headers::authority(&req)
+        .map(str::to_string)
+        .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
+    ask_on_first_use(proxy, target, &host).await;
     let mesh = proxy
         .discovery
         .mesh
         .load_full()
         .ok_or(ProxyError::NotReady)?;
-    crate::http::limits::check_head(&req, &proxy.config.request_limits)?;
-    let host = crate::http::headers::authority(&req)
-        .map(str::to_string)
-        .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
     let service = match destination(proxy, &mesh, target, &host)? {
         Destination::Mesh(service) => service,
         Destination::Egress(dst) => {
