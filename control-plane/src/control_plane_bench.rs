@@ -46,6 +46,10 @@ pub struct BenchOptions {
     /// Services, each with two of the workloads as endpoints.
     #[arg(long, default_value_t = 500)]
     pub services: usize,
+    /// Services each workload declares it calls (`calls:`), so its proxy is sent only
+    /// those; 0 declares nothing and every proxy gets every service.
+    #[arg(long, default_value_t = 0)]
+    pub calls: usize,
     /// Endpoint changes to time (each moves one service to other workloads).
     #[arg(long, default_value_t = 3)]
     pub changes: usize,
@@ -72,6 +76,8 @@ pub struct BenchOptions {
 pub struct BenchResult {
     pub proxies: usize,
     pub services: usize,
+    /// Services each workload declared it calls (0: none declared, every proxy gets all).
+    pub calls: usize,
     pub svids_per_second: f64,
     pub connect_seconds: f64,
     pub snapshot_bytes: usize,
@@ -88,6 +94,10 @@ pub struct BenchResult {
 pub struct ChangeResult {
     /// The largest message a proxy received for the change.
     pub message_bytes: usize,
+    /// Proxies that hold a service the change moved, which it must reach.
+    pub receivers: usize,
+    /// Proxies that do not hold it and were sent something anyway.
+    pub sent_needlessly: usize,
     pub p50_seconds: f64,
     pub max_seconds: f64,
     pub cpu_seconds: f64,
@@ -139,6 +149,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchResult> {
     let mut result = BenchResult {
         proxies: opts.proxies,
         services: opts.services,
+        calls: opts.calls,
         ..BenchResult::default()
     };
 
@@ -234,36 +245,55 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchResult> {
         let whole_before = snapshot_bytes.swap(0, Ordering::Relaxed);
         write_mesh(&mesh_file, &opts, &addresses, &tokens, change)?;
         let written = Instant::now();
+        // This change moves one service and puts back the one the previous change moved.
+        let services = opts.services.max(1);
+        let moved = [(change - 1) % services, (change + services - 2) % services];
+        let needs: Vec<bool> = (0..opts.proxies)
+            .map(|i| holds(&opts, i, moved[0]) || (change > 1 && holds(&opts, i, moved[1])))
+            .collect();
+        let receivers = needs.iter().filter(|n| **n).count();
         wait_until(
             Duration::from_secs(600),
-            "every proxy has the change",
+            "every proxy that holds the service has the change",
             || {
                 views
                     .iter()
                     .zip(&before)
-                    .all(|(v, old)| lock(&v.version).0 != *old)
+                    .zip(&needs)
+                    .all(|((v, old), needs)| !needs || lock(&v.version).0 != *old)
             },
         )
         .await?;
+        // Give needless messages time to arrive before counting them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent_needlessly = views
+            .iter()
+            .zip(&before)
+            .zip(&needs)
+            .filter(|((v, old), needs)| !**needs && lock(&v.version).0 != **old)
+            .count();
         let mut arrivals: Vec<f64> = views
             .iter()
-            .filter_map(|v| lock(&v.version).1)
+            .zip(&needs)
+            .filter(|(_, needs)| **needs)
+            .filter_map(|(v, _)| lock(&v.version).1)
             .map(|at| at.saturating_duration_since(written).as_secs_f64())
             .collect();
         arrivals.sort_by(f64::total_cmp);
         let p50 = arrivals.get(arrivals.len() / 2).copied().unwrap_or(0.0);
         let max = arrivals.last().copied().unwrap_or(0.0);
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let spent = cp.cpu_seconds() - cpu;
         // Whole snapshots during a change mean a proxy could not take the delta.
         let message_bytes = snapshot_bytes
             .swap(whole_before, Ordering::Relaxed)
             .max(delta_bytes.load(Ordering::Relaxed));
         eprintln!(
-            "  change {change}: p50 {p50:.2} s, max {max:.2} s, {spent:.2} CPU-s, largest message {message_bytes} bytes"
+            "  change {change}: to {receivers} proxies, p50 {p50:.2} s, max {max:.2} s, {spent:.2} CPU-s, largest message {message_bytes} bytes, {sent_needlessly} sent to proxies without the service"
         );
         result.changes.push(ChangeResult {
             message_bytes,
+            receivers,
+            sent_needlessly,
             p50_seconds: p50,
             max_seconds: max,
             cpu_seconds: spent,
@@ -361,6 +391,17 @@ fn inbound(i: usize) -> String {
     )
 }
 
+/// The services workload `i` declares it calls: the `calls` after its own index.
+fn calls_of(opts: &BenchOptions, i: usize) -> impl Iterator<Item = usize> {
+    let services = opts.services.max(1);
+    (0..opts.calls.min(services)).map(move |j| (i + j) % services)
+}
+
+/// Whether workload `i`'s proxy holds service `s`.
+fn holds(opts: &BenchOptions, i: usize, s: usize) -> bool {
+    opts.calls == 0 || calls_of(opts, i).any(|c| c == s)
+}
+
 /// Writes the mesh file; `generation` moves service `generation - 1` to other endpoints.
 fn write_mesh(
     path: &Path,
@@ -377,9 +418,15 @@ fn write_mesh(
     for (i, token) in tokens.iter().enumerate() {
         // Admin and metrics on the discard port: nothing answers, as for proxies that
         // are not real processes.
+        let calls = if opts.calls == 0 {
+            String::new()
+        } else {
+            let names: Vec<String> = calls_of(opts, i).map(|s| format!("s{s}")).collect();
+            format!(", calls: [{}]", names.join(", "))
+        };
         let _ = writeln!(
             y,
-            "  - {{ name: w{i}, namespace: {NAMESPACE}, join_token: \"{token}\", app_port: 8080, proxy: {{ inbound: \"{}\", admin: \"127.0.0.1:9\", metrics: \"127.0.0.1:9\" }} }}",
+            "  - {{ name: w{i}, namespace: {NAMESPACE}, join_token: \"{token}\", app_port: 8080{calls}, proxy: {{ inbound: \"{}\", admin: \"127.0.0.1:9\", metrics: \"127.0.0.1:9\" }} }}",
             inbound(i)
         );
     }
@@ -639,9 +686,9 @@ fn print_table(r: &BenchResult, out: &mut dyn Write) -> std::io::Result<()> {
     };
     writeln!(
         out,
-        "| proxies (services) | snapshot per proxy | change message | CP RSS idle (peak) | endpoint change p50 / max | CP CPU per change | SVIDs/s | all watching after | resync after restart |"
+        "| proxies (services) | calls | snapshot per proxy | change message | CP RSS idle (peak) | endpoint change: proxies, p50 / max | CP CPU per change | SVIDs/s | all watching after | resync after restart |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
     let restart = r.restart.as_ref().map_or("not run".to_string(), |s| {
         format!(
             "{:.1} s ({} of {}; peak {:.0} MB)",
@@ -650,13 +697,15 @@ fn print_table(r: &BenchResult, out: &mut dyn Write) -> std::io::Result<()> {
     });
     writeln!(
         out,
-        "| {} ({}) | {} KB | {} B | {:.0} MB ({:.0} MB) | {:.2} / {:.2} s | {:.2} s | {:.0} | {:.1} s | {} |",
+        "| {} ({}) | {} | {} KB | {} B | {:.0} MB ({:.0} MB) | {}, {:.2} / {:.2} s | {:.2} s | {:.0} | {:.1} s | {} |",
         r.proxies,
         r.services,
+        if r.calls == 0 { "all".to_string() } else { r.calls.to_string() },
         r.snapshot_bytes / 1000,
         r.changes.iter().map(|c| c.message_bytes).max().unwrap_or(0),
         r.idle_rss_mib,
         r.peak_rss_mib,
+        median(&|c| c.receivers as f64),
         median(&|c| c.p50_seconds),
         median(&|c| c.max_seconds),
         median(&|c| c.cpu_seconds),
