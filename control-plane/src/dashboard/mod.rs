@@ -102,6 +102,26 @@ const IDLE_POLL_EVERY: u64 = 5;
 /// connections at the same moment.
 const CONCURRENT_POLLS: usize = 64;
 
+/// The most proxies polled per second while the dashboard is looked at, and while it is
+/// not: in a mesh of thousands a round takes longer than [`POLL_INTERVAL`], so that the
+/// dashboard never costs the control plane more than a slice of a core (at 10,000 proxies,
+/// a round every 20 s while viewed and every 100 s while not).
+const VIEWED_POLLS_PER_SECOND: f64 = 500.0;
+const IDLE_POLLS_PER_SECOND: f64 = 100.0;
+
+/// How long one round of polls over `proxies` proxies takes, start to start.
+fn round_period(viewed: bool, proxies: usize) -> Duration {
+    let (base, rate) = if viewed {
+        (POLL_INTERVAL, VIEWED_POLLS_PER_SECOND)
+    } else {
+        (
+            POLL_INTERVAL * IDLE_POLL_EVERY as u32,
+            IDLE_POLLS_PER_SECOND,
+        )
+    };
+    base.max(Duration::from_secs_f64(proxies as f64 / rate))
+}
+
 struct View {
     workloads: BTreeMap<String, WorkloadView>,
     denials: Denials,
@@ -152,23 +172,23 @@ impl Dashboard {
         observe_cli::targets(&self.sources.mesh.load(), None).unwrap_or_default()
     }
 
+    fn viewed(&self) -> bool {
+        unix_now().saturating_sub(self.last_viewed.load(Ordering::Relaxed)) < TAP_WHILE_VIEWED
+    }
+
     /// Polls every proxy every two seconds while the dashboard is looked at, every ten
-    /// otherwise, at most [`CONCURRENT_POLLS`] at a time.
+    /// otherwise, at most [`CONCURRENT_POLLS`] at a time, and a large mesh more slowly
+    /// (see [`round_period`]). Opening the dashboard starts a round within two seconds.
     async fn collect(self: Arc<Self>) {
         use futures::StreamExt;
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: u64 = 0;
         loop {
-            tick.tick().await;
-            let viewed = unix_now().saturating_sub(self.last_viewed.load(Ordering::Relaxed))
-                < TAP_WHILE_VIEWED;
+            let started = tokio::time::Instant::now();
+            let viewed = self.viewed();
             let this_round = round;
             round += 1;
-            if !viewed && !this_round.is_multiple_of(IDLE_POLL_EVERY) {
-                continue;
-            }
             let targets = self.targets();
+            let next = started + round_period(viewed, targets.len());
             let slow = this_round.is_multiple_of(5);
             let direct = self.opts.prometheus.is_none();
             // Each poll owns its target: a stream of futures borrowing `targets` would not
@@ -186,35 +206,41 @@ impl Dashboard {
                 Some(url) => Some(prometheus_windows(url, &targets).await),
                 None => None,
             };
-            let now = SystemTime::now();
-            let keep = self.opts.samples_kept;
-            let mut view = self.view();
-            view.workloads
-                .retain(|name, _| targets.iter().any(|t| &t.workload == name));
-            for t in &targets {
-                let w = view.workloads.entry(t.workload.clone()).or_default();
-                w.admin = Some(t.admin);
-                w.metrics = Some(t.metrics);
-            }
-            for p in polls {
-                if let Some(w) = view.workloads.get_mut(&p.workload) {
-                    w.apply(p);
+            {
+                let now = SystemTime::now();
+                let keep = self.opts.samples_kept;
+                let mut view = self.view();
+                view.workloads
+                    .retain(|name, _| targets.iter().any(|t| &t.workload == name));
+                for t in &targets {
+                    let w = view.workloads.entry(t.workload.clone()).or_default();
+                    w.admin = Some(t.admin);
+                    w.metrics = Some(t.metrics);
                 }
-            }
-            match windows {
-                Some(Ok(mut windows)) => {
-                    for (name, w) in view.workloads.iter_mut() {
-                        w.window = windows.remove(name).unwrap_or_default();
+                for p in polls {
+                    if let Some(w) = view.workloads.get_mut(&p.workload) {
+                        w.apply(p);
                     }
-                    view.metrics_error = None;
                 }
-                Some(Err(e)) => view.metrics_error = Some(format!("{e:#}")),
-                None => {}
+                match windows {
+                    Some(Ok(mut windows)) => {
+                        for (name, w) in view.workloads.iter_mut() {
+                            w.window = windows.remove(name).unwrap_or_default();
+                        }
+                        view.metrics_error = None;
+                    }
+                    Some(Err(e)) => view.metrics_error = Some(format!("{e:#}")),
+                    None => {}
+                }
+                for w in view.workloads.values_mut() {
+                    w.sample(now, keep);
+                }
+                view.updated = Some(now);
             }
-            for w in view.workloads.values_mut() {
-                w.sample(now, keep);
+            while tokio::time::Instant::now() < next && (viewed || !self.viewed()) {
+                tokio::time::sleep_until(next.min(tokio::time::Instant::now() + POLL_INTERVAL))
+                    .await;
             }
-            view.updated = Some(now);
         }
     }
 
@@ -225,12 +251,19 @@ impl Dashboard {
         let (tx, mut rx) = mpsc::channel::<(String, String)>(1024);
         let mut taps: BTreeMap<(String, SocketAddr), tokio::task::JoinHandle<()>> = BTreeMap::new();
         let mut tick = tokio::time::interval(POLL_INTERVAL);
+        let mut round: u64 = 0;
         loop {
             tokio::select! {
                 Some((workload, line)) = rx.recv() => {
                     self.view().denials.tap_line(&workload, &line);
                 }
                 _ = tick.tick() => {
+                    // Unwatched, the decision logs are read one round in five: nothing
+                    // is lost, the next read starts where the last one stopped.
+                    round += 1;
+                    if !self.viewed() && !round.is_multiple_of(IDLE_POLL_EVERY) {
+                        continue;
+                    }
                     let targets = self.targets();
                     let names: Vec<String> = targets.iter().map(|t| t.workload.clone()).collect();
                     let logged = self
@@ -708,4 +741,17 @@ fn expected_policy<'s>(
 ) -> Option<&'s crate::policy_source::ServedPolicy> {
     let workload = state.model.workloads.iter().find(|w| w.name == name)?;
     state.policies.for_workload(workload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_mesh_is_polled_in_longer_rounds_and_an_unwatched_one_longer_still() {
+        assert_eq!(round_period(true, 10), POLL_INTERVAL);
+        assert_eq!(round_period(false, 10), POLL_INTERVAL * 5);
+        assert_eq!(round_period(true, 10_000), Duration::from_secs(20));
+        assert_eq!(round_period(false, 10_000), Duration::from_secs(100));
+    }
 }
