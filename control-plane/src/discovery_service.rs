@@ -458,22 +458,29 @@ fn cut_delta(
     }
 }
 
-/// The most service bytes one message carries. tonic keeps each stream's encode buffer as
-/// large as the largest message it sent, so one whole-mesh message per proxy would hold a
-/// whole mesh per proxy for as long as it watches.
-const MESSAGE_SERVICE_BYTES: usize = 4 * 1024;
+/// The most bytes one message carries, its services and the rest together. tonic keeps
+/// each stream's encode buffer (8 KiB to start with) as large as the largest message it
+/// sent, for as long as the stream lasts: a first message of 4 KiB of services plus the
+/// policy bundle grew it to 32 KiB on every stream, a third of the control plane's memory
+/// per connected proxy. Messages that fit the buffer it starts with never grow it.
+const MESSAGE_BYTES: usize = 7 * 1024;
 
-/// Splits a snapshot whose services exceed [`MESSAGE_SERVICE_BYTES`] into messages of
-/// the same version (see the `more` field).
+/// Splits a snapshot larger than [`MESSAGE_BYTES`] into messages of the same version
+/// (see the `more` field): the first carries everything but the services and as many of
+/// them as fit; the others carry services only. A service alone larger than the limit
+/// travels alone.
 fn split(mut snapshot: EncodedSnapshot) -> Vec<EncodedSnapshot> {
-    let mut chunks: Vec<Vec<bytes::Bytes>> = Vec::new();
-    let mut size = usize::MAX;
-    for service in std::mem::take(&mut snapshot.services) {
-        if size.saturating_add(service.len()) > MESSAGE_SERVICE_BYTES {
+    let services = std::mem::take(&mut snapshot.services);
+    let mut chunks: Vec<Vec<bytes::Bytes>> = vec![Vec::new()];
+    // What the first message already carries, with a margin for field tags and lengths.
+    let mut size = prost::Message::encoded_len(&snapshot) + 64;
+    for service in services {
+        let cost = service.len() + 8;
+        if size.saturating_add(cost) > MESSAGE_BYTES && size > 64 {
             chunks.push(Vec::new());
-            size = 0;
+            size = 64;
         }
-        size += service.len();
+        size += cost;
         if let Some(chunk) = chunks.last_mut() {
             chunk.push(service);
         }
@@ -764,6 +771,8 @@ mod tests {
         let snapshot = EncodedSnapshot {
             version: "sha256:1".into(),
             workload: bytes::Bytes::from_static(b"\x0a\x03web"),
+            // A policy bundle of 5 KB: the first message has room for fewer services.
+            policy: bytes::Bytes::from(vec![b'x'; 5_000]),
             services: services.clone(),
             ..EncodedSnapshot::default()
         };
@@ -772,8 +781,8 @@ mod tests {
         for (i, m) in messages.iter().enumerate() {
             assert_eq!(m.version, "sha256:1");
             assert_eq!(m.more, i + 1 < messages.len());
-            let size: usize = m.services.iter().map(bytes::Bytes::len).sum();
-            assert!(size <= MESSAGE_SERVICE_BYTES, "message {i}: {size} bytes");
+            let size = prost::Message::encoded_len(m);
+            assert!(size <= MESSAGE_BYTES, "message {i}: {size} bytes");
             assert_eq!(
                 !m.workload.is_empty(),
                 i == 0,
