@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(false)
         .bytes(".")
+        .codec_path("crate::wire::StreamCodec")
         .out_dir(out)
         .compile_fds(protox::compile([wire], ["proto/wire"])?)?;
     Ok(())

@@ -49,6 +49,39 @@ pub mod wire {
     pub use pb::discovery_server::{Discovery, DiscoveryServer};
     pub use pb::{EncodedSnapshot, WatchRequest};
 
+    /// The codec of the control plane's discovery streams: prost's, with each message sent
+    /// as soon as it is encoded. tonic's default encodes every message that is ready into
+    /// one buffer until it holds 32 KiB, and keeps that buffer, grown, for the stream's
+    /// life: with thousands of proxies watching, that was a third of the control plane's
+    /// memory. Sent one at a time, messages that fit the 8 KiB buffer never grow it.
+    #[derive(Debug, Clone)]
+    pub struct StreamCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+    impl<T, U> Default for StreamCodec<T, U> {
+        fn default() -> Self {
+            StreamCodec(std::marker::PhantomData)
+        }
+    }
+
+    impl<T, U> tonic::codec::Codec for StreamCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = tonic_prost::ProstEncoder<T>;
+        type Decoder = tonic_prost::ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(8 * 1024, 1))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::default())
+        }
+    }
+
     impl EncodedSnapshot {
         /// The snapshot as a proxy decodes it.
         pub fn decode_snapshot(&self) -> Result<super::Snapshot, prost::DecodeError> {

@@ -489,9 +489,7 @@ mod tests {
     /// first snapshot, with the control plane polling `mesh_file`.
     struct Watched {
         mesh: Arc<ArcSwap<MeshFile>>,
-        stream: tokio_stream::wrappers::ReceiverStream<
-            Result<vigil_api::wire::EncodedSnapshot, tonic::Status>,
-        >,
+        stream: crate::discovery_service::WatchStream,
         first: vigil_api::Snapshot,
     }
 

@@ -172,7 +172,7 @@ impl DiscoveryService {
 
 #[tonic::async_trait]
 impl vigil_api::wire::Discovery for DiscoveryService {
-    type WatchStream = ReceiverStream<Result<EncodedSnapshot, Status>>;
+    type WatchStream = WatchStream;
 
     async fn watch(
         &self,
@@ -233,7 +233,7 @@ impl vigil_api::wire::Discovery for DiscoveryService {
         tracing::info!(workload = %workload_name, spiffe_id = %id, peer = %peer.address, "proxy watching");
         self.proxies.metrics.streams.inc();
 
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel::<Queued>(4);
         let proxies = self.proxies.clone();
         let shared = self.prepared.clone();
         tokio::spawn(async move {
@@ -362,7 +362,7 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                                     .metrics
                                     .bytes
                                     .inc_by(prost::Message::encoded_len(&message) as u64);
-                                if tx.send(Ok(message)).await.is_err() {
+                                if tx.send(Box::new(Ok(message))).await.is_err() {
                                     closed = true;
                                     break;
                                 }
@@ -374,9 +374,9 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                     }
                     None => {
                         let _ = tx
-                            .send(Err(Status::permission_denied(format!(
+                            .send(Box::new(Err(Status::permission_denied(format!(
                                 "workload {workload_name:?} was removed from the mesh"
-                            ))))
+                            )))))
                             .await;
                         break;
                     }
@@ -390,15 +390,32 @@ impl vigil_api::wire::Discovery for DiscoveryService {
             proxies.metrics.streams.dec();
             tracing::info!(workload = %workload_name, "proxy stopped watching");
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(WatchStream(ReceiverStream::new(rx))))
+    }
+}
+
+/// A message waiting for its stream, boxed: the channel allocates its slots in blocks of
+/// 32 and keeps them, and a snapshot or a status is a few hundred bytes where a box is 8.
+type Queued = Box<Result<EncodedSnapshot, Status>>;
+
+/// The messages of one watch, as tonic sends them.
+pub struct WatchStream(ReceiverStream<Queued>);
+
+impl tokio_stream::Stream for WatchStream {
+    type Item = Result<EncodedSnapshot, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|queued| queued.map(|boxed| *boxed))
     }
 }
 
 /// Waits until the mesh state changes or the proxy goes away.
-async fn wait_for_change(
-    state: &mut watch::Receiver<Arc<MeshState>>,
-    tx: &mpsc::Sender<Result<EncodedSnapshot, Status>>,
-) {
+async fn wait_for_change(state: &mut watch::Receiver<Arc<MeshState>>, tx: &mpsc::Sender<Queued>) {
     tokio::select! {
         _ = state.changed() => {},
         _ = tx.closed() => {},
@@ -536,10 +553,7 @@ mod tests {
         })
     }
 
-    async fn watch(
-        discovery: &DiscoveryService,
-        known_version: &str,
-    ) -> ReceiverStream<Result<EncodedSnapshot, Status>> {
+    async fn watch(discovery: &DiscoveryService, known_version: &str) -> WatchStream {
         watch_wanting(discovery, known_version, &[]).await
     }
 
@@ -547,7 +561,7 @@ mod tests {
         discovery: &DiscoveryService,
         known_version: &str,
         also_wanted: &[&str],
-    ) -> ReceiverStream<Result<EncodedSnapshot, Status>> {
+    ) -> WatchStream {
         let mut request = Request::new(WatchRequest {
             known_version: known_version.into(),
             policy_version: String::new(),
@@ -615,9 +629,7 @@ mod tests {
         let (state_tx, state_rx) = watch::channel(state(8080));
         let discovery = DiscoveryService::new(state_rx, Arc::default());
         let mut stream = watch(&discovery, "").await;
-        async fn next(
-            stream: &mut ReceiverStream<Result<EncodedSnapshot, Status>>,
-        ) -> vigil_api::Snapshot {
+        async fn next(stream: &mut WatchStream) -> vigil_api::Snapshot {
             stream
                 .next()
                 .await
@@ -705,9 +717,7 @@ mod tests {
         let (state_tx, state_rx) = watch::channel(scoped_state("x1", "x1"));
         let discovery = DiscoveryService::new(state_rx, Arc::default());
         let mut stream = watch(&discovery, "").await;
-        async fn next(
-            stream: &mut ReceiverStream<Result<EncodedSnapshot, Status>>,
-        ) -> Option<vigil_api::Snapshot> {
+        async fn next(stream: &mut WatchStream) -> Option<vigil_api::Snapshot> {
             let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
                 .await
                 .ok()?;

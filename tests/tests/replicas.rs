@@ -76,19 +76,36 @@ async fn proxies_fail_over_between_control_plane_replicas_without_a_failed_reque
     let running = Arc::new(AtomicBool::new(true));
     let answered = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // What the test is doing, named in each failure.
+    let phase = Arc::new(Mutex::new("both replicas up"));
     let traffic = tokio::spawn({
-        let (running, answered, failures) = (running.clone(), answered.clone(), failures.clone());
+        let (running, answered, failures, phase) = (
+            running.clone(),
+            answered.clone(),
+            failures.clone(),
+            phase.clone(),
+        );
         async move {
             while running.load(Ordering::Relaxed) {
-                match http1(client.outbound, "server", "/steady", &[]).await {
+                let failed = match http1(client.outbound, "server", "/steady", &[]).await {
                     Ok(r) if r.status == 200 => {
                         answered.fetch_add(1, Ordering::Relaxed);
+                        None
                     }
-                    Ok(r) => failures
+                    Ok(r) => Some(format!(
+                        "{}: {:?} {}",
+                        r.status,
+                        r.headers.get("x-vigil-error"),
+                        r.body
+                    )),
+                    Err(e) => Some(format!("{e:#}")),
+                };
+                if let Some(failed) = failed {
+                    let during = *phase.lock().unwrap();
+                    failures
                         .lock()
                         .unwrap()
-                        .push(format!("{}: {}", r.status, r.body)),
-                    Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
+                        .push(format!("while {during}: {failed}"));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -96,6 +113,7 @@ async fn proxies_fail_over_between_control_plane_replicas_without_a_failed_reque
     });
 
     // Replica 0 goes away: every proxy watches replica 1.
+    *phase.lock().unwrap() = "replica 0 was stopped";
     mesh.stop_control_plane();
     eventually("both proxies move to replica 1", &mesh, || async {
         watching(client.admin).await == Some(discovery_1.to_string())
@@ -105,6 +123,7 @@ async fn proxies_fail_over_between_control_plane_replicas_without_a_failed_reque
     assert_eq!(streams(dashboard_1).await, 2.0);
 
     // A change reaches them through replica 1.
+    *phase.lock().unwrap() = "a service was added";
     let with_v2 = mesh
         .spec
         .clone()
@@ -117,6 +136,7 @@ async fn proxies_fail_over_between_control_plane_replicas_without_a_failed_reque
     })
     .await;
 
+    *phase.lock().unwrap() = "a proxy started";
     // A proxy started now is given both replicas, replica 0 first, and gets its
     // certificate and its view from replica 1.
     mesh.start_proxy("late")
@@ -129,12 +149,14 @@ async fn proxies_fail_over_between_control_plane_replicas_without_a_failed_reque
     assert_eq!(r.status, 200, "{}", r.body);
 
     // Back the other way: replica 0 returns, replica 1 goes.
+    *phase.lock().unwrap() = "replica 0 came back and replica 1 was stopped";
     mesh.restart_control_plane().await.expect("replica 0 again");
     replica_1.kill();
     eventually("all three proxies move to replica 0", &mesh, || async {
         streams(dashboard_0).await == 3.0
     })
     .await;
+    *phase.lock().unwrap() = "a service was removed";
     mesh.rewrite_mesh_file(&mesh.spec.yaml())
         .expect("mesh file");
     eventually(
@@ -148,16 +170,22 @@ async fn proxies_fail_over_between_control_plane_replicas_without_a_failed_reque
     )
     .await;
 
+    // Enough requests to mean something, however fast the steps above went.
+    eventually("100 requests answered", &mesh, || async {
+        answered.load(Ordering::Relaxed) >= 100 || !failures.lock().unwrap().is_empty()
+    })
+    .await;
     running.store(false, Ordering::Relaxed);
     traffic.await.expect("traffic task");
     let failures = failures.lock().unwrap().clone();
     let answered = answered.load(Ordering::Relaxed);
     assert!(
         failures.is_empty(),
-        "{} of {} requests failed while replicas came and went: {:?}\n{}",
+        "{} of {} requests failed while replicas came and went: {:?}\n{}\n--- replica 1 ---\n{}",
         failures.len(),
         answered + failures.len() as u64,
         &failures[..failures.len().min(5)],
+        mesh.logs(),
         replica_1.output()
     );
     assert!(answered >= 100, "only {answered} requests were sent");
