@@ -283,6 +283,22 @@ struct SidecarArgs {
     /// UID the proxy runs as; its traffic is not intercepted.
     #[arg(long, env = "VIGIL_PROXY_UID", default_value_t = 1337)]
     proxy_uid: u32,
+    /// How injected pods are intercepted: `iptables` (an init container with NET_ADMIN)
+    /// or `cni` (the vigil-cni plugin on each node, manifests/cni/; pods need no
+    /// privilege and pass the restricted Pod Security level).
+    #[arg(
+        long,
+        env = "VIGIL_INTERCEPTION",
+        value_enum,
+        default_value = "iptables"
+    )]
+    interception: InterceptionArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InterceptionArg {
+    Iptables,
+    Cni,
 }
 
 impl SidecarArgs {
@@ -302,6 +318,10 @@ impl SidecarArgs {
             trust_domain: trust_domain.to_string(),
             proxy_uid: self.proxy_uid,
             trust_bundle_pem,
+            interception: match self.interception {
+                InterceptionArg::Iptables => vigil::inject::Interception::Iptables,
+                InterceptionArg::Cni => vigil::inject::Interception::Cni,
+            },
             ..defaults
         }
     }

@@ -157,6 +157,54 @@ fn without_interception_everything_vigil_adds_passes_the_restricted_level() {
 }
 
 #[test]
+fn with_the_cni_plugin_pods_are_intercepted_and_pass_the_restricted_level() {
+    let cfg = InjectConfig {
+        interception: Interception::Cni,
+        ..restricted_config()
+    };
+    for file in POD_REVIEWS {
+        let pod = injected_with(file, &cfg, |pod| {
+            pod["metadata"]["annotations"]["vigil.io/exclude-outbound-ports"] = json!("5432");
+        });
+        let added = vigil_containers(&pod);
+        let names: Vec<_> = added.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, ["vigil-proxy"], "{file}: no init container");
+        for c in &added {
+            let broken = restricted_violations(c, &pod["spec"]["securityContext"]);
+            assert!(broken.is_empty(), "{file}: {broken:?}");
+        }
+        assert_eq!(
+            pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{file}"
+        );
+        // What vigil-cni reads from the pod to write its rules.
+        let annotations = &pod["metadata"]["annotations"];
+        assert_eq!(annotations["vigil.io/interception"], "cni", "{file}");
+        assert_eq!(annotations["vigil.io/proxy-uid"], "1337", "{file}");
+        assert_eq!(
+            annotations["vigil.io/exclude-outbound-ports"], "5432",
+            "{file}"
+        );
+        let decided = vigil_proxy_decision(&pod);
+        assert!(decided.contains("5432"), "{file}: {decided}");
+    }
+}
+
+/// What the CNI plugin makes of an injected pod, as its iptables steps.
+fn vigil_proxy_decision(pod: &Value) -> String {
+    match vigil_proxy::cni::decide(pod).expect("valid annotations") {
+        vigil_proxy::cni::PodDecision::Intercept(config) => {
+            vigil_proxy::interception::install(&config)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        other => panic!("not intercepted: {other:?}"),
+    }
+}
+
+#[test]
 fn iptables_interception_keeps_the_init_container_that_restricted_refuses() {
     let pod = injected(POD_REVIEWS[0], &InjectConfig::default());
     let security = &pod["spec"]["securityContext"];

@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod http;

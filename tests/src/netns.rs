@@ -45,6 +45,7 @@ pub fn require_tools() {
         ("iptables", "iptables"),
         ("tcpdump", "tcpdump"),
         ("setpriv", "util-linux"),
+        ("nsenter", "util-linux"),
     ] {
         let found = Command::new(tool)
             .arg(if tool == "ip" { "-V" } else { "--version" })

@@ -133,8 +133,53 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
         )
         .expect("control plane serving");
 
+    // Pod c is intercepted by the CNI plugin, called as a container runtime calls it,
+    // for the pod `vigil inject --interception cni` made; a and b by vigil-init.
+    let api = FakeApiServer::start(vec![
+        ("demo/c", cni_injected_pod("c")),
+        ("demo/cp", recorded_pod("cp")),
+    ]);
+    let added = cni(&cluster, "ADD", &c, &api, "c");
+    assert_eq!(
+        added["ips"][0]["address"], "10.200.0.13/24",
+        "the previous result is passed on: {added}"
+    );
+    cni(&cluster, "CHECK", &c, &api, "c");
+    // A pod not marked for the plugin is left alone.
+    cni(&cluster, "ADD", &cp, &api, "cp");
+    assert!(
+        !iptables_rules(&cluster, &cp).contains("VIGIL"),
+        "the plugin touched a pod that is not meshed"
+    );
+    let unknown = cni_run(&cluster, "ADD", &cp, &api, "nobody");
+    assert!(
+        !unknown.status.success(),
+        "a pod the API does not know fails closed"
+    );
+    let error: serde_json::Value = serde_json::from_slice(&unknown.stdout).expect("a CNI error");
+    assert_eq!(error["code"], 100, "{error}");
+
     // Interception in every meshed pod; a second run must leave the same rules.
     for pod in [&a, &b, &c] {
+        if pod.name == "c" {
+            let rules = iptables_rules(&cluster, pod);
+            for expected in [
+                "-A OUTPUT -p tcp -j VIGIL_OUTBOUND",
+                "-A PREROUTING -p tcp -j VIGIL_INBOUND",
+                "-A VIGIL_OUTBOUND -m owner --uid-owner 1337 -j RETURN",
+                "-A VIGIL_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+                "-A VIGIL_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+            ] {
+                assert!(rules.contains(expected), "{expected} missing:\n{rules}");
+            }
+            cni(&cluster, "ADD", pod, &api, "c");
+            assert_eq!(
+                iptables_rules(&cluster, pod),
+                rules,
+                "vigil-cni is idempotent"
+            );
+            continue;
+        }
         let init = cluster
             .run(&pod.netns, &binary("vigil-init"), &["--proxy-uid", "1337"])
             .expect("vigil-init");
@@ -412,4 +457,164 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
         contains(&wire, &[0x17, 0x03, 0x03]),
         "no TLS application data"
     );
+}
+
+/// Serves recorded Pod objects as the Kubernetes API does (`GET
+/// /api/v1/namespaces/NS/pods/NAME`), for the CNI plugin. Plain HTTP on loopback, as
+/// behind `kubectl proxy`: there is no API server on this machine.
+struct FakeApiServer {
+    address: std::net::SocketAddr,
+}
+
+impl FakeApiServer {
+    fn start(pods: Vec<(&str, serde_json::Value)>) -> FakeApiServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let pods: std::collections::BTreeMap<String, String> = pods
+            .into_iter()
+            .map(|(key, pod)| {
+                let (ns, name) = key.split_once('/').expect("ns/name");
+                (
+                    format!("/api/v1/namespaces/{ns}/pods/{name}"),
+                    pod.to_string(),
+                )
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                // The rest of the head.
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).map_or(true, |n| n == 0) || header == "\r\n" {
+                        break;
+                    }
+                }
+                let (status, body) = match pods.get(&path) {
+                    Some(pod) => ("200 OK", pod.clone()),
+                    None => (
+                        "404 Not Found",
+                        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_string(),
+                    ),
+                };
+                let mut stream = &stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeApiServer { address }
+    }
+}
+
+/// A recorded pod (`kubectl run`, from an AdmissionReview) renamed `name` in `demo`.
+fn recorded_pod(name: &str) -> serde_json::Value {
+    let path = vigil_e2e::workspace_root()
+        .join("tests/fixtures/kubernetes/admission/admissionreview-v1-pod-create-kubectl-run-nodeselector.json");
+    let review: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("recorded review"))
+            .expect("JSON");
+    let mut pod = review["request"]["object"].clone();
+    pod["metadata"]["name"] = name.into();
+    pod["metadata"]["namespace"] = "demo".into();
+    pod
+}
+
+/// The recorded pod as `vigil inject --interception cni` writes it.
+fn cni_injected_pod(name: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("pod.json");
+    std::fs::write(&input, recorded_pod(name).to_string()).expect("write");
+    let out = std::process::Command::new(binary("vigil"))
+        .args(["inject", "-f"])
+        .arg(&input)
+        .args(["--interception", "cni"])
+        .output()
+        .expect("vigil inject runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod: serde_json::Value = serde_yaml::from_slice(&out.stdout).expect("YAML");
+    assert_eq!(
+        pod["metadata"]["annotations"]["vigil.io/interception"],
+        "cni"
+    );
+    pod
+}
+
+/// Runs `vigil-cni` as a container runtime does for `pod` (named `name` in the API):
+/// the command and pod in `CNI_*` variables, the network configuration with the previous
+/// plugin's result on standard input.
+fn cni_run(
+    cluster: &Cluster,
+    command: &str,
+    pod: &Pod,
+    api: &FakeApiServer,
+    name: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let _ = cluster;
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "vigil-cni",
+        "kubernetes": {"server": format!("http://{}", api.address)},
+        "prevResult": {
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": format!("/var/run/netns/{}", pod.netns)}],
+            "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
+        },
+    });
+    let mut child = std::process::Command::new(binary("vigil-cni"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("test-{}", pod.name))
+        .env("CNI_NETNS", format!("/var/run/netns/{}", pod.netns))
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=test"),
+        )
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vigil-cni runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("network configuration");
+    child.wait_with_output().expect("vigil-cni finishes")
+}
+
+/// [`cni_run`], which must succeed; its result.
+fn cni(
+    cluster: &Cluster,
+    command: &str,
+    pod: &Pod,
+    api: &FakeApiServer,
+    name: &str,
+) -> serde_json::Value {
+    let out = cni_run(cluster, command, pod, api, name);
+    assert!(
+        out.status.success(),
+        "vigil-cni {command} for {name}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }

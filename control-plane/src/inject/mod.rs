@@ -120,6 +120,11 @@ pub enum Interception {
     /// is enforced: the app must call 127.0.0.1:15001 itself, and its ports still take
     /// plaintext from anyone who reaches the pod.
     None,
+    /// The same rules as `Iptables`, written by the `vigil-cni` plugin on the node as the
+    /// pod's network is set up: no privileged init container, so the pod passes the
+    /// `restricted` Pod Security level and is still intercepted. Needs the mesh installed
+    /// with the CNI plugin (`manifests/cni/`).
+    Cni,
 }
 
 /// Requests and limits of the proxy container, as Kubernetes quantities.
@@ -327,14 +332,17 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
         None => cfg.interception,
         Some("iptables") => Interception::Iptables,
         Some("none") => Interception::None,
+        Some("cni") => Interception::Cni,
         Some(other) => {
             warnings.push(format!(
-                "{ANNOTATION_INTERCEPTION}={other:?} is neither iptables nor none; using {}",
+                "{ANNOTATION_INTERCEPTION}={other:?} is none of iptables, cni or none; using {}",
                 interception_name(cfg.interception)
             ));
             cfg.interception
         }
     };
+    // What the CNI plugin reads from the pod to write its rules.
+    let mut for_cni: Vec<(&str, String)> = Vec::new();
     let init = match interception {
         Interception::Iptables => Some(init_container(
             cfg,
@@ -342,6 +350,14 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
             &exclude_outbound,
             &exclude_cidrs,
         )),
+        Interception::Cni => {
+            for_cni.push(("vigil.io/proxy-uid", cfg.proxy_uid.to_string()));
+            for_cni.push((ANNOTATION_EXCLUDE_INBOUND_PORTS, join(&exclude_inbound)));
+            for_cni.push((ANNOTATION_EXCLUDE_OUTBOUND_PORTS, join(&exclude_outbound)));
+            for_cni.push(("vigil.io/exclude-outbound-cidrs", exclude_cidrs.join(",")));
+            restricted_seccomp(spec)?;
+            None
+        }
         Interception::None => {
             warnings.push(
                 "traffic is not intercepted (vigil.io/interception: none): the app must send its \
@@ -349,16 +365,7 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
                  ports still accept plaintext from anyone who reaches the pod"
                     .into(),
             );
-            // The restricted level also wants a seccomp profile on the app's containers;
-            // the runtime's default is what it asks for.
-            let security = spec
-                .entry("securityContext")
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .ok_or(InjectError::NotAnObject("spec.securityContext"))?;
-            security
-                .entry("seccompProfile")
-                .or_insert_with(|| json!({"type": "RuntimeDefault"}));
+            restricted_seccomp(spec)?;
             None
         }
     };
@@ -423,6 +430,9 @@ pub fn inject_pod(pod: &mut Value, cfg: &InjectConfig) -> Result<Outcome, Inject
         ANNOTATION_INTERCEPTION.into(),
         json!(interception_name(interception)),
     );
+    for (key, value) in for_cni {
+        annotations.insert(key.into(), json!(value));
+    }
     if let Some(pem) = &cfg.trust_bundle_pem {
         annotations.insert(ANNOTATION_TRUST_BUNDLE.into(), json!(pem));
     }
@@ -460,10 +470,23 @@ pub fn complete_trust_bundle(pod: &mut Value, cfg: &InjectConfig) -> bool {
     true
 }
 
+/// The restricted Pod Security level also wants a seccomp profile on the app's
+/// containers; the runtime's default is what it asks for.
+fn restricted_seccomp(spec: &mut Map<String, Value>) -> Result<(), InjectError> {
+    spec.entry("securityContext")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or(InjectError::NotAnObject("spec.securityContext"))?
+        .entry("seccompProfile")
+        .or_insert_with(|| json!({"type": "RuntimeDefault"}));
+    Ok(())
+}
+
 fn interception_name(interception: Interception) -> &'static str {
     match interception {
         Interception::Iptables => "iptables",
         Interception::None => "none",
+        Interception::Cni => "cni",
     }
 }
 

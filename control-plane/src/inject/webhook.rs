@@ -199,8 +199,13 @@ async fn handle(req: Request<Incoming>, cfg: &InjectConfig) -> Response<Full<Byt
     let without_interception;
     let cfg = match req.uri().path() {
         INJECT_WITHOUT_INTERCEPTION_PATH => {
+            // With the CNI plugin installed, pods of restricted namespaces are still
+            // intercepted, by the plugin rather than an init container.
             without_interception = InjectConfig {
-                interception: Interception::None,
+                interception: match cfg.interception {
+                    Interception::Cni => Interception::Cni,
+                    _ => Interception::None,
+                },
                 ..cfg.clone()
             };
             &without_interception
