@@ -3,7 +3,7 @@
 # from scratch with buildah, holding only its binaries, the shared libraries they load
 # (found with ldd) and a passwd entry for its non-root user.
 #
-#   vigil/proxy:<version>          vigil-proxy (runs as 1337) and vigil-init, with the
+#   vigil/proxy:<version>          vigil-proxy (runs as 1337), vigil-init and vigil-cni, with the
 #                                  iptables it drives (nft and legacy) and its extensions
 #   vigil/control-plane:<version>  vigil (runs as 65532)
 #
@@ -46,7 +46,7 @@ if [ -z "$bin_dir" ]; then
   cargo build --profile image -p vigil -p vigil-proxy --bins
   bin_dir=target/image
 fi
-for b in vigil vigil-proxy vigil-init; do
+for b in vigil vigil-proxy vigil-init vigil-cni; do
   [ -x "$bin_dir/$b" ] || { echo "error: $bin_dir/$b is missing; build it first (cargo build --profile image)" >&2; exit 1; }
 done
 
@@ -112,6 +112,8 @@ proxy=$work/proxy
 new_rootfs "$proxy" vigil 1337
 install_binary "$proxy" "$bin_dir/vigil-proxy"
 install_binary "$proxy" "$bin_dir/vigil-init"
+# vigil-cni, which the vigil-cni DaemonSet copies onto each node (manifests/cni/).
+install_binary "$proxy" "$bin_dir/vigil-cni"
 nft=$(command -v xtables-nft-multi)
 legacy=$(command -v xtables-legacy-multi)
 copy_with_libs "$proxy" "$nft" "$legacy"

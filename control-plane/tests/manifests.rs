@@ -105,6 +105,8 @@ fn manifests_and_injected_workloads_validate() {
     let mut files = yaml_files(&manifests);
     files.extend(yaml_files(&manifests.join("crds")));
     files.extend(yaml_files(&manifests.join("examples")));
+    // The CNI overlay's own objects (its other file is a patch, not an object).
+    files.push(manifests.join("cni/vigil-cni.yaml"));
     files.extend([workloads, istio, docs_pod]);
     let mut cmd = Command::new("python3");
     cmd.arg(repo().join("control-plane/tests/validate_manifests.py"));
@@ -137,6 +139,29 @@ fn kustomization_lists_existing_files_and_the_dashboard_covers_the_metrics() {
                 "kustomization names missing {item}"
             );
         }
+    }
+    // The CNI overlay names its own files and the base.
+    let cni = std::fs::read_to_string(manifests.join("cni/kustomization.yaml"))
+        .expect("manifests/cni/kustomization.yaml");
+    for file in yaml_files(&manifests.join("cni")) {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        assert!(
+            cni.contains(name),
+            "{name} is not in cni/kustomization.yaml"
+        );
+    }
+    assert!(cni.contains("- .."), "the CNI overlay builds on the base");
+    let patch =
+        std::fs::read_to_string(manifests.join("cni/interception-cni.yaml")).expect("patch");
+    let base = std::fs::read_to_string(manifests.join("control-plane.yaml")).expect("base");
+    for needed in ["name: vigil-control-plane", "name: control-plane"] {
+        assert!(
+            patch.contains(needed) && base.contains(needed),
+            "the CNI patch must name what the base names: {needed}"
+        );
     }
     for file in yaml_files(&manifests) {
         let name = file

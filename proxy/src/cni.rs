@@ -430,9 +430,105 @@ where
     Ok(sender.send_request(request).await?)
 }
 
+/// The plugin's entry in a node's CNI configuration: where the API server is and the
+/// files holding the credential to read pods with.
+pub fn plugin_entry(server: &str, token_file: &str, ca_file: &str) -> Value {
+    json!({
+        "type": "vigil-cni",
+        "kubernetes": {"server": server, "token_file": token_file, "ca_file": ca_file},
+    })
+}
+
+/// Adds `entry` as the last plugin of a network configuration list (replacing an earlier
+/// entry of Vigil's), so it runs after the pod's network exists. Returns whether the list
+/// changed.
+pub fn chain_into(conflist: &mut Value, entry: &Value) -> Result<bool, String> {
+    let plugins = conflist
+        .get_mut("plugins")
+        .and_then(Value::as_array_mut)
+        .ok_or("not a network configuration list: it has no \"plugins\" array")?;
+    let before = plugins.clone();
+    plugins.retain(|p| p["type"] != "vigil-cni");
+    plugins.push(entry.clone());
+    Ok(*plugins != before)
+}
+
+/// Removes Vigil's entry from a network configuration list. Returns whether it was there.
+pub fn unchain_from(conflist: &mut Value) -> bool {
+    let Some(plugins) = conflist.get_mut("plugins").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let before = plugins.len();
+    plugins.retain(|p| p["type"] != "vigil-cni");
+    plugins.len() != before
+}
+
+/// The node's network configuration the runtime uses: the first `.conflist` in `dir` by
+/// name, as the runtime picks it.
+pub fn primary_conflist(dir: &std::path::Path) -> Result<PathBuf, String> {
+    let mut lists: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            format!(
+                "reading {}: {e} (is the node's CNI configuration directory mounted?)",
+                dir.display()
+            )
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+        .collect();
+    lists.sort();
+    lists.into_iter().next().ok_or_else(|| {
+        format!(
+            "no .conflist in {}: install the cluster's network plugin first (vigil-cni chains after it)",
+            dir.display()
+        )
+    })
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so the runtime never
+/// reads half a file; `mode` sets the permissions.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("vigil-tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plugin_chains_last_once_and_comes_out_again() {
+        // Flannel's list as its DaemonSet writes it (kube-flannel.yml).
+        let mut list = json!({
+            "name": "cbr0",
+            "cniVersion": "0.3.1",
+            "plugins": [
+                {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+            ],
+        });
+        let entry = plugin_entry(
+            "https://10.96.0.1:443",
+            "/etc/cni/net.d/vigil-cni/token",
+            "/etc/cni/net.d/vigil-cni/ca.crt",
+        );
+        assert_eq!(chain_into(&mut list, &entry), Ok(true));
+        assert_eq!(chain_into(&mut list, &entry), Ok(false), "once");
+        let types: Vec<&str> = list["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["type"].as_str())
+            .collect();
+        assert_eq!(types, ["flannel", "portmap", "vigil-cni"]);
+        assert!(unchain_from(&mut list));
+        assert_eq!(list["plugins"].as_array().map(Vec::len), Some(2));
+        assert!(chain_into(&mut json!({"type": "bridge"}), &entry).is_err());
+    }
 
     #[test]
     fn cni_args_split_into_pairs() {

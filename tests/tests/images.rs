@@ -114,6 +114,7 @@ async fn images_run_their_binaries_and_a_proxy_gets_ready_against_the_control_pl
     for (entrypoint, image, expected) in [
         ("vigil-proxy", &proxy_image, "vigil-proxy "),
         ("vigil-init", &proxy_image, "vigil-init "),
+        ("vigil-cni", &proxy_image, "vigil-cni "),
         ("vigil", &cp_image, "vigil "),
     ] {
         let out = podman(&run_args(&[
