@@ -252,6 +252,9 @@ impl vigil_api::wire::Discovery for DiscoveryService {
             let mut last_scope: Option<[u8; 32]> = None;
             let mut held: std::collections::HashSet<vigil_api::ServiceKey> = Default::default();
             let mut last_rest: Option<[u8; 32]> = None;
+            // The trust and JWT bundles last sent: unchanged, they are left out (a proxy
+            // keeps the ones it has when a snapshot carries none).
+            let mut last_bundles: Option<[u8; 32]> = None;
             loop {
                 let current = state.borrow_and_update().clone();
                 let prepared = shared.of(&current);
@@ -333,6 +336,12 @@ impl vigil_api::wire::Discovery for DiscoveryService {
                             if snapshot.incremental {
                                 snapshot.base_version = last_version.clone();
                             }
+                            let bundles = bundles_digest(&snapshot);
+                            if last_bundles == Some(bundles) {
+                                snapshot.trust_bundle_der.clear();
+                                snapshot.jwt_bundle.clear();
+                            }
+                            last_bundles = Some(bundles);
                             last_version = snapshot.version.clone();
                             last_policy = Some(policy_key);
                             last_services = Some(digest);
@@ -442,6 +451,19 @@ fn rest_digest(snapshot: &EncodedSnapshot) -> [u8; 32] {
     digest.finalize().into()
 }
 
+/// What the trust bundle and the JWT bundle of a snapshot hash to.
+fn bundles_digest(snapshot: &EncodedSnapshot) -> [u8; 32] {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for part in std::iter::once(snapshot.jwt_bundle.as_bytes())
+        .chain(snapshot.trust_bundle_der.iter().map(|b| &b[..]))
+    {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    digest.finalize().into()
+}
+
 /// Cuts the shared `delta` down to what a proxy holding `held` (the keys of its scope)
 /// needs: services of its scope that changed or joined it, and the keys of those it holds
 /// that were removed or left its scope.
@@ -541,10 +563,14 @@ mod tests {
         } else {
             format!("policy: {{ dir: \"{policy_dir}\" }}\n")
         };
-        let mesh = MeshFile::parse(&format!(
+        state_of_yaml(&format!(
             "trust_domain: vigil.local\n{policy}workloads:\n  - {{ name: web, namespace: shop, join_token: \"580e03ca12da94db77610eb82123ebf4\", app_port: {app_port} }}\n"
         ))
-        .expect("mesh");
+    }
+
+    /// The state a control plane serves from a mesh file's text.
+    fn state_of_yaml(yaml: &str) -> Arc<MeshState> {
+        let mesh = MeshFile::parse(yaml).expect("mesh");
         Arc::new(MeshState {
             model: mesh.model().expect("model"),
             trust_bundle_der: vec![],
@@ -693,16 +719,9 @@ mod tests {
 
     /// `web` declares that it calls `a`; services `a` and `b` have the endpoints given.
     fn scoped_state(a: &str, b: &str) -> Arc<MeshState> {
-        let mesh = MeshFile::parse(&format!(
+        state_of_yaml(&format!(
             "trust_domain: vigil.local\nworkloads:\n  - {{ name: web, namespace: shop, join_token: \"580e03ca12da94db77610eb82123ebf4\", app_port: 8080, calls: [a] }}\n  - {{ name: x1, namespace: shop, join_token: \"6d3dc512e0a3d71a84dc27e75545bc9c\", app_port: 8081 }}\n  - {{ name: x2, namespace: shop, join_token: \"446e058ca19b93489808d5357442e0f4\", app_port: 8082 }}\nservices:\n  - {{ name: a, namespace: shop, endpoints: [{a}] }}\n  - {{ name: b, namespace: shop, endpoints: [{b}] }}\n"
         ))
-        .expect("mesh");
-        Arc::new(MeshState {
-            model: mesh.model().expect("model"),
-            trust_bundle_der: vec![],
-            policies: crate::policy_source::load_all(&mesh, "").expect("policy"),
-            jwt_bundle: String::new(),
-        })
     }
 
     /// A proxy whose workload declares what it calls is sent those services only, and a
@@ -763,6 +782,40 @@ mod tests {
             "another scope: a whole snapshot"
         );
         assert_eq!(names(&widened), ["a", "b"]);
+    }
+
+    /// The trust bundle goes out with the first snapshot and again only when it changes;
+    /// an endpoint change carries none, and the proxy keeps the one it has.
+    #[tokio::test(start_paused = true)]
+    async fn the_trust_bundle_is_sent_when_it_changes_only() {
+        let with_roots = |state: Arc<MeshState>, roots: Vec<Vec<u8>>| {
+            let mut state = (*state).clone();
+            state.trust_bundle_der = roots;
+            Arc::new(state)
+        };
+        let (state_tx, state_rx) = watch::channel(with_roots(state(8080), vec![vec![1; 300]]));
+        let discovery = DiscoveryService::new(state_rx, Arc::default());
+        let mut stream = watch(&discovery, "").await;
+        let mut next = async || {
+            stream
+                .next()
+                .await
+                .expect("snapshot")
+                .expect("ok")
+                .decode_snapshot()
+                .expect("decodes")
+        };
+        assert_eq!(next().await.trust_bundle_der, [vec![1u8; 300]]);
+        state_tx.send_replace(with_roots(state(8090), vec![vec![1; 300]]));
+        let moved = next().await;
+        assert_eq!(moved.workload.map(|w| w.app_port), Some(8090));
+        assert!(moved.trust_bundle_der.is_empty(), "unchanged: left out");
+        state_tx.send_replace(with_roots(state(8090), vec![vec![1; 300], vec![2; 300]]));
+        assert_eq!(
+            next().await.trust_bundle_der.len(),
+            2,
+            "a rotation step is sent"
+        );
     }
 
     /// A large snapshot goes out as messages of bounded size that together carry every
