@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::interception::{install, uninstall, Cidr, InterceptionConfig, Step};
+use crate::interception::{install, Cidr, InterceptionConfig, Step};
 
 /// The CNI versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.4.0", "1.0.0", "1.1.0", "0.3.1"];
@@ -305,11 +305,6 @@ pub async fn handle(invocation: &Invocation, stdin: &str) -> Result<Value, (CniE
         })?;
     }
     Ok(passed_on)
-}
-
-/// The steps that remove interception, for an operator cleaning a node by hand.
-pub fn cleanup_steps() -> Vec<Step> {
-    uninstall()
 }
 
 /// Runs one iptables step in the pod's network namespace. With `check_only`, the rule
