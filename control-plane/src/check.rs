@@ -226,11 +226,11 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
         ("identity", addresses.identity_addresses()),
         ("discovery", addresses.discovery_addresses()),
     ] {
-        targets.extend(all.into_iter().map(|addr| (what, addr)));
+        targets.extend(all.into_iter().enumerate().map(|(n, addr)| (what, n, addr)));
     }
     let mut answered = std::collections::BTreeSet::new();
     let mut results = Vec::new();
-    for (what, addr) in targets {
+    for (what, n, addr) in targets {
         let check = if replicas > 1 {
             format!("control plane {what} {addr} (one of {replicas} replicas)")
         } else {
@@ -249,9 +249,20 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
         if result.is_ok() {
             answered.insert(what);
         }
-        results.push((what, check, result));
+        results.push((what, n, check, result));
     }
-    for (what, check, result) in results {
+    for (what, n, check, result) in results {
+        // How to start this replica, and where its address is written.
+        let (start, field) = match n {
+            0 => (
+                "start the control plane (`vigil control-plane --mesh ...`, `vigil up` or `vigil demo`)".to_string(),
+                format!("control_plane.{what}"),
+            ),
+            n => (
+                format!("start replica {n} (`vigil control-plane --mesh ... --data-dir ... --replica {n}`)"),
+                format!("control_plane.replicas[{}].{what}", n - 1),
+            ),
+        };
         // With replicas, one that is down is a warning while another serves the same
         // service: proxies move to the ones that answer.
         let down = if answered.contains(what) {
@@ -275,7 +286,7 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
                 check,
                 format!("{e:#} (verified with the trust bundle from {source})"),
                 format!(
-                    "if a control plane answers there, that trust bundle may be from another run: pass the running mesh's --mesh, or --trust-bundle <its data-dir>/trust-bundle.pem; otherwise start the control plane (`vigil up` or `vigil demo`), or fix control_plane.{what} in the mesh file"
+                    "if a control plane answers there, that trust bundle may be from another run: pass the running mesh's --mesh, or --trust-bundle <its data-dir>/trust-bundle.pem; otherwise {start}, or fix {field} in the mesh file"
                 ),
             ),
             (Err(e), None) => problem(
@@ -283,7 +294,7 @@ async fn check_control_plane(mesh: &MeshFile, bundle: Option<&FoundBundle>) -> V
                 check,
                 format!("{e:#}"),
                 format!(
-                    "start the control plane (`vigil control-plane --mesh ...`, `vigil up` or `vigil demo`), or fix control_plane.{what} in the mesh file"
+                    "{start}, or fix {field} in the mesh file"
                 ),
             ),
         });
@@ -803,6 +814,41 @@ mod tests {
             not_after,
             ..CertStatus::default()
         })
+    }
+
+    /// A replica that does not answer is a warning while another serves, and its hint
+    /// says how to start that replica and where its address is written.
+    #[tokio::test]
+    async fn a_replica_that_is_down_is_named_with_how_to_start_it() {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = |l: &std::net::TcpListener| l.local_addr().expect("addr");
+        let serving = [bind(), bind()];
+        // Addresses nothing listens on: bound, read, released.
+        let (down_identity, down_discovery) = (addr(&bind()), addr(&bind()));
+        let mesh = MeshFile::parse(&format!(
+            "trust_domain: vigil.local\ncontrol_plane:\n  identity: \"{}\"\n  discovery: \"{}\"\n  replicas:\n    - {{ identity: \"{down_identity}\", discovery: \"{down_discovery}\", dashboard: \"127.0.0.1:1\" }}\nworkloads: []\n",
+            addr(&serving[0]),
+            addr(&serving[1]),
+        ))
+        .expect("mesh");
+        let findings = check_control_plane(&mesh, None).await;
+        assert_eq!(findings.len(), 4, "{findings:?}");
+        let down: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| {
+                f.check.contains(&down_identity.to_string())
+                    || f.check.contains(&down_discovery.to_string())
+            })
+            .collect();
+        assert_eq!(down.len(), 2);
+        for f in down {
+            assert_eq!(f.outcome, Outcome::Warn, "another replica serves: {f:?}");
+            let hint = f.hint.as_deref().unwrap_or("");
+            assert!(
+                hint.contains("--replica 1") && hint.contains("control_plane.replicas[0]."),
+                "{hint}"
+            );
+        }
     }
 
     #[test]
