@@ -70,7 +70,9 @@ async fn connection(
         (None, Some(dst)) => Target::Address(dst),
         (None, None) => Target::ByHost,
     };
-    ask_on_first_use(&proxy, &target, "").await;
+    // The view itself is read again below; this only asks for a destination a scoped
+    // view lacks, so the declared protocol can decide.
+    let _ = view_for(&proxy, &target, "").await;
     // The declared protocol decides, never the client's bytes: a connection to an HTTP
     // service is served as HTTP whatever it starts with (bytes that are no request get
     // 400), so no byte sequence can turn it into a tunnel that skips request policy.
@@ -279,19 +281,20 @@ async fn serve_http(proxy: Arc<Proxy>, tcp: TcpStream, client: SocketAddr, targe
     }
 }
 
-/// With a view scoped to the services the workload declared, a destination it lacks is
-/// asked for once (see [`crate::control::discovery::Discovery::ask_for`]) before the
-/// connection or request is given up as unknown.
-async fn ask_on_first_use(proxy: &Proxy, target: &Target, host: &str) {
-    let unknown = match proxy.discovery.mesh.load().as_ref() {
-        Some(mesh) if mesh.scoped => match target {
-            Target::ByHost if host.is_empty() => false,
-            _ => resolve(mesh, target, host).is_err(),
-        },
-        _ => false,
-    };
-    if !unknown {
-        return;
+/// The view to route `target` (and `host`) with. A view scoped to the services the
+/// workload declared that lacks the destination is first asked to include it (once, see
+/// [`crate::control::discovery::Discovery::ask_for`]), and the view that answers is used.
+async fn view_for(proxy: &Proxy, target: &Target, host: &str) -> Result<Arc<MeshView>, ProxyError> {
+    let mesh = proxy
+        .discovery
+        .mesh
+        .load_full()
+        .ok_or(ProxyError::NotReady)?;
+    let known = !mesh.scoped
+        || (matches!(target, Target::ByHost) && host.is_empty())
+        || resolve(&mesh, target, host).is_ok();
+    if known {
+        return Ok(mesh);
     }
     let mut names = Vec::with_capacity(2);
     match target {
@@ -303,6 +306,7 @@ async fn ask_on_first_use(proxy: &Proxy, target: &Target, host: &str) {
         names.push(crate::control::state::strip_port(host).to_string());
     }
     proxy.discovery.ask_for(&names).await;
+    proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)
 }
 
 fn resolve<'m>(
@@ -386,12 +390,7 @@ async fn forward(
     let host = crate::http::headers::authority(&req)
         .map(str::to_string)
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
-    ask_on_first_use(proxy, target, &host).await;
-    let mesh = proxy
-        .discovery
-        .mesh
-        .load_full()
-        .ok_or(ProxyError::NotReady)?;
+    let mesh = view_for(proxy, target, &host).await?;
     let service = match destination(proxy, &mesh, target, &host)? {
         Destination::Mesh(service) => service,
         Destination::Egress(dst) => {
