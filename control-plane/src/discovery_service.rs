@@ -579,6 +579,17 @@ mod tests {
         })
     }
 
+    /// The next message of `stream`, as a proxy decodes it.
+    async fn next(stream: &mut WatchStream) -> vigil_api::Snapshot {
+        stream
+            .next()
+            .await
+            .expect("snapshot")
+            .expect("ok")
+            .decode_snapshot()
+            .expect("decodes")
+    }
+
     async fn watch(discovery: &DiscoveryService, known_version: &str) -> WatchStream {
         watch_wanting(discovery, known_version, &[]).await
     }
@@ -655,15 +666,6 @@ mod tests {
         let (state_tx, state_rx) = watch::channel(state(8080));
         let discovery = DiscoveryService::new(state_rx, Arc::default());
         let mut stream = watch(&discovery, "").await;
-        async fn next(stream: &mut WatchStream) -> vigil_api::Snapshot {
-            stream
-                .next()
-                .await
-                .expect("snapshot")
-                .expect("ok")
-                .decode_snapshot()
-                .expect("decodes")
-        }
         let first = next(&mut stream).await;
         let policy = first.policy.expect("the first snapshot carries the policy");
         let facts = policy
@@ -736,30 +738,24 @@ mod tests {
         let (state_tx, state_rx) = watch::channel(scoped_state("x1", "x1"));
         let discovery = DiscoveryService::new(state_rx, Arc::default());
         let mut stream = watch(&discovery, "").await;
-        async fn next(stream: &mut WatchStream) -> Option<vigil_api::Snapshot> {
-            let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        // The next message, or none within 5 s (of the paused clock).
+        async fn next_within(stream: &mut WatchStream) -> Option<vigil_api::Snapshot> {
+            tokio::time::timeout(Duration::from_secs(5), next(stream))
                 .await
-                .ok()?;
-            Some(
-                message
-                    .expect("open")
-                    .expect("ok")
-                    .decode_snapshot()
-                    .expect("decodes"),
-            )
+                .ok()
         }
-        let first = next(&mut stream).await.expect("a whole snapshot");
+        let first = next_within(&mut stream).await.expect("a whole snapshot");
         assert!(first.scoped && !first.incremental);
         assert_eq!(names(&first), ["a"]);
 
         state_tx.send_replace(scoped_state("x1", "x2"));
         assert!(
-            next(&mut stream).await.is_none(),
+            next_within(&mut stream).await.is_none(),
             "b moved: nothing for a proxy that does not call it"
         );
 
         state_tx.send_replace(scoped_state("x2", "x2"));
-        let moved = next(&mut stream).await.expect("a moved");
+        let moved = next_within(&mut stream).await.expect("a moved");
         assert!(moved.incremental);
         assert_eq!(
             moved.base_version, first.version,
@@ -796,23 +792,14 @@ mod tests {
         let (state_tx, state_rx) = watch::channel(with_roots(state(8080), vec![vec![1; 300]]));
         let discovery = DiscoveryService::new(state_rx, Arc::default());
         let mut stream = watch(&discovery, "").await;
-        let mut next = async || {
-            stream
-                .next()
-                .await
-                .expect("snapshot")
-                .expect("ok")
-                .decode_snapshot()
-                .expect("decodes")
-        };
-        assert_eq!(next().await.trust_bundle_der, [vec![1u8; 300]]);
+        assert_eq!(next(&mut stream).await.trust_bundle_der, [vec![1u8; 300]]);
         state_tx.send_replace(with_roots(state(8090), vec![vec![1; 300]]));
-        let moved = next().await;
+        let moved = next(&mut stream).await;
         assert_eq!(moved.workload.map(|w| w.app_port), Some(8090));
         assert!(moved.trust_bundle_der.is_empty(), "unchanged: left out");
         state_tx.send_replace(with_roots(state(8090), vec![vec![1; 300], vec![2; 300]]));
         assert_eq!(
-            next().await.trust_bundle_der.len(),
+            next(&mut stream).await.trust_bundle_der.len(),
             2,
             "a rotation step is sent"
         );
