@@ -17,6 +17,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod traffic;
+
 mod pb {
     tonic::include_proto!("vigil.v1");
 }

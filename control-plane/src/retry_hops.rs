@@ -38,7 +38,7 @@ pub fn response_retries(traffic: Option<&Value>) -> Option<ResponseRetries> {
     let base_on = retries_responses(&service["on"]);
     let mut routes = Vec::new();
     let mut most = 0;
-    for route in traffic["routes"].as_array().into_iter().flatten() {
+    for (i, route) in traffic["routes"].as_array().into_iter().flatten().enumerate() {
         let r = &route["retries"];
         let on = if r["on"].is_null() {
             base_on
@@ -47,7 +47,12 @@ pub fn response_retries(traffic: Option<&Value>) -> Option<ResponseRetries> {
         };
         let attempts = attempts_of(r, base_attempts);
         if on && attempts > 1 {
-            routes.push(route["path_prefix"].as_str().unwrap_or("?").to_string());
+            // The route's label, as the proxies' metrics give it.
+            let label = route["name"]
+                .as_str()
+                .or(route["path_prefix"].as_str())
+                .map_or_else(|| format!("routes[{i}]"), str::to_string);
+            routes.push(label);
             most = most.max(attempts);
         }
     }

@@ -31,7 +31,7 @@ pub mod inbound;
 pub mod interception;
 pub mod outbound;
 pub mod telemetry;
-pub mod traffic;
+pub use vigil_api::traffic;
 pub mod transport;
 pub mod workload_api;
 

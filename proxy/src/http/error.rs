@@ -57,6 +57,12 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("{0} is no mesh service and this proxy refuses traffic leaving the mesh; start it with --egress allow (pod annotation vigil.io/egress: allow) or exclude the destination from interception")]
     EgressDenied(std::net::SocketAddr),
+    #[error("no route of service {0} matches this request (its routes answer unmatched requests with 404)")]
+    NoRoute(String),
+    #[error("{0}")]
+    NoBackend(String),
+    #[error("this route cannot be served: {0}")]
+    UnsupportedRoute(String),
     #[error("fault injected by the route's traffic policy")]
     FaultInjected { status: StatusCode },
 }
@@ -83,6 +89,9 @@ impl ProxyError {
             ProxyError::TooManyHeaders { .. } => "too-many-headers",
             ProxyError::BodyTooLarge { .. } => "body-too-large",
             ProxyError::EgressDenied(_) => "egress-denied",
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::NoBackend(_) => "no-backend",
+            ProxyError::UnsupportedRoute(_) => "unsupported-route",
             ProxyError::FaultInjected { .. } => "fault-injected",
         }
     }
@@ -108,6 +117,10 @@ impl ProxyError {
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::EgressDenied(_) => StatusCode::FORBIDDEN,
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend(_) | ProxyError::UnsupportedRoute(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ProxyError::FaultInjected { status } => *status,
         }
     }

@@ -234,7 +234,9 @@ fn inbound_service<B>(proxy: &Proxy, req: &Request<B>) -> Option<(Arc<str>, Arc<
     Some(match mesh.service_for_host(host) {
         Some(s) => (
             s.label.clone(),
-            s.traffic.route(req.uri().path()).shared_label(),
+            s.traffic
+                .select(&crate::traffic::RequestHead::of(req))
+                .shared_label(),
         ),
         None => (
             mesh.workload_label.clone(),

@@ -31,6 +31,7 @@ use crate::http::error::ProxyError;
 use crate::http::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
 use crate::telemetry::metrics::{Direction, Peer, TcpLabels};
 use crate::telemetry::observe::RequestObservation;
+use crate::traffic::RequestHead;
 use crate::transport::orig_dst::original_destination;
 use crate::Proxy;
 
@@ -390,18 +391,53 @@ async fn forward(
     let host = crate::http::headers::authority(&req)
         .map(str::to_string)
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
-    let mesh = view_for(proxy, target, &host).await?;
-    let service = match destination(proxy, &mesh, target, &host)? {
-        Destination::Mesh(service) => service,
-        Destination::Egress(dst) => {
-            observed.service = Arc::from(EGRESS);
-            return egress_http(proxy, dst, req, &host).await;
+    let mut mesh = view_for(proxy, target, &host).await?;
+    let mut asked = false;
+    let (stack, route) = loop {
+        let service = match destination(proxy, &mesh, target, &host)? {
+            Destination::Mesh(service) => service,
+            Destination::Egress(dst) => {
+                observed.service = Arc::from(EGRESS);
+                return egress_http(proxy, dst, req, &host).await;
+            }
+        };
+        let service_target = proxy.targets.get(proxy, &mesh, service);
+        observed.service = service_target.name.clone();
+        let route_target = service_target.route(service, &RequestHead::of(&req));
+        observed.route = route_target.label.clone();
+        let route = route_target.route.clone();
+        if let Some(reason) = &route.unsupported {
+            return Err(ProxyError::UnsupportedRoute(reason.clone()));
+        }
+        if route.not_found {
+            return Err(ProxyError::NoRoute(service_target.name.to_string()));
+        }
+        match route_target.pick() {
+            None => return Err(ProxyError::NoBackend(format!("every backend of route {} weighs 0", route_target.label))),
+            Some((backend, Ok(stack))) => {
+                if let Some(backend) = backend {
+                    // The service that served it: a canary's share shows as its own.
+                    observed.service = backend.clone();
+                }
+                break (stack, route);
+            }
+            // A scoped view asks for a backend it lacks once, as for a destination.
+            Some((_, Err(missing))) if mesh.scoped && !asked => {
+                asked = true;
+                proxy.discovery.ask_for(&[missing.to_string()]).await;
+                mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
+            }
+            Some((_, Err(missing))) => {
+                return Err(ProxyError::NoBackend(format!(
+                    "backend {missing} of route {} is no service of the mesh",
+                    route_target.label
+                )))
+            }
         }
     };
-    let target = proxy.targets.get(proxy, &mesh, service);
-    observed.service = target.name.clone();
-    let route = target.route(service, req.uri().path());
-    observed.route = route.label.clone();
+    if let Some(changes) = &route.request_headers {
+        changes.apply(req.headers_mut());
+    }
     *req.uri_mut() = absolute_uri(std::mem::take(req.uri_mut()), &host)?;
     // An HTTP/1.1 upgrade (WebSocket) crosses to the peer as an extended CONNECT.
     let upgrade = crate::http::upgrade::requested(&req).map(|protocol| {
@@ -430,7 +466,6 @@ async fn forward(
     }
     let tries = AttemptLog::default();
     req.extensions_mut().insert(tries.clone());
-    let stack = route.stack();
     let (parts, incoming) = req.into_parts();
     let max_body = proxy.config.request_limits.max_body_bytes;
     let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
@@ -443,6 +478,9 @@ async fn forward(
         (result, _) => result?.into_parts(),
     };
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(changes) = &route.response_headers {
+        changes.apply(&mut parts.headers);
+    }
     let mut response = Response::from_parts(parts, body);
     if let Some((protocol, client)) = upgrade {
         if response.status() == http::StatusCode::OK {

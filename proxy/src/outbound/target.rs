@@ -1,8 +1,9 @@
 //! Service targets: everything a request to a service needs that does not depend on the
 //! request, built once per discovery snapshot (linkerd2-proxy builds each target's stack
 //! once and rebuilds it when discovery changes). A request looks its service's target up,
-//! picks the route by path and clones a ready stack; no endpoint list, SPIFFE ID, name or
-//! layer is copied or built per request, and no global lock is taken.
+//! picks the route (path, method, headers, query) and clones a ready stack, of the
+//! service itself or of one of the route's weighted backends; no endpoint list, SPIFFE
+//! ID, name or layer is copied or built per request, and no global lock is taken.
 //!
 //! The set is rebuilt on the first request after a new snapshot is applied, once, behind
 //! a lock only the rebuild takes; requests on the old snapshot keep its targets. The state
@@ -14,25 +15,61 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
+use rand::Rng;
 
 use crate::control::state::{MeshView, ServiceView};
-use crate::traffic::Route;
+use crate::traffic::{RequestHead, Route};
 use crate::Proxy;
 
 use super::stack::{self, Stack};
 
-/// One route of a service: its policy, metric label and ready stack.
+/// One route of a service: its policy, metric label and ready stacks.
 pub struct RouteTarget {
     pub route: Arc<Route>,
-    /// The route's metric label (its path prefix, or `default`).
+    /// The route's metric label (its name or path prefix, or `default`).
     pub label: Arc<str>,
-    stack: Stack,
+    send_to: SendTo,
+}
+
+/// Where a route's requests go.
+enum SendTo {
+    /// The service's own endpoints.
+    Service(Stack),
+    /// Weighted backends, by cumulative weight: a request draws a number below the
+    /// total and takes the first backend whose bound exceeds it.
+    Backends {
+        total: u64,
+        choices: Vec<(u64, Backend)>,
+    },
+}
+
+/// One backend of a route, as built under a snapshot.
+pub enum Backend {
+    /// A service of the view: its label (`name.namespace`) and ready stack.
+    Ready { label: Arc<str>, stack: Stack },
+    /// A backend the view does not hold, by the name the route gives it.
+    Missing(Arc<str>),
 }
 
 impl RouteTarget {
-    /// A ready stack for one request.
-    pub fn stack(&self) -> Stack {
-        self.stack.clone()
+    /// Where one request goes: the service's stack, or one of the route's backends
+    /// chosen by weight. `None` when every backend weighs 0.
+    pub fn pick(&self) -> Option<(Option<&Arc<str>>, Result<Stack, Arc<str>>)> {
+        match &self.send_to {
+            SendTo::Service(stack) => Some((None, Ok(stack.clone()))),
+            SendTo::Backends { total: 0, .. } => None,
+            SendTo::Backends { total, choices } => {
+                let draw = rand::rng().random_range(0..*total);
+                let (_, backend) = choices
+                    .iter()
+                    .find(|(bound, _)| draw < *bound)
+                    .or(choices.last())?;
+                Some(match backend {
+                    Backend::Ready { label, stack } => (Some(label), Ok(stack.clone())),
+                    Backend::Missing(name) => (None, Err(name.clone())),
+                })
+            }
+        }
     }
 }
 
@@ -49,7 +86,7 @@ impl ServiceTarget {
     fn build(proxy: &Proxy, mesh: &MeshView, service: &ServiceView) -> ServiceTarget {
         let route_target = |route: &Arc<Route>| RouteTarget {
             label: route.shared_label(),
-            stack: stack::http(proxy, mesh, service, route),
+            send_to: send_to(proxy, mesh, service, route),
             route: route.clone(),
         };
         ServiceTarget {
@@ -65,11 +102,11 @@ impl ServiceTarget {
         }
     }
 
-    /// The route a request path takes.
-    pub fn route(&self, service: &ServiceView, path: &str) -> &RouteTarget {
+    /// The route a request takes.
+    pub fn route(&self, service: &ServiceView, req: &RequestHead<'_>) -> &RouteTarget {
         service
             .traffic
-            .route_index(path)
+            .route_index(req)
             .and_then(|i| self.routes.get(i))
             .unwrap_or(&self.fallback)
     }
@@ -78,6 +115,29 @@ impl ServiceTarget {
     pub fn tunnel(&self) -> Stack {
         self.tunnel.clone()
     }
+}
+
+/// The stacks a route sends to. A backend is resolved in the same view as the service,
+/// by any name it answers to, and keeps its own endpoints, breakers and limits; the
+/// route's timeout and retries apply to it.
+fn send_to(proxy: &Proxy, mesh: &MeshView, service: &ServiceView, route: &Route) -> SendTo {
+    if route.backends.is_empty() {
+        return SendTo::Service(stack::http(proxy, mesh, service, route));
+    }
+    let mut total = 0u64;
+    let mut choices = Vec::with_capacity(route.backends.len());
+    for b in route.backends.iter().filter(|b| b.weight > 0) {
+        total += u64::from(b.weight);
+        let backend = match mesh.service_for_host(&b.service) {
+            Some(s) => Backend::Ready {
+                label: s.label.clone(),
+                stack: stack::http(proxy, mesh, s, route),
+            },
+            None => Backend::Missing(Arc::from(b.service.as_str())),
+        };
+        choices.push((total, backend));
+    }
+    SendTo::Backends { total, choices }
 }
 
 /// The targets of one snapshot, by service (the address of its `Arc<ServiceView>` in

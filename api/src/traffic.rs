@@ -1,10 +1,12 @@
 //! A service's traffic policy: timeouts, retries, circuit breaking, limits and fault
 //! injection, per service and per route. The mesh file's `services[].traffic` arrives in
-//! the snapshot as JSON ([`vigil_api::Service::traffic_json`]) and is parsed here, strictly:
-//! an unknown field or an impossible value refuses the snapshot (see `docs/traffic.md`).
+//! the snapshot as JSON ([`crate::Service::traffic_json`]) and is parsed here, strictly:
+//! an unknown field or an impossible value is refused (see `docs/traffic.md`). The control
+//! plane checks every service's policy with the same parser before it sends it, so a
+//! proxy never receives one it would refuse.
 //!
 //! ```
-//! let policy = vigil_proxy::traffic::TrafficPolicy::parse(
+//! let policy = vigil_api::traffic::TrafficPolicy::parse(
 //!     r#"{"timeout": "2s", "routes": [{"path_prefix": "/slow", "timeout": "10s"}]}"#,
 //! ).expect("valid");
 //! assert_eq!(policy.route("/slow/report").timeout.as_secs(), 10);
@@ -22,6 +24,14 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
+mod routing;
+
+pub use routing::{
+    Backend, HeaderChanges, HeaderEntry, HeaderModifier, PathMatch, RequestHead, RouteMatch,
+    ValueMatch,
+};
+use routing::{Matcher, MAX_BACKENDS, MAX_MATCHES, MAX_WEIGHT};
+
 /// Everything a service's `traffic` section can say, with its defaults filled in.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,8 +42,12 @@ pub struct TrafficPolicy {
     pub retries: RetryPolicy,
     pub circuit_breaker: CircuitBreakerPolicy,
     pub limits: LimitsPolicy,
-    /// Overrides by path prefix; the first match wins.
+    /// Routes, in the order they are tried; the first that matches a request wins.
     pub routes: Vec<RouteConfig>,
+    /// What a request no route matches gets: the service's own endpoints and policy
+    /// (`service`, the default) or 404 `no-route` (`not-found`, as the Gateway API has it
+    /// for a Service with HTTPRoutes attached).
+    pub unmatched: Unmatched,
     /// The effective policy of each route and of everything else, merged once here.
     #[serde(skip)]
     resolved: Vec<Arc<Route>>,
@@ -52,10 +66,20 @@ impl Default for TrafficPolicy {
             circuit_breaker: CircuitBreakerPolicy::default(),
             limits: LimitsPolicy::default(),
             routes: Vec::new(),
+            unmatched: Unmatched::Service,
             resolved: Vec::new(),
             fallback: Arc::new(Route::default()),
         }
     }
+}
+
+/// See [`TrafficPolicy::unmatched`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unmatched {
+    #[default]
+    Service,
+    NotFound,
 }
 
 /// When and how often a failed request is tried again.
@@ -322,11 +346,35 @@ impl Default for LimitsPolicy {
     }
 }
 
-/// A route as written: a path prefix and what it overrides.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// A route as written: which requests take it, where they go, and what it overrides.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    pub path_prefix: String,
+    /// The route's label in metrics and logs; its `path_prefix`, or `routes[i]`, when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Requests whose path starts with this string (a plain string prefix: `/api`
+    /// matches `/apis` too). Shorthand for one match; not with `match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Requests any of these matches; a route with neither this nor `path_prefix` takes
+    /// every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    /// Services to send the route's requests to, by weight, instead of this service's
+    /// own endpoints (a canary, a migration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Backend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderModifier>,
+    /// Set when the route asks for something Vigil cannot do (a Gateway API filter it
+    /// does not implement): its requests get 500 `unsupported-route` with this reason
+    /// rather than being served without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
     #[serde(
         default,
         with = "optional_duration",
@@ -388,11 +436,21 @@ pub struct AbortFault {
 /// What applies to one request: the service's policy with its route's overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    /// The matching prefix; `None` for requests no route matches.
+    /// The `path_prefix` the route was written with, if it was.
     pub path_prefix: Option<String>,
     pub timeout: Duration,
     pub retries: Arc<RetryPolicy>,
     pub fault: Option<FaultPolicy>,
+    /// Weighted services to send to instead of the service's own endpoints; empty for
+    /// the service itself.
+    pub backends: Vec<Backend>,
+    pub request_headers: Option<HeaderChanges>,
+    pub response_headers: Option<HeaderChanges>,
+    /// Why the route cannot be served (see [`RouteConfig::unsupported`]).
+    pub unsupported: Option<String>,
+    /// The fallback of a policy whose unmatched requests get 404.
+    pub not_found: bool,
+    matchers: Vec<Matcher>,
     /// The metric label, made once with the route (see [`Route::label`]).
     label: Arc<str>,
 }
@@ -410,12 +468,26 @@ impl Route {
             timeout,
             retries,
             fault,
+            backends: Vec::new(),
+            request_headers: None,
+            response_headers: None,
+            unsupported: None,
+            not_found: false,
+            matchers: Vec::new(),
             label,
         }
     }
 
-    /// The metric label for requests on this route: its path prefix, or `default` for
-    /// requests no route matches. Bounded by the routes an operator writes.
+    /// Whether a request takes this route.
+    pub fn matches(&self, req: &RequestHead<'_>) -> bool {
+        match &self.path_prefix {
+            Some(prefix) => req.path.starts_with(prefix.as_str()),
+            None => self.matchers.is_empty() || self.matchers.iter().any(|m| m.matches(req)),
+        }
+    }
+
+    /// The metric label for requests on this route: its name, its path prefix, or
+    /// `default` for requests no route matches. Bounded by the routes an operator writes.
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -466,26 +538,33 @@ impl TrafficPolicy {
             })?
         };
         policy.validate().map_err(TrafficError)?;
-        policy.resolve();
+        policy.resolve().map_err(TrafficError)?;
         Ok(policy)
     }
 
-    /// The policy for a request path.
+    /// The policy for a GET of `path` with no headers (see [`TrafficPolicy::select`]).
     pub fn route(&self, path: &str) -> Arc<Route> {
-        match self.route_index(path) {
+        let headers = http::HeaderMap::new();
+        self.select(&RequestHead {
+            method: &Method::GET,
+            path,
+            query: None,
+            headers: &headers,
+        })
+    }
+
+    /// The policy of the route a request takes.
+    pub fn select(&self, req: &RequestHead<'_>) -> Arc<Route> {
+        match self.route_index(req) {
             Some(i) => self.resolved[i].clone(),
             None => self.fallback.clone(),
         }
     }
 
-    /// Which of [`routes`](Self::resolved_routes) a request path takes (the first whose
-    /// prefix matches); `None` for the fallback.
-    pub fn route_index(&self, path: &str) -> Option<usize> {
-        self.resolved.iter().position(|r| {
-            r.path_prefix
-                .as_deref()
-                .is_some_and(|prefix| path.starts_with(prefix))
-        })
+    /// Which of [`routes`](Self::resolved_routes) a request takes (the first that
+    /// matches it); `None` for the fallback.
+    pub fn route_index(&self, req: &RequestHead<'_>) -> Option<usize> {
+        self.resolved.iter().position(|r| r.matches(req))
     }
 
     /// Every route with its effective policy, in match order.
@@ -498,32 +577,55 @@ impl TrafficPolicy {
         &self.fallback
     }
 
-    fn resolve(&mut self) {
+    fn resolve(&mut self) -> Result<(), String> {
         let base = Arc::new(self.retries.clone());
-        self.fallback = Arc::new(Route::new(None, self.timeout, base.clone(), None));
-        self.resolved = self
-            .routes
-            .iter()
-            .map(|r| {
-                let retries = match &r.retries {
-                    None => base.clone(),
-                    Some(o) => Arc::new(RetryPolicy {
-                        attempts: o.attempts.unwrap_or(base.attempts),
-                        per_try_timeout: o.per_try_timeout.or(base.per_try_timeout),
-                        on: o.on.clone().unwrap_or_else(|| base.on.clone()),
-                        methods: o.methods.clone().unwrap_or_else(|| base.methods.clone()),
-                        budget: base.budget.clone(),
-                        backoff: o.backoff.clone().unwrap_or_else(|| base.backoff.clone()),
-                    }),
-                };
-                Arc::new(Route::new(
-                    Some(r.path_prefix.clone()),
-                    r.timeout.unwrap_or(self.timeout),
-                    retries,
-                    r.fault.clone(),
-                ))
-            })
-            .collect();
+        let mut fallback = Route::new(None, self.timeout, base.clone(), None);
+        fallback.not_found = self.unmatched == Unmatched::NotFound;
+        self.fallback = Arc::new(fallback);
+        let mut resolved = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let retries = match &r.retries {
+                None => base.clone(),
+                Some(o) => Arc::new(RetryPolicy {
+                    attempts: o.attempts.unwrap_or(base.attempts),
+                    per_try_timeout: o.per_try_timeout.or(base.per_try_timeout),
+                    on: o.on.clone().unwrap_or_else(|| base.on.clone()),
+                    methods: o.methods.clone().unwrap_or_else(|| base.methods.clone()),
+                    budget: base.budget.clone(),
+                    backoff: o.backoff.clone().unwrap_or_else(|| base.backoff.clone()),
+                }),
+            };
+            let mut route = Route::new(
+                r.path_prefix.clone(),
+                r.timeout.unwrap_or(self.timeout),
+                retries,
+                r.fault.clone(),
+            );
+            route.label = match (&r.name, &r.path_prefix) {
+                (Some(name), _) => Arc::from(name.as_str()),
+                (None, Some(prefix)) => Arc::from(prefix.as_str()),
+                (None, None) => Arc::from(at.as_str()),
+            };
+            route.matchers = (r.matches.iter().enumerate())
+                .map(|(j, m)| Matcher::compile(&format!("{at}.match[{j}]"), m))
+                .collect::<Result<_, _>>()?;
+            route.backends = r.backends.clone();
+            route.request_headers = r
+                .request_headers
+                .as_ref()
+                .map(|m| HeaderChanges::compile(&format!("{at}.request_headers"), m))
+                .transpose()?;
+            route.response_headers = r
+                .response_headers
+                .as_ref()
+                .map(|m| HeaderChanges::compile(&format!("{at}.response_headers"), m))
+                .transpose()?;
+            route.unsupported = r.unsupported.clone();
+            resolved.push(Arc::new(route));
+        }
+        self.resolved = resolved;
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -583,11 +685,34 @@ impl TrafficPolicy {
         }
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if !r.path_prefix.starts_with('/') {
-                return Err(format!(
-                    "{at}.path_prefix must start with '/', got {:?}",
-                    r.path_prefix
-                ));
+            if let Some(prefix) = &r.path_prefix {
+                if !prefix.starts_with('/') {
+                    return Err(format!(
+                        "{at}.path_prefix must start with '/', got {prefix:?}"
+                    ));
+                }
+                if !r.matches.is_empty() {
+                    return Err(format!(
+                        "{at} has both path_prefix and match; write the prefix as a match"
+                    ));
+                }
+            }
+            if r.matches.len() > MAX_MATCHES {
+                return Err(format!("{at}.match has more than {MAX_MATCHES} entries"));
+            }
+            if r.backends.len() > MAX_BACKENDS {
+                return Err(format!("{at}.backends has more than {MAX_BACKENDS} entries"));
+            }
+            for (j, b) in r.backends.iter().enumerate() {
+                if b.service.trim().is_empty() {
+                    return Err(format!("{at}.backends[{j}].service must name a service"));
+                }
+                if b.weight > MAX_WEIGHT {
+                    return Err(format!(
+                        "{at}.backends[{j}].weight must be at most {MAX_WEIGHT}, got {}",
+                        b.weight
+                    ));
+                }
             }
             if let Some(t) = r.timeout {
                 positive(&format!("{at}.timeout"), t)?;
@@ -801,6 +926,46 @@ mod tests {
     }
 
     #[test]
+    fn the_first_matching_route_wins_and_unmatched_requests_can_get_404() {
+        let p = TrafficPolicy::parse(
+            r#"{"unmatched": "not-found", "routes": [
+                {"name": "canary", "match": [{"headers": [{"name": "x-canary", "exact": "1"}]}],
+                 "backends": [{"service": "web-v2.shop", "weight": 10}, {"service": "web-v1.shop", "weight": 90}],
+                 "request_headers": {"set": [{"name": "x-route", "value": "canary"}]}},
+                {"match": [{"path": {"prefix": "/api"}, "method": "POST"}], "timeout": "2s"},
+                {"path_prefix": "/static"}
+            ]}"#,
+        )
+        .expect("valid");
+        let mut headers = http::HeaderMap::new();
+        let pick = |method: &Method, path: &str, headers: &http::HeaderMap| {
+            p.select(&RequestHead {
+                method,
+                path,
+                query: None,
+                headers,
+            })
+        };
+        assert_eq!(pick(&Method::POST, "/api/x", &headers).label(), "routes[1]");
+        assert_eq!(
+            pick(&Method::POST, "/api/x", &headers).timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(pick(&Method::GET, "/static/a.css", &headers).label(), "/static");
+        let unmatched = pick(&Method::GET, "/api/x", &headers);
+        assert!(unmatched.not_found);
+        assert_eq!(unmatched.label(), "default");
+        headers.insert("x-canary", http::HeaderValue::from_static("1"));
+        let canary = pick(&Method::POST, "/api/x", &headers);
+        assert_eq!(canary.label(), "canary");
+        assert_eq!(canary.backends.len(), 2);
+        assert!(canary.request_headers.is_some());
+        // What /config shows reads back as the same policy.
+        let shown = serde_json::to_string(&p).expect("serializes");
+        assert_eq!(TrafficPolicy::parse(&shown).expect("round trip"), p);
+    }
+
+    #[test]
     fn mistakes_are_refused_with_the_field_and_a_reason() {
         for (json, expect) in [
             (r#"{"timout": "1s"}"#, "unknown field `timout`"),
@@ -843,6 +1008,19 @@ mod tests {
                 r#"{"routes": [{"path_prefix": "slow"}]}"#,
                 "routes[0].path_prefix must start with '/'",
             ),
+            (
+                r#"{"routes": [{"path_prefix": "/a", "match": [{"method": "GET"}]}]}"#,
+                "both path_prefix and match",
+            ),
+            (
+                r#"{"routes": [{"backends": [{"service": "b", "weight": 1000001}]}]}"#,
+                "routes[0].backends[0].weight must be at most 1000000",
+            ),
+            (
+                r#"{"routes": [{"match": [{"path": {"regex": "(["}}]}]}"#,
+                "routes[0].match[0].path",
+            ),
+            (r#"{"unmatched": "drop"}"#, "unknown variant `drop`"),
             (
                 r#"{"routes": [{"path_prefix": "/", "retries": {"budget": {}}}]}"#,
                 "unknown field `budget`",
