@@ -701,7 +701,9 @@ impl TrafficPolicy {
                 return Err(format!("{at}.match has more than {MAX_MATCHES} entries"));
             }
             if r.backends.len() > MAX_BACKENDS {
-                return Err(format!("{at}.backends has more than {MAX_BACKENDS} entries"));
+                return Err(format!(
+                    "{at}.backends has more than {MAX_BACKENDS} entries"
+                ));
             }
             for (j, b) in r.backends.iter().enumerate() {
                 if b.service.trim().is_empty() {
@@ -951,7 +953,10 @@ mod tests {
             pick(&Method::POST, "/api/x", &headers).timeout,
             Duration::from_secs(2)
         );
-        assert_eq!(pick(&Method::GET, "/static/a.css", &headers).label(), "/static");
+        assert_eq!(
+            pick(&Method::GET, "/static/a.css", &headers).label(),
+            "/static"
+        );
         let unmatched = pick(&Method::GET, "/api/x", &headers);
         assert!(unmatched.not_found);
         assert_eq!(unmatched.label(), "default");

@@ -36,6 +36,7 @@ pub mod control_plane_bench;
 pub mod dashboard;
 pub mod demo;
 pub mod discovery_service;
+pub mod gateway;
 pub mod identity_service;
 pub mod inject;
 pub mod kubernetes;

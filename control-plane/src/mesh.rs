@@ -80,6 +80,10 @@ pub struct MeshFile {
     pub workloads: Vec<WorkloadEntry>,
     #[serde(default)]
     pub services: Vec<ServiceEntry>,
+    /// Gateway API `HTTPRoute` and `GRPCRoute` objects, written as for Kubernetes, whose
+    /// `parentRefs` name services of this file (see [`crate::gateway`]).
+    #[serde(default)]
+    pub routes: Vec<crate::gateway::RouteObject>,
 }
 
 fn default_lifetime() -> Duration {
@@ -522,6 +526,30 @@ impl MeshFile {
                 }
             }
         }
+        for s in &self.services {
+            if let Some(traffic) = &s.traffic {
+                vigil_api::traffic::TrafficPolicy::parse(&traffic.to_string()).map_err(|e| {
+                    MeshError::Invalid(format!(
+                        "service {}.{} has a traffic policy proxies would refuse: {e} (see docs/traffic.md)",
+                        s.name, s.namespace
+                    ))
+                })?;
+            }
+        }
+        if !self.routes.is_empty() {
+            let mut services = self.model_services(&HashMap::new());
+            let ports = crate::gateway::ServicePorts::of_model(&services);
+            let problems = crate::gateway::attach(&self.routes, &mut services, &ports);
+            if let Some(p) = problems.first() {
+                return Err(MeshError::Invalid(format!(
+                    "{p}{}",
+                    match problems.len() {
+                        1 => String::new(),
+                        n => format!(" (and {} more problems with routes)", n - 1),
+                    }
+                )));
+            }
+        }
         for w in &self.workloads {
             for target in w.proxy.upstreams.values() {
                 if !self.services.iter().any(|s| s.matches_host(target)) {
@@ -578,6 +606,37 @@ impl MeshFile {
         Ok(())
     }
 
+    /// The services of the file, with the endpoints among `workloads` (by name).
+    fn model_services(&self, workloads: &HashMap<&str, &Workload>) -> Vec<Service> {
+        self.services
+            .iter()
+            .map(|s| {
+                let endpoints = s
+                    .endpoints
+                    .iter()
+                    .filter_map(|name| workloads.get(name.as_str()).copied())
+                    .map(|w| Endpoint {
+                        address: w.inbound_address,
+                        spiffe_id: w.spiffe_id.clone(),
+                        workload: w.name.clone(),
+                        target_port: s.target_port.unwrap_or(w.app_port),
+                    })
+                    .collect();
+                Service {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    port: s.port,
+                    protocol: s.protocol,
+                    target_port: s.target_port,
+                    hosts: s.hosts.clone(),
+                    virtual_addresses: s.virtual_addresses.clone(),
+                    endpoints,
+                    traffic: s.traffic.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// The internal model: what discovery serves, whatever the source.
     pub fn model(&self) -> Result<MeshModel, MeshError> {
         let mut workloads = Vec::new();
@@ -606,34 +665,12 @@ impl MeshFile {
         // Endpoints name workloads: one lookup each, not a scan of every workload.
         let by_name: HashMap<&str, &Workload> =
             workloads.iter().map(|w| (w.name.as_str(), w)).collect();
-        let services = self
-            .services
-            .iter()
-            .map(|s| {
-                let endpoints = s
-                    .endpoints
-                    .iter()
-                    .filter_map(|name| by_name.get(name.as_str()).copied())
-                    .map(|w| Endpoint {
-                        address: w.inbound_address,
-                        spiffe_id: w.spiffe_id.clone(),
-                        workload: w.name.clone(),
-                        target_port: s.target_port.unwrap_or(w.app_port),
-                    })
-                    .collect();
-                Service {
-                    name: s.name.clone(),
-                    namespace: s.namespace.clone(),
-                    port: s.port,
-                    protocol: s.protocol,
-                    target_port: s.target_port,
-                    hosts: s.hosts.clone(),
-                    virtual_addresses: s.virtual_addresses.clone(),
-                    endpoints,
-                    traffic: s.traffic.clone(),
-                }
-            })
-            .collect();
+        let mut services = self.model_services(&by_name);
+        if !self.routes.is_empty() {
+            // Checked when the file was read: nothing is left out here.
+            let ports = crate::gateway::ServicePorts::of_model(&services);
+            crate::gateway::attach(&self.routes, &mut services, &ports);
+        }
         Ok(MeshModel {
             trust_domain: self.trust_domain.clone(),
             workloads,
@@ -727,6 +764,59 @@ services:
         assert_eq!(
             server.endpoints[0].spiffe_id.to_string(),
             "spiffe://vigil.local/ns/demo/sa/web"
+        );
+    }
+
+    #[test]
+    fn routes_in_the_mesh_file_attach_to_its_services_and_mistakes_are_refused() {
+        let with_routes = format!(
+            "{MESH}{}",
+            r#"  - name: server-v2
+    namespace: demo
+    endpoints: [server]
+routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: canary, namespace: demo}
+    spec:
+      parentRefs: [{kind: Service, name: server}]
+      rules:
+      - backendRefs: [{name: server, port: 80, weight: 90}, {name: server-v2, port: 80, weight: 10}]
+"#
+        );
+        let mesh = MeshFile::parse(&with_routes).expect("valid mesh");
+        let model = mesh.model().expect("model");
+        let traffic = model.services[0].traffic.as_ref().expect("routes attached");
+        assert_eq!(traffic["unmatched"], "not-found");
+        assert_eq!(
+            traffic["routes"][0]["backends"][1]["service"],
+            "server-v2.demo"
+        );
+        assert_eq!(traffic["routes"][0]["backends"][1]["weight"], 10);
+
+        let wrong = with_routes.replace("name: server, port: 80", "name: server, port: 81");
+        let wrong = wrong.replace(
+            "parentRefs: [{kind: Service, name: server}]",
+            "parentRefs: [{kind: Service, name: serve}]",
+        );
+        let err = MeshFile::parse(&wrong)
+            .expect_err("unknown parent")
+            .to_string();
+        assert!(
+            err.contains("HTTPRoute demo/canary: parent Service demo/serve is not in the mesh"),
+            "{err}"
+        );
+
+        let bad_traffic = MESH.replace(
+            "    endpoints: [server]",
+            "    endpoints: [server]\n    traffic: {timout: 1s}",
+        );
+        let err = MeshFile::parse(&bad_traffic)
+            .expect_err("bad traffic")
+            .to_string();
+        assert!(
+            err.contains("service server.demo has a traffic policy proxies would refuse: timout: unknown field `timout`"),
+            "{err}"
         );
     }
 

@@ -38,7 +38,12 @@ pub fn response_retries(traffic: Option<&Value>) -> Option<ResponseRetries> {
     let base_on = retries_responses(&service["on"]);
     let mut routes = Vec::new();
     let mut most = 0;
-    for (i, route) in traffic["routes"].as_array().into_iter().flatten().enumerate() {
+    for (i, route) in traffic["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let r = &route["retries"];
         let on = if r["on"].is_null() {
             base_on

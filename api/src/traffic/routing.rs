@@ -161,7 +161,12 @@ fn regex(at: &str, pattern: &str) -> Result<Regex, String> {
     RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(MAX_REGEX_BYTES)
         .build()
-        .map_err(|e| format!("{at}: {pattern:?} is not a regular expression Vigil can use: {e}"))
+        .map_err(|e| {
+            // regex's own message spans lines (the pattern, a caret, the error).
+            let reason = e.to_string();
+            let reason = reason.lines().last().unwrap_or_default().trim().to_string();
+            format!("{at}: {pattern:?} is not a regular expression Vigil can use ({reason})")
+        })
 }
 
 fn value_matcher(at: &str, m: &ValueMatch) -> Result<StringMatcher, String> {
@@ -376,9 +381,15 @@ mod tests {
         headers.append("user", HeaderValue::from_static("test-bob"));
         let post = Method::POST;
         assert!(m.matches(&head(&post, "/?v=2&v=3", &headers)));
-        assert!(!m.matches(&head(&post, "/?v=3&v=2", &headers)), "first value");
+        assert!(
+            !m.matches(&head(&post, "/?v=3&v=2", &headers)),
+            "first value"
+        );
         assert!(!m.matches(&head(&Method::GET, "/?v=2", &headers)));
-        assert!(!m.matches(&head(&post, "/?V=2", &headers)), "names are exact");
+        assert!(
+            !m.matches(&head(&post, "/?V=2", &headers)),
+            "names are exact"
+        );
         headers.insert("x-canary", HeaderValue::from_static("2"));
         assert!(!m.matches(&head(&post, "/?v=2", &headers)));
     }

@@ -120,7 +120,7 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
         policy: opts.policy.clone(),
         policy_config_map: opts.policy_config_map.clone(),
     };
-    let (stores, changed) = watch::start(&client, &watch_opts);
+    let (stores, changed) = watch::start(&client, &watch_opts).await;
     let publish = watch::publish(stores, changed, watch_opts, state_tx);
 
     let lifetime = opts.certificate_lifetime;
@@ -188,6 +188,7 @@ pub(crate) fn dashboard(
         policies: Vec::new(),
         workloads: Vec::new(),
         services: Vec::new(),
+        routes: Vec::new(),
     };
     crate::dashboard::run(
         opts.dashboard,

@@ -19,6 +19,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use vigil_identity::SpiffeId;
 
+use vigil_api::traffic::TrafficPolicy;
+
+use crate::gateway::{RouteObject, ServicePorts};
 use crate::inject::{INBOUND_PORT, INJECTED_LABEL, PROXY_CONTAINER};
 use crate::model::{Endpoint, MeshModel, Protocol, Service, Workload};
 
@@ -41,10 +44,21 @@ pub struct ClusterObjects {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// ServiceAccounts that exist: a deleted one takes its pods out of the mesh.
     pub service_accounts: BTreeSet<ObjectKey>,
+    /// Gateway API HTTPRoutes and GRPCRoutes (none when the cluster lacks their CRDs).
+    pub routes: Vec<RouteObject>,
 }
 
-/// Builds the mesh model. Objects that cannot be used are left out (and logged), never fatal.
+/// Builds the mesh model. Objects that cannot be used are left out, never fatal.
 pub fn mesh_model(trust_domain: &str, objects: &ClusterObjects) -> MeshModel {
+    mesh_model_and_problems(trust_domain, objects).0
+}
+
+/// The mesh model and what was left out of it and why (a route Vigil cannot apply, a
+/// traffic annotation proxies would refuse), for the caller to report once.
+pub fn mesh_model_and_problems(
+    trust_domain: &str,
+    objects: &ClusterObjects,
+) -> (MeshModel, Vec<String>) {
     let mut workloads: Vec<Workload> = objects
         .pods
         .iter()
@@ -56,16 +70,64 @@ pub fn mesh_model(trust_domain: &str, objects: &ClusterObjects) -> MeshModel {
         .map(|w| ((w.namespace.as_str(), w.name.as_str()), w))
         .collect();
 
+    let mut problems = Vec::new();
     let mut services = Vec::new();
+    let mut ports = ServicePorts::default();
     for svc in &objects.services {
-        services.extend(services_of(svc, &objects.slices, &by_pod));
+        let (Some(name), Some(namespace)) = (
+            svc.metadata.name.as_deref(),
+            svc.metadata.namespace.as_deref(),
+        ) else {
+            continue;
+        };
+        for (port, model_name) in model_names(svc) {
+            ports.add(namespace, name, port, &model_name);
+        }
+        services.extend(services_of(svc, &objects.slices, &by_pod, &mut problems));
+    }
+    if !objects.routes.is_empty() {
+        problems.extend(
+            crate::gateway::attach(&objects.routes, &mut services, &ports)
+                .into_iter()
+                .map(|p| p.to_string()),
+        );
     }
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    MeshModel {
+    let model = MeshModel {
         trust_domain: trust_domain.to_string(),
         workloads,
         services,
+    };
+    (model, problems)
+}
+
+/// The model service of each TCP port of a Service: its first keeps the Service's name,
+/// the others are `<name>-<port name>` (`<name>-<port>` when unnamed).
+fn model_names(svc: &KubeService) -> Vec<(u16, String)> {
+    let (Some(name), Some(spec)) = (svc.metadata.name.as_deref(), svc.spec.as_ref()) else {
+        return Vec::new();
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
     }
+    spec.ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.port).ok().map(|n| (n, p)))
+        .enumerate()
+        .map(|(index, (number, port))| {
+            let model_name = if index == 0 {
+                name.to_string()
+            } else {
+                format!(
+                    "{name}-{}",
+                    port.name.clone().unwrap_or_else(|| port.port.to_string())
+                )
+            };
+            (number, model_name)
+        })
+        .collect()
 }
 
 fn workload(trust_domain: &str, pod: &Pod, accounts: &BTreeSet<ObjectKey>) -> Option<Workload> {
@@ -141,6 +203,7 @@ fn services_of(
     svc: &KubeService,
     slices: &[Arc<EndpointSlice>],
     pods: &BTreeMap<(&str, &str), &Workload>,
+    problems: &mut Vec<String>,
 ) -> Vec<Service> {
     let (Some(name), Some(namespace), Some(spec)) = (
         svc.metadata.name.as_deref(),
@@ -165,10 +228,14 @@ fn services_of(
         .annotations
         .as_ref()
         .and_then(|a| a.get(TRAFFIC_ANNOTATION))
-        .and_then(|t| match serde_json::from_str(t) {
-            Ok(v) => Some(v),
+        .and_then(|t| match TrafficPolicy::parse(t) {
+            // Checked as the proxies will check it: one they would refuse would stop
+            // every snapshot that carries it.
+            Ok(_) => serde_json::from_str(t).ok(),
             Err(e) => {
-                tracing::warn!(%namespace, service = %name, error = %e, "ignoring {TRAFFIC_ANNOTATION}: not JSON");
+                problems.push(format!(
+                    "Service {namespace}/{name}: annotation {TRAFFIC_ANNOTATION} ignored: {e} (see docs/traffic.md)"
+                ));
                 None
             }
         });
@@ -190,20 +257,10 @@ fn services_of(
         .ports
         .iter()
         .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP");
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter(|p| u16::try_from(p.port).is_ok());
     let mut out = Vec::new();
-    for (index, port) in tcp_ports.enumerate() {
-        let Ok(service_port) = u16::try_from(port.port) else {
-            continue;
-        };
-        let model_name = if index == 0 {
-            name.to_string()
-        } else {
-            format!(
-                "{name}-{}",
-                port.name.clone().unwrap_or_else(|| port.port.to_string())
-            )
-        };
+    for (port, (service_port, model_name)) in tcp_ports.zip(model_names(svc)) {
         let endpoints = endpoints_for(port, namespace, &own_slices, pods);
         let mut virtual_addresses: Vec<SocketAddr> = cluster_ips
             .iter()

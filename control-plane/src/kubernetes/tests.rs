@@ -74,7 +74,69 @@ fn kube_dns_objects() -> ClusterObjects {
         )))],
         slices: vec![Arc::new(parse(slice))],
         service_accounts: account_keys(&[coredns_account()]),
+        routes: vec![],
     }
+}
+
+#[test]
+fn a_route_attached_to_a_port_of_a_service_reaches_that_ports_model_service() {
+    let mut objects = kube_dns_objects();
+    let route = |port: u16, path: &str| {
+        serde_json::from_value::<crate::gateway::RouteObject>(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": format!("metrics-{port}"), "namespace": "kube-system",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "kube-dns", "port": port}],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                           "backendRefs": [{"name": "kube-dns", "port": 9153}]}]
+            }
+        }))
+        .expect("route")
+    };
+    objects.routes = vec![route(9153, "/metrics"), route(54, "/nothing")];
+    let (model, problems) = super::model::mesh_model_and_problems("cluster.local", &objects);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("kube-dns port 54 is not in the mesh"),
+        "{problems:?}"
+    );
+    let metrics = model
+        .services
+        .iter()
+        .find(|s| s.name == "kube-dns-metrics")
+        .expect("the metrics port's service");
+    let traffic = metrics.traffic.as_ref().expect("routes attached");
+    assert_eq!(
+        traffic["routes"][0]["backends"][0]["service"],
+        "kube-dns-metrics.kube-system"
+    );
+    let dns = model
+        .services
+        .iter()
+        .find(|s| s.name == "kube-dns")
+        .expect("dns");
+    assert!(dns.traffic.is_none(), "the other port keeps no routes");
+}
+
+#[test]
+fn a_traffic_annotation_proxies_would_refuse_is_left_out_and_reported() {
+    let mut objects = kube_dns_objects();
+    let mut svc = (*objects.services[0]).clone();
+    svc.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("vigil.io/traffic".into(), r#"{"timout": "1s"}"#.into());
+    objects.services = vec![Arc::new(svc)];
+    let (model, problems) = super::model::mesh_model_and_problems("cluster.local", &objects);
+    assert!(model.services.iter().all(|s| s.traffic.is_none()));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("unknown field `timout`")),
+        "{problems:?}"
+    );
 }
 
 const EQUIVALENT_MESH: &str = r#"

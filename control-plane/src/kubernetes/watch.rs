@@ -10,16 +10,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::core::PartialObjectMeta;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 
-use super::model::{mesh_model, ClusterObjects};
+use super::model::{mesh_model_and_problems, ClusterObjects};
 use super::policy::{self, VigilPolicy};
 use crate::discovery_service::MeshState;
+use crate::gateway::RouteObject;
 use crate::inject::INJECTED_LABEL;
 
 /// How long a fresh replica waits for its first complete view before serving what it has.
@@ -45,6 +46,8 @@ pub struct ClusterStores {
     accounts: Store<PartialObjectMeta<ServiceAccount>>,
     policies: Store<VigilPolicy>,
     config_maps: Store<ConfigMap>,
+    /// HTTPRoutes and GRPCRoutes, when the cluster serves the Gateway API.
+    routes: Vec<(&'static str, Store<DynamicObject>)>,
 }
 
 impl ClusterStores {
@@ -60,12 +63,60 @@ impl ClusterStores {
                 .iter()
                 .filter_map(|a| Some((a.namespace()?, a.metadata.name.clone()?)))
                 .collect::<BTreeSet<_>>(),
+            routes: self
+                .routes
+                .iter()
+                .flat_map(|(kind, store)| {
+                    store
+                        .state()
+                        .into_iter()
+                        .filter_map(move |o| route_object(kind, &o))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A watched route as the converter reads it; one that does not parse is left out (the
+/// API server validated it against its CRD, so this means a newer, unknown shape).
+fn route_object(kind: &str, object: &DynamicObject) -> Option<RouteObject> {
+    let mut value = serde_json::to_value(object).ok()?;
+    value["kind"] = serde_json::Value::from(kind);
+    match serde_json::from_value(value) {
+        Ok(route) => Some(route),
+        Err(e) => {
+            tracing::warn!(kind, name = %object.name_any(), error = %e, "route left out: Vigil cannot read it");
+            None
+        }
+    }
+}
+
+/// The Gateway API route kinds Vigil watches, when the cluster serves them: checked once
+/// at start (install the CRDs, then restart the control plane).
+async fn route_kinds(client: &kube::Client) -> Vec<ApiResource> {
+    let group_version = format!("{}/v1", crate::gateway::GROUP);
+    match client.list_api_group_resources(&group_version).await {
+        Ok(list) => list
+            .resources
+            .iter()
+            .filter(|r| matches!(r.kind.as_str(), "HTTPRoute" | "GRPCRoute"))
+            .map(|r| {
+                ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk(crate::gateway::GROUP, "v1", &r.kind),
+                    &r.name,
+                )
+            })
+            .collect(),
+        Err(e) => {
+            tracing::info!(error = %e, "the cluster does not serve {group_version}: HTTPRoutes and GRPCRoutes are not read (install the Gateway API CRDs, then restart the control plane)");
+            Vec::new()
         }
     }
 }
 
 /// Starts the watches; returns their stores and a signal raised on every change.
-pub fn start(client: &kube::Client, opts: &WatchOptions) -> (ClusterStores, Arc<Notify>) {
+pub async fn start(client: &kube::Client, opts: &WatchOptions) -> (ClusterStores, Arc<Notify>) {
+    let kinds = route_kinds(client).await;
     let changed = Arc::new(Notify::new());
     let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stores = ClusterStores {
@@ -107,6 +158,27 @@ pub fn start(client: &kube::Client, opts: &WatchOptions) -> (ClusterStores, Arc<
             by_name(&opts.policy_config_map),
             &changed,
         ),
+        routes: kinds
+            .into_iter()
+            .map(|kind| {
+                let what: &'static str = if kind.kind == "GRPCRoute" {
+                    "grpcroutes"
+                } else {
+                    "httproutes"
+                };
+                let name: &'static str = if kind.kind == "GRPCRoute" {
+                    "GRPCRoute"
+                } else {
+                    "HTTPRoute"
+                };
+                let api = Api::<DynamicObject>::all_with(client.clone(), &kind);
+                let writer = reflector::store::Writer::new(kind);
+                let reader = writer.as_reader();
+                let stream = watcher(api, watcher::Config::default()).default_backoff();
+                spawn_stream(what, reflector::reflector(writer, stream), changed.clone());
+                (name, reader)
+            })
+            .collect(),
     };
     (stores, changed)
 }
@@ -188,9 +260,19 @@ pub async fn publish(
     wait_ready("serviceaccounts", &stores.accounts).await;
     wait_ready("vigilpolicies", &stores.policies).await;
     wait_ready("configmaps", &stores.config_maps).await;
+    for (kind, store) in &stores.routes {
+        wait_ready(kind, store).await;
+    }
     let mut last_error = String::new();
+    let mut last_problems = Vec::new();
     loop {
-        let model = mesh_model(&opts.trust_domain, &stores.objects());
+        let (model, problems) = mesh_model_and_problems(&opts.trust_domain, &stores.objects());
+        if problems != last_problems {
+            for p in problems.iter().filter(|p| !last_problems.contains(*p)) {
+                tracing::warn!("{p}");
+            }
+            last_problems = problems;
+        }
         let current = state.borrow().clone();
         let config_map = stores
             .config_maps

@@ -36,6 +36,7 @@ use crate::transport::orig_dst::original_destination;
 use crate::Proxy;
 
 use self::endpoint::AttemptLog;
+use self::target::Pick;
 
 /// How a connection's service is found.
 #[derive(Debug, Clone)]
@@ -412,28 +413,35 @@ async fn forward(
         if route.not_found {
             return Err(ProxyError::NoRoute(service_target.name.to_string()));
         }
-        match route_target.pick() {
-            None => return Err(ProxyError::NoBackend(format!("every backend of route {} weighs 0", route_target.label))),
-            Some((backend, Ok(stack))) => {
-                if let Some(backend) = backend {
-                    // The service that served it: a canary's share shows as its own.
-                    observed.service = backend.clone();
-                }
+        let missing = match route_target.pick() {
+            Pick::Service(stack) => break (stack, route),
+            Pick::Backend { label, stack } => {
+                // The service that served it: a canary's share shows as its own.
+                observed.service = label.clone();
                 break (stack, route);
             }
-            // A scoped view asks for a backend it lacks once, as for a destination.
-            Some((_, Err(missing))) if mesh.scoped && !asked => {
-                asked = true;
-                proxy.discovery.ask_for(&[missing.to_string()]).await;
-                mesh = proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)?;
-            }
-            Some((_, Err(missing))) => {
+            Pick::Nowhere => {
                 return Err(ProxyError::NoBackend(format!(
-                    "backend {missing} of route {} is no service of the mesh",
+                    "every backend of route {} weighs 0",
                     route_target.label
                 )))
             }
+            Pick::Missing(missing) => missing.to_string(),
+        };
+        // A scoped view asks for a backend it lacks once, as for a destination.
+        if !mesh.scoped || asked {
+            return Err(ProxyError::NoBackend(format!(
+                "backend {missing} of route {} is no service of the mesh",
+                route_target.label
+            )));
         }
+        asked = true;
+        proxy.discovery.ask_for(&[missing]).await;
+        mesh = proxy
+            .discovery
+            .mesh
+            .load_full()
+            .ok_or(ProxyError::NotReady)?;
     };
     if let Some(changes) = &route.request_headers {
         changes.apply(req.headers_mut());

@@ -51,23 +51,39 @@ pub enum Backend {
     Missing(Arc<str>),
 }
 
+/// Where one request of a route goes.
+pub enum Pick<'t> {
+    /// The service's own endpoints.
+    Service(Stack),
+    /// A backend of the route, and its label.
+    Backend { label: &'t Arc<str>, stack: Stack },
+    /// A backend the view does not hold, by name.
+    Missing(&'t Arc<str>),
+    /// Every backend weighs 0.
+    Nowhere,
+}
+
 impl RouteTarget {
     /// Where one request goes: the service's stack, or one of the route's backends
-    /// chosen by weight. `None` when every backend weighs 0.
-    pub fn pick(&self) -> Option<(Option<&Arc<str>>, Result<Stack, Arc<str>>)> {
+    /// chosen by weight.
+    pub fn pick(&self) -> Pick<'_> {
         match &self.send_to {
-            SendTo::Service(stack) => Some((None, Ok(stack.clone()))),
-            SendTo::Backends { total: 0, .. } => None,
+            SendTo::Service(stack) => Pick::Service(stack.clone()),
+            SendTo::Backends { total: 0, .. } => Pick::Nowhere,
             SendTo::Backends { total, choices } => {
                 let draw = rand::rng().random_range(0..*total);
-                let (_, backend) = choices
+                let chosen = choices
                     .iter()
                     .find(|(bound, _)| draw < *bound)
-                    .or(choices.last())?;
-                Some(match backend {
-                    Backend::Ready { label, stack } => (Some(label), Ok(stack.clone())),
-                    Backend::Missing(name) => (None, Err(name.clone())),
-                })
+                    .or(choices.last());
+                match chosen {
+                    None => Pick::Nowhere,
+                    Some((_, Backend::Ready { label, stack })) => Pick::Backend {
+                        label,
+                        stack: stack.clone(),
+                    },
+                    Some((_, Backend::Missing(name))) => Pick::Missing(name),
+                }
             }
         }
     }
