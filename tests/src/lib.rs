@@ -358,8 +358,14 @@ pub struct Mesh {
 impl Mesh {
     /// Writes the mesh file and starts the control plane.
     pub async fn start(spec: MeshSpec) -> anyhow::Result<Mesh> {
+        let yaml = spec.yaml();
+        Mesh::start_with_yaml(spec, &yaml).await
+    }
+
+    /// Like [`Mesh::start`], with a mesh file written by the test (`spec`'s, changed).
+    pub async fn start_with_yaml(spec: MeshSpec, yaml: &str) -> anyhow::Result<Mesh> {
         let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("mesh.yaml"), spec.yaml())?;
+        std::fs::write(dir.path().join("mesh.yaml"), yaml)?;
         let control_plane = start_control_plane(dir.path(), &spec).await?;
         Ok(Mesh {
             spec,
@@ -627,14 +633,18 @@ pub async fn start_echo_app(
                     move |req: Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         async move {
+                            // A repeated header's values, joined with commas.
                             let headers: serde_json::Map<String, serde_json::Value> = req
                                 .headers()
-                                .iter()
-                                .map(|(k, v)| {
-                                    (
-                                        k.to_string(),
-                                        serde_json::Value::from(v.to_str().unwrap_or("")),
-                                    )
+                                .keys()
+                                .map(|k| {
+                                    let values: Vec<&str> = req
+                                        .headers()
+                                        .get_all(k)
+                                        .iter()
+                                        .map(|v| v.to_str().unwrap_or(""))
+                                        .collect();
+                                    (k.to_string(), serde_json::Value::from(values.join(",")))
                                 })
                                 .collect();
                             let body = serde_json::json!({
@@ -729,18 +739,8 @@ impl Mesh {
         spec: MeshSpec,
         traffic: &[(&str, serde_json::Value)],
     ) -> anyhow::Result<Mesh> {
-        let dir = tempfile::tempdir()?;
-        std::fs::write(
-            dir.path().join("mesh.yaml"),
-            yaml_with_traffic(&spec, traffic),
-        )?;
-        let control_plane = start_control_plane(dir.path(), &spec).await?;
-        Ok(Mesh {
-            spec,
-            dir,
-            control_plane,
-            proxies: vec![],
-        })
+        let yaml = yaml_with_traffic(&spec, traffic);
+        Mesh::start_with_yaml(spec, &yaml).await
     }
 
     /// Replaces the mesh file; the control plane reloads it within its reload interval

@@ -232,7 +232,7 @@ fn grpc_code(reason: &str, status: StatusCode) -> GrpcCode {
         | "request-line-too-long" => GrpcCode::ResourceExhausted,
         "unknown-service" => GrpcCode::NotFound,
         "bad-request" => GrpcCode::Internal,
-        "policy-error" => GrpcCode::Internal,
+        "policy-error" | "no-backend" | "unsupported-route" => GrpcCode::Internal,
         _ => match status.as_u16() {
             401 => GrpcCode::Unauthenticated,
             403 => GrpcCode::PermissionDenied,
