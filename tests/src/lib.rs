@@ -3,6 +3,7 @@
 //! that are killed when the test ends. Applications are small servers in the test.
 #![forbid(unsafe_code)]
 
+pub mod fake_kube;
 pub mod netns;
 
 use std::convert::Infallible;

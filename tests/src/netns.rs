@@ -147,6 +147,25 @@ impl Cluster {
         &self.switch
     }
 
+    /// Runs `f` on a thread that has entered `netns`: a socket it binds or connects stays
+    /// in that namespace, wherever it is used afterwards (a server the test process runs
+    /// for a pod, a client the test process uses from one).
+    pub fn in_netns<T: Send + 'static>(
+        &self,
+        netns: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = format!("/var/run/netns/{netns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {path}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in {netns} panicked"))?
+    }
+
     /// Runs a command in `netns` and waits for it.
     pub fn run(&self, netns: &str, program: &Path, args: &[&str]) -> anyhow::Result<Output> {
         Command::new("ip")
