@@ -423,9 +423,9 @@ struct Target {
 impl Target {
     fn parse(path: &str) -> Option<Target> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let prefix = match parts.first()? {
-            &"api" => 2,
-            &"apis" => 3,
+        let prefix = match *parts.first()? {
+            "api" => 2,
+            "apis" => 3,
             _ => return None,
         };
         let base = format!("/{}", parts.get(..prefix)?.join("/"));
