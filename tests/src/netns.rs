@@ -166,6 +166,26 @@ impl Cluster {
         .map_err(|_| anyhow::anyhow!("the thread in {netns} panicked"))?
     }
 
+    /// One call by the demo client inside `pod` to `target` (an `ip:port`), as an
+    /// application makes it: plain HTTP to an address, knowing nothing of the mesh.
+    /// Returns the client's report line (status, and the server's answer).
+    pub fn demo_call(&self, pod: &Pod, target: &str, path: &str) -> String {
+        match self.run(
+            &pod.netns,
+            &crate::binary("vigil-demo-app"),
+            &[
+                "client", "--via", target, "--host", target, "--path", path, "--count", "1",
+            ],
+        ) {
+            Ok(out) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => format!("the demo client did not run: {e:#}"),
+        }
+    }
+
     /// Runs a command in `netns` and waits for it.
     pub fn run(&self, netns: &str, program: &Path, args: &[&str]) -> anyhow::Result<Output> {
         Command::new("ip")

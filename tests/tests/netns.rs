@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vigil_e2e::fake_kube::FakeKube;
 use vigil_e2e::netns::{contains, require_tools, Cluster, Pod};
 use vigil_e2e::{binary, TRUST_DOMAIN};
 
@@ -47,23 +48,8 @@ fn mesh_yaml(cp: &Pod, pods: &[&Pod], server: &Pod) -> String {
     y
 }
 
-/// One call by the demo client inside `pod` to `target`, as the application makes it:
-/// plain HTTP to an IP and port. Returns the client's report line.
 fn call(cluster: &Cluster, pod: &Pod, target: &str, path: &str) -> String {
-    let out = cluster
-        .run(
-            &pod.netns,
-            &binary("vigil-demo-app"),
-            &[
-                "client", "--via", target, "--host", target, "--path", path, "--count", "1",
-            ],
-        )
-        .expect("demo client runs");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    cluster.demo_call(pod, target, path)
 }
 
 /// Sends a line over raw TCP from inside `pod` (bash's /dev/tcp, as an application
@@ -135,10 +121,10 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
 
     // Pod c is intercepted by the CNI plugin, called as a container runtime calls it,
     // for the pod `vigil inject --interception cni` made; a and b by vigil-init.
-    let api = FakeApiServer::start(vec![
-        ("demo/c", cni_injected_pod("c")),
-        ("demo/cp", recorded_pod("cp")),
-    ]);
+    // The recorded pods, served as the Kubernetes API serves them.
+    let api = FakeKube::start();
+    api.put(cni_injected_pod("c"));
+    api.put(recorded_pod("cp"));
     let added = cni(&cluster, "ADD", &c, &api, "c");
     assert_eq!(
         added["ips"][0]["address"], "10.200.0.13/24",
@@ -452,62 +438,6 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
     );
 }
 
-/// Serves recorded Pod objects as the Kubernetes API does (`GET
-/// /api/v1/namespaces/NS/pods/NAME`), for the CNI plugin. Plain HTTP on loopback, as
-/// behind `kubectl proxy`: there is no API server on this machine.
-struct FakeApiServer {
-    address: std::net::SocketAddr,
-}
-
-impl FakeApiServer {
-    fn start(pods: Vec<(&str, serde_json::Value)>) -> FakeApiServer {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("address");
-        let pods: std::collections::BTreeMap<String, String> = pods
-            .into_iter()
-            .map(|(key, pod)| {
-                let (ns, name) = key.split_once('/').expect("ns/name");
-                (
-                    format!("/api/v1/namespaces/{ns}/pods/{name}"),
-                    pod.to_string(),
-                )
-            })
-            .collect();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(&stream);
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                // The rest of the head.
-                loop {
-                    let mut header = String::new();
-                    if reader.read_line(&mut header).map_or(true, |n| n == 0) || header == "\r\n" {
-                        break;
-                    }
-                }
-                let (status, body) = match pods.get(&path) {
-                    Some(pod) => ("200 OK", pod.clone()),
-                    None => (
-                        "404 Not Found",
-                        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_string(),
-                    ),
-                };
-                let mut stream = &stream;
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        FakeApiServer { address }
-    }
-}
-
 /// A recorded pod (`kubectl run`, from an AdmissionReview) renamed `name` in `demo`.
 fn recorded_pod(name: &str) -> serde_json::Value {
     let path = vigil_e2e::workspace_root()
@@ -552,7 +482,7 @@ fn cni_run(
     cluster: &Cluster,
     command: &str,
     pod: &Pod,
-    api: &FakeApiServer,
+    api: &FakeKube,
     name: &str,
 ) -> std::process::Output {
     use std::io::Write;
@@ -599,7 +529,7 @@ fn cni(
     cluster: &Cluster,
     command: &str,
     pod: &Pod,
-    api: &FakeApiServer,
+    api: &FakeKube,
     name: &str,
 ) -> serde_json::Value {
     let out = cni_run(cluster, command, pod, api, name);
