@@ -44,7 +44,7 @@ pub struct ControlPlaneOptions {
 
 /// Where `manifests/` install the control plane unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "vigil-system";
-/// The control plane's Service and ServiceAccount (`manifests/control-plane.yaml`).
+/// The control plane's Service and ServiceAccount (`manifests/base/control-plane.yaml`).
 pub const NAME: &str = "vigil-control-plane";
 
 /// The control plane's own identity, presented on 15012, 15010 and 15017:

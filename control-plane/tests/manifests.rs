@@ -1,8 +1,12 @@
 //! Every file in manifests/ and every `vigil inject` output is valid Kubernetes, checked
-//! offline with the `kubernetes-validate` package (custom resources against their CRDs).
+//! offline with the `kubernetes-validate` package (custom resources against their CRDs);
+//! `kubectl kustomize` renders both installs (iptables and CNI) and an overlay into
+//! another namespace, and what it renders validates too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde::Deserialize;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -102,15 +106,15 @@ fn manifests_and_injected_workloads_validate() {
         &[],
     );
 
-    let mut files = yaml_files(&manifests);
-    files.extend(yaml_files(&manifests.join("crds")));
+    let mut files = yaml_files(&manifests.join("base"));
+    files.extend(yaml_files(&manifests.join("base/crds")));
     files.extend(yaml_files(&manifests.join("examples")));
     // The CNI overlay's own objects (its other file is a patch, not an object).
     files.push(manifests.join("cni/vigil-cni.yaml"));
     files.extend([workloads, istio, docs_pod]);
     let mut cmd = Command::new("python3");
     cmd.arg(repo().join("control-plane/tests/validate_manifests.py"));
-    for crd in yaml_files(&manifests.join("crds")) {
+    for crd in yaml_files(&manifests.join("base/crds")) {
         cmd.arg("--crd").arg(crd);
     }
     let out = cmd.args(&files).output().expect("running the validator");
@@ -126,56 +130,203 @@ fn manifests_and_injected_workloads_validate() {
     );
 }
 
+/// `kubectl kustomize DIR`, as documents. Fails, never skips, without a kubectl whose
+/// kustomize reads the manifests (kustomize v4 or later: kubectl 1.21 or later).
+fn kustomize(dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl is needed to render manifests/ ({e}): install kubectl 1.21 or later \
+                 (Kubernetes' packages, pkgs.k8s.io, or Google Cloud's google-cloud-cli); \
+                 Debian 12's kubernetes-client (1.20) is too old for `patches:`"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed (kubectl 1.21 or later is needed):\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let value = serde_yaml::Value::deserialize(doc).expect("rendered YAML");
+            serde_json::to_value(value).expect("as JSON")
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(objects: &[serde_json::Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+fn control_plane_env(objects: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "vigil-control-plane")
+        .and_then(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
-fn kustomization_lists_existing_files_and_the_dashboard_covers_the_metrics() {
+fn kubectl_kustomize_renders_both_installs_and_they_validate() {
+    require_validator();
     let manifests = repo().join("manifests");
-    let kustomization = std::fs::read_to_string(manifests.join("kustomization.yaml"))
-        .expect("manifests/kustomization.yaml");
-    for line in kustomization.lines() {
-        let item = line.trim().trim_start_matches("- ").trim();
-        if item.ends_with(".yaml") || item.ends_with(".json") {
+    let base = kustomize(&manifests);
+    let cni = kustomize(&manifests.join("cni"));
+    // Every object file of base/ is in the rendered install.
+    let rendered = kinds(&base);
+    for file in yaml_files(&manifests.join("base"))
+        .into_iter()
+        .chain(yaml_files(&manifests.join("base/crds")))
+    {
+        let text = std::fs::read_to_string(&file).expect("manifest");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_json::to_value(serde_yaml::Value::deserialize(doc).expect("YAML"))
+                .expect("JSON");
+            if v.is_null() {
+                continue;
+            }
+            let id = format!(
+                "{}/{}",
+                v["kind"].as_str().unwrap_or("?"),
+                v["metadata"]["name"].as_str().unwrap_or("?")
+            );
             assert!(
-                manifests.join(item).exists(),
-                "kustomization names missing {item}"
+                rendered.contains(&id),
+                "{id} of {} is not rendered",
+                file.display()
             );
         }
     }
-    // The CNI overlay names its own files and the base.
-    let cni = std::fs::read_to_string(manifests.join("cni/kustomization.yaml"))
-        .expect("manifests/cni/kustomization.yaml");
-    for file in yaml_files(&manifests.join("cni")) {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        assert!(
-            cni.contains(name),
-            "{name} is not in cni/kustomization.yaml"
-        );
+    assert!(
+        rendered.contains(&"ConfigMap/vigil-grafana-dashboard".to_string()),
+        "{rendered:?}"
+    );
+    let dashboard = base
+        .iter()
+        .find(|o| o["metadata"]["name"] == "vigil-grafana-dashboard")
+        .expect("dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    // The CNI install is the same plus the plugin, and injects for it.
+    let with_cni = kinds(&cni);
+    for id in &rendered {
+        assert!(with_cni.contains(id), "{id} missing from manifests/cni");
     }
-    assert!(cni.contains("- .."), "the CNI overlay builds on the base");
+    assert!(
+        with_cni.contains(&"DaemonSet/vigil-cni".to_string()),
+        "{with_cni:?}"
+    );
+    let cni_env = |objects: &[serde_json::Value]| {
+        control_plane_env(objects)
+            .iter()
+            .any(|e| e["name"] == "VIGIL_INTERCEPTION" && e["value"] == "cni")
+    };
+    assert!(
+        cni_env(&cni),
+        "the CNI install's control plane injects for the plugin"
+    );
+    assert!(!cni_env(&base), "the default install keeps vigil-init");
+
+    // The documented overlay into another namespace moves everything, the RBAC subjects
+    // and the webhook's Service included: nothing is left in vigil-system.
+    let overlay = tempfile::tempdir().expect("overlay dir");
+    let canonical = manifests.canonicalize().expect("manifests path");
+    let up = "../".repeat(overlay.path().components().count().saturating_sub(1));
+    let relative = format!(
+        "{up}{}",
+        canonical.to_string_lossy().trim_start_matches('/')
+    );
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: mesh-ops\nresources:\n  - {relative}\n"
+        ),
+    )
+    .expect("overlay");
+    let moved = kustomize(overlay.path());
+    let text = serde_json::to_string(&moved).expect("JSON");
+    assert!(
+        !text.contains("vigil-system"),
+        "left in vigil-system: {text}"
+    );
+    let webhook = moved
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("webhook");
+    for w in webhook["webhooks"].as_array().expect("webhooks") {
+        assert_eq!(w["clientConfig"]["service"]["namespace"], "mesh-ops", "{w}");
+    }
+    let pod_namespace = control_plane_env(&moved)
+        .into_iter()
+        .find(|e| e["name"] == "POD_NAMESPACE")
+        .expect("the control plane learns its namespace");
+    assert_eq!(
+        pod_namespace["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+
+    // What kubectl would apply validates, like the files it comes from.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for (name, objects) in [("base", &base), ("cni", &cni), ("mesh-ops", &moved)] {
+        let path = dir.path().join(format!("rendered-{name}.yaml"));
+        let text: String = objects
+            .iter()
+            .filter(|o| o["kind"] != "CustomResourceDefinition")
+            .map(|o| format!("---\n{}", serde_yaml::to_string(o).expect("YAML")))
+            .collect();
+        std::fs::write(&path, text).expect("rendered");
+        files.push(path);
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("control-plane/tests/validate_manifests.py"));
+    for crd in yaml_files(&manifests.join("base/crds")) {
+        cmd.arg("--crd").arg(crd);
+    }
+    let out = cmd.args(&files).output().expect("running the validator");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0 failed"),
+        "the rendered installs do not validate:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_cni_patch_names_what_the_base_names_and_the_dashboard_covers_the_metrics() {
+    let manifests = repo().join("manifests");
     let patch =
         std::fs::read_to_string(manifests.join("cni/interception-cni.yaml")).expect("patch");
-    let base = std::fs::read_to_string(manifests.join("control-plane.yaml")).expect("base");
+    let base = std::fs::read_to_string(manifests.join("base/control-plane.yaml")).expect("base");
     for needed in ["name: vigil-control-plane", "name: control-plane"] {
         assert!(
             patch.contains(needed) && base.contains(needed),
             "the CNI patch must name what the base names: {needed}"
         );
     }
-    for file in yaml_files(&manifests) {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        assert!(
-            kustomization.contains(name),
-            "{name} is not in kustomization.yaml"
-        );
-    }
 
     let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(manifests.join("grafana/vigil-dashboard.json"))
+        &std::fs::read_to_string(manifests.join("base/grafana/vigil-dashboard.json"))
             .expect("dashboard"),
     )
     .expect("dashboard is JSON");

@@ -343,8 +343,10 @@ async fn vigil_stat_and_promql_agree_on_every_edge_of_the_demo() {
     // about requests find them (the rest may have nothing to show in this demo: no
     // retries, no opaque TCP, no failed handshakes).
     let grafana: Value = serde_json::from_str(
-        &std::fs::read_to_string(workspace_root().join("manifests/grafana/vigil-dashboard.json"))
-            .expect("the Grafana dashboard"),
+        &std::fs::read_to_string(
+            workspace_root().join("manifests/base/grafana/vigil-dashboard.json"),
+        )
+        .expect("the Grafana dashboard"),
     )
     .expect("JSON");
     let mut queried = 0;

@@ -197,7 +197,7 @@ pub(crate) fn dashboard(
             state,
             proxies,
             // Decision logs are the proxies' own in a cluster; the root filesystem is
-            // read-only and /tmp an emptyDir (manifests/control-plane.yaml).
+            // read-only and /tmp an emptyDir (manifests/base/control-plane.yaml).
             data_dir: std::env::temp_dir(),
             metrics: Arc::new(metrics),
             ca: Arc::new(ArcSwap::from_pointee(ca_status)),

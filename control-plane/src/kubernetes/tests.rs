@@ -555,16 +555,16 @@ fn the_crd_manifest_is_the_one_the_code_derives() {
     use kube::CustomResourceExt;
     let generated = serde_yaml::to_string(&VigilPolicy::crd()).expect("yaml");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/crds/vigilpolicies.yaml");
+        .join("../manifests/base/crds/vigilpolicies.yaml");
     if std::env::var_os("VIGIL_UPDATE_MANIFESTS").is_some() {
         std::fs::write(&path, format!("# Generated from control-plane/src/kubernetes/policy.rs (VIGIL_UPDATE_MANIFESTS=1 cargo test -p vigil)\n{generated}")).expect("write");
     }
-    let on_disk = std::fs::read_to_string(&path).expect("manifests/crds/vigilpolicies.yaml");
+    let on_disk = std::fs::read_to_string(&path).expect("manifests/base/crds/vigilpolicies.yaml");
     let on_disk: Value = serde_yaml::from_str(&on_disk).expect("yaml");
     let generated: Value = serde_yaml::from_str(&generated).expect("yaml");
     assert_eq!(
         on_disk, generated,
-        "manifests/crds/vigilpolicies.yaml is stale: run VIGIL_UPDATE_MANIFESTS=1 cargo test -p vigil"
+        "manifests/base/crds/vigilpolicies.yaml is stale: run VIGIL_UPDATE_MANIFESTS=1 cargo test -p vigil"
     );
 }
 
@@ -596,7 +596,7 @@ fn policies_come_from_a_vigil_policy_or_a_config_map() {
     );
 
     // The shipped ConfigMap carries the shipped default policy, for the cluster's domain.
-    let manifest = repo_file("manifests/policy-configmap.yaml");
+    let manifest = repo_file("manifests/base/policy-configmap.yaml");
     let config_map: ConfigMap = serde_yaml::from_str(&manifest).expect("a ConfigMap");
     let data = config_map.data.clone().unwrap_or_default();
     assert_eq!(
@@ -724,7 +724,7 @@ fn vigil_policies_with_targets_attach_to_the_pods_they_select() {
 #[test]
 fn the_webhook_ca_bundle_patch_targets_every_webhook_once() {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    let manifest = repo_file("manifests/webhook.yaml");
+    let manifest = repo_file("manifests/base/webhook.yaml");
     let config: MutatingWebhookConfiguration =
         serde_yaml::from_str(&manifest).expect("webhook manifest");
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";

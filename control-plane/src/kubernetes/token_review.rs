@@ -102,7 +102,7 @@ impl CredentialCheck for TokenReviews {
         let review: TokenReview = self.client.request(request).await.map_err(|e| {
             let hint = match &e {
                 kube::Error::Api(s) if s.code == 403 => {
-                    " (the control plane's ServiceAccount needs create on tokenreviews: apply manifests/rbac.yaml)"
+                    " (the control plane's ServiceAccount needs create on tokenreviews: apply manifests/base/rbac.yaml)"
                 }
                 _ => "",
             };
