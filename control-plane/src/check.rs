@@ -53,7 +53,7 @@ const NEAR_EXPIRY_SHARE: f64 = 0.10;
 /// Clock skew beyond this is a warning.
 const MAX_SKEW: Duration = Duration::from_secs(30);
 
-fn pass(check: impl Into<String>, detail: impl Into<String>) -> Finding {
+pub(crate) fn pass(check: impl Into<String>, detail: impl Into<String>) -> Finding {
     Finding {
         check: check.into(),
         outcome: Outcome::Pass,
@@ -62,7 +62,7 @@ fn pass(check: impl Into<String>, detail: impl Into<String>) -> Finding {
     }
 }
 
-fn problem(
+pub(crate) fn problem(
     outcome: Outcome,
     check: impl Into<String>,
     detail: impl Into<String>,

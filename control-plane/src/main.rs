@@ -167,6 +167,16 @@ enum Command {
         /// Output: text or json.
         #[arg(short, long, default_value = "text")]
         output: String,
+        /// Check the mesh installed in the Kubernetes cluster of the current kubeconfig
+        /// context (or the pod's ServiceAccount) instead of a local mesh.
+        #[arg(long, conflicts_with_all = ["mesh", "data_dir", "trust_bundle"])]
+        kubernetes: bool,
+        /// With --kubernetes: the namespace the control plane is installed in.
+        #[arg(long, default_value = vigil::control_plane::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// With --kubernetes: the mesh's SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
     },
     /// The mesh's certificate authority: rotate its trust anchor while the mesh runs.
     #[command(subcommand)]
@@ -886,10 +896,18 @@ fn main() -> ExitCode {
                 what: BenchCommand::ControlPlane(opts),
             } => vigil::control_plane_bench::run(opts).await.map(|_| ()),
             Command::Check {
+                kubernetes: true,
+                namespace,
+                trust_domain,
+                output,
+                ..
+            } => check_cluster(namespace, trust_domain, &output).await,
+            Command::Check {
                 mesh,
                 data_dir,
                 trust_bundle,
                 output,
+                ..
             } => check(mesh, data_dir, trust_bundle, &output).await,
             Command::Up {
                 mesh,
@@ -953,6 +971,41 @@ async fn check(
         anyhow::bail!(
             "the mesh of {} is not healthy; fix the ✗ lines above (their hints say how) and run vigil check again",
             at.mesh_file.display()
+        )
+    }
+}
+
+/// `vigil check --kubernetes`.
+async fn check_cluster(
+    namespace: String,
+    trust_domain: String,
+    output: &str,
+) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach a Kubernetes cluster ({e}): set KUBECONFIG or a kubectl context, or run it in a pod"
+        )
+    })?;
+    eprintln!("the mesh installed in namespace {namespace} of the current Kubernetes cluster");
+    let opts = vigil::kubernetes::check::ClusterCheck {
+        namespace,
+        trust_domain,
+        deployment: "vigil-control-plane".into(),
+        ca_secret: "vigil-ca".into(),
+        webhook_configuration: "vigil-sidecar-injector".into(),
+    };
+    let report = vigil::kubernetes::check::check(&client, &opts).await;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", vigil::check::render(&report));
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the mesh in namespace {} is not healthy; fix the ✗ lines above (their hints say how) and run vigil check --kubernetes again",
+            opts.namespace
         )
     }
 }

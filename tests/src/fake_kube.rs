@@ -7,11 +7,11 @@
 //! - WATCH from a `resourceVersion`: the objects added or changed since, as ADDED or
 //!   MODIFIED events, then the stream ends after a second, as API servers end watches
 //!   (the client watches again from where it got to);
-//! - POST (create; 409 when the name is taken) and PUT (replace);
+//! - POST (create; 409 when the name is taken), PUT (replace) and JSON-patch PATCH;
 //! - TokenReviews, answered from the tokens the test registers;
 //! - `/version` and discovery of the Gateway API group when routes are served.
 //!
-//! Deliberately small: no deletes in watches, no patches, no pagination. Every request is
+//! Deliberately small: no deletes, no merge patches, no pagination. Every request is
 //! logged, so a test can see what a client asked.
 
 use std::collections::BTreeMap;
@@ -217,6 +217,7 @@ impl FakeKube {
                 201 => "Created",
                 404 => "Not Found",
                 409 => "Conflict",
+                422 => "Unprocessable Entity",
                 _ => "Error",
             };
             if write!(
@@ -299,6 +300,25 @@ impl FakeKube {
                 self.put(object.clone());
                 let stored = self.object(&target.collection, &target.namespace, &name);
                 (201, stored.unwrap_or(object))
+            }
+            ("PATCH", Some(name)) => {
+                // JSON patches only (`application/json-patch+json`), as Vigil sends them.
+                let Some(mut object) = self.object(&target.collection, &target.namespace, name)
+                else {
+                    return (404, status(404, "NotFound", &format!("{name} not found")));
+                };
+                let applied = serde_json::from_value::<json_patch::Patch>(body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| json_patch::patch(&mut object, &p).map_err(|e| e.to_string()));
+                if let Err(e) = applied {
+                    return (422, status(422, "Invalid", &e));
+                }
+                self.put(object);
+                (
+                    200,
+                    self.object(&target.collection, &target.namespace, name)
+                        .unwrap_or(Value::Null),
+                )
             }
             ("PUT", Some(name)) => {
                 let mut object = body;

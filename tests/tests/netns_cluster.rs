@@ -8,7 +8,8 @@
 //! namespaces; the proxies get certificates through TokenReviews and the mesh from the
 //! API's Pods, Services and EndpointSlices, and an application's call to a ClusterIP
 //! crosses the mesh over mutual TLS with its caller's identity. An HTTPRoute served by
-//! the API decides which paths reach the service. Needs root.
+//! the API decides which paths reach the service, and `vigil check --kubernetes` reads
+//! the install back as healthy. Needs root.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -28,6 +29,21 @@ const APP_PORT: u16 = 8080;
 /// Service `b`'s ClusterIP: on the pods' subnet, so a pod has a route to it and its
 /// OUTPUT rules redirect the connection to the proxy (there is no kube-proxy here).
 const CLUSTER_IP: &str = "10.200.0.200";
+
+/// The first object of `kind` in `manifests/base/<file>`.
+fn manifest_object(file: &str, kind: &str) -> Value {
+    let path = vigil_e2e::workspace_root()
+        .join("manifests/base")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    let found = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).ok()?;
+            serde_json::to_value(v).ok()
+        })
+        .find(|v| v["kind"] == kind);
+    found.unwrap_or_else(|| panic!("no {kind} in {}", path.display()))
+}
 
 fn service_account(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -191,6 +207,25 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
                        "backendRefs": [{"name": "b", "port": 80}]}],
         },
     }));
+    // What `kubectl apply -k` of the overlay into mesh-ops leaves in the API: the
+    // namespaces, the control plane's Deployment (ready) and the webhook configuration
+    // (without a caBundle: the control plane sets it).
+    for (name, labels) in [
+        (CONTROL_PLANE_NS, json!({})),
+        (APPS, json!({"vigil.io/inject": "enabled"})),
+    ] {
+        api.put(json!({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": name, "labels": labels}}));
+    }
+    let mut deployment = manifest_object("control-plane.yaml", "Deployment");
+    deployment["metadata"]["namespace"] = json!(CONTROL_PLANE_NS);
+    deployment["status"] = json!({"replicas": 2, "readyReplicas": 1});
+    api.put(deployment);
+    let mut webhook = manifest_object("webhook.yaml", "MutatingWebhookConfiguration");
+    for w in webhook["webhooks"].as_array_mut().expect("webhooks") {
+        w["clientConfig"]["service"]["namespace"] = json!(CONTROL_PLANE_NS);
+    }
+    api.put(webhook);
     let kubeconfig = cluster.path("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
 
@@ -209,8 +244,6 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
                 CONTROL_PLANE_NS.into(),
                 "--control-plane-host".into(),
                 cp.ip.to_string(),
-                "--webhook-configuration".into(),
-                String::new(),
             ],
         )
         .expect("control plane");
@@ -358,8 +391,8 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
             .expect("proxy");
     }
     // The pods as the API now has them: injected and running.
-    for object in injected {
-        api.put(object);
+    for object in &injected {
+        api.put(object.clone());
     }
     cluster
         .spawn(
@@ -394,6 +427,16 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
         }
     }
 
+    // The kubelet reports the proxies ready.
+    for mut object in injected {
+        object["status"]["containerStatuses"] = json!([
+            {"name": "app", "ready": true, "restartCount": 0, "image": "app", "imageID": ""}]);
+        object["status"]["initContainerStatuses"] = json!([
+            {"name": "vigil-init", "ready": false, "restartCount": 0, "image": "proxy", "imageID": ""},
+            {"name": "vigil-proxy", "ready": true, "restartCount": 0, "image": "proxy", "imageID": ""}]);
+        api.put(object);
+    }
+
     // a's application calls b's ClusterIP: through both proxies over mTLS, with a's
     // identity as the API's TokenReview vouched for it, on the API's route.
     let target = format!("{CLUSTER_IP}:80");
@@ -420,6 +463,45 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
         unrouted.contains("404") && unrouted.contains("no-route"),
         "the API's HTTPRoute decides what reaches b: {unrouted}"
     );
+    // `vigil check --kubernetes` reads the same API and finds the install healthy, the
+    // webhook's caBundle included, which the control plane set to its CA.
+    let out = cluster
+        .run(
+            &cp.netns,
+            Path::new("/usr/bin/env"),
+            &[
+                &format!("KUBECONFIG={}", kubeconfig.display()),
+                &binary("vigil").display().to_string(),
+                "check",
+                "--kubernetes",
+                "--namespace",
+                CONTROL_PLANE_NS,
+            ],
+        )
+        .expect("vigil check runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}");
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "✓ control plane: Deployment mesh-ops/vigil-control-plane: 1/2 replicas ready",
+        "✓ CA: Secret mesh-ops/vigil-ca holds the mesh's CA",
+        "call the control plane in mesh-ops and trust the mesh's CA",
+        "✓ meshed namespaces: apps",
+        "✓ meshed pods: 2 injected pod(s), none left out",
+        "✓ gateway API routes: served: 1 HTTPRoute(s), 0 GRPCRoute(s)",
+        "✓ mesh model: 2 workload(s), 1 service(s), 1 route(s)",
+    ] {
+        assert!(
+            report.contains(line),
+            "{line}
+{report}"
+        );
+    }
+
     // Everything it asked the API for, it asked in the namespaces it was given.
     let requests = api.requests();
     assert!(

@@ -5,7 +5,8 @@
 //! - [`watch`]: reflector watches that rebuild it on every change;
 //! - [`token_review`]: proxies prove who they are with a projected ServiceAccount token;
 //! - [`ca_secret`]: the CA lives in a Secret, shared by every replica;
-//! - [`policy`]: the `VigilPolicy` custom resource or a ConfigMap carries the Rego bundle.
+//! - [`policy`]: the `VigilPolicy` custom resource or a ConfigMap carries the Rego bundle;
+//! - [`check`]: `vigil check --kubernetes`, the installed mesh's health read from the API.
 //!
 //! Each replica also serves the dashboard and its own `/metrics` on 15080 ([`dashboard`]).
 //!
@@ -14,6 +15,7 @@
 //! proxies reconnect to any replica behind the Service.
 
 pub mod ca_secret;
+pub mod check;
 pub mod model;
 pub mod policy;
 pub mod token_review;

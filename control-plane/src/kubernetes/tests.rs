@@ -827,3 +827,173 @@ async fn cluster_mode_serves_the_dashboard_and_its_own_metrics() {
         "the graph shows the workloads the watch found:\n{graph}"
     );
 }
+
+/// The installed mesh as `vigil check --kubernetes` reads it: the shipped manifests'
+/// Deployment and webhook (as `kubectl apply -k` stores them, with the caBundle the
+/// control plane sets), its CA Secret, and a meshed namespace with the recorded coredns
+/// pod, injected or not, its proxy ready or not.
+struct InstalledMesh {
+    ready_replicas: i64,
+    ca_bundle: String,
+    pod_injected: bool,
+    proxy_ready: bool,
+}
+
+fn manifest_object(file: &str, kind: &str) -> Value {
+    let text = repo_file(file);
+    let found = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).ok()?;
+            serde_json::to_value(v).ok()
+        })
+        .find(|v| v["kind"] == kind);
+    found.unwrap_or_else(|| panic!("no {kind} in {file}"))
+}
+
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBroot\n-----END CERTIFICATE-----\n";
+
+fn installed(mesh: InstalledMesh) -> kube::Client {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut deployment = manifest_object("manifests/base/control-plane.yaml", "Deployment");
+    deployment["status"] = json!({"replicas": 2, "readyReplicas": mesh.ready_replicas});
+    let mut webhook = manifest_object(
+        "manifests/base/webhook.yaml",
+        "MutatingWebhookConfiguration",
+    );
+    for w in webhook["webhooks"].as_array_mut().expect("webhooks") {
+        w["clientConfig"]["caBundle"] = json!(b64(&mesh.ca_bundle));
+    }
+    let mut pod = serde_json::to_value(injected_coredns()).expect("pod");
+    pod["metadata"]["namespace"] = json!("shop");
+    if !mesh.pod_injected {
+        pod["metadata"]["labels"]
+            .as_object_mut()
+            .map(|l| l.remove(INJECTED_LABEL));
+    }
+    pod["status"]["phase"] = json!("Running");
+    pod["status"]["containerStatuses"] = json!([
+        {"name": "coredns", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "started": true},
+        {"name": "vigil-proxy", "ready": mesh.proxy_ready, "restartCount": 0, "image": "x", "imageID": "", "started": true},
+    ]);
+    let list = |kind: &str, items: Vec<Value>| json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items});
+    let (client, _) = fake_api::client(move |r| {
+        let path = r.path.split('?').next().unwrap_or_default();
+        match path {
+            "/version" => (200, json!({"major": "1", "minor": "33", "gitVersion": "v1.33.1",
+                "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "",
+                "compiler": "gc", "platform": "linux/amd64"})),
+            "/apis/apps/v1/namespaces/vigil-system/deployments/vigil-control-plane" => {
+                (200, deployment.clone())
+            }
+            "/api/v1/namespaces/vigil-system/secrets/vigil-ca" => (200, json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "vigil-ca", "namespace": "vigil-system"},
+                "data": {"ca.crt": b64(CA_PEM), "tls.crt": b64(CA_PEM), "tls.key": b64("key")},
+            })),
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/vigil-sidecar-injector" => {
+                (200, webhook.clone())
+            }
+            "/apis/vigil.io/v1alpha1/namespaces/vigil-system/vigilpolicies" => {
+                (200, list("VigilPolicyList", vec![]))
+            }
+            "/api/v1/namespaces" => (200, list("NamespaceList", vec![json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "shop", "labels": {"vigil.io/inject": "enabled"}}})])),
+            "/api/v1/namespaces/shop/pods" => (200, list("PodList", vec![pod.clone()])),
+            "/api/v1/pods" if mesh.pod_injected => (200, list("PodList", vec![pod.clone()])),
+            "/api/v1/pods" | "/api/v1/services" | "/apis/discovery.k8s.io/v1/endpointslices"
+            | "/api/v1/serviceaccounts" => (200, list("List", vec![])),
+            _ => (404, status(404, "NotFound", "not served")),
+        }
+    });
+    client
+}
+
+fn check_options() -> super::check::ClusterCheck {
+    super::check::ClusterCheck {
+        namespace: "vigil-system".into(),
+        trust_domain: "cluster.local".into(),
+        deployment: "vigil-control-plane".into(),
+        ca_secret: "vigil-ca".into(),
+        webhook_configuration: "vigil-sidecar-injector".into(),
+    }
+}
+
+fn outcome_of(report: &crate::check::Report, check: &str) -> (crate::check::Outcome, String) {
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.check == check && f.outcome != crate::check::Outcome::Pass)
+        .or_else(|| report.findings.iter().find(|f| f.check == check))
+        .unwrap_or_else(|| panic!("no {check} finding: {report:?}"));
+    (f.outcome, f.detail.clone())
+}
+
+#[tokio::test]
+async fn check_kubernetes_passes_on_a_healthy_install() {
+    let client = installed(InstalledMesh {
+        ready_replicas: 2,
+        ca_bundle: CA_PEM.into(),
+        pod_injected: true,
+        proxy_ready: true,
+    });
+    let report = super::check::check(&client, &check_options()).await;
+    let text = crate::check::render(&report);
+    assert!(report.ok, "{text}");
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| f.outcome != crate::check::Outcome::Pass),
+        "{text}"
+    );
+    for expected in [
+        "✓ kubernetes API: Kubernetes v1.33.1 answers",
+        "✓ control plane: Deployment vigil-system/vigil-control-plane: 2/2 replicas ready",
+        "✓ injection webhook: vigil-sidecar-injector: 2 webhook(s) call the control plane in vigil-system and trust the mesh's CA",
+        "✓ meshed namespaces: shop",
+        "✓ meshed pods: 1 injected pod(s), none left out",
+        "✓ gateway API routes: the cluster does not serve",
+    ] {
+        assert!(text.contains(expected), "{expected}\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn check_kubernetes_names_what_is_wrong_and_how_to_fix_it() {
+    use crate::check::Outcome;
+    let client = installed(InstalledMesh {
+        ready_replicas: 0,
+        ca_bundle: "-----BEGIN CERTIFICATE-----\nMIIBold\n-----END CERTIFICATE-----\n".into(),
+        pod_injected: false,
+        proxy_ready: false,
+    });
+    let report = super::check::check(&client, &check_options()).await;
+    let text = crate::check::render(&report);
+    assert!(!report.ok, "{text}");
+    assert_eq!(
+        outcome_of(&report, "control plane").0,
+        Outcome::Fail,
+        "{text}"
+    );
+    let (outcome, detail) = outcome_of(&report, "injection webhook");
+    assert_eq!(outcome, Outcome::Fail, "{text}");
+    assert!(detail.contains("is not the mesh's CA"), "{detail}");
+    let (outcome, detail) = outcome_of(&report, "meshed pods");
+    assert_eq!(outcome, Outcome::Warn, "{text}");
+    assert!(detail.contains("shop/coredns"), "{detail}");
+    assert!(text.contains("rollout restart"), "{text}");
+
+    // Injected, but its proxy is not ready.
+    let client = installed(InstalledMesh {
+        ready_replicas: 2,
+        ca_bundle: CA_PEM.into(),
+        pod_injected: true,
+        proxy_ready: false,
+    });
+    let report = super::check::check(&client, &check_options()).await;
+    let (outcome, detail) = outcome_of(&report, "proxies");
+    assert_eq!(outcome, Outcome::Fail);
+    assert!(detail.contains("shop/coredns"), "{detail}");
+}

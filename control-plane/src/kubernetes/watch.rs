@@ -79,7 +79,7 @@ impl ClusterStores {
 
 /// A watched route as the converter reads it; one that does not parse is left out (the
 /// API server validated it against its CRD, so this means a newer, unknown shape).
-fn route_object(kind: &str, object: &DynamicObject) -> Option<RouteObject> {
+pub(crate) fn route_object(kind: &str, object: &DynamicObject) -> Option<RouteObject> {
     let mut value = serde_json::to_value(object).ok()?;
     value["kind"] = serde_json::Value::from(kind);
     match serde_json::from_value(value) {
@@ -91,9 +91,8 @@ fn route_object(kind: &str, object: &DynamicObject) -> Option<RouteObject> {
     }
 }
 
-/// The Gateway API route kinds Vigil watches, when the cluster serves them: checked once
-/// at start (install the CRDs, then restart the control plane).
-async fn route_kinds(client: &kube::Client) -> Vec<ApiResource> {
+/// The Gateway API route kinds the cluster serves (HTTPRoute, GRPCRoute), or none.
+pub(crate) async fn served_route_kinds(client: &kube::Client) -> Vec<ApiResource> {
     let group_version = format!("{}/v1", crate::gateway::GROUP);
     match client.list_api_group_resources(&group_version).await {
         Ok(list) => list
@@ -107,11 +106,18 @@ async fn route_kinds(client: &kube::Client) -> Vec<ApiResource> {
                 )
             })
             .collect(),
-        Err(e) => {
-            tracing::info!(error = %e, "the cluster does not serve {group_version}: HTTPRoutes and GRPCRoutes are not read (install the Gateway API CRDs, then restart the control plane)");
-            Vec::new()
-        }
+        Err(_) => Vec::new(),
     }
+}
+
+/// The route kinds Vigil watches: checked once at start (install the CRDs, then restart
+/// the control plane).
+async fn route_kinds(client: &kube::Client) -> Vec<ApiResource> {
+    let kinds = served_route_kinds(client).await;
+    if kinds.is_empty() {
+        tracing::info!("the cluster does not serve {}/v1: HTTPRoutes and GRPCRoutes are not read (install the Gateway API CRDs, then restart the control plane)", crate::gateway::GROUP);
+    }
+    kinds
 }
 
 /// Starts the watches; returns their stores and a signal raised on every change.
