@@ -173,6 +173,7 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
             data_dir: opts.data_dir.clone(),
             metrics: Arc::new(metrics),
             ca: ca_status,
+            proxies_from_model: false,
         },
         opts.dashboard.clone(),
     );

@@ -8,8 +8,9 @@
 //! namespaces; the proxies get certificates through TokenReviews and the mesh from the
 //! API's Pods, Services and EndpointSlices, and an application's call to a ClusterIP
 //! crosses the mesh over mutual TLS with its caller's identity. An HTTPRoute served by
-//! the API decides which paths reach the service, and `vigil check --kubernetes` reads
-//! the install back as healthy. Needs root.
+//! the API decides which paths reach the service; the dashboard reads the pods' proxies
+//! it watches; and `vigil check --kubernetes` reads the install back as healthy. Needs
+//! root.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -463,6 +464,39 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
         unrouted.contains("404") && unrouted.contains("no-route"),
         "the API's HTTPRoute decides what reaches b: {unrouted}"
     );
+    // The dashboard in cluster mode reads the proxies the watch found, on their metrics
+    // port: both ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = cluster.demo_call(&cp, "127.0.0.1:15080", "/api/workloads");
+        let listed: Value = answer
+            .find('{')
+            .and_then(|i| serde_json::from_str(&answer[i..]).ok())
+            .unwrap_or(Value::Null);
+        let ready: Vec<String> = listed["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["ready"] == true && w["reachable"] == true)
+            .map(|w| {
+                format!(
+                    "{} {}",
+                    w["name"].as_str().unwrap_or(""),
+                    w["metrics"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if ready == [format!("a {}:15090", a.ip), format!("b {}:15090", b.ip)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard does not show both proxies ready: {answer}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // `vigil check --kubernetes` reads the same API and finds the install healthy, the
     // webhook's caBundle included, which the control plane set to its CA.
     let out = cluster

@@ -4,8 +4,9 @@
 //! under `/api/` the page is drawn from (see `docs/dashboard.md`).
 //!
 //! No Prometheus is needed: in local mode the mesh file names every proxy's admin and
-//! metrics address, and the dashboard reads them directly every two seconds. With
-//! `--prometheus URL` the request metrics come from PromQL instead.
+//! metrics address, and in cluster mode the watched pods do (their IP, the metrics port
+//! 15090); the dashboard reads them directly every two seconds. With `--prometheus URL`
+//! the request metrics come from PromQL instead.
 //!
 //! The page is three embedded files and a little JavaScript that polls the API; no build
 //! step. It has no login: it answers only requests addressed to loopback or to a host
@@ -81,6 +82,9 @@ pub struct Sources {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The CA: where it is kept, its rotation phase and trusted roots.
     pub ca: Arc<ArcSwap<crate::ca_rotation::CaStatus>>,
+    /// Cluster mode: the proxies are the model's workloads (pods), read on their metrics
+    /// port (pod IP, 15090), which also answers `/ready`; the mesh file names none.
+    pub proxies_from_model: bool,
 }
 
 struct Dashboard {
@@ -169,6 +173,24 @@ impl Dashboard {
     }
 
     fn targets(&self) -> Vec<ProxyTarget> {
+        if self.sources.proxies_from_model {
+            let state = self.sources.state.borrow().clone();
+            return state
+                .model
+                .workloads
+                .iter()
+                .map(|w| {
+                    let metrics =
+                        SocketAddr::new(w.inbound_address.ip(), crate::inject::METRICS_PORT);
+                    ProxyTarget {
+                        workload: w.name.clone(),
+                        admin: metrics,
+                        metrics,
+                        spiffe_id: w.spiffe_id.to_string(),
+                    }
+                })
+                .collect();
+        }
         observe_cli::targets(&self.sources.mesh.load(), None).unwrap_or_default()
     }
 

@@ -166,8 +166,8 @@ pub async fn run(opts: ClusterOptions) -> anyhow::Result<()> {
 
 /// The dashboard of cluster mode, on `opts.dashboard`: the service graph and policy from
 /// the Kubernetes watch (`state`), the proxies connected to this replica, and the control
-/// plane's own `/metrics`. It names no proxies of its own (there is no mesh file), so
-/// per-workload request numbers need the proxies' metrics from elsewhere.
+/// plane's own `/metrics`. The proxies it reads are the watched meshed pods, on their
+/// metrics port (or the Prometheus it is given).
 pub(crate) fn dashboard(
     opts: &ClusterOptions,
     state: tokio::sync::watch::Receiver<Arc<MeshState>>,
@@ -203,6 +203,7 @@ pub(crate) fn dashboard(
             data_dir: std::env::temp_dir(),
             metrics: Arc::new(metrics),
             ca: Arc::new(ArcSwap::from_pointee(ca_status)),
+            proxies_from_model: true,
         },
         opts.dashboard_options.clone(),
     )
