@@ -960,11 +960,7 @@ async fn check(
     }
     eprintln!("{}", at.describe());
     let report = vigil::check::check(&at, trust_bundle.as_deref()).await?;
-    if output == "json" {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", vigil::check::render(&report));
-    }
+    print_report(&report, output)?;
     if report.ok {
         Ok(())
     } else {
@@ -973,6 +969,16 @@ async fn check(
             at.mesh_file.display()
         )
     }
+}
+
+/// A check's report as text or JSON on standard output.
+fn print_report(report: &vigil::check::Report, output: &str) -> anyhow::Result<()> {
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", vigil::check::render(report));
+    }
+    Ok(())
 }
 
 /// `vigil check --kubernetes`.
@@ -995,11 +1001,7 @@ async fn check_cluster(
         webhook_configuration: "vigil-sidecar-injector".into(),
     };
     let report = vigil::kubernetes::check::check(&client, &opts).await;
-    if output == "json" {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", vigil::check::render(&report));
-    }
+    print_report(&report, output)?;
     if report.ok {
         Ok(())
     } else {

@@ -112,22 +112,26 @@ fn manifests_and_injected_workloads_validate() {
     // The CNI overlay's own objects (its other file is a patch, not an object).
     files.push(manifests.join("cni/vigil-cni.yaml"));
     files.extend([workloads, istio, docs_pod]);
+    let (ok, text) = validate(&files);
+    assert!(ok, "manifests do not validate:\n{text}");
+    assert!(text.contains("ok    "), "{text}");
+}
+
+/// Runs the validator on `files` (custom resources against manifests/base/crds): whether
+/// every object passed, and its report.
+fn validate(files: &[PathBuf]) -> (bool, String) {
     let mut cmd = Command::new("python3");
     cmd.arg(repo().join("control-plane/tests/validate_manifests.py"));
-    for crd in yaml_files(&manifests.join("base/crds")) {
+    for crd in yaml_files(&repo().join("manifests/base/crds")) {
         cmd.arg("--crd").arg(crd);
     }
-    let out = cmd.args(&files).output().expect("running the validator");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "manifests do not validate:\n{text}{}",
+    let out = cmd.args(files).output().expect("running the validator");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains("ok    ") && text.contains(" 0 failed"),
-        "{text}"
-    );
+    (out.status.success() && text.contains(" 0 failed"), text)
 }
 
 /// `kubectl kustomize DIR`, as documents. Fails, never skips, without a kubectl whose
@@ -298,18 +302,8 @@ fn kubectl_kustomize_renders_both_installs_and_they_validate() {
         std::fs::write(&path, text).expect("rendered");
         files.push(path);
     }
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo().join("control-plane/tests/validate_manifests.py"));
-    for crd in yaml_files(&manifests.join("base/crds")) {
-        cmd.arg("--crd").arg(crd);
-    }
-    let out = cmd.args(&files).output().expect("running the validator");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(" 0 failed"),
-        "the rendered installs do not validate:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = validate(&files);
+    assert!(ok, "the rendered installs do not validate:\n{text}");
 }
 
 #[test]

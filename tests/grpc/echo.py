@@ -1,7 +1,9 @@
 """A gRPC application for Vigil's end-to-end tests, written with grpcio's generic
-handlers (raw bytes, so no generated code and no protoc): `serve PORT` runs the server,
-`call ADDRESS AUTHORITY` makes every kind of call through a proxy and prints one JSON
-line per call for the test to check.
+handlers (raw bytes, so no generated code and no protoc): `serve PORT [NAME]` runs the
+server (its answers name it in the `x-echo-server` trailer), `call ADDRESS AUTHORITY`
+makes every kind of call through a proxy and prints one JSON line per call for the test
+to check, and `count ADDRESS AUTHORITY METHOD N` makes N calls of METHOD (Unary or
+ServerStream) and prints how many each server answered.
 
 Methods of service vigil.test.Echo:
   Unary          echoes the request, prefixed with the caller identity the proxy vouched for
@@ -19,6 +21,7 @@ from concurrent import futures
 import grpc
 
 SERVICE = "vigil.test.Echo"
+NAME = "server"
 
 
 def peer_identity(context):
@@ -29,11 +32,12 @@ def peer_identity(context):
 
 
 def unary(request, context):
-    context.set_trailing_metadata((("x-echo-trailer", "kept"),))
+    context.set_trailing_metadata((("x-echo-trailer", "kept"), ("x-echo-server", NAME)))
     return peer_identity(context).encode() + b" " + request
 
 
 def server_stream(request, context):
+    context.set_trailing_metadata((("x-echo-server", NAME),))
     for i in range(5):
         yield request + b"-" + str(i).encode()
 
@@ -95,8 +99,32 @@ def call(address, authority):
             report(name.lower(), code=e.code().name, details=e.details() or "")
 
 
+def count(address, authority, name, n):
+    channel = grpc.insecure_channel(address, options=[("grpc.default_authority", authority)])
+    grpc.channel_ready_future(channel).result(timeout=10)
+    servers, errors = {}, []
+    for _ in range(n):
+        try:
+            if name == "ServerStream":
+                stream = channel.unary_stream(f"/{SERVICE}/{name}")(b"tick", timeout=10)
+                list(stream)
+                trailers = dict(stream.trailing_metadata() or ())
+            else:
+                _, info = channel.unary_unary(f"/{SERVICE}/{name}").with_call(b"n", timeout=10)
+                trailers = dict(info.trailing_metadata() or ())
+            server = trailers.get("x-echo-server", "?")
+            servers[server] = servers.get(server, 0) + 1
+        except grpc.RpcError as e:
+            errors.append(f"{e.code().name}: {e.details()}")
+    print(json.dumps({"servers": servers, "errors": errors}), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
+        if len(sys.argv) > 3:
+            NAME = sys.argv[3]
         serve(int(sys.argv[2]))
+    elif sys.argv[1] == "count":
+        count(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
         call(sys.argv[2], sys.argv[3])

@@ -1031,7 +1031,7 @@ pub fn require_python_module(module: &str, package: &str) {
     );
 }
 
-/// Starts `python3 SCRIPT serve PORT` (logging into `dir`) and waits until it prints
+/// Starts `python3 SCRIPT serve PORT NAME` (logging into `dir`) and waits until it prints
 /// `serving`.
 pub async fn start_python_app(
     dir: &Path,
@@ -1047,6 +1047,7 @@ pub async fn start_python_app(
             script.display().to_string(),
             "serve".into(),
             port.to_string(),
+            name.to_string(),
         ],
     )?;
     let deadline = Instant::now() + Duration::from_secs(20);

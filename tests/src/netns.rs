@@ -186,6 +186,38 @@ impl Cluster {
         }
     }
 
+    /// Starts the demo app server in `pod`, answering as `name` on `0.0.0.0:port`.
+    pub fn start_demo_server(&mut self, pod: &Pod, name: &str, port: u16) -> anyhow::Result<usize> {
+        self.spawn(
+            &pod.netns,
+            &format!("app-{name}"),
+            None,
+            &crate::binary("vigil-demo-app"),
+            &[
+                "server".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{port}"),
+                "--name".into(),
+                name.into(),
+            ],
+        )
+    }
+
+    /// Waits until the proxy in `pod` answers 200 on its admin port's `/ready`.
+    pub fn wait_proxy_ready(&self, pod: &Pod, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.demo_call(pod, "127.0.0.1:15000", "/ready");
+            if r.contains(": 200 OK") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("proxy {} not ready: {r}\n{}", pod.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Runs a command in `netns` and waits for it.
     pub fn run(&self, netns: &str, program: &Path, args: &[&str]) -> anyhow::Result<Output> {
         Command::new("ip")

@@ -271,3 +271,84 @@ async fn the_gateway_apis_recorded_grpcroute_routes_grpc_methods() {
         "{other:?}"
     );
 }
+
+/// A GRPCRoute between real grpcio clients and servers (tests/grpc/echo.py), HTTP/2 end to
+/// end: one method split 75/25 between two versions, the service's other methods to the
+/// new version only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpcroute_splits_real_grpc_calls_by_method() {
+    require_python_module("grpc", "grpcio");
+    let spec = MeshSpec::new(vec![
+        WorkloadSpec::new("client", "demo"),
+        WorkloadSpec::new("echo-v1", "demo"),
+        WorkloadSpec::new("echo-v2", "demo"),
+    ])
+    .service("echo", "http", &["echo-v1"], None)
+    .service("echo-v2", "http", &["echo-v2"], None);
+    let mut spec = spec;
+    spec.extra_yaml = r#"routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: GRPCRoute
+    metadata: {name: echo-canary, namespace: demo}
+    spec:
+      parentRefs: [{group: "", kind: Service, name: echo}]
+      rules:
+      - matches: [{method: {service: vigil.test.Echo, method: Unary}}]
+        backendRefs: [{name: echo, port: 80, weight: 75}, {name: echo-v2, port: 80, weight: 25}]
+      - matches: [{method: {service: vigil.test.Echo}}]
+        backendRefs: [{name: echo-v2, port: 80}]
+"#
+    .to_string();
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    let script = workspace_root().join("tests/grpc/echo.py");
+    let mut apps = Vec::new();
+    for name in ["echo-v1", "echo-v2"] {
+        let port = mesh.spec.workload(name).app_port;
+        apps.push(
+            start_python_app(mesh.dir.path(), name, &script, port)
+                .await
+                .expect("grpc server"),
+        );
+    }
+    for w in ["client", "echo-v1", "echo-v2"] {
+        mesh.start_proxy(w).await.expect("proxy");
+    }
+    let client = mesh.spec.workload("client").clone();
+    let count = |method: &str, n: u32| {
+        let out = std::process::Command::new("python3")
+            .args([
+                script.display().to_string(),
+                "count".into(),
+                client.outbound.to_string(),
+                "echo".into(),
+                method.into(),
+                n.to_string(),
+            ])
+            .output()
+            .expect("grpc client runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let tally: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {stdout}{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                mesh.logs()
+            )
+        });
+        tally
+    };
+    // 25% of 400 is 100 ± 8.7 (one standard deviation); 60..=140 fails by chance about
+    // once in 10^5 runs.
+    let unary = count("Unary", 400);
+    eprintln!("GRPCRoute 75/25 over 400 unary calls: {unary}");
+    assert_eq!(unary["errors"], serde_json::json!([]), "{unary}");
+    let v1 = unary["servers"]["echo-v1"].as_u64().unwrap_or(0);
+    let v2 = unary["servers"]["echo-v2"].as_u64().unwrap_or(0);
+    assert_eq!(v1 + v2, 400, "{unary}");
+    assert!((60..=140).contains(&v2), "{unary}");
+    let streams = count("ServerStream", 20);
+    assert_eq!(
+        streams,
+        serde_json::json!({"servers": {"echo-v2": 20}, "errors": []}),
+        "the service's other methods go to the new version"
+    );
+}

@@ -3,7 +3,7 @@
 //! mesh, and the mesh carries the calls over mutual TLS and enforces policy. Needs root.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vigil_e2e::fake_kube::FakeKube;
 use vigil_e2e::netns::{contains, require_tools, Cluster, Pod};
@@ -188,21 +188,7 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
         );
     }
 
-    cluster
-        .spawn(
-            &b.netns,
-            "app-b",
-            None,
-            &binary("vigil-demo-app"),
-            &[
-                "server".into(),
-                "--listen".into(),
-                format!("0.0.0.0:{APP_PORT}"),
-                "--name".into(),
-                "b".into(),
-            ],
-        )
-        .expect("app b");
+    cluster.start_demo_server(&b, "b", APP_PORT).expect("app b");
     // A server outside the mesh (the control plane's pod has no sidecar and no rules).
     cluster
         .spawn(
@@ -259,20 +245,9 @@ fn pods_talk_through_transparent_interception_over_mtls_and_policy_holds() {
             .expect("proxy");
     }
     for pod in [&a, &b, &c] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = call(&cluster, pod, "127.0.0.1:15000", "/ready");
-            if r.contains(": 200 OK") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy {} not ready: {r}\n{}",
-                pod.name,
-                cluster.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        cluster
+            .wait_proxy_ready(pod, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     // Capture b's wire (its veth, seen from the switch) and b's loopback, where its proxy

@@ -395,37 +395,12 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
     for object in &injected {
         api.put(object.clone());
     }
-    cluster
-        .spawn(
-            &b.netns,
-            "app-b",
-            None,
-            &binary("vigil-demo-app"),
-            &[
-                "server".into(),
-                "--listen".into(),
-                format!("0.0.0.0:{APP_PORT}"),
-                "--name".into(),
-                "b".into(),
-            ],
-        )
-        .expect("app b");
+    cluster.start_demo_server(&b, "b", APP_PORT).expect("app b");
 
     for pod in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let r = cluster.demo_call(pod, "127.0.0.1:15000", "/ready");
-            if r.contains(": 200 OK") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy {} not ready: {r}\n{}",
-                pod.name,
-                cluster.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        cluster
+            .wait_proxy_ready(pod, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     // The kubelet reports the proxies ready.
