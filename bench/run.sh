@@ -50,8 +50,8 @@ STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT="$BENCH/out/run-$STAMP"
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
-PROCS="$OUT/procs.tsv"   # path mode role pid cpu_ticks_delta vmhwm_kb load1_before load1_after
-printf 'path\tmode\trole\tpid\tcpu_ticks\tvmhwm_kb\tload1_before\tload1_after\n' >"$PROCS"
+PROCS="$OUT/procs.tsv"   # path mode role pid cpu_ticks_delta vmhwm_kb load1_before load1_after rss_anon_kb rss_file_kb
+printf 'path\tmode\trole\tpid\tcpu_ticks\tvmhwm_kb\tload1_before\tload1_after\trss_anon_kb\trss_file_kb\n' >"$PROCS"
 PHASES="$OUT/phases.tsv" # path mode wall_s system_busy_ticks upstream_ticks
 printf 'path\tmode\twall_s\tsystem_busy_ticks\tupstream_ticks\n' >"$PHASES"
 
@@ -173,6 +173,10 @@ smoke() { # path port
 
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 vmhwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+# The resident set now, split: private anonymous memory (heap, stacks) and file-backed
+# pages (the binary's code and read-only data, which every process running the same
+# binary shares: on a node, every sidecar of one image).
+rss_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 # Busy jiffies of the whole machine (user nice system irq softirq steal), to see how much CPU
 # processes other than ours took during a phase.
@@ -244,11 +248,12 @@ measure() {
     for spec in "$@"; do
         role=${spec%%=*} pid=${spec#*=}
         assert_alive "$pid"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$path" "$mode" "$role" "$pid" \
-            "$(( $(cpu_ticks "$pid") - ${before[$role]} ))" "$(vmhwm_kb "$pid")" "$l_before" "$l_after" >>"$PROCS"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$path" "$mode" "$role" "$pid" \
+            "$(( $(cpu_ticks "$pid") - ${before[$role]} ))" "$(vmhwm_kb "$pid")" "$l_before" "$l_after" \
+            "$(rss_kb "$pid" RssAnon)" "$(rss_kb "$pid" RssFile)" >>"$PROCS"
     done
     if [ $# -eq 0 ]; then
-        printf '%s\t%s\t-\t-\t0\t0\t%s\t%s\n' "$path" "$mode" "$l_before" "$l_after" >>"$PROCS"
+        printf '%s\t%s\t-\t-\t0\t0\t%s\t%s\t0\t0\n' "$path" "$mode" "$l_before" "$l_after" >>"$PROCS"
     fi
     local errs
     errs=$(jq -r .errors "$OUT/$path-$mode.json")
