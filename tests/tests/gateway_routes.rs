@@ -352,3 +352,37 @@ async fn a_grpcroute_splits_real_grpc_calls_by_method() {
         "the service's other methods go to the new version"
     );
 }
+
+/// A proxy whose workload declares what it calls holds only those services: a route's
+/// backend outside them is asked for on the first request that goes to it, and served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scoped_proxy_fetches_a_routes_backend_on_first_use() {
+    let mut client = WorkloadSpec::new("client", "shop");
+    client.calls = Some(vec!["web".into()]);
+    let mut spec = MeshSpec::new(vec![
+        client,
+        WorkloadSpec::new("web-v1", "shop"),
+        WorkloadSpec::new("web-v2", "shop"),
+    ])
+    .service("web", "http", &["web-v1"], None)
+    .service("web-v1", "http", &["web-v1"], None)
+    .service("web-v2", "http", &["web-v2"], None);
+    spec.extra_yaml = CANARY.to_string();
+    let mut mesh = Mesh::start(spec).await.expect("control plane");
+    for name in ["web-v1", "web-v2"] {
+        start_echo_app(mesh.spec.workload(name).app_port, name)
+            .await
+            .expect("app");
+    }
+    for w in ["client", "web-v1", "web-v2"] {
+        mesh.start_proxy(w).await.expect("proxy");
+    }
+    let client = mesh.spec.workload("client").clone();
+    // Beta testers' route sends everything to web-v2, which the client's view lacks.
+    for i in 0..10 {
+        let r = http1(client.outbound, "web", "/shop/cart", &[("x-beta", "yes")])
+            .await
+            .expect("beta");
+        assert_eq!(app_of(&r), "web-v2", "request {i}: {} {}", r.status, r.body);
+    }
+}
