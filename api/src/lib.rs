@@ -17,6 +17,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod headers;
 pub mod traffic;
 
 mod pb {

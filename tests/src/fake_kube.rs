@@ -148,11 +148,7 @@ impl FakeKube {
 
     /// One object, as stored.
     pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-        self.lock()
-            .objects
-            .get(&collection(api_version, kind))?
-            .get(&format!("{namespace}/{name}"))
-            .cloned()
+        self.object(&collection(api_version, kind), namespace, name)
     }
 
     /// Registers a ServiceAccount token that TokenReviews accept for audience `vigil`.

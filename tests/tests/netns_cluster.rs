@@ -368,18 +368,8 @@ fn cluster_mode_in_its_own_namespace_injects_issues_and_carries_traffic() {
                 _ => command.push(arg),
             }
         }
-        let uid = object["spec"]["initContainers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(
-                object["spec"]["containers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten(),
-            )
-            .find(|c| c["name"] == "vigil-proxy")
-            .and_then(|c| c["securityContext"]["runAsUser"].as_u64())
+        let uid = proxy["securityContext"]["runAsUser"]
+            .as_u64()
             .expect("the proxy's UID") as u32;
         cluster
             .spawn(

@@ -18,6 +18,7 @@ use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::MethodName;
+use crate::headers::{HOP_BY_HOP, IDENTITY_HEADERS};
 
 /// One way a request can take a route; every condition written must hold.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -248,14 +249,20 @@ impl Matcher {
         if !headers_ok {
             return false;
         }
-        self.query.iter().all(|(name, m)| {
-            let first = req.query.and_then(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v)
-            });
-            first.is_some_and(|v| m.matches(&v))
-        })
+        if self.query.is_empty() {
+            return true;
+        }
+        // One pass over the query: the first value of each name a condition reads.
+        let mut first: Vec<Option<std::borrow::Cow<'_, str>>> = vec![None; self.query.len()];
+        for (k, v) in form_urlencoded::parse(req.query.unwrap_or_default().as_bytes()) {
+            if let Some(i) = self.query.iter().position(|(name, _)| *name == k) {
+                first[i].get_or_insert(v);
+            }
+        }
+        self.query
+            .iter()
+            .zip(first)
+            .all(|((_, m), v)| v.is_some_and(|v| m.matches(&v)))
     }
 }
 
@@ -303,19 +310,17 @@ impl HeaderChanges {
     }
 }
 
-/// Headers a route may not touch: they carry the connection itself, or the identity the
-/// receiving proxy vouches for.
+/// Headers a route may not touch: they carry the connection itself ([`HOP_BY_HOP`], the
+/// host, the length), or an identity only a proxy asserts ([`IDENTITY_HEADERS`], and any
+/// `x-vigil-` header).
 fn header_name(at: &str, name: &str) -> Result<HeaderName, String> {
     let parsed = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{at}: {name:?} is not a header name"))?;
-    let reserved = matches!(
-        parsed.as_str(),
-        "host" | "connection" | "content-length" | "transfer-encoding" | "upgrade" | "te"
-    ) || parsed.as_str().starts_with("x-vigil-")
-        || matches!(
-            parsed.as_str(),
-            "x-forwarded-client-cert" | "x-client-spiffe-id" | "keep-alive" | "proxy-connection"
-        );
+    let name_str = parsed.as_str();
+    let reserved = matches!(name_str, "host" | "content-length")
+        || name_str.starts_with("x-vigil-")
+        || HOP_BY_HOP.contains(&name_str)
+        || IDENTITY_HEADERS.contains(&name_str);
     if reserved {
         return Err(format!(
             "{at}: header {name:?} cannot be changed by a route (it belongs to the connection or to the mesh's identity headers)"

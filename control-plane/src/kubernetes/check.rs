@@ -31,6 +31,7 @@ use kube::{Api, ResourceExt};
 use super::model::{mesh_model_and_problems, ClusterObjects};
 use super::policy::VigilPolicy;
 use crate::check::{pass, problem, Finding, Outcome, Report};
+use crate::gateway::RouteObject;
 use crate::inject::{INJECTED_LABEL, PROXY_CONTAINER};
 
 /// The namespace label that turns injection on (the webhook's namespaceSelector).
@@ -74,9 +75,11 @@ pub async fn check(client: &kube::Client, opts: &ClusterCheck) -> Report {
     findings.push(ca.0);
     findings.push(webhook(client, opts, ca.1.as_deref()).await);
     findings.push(policies(client, ns).await);
-    findings.push(gateway_api(client).await);
+    let routes = gateway_routes(client).await;
+    findings.push(gateway_api(routes.as_deref()));
     findings.extend(meshed_pods(client).await);
-    findings.extend(model(client, opts).await);
+    let routes = routes.into_iter().flatten().flat_map(|(_, r)| r).collect();
+    findings.extend(model(client, opts, routes).await);
     let ok = !findings.iter().any(|f| f.outcome == Outcome::Fail);
     Report { ok, findings }
 }
@@ -278,25 +281,40 @@ async fn policies(client: &kube::Client, ns: &str) -> Finding {
     }
 }
 
-async fn gateway_api(client: &kube::Client) -> Finding {
-    let check = "gateway API routes";
+/// The Gateway API routes the cluster serves, by kind; `None` when it serves none.
+async fn gateway_routes(client: &kube::Client) -> Option<Vec<(String, Vec<RouteObject>)>> {
     let kinds = super::watch::served_route_kinds(client).await;
     if kinds.is_empty() {
+        return None;
+    }
+    let mut routes = Vec::with_capacity(kinds.len());
+    for kind in &kinds {
+        let api = Api::<DynamicObject>::all_with(client.clone(), kind);
+        let objects = match api.list(&ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|o| super::watch::route_object(&kind.kind, o))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        routes.push((kind.kind.clone(), objects));
+    }
+    Some(routes)
+}
+
+fn gateway_api(routes: Option<&[(String, Vec<RouteObject>)]>) -> Finding {
+    let check = "gateway API routes";
+    let Some(routes) = routes else {
         return pass(
             check,
             "the cluster does not serve gateway.networking.k8s.io/v1: HTTPRoutes and GRPCRoutes are not used (optional)",
         );
-    }
-    let mut counts = Vec::new();
-    for kind in &kinds {
-        let api = Api::<DynamicObject>::all_with(client.clone(), kind);
-        let n = api
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items.len())
-            .unwrap_or(0);
-        counts.push(format!("{n} {}(s)", kind.kind));
-    }
+    };
+    let counts: Vec<String> = routes
+        .iter()
+        .map(|(kind, objects)| format!("{} {kind}(s)", objects.len()))
+        .collect();
     pass(check, format!("served: {}", counts.join(", ")))
 }
 
@@ -423,7 +441,11 @@ fn list(names: &[String]) -> String {
 }
 
 /// The mesh model as the control plane builds it from these objects, and its problems.
-async fn model(client: &kube::Client, opts: &ClusterCheck) -> Vec<Finding> {
+async fn model(
+    client: &kube::Client,
+    opts: &ClusterCheck,
+    routes: Vec<RouteObject>,
+) -> Vec<Finding> {
     let check = "mesh model";
     let injected = ListParams::default().labels(&format!("{INJECTED_LABEL}=true"));
     let all = ListParams::default();
@@ -442,17 +464,6 @@ async fn model(client: &kube::Client, opts: &ClusterCheck) -> Vec<Finding> {
             "check your credentials: the control plane's ClusterRole (manifests/base/rbac.yaml) shows what it reads",
         )];
     };
-    let mut routes = Vec::new();
-    for kind in super::watch::served_route_kinds(client).await {
-        let api = Api::<DynamicObject>::all_with(client.clone(), &kind);
-        if let Ok(list) = api.list(&all).await {
-            routes.extend(
-                list.items
-                    .iter()
-                    .filter_map(|o| super::watch::route_object(&kind.kind, o)),
-            );
-        }
-    }
     let objects = ClusterObjects {
         pods: arcs(pods),
         services: arcs(services),

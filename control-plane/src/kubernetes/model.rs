@@ -80,10 +80,17 @@ pub fn mesh_model_and_problems(
         ) else {
             continue;
         };
-        for (port, model_name) in model_names(svc) {
-            ports.add(namespace, name, port, &model_name);
+        let model_ports = model_ports(svc);
+        for (_, number, model_name) in &model_ports {
+            ports.add(namespace, name, *number, model_name);
         }
-        services.extend(services_of(svc, &objects.slices, &by_pod, &mut problems));
+        services.extend(services_of(
+            svc,
+            &model_ports,
+            &objects.slices,
+            &by_pod,
+            &mut problems,
+        ));
     }
     if !objects.routes.is_empty() {
         problems.extend(
@@ -101,9 +108,10 @@ pub fn mesh_model_and_problems(
     (model, problems)
 }
 
-/// The model service of each TCP port of a Service: its first keeps the Service's name,
-/// the others are `<name>-<port name>` (`<name>-<port>` when unnamed).
-fn model_names(svc: &KubeService) -> Vec<(u16, String)> {
+/// The TCP ports of a Service, each with its number and model service name: the first
+/// keeps the Service's name, the others are `<name>-<port name>` (`<name>-<port>` when
+/// unnamed). An ExternalName Service has none.
+fn model_ports(svc: &KubeService) -> Vec<(&ServicePort, u16, String)> {
     let (Some(name), Some(spec)) = (svc.metadata.name.as_deref(), svc.spec.as_ref()) else {
         return Vec::new();
     };
@@ -125,7 +133,7 @@ fn model_names(svc: &KubeService) -> Vec<(u16, String)> {
                     port.name.clone().unwrap_or_else(|| port.port.to_string())
                 )
             };
-            (number, model_name)
+            (port, number, model_name)
         })
         .collect()
 }
@@ -201,6 +209,7 @@ fn workload(trust_domain: &str, pod: &Pod, accounts: &BTreeSet<ObjectKey>) -> Op
 
 fn services_of(
     svc: &KubeService,
+    model_ports: &[(&ServicePort, u16, String)],
     slices: &[Arc<EndpointSlice>],
     pods: &BTreeMap<(&str, &str), &Workload>,
     problems: &mut Vec<String>,
@@ -212,7 +221,7 @@ fn services_of(
     ) else {
         return Vec::new();
     };
-    if spec.type_.as_deref() == Some("ExternalName") {
+    if model_ports.is_empty() {
         return Vec::new();
     }
     let cluster_ips: Vec<IpAddr> = spec
@@ -253,14 +262,8 @@ fn services_of(
         })
         .collect();
 
-    let tcp_ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter(|p| u16::try_from(p.port).is_ok());
     let mut out = Vec::new();
-    for (port, (service_port, model_name)) in tcp_ports.zip(model_names(svc)) {
+    for &(port, service_port, ref model_name) in model_ports {
         let endpoints = endpoints_for(port, namespace, &own_slices, pods);
         let mut virtual_addresses: Vec<SocketAddr> = cluster_ips
             .iter()
@@ -279,7 +282,7 @@ fn services_of(
             None => Some(service_port),
         };
         out.push(Service {
-            name: model_name,
+            name: model_name.clone(),
             namespace: namespace.to_string(),
             port: service_port,
             protocol: protocol_of(port),

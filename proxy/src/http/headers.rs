@@ -3,31 +3,14 @@
 
 use http::header::{HeaderMap, HeaderName, CONNECTION};
 
-/// Header carrying the verified peer SPIFFE ID to the application.
-pub const PEER_IDENTITY: &str = "x-vigil-peer-identity";
+pub use vigil_api::headers::PEER_IDENTITY;
+use vigil_api::headers::{HOP_BY_HOP, IDENTITY_HEADERS};
 
 /// Set by the client proxy on a request it received as HTTP/1 (`HTTP/1.1`, `HTTP/1.0`)
 /// and carries to its peer over HTTP/2, so the server proxy hands it to the application
 /// as HTTP/1 again. A request without it was HTTP/2 end to end (gRPC) and reaches the
 /// application as HTTP/2. Only proxies set it: one arriving from an application is dropped.
 pub const ORIGINAL_PROTOCOL: &str = "x-vigil-orig-proto";
-
-/// Headers that claim a caller's identity; whatever arrives in them is discarded.
-const IDENTITY_HEADERS: [&str; 3] = [
-    PEER_IDENTITY,
-    "x-forwarded-client-cert",
-    "x-client-spiffe-id",
-];
-
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-];
 
 /// Removes hop-by-hop headers, including those the Connection header names. `te:
 /// trailers`, the one TE value HTTP/2 allows and that gRPC servers require, is kept.

@@ -407,12 +407,6 @@ async fn forward(
         let route_target = service_target.route(service, &RequestHead::of(&req));
         observed.route = route_target.label.clone();
         let route = route_target.route.clone();
-        if let Some(reason) = &route.unsupported {
-            return Err(ProxyError::UnsupportedRoute(reason.clone()));
-        }
-        if route.not_found {
-            return Err(ProxyError::NoRoute(service_target.name.to_string()));
-        }
         let missing = match route_target.pick() {
             Pick::Service(stack) => break (stack, route),
             Pick::Backend { label, stack } => {
@@ -420,12 +414,7 @@ async fn forward(
                 observed.service = label.clone();
                 break (stack, route);
             }
-            Pick::Nowhere => {
-                return Err(ProxyError::NoBackend(format!(
-                    "every backend of route {} weighs 0",
-                    route_target.label
-                )))
-            }
+            Pick::Refused(error) => return Err(error),
             Pick::Missing(missing) => missing.to_string(),
         };
         // A scoped view asks for a backend it lacks once, as for a destination.

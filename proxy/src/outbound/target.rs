@@ -18,6 +18,7 @@ use arc_swap::ArcSwapOption;
 use rand::Rng;
 
 use crate::control::state::{MeshView, ServiceView};
+use crate::http::error::ProxyError;
 use crate::traffic::{RequestHead, Route};
 use crate::Proxy;
 
@@ -31,16 +32,38 @@ pub struct RouteTarget {
     send_to: SendTo,
 }
 
-/// Where a route's requests go.
+/// Where a route's requests go, decided once per snapshot.
 enum SendTo {
     /// The service's own endpoints.
     Service(Stack),
     /// Weighted backends, by cumulative weight: a request draws a number below the
-    /// total and takes the first backend whose bound exceeds it.
+    /// total (never 0) and takes the first backend whose bound exceeds it.
     Backends {
         total: u64,
         choices: Vec<(u64, Backend)>,
     },
+    /// The proxy answers every request of the route itself.
+    Refused(Refusal),
+}
+
+/// Why a route's requests are answered by the proxy.
+enum Refusal {
+    /// The fallback of a service whose routes answer unmatched requests with 404.
+    NoRoute(Arc<str>),
+    /// The route asks for something Vigil cannot do.
+    Unsupported(String),
+    /// Every backend weighs 0.
+    NoBackend(String),
+}
+
+impl Refusal {
+    fn error(&self) -> ProxyError {
+        match self {
+            Refusal::NoRoute(service) => ProxyError::NoRoute(service.to_string()),
+            Refusal::Unsupported(reason) => ProxyError::UnsupportedRoute(reason.clone()),
+            Refusal::NoBackend(reason) => ProxyError::NoBackend(reason.clone()),
+        }
+    }
 }
 
 /// One backend of a route, as built under a snapshot.
@@ -59,30 +82,29 @@ pub enum Pick<'t> {
     Backend { label: &'t Arc<str>, stack: Stack },
     /// A backend the view does not hold, by name.
     Missing(&'t Arc<str>),
-    /// Every backend weighs 0.
-    Nowhere,
+    /// The proxy answers with this.
+    Refused(ProxyError),
 }
 
 impl RouteTarget {
-    /// Where one request goes: the service's stack, or one of the route's backends
-    /// chosen by weight.
+    /// Where one request goes: the service's stack, one of the route's backends chosen
+    /// by weight, or the proxy's own answer.
     pub fn pick(&self) -> Pick<'_> {
         match &self.send_to {
             SendTo::Service(stack) => Pick::Service(stack.clone()),
-            SendTo::Backends { total: 0, .. } => Pick::Nowhere,
+            SendTo::Refused(refusal) => Pick::Refused(refusal.error()),
             SendTo::Backends { total, choices } => {
                 let draw = rand::rng().random_range(0..*total);
-                let chosen = choices
-                    .iter()
-                    .find(|(bound, _)| draw < *bound)
-                    .or(choices.last());
-                match chosen {
-                    None => Pick::Nowhere,
+                match choices.iter().find(|(bound, _)| draw < *bound) {
                     Some((_, Backend::Ready { label, stack })) => Pick::Backend {
                         label,
                         stack: stack.clone(),
                     },
                     Some((_, Backend::Missing(name))) => Pick::Missing(name),
+                    None => Pick::Refused(ProxyError::NoBackend(format!(
+                        "route {} has no backend",
+                        self.label
+                    ))),
                 }
             }
         }
@@ -137,6 +159,12 @@ impl ServiceTarget {
 /// by any name it answers to, and keeps its own endpoints, breakers and limits; the
 /// route's timeout and retries apply to it.
 fn send_to(proxy: &Proxy, mesh: &MeshView, service: &ServiceView, route: &Route) -> SendTo {
+    if let Some(reason) = &route.unsupported {
+        return SendTo::Refused(Refusal::Unsupported(reason.clone()));
+    }
+    if route.not_found {
+        return SendTo::Refused(Refusal::NoRoute(service.label.clone()));
+    }
     if route.backends.is_empty() {
         return SendTo::Service(stack::http(proxy, mesh, service, route));
     }
@@ -152,6 +180,12 @@ fn send_to(proxy: &Proxy, mesh: &MeshView, service: &ServiceView, route: &Route)
             None => Backend::Missing(Arc::from(b.service.as_str())),
         };
         choices.push((total, backend));
+    }
+    if total == 0 {
+        return SendTo::Refused(Refusal::NoBackend(format!(
+            "every backend of route {} weighs 0",
+            route.label()
+        )));
     }
     SendTo::Backends { total, choices }
 }
