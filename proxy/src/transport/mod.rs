@@ -2,6 +2,7 @@
 //! bytes of a connection, serving HTTP on it, tunnels, write stalls, draining, and pooled
 //! mutual-TLS connections to peer proxies.
 
+pub mod cork;
 pub mod drain;
 pub mod listener;
 pub mod orig_dst;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -25,6 +25,7 @@ use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustStore};
 use crate::control::state::EndpointView;
 use crate::http::body::Body;
 use crate::http::error::ProxyError;
+use crate::transport::cork::UncorkingExecutor;
 
 type Key = (SocketAddr, SpiffeId);
 
@@ -318,13 +319,15 @@ impl PeerPool {
             }
         })?;
         crate::telemetry::metrics::HandshakeDirection::outbound.record(stream.get_ref().1);
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        // Each poll's frames leave in one write (and one TLS record).
+        let io = crate::transport::cork::Corked::new(stream);
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(UncorkingExecutor)
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| connect_failed(format!("HTTP/2 handshake: {e}")))?;
         let address = endpoint.address;

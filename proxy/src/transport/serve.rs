@@ -80,6 +80,12 @@ impl Drop for Busy {
     }
 }
 
+impl<C: Finishing> Finishing for crate::transport::cork::Uncorking<C> {
+    fn finish(self: Pin<&mut Self>) {
+        self.inner().finish();
+    }
+}
+
 /// A served connection that can be asked to finish: hyper's HTTP/1 (with upgrades) and
 /// HTTP/2 server connections. hyper-util's `GracefulConnection` would do, but it does not
 /// cover HTTP/1 connections with upgrades, which both listeners need.
@@ -143,7 +149,10 @@ where
         }
     });
     let served = if io.is_http2() {
+        // Each poll's frames leave in one write (and one TLS record).
+        let io = crate::transport::cork::Corked::new(io);
         let conn = http2_server(config).serve_connection(TokioIo::new(io), service);
+        let conn = crate::transport::cork::Uncorking::new(conn);
         until_finished(conn, config, drain, &activity).await
     } else {
         let conn = http1_server(config)
