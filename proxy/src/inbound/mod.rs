@@ -34,6 +34,10 @@ struct Connection {
     peer: Option<SpiffeId>,
     /// The peer as metrics and logs name it, once per connection; empty for plaintext.
     peer_labels: Peer,
+    /// The verified SPIFFE ID as the policy input and the app's header carry it, made
+    /// once per connection rather than per request.
+    peer_principal: Option<String>,
+    peer_header: Option<HeaderValue>,
     peer_address: SocketAddr,
     local_address: SocketAddr,
 }
@@ -46,8 +50,13 @@ impl Connection {
         peer_address: SocketAddr,
         local_address: SocketAddr,
     ) -> Self {
+        let peer_principal = peer.as_ref().map(|p| p.to_string());
         Connection {
             peer_labels: Peer::new(peer.as_ref(), workload),
+            peer_header: peer_principal
+                .as_deref()
+                .and_then(|p| HeaderValue::from_str(p).ok()),
+            peer_principal,
             peer,
             peer_address,
             local_address,
@@ -219,7 +228,7 @@ async fn request(
     // Metrics and logs keep the proxy's own status; a gRPC caller gets it as gRPC.
     observed.answered(&response);
     if grpc {
-        return crate::http::error::for_grpc_caller(response).await;
+        return Box::pin(crate::http::error::for_grpc_caller(response)).await;
     }
     response
 }
@@ -281,15 +290,17 @@ async fn http(
         app_version
     };
     let host = authority(&req).unwrap_or_default().to_string();
-    let request_id = request_id(&req);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let own_id = proxy.identity.status().map(|s| s.spiffe_id.clone());
-    let peer = conn.peer.as_ref().map(|p| p.to_string());
+    let status = proxy.identity.status();
+    let own_id = status.as_ref().map(|s| s.spiffe_id.as_str());
+    let peer = conn.peer_principal.as_deref();
     let (mut parts, incoming) = req.into_parts();
+    // Borrowed from the head until the decision is made; the head changes only after.
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let max_body = proxy.config.request_limits.max_body_bytes;
     let too_large = |exceeded: &crate::http::limits::Exceeded, e: ProxyError| match max_body {
         Some(limit) if exceeded.happened() => ProxyError::BodyTooLarge { limit },
@@ -316,9 +327,9 @@ async fn http(
         .and_then(|v| v.to_str().ok());
     let decision = proxy.authz.decide(&AuthzInput {
         kind: InputKind::Http(HttpAttributes {
-            id: &request_id,
+            id: request_id,
             method: parts.method.as_str(),
-            path: &path,
+            path,
             host: &host,
             scheme: if peer.is_some() { "https" } else { "http" },
             protocol: crate::transport::serve::protocol_name(app_version),
@@ -331,12 +342,12 @@ async fn http(
         }),
         source_address: conn.peer_address,
         destination_address: conn.local_address,
-        source_principal: peer.as_deref(),
-        destination_principal: own_id.as_deref(),
+        source_principal: peer,
+        destination_principal: own_id,
     });
     // What the decision changes in the target (query parameters to set or remove), and
     // what it tells the logs.
-    let upstream = vigil_authz::upstream_path_and_query(&path, &decision);
+    let upstream = vigil_authz::upstream_path_and_query(path, &decision);
     let metadata = decision
         .dynamic_metadata()
         .map(|m| PolicyMetadata(Arc::new(m.clone())));
@@ -379,8 +390,8 @@ async fn http(
             headers.insert(n, v);
         }
     }
-    if let Some(Ok(v)) = peer.as_deref().map(HeaderValue::from_str) {
-        headers.insert(PEER_IDENTITY, v);
+    if let Some(v) = &conn.peer_header {
+        headers.insert(PEER_IDENTITY, v.clone());
     }
     if !host.is_empty() && !headers.contains_key(http::header::HOST) {
         if let Ok(v) = HeaderValue::from_str(&host) {
@@ -554,12 +565,4 @@ fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response
         }
     }
     response
-}
-
-fn request_id<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_default()
 }

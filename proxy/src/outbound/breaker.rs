@@ -312,7 +312,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // Boxed before the async block, so its Send-ness is settled here.
-        let attempt: BoxFuture<'static, _> = Box::pin(self.inner.call(req));
+        let attempt: BoxFuture<'static, _> = super::stack::boxed(self.inner.call(req));
         let config = self.config.clone();
         Box::pin(async move {
             let mut pending = PendingProbe {

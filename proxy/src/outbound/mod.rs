@@ -307,7 +307,9 @@ async fn view_for(proxy: &Proxy, target: &Target, host: &str) -> Result<Arc<Mesh
     if !host.is_empty() {
         names.push(crate::control::state::strip_port(host).to_string());
     }
-    proxy.discovery.ask_for(&names).await;
+    // Boxed, as every rare path here: the request future is copied whole when it is
+    // boxed per request, so what it holds inline is paid for by every request.
+    Box::pin(proxy.discovery.ask_for(&names)).await;
     proxy.discovery.mesh.load_full().ok_or(ProxyError::NotReady)
 }
 
@@ -372,7 +374,7 @@ async fn request(proxy: &Proxy, target: &Target, mut req: Request<Incoming>) -> 
     // Metrics and logs keep the proxy's own status; a gRPC caller gets it as gRPC.
     observed.answered(&response);
     if grpc {
-        return crate::http::error::for_grpc_caller(response).await;
+        return Box::pin(crate::http::error::for_grpc_caller(response)).await;
     }
     response
 }
@@ -399,7 +401,7 @@ async fn forward(
             Destination::Mesh(service) => service,
             Destination::Egress(dst) => {
                 observed.service = Arc::from(EGRESS);
-                return egress_http(proxy, dst, req, &host).await;
+                return Box::pin(egress_http(proxy, dst, req, &host)).await;
             }
         };
         let service_target = proxy.targets.get(proxy, &mesh, service);
@@ -425,7 +427,7 @@ async fn forward(
             )));
         }
         asked = true;
-        proxy.discovery.ask_for(&[missing]).await;
+        Box::pin(proxy.discovery.ask_for(&[missing])).await;
         mesh = proxy
             .discovery
             .mesh

@@ -28,7 +28,6 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, Limited, StreamBody};
-use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::control::backoff::Backoff;
@@ -101,9 +100,8 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // Take the service made ready by poll_ready; leave a clone for the next call.
-        // Boxed so the retry loop holds one concrete service type.
         let fresh = self.inner.clone();
-        let inner = BoxCloneService::new(std::mem::replace(&mut self.inner, fresh));
+        let inner = std::mem::replace(&mut self.inner, fresh);
         let p = &self.config.policy;
         // A request that never left comes back whole; a copy is only needed to send one
         // that did leave again, which the route must have asked for.
@@ -111,24 +109,40 @@ where
             p.retries_responses() && (p.allows_method(req.method()) || has_grpc_codes(p));
         let method = req.method().clone();
         let first = if replayable {
-            Replay::keep(req)
+            First::Kept(Replay::keep(req))
         } else {
-            Box::pin(std::future::ready(Ok((req, None))))
+            First::Ready(req)
         };
         Box::pin(self.config.clone().run(inner, method, first))
     }
 }
 
+/// The first try's request: as it came, or once its body is kept for a replay.
+enum First {
+    Ready(Request<Body>),
+    Kept(Kept),
+}
+
 impl RetryLayer {
-    async fn run(
+    async fn run<S>(
         self,
-        mut inner: Tries,
+        mut inner: S,
         method: Method,
-        first: Kept,
-    ) -> Result<Response<Body>, ProxyError> {
+        first: First,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = SendError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
         self.budget.deposit();
         let p = &self.policy;
-        let (mut next, replay) = first.await?;
+        let (mut next, replay) = match first {
+            First::Ready(req) => (req, None),
+            First::Kept(kept) => kept.await?,
+        };
         let mut backoff = Backoff::new(p.backoff.base, p.backoff.max);
         let mut tries = 1;
         loop {
@@ -193,17 +207,21 @@ impl RetryLayer {
     }
 }
 
-/// What each try goes through: the balancer and the endpoint stack below it.
-type Tries = BoxCloneService<Request<Body>, Response<Body>, SendError>;
-
 /// A request ready for its first try, and its copy for the next ones, if it has one.
 type Kept = BoxFuture<'static, Result<(Request<Body>, Option<Replay>), ProxyError>>;
 
 /// One try (boxed here, outside any async block: see `stack::send`).
-fn try_once(
-    inner: &mut Tries,
+fn try_once<S>(
+    inner: &mut S,
     req: Request<Body>,
-) -> BoxFuture<'static, Result<Response<Body>, SendError>> {
+) -> BoxFuture<'static, Result<Response<Body>, SendError>>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = SendError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     Box::pin(inner.clone().oneshot(req))
 }
 
