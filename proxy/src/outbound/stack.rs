@@ -5,11 +5,12 @@
 //! clones a ready one.
 
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use futures::future::BoxFuture;
 use http::{Request, Response};
-use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+
+use tower::{Service, ServiceBuilder};
 
 use crate::control::state::{MeshView, ServiceView};
 use crate::http::body::Body;
@@ -25,9 +26,39 @@ use super::retry::RetryLayer;
 use super::service_state::ServiceState;
 use super::timeout::RequestTimeoutLayer;
 
-/// What a stack is, seen from outside: cheap to clone (every layer holds only `Arc`s and
-/// small values), so one built per snapshot serves every request.
-pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
+/// What a stack is, seen from outside: cheap to clone (one `Arc`), so one built per
+/// snapshot serves every request. Every layer is ready at once (limits are enforced
+/// inside `call`, where a request can wait), so a request is sent by calling a clone of
+/// the layers, with no readiness step, and the future the outermost layer boxed is the
+/// one the request awaits (tower's boxed services would box it again, and box the clone).
+#[derive(Clone)]
+pub struct Stack(Arc<dyn Fn(Request<Body>) -> Sent + Send + Sync>);
+
+/// A request on its way through a stack.
+type Sent = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+
+impl Stack {
+    fn new<S>(layers: S) -> Stack
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError, Future = Sent>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        Stack(Arc::new(move |req| {
+            let mut layers = layers.clone();
+            // Always ready, as above; a no-op waker polls it exactly.
+            match layers.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(())) => layers.call(req),
+                Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
+                Poll::Pending => Box::pin(std::future::ready(Err(ProxyError::Upstream(
+                    "the outbound stack was not ready".into(),
+                )))),
+            }
+        }))
+    }
+}
 
 /// Sends `req` through `stack`.
 ///
@@ -35,11 +66,8 @@ pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
 /// is made, in plain functions like this one: rustc's `Send` check of async blocks loses
 /// the `'static` of the body's boxed error type and then fails to prove it (a known
 /// higher-ranked lifetime limitation).
-pub fn send(
-    stack: Stack,
-    req: Request<Body>,
-) -> BoxFuture<'static, Result<Response<Body>, ProxyError>> {
-    Box::pin(stack.oneshot(req))
+pub fn send(stack: Stack, req: Request<Body>) -> Sent {
+    (stack.0)(req)
 }
 
 /// `fut` as a [`BoxFuture`], without a second allocation when it already is one: each

@@ -1,6 +1,6 @@
 //! Bytes and connections: accepting with limits, the original destination, the first
-//! bytes of a connection, serving HTTP on it, tunnels, write stalls, draining, and pooled
-//! mutual-TLS connections to peer proxies.
+//! bytes of a connection, serving HTTP on it, tunnels, write stalls, draining, pooled
+//! mutual-TLS connections to peer proxies, and HTTP/2 writes gathered per poll.
 
 pub mod cork;
 pub mod drain;
