@@ -265,6 +265,9 @@ pub struct PolicyBundle {
     folded: Vec<String>,
     /// Optional parts of the input the policy can observe (see `usage.rs`).
     needs: InputNeeds,
+    /// The same input document always gets the same decision (see `calls::repeatable`), so
+    /// each thread's evaluator remembers recent ones (see `engine.rs`).
+    pub(crate) repeatable: bool,
     /// A prepared interpreter: template for per-thread clones, cross-checks and `explain`.
     pub(crate) interpreter: Engine,
 }
@@ -311,6 +314,7 @@ impl PolicyBundle {
         if !refused.is_empty() {
             return Err(BundleError::from_problems(refused));
         }
+        let repeatable = calls::repeatable(parsed.get_modules());
         let decision_module = decision_document(&mut parsed, &options.rule)?;
         let entry_rule = match &decision_module {
             Some(_) => DECISION_DOCUMENT_RULE.to_string(),
@@ -368,6 +372,7 @@ impl PolicyBundle {
             data,
             folded,
             needs,
+            repeatable,
             interpreter,
         })
     }
@@ -385,6 +390,12 @@ impl PolicyBundle {
     /// The options the bundle was compiled with.
     pub fn options(&self) -> &PolicyOptions {
         &self.options
+    }
+
+    /// Whether each thread remembers recent decisions of this bundle: its decisions depend
+    /// on the input document alone (it calls no clock and does not `print`).
+    pub fn remembers_decisions(&self) -> bool {
+        self.repeatable
     }
 
     /// The evaluator used on the request path.

@@ -365,6 +365,17 @@ pub(crate) fn check(modules: &[Ref<Module>]) -> Vec<CompileProblem> {
     problems
 }
 
+/// Supported builtins whose answer is not a function of their arguments alone: the clock
+/// (`time.now_ns`, and `io.jwt.decode_verify`, which checks expiry against it), and
+/// `print`, whose output is a side effect every evaluation must make.
+const NOT_REPEATABLE: &[&str] = &["time.now_ns", "io.jwt.decode_verify", "print"];
+
+/// Whether the bundle's decisions are a function of the input document alone (no call to a
+/// builtin in [`NOT_REPEATABLE`]), so the same document always gets the same decision.
+pub(crate) fn repeatable(modules: &[Ref<Module>]) -> bool {
+    first_builtin_call(modules, &|name| NOT_REPEATABLE.contains(&name)).is_none()
+}
+
 /// The first call, as `file:line:col: name`, to a builtin (not a function of the bundle) that
 /// `wanted` accepts.
 fn first_builtin_call(modules: &[Ref<Module>], wanted: &dyn Fn(&str) -> bool) -> Option<String> {

@@ -3,11 +3,16 @@
 //! `RegoVM` and `Engine` need `&mut self` to evaluate, so each thread keeps its own evaluator
 //! per bundle (a handful at most, most recently used first). Creating one costs a clone of
 //! reference-counted program and data; after that a decision takes no lock and allocates only
-//! what the policy itself needs. A program calling one of Vigil's own builtins
+//! what the policy itself needs. A bundle whose decisions depend on the input document alone
+//! (no clock, no `print`: `PolicyBundle::remembers_decisions`) has its recent decisions
+//! remembered by document, so a request like one just decided (same caller, method, path and
+//! whatever else the bundle can observe; the request id only when the bundle reads it) is
+//! answered without running the policy. A program calling one of Vigil's own builtins
 //! (`opa_builtins.rs`) runs in the VM's suspendable mode: it stops at each such call and Vigil
 //! answers it.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use regorus::rvm::vm::{ExecutionMode, ExecutionState, SuspendReason};
@@ -30,7 +35,16 @@ const RUNNERS_PER_THREAD: usize = 4;
 struct Runner {
     bundle_id: u64,
     kind: RunnerKind,
+    /// Recent decisions by input document, for a bundle whose decisions depend on the
+    /// document alone (`PolicyBundle::repeatable`): requests alike (same caller, method,
+    /// path, and what else the bundle can observe) are answered without running the
+    /// policy again. `None` for any other bundle.
+    remembered: Option<BTreeMap<Value, Value>>,
 }
+
+/// Decisions a thread's evaluator remembers per bundle; when full it starts again, so a
+/// stream of distinct requests costs one comparison walk each and no unbounded memory.
+const REMEMBERED: usize = 256;
 
 enum RunnerKind {
     Vm(Box<RegoVM>),
@@ -60,11 +74,29 @@ fn new_runner(bundle: &PolicyBundle) -> Result<Runner, EvalError> {
     Ok(Runner {
         bundle_id: bundle.id,
         kind,
+        remembered: bundle.repeatable.then(BTreeMap::new),
     })
 }
 
 impl Runner {
     fn run(&mut self, input: Value, rule: &str) -> Result<Value, EvalError> {
+        let Some(remembered) = &self.remembered else {
+            return self.evaluate(input, rule);
+        };
+        if let Some(decision) = remembered.get(&input) {
+            return Ok(decision.clone());
+        }
+        let decision = self.evaluate(input.clone(), rule)?;
+        if let Some(remembered) = &mut self.remembered {
+            if remembered.len() >= REMEMBERED {
+                remembered.clear();
+            }
+            remembered.insert(input, decision.clone());
+        }
+        Ok(decision)
+    }
+
+    fn evaluate(&mut self, input: Value, rule: &str) -> Result<Value, EvalError> {
         match &mut self.kind {
             RunnerKind::Vm(vm) => {
                 vm.set_input(input);

@@ -107,6 +107,7 @@ struct Shapes {
     pseudo_method: Value,
     pseudo_path: Value,
     empty_object: Value,
+    empty_string: Value,
     socket: Object,
     peer_address: Object,
     peer: Object,
@@ -191,6 +192,7 @@ impl Shapes {
                     .collect::<BTreeMap<_, _>>(),
             ),
             empty_object: Value::new_object(),
+            empty_string: Value::from(""),
             pseudo_authority: v(":authority"),
             pseudo_method: v(":method"),
             pseudo_path: v(":path"),
@@ -341,7 +343,15 @@ impl AuthzInput<'_> {
         let common = [
             (&s.headers, headers),
             (&s.host, host),
-            (&s.id, Value::from(http.id)),
+            // Unobservable by the bundle: the same (empty) value for every request.
+            (
+                &s.id,
+                if needs.request_id {
+                    Value::from(http.id)
+                } else {
+                    s.empty_string.clone()
+                },
+            ),
             (&s.method, method),
             (&s.path, path),
             (&s.protocol, Value::from(http.protocol)),

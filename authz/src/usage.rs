@@ -21,6 +21,10 @@ pub(crate) struct InputNeeds {
     pub addresses: bool,
     /// `parsed_query`.
     pub parsed_query: bool,
+    /// `attributes.request.http.id`, the request id: different on every request, so a
+    /// bundle that cannot observe it gets the same document for the same request and its
+    /// decisions can be remembered (see `engine.rs`).
+    pub request_id: bool,
 }
 
 impl InputNeeds {
@@ -29,6 +33,7 @@ impl InputNeeds {
         headers: true,
         addresses: true,
         parsed_query: true,
+        request_id: true,
     };
 }
 
@@ -53,6 +58,10 @@ const PARSED_QUERY: Part = Part {
     paths: &[&["parsed_query"]],
     word: "parsed_query",
 };
+const REQUEST_ID: Part = Part {
+    paths: &[&["attributes", "request", "http", "id"]],
+    word: "id",
+};
 
 /// Works out what the bundle's modules can observe; everything when in doubt.
 pub(crate) fn input_needs(files: &[PolicyFile]) -> InputNeeds {
@@ -60,6 +69,7 @@ pub(crate) fn input_needs(files: &[PolicyFile]) -> InputNeeds {
         headers: false,
         addresses: false,
         parsed_query: false,
+        request_id: false,
     };
     for file in files {
         if !matches!(
@@ -75,6 +85,7 @@ pub(crate) fn input_needs(files: &[PolicyFile]) -> InputNeeds {
         needs.headers |= may_reach(&toks, &refs, &HEADERS);
         needs.addresses |= may_reach(&toks, &refs, &ADDRESSES);
         needs.parsed_query |= may_reach(&toks, &refs, &PARSED_QUERY);
+        needs.request_id |= may_reach(&toks, &refs, &REQUEST_ID);
     }
     needs
 }
@@ -82,12 +93,22 @@ pub(crate) fn input_needs(files: &[PolicyFile]) -> InputNeeds {
 /// Whether a module names the part (as a name or in a string) or uses one of its ancestors as
 /// a whole (which could reach it by iterating, a computed key or serializing).
 fn may_reach(toks: &[Tok], refs: &[Vec<String>], part: &Part) -> bool {
-    toks.iter().any(|t| t.text.contains(part.word))
+    toks.iter().any(|t| names(t, part.word))
         || refs.iter().any(|r| {
             part.paths
                 .iter()
                 .any(|path| r.len() < path.len() && r.iter().zip(path.iter()).all(|(a, b)| a == b))
         })
+}
+
+/// Whether a token may name `word`: any string containing it; a name containing it, or,
+/// for a word as short as `id` (inside `identity`, `valid`, ...), a name that is it.
+fn names(t: &Tok, word: &str) -> bool {
+    match t.kind {
+        TokenKind::String | TokenKind::RawString => t.text.contains(word),
+        _ if word.len() <= 3 => t.text == word,
+        _ => t.text.contains(word),
+    }
 }
 
 /// The static paths of every reference to `input` (through import aliases too), e.g.
@@ -219,5 +240,23 @@ mod tests {
         let n = all(&format!("{pkg}allow if input.parsed_query.debug"));
         assert!(n.parsed_query && !n.addresses);
         assert_eq!(all(&format!("{pkg}allow if input")), InputNeeds::ALL);
+    }
+
+    #[test]
+    fn the_request_id_only_when_observable() {
+        let pkg = "package p\n";
+        let n = all(&format!(
+            "{pkg}mesh_identity if startswith(input.attributes.source.principal, \"spiffe://\")\nallow if mesh_identity"
+        ));
+        assert!(!n.request_id, "names that merely contain `id` do not count");
+        for observing in [
+            "allow if input.attributes.request.http.id != \"\"",
+            "allow if object.get(input.attributes.request.http, \"id\", 1)",
+            "allow if { h := input.attributes.request.http; h[k] }",
+            "allow if count(input.attributes.request) > 0",
+            "import input.attributes.request.http as req\nallow if req.id",
+        ] {
+            assert!(all(&format!("{pkg}{observing}")).request_id, "{observing}");
+        }
     }
 }

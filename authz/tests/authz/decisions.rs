@@ -25,6 +25,65 @@ fn request<'a>(headers: &'a HeaderMap, method: &'a str, path: &'a str) -> AuthzI
     }
 }
 
+#[test]
+fn remembered_decisions_follow_everything_the_policy_observes() {
+    let h = HeaderMap::new();
+    let by_id = bundle(
+        "package vigil.authz\nimport rego.v1\nallow if input.attributes.request.http.id == \"req-1\"",
+    );
+    assert!(by_id.remembers_decisions());
+    let with_id = |id| AuthzInput {
+        kind: InputKind::Http(HttpAttributes {
+            id,
+            ..http_attributes(&h, "GET", "/x")
+        }),
+        ..request(&h, "GET", "/x")
+    };
+    for (id, allowed) in [("req-1", true), ("req-2", false), ("req-1", true)] {
+        assert_eq!(by_id.evaluate(&with_id(id)).allowed(), allowed, "id {id}");
+    }
+    let by_path =
+        bundle("package vigil.authz\nimport rego.v1\nallow if input.parsed_path == [\"a\"]");
+    for (path, allowed) in [("/a", true), ("/b", false), ("/a?x=1", true), ("/b", false)] {
+        assert_eq!(
+            by_path.evaluate(&request(&h, "GET", path)).allowed(),
+            allowed,
+            "path {path}"
+        );
+    }
+}
+
+#[test]
+fn decisions_that_depend_on_the_clock_or_print_are_never_remembered() {
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policies/default/policy.rego"
+    ))
+    .expect("the default policy");
+    assert!(bundle(&default).remembers_decisions());
+    for call in [
+        "time.now_ns() > 0",
+        "print(\"checked\")",
+        "io.jwt.decode_verify(input.attributes.request.http.headers.t, {\"secret\": \"s\"})[0]",
+    ] {
+        let b = bundle(&format!(
+            "package vigil.authz\nimport rego.v1\nallow if {call}"
+        ));
+        assert!(!b.remembers_decisions(), "{call}");
+    }
+}
+
+fn http_attributes<'a>(
+    headers: &'a HeaderMap,
+    method: &'a str,
+    path: &'a str,
+) -> HttpAttributes<'a> {
+    match request(headers, method, path).kind {
+        InputKind::Http(http) => http,
+        _ => unreachable!("request() is HTTP"),
+    }
+}
+
 fn decide(rego: &str) -> Decision {
     let h = HeaderMap::new();
     bundle(rego).evaluate(&request(&h, "GET", "/x"))

@@ -217,7 +217,9 @@ async fn request(
     let opaque =
         req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
     let result = if opaque {
-        tunnel(&proxy, &conn, req, observed.service.clone()).await
+        // Boxed: a tunnel is rare, and inline its state would be copied with every
+        // request's future.
+        Box::pin(tunnel(&proxy, &conn, req, observed.service.clone())).await
     } else {
         http(&proxy, &conn, req).await
     };

@@ -253,7 +253,9 @@ impl PeerPool {
                 Choice::Open => peer.opening = true,
             }
         }
-        let opened = self.connect(endpoint).await;
+        // Boxed: a connect (TCP, TLS and HTTP/2 handshakes) is rare, and inline its state
+        // would be copied with every request's future.
+        let opened = Box::pin(self.connect(endpoint)).await;
         let in_flight = Arc::new(AtomicUsize::new(0));
         if let Ok(mut c) = self.own().lock() {
             let peer = c.entry(key).or_default();
