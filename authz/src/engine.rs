@@ -39,12 +39,63 @@ struct Runner {
     /// document alone (`PolicyBundle::repeatable`): requests alike (same caller, method,
     /// path, and what else the bundle can observe) are answered without running the
     /// policy again. `None` for any other bundle.
-    remembered: Option<BTreeMap<Value, Value>>,
+    remembered: Option<Remembered>,
 }
 
-/// Decisions a thread's evaluator remembers per bundle; when full it starts again, so a
-/// stream of distinct requests costs one comparison walk each and no unbounded memory.
-const REMEMBERED: usize = 256;
+/// Decisions remembered per bundle and thread. A lookup costs a few document comparisons,
+/// which traffic that never repeats would pay for nothing: when fewer than a quarter of
+/// [`CHECK_EVERY`] lookups find a decision, remembering stops for [`PAUSE`] decisions.
+struct Remembered {
+    decisions: BTreeMap<Value, Value>,
+    lookups: u32,
+    found: u32,
+    paused: u32,
+}
+
+/// Most decisions remembered per bundle and thread; past it the first in order goes.
+const REMEMBERED: usize = 128;
+const CHECK_EVERY: u32 = 1024;
+const PAUSE: u32 = 16 * 1024;
+
+impl Remembered {
+    fn new() -> Remembered {
+        Remembered {
+            decisions: BTreeMap::new(),
+            lookups: 0,
+            found: 0,
+            paused: 0,
+        }
+    }
+
+    /// The decision remembered for `input`; `Err(true)` when there is none but the one
+    /// made should be kept, `Err(false)` while remembering is paused.
+    fn find(&mut self, input: &Value) -> Result<Value, bool> {
+        if self.paused > 0 {
+            self.paused -= 1;
+            return Err(false);
+        }
+        self.lookups += 1;
+        let found = self.decisions.get(input).cloned();
+        if found.is_some() {
+            self.found += 1;
+        }
+        if self.lookups >= CHECK_EVERY {
+            if self.found < CHECK_EVERY / 4 {
+                self.paused = PAUSE;
+                self.decisions.clear();
+            }
+            (self.lookups, self.found) = (0, 0);
+        }
+        found.ok_or(self.paused == 0)
+    }
+
+    fn keep(&mut self, input: Value, decision: Value) {
+        if self.decisions.len() >= REMEMBERED {
+            self.decisions.pop_first();
+        }
+        self.decisions.insert(input, decision);
+    }
+}
 
 enum RunnerKind {
     Vm(Box<RegoVM>),
@@ -74,26 +125,26 @@ fn new_runner(bundle: &PolicyBundle) -> Result<Runner, EvalError> {
     Ok(Runner {
         bundle_id: bundle.id,
         kind,
-        remembered: bundle.repeatable.then(BTreeMap::new),
+        remembered: bundle.repeatable.then(Remembered::new),
     })
 }
 
 impl Runner {
     fn run(&mut self, input: Value, rule: &str) -> Result<Value, EvalError> {
-        let Some(remembered) = &self.remembered else {
+        let Some(remembered) = &mut self.remembered else {
             return self.evaluate(input, rule);
         };
-        if let Some(decision) = remembered.get(&input) {
-            return Ok(decision.clone());
-        }
-        let decision = self.evaluate(input.clone(), rule)?;
-        if let Some(remembered) = &mut self.remembered {
-            if remembered.len() >= REMEMBERED {
-                remembered.clear();
+        match remembered.find(&input) {
+            Ok(decision) => Ok(decision),
+            Err(false) => self.evaluate(input, rule),
+            Err(true) => {
+                let decision = self.evaluate(input.clone(), rule)?;
+                if let Some(remembered) = &mut self.remembered {
+                    remembered.keep(input, decision.clone());
+                }
+                Ok(decision)
             }
-            remembered.insert(input, decision.clone());
         }
-        Ok(decision)
     }
 
     fn evaluate(&mut self, input: Value, rule: &str) -> Result<Value, EvalError> {
@@ -198,4 +249,36 @@ pub(crate) fn eval_interpreted(bundle: &PolicyBundle, input: Value) -> Result<Va
         run_interpreter(&mut engine, input, rule)
     }))
     .unwrap_or_else(|_| Err(EvalError("policy evaluation panicked".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembering_pauses_for_traffic_that_never_repeats_and_stays_bounded() {
+        let mut r = Remembered::new();
+        let decision = Value::from(true);
+        // Distinct documents: none is found, and at most REMEMBERED are kept.
+        for i in 0..CHECK_EVERY - 1 {
+            let doc = Value::from(format!("request {i}"));
+            assert_eq!(r.find(&doc), Err(true));
+            r.keep(doc, decision.clone());
+            assert!(r.decisions.len() <= REMEMBERED);
+        }
+        assert_eq!(r.find(&Value::from("the last")), Err(false));
+        // A quarter found was too few: remembering pauses, and what was kept is dropped.
+        assert!(r.decisions.is_empty());
+        let again = Value::from("again");
+        for _ in 0..PAUSE {
+            assert_eq!(r.find(&again), Err(false));
+        }
+        // Then it resumes: a repeated request is found.
+        assert_eq!(r.find(&again), Err(true));
+        r.keep(again.clone(), decision.clone());
+        for _ in 0..CHECK_EVERY {
+            assert_eq!(r.find(&again), Ok(decision.clone()));
+        }
+        assert_eq!(r.paused, 0, "traffic that repeats keeps being remembered");
+    }
 }
