@@ -82,14 +82,24 @@ pub struct Retry<S> {
     config: RetryLayer,
 }
 
-impl<S> Service<Request<Body>> for Retry<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = SendError>
+/// What each try goes through: the balancer and the endpoint stack below it.
+pub trait Tries:
+    Service<Request<Body>, Response = Response<Body>, Error = SendError, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Tries for S where
+    S: Service<Request<Body>, Response = Response<Body>, Error = SendError, Future: Send + 'static>
         + Clone
         + Send
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
+}
+
+impl<S: Tries> Service<Request<Body>> for Retry<S> {
     type Response = Response<Body>;
     type Error = ProxyError;
     type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
@@ -127,19 +137,12 @@ enum First {
 }
 
 impl RetryLayer {
-    async fn run<S>(
+    async fn run<S: Tries>(
         self,
         mut inner: S,
         method: Method,
         first: First,
-    ) -> Result<Response<Body>, ProxyError>
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = SendError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    ) -> Result<Response<Body>, ProxyError> {
         self.budget.deposit();
         let p = &self.policy;
         let (mut next, replay) = match first {
@@ -214,17 +217,10 @@ impl RetryLayer {
 type Kept = BoxFuture<'static, Result<(Request<Body>, Option<Replay>), ProxyError>>;
 
 /// One try (boxed here, outside any async block: see `stack::send`).
-fn try_once<S>(
+fn try_once<S: Tries>(
     inner: &mut S,
     req: Request<Body>,
-) -> BoxFuture<'static, Result<Response<Body>, SendError>>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = SendError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> BoxFuture<'static, Result<Response<Body>, SendError>> {
     Box::pin(inner.clone().oneshot(req))
 }
 
