@@ -145,9 +145,19 @@ impl<S: AsyncWrite + Unpin> Corked<S> {
             }
             self.written += n;
         }
-        self.buf.clear();
+        // Given back, not kept: an idle connection holds no buffer. One allocation per
+        // gathered write is little beside the system calls it saves.
+        self.buf = Vec::new();
         self.written = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Keeps `data`, which fits.
+    fn keep(&mut self, data: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(CAPACITY);
+        }
+        self.buf.extend_from_slice(data);
     }
 
     /// Room for `len` more bytes: the kept bytes written out first when they would not
@@ -181,7 +191,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
         if data.len() >= CAPACITY {
             return Pin::new(&mut this.io).poll_write(cx, data);
         }
-        this.buf.extend_from_slice(data);
+        this.keep(data);
         Poll::Ready(Ok(data.len()))
     }
 
@@ -197,7 +207,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
-            this.buf.extend_from_slice(b);
+            this.keep(b);
         }
         Poll::Ready(Ok(len))
     }
@@ -309,6 +319,17 @@ mod tests {
             *sink.0.lock().unwrap(),
             vec![b"one ".to_vec(), b"two ".to_vec()]
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_holds_no_buffer() {
+        let sink = Writes::default();
+        let mut stream = Corked::new(sink.clone());
+        stream.write_all(b"frame").await.unwrap();
+        assert!(stream.buf.capacity() >= CAPACITY, "kept until flushed");
+        stream.flush().await.unwrap();
+        assert_eq!(stream.buf.capacity(), 0, "given back once written");
+        assert_eq!(*sink.0.lock().unwrap(), vec![b"frame".to_vec()]);
     }
 
     #[tokio::test]
