@@ -57,6 +57,16 @@ const REMEMBERED: usize = 128;
 const CHECK_EVERY: u32 = 1024;
 const PAUSE: u32 = 16 * 1024;
 
+/// What a lookup in [`Remembered`] found.
+#[derive(Debug, PartialEq)]
+enum Lookup {
+    Found(Value),
+    /// Nothing: the decision made is to be kept.
+    Missing,
+    /// Remembering is paused: the decision made is not kept.
+    Paused,
+}
+
 impl Remembered {
     fn new() -> Remembered {
         Remembered {
@@ -67,12 +77,11 @@ impl Remembered {
         }
     }
 
-    /// The decision remembered for `input`; `Err(true)` when there is none but the one
-    /// made should be kept, `Err(false)` while remembering is paused.
-    fn find(&mut self, input: &Value) -> Result<Value, bool> {
+    /// What is remembered for `input`.
+    fn find(&mut self, input: &Value) -> Lookup {
         if self.paused > 0 {
             self.paused -= 1;
-            return Err(false);
+            return Lookup::Paused;
         }
         self.lookups += 1;
         let found = self.decisions.get(input).cloned();
@@ -86,7 +95,11 @@ impl Remembered {
             }
             (self.lookups, self.found) = (0, 0);
         }
-        found.ok_or(self.paused == 0)
+        match found {
+            Some(decision) => Lookup::Found(decision),
+            None if self.paused > 0 => Lookup::Paused,
+            None => Lookup::Missing,
+        }
     }
 
     fn keep(&mut self, input: Value, decision: Value) {
@@ -135,9 +148,9 @@ impl Runner {
             return self.evaluate(input, rule);
         };
         match remembered.find(&input) {
-            Ok(decision) => Ok(decision),
-            Err(false) => self.evaluate(input, rule),
-            Err(true) => {
+            Lookup::Found(decision) => Ok(decision),
+            Lookup::Paused => self.evaluate(input, rule),
+            Lookup::Missing => {
                 let decision = self.evaluate(input.clone(), rule)?;
                 if let Some(remembered) = &mut self.remembered {
                     remembered.keep(input, decision.clone());
@@ -262,22 +275,22 @@ mod tests {
         // Distinct documents: none is found, and at most REMEMBERED are kept.
         for i in 0..CHECK_EVERY - 1 {
             let doc = Value::from(format!("request {i}"));
-            assert_eq!(r.find(&doc), Err(true));
+            assert_eq!(r.find(&doc), Lookup::Missing);
             r.keep(doc, decision.clone());
             assert!(r.decisions.len() <= REMEMBERED);
         }
-        assert_eq!(r.find(&Value::from("the last")), Err(false));
+        assert_eq!(r.find(&Value::from("the last")), Lookup::Paused);
         // A quarter found was too few: remembering pauses, and what was kept is dropped.
         assert!(r.decisions.is_empty());
         let again = Value::from("again");
         for _ in 0..PAUSE {
-            assert_eq!(r.find(&again), Err(false));
+            assert_eq!(r.find(&again), Lookup::Paused);
         }
         // Then it resumes: a repeated request is found.
-        assert_eq!(r.find(&again), Err(true));
+        assert_eq!(r.find(&again), Lookup::Missing);
         r.keep(again.clone(), decision.clone());
         for _ in 0..CHECK_EVERY {
-            assert_eq!(r.find(&again), Ok(decision.clone()));
+            assert_eq!(r.find(&again), Lookup::Found(decision.clone()));
         }
         assert_eq!(r.paused, 0, "traffic that repeats keeps being remembered");
     }

@@ -41,11 +41,15 @@ impl InputNeeds {
 struct Part {
     paths: &'static [&'static [&'static str]],
     word: &'static str,
+    /// A name must be the word itself, not merely contain it: for a word as short as
+    /// `id`, which is inside `identity`, `valid`, ...
+    whole_name: bool,
 }
 
 const HEADERS: Part = Part {
     paths: &[&["attributes", "request", "http", "headers"]],
     word: "headers",
+    whole_name: false,
 };
 const ADDRESSES: Part = Part {
     paths: &[
@@ -53,14 +57,17 @@ const ADDRESSES: Part = Part {
         &["attributes", "destination", "address"],
     ],
     word: "address",
+    whole_name: false,
 };
 const PARSED_QUERY: Part = Part {
     paths: &[&["parsed_query"]],
     word: "parsed_query",
+    whole_name: false,
 };
 const REQUEST_ID: Part = Part {
     paths: &[&["attributes", "request", "http", "id"]],
     word: "id",
+    whole_name: true,
 };
 
 /// Works out what the bundle's modules can observe; everything when in doubt.
@@ -93,7 +100,7 @@ pub(crate) fn input_needs(files: &[PolicyFile]) -> InputNeeds {
 /// Whether a module names the part (as a name or in a string) or uses one of its ancestors as
 /// a whole (which could reach it by iterating, a computed key or serializing).
 fn may_reach(toks: &[Tok], refs: &[Vec<String>], part: &Part) -> bool {
-    toks.iter().any(|t| names(t, part.word))
+    toks.iter().any(|t| names(t, part))
         || refs.iter().any(|r| {
             part.paths
                 .iter()
@@ -101,13 +108,13 @@ fn may_reach(toks: &[Tok], refs: &[Vec<String>], part: &Part) -> bool {
         })
 }
 
-/// Whether a token may name `word`: any string containing it; a name containing it, or,
-/// for a word as short as `id` (inside `identity`, `valid`, ...), a name that is it.
-fn names(t: &Tok, word: &str) -> bool {
+/// Whether a token may name the part: any string containing its word; a name containing
+/// it, or that is it when the part asks for a whole name.
+fn names(t: &Tok, part: &Part) -> bool {
     match t.kind {
-        TokenKind::String | TokenKind::RawString => t.text.contains(word),
-        _ if word.len() <= 3 => t.text == word,
-        _ => t.text.contains(word),
+        TokenKind::String | TokenKind::RawString => t.text.contains(part.word),
+        _ if part.whole_name => t.text == part.word,
+        _ => t.text.contains(part.word),
     }
 }
 

@@ -278,14 +278,13 @@ async fn the_gateway_apis_recorded_grpcroute_routes_grpc_methods() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grpcroute_splits_real_grpc_calls_by_method() {
     require_python_module("grpc", "grpcio");
-    let spec = MeshSpec::new(vec![
+    let mut spec = MeshSpec::new(vec![
         WorkloadSpec::new("client", "demo"),
         WorkloadSpec::new("echo-v1", "demo"),
         WorkloadSpec::new("echo-v2", "demo"),
     ])
     .service("echo", "http", &["echo-v1"], None)
     .service("echo-v2", "http", &["echo-v2"], None);
-    let mut spec = spec;
     spec.extra_yaml = r#"routes:
   - apiVersion: gateway.networking.k8s.io/v1
     kind: GRPCRoute

@@ -34,9 +34,7 @@ struct Connection {
     peer: Option<SpiffeId>,
     /// The peer as metrics and logs name it, once per connection; empty for plaintext.
     peer_labels: Peer,
-    /// The verified SPIFFE ID as the policy input and the app's header carry it, made
-    /// once per connection rather than per request.
-    peer_principal: Option<String>,
+    /// The verified SPIFFE ID as the app's header carries it, made once per connection.
     peer_header: Option<HeaderValue>,
     peer_address: SocketAddr,
     local_address: SocketAddr,
@@ -50,17 +48,21 @@ impl Connection {
         peer_address: SocketAddr,
         local_address: SocketAddr,
     ) -> Self {
-        let peer_principal = peer.as_ref().map(|p| p.to_string());
+        let peer_labels = Peer::new(peer.as_ref(), workload);
         Connection {
-            peer_labels: Peer::new(peer.as_ref(), workload),
-            peer_header: peer_principal
-                .as_deref()
-                .and_then(|p| HeaderValue::from_str(p).ok()),
-            peer_principal,
+            peer_header: peer
+                .as_ref()
+                .and_then(|_| HeaderValue::from_str(&peer_labels.identity).ok()),
+            peer_labels,
             peer,
             peer_address,
             local_address,
         }
+    }
+
+    /// The verified SPIFFE ID as the policy input names it; `None` for plaintext.
+    fn principal(&self) -> Option<&str> {
+        self.peer.as_ref().map(|_| &*self.peer_labels.identity)
     }
 }
 
@@ -294,7 +296,7 @@ async fn http(
     let host = authority(&req).unwrap_or_default().to_string();
     let status = proxy.identity.status();
     let own_id = status.as_ref().map(|s| s.spiffe_id.as_str());
-    let peer = conn.peer_principal.as_deref();
+    let peer = conn.principal();
     let (mut parts, incoming) = req.into_parts();
     // Borrowed from the head until the decision is made; the head changes only after.
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -490,7 +492,7 @@ async fn tunnel(
         .filter(|p| mesh.workload.accepts_tunnel_to(*p))
         .ok_or_else(|| ProxyError::TunnelTarget(target.clone()))?;
     // A tunnel carries bytes no request policy sees: only for a verified peer.
-    let Some(peer) = conn.peer.as_ref().map(|p| p.to_string()) else {
+    let Some(peer) = conn.principal() else {
         return Err(ProxyError::TunnelTarget(format!(
             "{target} (tunnels need mutual TLS; this connection is plaintext)"
         )));
@@ -500,7 +502,7 @@ async fn tunnel(
         kind: InputKind::Tcp,
         source_address: conn.peer_address,
         destination_address: conn.local_address,
-        source_principal: Some(&peer),
+        source_principal: Some(peer),
         destination_principal: own_id.as_deref(),
     });
     match decision {

@@ -28,7 +28,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes kept before they are written regardless: one TLS record's worth.
-pub const CAPACITY: usize = 16 * 1024;
+const CAPACITY: usize = 16 * 1024;
 
 /// What the task being polled on this thread says about flushes.
 #[derive(Clone, Copy, PartialEq, Eq)]
