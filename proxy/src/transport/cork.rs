@@ -45,6 +45,11 @@ enum Driving {
 
 thread_local! {
     static DRIVING: Cell<Driving> = const { Cell::new(Driving::No) };
+    /// The thread's buffer for gathering writes, lent to a stream from its first kept
+    /// write until it is all written. Everything kept normally leaves before the poll that
+    /// kept it ends, so one buffer serves all of a worker's connections: no allocation
+    /// per write, and an idle connection holds none.
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 impl Driving {
@@ -145,9 +150,19 @@ impl<S: AsyncWrite + Unpin> Corked<S> {
             }
             self.written += n;
         }
-        // Given back, not kept: an idle connection holds no buffer. One allocation per
-        // gathered write is little beside the system calls it saves.
-        self.buf = Vec::new();
+        // Lent back to the thread: an idle connection holds no buffer.
+        if self.buf.capacity() > 0 {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            SPARE.with(|spare| {
+                let kept = spare.take();
+                spare.set(if kept.capacity() >= buf.capacity() {
+                    kept
+                } else {
+                    buf
+                });
+            });
+        }
         self.written = 0;
         Poll::Ready(Ok(()))
     }
@@ -155,6 +170,7 @@ impl<S: AsyncWrite + Unpin> Corked<S> {
     /// Keeps `data`, which fits.
     fn keep(&mut self, data: &[u8]) {
         if self.buf.capacity() == 0 {
+            self.buf = SPARE.take();
             self.buf.reserve(CAPACITY);
         }
         self.buf.extend_from_slice(data);
@@ -330,6 +346,33 @@ mod tests {
         stream.flush().await.unwrap();
         assert_eq!(stream.buf.capacity(), 0, "given back once written");
         assert_eq!(*sink.0.lock().unwrap(), vec![b"frame".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn streams_on_one_thread_share_one_buffer() {
+        let sink = Writes::default();
+        let (mut first, mut second) = (Corked::new(sink.clone()), Corked::new(sink.clone()));
+        first.write_all(b"one").await.unwrap();
+        let lent = first.buf.as_ptr();
+        first.flush().await.unwrap();
+        let spare = SPARE.with(|s| {
+            let buf = s.take();
+            let at = buf.as_ptr();
+            s.set(buf);
+            at
+        });
+        assert_eq!(spare, lent, "given back to the thread once written");
+        second.write_all(b"two").await.unwrap();
+        assert_eq!(
+            second.buf.as_ptr(),
+            lent,
+            "the buffer is lent again, not allocated"
+        );
+        second.flush().await.unwrap();
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
     }
 
     #[tokio::test]
