@@ -71,8 +71,11 @@ pub struct Proxy {
     pub services: ServiceStates,
     /// Each service's ready stacks, built once per snapshot.
     pub targets: outbound::target::Targets,
-    /// Connections to the local application, one set per traffic worker.
-    apps: Vec<AppClients>,
+    /// HTTP/1.1 connections to the local application, one set per traffic worker.
+    app: transport::app::AppPool,
+    /// HTTP/2 connections to the local application and HTTP/1.1 ones to egress
+    /// destinations, one set per traffic worker.
+    clients: Vec<Clients>,
     /// The threads that carry traffic.
     pub workers: Arc<transport::workers::Workers>,
     pub metrics: Arc<Metrics>,
@@ -84,26 +87,27 @@ pub struct Proxy {
     pub observer: observe::Observer,
 }
 
-/// One worker's connections to the local application. Each worker keeps its own, so a
-/// request and its app connection always run on the same thread.
-struct AppClients {
-    /// HTTP/1.1 keep-alive connections.
-    http1: Client<HttpConnector, Body>,
-    /// HTTP/2 (prior knowledge, cleartext) connections, for requests that were HTTP/2
-    /// end to end, such as gRPC.
-    http2: Client<HttpConnector, Body>,
+/// One worker's pooled clients besides its HTTP/1.1 app connections
+/// ([`transport::app`]). Each worker keeps its own, so a request and its connection always
+/// run on the same thread.
+struct Clients {
+    /// HTTP/1.1 keep-alive connections to egress destinations, which may be any address.
+    egress: Client<HttpConnector, Body>,
+    /// HTTP/2 (prior knowledge, cleartext) connections to the app, for requests that were
+    /// HTTP/2 end to end, such as gRPC.
+    app_h2: Client<HttpConnector, Body>,
 }
 
-impl AppClients {
-    fn new(config: &ProxyConfig) -> AppClients {
+impl Clients {
+    fn new(config: &ProxyConfig) -> Clients {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
-        AppClients {
-            http1: Client::builder(TokioExecutor::new())
+        Clients {
+            egress: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(APP_IDLE_TIMEOUT)
                 .build(connector.clone()),
-            http2: Client::builder(TokioExecutor::new())
+            app_h2: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(APP_IDLE_TIMEOUT)
                 .http2_only(true)
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -138,14 +142,19 @@ impl Proxy {
         .await
     }
 
-    /// This worker's HTTP/1.1 client to the local application.
-    pub fn app(&self) -> &Client<HttpConnector, Body> {
-        &self.apps[transport::workers::current() % self.apps.len()].http1
+    /// HTTP/1.1 connections to the local application.
+    pub fn app(&self) -> &transport::app::AppPool {
+        &self.app
     }
 
     /// This worker's HTTP/2 client to the local application.
     pub fn app_h2(&self) -> &Client<HttpConnector, Body> {
-        &self.apps[transport::workers::current() % self.apps.len()].http2
+        &self.clients[transport::workers::current() % self.clients.len()].app_h2
+    }
+
+    /// This worker's HTTP/1.1 client to egress destinations.
+    pub fn egress(&self) -> &Client<HttpConnector, Body> {
+        &self.clients[transport::workers::current() % self.clients.len()].egress
     }
 
     /// Why the proxy is not ready, if it is not: empty means ready.
@@ -200,8 +209,13 @@ pub async fn run(
         identity: identity.clone(),
         discovery: discovery.clone(),
         authz: authz.clone(),
-        apps: (0..workers.count())
-            .map(|_| AppClients::new(&config))
+        app: transport::app::AppPool::new(
+            config.connect_timeout,
+            APP_IDLE_TIMEOUT,
+            workers.count(),
+        ),
+        clients: (0..workers.count())
+            .map(|_| Clients::new(&config))
             .collect(),
         workers,
         metrics: metrics.clone(),

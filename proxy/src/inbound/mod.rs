@@ -2,6 +2,7 @@
 //! the application on 127.0.0.1. HTTP/1.1 and HTTP/2 by ALPN; CONNECT streams are opaque
 //! TCP tunnels to an application port.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -403,8 +404,21 @@ async fn http(
         }
     }
     let port = mesh.workload.app_port;
-    parts.uri = Uri::try_from(format!("http://127.0.0.1:{port}{upstream}"))
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    parts.uri = if app_version == Version::HTTP_2 {
+        Uri::try_from(format!("http://127.0.0.1:{port}{upstream}"))
+    } else {
+        // HTTP/1.1 to the app carries the target in origin form, and always a Host.
+        if !headers.contains_key(http::header::HOST) {
+            headers.insert(http::header::HOST, app_host(port));
+        }
+        let path_and_query = match upstream {
+            Cow::Borrowed(_) => parts.uri.path_and_query().cloned().map(Ok),
+            Cow::Owned(changed) => Some(http::uri::PathAndQuery::try_from(changed)),
+        }
+        .unwrap_or_else(|| Ok(http::uri::PathAndQuery::from_static("/")));
+        path_and_query.map(Uri::from)
+    }
+    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     parts.version = app_version;
     let forward = match &upgrade {
         Some((protocol, _)) => {
@@ -420,21 +434,20 @@ async fn http(
         None => forward,
     };
     let req = Request::from_parts(parts, forward);
-    let app = if app_version == Version::HTTP_2 {
-        proxy.app_h2()
+    let unreachable =
+        |reason: String| too_large(&exceeded, ProxyError::AppUnreachable { port, reason });
+    let mut response = if app_version == Version::HTTP_2 {
+        let response = proxy.app_h2().request(req).await;
+        response
+            .map(|r| r.map(body::boxed))
+            .map_err(|e| unreachable(e.to_string()))?
     } else {
-        proxy.app()
+        proxy
+            .app()
+            .send(port, req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
     };
-    let response = app.request(req).await.map_err(|e| {
-        too_large(
-            &exceeded,
-            ProxyError::AppUnreachable {
-                port,
-                reason: e.to_string(),
-            },
-        )
-    })?;
-    let mut response = response;
     let switched = match upgrade {
         Some((_, peer)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let app = hyper::upgrade::on(&mut response);
@@ -460,7 +473,7 @@ async fn http(
             parts.headers.append(n, v);
         }
     }
-    let mut response = Response::from_parts(parts, body::boxed(incoming));
+    let mut response = Response::from_parts(parts, incoming);
     response.extensions_mut().insert(PolicyOutcome("allow"));
     if let Some(metadata) = metadata {
         response.extensions_mut().insert(metadata);
@@ -569,4 +582,10 @@ fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response
         }
     }
     response
+}
+
+/// The `Host` the app gets when the request named none: its own address.
+fn app_host(port: u16) -> HeaderValue {
+    HeaderValue::try_from(format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1"))
 }

@@ -539,7 +539,7 @@ async fn egress_http(
     let max_body = proxy.config.request_limits.max_body_bytes;
     let (limited, exceeded) = crate::http::limits::limit_body(incoming, max_body);
     let response = match proxy
-        .app()
+        .egress()
         .request(Request::from_parts(parts, limited))
         .await
     {

@@ -1,7 +1,9 @@
 //! Bytes and connections: accepting with limits, the original destination, the first
 //! bytes of a connection, serving HTTP on it, tunnels, write stalls, draining, pooled
-//! mutual-TLS connections to peer proxies, and HTTP/2 writes gathered per poll.
+//! mutual-TLS connections to peer proxies, keep-alive connections to the app, and HTTP/2
+//! writes gathered per poll.
 
+pub mod app;
 pub mod cork;
 pub mod drain;
 pub mod listener;
