@@ -267,6 +267,56 @@ pub struct Metrics {
     build_info: Family<BuildLabels, Gauge>,
     /// Known once the control plane has issued the proxy's certificate.
     local: ArcSwapOption<Local>,
+    /// Tells this registry's series apart in [`RECENT`], which every registry in the
+    /// process shares.
+    id: u64,
+}
+
+/// The request series this thread recorded last ([`Metrics::request`]), at most
+/// [`RECENT_SERIES`]. A request's label values are `Arc`s made once per connection,
+/// endpoint or snapshot, so a request like a recent one finds its counter and histogram by
+/// comparing pointers, where each family's map would hash nine labels (SipHash) twice per
+/// request. An entry holds its `Arc`s, so a pointer it compares is never another value's;
+/// series are never removed from a family, so a handle kept here stays the series'.
+struct Recent {
+    metrics: u64,
+    direction: Direction,
+    peer: Peer,
+    service: Arc<str>,
+    route: Arc<str>,
+    status: StatusCode,
+    denied: bool,
+    requests: Counter,
+    duration: Histogram,
+}
+
+const RECENT_SERIES: usize = 8;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<Vec<Recent>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Ids for [`Metrics::id`].
+static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Recent {
+    fn is(
+        &self,
+        metrics: u64,
+        call: &crate::telemetry::observe::Call<'_>,
+        status: StatusCode,
+        denied: bool,
+    ) -> bool {
+        self.metrics == metrics
+            && self.direction == call.direction
+            && self.status == status
+            && self.denied == denied
+            && Arc::ptr_eq(&self.service, call.service)
+            && Arc::ptr_eq(&self.route, call.route)
+            && Arc::ptr_eq(&self.peer.identity, &call.peer.identity)
+            && Arc::ptr_eq(&self.peer.workload, &call.peer.workload)
+            && Arc::ptr_eq(&self.peer.namespace, &call.peer.namespace)
+    }
 }
 
 impl Metrics {
@@ -300,6 +350,7 @@ impl Metrics {
             certificate_renewals: Counter::default(),
             build_info,
             local: ArcSwapOption::empty(),
+            id: NEXT_METRICS_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -433,7 +484,8 @@ impl Metrics {
     }
 
     /// Records one finished HTTP request. The labels are shared (made once per connection,
-    /// endpoint or snapshot), so recording allocates nothing for them.
+    /// endpoint or snapshot), so recording allocates nothing for them, and a request like
+    /// a recent one on this thread finds its series without hashing them ([`Recent`]).
     pub fn request(
         &self,
         call: &crate::telemetry::observe::Call<'_>,
@@ -441,8 +493,37 @@ impl Metrics {
         denied: bool,
         elapsed: Duration,
     ) {
+        RECENT.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            let found = match recent
+                .iter()
+                .position(|r| r.is(self.id, call, status, denied))
+            {
+                Some(at) => at,
+                None => {
+                    if recent.len() == RECENT_SERIES {
+                        recent.remove(0);
+                    }
+                    recent.push(self.series(call, status, denied));
+                    recent.len() - 1
+                }
+            };
+            let series = &recent[found];
+            series.requests.inc();
+            series.duration.observe(elapsed.as_secs_f64());
+        });
+    }
+
+    /// A request's series, looked up in (or added to) the families.
+    fn series(
+        &self,
+        call: &crate::telemetry::observe::Call<'_>,
+        status: StatusCode,
+        denied: bool,
+    ) -> Recent {
         let peer = call.peer;
-        self.requests
+        let requests = self
+            .requests
             .get_or_create(&RequestLabels {
                 direction: call.direction,
                 peer_identity: peer.identity.clone(),
@@ -454,8 +535,9 @@ impl Metrics {
                 status_class: status_class(status),
                 outcome: outcome(status, denied),
             })
-            .inc();
-        self.request_duration
+            .clone();
+        let duration = self
+            .request_duration
             .get_or_create(&LatencyLabels {
                 direction: call.direction,
                 peer_identity: peer.identity.clone(),
@@ -463,7 +545,18 @@ impl Metrics {
                 peer_namespace: peer.namespace.clone(),
                 service: call.service.clone(),
             })
-            .observe(elapsed.as_secs_f64());
+            .clone();
+        Recent {
+            metrics: self.id,
+            direction: call.direction,
+            peer: peer.clone(),
+            service: call.service.clone(),
+            route: call.route.clone(),
+            status,
+            denied,
+            requests,
+            duration,
+        }
     }
 
     /// Records the end of an opaque TCP stream opened under `labels` (counted in
@@ -626,6 +719,62 @@ mod tests {
             route: &Arc::from("default"),
         };
         m.request(&call, status, denied, Duration::from_millis(1));
+    }
+
+    /// The value of the `vigil_requests_total` series for `code` in `m`, 0 when absent.
+    fn requests_with_code(m: &Metrics, code: u16) -> u64 {
+        m.encode()
+            .lines()
+            .filter(|l| {
+                l.starts_with("vigil_requests_total{")
+                    && l.contains(&format!("response_code=\"{code}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[test]
+    fn recently_recorded_series_count_exactly_per_registry_and_per_label() {
+        let (first, second) = (Metrics::new(), Metrics::new());
+        let id = SpiffeId::parse("spiffe://vigil.local/ns/shop/sa/web").expect("id");
+        let peer = Peer::new(Some(&id), "web");
+        let (service, route) = (Arc::from("payments.shop"), Arc::from("default"));
+        let call = crate::telemetry::observe::Call {
+            direction: Direction::inbound,
+            peer: &peer,
+            service: &service,
+            route: &route,
+        };
+        for _ in 0..5 {
+            first.request(&call, StatusCode::OK, false, Duration::from_millis(1));
+            second.request(&call, StatusCode::OK, false, Duration::from_millis(1));
+            first.request(
+                &call,
+                StatusCode::NOT_FOUND,
+                false,
+                Duration::from_millis(1),
+            );
+        }
+        // The same values in other allocations are the same series.
+        record(&first, "web", "web", "payments.shop", StatusCode::OK, false);
+        // More series than the thread remembers, then the first ones again.
+        for code in 500..520 {
+            let status = StatusCode::from_u16(code).expect("status");
+            first.request(&call, status, false, Duration::from_millis(1));
+        }
+        first.request(&call, StatusCode::OK, false, Duration::from_millis(1));
+        assert_eq!(requests_with_code(&first, 200), 7);
+        assert_eq!(requests_with_code(&first, 404), 5);
+        assert_eq!(requests_with_code(&first, 503), 1);
+        assert_eq!(requests_with_code(&second, 200), 5, "each registry its own");
+        assert_eq!(requests_with_code(&second, 404), 0);
+        let observed: u64 = first
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("vigil_request_duration_seconds_count{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(observed, 5 + 5 + 1 + 20 + 1, "every request observed once");
     }
 
     #[test]
