@@ -22,6 +22,21 @@ use crate::rvm_gaps;
 use crate::source::{self, TestFiles};
 use crate::usage::{self, InputNeeds};
 
+thread_local! {
+    /// The thread's buffer for input keys (`AuthzInput::key_for`).
+    static KEY: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with an empty buffer, the thread's when it has one, so a key costs no
+/// allocation.
+fn with_key_buffer<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    let mut key = KEY.try_with(std::cell::Cell::take).unwrap_or_default();
+    key.clear();
+    let result = f(&mut key);
+    let _ = KEY.try_with(|k| k.set(key));
+    result
+}
+
 /// Upper bound on VM instructions per decision, so a runaway policy fails closed instead of
 /// stalling the proxy. regorus's default (25k) is too low for policies that loop over a few
 /// hundred routes.
@@ -413,8 +428,22 @@ impl PolicyBundle {
     /// that cannot be parsed as OPA-Envoy would ([`InputError`](crate::InputError)),
     /// evaluation errors and undefined or malformed decisions become [`Decision::Error`].
     pub fn evaluate(&self, input: &AuthzInput<'_>) -> Decision {
-        match input.document_for(self.needs) {
-            Ok(document) => self.evaluate_value(document),
+        let build = || {
+            input
+                .document_for(self.needs)
+                .map_err(|e| EvalError(e.to_string()))
+        };
+        let value = if self.repeatable {
+            // The document is built only when no decision is remembered for its key.
+            with_key_buffer(|key| {
+                input.key_for(self.needs, key);
+                engine::eval_keyed(self, key, build)
+            })
+        } else {
+            build().and_then(|document| engine::eval(self, document))
+        };
+        match value {
+            Ok(value) => Decision::from_value(&value, &self.options.rule),
             Err(e) => Decision::Error {
                 reason: e.to_string(),
             },

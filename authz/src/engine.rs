@@ -5,9 +5,10 @@
 //! reference-counted program and data; after that a decision takes no lock and allocates only
 //! what the policy itself needs. A bundle whose decisions depend on the input document alone
 //! (no clock, no `print`: `PolicyBundle::remembers_decisions`) has its recent decisions
-//! remembered by document, so a request like one just decided (same caller, method, path and
-//! whatever else the bundle can observe; the request id only when the bundle reads it) is
-//! answered without running the policy. A program calling one of Vigil's own builtins
+//! remembered by a key of everything its document would hold (`AuthzInput::key_for`), so a
+//! request like one just decided (same caller, method, path and whatever else the bundle can
+//! observe; the request id only when the bundle reads it) is answered without building the
+//! document or running the policy. A program calling one of Vigil's own builtins
 //! (`opa_builtins.rs`) runs in the VM's suspendable mode: it stops at each such call and Vigil
 //! answers it.
 
@@ -42,11 +43,13 @@ struct Runner {
     remembered: Option<Remembered>,
 }
 
-/// Decisions remembered per bundle and thread. A lookup costs a few document comparisons,
-/// which traffic that never repeats would pay for nothing: when fewer than a quarter of
-/// [`CHECK_EVERY`] lookups find a decision, remembering stops for [`PAUSE`] decisions.
+/// Decisions remembered per bundle and thread, by the key of their input
+/// (`AuthzInput::key_for`), which is written without building the document. A lookup costs
+/// the key and a few byte comparisons, which traffic that never repeats would pay for
+/// nothing: when fewer than a quarter of [`CHECK_EVERY`] lookups find a decision,
+/// remembering stops for [`PAUSE`] decisions.
 struct Remembered {
-    decisions: BTreeMap<Value, Value>,
+    decisions: BTreeMap<Vec<u8>, Value>,
     lookups: u32,
     found: u32,
     paused: u32,
@@ -77,14 +80,14 @@ impl Remembered {
         }
     }
 
-    /// What is remembered for `input`.
-    fn find(&mut self, input: &Value) -> Lookup {
+    /// What is remembered for the input whose key is `key`.
+    fn find(&mut self, key: &[u8]) -> Lookup {
         if self.paused > 0 {
             self.paused -= 1;
             return Lookup::Paused;
         }
         self.lookups += 1;
-        let found = self.decisions.get(input).cloned();
+        let found = self.decisions.get(key).cloned();
         if found.is_some() {
             self.found += 1;
         }
@@ -102,11 +105,11 @@ impl Remembered {
         }
     }
 
-    fn keep(&mut self, input: Value, decision: Value) {
+    fn keep(&mut self, key: &[u8], decision: Value) {
         if self.decisions.len() >= REMEMBERED {
             self.decisions.pop_first();
         }
-        self.decisions.insert(input, decision);
+        self.decisions.insert(key.to_vec(), decision);
     }
 }
 
@@ -143,17 +146,24 @@ fn new_runner(bundle: &PolicyBundle) -> Result<Runner, EvalError> {
 }
 
 impl Runner {
-    fn run(&mut self, input: Value, rule: &str) -> Result<Value, EvalError> {
+    /// The decision for the input whose key is `key`: remembered, or evaluated on the
+    /// document `build` makes (and remembered, when the bundle's decisions can be).
+    fn run_keyed(
+        &mut self,
+        key: &[u8],
+        build: impl FnOnce() -> Result<Value, EvalError>,
+        rule: &str,
+    ) -> Result<Value, EvalError> {
         let Some(remembered) = &mut self.remembered else {
-            return self.evaluate(input, rule);
+            return self.evaluate(build()?, rule);
         };
-        match remembered.find(&input) {
+        match remembered.find(key) {
             Lookup::Found(decision) => Ok(decision),
-            Lookup::Paused => self.evaluate(input, rule),
+            Lookup::Paused => self.evaluate(build()?, rule),
             Lookup::Missing => {
-                let decision = self.evaluate(input.clone(), rule)?;
+                let decision = self.evaluate(build()?, rule)?;
                 if let Some(remembered) = &mut self.remembered {
-                    remembered.keep(input, decision.clone());
+                    remembered.keep(key, decision.clone());
                 }
                 Ok(decision)
             }
@@ -209,10 +219,29 @@ fn run_interpreter(engine: &mut Engine, input: Value, rule: &str) -> Result<Valu
     result.map_err(|e| EvalError(condense_error(&format!("{e:#}"))))
 }
 
-/// Evaluates the decision rule with the bundle's backend on this thread's evaluator.
+/// Evaluates the decision rule for `input` with the bundle's backend on this thread's
+/// evaluator.
 pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
+    with_runner(bundle, |runner, rule| runner.evaluate(input, rule))
+}
+
+/// Like [`eval`] for the input whose key is `key` (`AuthzInput::key_for`): a decision
+/// remembered for it is answered without `build` making the document.
+pub(crate) fn eval_keyed(
+    bundle: &PolicyBundle,
+    key: &[u8],
+    build: impl FnOnce() -> Result<Value, EvalError>,
+) -> Result<Value, EvalError> {
+    with_runner(bundle, |runner, rule| runner.run_keyed(key, build, rule))
+}
+
+/// Runs `run` on this thread's evaluator for `bundle` (made when there is none).
+fn with_runner(
+    bundle: &PolicyBundle,
+    run: impl FnOnce(&mut Runner, &str) -> Result<Value, EvalError>,
+) -> Result<Value, EvalError> {
     let rule = bundle.entry_rule.as_str();
-    let mut input = Some(input);
+    let mut run = Some(run);
     let cached = RUNNERS.try_with(|cell| {
         // Only fails on re-entrance, which evaluation never does; fall back rather than panic.
         let Ok(mut runners) = cell.try_borrow_mut() else {
@@ -231,8 +260,8 @@ pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalErr
         };
         // Most recently used first, so eviction drops the bundle that was swapped out.
         runners[..=index].rotate_right(1);
-        let input = input.take().unwrap_or(Value::Undefined);
-        let outcome = catch_unwind(AssertUnwindSafe(|| runners[0].run(input, rule)));
+        let run = run.take()?;
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(&mut runners[0], rule)));
         Some(match outcome {
             Ok(result) => result,
             Err(_) => {
@@ -242,15 +271,15 @@ pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalErr
             }
         })
     });
-    match cached {
-        Ok(Some(result)) => result,
+    match (cached, run) {
+        (Ok(Some(result)), _) => result,
         // Thread-local storage is gone (thread exiting) or busy: use a one-off evaluator.
-        _ => {
+        (_, Some(run)) => {
             let mut runner = new_runner(bundle)?;
-            let input = input.take().unwrap_or(Value::Undefined);
-            catch_unwind(AssertUnwindSafe(|| runner.run(input, rule)))
+            catch_unwind(AssertUnwindSafe(|| run(&mut runner, rule)))
                 .unwrap_or_else(|_| Err(EvalError("policy evaluation panicked".into())))
         }
+        (_, None) => Err(EvalError("policy evaluation could not start".into())),
     }
 }
 
@@ -274,23 +303,23 @@ mod tests {
         let decision = Value::from(true);
         // Distinct documents: none is found, and at most REMEMBERED are kept.
         for i in 0..CHECK_EVERY - 1 {
-            let doc = Value::from(format!("request {i}"));
-            assert_eq!(r.find(&doc), Lookup::Missing);
-            r.keep(doc, decision.clone());
+            let key = format!("request {i}");
+            assert_eq!(r.find(key.as_bytes()), Lookup::Missing);
+            r.keep(key.as_bytes(), decision.clone());
             assert!(r.decisions.len() <= REMEMBERED);
         }
-        assert_eq!(r.find(&Value::from("the last")), Lookup::Paused);
+        assert_eq!(r.find(b"the last"), Lookup::Paused);
         // A quarter found was too few: remembering pauses, and what was kept is dropped.
         assert!(r.decisions.is_empty());
-        let again = Value::from("again");
+        let again = b"again";
         for _ in 0..PAUSE {
-            assert_eq!(r.find(&again), Lookup::Paused);
+            assert_eq!(r.find(again), Lookup::Paused);
         }
         // Then it resumes: a repeated request is found.
-        assert_eq!(r.find(&again), Lookup::Missing);
-        r.keep(again.clone(), decision.clone());
+        assert_eq!(r.find(again), Lookup::Missing);
+        r.keep(again, decision.clone());
         for _ in 0..CHECK_EVERY {
-            assert_eq!(r.find(&again), Lookup::Found(decision.clone()));
+            assert_eq!(r.find(again), Lookup::Found(decision.clone()));
         }
         assert_eq!(r.paused, 0, "traffic that repeats keeps being remembered");
     }

@@ -295,6 +295,77 @@ impl AuthzInput<'_> {
             .unwrap_or_else(|_| build(&Shapes::new()))
     }
 
+    /// Writes to `key` everything [`document_for`](Self::document_for) reads for `needs`,
+    /// each part length-prefixed, so equal keys mean equal documents (and the same error, or
+    /// none, building them). It is stricter than the document where that is cheaper: headers
+    /// in the order they came, addresses as given. A bundle's remembered decisions are found
+    /// by this key without building the document (see `engine.rs`).
+    pub(crate) fn key_for(&self, needs: InputNeeds, key: &mut Vec<u8>) {
+        fn part(key: &mut Vec<u8>, bytes: &[u8]) {
+            key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            key.extend_from_slice(bytes);
+        }
+        fn optional(key: &mut Vec<u8>, bytes: Option<&[u8]>) {
+            match bytes {
+                Some(b) => {
+                    key.push(1);
+                    part(key, b);
+                }
+                None => key.push(0),
+            }
+        }
+        optional(key, self.source_principal.map(str::as_bytes));
+        optional(key, self.destination_principal.map(str::as_bytes));
+        if needs.addresses {
+            for address in [self.source_address, self.destination_address] {
+                match address.ip() {
+                    std::net::IpAddr::V4(ip) => part(key, &ip.octets()),
+                    std::net::IpAddr::V6(ip) => part(key, &ip.octets()),
+                }
+                key.extend_from_slice(&address.port().to_le_bytes());
+            }
+        }
+        let InputKind::Http(http) = &self.kind else {
+            key.push(b'T');
+            return;
+        };
+        key.push(b'H');
+        for field in [
+            http.method,
+            http.path,
+            http.host,
+            http.scheme,
+            http.protocol,
+        ] {
+            part(key, field.as_bytes());
+        }
+        if needs.request_id {
+            part(key, http.id.as_bytes());
+        }
+        if needs.headers {
+            part(key, &(http.headers.len() as u64).to_le_bytes());
+            for (name, value) in http.headers {
+                part(key, name.as_str().as_bytes());
+                part(key, value.as_bytes());
+            }
+        }
+        match &http.body {
+            None => key.push(0),
+            Some(body) => {
+                key.push(if body.truncated { 2 } else { 1 });
+                part(key, body.bytes);
+                let content_type = match body.content_type {
+                    Some(t) => Some(t.as_bytes()),
+                    None => http
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .map(|v| v.as_bytes()),
+                };
+                optional(key, content_type);
+            }
+        }
+    }
+
     fn build(&self, s: &Shapes, needs: InputNeeds, parsing: Parsing) -> Result<Value, InputError> {
         let source = peer(s, needs, self.source_address, self.source_principal);
         let destination = peer(
@@ -639,6 +710,179 @@ fn parse_body(text: &str, content_type: Option<&str>) -> Result<Value, InputErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Requests that differ in one part each (and some alike), as (headers, attributes).
+    fn variants() -> Vec<AuthzInput<'static>> {
+        fn headers(pairs: &[(&'static str, &'static str)]) -> &'static http::HeaderMap {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, http::HeaderValue::from_static(value));
+            }
+            Box::leak(Box::new(map))
+        }
+        let base = HttpAttributes {
+            id: "1",
+            method: "GET",
+            path: "/a?x=1",
+            host: "shop",
+            scheme: "https",
+            protocol: "HTTP/1.1",
+            headers: headers(&[("accept", "*/*")]),
+            body: None,
+        };
+        let body = |bytes: &'static [u8], truncated, content_type| BodyInput {
+            bytes,
+            truncated,
+            content_type,
+        };
+        let https = [
+            base,
+            HttpAttributes { id: "2", ..base },
+            HttpAttributes {
+                method: "POST",
+                ..base
+            },
+            HttpAttributes {
+                path: "/a?x=2",
+                ..base
+            },
+            HttpAttributes {
+                path: "/b?x=1",
+                ..base
+            },
+            HttpAttributes {
+                path: "/a?x=%zz",
+                ..base
+            },
+            HttpAttributes {
+                host: "shop2",
+                ..base
+            },
+            HttpAttributes {
+                scheme: "http",
+                ..base
+            },
+            HttpAttributes {
+                protocol: "HTTP/2",
+                ..base
+            },
+            HttpAttributes {
+                headers: headers(&[("accept", "text/html")]),
+                ..base
+            },
+            HttpAttributes {
+                headers: headers(&[("accept", "*/*"), ("accept", "x")]),
+                ..base
+            },
+            HttpAttributes {
+                headers: headers(&[]),
+                ..base
+            },
+            HttpAttributes {
+                body: Some(body(b"{}", false, Some("application/json"))),
+                ..base
+            },
+            HttpAttributes {
+                body: Some(body(b"{}", true, Some("application/json"))),
+                ..base
+            },
+            HttpAttributes {
+                body: Some(body(b"[]", false, Some("application/json"))),
+                ..base
+            },
+            HttpAttributes {
+                body: Some(body(b"a=1", false, None)),
+                ..base
+            },
+            HttpAttributes {
+                headers: headers(&[("content-type", "application/x-www-form-urlencoded")]),
+                body: Some(body(b"a=1", false, None)),
+                ..base
+            },
+        ];
+        let at = |port| SocketAddr::from(([10, 0, 0, 1], port));
+        let mut all = Vec::new();
+        for http in https {
+            all.push(AuthzInput {
+                kind: InputKind::Http(http),
+                source_address: at(1),
+                destination_address: at(2),
+                source_principal: Some("spiffe://vigil.local/ns/a/sa/web"),
+                destination_principal: Some("spiffe://vigil.local/ns/a/sa/shop"),
+            });
+        }
+        let first = all[0];
+        all.push(AuthzInput {
+            source_address: at(3),
+            ..first
+        });
+        all.push(AuthzInput {
+            destination_address: at(4),
+            ..first
+        });
+        all.push(AuthzInput {
+            source_principal: None,
+            ..first
+        });
+        all.push(AuthzInput {
+            source_principal: Some("spiffe://vigil.local/ns/a/sa/x"),
+            ..first
+        });
+        all.push(AuthzInput {
+            destination_principal: None,
+            ..first
+        });
+        all.push(AuthzInput {
+            kind: InputKind::Tcp,
+            ..first
+        });
+        all.push(AuthzInput {
+            kind: InputKind::Tcp,
+            source_address: at(3),
+            ..first
+        });
+        all
+    }
+
+    #[test]
+    fn equal_keys_mean_equal_documents_for_what_a_bundle_observes() {
+        let all = variants();
+        for needs in [
+            InputNeeds::ALL,
+            InputNeeds {
+                headers: false,
+                addresses: false,
+                parsed_query: false,
+                request_id: false,
+            },
+            InputNeeds {
+                headers: true,
+                addresses: false,
+                parsed_query: true,
+                request_id: false,
+            },
+        ] {
+            let keyed: Vec<(Vec<u8>, Result<Value, InputError>)> = all
+                .iter()
+                .map(|input| {
+                    let mut key = Vec::new();
+                    input.key_for(needs, &mut key);
+                    (key, input.document_for(needs))
+                })
+                .collect();
+            for (i, (key_a, doc_a)) in keyed.iter().enumerate() {
+                for (key_b, doc_b) in &keyed[i + 1..] {
+                    if key_a == key_b {
+                        assert_eq!(doc_a, doc_b, "one key for two documents ({needs:?})");
+                    }
+                }
+            }
+            // What the bundle cannot observe does not split the key.
+            if !needs.request_id {
+                assert_eq!(keyed[0].0, keyed[1].0, "the request id is not in the key");
+            }
+        }
+    }
 
     #[test]
     fn targets() {
