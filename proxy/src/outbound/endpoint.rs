@@ -168,7 +168,8 @@ impl EndpointStates {
     /// States whose tries go through the pool to the peer proxies.
     pub fn with_pool(pool: Arc<PeerPool>) -> Self {
         Self::new(move |endpoint| {
-            let (pool, endpoint) = (pool.clone(), endpoint.clone());
+            // Shared: a request copies a pointer, not the endpoint's names.
+            let (pool, endpoint) = (pool.clone(), Arc::new(endpoint.clone()));
             BoxService::new(tower::service_fn(move |req: Request<Body>| {
                 let (pool, endpoint) = (pool.clone(), endpoint.clone());
                 async move {

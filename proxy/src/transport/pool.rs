@@ -27,7 +27,22 @@ use crate::http::body::Body;
 use crate::http::error::ProxyError;
 use crate::transport::cork::UncorkingExecutor;
 
-type Key = (SocketAddr, SpiffeId);
+/// Peers by address, then by the identity expected there (almost always one): a request
+/// finds its peer without copying or hashing the SPIFFE ID.
+type Peers<S> = HashMap<SocketAddr, Vec<(SpiffeId, Peer<S>)>>;
+
+/// The peer at `address` expected to prove `id`, added when there is none.
+fn peer_mut<'a, S>(peers: &'a mut Peers<S>, address: SocketAddr, id: &SpiffeId) -> &'a mut Peer<S> {
+    let at = peers.entry(address).or_default();
+    let index = match at.iter().position(|(known, _)| known == id) {
+        Some(index) => index,
+        None => {
+            at.push((id.clone(), Peer::default()));
+            at.len() - 1
+        }
+    };
+    &mut at[index].1
+}
 
 /// A request the pool could not complete. `unsent` gives the request back when it never
 /// left this proxy (no connection, or the connection closed before it was written), so
@@ -139,7 +154,7 @@ impl Drop for InFlight {
 }
 
 /// One traffic worker's connections.
-type Connections = Mutex<HashMap<Key, Peer<SendRequest<Body>>>>;
+type Connections = Mutex<Peers<SendRequest<Body>>>;
 
 /// Connections to peer proxies.
 pub struct PeerPool {
@@ -216,7 +231,12 @@ impl PeerPool {
         self.connections
             .iter()
             .filter_map(|c| c.lock().ok())
-            .map(|c| c.values().map(|p| p.connections.len()).sum::<usize>())
+            .map(|c| {
+                c.values()
+                    .flatten()
+                    .map(|(_, p)| p.connections.len())
+                    .sum::<usize>()
+            })
             .sum()
     }
 
@@ -228,9 +248,8 @@ impl PeerPool {
     /// Drops the peer's connections found dead.
     fn forget(&self, endpoint: &EndpointView) {
         if let Ok(mut c) = self.own().lock() {
-            if let Some(peer) = c.get_mut(&(endpoint.address, endpoint.spiffe_id.clone())) {
-                peer.connections.retain(|p| !p.sender.is_closed());
-            }
+            let peer = peer_mut(&mut c, endpoint.address, &endpoint.spiffe_id);
+            peer.connections.retain(|p| !p.sender.is_closed());
         }
     }
 
@@ -240,9 +259,8 @@ impl PeerPool {
         &self,
         endpoint: &EndpointView,
     ) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), ProxyError> {
-        let key = (endpoint.address, endpoint.spiffe_id.clone());
         if let Ok(mut c) = self.own().lock() {
-            let peer = c.entry(key.clone()).or_default();
+            let peer = peer_mut(&mut c, endpoint.address, &endpoint.spiffe_id);
             peer.connections.retain(|p| !p.sender.is_closed());
             match peer.choose() {
                 Choice::Use(i) => {
@@ -258,7 +276,7 @@ impl PeerPool {
         let opened = Box::pin(self.connect(endpoint)).await;
         let in_flight = Arc::new(AtomicUsize::new(0));
         if let Ok(mut c) = self.own().lock() {
-            let peer = c.entry(key).or_default();
+            let peer = peer_mut(&mut c, endpoint.address, &endpoint.spiffe_id);
             peer.opening = false;
             if let Ok(sender) = &opened {
                 peer.connections.push(Pooled {
@@ -360,21 +378,19 @@ async fn close_idle(connections: Weak<[Connections]>, idle: Duration) {
     }
 }
 
-fn drop_idle<S>(
-    connections: &mut HashMap<Key, Peer<S>>,
-    now: Instant,
-    idle: Duration,
-    closed: impl Fn(&S) -> bool,
-) {
-    connections.retain(|(address, _), peer| {
-        peer.connections.retain(|p| {
-            let keep = !closed(&p.sender) && now.saturating_duration_since(p.last_used) < idle;
-            if !keep {
-                tracing::debug!(peer = %address, "closing an idle peer connection");
-            }
-            keep
+fn drop_idle<S>(peers: &mut Peers<S>, now: Instant, idle: Duration, closed: impl Fn(&S) -> bool) {
+    peers.retain(|address, at| {
+        at.retain_mut(|(_, peer)| {
+            peer.connections.retain(|p| {
+                let keep = !closed(&p.sender) && now.saturating_duration_since(p.last_used) < idle;
+                if !keep {
+                    tracing::debug!(peer = %address, "closing an idle peer connection");
+                }
+                keep
+            });
+            !peer.connections.is_empty() || peer.opening
         });
-        !peer.connections.is_empty() || peer.opening
+        !at.is_empty()
     });
 }
 
@@ -400,23 +416,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn connections_idle_past_the_timeout_are_dropped() {
         let id = SpiffeId::parse("spiffe://vigil.local/ns/demo/sa/server").expect("id");
-        let key = |port| (SocketAddr::from(([127, 0, 0, 1], port)), id.clone());
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let idle = Duration::from_secs(90);
-        let mut map = HashMap::new();
+        let mut map: Peers<bool> = HashMap::new();
         let start = Instant::now();
-        map.insert(key(1), peer(vec![pooled(false, start, 0)]));
+        *peer_mut(&mut map, at(1), &id) = peer(vec![pooled(false, start, 0)]);
         tokio::time::advance(Duration::from_secs(60)).await;
-        map.insert(key(2), peer(vec![pooled(false, Instant::now(), 0)]));
-        map.insert(key(3), peer(vec![pooled(true, Instant::now(), 0)]));
+        *peer_mut(&mut map, at(2), &id) = peer(vec![pooled(false, Instant::now(), 0)]);
+        *peer_mut(&mut map, at(3), &id) = peer(vec![pooled(true, Instant::now(), 0)]);
 
         drop_idle(&mut map, Instant::now(), idle, |closed| *closed);
         assert_eq!(map.len(), 2, "a closed connection is dropped at once");
         tokio::time::advance(Duration::from_secs(31)).await;
         drop_idle(&mut map, Instant::now(), idle, |closed| *closed);
         assert!(
-            map.contains_key(&key(2)) && map.len() == 1,
+            map.contains_key(&at(2)) && map.len() == 1,
             "91 s idle is too long"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_address_expected_to_prove_two_identities_is_two_peers() {
+        let (a, b) = (
+            SpiffeId::parse("spiffe://vigil.local/ns/demo/sa/a").expect("id"),
+            SpiffeId::parse("spiffe://vigil.local/ns/demo/sa/b").expect("id"),
+        );
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mut map: Peers<bool> = HashMap::new();
+        peer_mut(&mut map, address, &a)
+            .connections
+            .push(pooled(false, Instant::now(), 0));
+        assert!(peer_mut(&mut map, address, &b).connections.is_empty());
+        assert_eq!(peer_mut(&mut map, address, &a).connections.len(), 1);
+        assert_eq!(map[&address].len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
