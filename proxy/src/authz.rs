@@ -20,6 +20,8 @@ pub struct InForce {
     pub request_body_bytes: usize,
     /// The decision rule as the metric label, made once per bundle.
     rule_label: Arc<str>,
+    /// The series of this bundle's allows, the common decision, found once per bundle.
+    allowed: prometheus_client::metrics::counter::Counter,
     /// What decision records keep of the input, when the bundle records inputs.
     recording: Option<InputRecording>,
     /// The bundle as received: a snapshot carrying the same one changes nothing (its
@@ -147,16 +149,26 @@ impl Authorizer {
                     engine = %bundle.backend(),
                     "policy bundle in force"
                 );
-                let rule_label = Arc::from(bundle.options().rule.as_str());
+                let rule_label: Arc<str> = Arc::from(bundle.options().rule.as_str());
                 let recording = wire.record_input.as_ref().map(|r| InputRecording {
                     redact_headers: r.redact_headers.clone(),
                     max_bytes: r.max_bytes as usize,
                     bodies: r.bodies,
                 });
+                let allowed = self
+                    .metrics
+                    .policy_decisions
+                    .get_or_create(&PolicyLabels {
+                        outcome: "allow",
+                        rule: rule_label.clone(),
+                        denied_by: no_label(),
+                    })
+                    .clone();
                 self.bundle.store(Some(Arc::new(InForce {
                     bundle,
                     request_body_bytes: wire.request_body_bytes as usize,
                     rule_label,
+                    allowed,
                     recording,
                     received: wire.clone(),
                     services,
@@ -192,7 +204,7 @@ impl Authorizer {
         ) {
             Ok(bundle) => {
                 tracing::info!(version = %bundle.version(), "candidate policy bundle evaluated beside the one in force");
-                let rule_label = Arc::from(bundle.options().rule.as_str());
+                let rule_label: Arc<str> = Arc::from(bundle.options().rule.as_str());
                 self.candidate.store(Some(Arc::new(Candidate {
                     bundle,
                     services,
@@ -359,19 +371,27 @@ impl Authorizer {
         let bundle = &in_force.bundle;
         let decision = bundle.evaluate(input);
         let denied_by = match &decision {
+            Decision::Allow { .. } => None,
             Decision::Deny { reason, .. } => {
-                self.denied_by_label(vigil_authz::rule_named_by(reason, &in_force.rule_label))
+                Some(self.denied_by_label(vigil_authz::rule_named_by(reason, &in_force.rule_label)))
             }
-            _ => no_label(),
+            Decision::Error { .. } => Some(no_label()),
         };
-        self.metrics
-            .policy_decisions
-            .get_or_create(&PolicyLabels {
-                outcome: decision.outcome(),
-                rule: in_force.rule_label.clone(),
-                denied_by,
-            })
-            .inc();
+        match denied_by {
+            None => {
+                in_force.allowed.inc();
+            }
+            Some(denied_by) => {
+                self.metrics
+                    .policy_decisions
+                    .get_or_create(&PolicyLabels {
+                        outcome: decision.outcome(),
+                        rule: in_force.rule_label.clone(),
+                        denied_by,
+                    })
+                    .inc();
+            }
+        }
         let candidate = self.compare_candidate(input, &decision, &in_force.rule_label);
         if bundle.should_log(&decision) || candidate.is_some() {
             let query = if self.keep_query_strings.load(Ordering::Relaxed) {

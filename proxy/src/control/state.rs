@@ -202,7 +202,13 @@ impl MeshView {
 
     /// The service a Host header or authority names; the port, if any, is ignored.
     pub fn service_for_host(&self, host: &str) -> Option<&Arc<ServiceView>> {
-        let name = strip_port(host).to_ascii_lowercase();
+        let name = strip_port(host);
+        // Hosts almost always arrive in lower case: copied only when they are not.
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
         self.by_host.get(name.trim_end_matches('.'))
     }
 
