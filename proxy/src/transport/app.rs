@@ -16,7 +16,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -155,8 +155,12 @@ impl AppPool {
             }
         });
         let (idle, timeout) = (Arc::downgrade(&self.idle), self.idle_timeout);
-        self.reaper
-            .call_once(|| drop(tokio::spawn(close_idle(idle, timeout))));
+        let sweep = super::workers::sweep_idle(idle, timeout, move |kept: &mut Vec<Kept>, now| {
+            kept.retain(|k| {
+                !k.sender.is_closed() && now.saturating_duration_since(k.since) < timeout
+            });
+        });
+        self.reaper.call_once(|| drop(tokio::spawn(sweep)));
         Ok(sender)
     }
 
@@ -252,25 +256,6 @@ impl Drop for Returning {
         if self.ended || self.incoming.is_end_stream() {
             if let Some(back) = self.back.take() {
                 back.put();
-            }
-        }
-    }
-}
-
-/// Closes connections unused for `timeout` until the pool itself is gone.
-async fn close_idle(idle: Weak<[Idle]>, timeout: Duration) {
-    let period = (timeout / 4).max(Duration::from_millis(100));
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(idle) = idle.upgrade() else {
-            return;
-        };
-        let now = Instant::now();
-        for worker in idle.iter() {
-            if let Ok(mut kept) = worker.lock() {
-                kept.retain(|k| {
-                    !k.sender.is_closed() && now.saturating_duration_since(k.since) < timeout
-                });
             }
         }
     }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -288,8 +288,10 @@ impl PeerPool {
         }
         let sender = opened?;
         let (connections, idle) = (Arc::downgrade(&self.connections), self.idle_timeout);
-        self.reaper
-            .call_once(|| drop(tokio::spawn(close_idle(connections, idle))));
+        let sweep = super::workers::sweep_idle(connections, idle, move |peers, now| {
+            drop_idle(peers, now, idle, SendRequest::is_closed)
+        });
+        self.reaper.call_once(|| drop(tokio::spawn(sweep)));
         Ok((sender, in_flight))
     }
 
@@ -361,23 +363,8 @@ impl PeerPool {
     }
 }
 
-/// Drops connections idle for `idle` until the pool itself is gone. Dropping the last
-/// sender lets hyper close the connection once its streams finish.
-async fn close_idle(connections: Weak<[Connections]>, idle: Duration) {
-    let period = (idle / 4).max(Duration::from_millis(100));
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(connections) = connections.upgrade() else {
-            return;
-        };
-        for worker in connections.iter() {
-            if let Ok(mut c) = worker.lock() {
-                drop_idle(&mut c, Instant::now(), idle, SendRequest::is_closed);
-            }
-        }
-    }
-}
-
+/// Drops `peers`' connections unused for `idle` (or closed). Dropping the last sender
+/// lets hyper close the connection once its streams finish.
 fn drop_idle<S>(peers: &mut Peers<S>, now: Instant, idle: Duration, closed: impl Fn(&S) -> bool) {
     peers.retain(|address, at| {
         at.retain_mut(|(_, peer)| {

@@ -109,3 +109,26 @@ impl Workers {
         }
     }
 }
+
+/// Every `timeout / 4` (at least 100 ms), calls `sweep` on each worker's set of `sets`
+/// with the time now, until the sets are gone: how the per-worker connection pools close
+/// connections left unused for `timeout`.
+pub async fn sweep_idle<T>(
+    sets: std::sync::Weak<[std::sync::Mutex<T>]>,
+    timeout: std::time::Duration,
+    sweep: impl Fn(&mut T, tokio::time::Instant),
+) {
+    let period = (timeout / 4).max(std::time::Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(sets) = sets.upgrade() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        for set in sets.iter() {
+            if let Ok(mut set) = set.lock() {
+                sweep(&mut set, now);
+            }
+        }
+    }
+}
