@@ -36,10 +36,10 @@ const RUNNERS_PER_THREAD: usize = 4;
 struct Runner {
     bundle_id: u64,
     kind: RunnerKind,
-    /// Recent decisions by input document, for a bundle whose decisions depend on the
-    /// document alone (`PolicyBundle::repeatable`): requests alike (same caller, method,
-    /// path, and what else the bundle can observe) are answered without running the
-    /// policy again. `None` for any other bundle.
+    /// Recent decisions by input key, for a bundle whose decisions depend on the document
+    /// alone (`PolicyBundle::repeatable`): requests alike (same caller, method, path, and
+    /// what else the bundle can observe) are answered without building the document or
+    /// running the policy again. `None` for any other bundle.
     remembered: Option<Remembered>,
 }
 

@@ -377,21 +377,18 @@ impl Authorizer {
             }
             Decision::Error { .. } => Some(no_label()),
         };
-        match denied_by {
-            None => {
-                in_force.allowed.inc();
-            }
-            Some(denied_by) => {
-                self.metrics
-                    .policy_decisions
-                    .get_or_create(&PolicyLabels {
-                        outcome: decision.outcome(),
-                        rule: in_force.rule_label.clone(),
-                        denied_by,
-                    })
-                    .inc();
-            }
-        }
+        // An allow, the common decision, counts on the series the bundle found once.
+        let refusals = denied_by.map(|denied_by| {
+            self.metrics.policy_decisions.get_or_create(&PolicyLabels {
+                outcome: decision.outcome(),
+                rule: in_force.rule_label.clone(),
+                denied_by,
+            })
+        });
+        match refusals {
+            Some(series) => series.inc(),
+            None => in_force.allowed.inc(),
+        };
         let candidate = self.compare_candidate(input, &decision, &in_force.rule_label);
         if bundle.should_log(&decision) || candidate.is_some() {
             let query = if self.keep_query_strings.load(Ordering::Relaxed) {

@@ -398,27 +398,19 @@ async fn http(
     if let Some(v) = &conn.peer_header {
         headers.insert(PEER_IDENTITY, v.clone());
     }
-    if !host.is_empty() && !headers.contains_key(http::header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host) {
+    let port = mesh.workload.app_port;
+    if !headers.contains_key(http::header::HOST) {
+        // The caller's authority; else, as HTTP/1.1 needs a Host, the app's own address.
+        let caller = Some(&host)
+            .filter(|h| !h.is_empty())
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        if let Some(v) = caller.or_else(|| (app_version != Version::HTTP_2).then(|| app_host(port)))
+        {
             headers.insert(http::header::HOST, v);
         }
     }
-    let port = mesh.workload.app_port;
-    parts.uri = if app_version == Version::HTTP_2 {
-        Uri::try_from(format!("http://127.0.0.1:{port}{upstream}"))
-    } else {
-        // HTTP/1.1 to the app carries the target in origin form, and always a Host.
-        if !headers.contains_key(http::header::HOST) {
-            headers.insert(http::header::HOST, app_host(port));
-        }
-        let path_and_query = match upstream {
-            Cow::Borrowed(_) => parts.uri.path_and_query().cloned().map(Ok),
-            Cow::Owned(changed) => Some(http::uri::PathAndQuery::try_from(changed)),
-        }
-        .unwrap_or_else(|| Ok(http::uri::PathAndQuery::from_static("/")));
-        path_and_query.map(Uri::from)
-    }
-    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    parts.uri = app_uri(app_version, port, &parts.uri, upstream)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     parts.version = app_version;
     let forward = match &upgrade {
         Some((protocol, _)) => {
@@ -582,6 +574,26 @@ fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response
         }
     }
     response
+}
+
+/// The target the app gets: for HTTP/1.1 in origin form, reusing the parsed path when the
+/// decision left it alone; for HTTP/2 absolute, as the client needs it.
+fn app_uri(
+    version: Version,
+    port: u16,
+    original: &Uri,
+    upstream: Cow<'_, str>,
+) -> Result<Uri, http::uri::InvalidUri> {
+    if version == Version::HTTP_2 {
+        return Uri::try_from(format!("http://127.0.0.1:{port}{upstream}"));
+    }
+    let path_and_query = match upstream {
+        Cow::Borrowed(_) => original.path_and_query().cloned(),
+        Cow::Owned(changed) => Some(http::uri::PathAndQuery::try_from(changed)?),
+    };
+    Ok(Uri::from(path_and_query.unwrap_or_else(|| {
+        http::uri::PathAndQuery::from_static("/")
+    })))
 }
 
 /// The `Host` the app gets when the request named none: its own address.
