@@ -19,7 +19,8 @@
 //! vigil_proxy::run(config, Box::new(std::io::stdout()), None).await
 //! # }
 //! ```
-#![forbid(unsafe_code)]
+// `residency` alone may use `unsafe` (madvise, malloc_trim), and says why.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod authz;
@@ -30,6 +31,7 @@ pub mod http;
 pub mod inbound;
 pub mod interception;
 pub mod outbound;
+pub mod residency;
 pub mod telemetry;
 pub use vigil_api::traffic;
 pub mod transport;
@@ -248,6 +250,7 @@ pub async fn run(
     first_rx
         .await
         .context("the identity task stopped before a certificate was issued")?;
+    tokio::spawn(residency::run(discovery.applied()));
     tokio::spawn(
         discovery
             .clone()

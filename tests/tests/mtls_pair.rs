@@ -885,3 +885,48 @@ async fn a_large_snapshot_and_its_deltas_reach_the_proxy_whole() {
         "the delta applied on the proxy's view: {log}"
     );
 }
+
+/// Resident file-backed memory (code and read-only data) of a process, in kB.
+fn rss_file_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssFile in /proc/<pid>/status")
+}
+
+/// A serving proxy gives back the code start-up ran: a few seconds after its snapshot its
+/// resident code shrinks to what it runs, and requests go on through it unharmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serving_proxy_gives_back_the_memory_start_up_used() {
+    let mesh = running_echo_pair().await;
+    let client = mesh.spec.workload("client").clone();
+    let server_pid = mesh.proxies[1].pid().expect("server proxy runs");
+    let r = http1(client.outbound, "server", "/warm", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, 200, "{}", mesh.logs());
+    let started = rss_file_kb(server_pid);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut now = started;
+    while now * 2 > started && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        now = rss_file_kb(server_pid);
+    }
+    assert!(
+        now * 2 <= started,
+        "the server proxy's resident code should halve after start-up: {started} kB, then {now} kB\n{}",
+        mesh.logs()
+    );
+
+    // Its code comes back as it runs: requests, with the caller's identity, still pass.
+    for i in 0..20 {
+        let r = http1(client.outbound, "server", &format!("/after/{i}"), &[])
+            .await
+            .expect("request after the release");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(json(&r.body)["peer"], client.spiffe_id());
+    }
+}

@@ -108,6 +108,11 @@ impl Discovery {
         let _ = tokio::time::timeout(FIRST_USE_WAIT, applied.changed()).await;
     }
 
+    /// Changes each time a snapshot has been applied.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
     fn wanted(&self) -> Vec<String> {
         match self.wanted.lock() {
             Ok(w) => w.iter().cloned().collect(),
