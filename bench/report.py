@@ -266,14 +266,14 @@ def main():
         else:
             verdict = "PASS" if ap < ADDED_P99_TARGET_US else "FAIL"
         w(f"- Vigil added p99 at {env.get('rate')} req/s under 0.5 ms: **{verdict}** ({ap / 1000:+.3f} ms)")
-    peaks = {}
-    for mode in MODES:
-        for r in PROXY_ROLES["vigil"]:
-            v = rss_mb("vigil", mode, r)
-            if v is not None:
-                peaks[r] = max(peaks.get(r, 0), v)
-    for r, v in peaks.items():
-        w(f"- Vigil {r} peak RSS at most {RSS_TARGET_MB:.0f} MB: **{'PASS' if v <= RSS_TARGET_MB else 'FAIL'}** ({v:.1f} MB)")
+    # The RSS target is at the fixed rate; the maximum rate's peak is shown beside it.
+    for r in PROXY_ROLES["vigil"]:
+        v = rss_mb("vigil", "rate", r)
+        if v is None:
+            continue
+        at_max = rss_mb("vigil", "max", r)
+        beside = f"; {at_max:.1f} MB at maximum rate" if at_max is not None else ""
+        w(f"- Vigil {r} peak RSS at {env.get('rate')} req/s at most {RSS_TARGET_MB:.0f} MB: **{'PASS' if v <= RSS_TARGET_MB else 'FAIL'}** ({v:.1f} MB{beside})")
     for r in PROXY_ROLES["vigil"]:
         anon = [rss_split_mb("vigil", mode, r) for mode in MODES]
         anon = [a[0] for a in anon if a is not None]

@@ -230,6 +230,9 @@ measure() {
     for spec in "$@"; do
         role=${spec%%=*} pid=${spec#*=}
         before[$role]=$(cpu_ticks "$pid")
+        # Peak RSS of this phase, not of start-up: reset the high-water mark to the current
+        # RSS (proc(5), clear_refs "5").
+        echo 5 >"/proc/$pid/clear_refs" || die "cannot reset the peak RSS of $role (pid $pid)"
     done
     local l_before sb_before ub_before t_before
     l_before=$(load1)
