@@ -78,6 +78,19 @@ def wrk_rps(out, path):
     return float(m.group(1)) if m else None
 
 
+def load_idle(out):
+    """(path, role, connections, private kB before, private kB after) per proxy, if measured."""
+    path = os.path.join(out, "idle.tsv")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    for line in open(path):
+        f = line.rstrip("\n").split("\t")
+        if len(f) == 5 and f[2].isdigit() and f[3].isdigit() and f[4].isdigit():
+            rows.append((f[0], f[1], int(f[2]), int(f[3]), int(f[4])))
+    return rows
+
+
 def fmt_us(v):
     if v is None:
         return "–"
@@ -222,6 +235,18 @@ def main():
         w("|---|---|---|---:|---:|---:|")
         for row in split_rows:
             w(row)
+        w("")
+
+    idle = load_idle(out)
+    if idle:
+        w("## Idle connections")
+        w("")
+        w("Private (anonymous) memory each proxy holds per idle client connection: after the phases, the script opens that many keep-alive connections to the path, sends one request on each and reads its answer, holds them idle for 2 s, and compares each proxy's `RssAnon` before and after. Between the proxies of a pair they share the peer connections, so the second proxy adds little.")
+        w("")
+        w("| path | proxy | idle connections | private MB before | private MB after | KiB per idle connection |")
+        w("|---|---|---:|---:|---:|---:|")
+        for path, role, n, before, after in idle:
+            w(f"| {path} | {role} | {n:,} | {before / 1024:.1f} | {after / 1024:.1f} | {(after - before) / n:.1f} |")
         w("")
 
     # Ratios.

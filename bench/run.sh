@@ -13,6 +13,7 @@
 #   BENCH_PATHS="direct vigil haproxy"   which paths to measure, in order
 #   BENCH_MODES="rate max" which phases to run per path
 #   BENCH_WRK=5            seconds of a wrk cross-check of maximum throughput per path (0 = skip)
+#   BENCH_IDLE_CONNECTIONS=500  idle client connections held open to price one (0 = skip)
 #   BENCH_LOADGEN_THREADS=1  BENCH_UPSTREAM_THREADS=1   runtime threads of loadgen/upstream
 #   BENCH_HAPROXY_ALPN=h2  protocol between the two HAProxies (h2 like Vigil, or http/1.1)
 #   BENCH_SKIP_BUILD=1     use the binaries already in target/release
@@ -38,6 +39,7 @@ WRK_SECS=${BENCH_WRK:-5}
 LOADGEN_THREADS=${BENCH_LOADGEN_THREADS:-1}
 UPSTREAM_THREADS=${BENCH_UPSTREAM_THREADS:-1}
 HAPROXY_ALPN=${BENCH_HAPROXY_ALPN:-h2}
+IDLE_CONNS=${BENCH_IDLE_CONNECTIONS:-500}
 
 # Ports (all on 127.0.0.1).
 P_UPSTREAM=28082
@@ -358,6 +360,56 @@ run_direct() {
     run_modes direct $P_UPSTREAM
 }
 
+# idle_cost PATH PORT ROLE=PID...: the private memory each proxy holds per idle client
+# connection. Opens IDLE_CONNS keep-alive connections to PORT, sends one request on each
+# and reads its answer (so every per-connection structure exists), holds them idle, and
+# compares each proxy's RssAnon before and after.
+idle_cost() {
+    local path=$1 port=$2
+    shift 2
+    [ "$IDLE_CONNS" -gt 0 ] || return 0
+    local spec before=() ready="$OUT/$path-idle.ready"
+    for spec in "$@"; do before+=("$(rss_kb "${spec#*=}" RssAnon)"); done
+    log "$path: holding $IDLE_CONNS idle connections to price one"
+    python3 - "$port" "$IDLE_CONNS" "$ready" <<'PY' 2>>"$LOGS/idle-$path.log" &
+import asyncio, pathlib, sys
+
+port, n, ready = int(sys.argv[1]), int(sys.argv[2]), pathlib.Path(sys.argv[3])
+
+async def one():
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET / HTTP/1.1\r\nHost: server\r\n\r\n")
+    await w.drain()
+    head = (await r.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+    if not head.startswith("http/1.1 200"):
+        raise SystemExit(f"not 200 on an idle-cost connection: {head.splitlines()[0]}")
+    length = next(int(l.split(":", 1)[1]) for l in head.split("\r\n") if l.startswith("content-length:"))
+    await r.readexactly(length)
+    return r, w
+
+async def main():
+    held = []
+    while len(held) < n:
+        held += await asyncio.gather(*(one() for _ in range(min(50, n - len(held)))))
+    ready.write_text(str(len(held)))
+    await asyncio.sleep(3600)  # held idle until the script is stopped
+
+asyncio.run(main())
+PY
+    local holder=$! i
+    for i in $(seq 600); do [ -s "$ready" ] && break; kill -0 "$holder" 2>/dev/null || break; sleep 0.1; done
+    [ -s "$ready" ] || { kill "$holder" 2>/dev/null; die "could not open $IDLE_CONNS idle connections to $path (see $LOGS/idle-$path.log)"; }
+    sleep 2
+    i=0
+    for spec in "$@"; do
+        printf '%s\t%s\t%s\t%s\t%s\n' "$path" "${spec%%=*}" "$IDLE_CONNS" "${before[$i]}" \
+            "$(rss_kb "${spec#*=}" RssAnon)" >>"$OUT/idle.tsv"
+        i=$((i + 1))
+    done
+    kill "$holder" 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+}
+
 run_vigil() {
     log "=== path: vigil (loadgen → client proxy → mTLS/h2 → server proxy → upstream)"
     local dir="$OUT/vigil"
@@ -413,6 +465,7 @@ EOF
     log "both Vigil proxies ready (threads: client $(threads_of "$clp"), server $(threads_of "$sp"))"
     THREADS_NOTE+="Vigil client proxy $(threads_of "$clp"), server proxy $(threads_of "$sp"); "
     run_modes vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp" "control-plane=$cp"
+    idle_cost vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp"
     echo "vigil_peer_connections=$(established_to $P_S_IN)" >>"$OUT/env.txt"
     log "Vigil: $(established_to $P_S_IN) mTLS connection(s) open from client proxy to server proxy"
     if ((${#c_metrics[@]})); then
@@ -505,6 +558,7 @@ EOF
     log "HAProxy threads: front $(threads_of "$fp"), back $(threads_of "$bp")"
     THREADS_NOTE+="HAProxy front $(threads_of "$fp"), back $(threads_of "$bp") (OS threads per process); "
     run_modes haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
+    idle_cost haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
     echo "haproxy_peer_connections=$(established_to $P_HA_BACK)" >>"$OUT/env.txt"
     log "HAProxy: $(established_to $P_HA_BACK) mTLS connection(s) open from front to back"
     stop_pid "$fp"
