@@ -6,9 +6,11 @@
 //! so once a proxy serves, most of its 12 MB of code is resident and counted in its RSS,
 //! although a steady proxy runs a few megabytes of it.
 //!
-//! [`release`] drops the mappings of the process's clean, read-only file-backed pages:
-//! the binary's code and read-only data, and the shared libraries'. Nothing is lost,
-//! since those pages are the file's own contents. A page the proxy runs again comes back
+//! [`release`] drops the mappings of the executable's clean, read-only pages: its code and
+//! read-only data. Nothing is lost, since those pages are the file's own contents.
+//! Shared libraries are left alone: their pages are shared with every process on the
+//! machine anyway, and a library's mapping could in principle be unmapped and its
+//! addresses reused between reading `smaps` and dropping, which the executable's cannot. A page the proxy runs again comes back
 //! at its next touch, from the page cache (a minor fault of a few microseconds), so what
 //! stays resident is what the proxy uses. It then hands the allocator's free memory back
 //! to the kernel. [`run`] does this a few seconds after each snapshot applied, since a
@@ -68,17 +70,19 @@ pub async fn run(mut applied: tokio::sync::watch::Receiver<u64>) {
     }
 }
 
-/// Drops the mappings of every clean, private, read-only file-backed mapping, then returns
+/// Drops the mappings of the executable's clean, private, read-only mappings, then returns
 /// the allocator's free pages to the kernel.
 pub fn release() -> std::io::Result<Released> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = Released::default();
-    for (m, resident_kb) in droppable(&smaps) {
-        // SAFETY: `droppable` only yields whole mappings that are private, not writable,
-        // backed by a file and hold no anonymous (copied-on-write) page, so every page of
-        // the range equals the file's contents and is read back from it by the next touch.
-        // No code writes such pages (they are not writable), so none can become private
-        // between reading smaps and this call.
+    for (m, resident_kb) in droppable(&smaps, &exe.to_string_lossy()) {
+        // SAFETY: `droppable` only yields whole mappings of the executable that are private,
+        // not writable and hold no anonymous (copied-on-write) page, so every page of the
+        // range equals the file's contents and is read back from it by the next touch. No
+        // code writes such pages (they are not writable), so none can become private
+        // between reading smaps and this call; and the executable is never unmapped, so
+        // the range cannot have become another mapping meanwhile.
         let rc = unsafe {
             nix::libc::madvise(
                 m.start as *mut nix::libc::c_void,
@@ -100,8 +104,8 @@ pub fn release() -> std::io::Result<Released> {
 }
 
 /// The mappings of `smaps` whose pages can be dropped, each with its resident kilobytes:
-/// private, not writable, backed by a file (a path), with no anonymous page.
-fn droppable(smaps: &str) -> Vec<(Droppable, u64)> {
+/// the executable's (`exe`), private, not writable, with no anonymous page.
+fn droppable(smaps: &str, exe: &str) -> Vec<(Droppable, u64)> {
     let mut out = Vec::new();
     let mut current: Option<(Droppable, bool)> = None;
     let mut rss = 0;
@@ -124,12 +128,15 @@ fn droppable(smaps: &str) -> Vec<(Droppable, u64)> {
             finish(&mut current, rss);
             rss = 0;
             let perms = fields.next().unwrap_or("");
-            let path = fields.nth(3).unwrap_or("");
+            // The path is the rest of the line after perms, offset, device and inode, which
+            // one space each separates (it may hold spaces, and ends in " (deleted)" when
+            // the file was replaced).
+            let path = line.splitn(6, ' ').nth(5).unwrap_or("").trim();
             let candidate = perms.len() == 4
                 && perms.as_bytes()[0] == b'r'
                 && perms.as_bytes()[1] == b'-'
                 && perms.as_bytes()[3] == b'p'
-                && path.starts_with('/')
+                && path == exe
                 && end > start;
             current = Some((
                 Droppable {
@@ -195,7 +202,7 @@ Anonymous:             0 kB
 
     #[test]
     fn only_clean_private_read_only_file_mappings_are_dropped() {
-        let got = droppable(SMAPS);
+        let got = droppable(SMAPS, "/usr/bin/vigil-proxy");
         assert_eq!(
             got,
             vec![
@@ -215,6 +222,11 @@ Anonymous:             0 kB
                 ),
             ],
             "the relocated read-only part (anonymous pages), writable data, the heap, a shared mapping and the vdso stay"
+        );
+        assert_eq!(
+            droppable(SMAPS, "/usr/lib/other").len(),
+            0,
+            "another file's mappings stay"
         );
     }
 
@@ -243,6 +255,6 @@ Anonymous:             0 kB
             .map(|i| char::from(b'a' + (i % 26) as u8))
             .collect();
         assert_eq!(s.len(), 1000);
-        assert_eq!(format!("{:?}", droppable("")), "[]");
+        assert_eq!(format!("{:?}", droppable("", "/x")), "[]");
     }
 }
