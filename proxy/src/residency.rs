@@ -10,11 +10,12 @@
 //! read-only data. Nothing is lost, since those pages are the file's own contents.
 //! Shared libraries are left alone: their pages are shared with every process on the
 //! machine anyway, and a library's mapping could in principle be unmapped and its
-//! addresses reused between reading `smaps` and dropping, which the executable's cannot. A page the proxy runs again comes back
-//! at its next touch, from the page cache (a minor fault of a few microseconds), so what
-//! stays resident is what the proxy uses. It then hands the allocator's free memory back
-//! to the kernel. [`run`] does this a few seconds after each snapshot applied, since a
-//! snapshot is what compiles bundles, and at most once a minute.
+//! addresses reused between reading `smaps` and dropping, which the executable's cannot.
+//! A page the proxy runs again comes back at its next touch, from the page cache (a minor
+//! fault of a few microseconds), so what stays resident is what the proxy uses. It then
+//! hands the allocator's free memory back to the kernel (glibc's `malloc_trim`). [`run`]
+//! does this a second after each snapshot has been applied (its bundles compiled), and at
+//! most once a minute.
 //!
 //! This is the one module of the crate that needs `unsafe`: `madvise` and `malloc_trim`
 //! have no safe wrapper, because dropping pages is only sound for pages nobody wrote,
@@ -23,8 +24,9 @@
 
 use std::time::Duration;
 
-/// How long after a snapshot start-up and compilation are taken to be over.
-const SETTLE: Duration = Duration::from_secs(3);
+/// How long after a snapshot has been applied (its bundles compiled, which the snapshot
+/// count waits for) the proxy is taken to be serving.
+const SETTLE: Duration = Duration::from_secs(1);
 /// The least time between two releases.
 const MIN_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -97,6 +99,7 @@ pub fn release() -> std::io::Result<Released> {
     }
     // SAFETY: `malloc_trim` only returns free memory of glibc's own heap to the kernel;
     // it takes the allocator's locks like any allocation.
+    #[cfg(target_env = "gnu")]
     unsafe {
         nix::libc::malloc_trim(0);
     }

@@ -896,7 +896,7 @@ fn rss_file_kb(pid: u32) -> u64 {
         .expect("RssFile in /proc/<pid>/status")
 }
 
-/// A serving proxy gives back the code start-up ran: a few seconds after its snapshot its
+/// A serving proxy gives back the code start-up ran: a second after its snapshot its
 /// resident code shrinks to what it runs, and requests go on through it unharmed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_serving_proxy_gives_back_the_memory_start_up_used() {
