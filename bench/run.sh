@@ -465,9 +465,10 @@ EOF
     log "both Vigil proxies ready (threads: client $(threads_of "$clp"), server $(threads_of "$sp"))"
     THREADS_NOTE+="Vigil client proxy $(threads_of "$clp"), server proxy $(threads_of "$sp"); "
     run_modes vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp" "control-plane=$cp"
-    idle_cost vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp"
     echo "vigil_peer_connections=$(established_to $P_S_IN)" >>"$OUT/env.txt"
     log "Vigil: $(established_to $P_S_IN) mTLS connection(s) open from client proxy to server proxy"
+    # After the count above: 500 requests at once open more peer connections.
+    idle_cost vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp"
     if ((${#c_metrics[@]})); then
         curl -s "http://127.0.0.1:$P_C_METRICS/metrics" >"$OUT/vigil-client-metrics.txt" 2>/dev/null || true
         curl -s "http://127.0.0.1:$P_S_METRICS/metrics" >"$OUT/vigil-server-metrics.txt" 2>/dev/null || true
@@ -558,9 +559,9 @@ EOF
     log "HAProxy threads: front $(threads_of "$fp"), back $(threads_of "$bp")"
     THREADS_NOTE+="HAProxy front $(threads_of "$fp"), back $(threads_of "$bp") (OS threads per process); "
     run_modes haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
-    idle_cost haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
     echo "haproxy_peer_connections=$(established_to $P_HA_BACK)" >>"$OUT/env.txt"
     log "HAProxy: $(established_to $P_HA_BACK) mTLS connection(s) open from front to back"
+    idle_cost haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
     stop_pid "$fp"
     stop_pid "$bp"
 }

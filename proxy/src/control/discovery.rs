@@ -82,7 +82,7 @@ impl Discovery {
         if !self.mesh.load().as_ref().is_some_and(|m| m.scoped) {
             return;
         }
-        let mut applied = self.applied.subscribe();
+        let mut applied = self.applied();
         {
             let mut wanted = match self.wanted.lock() {
                 Ok(w) => w,
