@@ -432,21 +432,21 @@ impl AuthzInput<'_> {
             path: http.path.to_string(),
             reason,
         }))?;
-        // An unparseable query fails the request whether or not the policy reads it.
+        // An unparseable query fails the request whether or not the policy reads it; one the
+        // policy cannot read is only checked, not built.
+        let query_error = |reason| InputError::Query {
+            query: query_part.to_string(),
+            reason,
+        };
         let parsed_query = if query_part.is_empty() {
             s.empty_object.clone()
+        } else if needs.parsed_query {
+            lenient(parsed_query(query_part).map_err(query_error))?
         } else {
-            let parsed = lenient(
-                parsed_query(query_part).map_err(|reason| InputError::Query {
-                    query: query_part.to_string(),
-                    reason,
-                }),
-            )?;
-            if needs.parsed_query {
-                parsed
-            } else {
-                s.empty_object.clone()
+            if let Err(reason) = check_query(query_part) {
+                lenient(Err(query_error(reason)))?;
             }
+            s.empty_object.clone()
         };
 
         let (http_value, parsed_body, truncated) = match &http.body {
@@ -622,6 +622,18 @@ fn split_target(target: &str) -> Result<(&str, &str), String> {
 /// Go's `url.PathUnescape` (`plus_is_space` false) or `url.QueryUnescape` (true): a `%` must
 /// start a two-digit hex escape.
 pub(crate) fn unescape(text: &str, plus_is_space: bool) -> Result<Cow<'_, str>, String> {
+    check_escapes(text)?;
+    if plus_is_space && text.contains('+') {
+        let spaced = text.replace('+', " ");
+        return Ok(Cow::Owned(
+            percent_decode_str(&spaced).decode_utf8_lossy().into_owned(),
+        ));
+    }
+    Ok(percent_decode_str(text).decode_utf8_lossy())
+}
+
+/// The error [`unescape`] gives for `text`, if any: a `%` not followed by two hex digits.
+fn check_escapes(text: &str) -> Result<(), String> {
     let bytes = text.as_bytes();
     for (i, b) in bytes.iter().enumerate() {
         if *b == b'%' {
@@ -634,13 +646,7 @@ pub(crate) fn unescape(text: &str, plus_is_space: bool) -> Result<Cow<'_, str>, 
             }
         }
     }
-    if plus_is_space && text.contains('+') {
-        let spaced = text.replace('+', " ");
-        return Ok(Cow::Owned(
-            percent_decode_str(&spaced).decode_utf8_lossy().into_owned(),
-        ));
-    }
-    Ok(percent_decode_str(text).decode_utf8_lossy())
+    Ok(())
 }
 
 /// `/a%2Fb/c%20d/` becomes `["a", "b", "c d", ""]`: OPA-Envoy splits the decoded path, trimmed
@@ -659,14 +665,8 @@ fn parsed_path(path: &str) -> Result<Value, String> {
 /// reports an error (a `;` separator, a bad %-escape), so does this.
 pub(crate) fn parsed_query(query: &str) -> Result<Value, String> {
     let mut grouped: BTreeMap<Value, Vec<Value>> = BTreeMap::new();
-    for pair in query.split('&') {
-        if pair.contains(';') {
-            return Err("invalid semicolon separator in query".to_string());
-        }
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for pair in query_pairs(query) {
+        let (name, value) = pair?;
         let name = unescape(name, true)?;
         let value = unescape(value, true)?;
         grouped
@@ -680,6 +680,31 @@ pub(crate) fn parsed_query(query: &str) -> Result<Value, String> {
             .map(|(k, v)| (k, Value::from(v)))
             .collect::<BTreeMap<_, _>>(),
     ))
+}
+
+/// The error [`parsed_query`] gives for `query`, if any, without building it: for a bundle
+/// that cannot observe `parsed_query`, whose requests still fail on a query that does not
+/// parse.
+fn check_query(query: &str) -> Result<(), String> {
+    for pair in query_pairs(query) {
+        let (name, value) = pair?;
+        check_escapes(name)?;
+        check_escapes(value)?;
+    }
+    Ok(())
+}
+
+/// The `name=value` pairs of a query, empty ones skipped; a pair holding `;` is an error.
+fn query_pairs(query: &str) -> impl Iterator<Item = Result<(&str, &str), String>> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            if pair.contains(';') {
+                return Err("invalid semicolon separator in query".to_string());
+            }
+            Ok(pair.split_once('=').unwrap_or((pair, "")))
+        })
 }
 
 /// `parsed_body` as OPA-Envoy builds it: JSON and form bodies parsed, null otherwise (and for
@@ -710,6 +735,29 @@ fn parse_body(text: &str, content_type: Option<&str>) -> Result<Value, InputErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A query a bundle cannot read is only checked: the check fails exactly where building
+    /// it fails, with the same reason, so such a request is refused as before.
+    #[test]
+    fn checking_a_query_fails_where_parsing_it_fails() {
+        for query in [
+            "a=1",
+            "a=1&b=2&a=3",
+            "&&a=&=b&",
+            "q=%41%2f+x",
+            "a=1;b=2",
+            "a=1&b;",
+            "a=%zz",
+            "%4=1",
+            "a=1&b=%",
+            "a=%e2%82%ac&b=%E2%82",
+            ";",
+        ] {
+            let parsed = parsed_query(query).map(|_| ());
+            assert_eq!(check_query(query), parsed, "{query}");
+        }
+        assert!(check_query("a=%zz").is_err() && check_query("a=1;").is_err());
+    }
 
     /// Requests that differ in one part each (and some alike), as (headers, attributes).
     fn variants() -> Vec<AuthzInput<'static>> {
