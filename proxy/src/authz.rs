@@ -370,24 +370,23 @@ impl Authorizer {
         };
         let bundle = &in_force.bundle;
         let decision = bundle.evaluate(input);
-        let denied_by = match &decision {
-            Decision::Allow { .. } => None,
-            Decision::Deny { reason, .. } => {
-                Some(self.denied_by_label(vigil_authz::rule_named_by(reason, &in_force.rule_label)))
-            }
-            Decision::Error { .. } => Some(no_label()),
+        let refused = |denied_by| {
+            self.metrics
+                .policy_decisions
+                .get_or_create(&PolicyLabels {
+                    outcome: decision.outcome(),
+                    rule: in_force.rule_label.clone(),
+                    denied_by,
+                })
+                .inc()
         };
-        // An allow, the common decision, counts on the series the bundle found once.
-        let refusals = denied_by.map(|denied_by| {
-            self.metrics.policy_decisions.get_or_create(&PolicyLabels {
-                outcome: decision.outcome(),
-                rule: in_force.rule_label.clone(),
-                denied_by,
-            })
-        });
-        match refusals {
-            Some(series) => series.inc(),
-            None => in_force.allowed.inc(),
+        match &decision {
+            // An allow, the common decision, counts on the series the bundle found once.
+            Decision::Allow { .. } => in_force.allowed.inc(),
+            Decision::Deny { reason, .. } => refused(
+                self.denied_by_label(vigil_authz::rule_named_by(reason, &in_force.rule_label)),
+            ),
+            Decision::Error { .. } => refused(no_label()),
         };
         let candidate = self.compare_candidate(input, &decision, &in_force.rule_label);
         if bundle.should_log(&decision) || candidate.is_some() {

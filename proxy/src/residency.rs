@@ -109,62 +109,52 @@ pub fn release() -> std::io::Result<Released> {
 /// The mappings of `smaps` whose pages can be dropped, each with its resident kilobytes:
 /// the executable's (`exe`), private, not writable, with no anonymous page.
 fn droppable(smaps: &str, exe: &str) -> Vec<(Droppable, u64)> {
-    let mut out = Vec::new();
-    let mut current: Option<(Droppable, bool)> = None;
-    let mut rss = 0;
-    let mut finish = |current: &mut Option<(Droppable, bool)>, rss: u64| {
-        if let Some((m, true)) = current.take() {
-            out.push((m, rss));
-        }
-    };
+    // Every mapping in order: its range, whether it qualifies so far, its resident kB.
+    let mut mappings: Vec<(Droppable, bool, u64)> = Vec::new();
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else { continue };
         if let Some((start, end)) = first.split_once('-') {
-            // A mapping's header: `start-end perms offset dev inode [path]`.
-            let (Ok(start), Ok(end)) = (
+            // A mapping's header: `start-end perms offset dev inode [path]`. The path is
+            // the rest of the line after the five fields, which one space each separates
+            // (it may hold spaces, and ends in " (deleted)" when the file was replaced).
+            let perms = fields.next().unwrap_or("").as_bytes();
+            let path = line.splitn(6, ' ').nth(5).unwrap_or("").trim();
+            let mapping = match (
                 usize::from_str_radix(start, 16),
                 usize::from_str_radix(end, 16),
-            ) else {
-                continue;
+            ) {
+                (Ok(start), Ok(end)) if end > start => (
+                    Droppable {
+                        start,
+                        len: end - start,
+                    },
+                    matches!(perms, [b'r', b'-', _, b'p']) && path == exe,
+                    0,
+                ),
+                // Unreadable: its lines below must not count for the mapping before.
+                _ => (Droppable { start: 0, len: 0 }, false, 0),
             };
-            finish(&mut current, rss);
-            rss = 0;
-            let perms = fields.next().unwrap_or("");
-            // The path is the rest of the line after perms, offset, device and inode, which
-            // one space each separates (it may hold spaces, and ends in " (deleted)" when
-            // the file was replaced).
-            let path = line.splitn(6, ' ').nth(5).unwrap_or("").trim();
-            let candidate = perms.len() == 4
-                && perms.as_bytes()[0] == b'r'
-                && perms.as_bytes()[1] == b'-'
-                && perms.as_bytes()[3] == b'p'
-                && path == exe
-                && end > start;
-            current = Some((
-                Droppable {
-                    start,
-                    len: end - start,
-                },
-                candidate,
-            ));
+            mappings.push(mapping);
             continue;
         }
+        let Some((_, qualifies, rss)) = mappings.last_mut() else {
+            continue;
+        };
         let kb = fields.next().and_then(|v| v.parse::<u64>().ok());
         match first {
-            "Rss:" => rss = kb.unwrap_or(0),
+            "Rss:" => *rss = kb.unwrap_or(0),
             // A page copied on write (a relocated one) differs from the file: keep the
-            // whole mapping. So does a locked one.
-            "Anonymous:" | "Locked:" | "Swap:" if kb != Some(0) => {
-                if let Some((_, candidate)) = &mut current {
-                    *candidate = false;
-                }
-            }
+            // whole mapping. So does a locked or swapped one.
+            "Anonymous:" | "Locked:" | "Swap:" if kb != Some(0) => *qualifies = false,
             _ => {}
         }
     }
-    finish(&mut current, rss);
-    out
+    mappings
+        .into_iter()
+        .filter(|(_, qualifies, _)| *qualifies)
+        .map(|(range, _, rss)| (range, rss))
+        .collect()
 }
 
 #[cfg(test)]

@@ -401,12 +401,12 @@ async fn http(
     let port = mesh.workload.app_port;
     if !headers.contains_key(http::header::HOST) {
         // The caller's authority; else, as HTTP/1.1 needs a Host, the app's own address.
-        let caller = Some(&host)
-            .filter(|h| !h.is_empty())
-            .and_then(|h| HeaderValue::from_str(h).ok());
-        if let Some(v) = caller.or_else(|| (app_version != Version::HTTP_2).then(|| app_host(port)))
-        {
-            headers.insert(http::header::HOST, v);
+        let value = match HeaderValue::from_str(&host) {
+            Ok(caller) if !host.is_empty() => Some(caller),
+            _ => (app_version != Version::HTTP_2).then(|| app_host(port)),
+        };
+        if let Some(value) = value {
+            headers.insert(http::header::HOST, value);
         }
     }
     parts.uri = app_uri(app_version, port, &parts.uri, upstream)

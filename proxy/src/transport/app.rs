@@ -154,13 +154,16 @@ impl AppPool {
                 tracing::debug!(port, error = %e, "app connection closed");
             }
         });
-        let (idle, timeout) = (Arc::downgrade(&self.idle), self.idle_timeout);
-        let sweep = super::workers::sweep_idle(idle, timeout, move |kept: &mut Vec<Kept>, now| {
-            kept.retain(|k| {
-                !k.sender.is_closed() && now.saturating_duration_since(k.since) < timeout
-            });
+        self.reaper.call_once(|| {
+            let (idle, timeout) = (Arc::downgrade(&self.idle), self.idle_timeout);
+            let sweep =
+                super::workers::sweep_idle(idle, timeout, move |kept: &mut Vec<Kept>, now| {
+                    kept.retain(|k| {
+                        !k.sender.is_closed() && now.saturating_duration_since(k.since) < timeout
+                    });
+                });
+            drop(tokio::spawn(sweep));
         });
-        self.reaper.call_once(|| drop(tokio::spawn(sweep)));
         Ok(sender)
     }
 

@@ -248,8 +248,14 @@ impl PeerPool {
     /// Drops the peer's connections found dead.
     fn forget(&self, endpoint: &EndpointView) {
         if let Ok(mut c) = self.own().lock() {
-            let peer = peer_mut(&mut c, endpoint.address, &endpoint.spiffe_id);
-            peer.connections.retain(|p| !p.sender.is_closed());
+            let known = c.get_mut(&endpoint.address).and_then(|at| {
+                at.iter_mut()
+                    .find(|(id, _)| *id == endpoint.spiffe_id)
+                    .map(|(_, peer)| peer)
+            });
+            if let Some(peer) = known {
+                peer.connections.retain(|p| !p.sender.is_closed());
+            }
         }
     }
 
@@ -287,11 +293,13 @@ impl PeerPool {
             }
         }
         let sender = opened?;
-        let (connections, idle) = (Arc::downgrade(&self.connections), self.idle_timeout);
-        let sweep = super::workers::sweep_idle(connections, idle, move |peers, now| {
-            drop_idle(peers, now, idle, SendRequest::is_closed)
+        self.reaper.call_once(|| {
+            let (connections, idle) = (Arc::downgrade(&self.connections), self.idle_timeout);
+            let sweep = super::workers::sweep_idle(connections, idle, move |peers, now| {
+                drop_idle(peers, now, idle, SendRequest::is_closed)
+            });
+            drop(tokio::spawn(sweep));
         });
-        self.reaper.call_once(|| drop(tokio::spawn(sweep)));
         Ok((sender, in_flight))
     }
 
