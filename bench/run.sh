@@ -180,9 +180,15 @@ vmhwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 # binary shares: on a node, every sidecar of one image).
 rss_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
-# Busy jiffies of the whole machine (user nice system irq softirq steal), to see how much CPU
-# processes other than ours took during a phase.
-sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# CPU ticks used by every process and kernel thread (utime stime cutime cstime; the fields
+# after the command, which may itself hold spaces), to see how much CPU processes other than
+# ours took during a phase and how much nobody used. /proc/stat's machine-wide counters are
+# no use here: they are sampled on timer ticks, and the short bursts of a fixed-rate phase
+# mostly fall between ticks (one phase there counted fewer busy ticks than the upstream
+# process alone), while each process's own times add up its exact run time.
+sys_busy() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk '{ sub(/^.*\) /, ""); s += $12 + $13 + $14 + $15 } END { print s }'
+}
 threads_of() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
 THREADS_NOTE=""
 established_to() { ss -Htn state established "dport = :$1" 2>/dev/null | wc -l; }
