@@ -123,14 +123,6 @@ def main():
         wall, busy, _ = ph
         return max(0.0, int(env["nproc"]) - busy / hz / wall)
 
-    def upstream_per_10k(path, mode):
-        """The upstream's CPU per 10k requests: the same work on every path, so it measures the
-        machine's speed during that phase."""
-        ph, run = phases.get((path, mode)), runs.get((path, mode))
-        if not ph or not run or run["requests"] == 0:
-            return None
-        return ph[2] / hz / run["requests"] * 10_000
-
     busiest = max((v for v in (other_cores(p, m) for p in PATHS for m in MODES) if v is not None), default=None)
     noisy = busiest is not None and busiest > BUSY_CORES_LIMIT
 
@@ -293,11 +285,6 @@ def main():
         w(f"| {name} | {ratio(lat('vigil', 'rate', q), lat('haproxy', 'rate', q))} | {ratio(lat('vigil', 'max', q), lat('haproxy', 'max', q))} |")
     w(f"| added p99 vs direct | {ratio(added_p99('vigil', 'rate'), added_p99('haproxy', 'rate'))} | {ratio(added_p99('vigil', 'max'), added_p99('haproxy', 'max'))} |")
     w(f"| CPU per request (both proxies) | {ratio(sum_cpu('vigil', 'rate'), sum_cpu('haproxy', 'rate'))} | {ratio(sum_cpu('vigil', 'max'), sum_cpu('haproxy', 'max'))} |")
-    def cpu_in_upstreams(path, mode):
-        c, u = sum_cpu(path, mode), upstream_per_10k(path, mode)
-        return None if c is None or not u else c / u
-
-    w(f"| CPU per request (both proxies), in units of the upstream's | {ratio(cpu_in_upstreams('vigil', 'rate'), cpu_in_upstreams('haproxy', 'rate'))} | {ratio(cpu_in_upstreams('vigil', 'max'), cpu_in_upstreams('haproxy', 'max'))} |")
     w(f"| peak RSS (both proxies) | {ratio(sum_rss('vigil', 'rate'), sum_rss('haproxy', 'rate'))} | {ratio(sum_rss('vigil', 'max'), sum_rss('haproxy', 'max'))} |")
     w("")
 
