@@ -8,7 +8,7 @@ use http::{HeaderValue, Response, StatusCode};
 use crate::http::body::{self, Body};
 
 /// Header naming why the proxy, not the application, produced a response.
-pub const ERROR_HEADER: &str = "x-vigil-error";
+pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-vigil-error");
 
 /// Why the proxy answered instead of the application.
 #[derive(Debug, thiserror::Error)]

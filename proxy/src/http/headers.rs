@@ -1,22 +1,56 @@
 //! Header hygiene shared by inbound and outbound: hop-by-hop headers never cross a
 //! proxy, and identity is only ever asserted by the proxy that verified it.
+//!
+//! Names the proxy looks for on every request are `HeaderName` constants: a lookup by
+//! `&str` parses and lower-cases the name before it hashes it, and both proxies make
+//! about twenty such lookups per request.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION};
-
-pub use vigil_api::headers::PEER_IDENTITY;
+use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use vigil_api::headers::{HOP_BY_HOP, IDENTITY_HEADERS};
+
+/// Header carrying the verified peer SPIFFE ID to the application.
+pub const PEER_IDENTITY: HeaderName = HeaderName::from_static(vigil_api::headers::PEER_IDENTITY);
 
 /// Set by the client proxy on a request it received as HTTP/1 (`HTTP/1.1`, `HTTP/1.0`)
 /// and carries to its peer over HTTP/2, so the server proxy hands it to the application
 /// as HTTP/1 again. A request without it was HTTP/2 end to end (gRPC) and reaches the
 /// application as HTTP/2. Only proxies set it: one arriving from an application is dropped.
-pub const ORIGINAL_PROTOCOL: &str = "x-vigil-orig-proto";
+pub const ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("x-vigil-orig-proto");
+
+/// [`HOP_BY_HOP`] as names.
+static HOP_BY_HOP_NAMES: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static(HOP_BY_HOP[1]),
+    HeaderName::from_static(HOP_BY_HOP[2]),
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TE,
+    TRAILER,
+];
+
+/// [`IDENTITY_HEADERS`] as names.
+static IDENTITY_NAMES: [HeaderName; 3] = [
+    HeaderName::from_static(IDENTITY_HEADERS[0]),
+    HeaderName::from_static(IDENTITY_HEADERS[1]),
+    HeaderName::from_static(IDENTITY_HEADERS[2]),
+];
+
+/// Whether any header present is one of `names`: one pass over the few names a request
+/// carries, with no parsing or hashing, instead of a lookup per name looked for.
+fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|name| names.contains(name))
+}
 
 /// Removes hop-by-hop headers, including those the Connection header names. `te:
 /// trailers`, the one TE value HTTP/2 allows and that gRPC servers require, is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Almost every request has none; a header the Connection header names only counts
+    // when Connection is there too.
+    if !any_of(headers, &HOP_BY_HOP_NAMES) {
+        return;
+    }
     let te_trailers = headers
-        .get(http::header::TE)
+        .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -28,11 +62,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP_NAMES {
         headers.remove(name);
     }
     if te_trailers {
-        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(TE, http::HeaderValue::from_static("trailers"));
     }
 }
 
@@ -48,7 +82,10 @@ pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
 
 /// Removes every header that claims an identity.
 pub fn strip_identity(headers: &mut HeaderMap) {
-    for name in IDENTITY_HEADERS {
+    if !any_of(headers, &IDENTITY_NAMES) {
+        return;
+    }
+    for name in &IDENTITY_NAMES {
         headers.remove(name);
     }
 }
@@ -80,6 +117,26 @@ mod tests {
         h.insert("te", HeaderValue::from_static("gzip, trailers"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn the_names_are_the_shared_lists() {
+        let hop: Vec<&str> = HOP_BY_HOP_NAMES.iter().map(HeaderName::as_str).collect();
+        assert_eq!(hop, HOP_BY_HOP);
+        let identity: Vec<&str> = IDENTITY_NAMES.iter().map(HeaderName::as_str).collect();
+        assert_eq!(identity, IDENTITY_HEADERS);
+    }
+
+    #[test]
+    fn a_request_with_no_such_header_keeps_every_header() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("server"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        strip_identity(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

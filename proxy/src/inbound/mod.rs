@@ -27,7 +27,7 @@ use crate::telemetry::observe::{PolicyMetadata, RequestObservation};
 use crate::Proxy;
 
 /// The request id header, set on every request that arrives without one.
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// What inbound knows about a connection, all from the verified TLS session.
 struct Connection {
@@ -568,7 +568,7 @@ fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response
             http::HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
-            if n.as_str() != ERROR_HEADER {
+            if n != ERROR_HEADER {
                 response.headers_mut().append(n, v);
             }
         }
