@@ -114,6 +114,9 @@ impl Service<Request<Body>> for Balance {
     }
 }
 
+/// Endpoints still in the running for one request.
+type Shortlist<'a> = smallvec::SmallVec<[&'a Candidate; 8]>;
+
 /// The endpoint for the next try, and whether the try probes an ejected endpoint.
 ///
 /// An endpoint whose ejection has run out is probed first. Otherwise P2C picks among the
@@ -130,11 +133,12 @@ pub fn choose<'a>(
     {
         return Some((probe, true));
     }
-    let admitted: Vec<&Candidate> = endpoints
+    // Kept on the stack for the usual few endpoints: this runs for every request.
+    let admitted: Shortlist = endpoints
         .iter()
         .filter(|c| c.state.breaker().admission(now) == Admission::Admit)
         .collect();
-    let untried: Vec<&Candidate> = admitted
+    let untried: Shortlist = admitted
         .iter()
         .copied()
         .filter(|c| !log.tried(&c.state.key))

@@ -68,12 +68,16 @@ where
         let response: BoxFuture<'static, _> = super::stack::boxed(self.inner.call(req));
         let RequestTimeoutLayer { service, after } = self.config.clone();
         Box::pin(async move {
+            // The error only when it happened: `unwrap_or` would name the service in a new
+            // string for every request.
             tokio::time::timeout(after, response)
                 .await
-                .unwrap_or(Err(ProxyError::RequestTimeout {
-                    service: service.to_string(),
-                    after,
-                }))
+                .unwrap_or_else(|_| {
+                    Err(ProxyError::RequestTimeout {
+                        service: service.to_string(),
+                        after,
+                    })
+                })
         })
     }
 }
