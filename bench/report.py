@@ -121,7 +121,10 @@ def main():
         if not ph or not env.get("nproc", "").isdigit():
             return None
         wall, busy, _ = ph
-        return max(0.0, int(env["nproc"]) - busy / hz / wall)
+        # A process that ends during the phase takes its earlier CPU time with it unless its
+        # parent reaps it, so the busy time can come out a little low: clamp.
+        cores = int(env["nproc"])
+        return min(float(cores), max(0.0, cores - busy / hz / wall))
 
     busiest = max((v for v in (other_cores(p, m) for p in PATHS for m in MODES) if v is not None), default=None)
     noisy = busiest is not None and busiest > BUSY_CORES_LIMIT
