@@ -17,6 +17,18 @@ pub const PEER_IDENTITY: HeaderName = HeaderName::from_static(vigil_api::headers
 /// application as HTTP/2. Only proxies set it: one arriving from an application is dropped.
 pub const ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("x-vigil-orig-proto");
 
+/// The request id: the server proxy sets one on every request that arrives without it,
+/// and the policy input, the logs and the app all see the same one.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A new request id: 32 lowercase hex digits of a random 128-bit number, written on the
+/// stack (no string is formatted for every request).
+pub fn new_request_id() -> http::HeaderValue {
+    let mut id = [0u8; 32];
+    data_encoding::HEXLOWER.encode_mut(&rand::random::<u128>().to_be_bytes(), &mut id);
+    http::HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
 /// [`HOP_BY_HOP`] as names.
 static HOP_BY_HOP_NAMES: [HeaderName; 7] = [
     CONNECTION,
@@ -125,6 +137,21 @@ mod tests {
         assert_eq!(hop, HOP_BY_HOP);
         let identity: Vec<&str> = IDENTITY_NAMES.iter().map(HeaderName::as_str).collect();
         assert_eq!(identity, IDENTITY_HEADERS);
+    }
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        for id in [&a, &b] {
+            let id = id.to_str().expect("ascii");
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        assert_ne!(a, b);
     }
 
     #[test]

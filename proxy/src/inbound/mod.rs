@@ -20,14 +20,12 @@ use crate::http::body::{self, Body};
 use crate::http::buffer::buffer_prefix;
 use crate::http::error::{local_response, PolicyOutcome, ProxyError, ERROR_HEADER};
 use crate::http::headers::{
-    authority, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
+    authority, new_request_id, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
+    REQUEST_ID,
 };
 use crate::telemetry::metrics::{Direction, Peer, ReasonLabels, TcpLabels};
 use crate::telemetry::observe::{PolicyMetadata, RequestObservation};
 use crate::Proxy;
-
-/// The request id header, set on every request that arrives without one.
-const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// What inbound knows about a connection, all from the verified TLS session.
 struct Connection {
@@ -207,9 +205,7 @@ async fn request(
 ) -> Response<Body> {
     // One id for the policy input, the logs and the app, as Envoy gives every request.
     if !req.headers().contains_key(REQUEST_ID) {
-        if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>())) {
-            req.headers_mut().insert(REQUEST_ID, id);
-        }
+        req.headers_mut().insert(REQUEST_ID, new_request_id());
     }
     let grpc = crate::http::error::is_grpc(&req);
     let mut observed = RequestObservation::start(&proxy, Direction::inbound, &mut req);

@@ -89,7 +89,7 @@ impl<'p> RequestObservation<'p> {
                 .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
             request_id: req
                 .headers()
-                .get("x-request-id")
+                .get(crate::http::headers::REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string(),
