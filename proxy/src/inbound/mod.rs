@@ -204,9 +204,9 @@ async fn request(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     // One id for the policy input, the logs and the app, as Envoy gives every request.
-    if !req.headers().contains_key(REQUEST_ID) {
-        req.headers_mut().insert(REQUEST_ID, new_request_id());
-    }
+    req.headers_mut()
+        .entry(REQUEST_ID)
+        .or_insert_with(new_request_id);
     let grpc = crate::http::error::is_grpc(&req);
     let mut observed = RequestObservation::start(&proxy, Direction::inbound, &mut req);
     if let Some((service, route)) = inbound_service(&proxy, &req) {

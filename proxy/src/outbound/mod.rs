@@ -453,9 +453,14 @@ async fn forward(
     strip_hop_by_hop(headers);
     strip_identity(headers);
     headers.remove(http::header::HOST);
-    headers.remove(ORIGINAL_PROTOCOL);
-    if let Some(original) = original {
-        headers.insert(ORIGINAL_PROTOCOL, http::HeaderValue::from_static(original));
+    // Whatever the application sent in it goes: replaced, or removed.
+    match original {
+        Some(original) => {
+            headers.insert(ORIGINAL_PROTOCOL, http::HeaderValue::from_static(original));
+        }
+        None => {
+            headers.remove(ORIGINAL_PROTOCOL);
+        }
     }
     if let Some((protocol, _)) = &upgrade {
         *req.method_mut() = Method::CONNECT;

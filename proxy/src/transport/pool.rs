@@ -31,6 +31,18 @@ use crate::transport::cork::UncorkingExecutor;
 /// finds its peer without copying or hashing the SPIFFE ID.
 type Peers<S> = HashMap<SocketAddr, Vec<(SpiffeId, Peer<S>)>>;
 
+/// The peer at `address` expected to prove `id`, if the pool knows it.
+fn known_peer_mut<'a, S>(
+    peers: &'a mut Peers<S>,
+    address: SocketAddr,
+    id: &SpiffeId,
+) -> Option<&'a mut Peer<S>> {
+    let at = peers.get_mut(&address)?;
+    at.iter_mut()
+        .find(|(known, _)| known == id)
+        .map(|(_, peer)| peer)
+}
+
 /// The peer at `address` expected to prove `id`, added when there is none.
 fn peer_mut<'a, S>(peers: &'a mut Peers<S>, address: SocketAddr, id: &SpiffeId) -> &'a mut Peer<S> {
     let at = peers.entry(address).or_default();
@@ -248,12 +260,7 @@ impl PeerPool {
     /// Drops the peer's connections found dead.
     fn forget(&self, endpoint: &EndpointView) {
         if let Ok(mut c) = self.own().lock() {
-            let known = c.get_mut(&endpoint.address).and_then(|at| {
-                at.iter_mut()
-                    .find(|(id, _)| *id == endpoint.spiffe_id)
-                    .map(|(_, peer)| peer)
-            });
-            if let Some(peer) = known {
+            if let Some(peer) = known_peer_mut(&mut c, endpoint.address, &endpoint.spiffe_id) {
                 peer.connections.retain(|p| !p.sender.is_closed());
             }
         }
