@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import statistics
 import sys
 
 PATHS = ["direct", "vigil", "haproxy"]
@@ -97,6 +98,29 @@ def fmt_us(v):
     return f"{v:,.0f} µs" if v >= 100 else f"{v:.1f} µs"
 
 
+def load_paired(out, hz, nproc):
+    """Per round of the paired maximum-rate runs: {round: {path: (req/s, CPU s per 10k of
+    both proxies, idle cores)}}."""
+    rounds = {}
+    p = os.path.join(out, "paired.tsv")
+    if not os.path.exists(p):
+        return rounds
+    with open(p) as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            try:
+                with open(os.path.join(out, f"paired-{row['round']}-{row['path']}.json")) as j:
+                    run = json.load(j)
+            except (OSError, ValueError):
+                continue
+            wall = float(row["wall_s"])
+            cpu = int(row["proxy_ticks"]) / hz * 10_000 / run["requests"] if run["requests"] else None
+            idle = None
+            if nproc and wall > 0:
+                idle = min(float(nproc), max(0.0, nproc - int(row["system_busy_ticks"]) / hz / wall))
+            rounds.setdefault(int(row["round"]), {})[row["path"]] = (run["throughput_rps"], cpu, idle)
+    return rounds
+
+
 def main():
     out, dest = sys.argv[1], sys.argv[2]
     env = load_env(out)
@@ -104,6 +128,10 @@ def main():
     procs, loads = load_procs(out)
     phases = load_phases(out)
     hz = os.sysconf("SC_CLK_TCK")
+    nproc = int(env["nproc"]) if env.get("nproc", "").isdigit() else None
+    paired = {r: v for r, v in load_paired(out, hz, nproc).items() if "vigil" in v and "haproxy" in v}
+    paired_thr = [v["vigil"][0] / v["haproxy"][0] for v in paired.values() if v["haproxy"][0]]
+    paired_cpu = [v["vigil"][1] / v["haproxy"][1] for v in paired.values() if v["vigil"][1] and v["haproxy"][1]]
 
     def other_cores(path, mode):
         """Cores used by processes other than the benchmark's during a phase."""
@@ -289,7 +317,32 @@ def main():
     w(f"| added p99 vs direct | {ratio(added_p99('vigil', 'rate'), added_p99('haproxy', 'rate'))} | {ratio(added_p99('vigil', 'max'), added_p99('haproxy', 'max'))} |")
     w(f"| CPU per request (both proxies) | {ratio(sum_cpu('vigil', 'rate'), sum_cpu('haproxy', 'rate'))} | {ratio(sum_cpu('vigil', 'max'), sum_cpu('haproxy', 'max'))} |")
     w(f"| peak RSS (both proxies) | {ratio(sum_rss('vigil', 'rate'), sum_rss('haproxy', 'rate'))} | {ratio(sum_rss('vigil', 'max'), sum_rss('haproxy', 'max'))} |")
+    if paired_thr:
+        w(f"| throughput, paired rounds (median of {len(paired_thr)}) | – | {statistics.median(paired_thr):.2f} |")
+    if paired_cpu:
+        w(f"| CPU per request (both proxies), paired rounds (median of {len(paired_cpu)}) | – | {statistics.median(paired_cpu):.2f} |")
     w("")
+    if paired:
+        w("### Paired rounds at maximum rate")
+        w("")
+        w(
+            f"The maximum-rate phases above run one path after the other, so a change in the machine's speed between them lands in their ratios. "
+            f"Here the two pairs, both up, ran {env.get('paired_secs', '?')} s each back to back, alternating which went first; each row compares them under the same conditions."
+        )
+        w("")
+        w("| round | first | Vigil req/s | HAProxy req/s | throughput ratio | Vigil CPU s per 10k | HAProxy CPU s per 10k | CPU ratio | idle cores Vigil / HAProxy |")
+        w("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+
+        def num(v, f):
+            return "–" if v is None else format(v, f)
+
+        for r in sorted(paired):
+            v, h = paired[r]["vigil"], paired[r]["haproxy"]
+            w(
+                f"| {r} | {'Vigil' if r % 2 else 'HAProxy'} | {v[0]:,.0f} | {h[0]:,.0f} | {ratio(v[0], h[0])} | {num(v[1], '.3f')} | {num(h[1], '.3f')} | "
+                f"{ratio(v[1], h[1])} | {num(v[2], '.2f')} / {num(h[2], '.2f')} |"
+            )
+        w("")
 
     # Targets.
     w("## Targets")

@@ -13,6 +13,9 @@
 #   BENCH_PATHS="direct vigil haproxy"   which paths to measure, in order
 #   BENCH_MODES="rate max" which phases to run per path
 #   BENCH_WRK=5            seconds of a wrk cross-check of maximum throughput per path (0 = skip)
+#   BENCH_PAIRED_ROUNDS=4  rounds of back-to-back maximum-rate runs, Vigil then HAProxy and the
+#                          other way round, compared pair by pair (0 = skip)
+#   BENCH_PAIRED_SECS=10   seconds of each of those runs
 #   BENCH_IDLE_CONNECTIONS=500  idle client connections held open to price one (0 = skip)
 #   BENCH_LOADGEN_THREADS=1  BENCH_UPSTREAM_THREADS=1   runtime threads of loadgen/upstream
 #   BENCH_HAPROXY_ALPN=h2  protocol between the two HAProxies (h2 like Vigil, or http/1.1)
@@ -40,6 +43,8 @@ LOADGEN_THREADS=${BENCH_LOADGEN_THREADS:-1}
 UPSTREAM_THREADS=${BENCH_UPSTREAM_THREADS:-1}
 HAPROXY_ALPN=${BENCH_HAPROXY_ALPN:-h2}
 IDLE_CONNS=${BENCH_IDLE_CONNECTIONS:-500}
+PAIRED_ROUNDS=${BENCH_PAIRED_ROUNDS:-4}
+PAIRED_SECS=${BENCH_PAIRED_SECS:-10}
 
 # Ports (all on 127.0.0.1).
 P_UPSTREAM=28082
@@ -56,6 +61,8 @@ PROCS="$OUT/procs.tsv"   # path mode role pid cpu_ticks_delta vmhwm_kb load1_bef
 printf 'path\tmode\trole\tpid\tcpu_ticks\tvmhwm_kb\tload1_before\tload1_after\trss_anon_kb\trss_file_kb\n' >"$PROCS"
 PHASES="$OUT/phases.tsv" # path mode wall_s system_busy_ticks upstream_ticks
 printf 'path\tmode\twall_s\tsystem_busy_ticks\tupstream_ticks\n' >"$PHASES"
+PAIRED="$OUT/paired.tsv" # round path wall_s system_busy_ticks upstream_ticks proxy_ticks (both proxies)
+printf 'round\tpath\twall_s\tsystem_busy_ticks\tupstream_ticks\tproxy_ticks\n' >"$PAIRED"
 
 T0=$(date +%s)
 log() { printf '\033[1m[bench %4ss]\033[0m %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
@@ -349,6 +356,8 @@ port_free_or_die $P_UPSTREAM $P_CP_DISCOVERY $P_CP_IDENTITY $P_CP_DASHBOARD \
     echo "loadgen_threads=$LOADGEN_THREADS"
     echo "upstream_threads=$UPSTREAM_THREADS"
     echo "haproxy_alpn=$HAPROXY_ALPN"
+    echo "paired_rounds=$PAIRED_ROUNDS"
+    echo "paired_secs=$PAIRED_SECS"
     echo "load1_start=$(load1)"
     echo "note=${BENCH_NOTE:-}"
 } >"$OUT/env.txt"
@@ -473,12 +482,18 @@ EOF
     run_modes vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp" "control-plane=$cp"
     echo "vigil_peer_connections=$(established_to $P_S_IN)" >>"$OUT/env.txt"
     log "Vigil: $(established_to $P_S_IN) mTLS connection(s) open from client proxy to server proxy"
-    # After the count above: 500 requests at once open more peer connections.
+    RUNNING[vigil]="$P_C_OUT client-proxy=$clp server-proxy=$sp"
+    FINISH+=("finish_vigil $clp $sp $cp")
+}
+
+# finish_vigil CLIENT SERVER CONTROL-PLANE: the idle-connection price, the metrics, the end.
+finish_vigil() {
+    local clp=$1 sp=$2 cp=$3
+    # After the peer-connection count: 500 requests at once open more peer connections.
     idle_cost vigil $P_C_OUT "client-proxy=$clp" "server-proxy=$sp"
-    if ((${#c_metrics[@]})); then
-        curl -s "http://127.0.0.1:$P_C_METRICS/metrics" >"$OUT/vigil-client-metrics.txt" 2>/dev/null || true
-        curl -s "http://127.0.0.1:$P_S_METRICS/metrics" >"$OUT/vigil-server-metrics.txt" 2>/dev/null || true
-    fi
+    # Proxies too old to serve metrics leave these files empty.
+    curl -s "http://127.0.0.1:$P_C_METRICS/metrics" >"$OUT/vigil-client-metrics.txt" 2>/dev/null || true
+    curl -s "http://127.0.0.1:$P_S_METRICS/metrics" >"$OUT/vigil-server-metrics.txt" 2>/dev/null || true
     stop_pid "$clp"
     stop_pid "$sp"
     stop_pid "$cp"
@@ -567,11 +582,63 @@ EOF
     run_modes haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
     echo "haproxy_peer_connections=$(established_to $P_HA_BACK)" >>"$OUT/env.txt"
     log "HAProxy: $(established_to $P_HA_BACK) mTLS connection(s) open from front to back"
+    RUNNING[haproxy]="$P_HA_FRONT front-haproxy=$fp back-haproxy=$bp"
+    FINISH+=("finish_haproxy $fp $bp")
+}
+
+# finish_haproxy FRONT BACK
+finish_haproxy() {
+    local fp=$1 bp=$2
     idle_cost haproxy $P_HA_FRONT "front-haproxy=$fp" "back-haproxy=$bp"
     stop_pid "$fp"
     stop_pid "$bp"
 }
 
+# paired_slice ROUND PATH: one maximum-rate run of PAIRED_SECS on a path that is up.
+paired_slice() {
+    local round=$1 path=$2 port specs spec pid before=0 after=0 sb ub t
+    read -r port specs <<<"${RUNNING[$path]}"
+    for spec in $specs; do
+        pid=${spec#*=}
+        assert_alive "$pid"
+        before=$((before + $(cpu_ticks "$pid")))
+    done
+    sb=$(sys_busy)
+    ub=$(cpu_ticks "$UPSTREAM_PID")
+    t=$(date +%s.%N)
+    "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate 0 \
+        --duration "${PAIRED_SECS}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
+        --progress 0s --label "paired-$round-$path" --out "$OUT/paired-$round-$path.json" 2>>"$LOGS/loadgen.log" \
+        || die "load generator failed in paired round $round on $path (see $LOGS/loadgen.log)"
+    for spec in $specs; do after=$((after + $(cpu_ticks "${spec#*=}"))); done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" \
+        "$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')" \
+        "$(( $(sys_busy) - sb ))" "$(( $(cpu_ticks "$UPSTREAM_PID") - ub ))" "$((after - before))" >>"$PAIRED"
+    log "paired round $round, $path: $(jq -r '.throughput_rps | floor' "$OUT/paired-$round-$path.json") req/s"
+}
+
+# The maximum-rate phases above run one path after the other, and the machine's speed drifts
+# between them. Paired rounds put Vigil's and HAProxy's runs back to back, alternating which
+# goes first (ABBA), so each round's ratio compares the two under the same conditions.
+paired_rounds() {
+    [ "$PAIRED_ROUNDS" -gt 0 ] && [ -n "${RUNNING[vigil]:-}" ] && [ -n "${RUNNING[haproxy]:-}" ] || return 0
+    log "=== paired rounds: $PAIRED_ROUNDS × (Vigil, HAProxy) at maximum rate, ${PAIRED_SECS}s each"
+    local round
+    for round in $(seq 1 "$PAIRED_ROUNDS"); do
+        if [ $((round % 2)) = 1 ]; then
+            paired_slice "$round" vigil
+            paired_slice "$round" haproxy
+        else
+            paired_slice "$round" haproxy
+            paired_slice "$round" vigil
+        fi
+    done
+}
+
+# Every path stays up until the paired rounds are done (an idle pair costs the others no CPU
+# worth counting; the conditions table shows what other processes used).
+declare -A RUNNING=()
+FINISH=()
 for path in $PATHS; do
     case "$path" in
         direct) run_direct ;;
@@ -579,6 +646,10 @@ for path in $PATHS; do
         haproxy) run_haproxy ;;
         *) die "unknown path '$path' in BENCH_PATHS (use direct, vigil, haproxy)" ;;
     esac
+done
+paired_rounds
+for step in "${FINISH[@]}"; do
+    $step
 done
 
 # Handshake cost of the hybrid post-quantum key exchange, on the same machine after the
