@@ -222,10 +222,7 @@ pub async fn run(
         workers,
         metrics: metrics.clone(),
         drain: drain::Drain::new(),
-        traces: match &config.trace {
-            Some(t) => trace::Tracing::new(t)?,
-            None => trace::Tracing::disabled(),
-        },
+        traces: trace::Tracing::new(&config.trace)?,
         observer: observe::Observer::new(metrics.clone(), access_log),
     });
 

@@ -155,8 +155,8 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                     "upstreams": proxy.config.upstreams.iter().map(|(a, s)| json!({"address": a.to_string(), "service": s})).collect::<Vec<_>>(),
                 },
                 "control_plane": {
-                    "identity": proxy.config.identity_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "discovery": proxy.config.discovery_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "identity": proxy.config.identity_addresses.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "discovery": proxy.config.discovery_addresses.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "discovery_replica": proxy.discovery.replica().map(|a| a.to_string()),
                 },
             }))

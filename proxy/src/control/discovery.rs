@@ -135,7 +135,7 @@ impl Discovery {
         authz: Arc<Authorizer>,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
-        let replicas = Replicas::new(config.discovery_addresses.clone());
+        let replicas = Replicas::new(config.discovery_addresses.0.clone());
         let mut failed_in_a_row = 0;
         loop {
             let Some(replica) = replicas.current() else {

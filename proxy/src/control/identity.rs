@@ -80,8 +80,8 @@ impl WorkloadIdentity {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<WorkloadIdentity>> {
         let key = WorkloadKey::generate()?;
-        let trust = TrustStore::new(&config.trust_domain, config.bootstrap_trust.clone())?;
-        let replicas = Replicas::new(config.identity_addresses.clone());
+        let trust = TrustStore::new(&config.trust_domain, config.bootstrap_trust()?)?;
+        let replicas = Replicas::new(config.identity_addresses.0.clone());
         Ok(Arc::new(WorkloadIdentity {
             replicas,
             config,
@@ -255,7 +255,7 @@ impl WorkloadIdentity {
         let request = vigil_api::SignRequest {
             csr_der,
             token: self.config.current_token(),
-            kind: self.config.token_kind as i32,
+            kind: self.config.token_kind.api() as i32,
         };
         self.call(|mut client| {
             let request = request.clone();
@@ -272,7 +272,7 @@ impl WorkloadIdentity {
     ) -> Result<vigil_api::SignJwtResponse, tonic::Status> {
         let request = vigil_api::SignJwtRequest {
             token: self.config.current_token(),
-            kind: self.config.token_kind as i32,
+            kind: self.config.token_kind.api() as i32,
             audience,
         };
         self.call(|mut client| {
@@ -291,7 +291,7 @@ impl WorkloadIdentity {
         let request = vigil_api::SignRequest {
             csr_der: self.key.csr_der()?,
             token: self.config.current_token(),
-            kind: self.config.token_kind as i32,
+            kind: self.config.token_kind.api() as i32,
         };
         let response = self
             .call(|mut client| {

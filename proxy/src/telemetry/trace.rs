@@ -21,11 +21,17 @@ use opentelemetry_sdk::trace::{
 };
 
 /// Tracing settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TraceConfig {
-    /// OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`.
-    pub endpoint: String,
-    /// Share of new traces sampled (0.0 – 1.0); a sampled parent is always followed.
+    /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); tracing is off without it.
+    #[arg(long = "otlp-endpoint", env = "VIGIL_OTLP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Share of new traces to sample, 0.0 to 1.0; a sampled parent is always followed.
+    #[arg(
+        long = "trace-sampling",
+        env = "VIGIL_TRACE_SAMPLING",
+        default_value_t = 1.0
+    )]
     pub sampling: f64,
 }
 
@@ -53,10 +59,14 @@ impl Tracing {
     }
 
     /// Builds the exporter; must run inside the tokio runtime (the gRPC channel lives there).
+    /// Tracing as `config` says: off without an endpoint.
     pub fn new(config: &TraceConfig) -> anyhow::Result<Tracing> {
+        let Some(endpoint) = &config.endpoint else {
+            return Ok(Tracing::disabled());
+        };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(&config.endpoint)
+            .with_endpoint(endpoint)
             .with_timeout(Duration::from_secs(3))
             .build()?;
         let processor = BatchSpanProcessor::builder(exporter)
