@@ -39,7 +39,7 @@ pub mod workload_api;
 
 use std::sync::Arc;
 
-use crate::telemetry::{metrics, observe, trace};
+use crate::telemetry::{observe, trace};
 use crate::transport::{drain, listener};
 
 use anyhow::Context;
@@ -239,7 +239,7 @@ pub async fn run(
         upstreams.push((bind(*addr, "upstream").await?, service.clone()));
     }
     tokio::spawn(admin::serve(admin, proxy.clone()));
-    tokio::spawn(metrics::serve(metrics_listener, proxy.clone()));
+    tokio::spawn(admin::serve_metrics(metrics_listener, proxy.clone()));
 
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(identity.clone().run(first_tx));

@@ -41,6 +41,40 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     .await;
 }
 
+/// Serves `/metrics` on the metrics listener, with the proxy's `/ready` and `/live` and the
+/// app's rewritten kubelet probes (`/app-health/...`, see [`probes`]).
+pub async fn serve_metrics(listener: TcpListener, proxy: Arc<Proxy>) {
+    accept_loop(
+        listener,
+        "metrics",
+        None,
+        ConnectionLimits::default(),
+        move |tcp, _| {
+            let proxy = proxy.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let proxy = proxy.clone();
+                    async move {
+                        let path = req.uri().path();
+                        let response = if path.starts_with(probes::PATH_PREFIX) {
+                            proxy.config.app_probes.answer(path, req.headers()).await
+                        } else {
+                            health(&proxy, path).unwrap_or_else(|| {
+                                crate::telemetry::metrics::respond(&proxy.metrics, &req)
+                            })
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        },
+    )
+    .await;
+}
+
 /// `/live` and `/ready`, which the metrics port serves too so the kubelet can probe them.
 pub fn health(proxy: &Proxy, path: &str) -> Option<Response<Body>> {
     match path {

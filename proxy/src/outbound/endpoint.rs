@@ -24,7 +24,7 @@ use crate::http::error::ProxyError;
 use crate::telemetry::metrics::{EndpointLabels, Peer};
 use crate::transport::pool::{PeerPool, SendError};
 
-use super::breaker::CircuitBreaker;
+use super::circuit::CircuitBreaker;
 
 /// An endpoint's identity in the mesh: where it is and whom it must prove to be.
 pub type EndpointKey = (SocketAddr, SpiffeId);
@@ -253,7 +253,7 @@ impl AttemptLog {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::outbound::breaker::Outcome;
+    use crate::outbound::circuit::Outcome;
 
     /// A snapshot with one service `web` whose endpoints are the given workloads.
     pub fn mesh(version: &str, workloads: &[&str]) -> MeshView {

@@ -58,7 +58,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(fault) = self.fault.clone() else {
-            return super::stack::boxed(self.inner.call(req));
+            return super::boxing::boxed(self.inner.call(req));
         };
         // Not polled (so not sent) until the fault lets it through.
         let response: BoxFuture<'static, _> = Box::pin(self.inner.clone().oneshot(req));

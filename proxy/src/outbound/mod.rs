@@ -5,8 +5,10 @@
 //! HTTP/1 and HTTP/2 are carried over pooled HTTP/2; anything else is an opaque TCP tunnel.
 
 pub mod balance;
+pub mod boxing;
 pub mod breaker;
 pub mod budget;
+pub mod circuit;
 pub mod endpoint;
 pub mod fault;
 pub mod limit;

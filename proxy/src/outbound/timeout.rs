@@ -65,7 +65,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // Boxed before the async block, so its Send-ness is settled here.
-        let response: BoxFuture<'static, _> = super::stack::boxed(self.inner.call(req));
+        let response: BoxFuture<'static, _> = super::boxing::boxed(self.inner.call(req));
         let RequestTimeoutLayer { service, after } = self.config.clone();
         Box::pin(async move {
             // The error only when it happened: `unwrap_or` would name the service in a new
@@ -128,7 +128,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let response: BoxFuture<'static, _> = super::stack::boxed(self.inner.call(req));
+        let response: BoxFuture<'static, _> = super::boxing::boxed(self.inner.call(req));
         let PerTryTimeoutLayer { endpoint, after } = self.config.clone();
         let Some(after) = after else {
             return response;

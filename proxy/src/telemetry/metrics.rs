@@ -4,25 +4,21 @@
 //! itself names; never paths, addresses or anything a client can make up.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
 use vigil_identity::SpiffeId;
 
 use crate::http::body::{self, Body};
-use crate::transport::listener::{accept_loop, ConnectionLimits};
 
 /// Which way traffic flows relative to this workload.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -296,17 +292,21 @@ thread_local! {
     static RECENT: std::cell::RefCell<Vec<Recent>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Which call a finished request was, as its metrics are labelled.
+pub struct Call<'a> {
+    pub direction: Direction,
+    /// Who is at the other end.
+    pub peer: &'a Peer,
+    pub service: &'a Arc<str>,
+    /// The traffic route it matched ([`crate::traffic::Route::label`]).
+    pub route: &'a Arc<str>,
+}
+
 /// Ids for [`Metrics::id`].
 static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Recent {
-    fn is(
-        &self,
-        metrics: u64,
-        call: &crate::telemetry::observe::Call<'_>,
-        status: StatusCode,
-        denied: bool,
-    ) -> bool {
+    fn is(&self, metrics: u64, call: &Call<'_>, status: StatusCode, denied: bool) -> bool {
         self.metrics == metrics
             && self.direction == call.direction
             && self.status == status
@@ -486,13 +486,7 @@ impl Metrics {
     /// Records one finished HTTP request. The labels are shared (made once per connection,
     /// endpoint or snapshot), so recording allocates nothing for them, and a request like
     /// a recent one on this thread finds its series without hashing them ([`Recent`]).
-    pub fn request(
-        &self,
-        call: &crate::telemetry::observe::Call<'_>,
-        status: StatusCode,
-        denied: bool,
-        elapsed: Duration,
-    ) {
+    pub fn request(&self, call: &Call<'_>, status: StatusCode, denied: bool, elapsed: Duration) {
         RECENT.with(|recent| {
             let mut recent = recent.borrow_mut();
             let found = match recent
@@ -515,12 +509,7 @@ impl Metrics {
     }
 
     /// A request's series, looked up in (or added to) the families.
-    fn series(
-        &self,
-        call: &crate::telemetry::observe::Call<'_>,
-        status: StatusCode,
-        denied: bool,
-    ) -> Recent {
+    fn series(&self, call: &Call<'_>, status: StatusCode, denied: bool) -> Recent {
         let peer = call.peer;
         let requests = self
             .requests
@@ -609,40 +598,9 @@ pub fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Serves `/metrics` on the metrics listener, with the proxy's `/ready` and `/live` and the
-/// app's rewritten kubelet probes (`/app-health/...`, see [`crate::admin::probes`]).
-pub async fn serve(listener: TcpListener, proxy: Arc<crate::Proxy>) {
-    accept_loop(
-        listener,
-        "metrics",
-        None,
-        ConnectionLimits::default(),
-        move |tcp, _| {
-            let proxy = proxy.clone();
-            async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let proxy = proxy.clone();
-                    async move {
-                        let path = req.uri().path();
-                        let response = if path.starts_with(crate::admin::probes::PATH_PREFIX) {
-                            proxy.config.app_probes.answer(path, req.headers()).await
-                        } else {
-                            crate::admin::health(&proxy, path)
-                                .unwrap_or_else(|| respond(&proxy.metrics, &req))
-                        };
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            }
-        },
-    )
-    .await;
-}
-
-fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
+/// The answer to a request on the metrics listener that is neither a health check nor an
+/// app probe (see [`crate::admin::serve_metrics`]): the exposition at `/metrics`, else 404.
+pub fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
     if req.uri().path() != "/metrics" {
         let mut r = Response::new(body::full(
             "only /metrics, /ready, /live and /app-health/<container>/<probe> are served here\n",
@@ -712,7 +670,7 @@ mod tests {
     fn record(m: &Metrics, sa: &str, peer: &str, service: &str, status: StatusCode, denied: bool) {
         let id = SpiffeId::parse(&format!("spiffe://vigil.local/ns/shop/sa/{sa}")).expect("id");
         let peer = Peer::new(Some(&id), peer);
-        let call = crate::telemetry::observe::Call {
+        let call = Call {
             direction: Direction::inbound,
             peer: &peer,
             service: &Arc::from(service),
@@ -739,7 +697,7 @@ mod tests {
         let id = SpiffeId::parse("spiffe://vigil.local/ns/shop/sa/web").expect("id");
         let peer = Peer::new(Some(&id), "web");
         let (service, route) = (Arc::from("payments.shop"), Arc::from("default"));
-        let call = crate::telemetry::observe::Call {
+        let call = Call {
             direction: Direction::inbound,
             peer: &peer,
             service: &service,

@@ -7,7 +7,7 @@
 //! was cut; `--log-query-strings` ([`AccessLog::new`]) keeps them.
 
 use std::io::Write;
-use std::sync::Arc;
+
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
@@ -19,7 +19,7 @@ mod request;
 pub use request::{default_route, PolicyMetadata, RequestObservation};
 
 use crate::telemetry::log_writer::LineWriter;
-use crate::telemetry::metrics::{Direction, ErrorLabels, Metrics, Peer};
+use crate::telemetry::metrics::{Call, ErrorLabels, Metrics};
 
 /// What happened to one request, as the tap and the access log show it.
 #[derive(Debug, Clone, Serialize)]
@@ -79,16 +79,6 @@ pub struct Observer {
     tap: broadcast::Sender<std::sync::Arc<RequestRecord>>,
     access_log: Option<LineWriter>,
     keep_query_strings: bool,
-}
-
-/// Which call a finished request was, as its metrics are labelled.
-pub struct Call<'a> {
-    pub direction: Direction,
-    /// Who is at the other end.
-    pub peer: &'a Peer,
-    pub service: &'a Arc<str>,
-    /// The traffic route it matched ([`crate::traffic::Route::label`]).
-    pub route: &'a Arc<str>,
 }
 
 impl Observer {

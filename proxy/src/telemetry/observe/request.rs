@@ -12,8 +12,9 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
 use crate::http::error::{LocalReason, PolicyOutcome, ERROR_HEADER};
+use crate::telemetry::metrics::Call;
 use crate::telemetry::metrics::{Direction, Peer};
-use crate::telemetry::observe::{now_secs, Call, RequestRecord};
+use crate::telemetry::observe::{now_secs, RequestRecord};
 use crate::telemetry::trace::HopSpan;
 use crate::Proxy;
 
