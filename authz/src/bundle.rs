@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::calls;
 use crate::decision::Decision;
 use crate::engine::{self, EvalError};
+use crate::files::{BundleError, PolicyFile};
 use crate::fold;
 use crate::input::AuthzInput;
 use crate::opa_alignment;
@@ -35,20 +36,6 @@ fn with_key_buffer<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
     let result = f(&mut key);
     let _ = KEY.try_with(|k| k.set(key));
     result
-}
-
-/// Upper bound on VM instructions per decision, so a runaway policy fails closed instead of
-/// stalling the proxy. regorus's default (25k) is too low for policies that loop over a few
-/// hundred routes.
-pub(crate) const MAX_INSTRUCTIONS: usize = 1_000_000;
-
-/// One file of a bundle: a Rego module or a JSON/YAML data document.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyFile {
-    /// Path relative to the bundle root, with `/` separators.
-    pub path: String,
-    /// The file's text.
-    pub contents: String,
 }
 
 /// How a bundle is evaluated and logged.
@@ -77,129 +64,6 @@ impl PolicyOptions {
     /// allows only with `log_allows`.
     pub fn should_log(&self, decision: &Decision) -> bool {
         !decision.allowed() || self.log_allows
-    }
-}
-
-/// One compile problem, displayed as `file:line:col: message`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CompileProblem {
-    /// The file, relative to the bundle root.
-    pub file: String,
-    /// 1-based line (0 when regorus gave no location).
-    pub line: u32,
-    /// 1-based column (0 when regorus gave no location).
-    pub column: u32,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for CompileProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
-    }
-}
-
-/// Why a bundle could not be read, compiled or run by the CLI helpers.
-#[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    /// A file or directory could not be read (or CLI output could not be written).
-    #[error("{path}: {source}")]
-    Io {
-        /// The path involved.
-        path: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A module does not parse or compile.
-    #[error("{file}:{line}:{column}: {message}")]
-    Compile {
-        /// The file, relative to the bundle root.
-        file: String,
-        /// 1-based line.
-        line: u32,
-        /// 1-based column.
-        column: u32,
-        /// What is wrong.
-        message: String,
-    },
-    /// Several modules do not parse; one problem per line.
-    #[error("{}", join_lines(.0))]
-    Problems(Vec<CompileProblem>),
-    /// No module defines the decision rule.
-    #[error("rule {0} is not defined by any module in the bundle")]
-    MissingRule(String),
-    /// A data file does not parse or conflicts with other data or rules.
-    #[error("{file}: {message}")]
-    Data {
-        /// The data file, relative to the bundle root.
-        file: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Input given to a CLI helper is invalid (bad JSON, bad header name).
-    #[error("invalid input: {0}")]
-    Input(String),
-}
-
-fn join_lines(problems: &[CompileProblem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-impl BundleError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        BundleError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
-
-    pub(crate) fn output(source: std::io::Error) -> Self {
-        BundleError::Io {
-            path: "<output>".to_string(),
-            source,
-        }
-    }
-
-    pub(crate) fn from_problems(mut problems: Vec<CompileProblem>) -> Self {
-        if problems.len() == 1 {
-            let p = problems.remove(0);
-            BundleError::Compile {
-                file: p.file,
-                line: p.line,
-                column: p.column,
-                message: p.message,
-            }
-        } else {
-            BundleError::Problems(problems)
-        }
-    }
-
-    /// Every problem as `file:line:col: message` entries (empty for non-compile errors).
-    pub fn problems(&self) -> Vec<CompileProblem> {
-        match self {
-            BundleError::Compile {
-                file,
-                line,
-                column,
-                message,
-            } => vec![CompileProblem {
-                file: file.clone(),
-                line: *line,
-                column: *column,
-                message: message.clone(),
-            }],
-            BundleError::Problems(p) => p.clone(),
-            _ => Vec::new(),
-        }
     }
 }
 
@@ -263,28 +127,16 @@ static NEXT_BUNDLE_ID: AtomicU64 = AtomicU64::new(1);
 /// Evaluation keeps one VM (or interpreter) per thread per bundle, so concurrent requests never
 /// contend on a lock.
 pub struct PolicyBundle {
-    /// Process-unique id keying the per-thread evaluators (never reused, unlike versions).
-    pub(crate) id: u64,
     version: String,
     files: Vec<PolicyFile>,
     options: PolicyOptions,
-    /// The rule the engines evaluate: the decision rule, or a rule made of the decision
-    /// document when the decision is written as rules under its path (`result["allowed"]`).
-    pub(crate) entry_rule: String,
     pub(crate) backend: Backend,
-    /// RVM bytecode, compiled once; `None` when the interpreter backend is used.
-    pub(crate) program: Option<Arc<Program>>,
-    /// The merged data document.
-    pub(crate) data: Value,
     /// Rules evaluated once at compile time (see `fold.rs`).
     folded: Vec<String>,
     /// Optional parts of the input the policy can observe (see `usage.rs`).
     needs: InputNeeds,
-    /// The same input document always gets the same decision (see `calls::repeatable`), so
-    /// each thread's evaluator remembers recent ones (see `engine.rs`).
-    pub(crate) repeatable: bool,
-    /// A prepared interpreter: template for per-thread clones, cross-checks and `explain`.
-    pub(crate) interpreter: Engine,
+    /// What the engine evaluates: the program or interpreter, the data, the entry rule.
+    pub(crate) compiled: engine::Compiled,
 }
 
 impl fmt::Debug for PolicyBundle {
@@ -377,18 +229,20 @@ impl PolicyBundle {
 
         let needs = usage::input_needs(&files);
         Ok(PolicyBundle {
-            id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
             version,
             files,
             options,
-            entry_rule,
             backend,
-            program,
-            data,
             folded,
             needs,
-            repeatable,
-            interpreter,
+            compiled: engine::Compiled {
+                id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
+                entry_rule,
+                program,
+                data,
+                repeatable,
+                interpreter,
+            },
         })
     }
 
@@ -410,7 +264,7 @@ impl PolicyBundle {
     /// Whether each thread remembers recent decisions of this bundle: its decisions depend
     /// on the input document alone (it calls no clock and does not `print`).
     pub fn remembers_decisions(&self) -> bool {
-        self.repeatable
+        self.compiled.repeatable
     }
 
     /// The evaluator used on the request path.
@@ -433,14 +287,14 @@ impl PolicyBundle {
                 .document_for(self.needs)
                 .map_err(|e| EvalError(e.to_string()))
         };
-        let value = if self.repeatable {
+        let value = if self.compiled.repeatable {
             // The document is built only when no decision is remembered for its key.
             with_key_buffer(|key| {
                 input.key_for(self.needs, key);
-                engine::eval_keyed(self, key, build)
+                engine::eval_keyed(&self.compiled, key, build)
             })
         } else {
-            build().and_then(|document| engine::eval(self, document))
+            build().and_then(|document| engine::eval(&self.compiled, document))
         };
         match value {
             Ok(value) => Decision::from_value(&value, &self.options.rule),
@@ -462,13 +316,13 @@ impl PolicyBundle {
 
     /// The raw value of the decision rule (`Value::Undefined` when undefined).
     pub fn eval_raw(&self, input: Value) -> Result<Value, EvalError> {
-        engine::eval(self, input)
+        engine::eval(&self.compiled, input)
     }
 
     /// The raw value computed by the tree interpreter, regardless of the backend; used to
     /// cross-check the VM and by `explain`.
     pub fn eval_raw_interpreted(&self, input: Value) -> Result<Value, EvalError> {
-        engine::eval_interpreted(self, input)
+        engine::eval_interpreted(&self.compiled, input)
     }
 
     /// Applies dry-run: when `dry_run` is set, a deny or error becomes an allow (the caller

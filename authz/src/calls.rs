@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use regorus::unstable::{Expr, Module, Parser, Ref, Rule, RuleHead, BUILTINS};
 
-use crate::bundle::CompileProblem;
+use crate::files::CompileProblem;
 use crate::opa_builtins;
 use crate::rules::ref_name;
 use crate::source::FileKind;

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use regorus::Value;
 
-use crate::bundle::{BundleError, PolicyBundle, PolicyOptions};
+use crate::bundle::{PolicyBundle, PolicyOptions};
 use crate::decision::Decision;
-use crate::testing::w;
+use crate::files::BundleError;
 
 /// Compiles the policies under `dir` with the given decision rule (or the default one).
 pub(crate) fn load_bundle(dir: &Path, rule: Option<&str>) -> Result<PolicyBundle, BundleError> {
@@ -59,4 +59,9 @@ pub fn eval_command(
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     w(out, format_args!("{text}\n"))?;
     Ok(decision)
+}
+
+/// Writes CLI output, as a [`BundleError`] when the output cannot take it.
+pub(crate) fn w(out: &mut dyn Write, args: std::fmt::Arguments<'_>) -> Result<(), BundleError> {
+    out.write_fmt(args).map_err(BundleError::output)
 }

@@ -4,7 +4,7 @@
 //! per bundle (a handful at most, most recently used first). Creating one costs a clone of
 //! reference-counted program and data; after that a decision takes no lock and allocates only
 //! what the policy itself needs. A bundle whose decisions depend on the input document alone
-//! (no clock, no `print`: `PolicyBundle::remembers_decisions`) has its recent decisions
+//! (no clock, no `print`: `crate::PolicyBundle::remembers_decisions`) has its recent decisions
 //! remembered by a key of everything its document would hold (`AuthzInput::key_for`), so a
 //! request like one just decided (same caller, method, path and whatever else the bundle can
 //! observe; the request id only when the bundle reads it) is answered without building the
@@ -15,12 +15,12 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use regorus::rvm::vm::{ExecutionMode, ExecutionState, SuspendReason};
-use regorus::rvm::RegoVM;
+use regorus::rvm::{Program, RegoVM};
 use regorus::{Engine, Value};
 
-use crate::bundle::{PolicyBundle, MAX_INSTRUCTIONS};
 use crate::opa_builtins;
 use crate::source::condense_error;
 
@@ -37,7 +37,7 @@ struct Runner {
     bundle_id: u64,
     kind: RunnerKind,
     /// Recent decisions by input key, for a bundle whose decisions depend on the document
-    /// alone (`PolicyBundle::repeatable`): requests alike (same caller, method, path, and
+    /// alone (`crate::PolicyBundle::repeatable`): requests alike (same caller, method, path, and
     /// what else the bundle can observe) are answered without building the document or
     /// running the policy again. `None` for any other bundle.
     remembered: Option<Remembered>,
@@ -118,11 +118,35 @@ enum RunnerKind {
     Interpreter(Box<Engine>),
 }
 
+/// Upper bound on VM instructions per decision, so a runaway policy fails closed instead of
+/// stalling the proxy. regorus's default (25k) is too low for policies that loop over a few
+/// hundred routes.
+pub(crate) const MAX_INSTRUCTIONS: usize = 1_000_000;
+
+/// What evaluating a bundle takes, made by [`crate::PolicyBundle`] when it compiles one:
+/// the engine sees this, not how a bundle is built.
+pub(crate) struct Compiled {
+    /// Process-unique id keying the per-thread evaluators (never reused, unlike versions).
+    pub(crate) id: u64,
+    /// The rule the engines evaluate: the decision rule, or a rule made of the decision
+    /// document when the decision is written as rules under its path (`result["allowed"]`).
+    pub(crate) entry_rule: String,
+    /// RVM bytecode, compiled once; `None` when the interpreter backend is used.
+    pub(crate) program: Option<Arc<Program>>,
+    /// The merged data document.
+    pub(crate) data: Value,
+    /// The same input document always gets the same decision (see `calls::repeatable`), so
+    /// each thread's evaluator remembers recent ones.
+    pub(crate) repeatable: bool,
+    /// A prepared interpreter: template for per-thread clones, cross-checks and `explain`.
+    pub(crate) interpreter: Engine,
+}
+
 thread_local! {
     static RUNNERS: RefCell<Vec<Runner>> = const { RefCell::new(Vec::new()) };
 }
 
-fn new_runner(bundle: &PolicyBundle) -> Result<Runner, EvalError> {
+fn new_runner(bundle: &Compiled) -> Result<Runner, EvalError> {
     let kind = match &bundle.program {
         Some(program) => {
             let mut vm = RegoVM::new();
@@ -221,14 +245,14 @@ fn run_interpreter(engine: &mut Engine, input: Value, rule: &str) -> Result<Valu
 
 /// Evaluates the decision rule for `input` with the bundle's backend on this thread's
 /// evaluator.
-pub(crate) fn eval(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
+pub(crate) fn eval(bundle: &Compiled, input: Value) -> Result<Value, EvalError> {
     with_runner(bundle, |runner, rule| runner.evaluate(input, rule))
 }
 
 /// Like [`eval`] for the input whose key is `key` (`AuthzInput::key_for`): a decision
 /// remembered for it is answered without `build` making the document.
 pub(crate) fn eval_keyed(
-    bundle: &PolicyBundle,
+    bundle: &Compiled,
     key: &[u8],
     build: impl FnOnce() -> Result<Value, EvalError>,
 ) -> Result<Value, EvalError> {
@@ -237,7 +261,7 @@ pub(crate) fn eval_keyed(
 
 /// Runs `run` on this thread's evaluator for `bundle` (made when there is none).
 fn with_runner(
-    bundle: &PolicyBundle,
+    bundle: &Compiled,
     run: impl FnOnce(&mut Runner, &str) -> Result<Value, EvalError>,
 ) -> Result<Value, EvalError> {
     let rule = bundle.entry_rule.as_str();
@@ -284,7 +308,7 @@ fn with_runner(
 }
 
 /// Evaluates the decision rule with the tree interpreter, whatever the backend.
-pub(crate) fn eval_interpreted(bundle: &PolicyBundle, input: Value) -> Result<Value, EvalError> {
+pub(crate) fn eval_interpreted(bundle: &Compiled, input: Value) -> Result<Value, EvalError> {
     let mut engine = bundle.interpreter.clone();
     let rule = bundle.entry_rule.as_str();
     catch_unwind(AssertUnwindSafe(|| {

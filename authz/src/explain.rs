@@ -13,13 +13,14 @@ use std::path::Path;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regorus::{Engine, Value};
 
-use crate::bundle::{BundleError, PolicyBundle};
+use crate::bundle::PolicyBundle;
+use crate::cli::w;
 use crate::cli::{load_bundle, parse_input};
 use crate::decision::Decision;
+use crate::files::BundleError;
 use crate::input::{AuthzInput, HttpAttributes, InputKind};
 use crate::rules::{self, BodyOutline, DefinitionKind, ModuleOutline, StmtOutline};
 use crate::source::{condense_error, rule_components};
-use crate::testing::w;
 
 /// The request to explain, as a security engineer would describe it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -134,10 +135,10 @@ fn explain_document(
     let decision = bundle.evaluate_value(input_value.clone());
     print_decision(out, bundle, &decision)?;
 
-    let mut engine = bundle.interpreter.clone();
+    let mut engine = bundle.compiled.interpreter.clone();
     engine.set_input(input_value.clone());
     let rule = bundle.options().rule.clone();
-    let interpreted = engine.eval_rule(bundle.entry_rule.clone());
+    let interpreted = engine.eval_rule(bundle.compiled.entry_rule.clone());
     if let (Ok(value), Ok(vm_value)) = (&interpreted, bundle.eval_raw(input_value.clone())) {
         if *value != vm_value {
             w(
@@ -192,7 +193,7 @@ fn explain_document(
                 .iter()
                 .any(|p| name.starts_with(p))
     };
-    let mut base = bundle.interpreter.clone();
+    let mut base = bundle.compiled.interpreter.clone();
     base.set_input(input_value);
     for name in names.iter().copied().filter(|n| interesting(n)) {
         w(out, format_args!("\ndefinitions of {name}:\n"))?;

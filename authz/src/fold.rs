@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use regorus::unstable::{Lexer, TokenKind};
 use regorus::{Engine, Source, Value};
 
-use crate::bundle::PolicyFile;
+use crate::files::PolicyFile;
 use crate::rules::{self, DefinitionKind};
 use crate::source::{rule_components, FileKind};
 

@@ -116,7 +116,9 @@ mod decision;
 mod digests;
 mod engine;
 mod explain;
+mod files;
 mod fold;
+mod go_net;
 mod go_unicode;
 mod input;
 mod istio_import;
@@ -135,14 +137,14 @@ mod upstream;
 mod usage;
 
 pub use bundle::{
-    Backend, BackendPreference, BundleError, CompileProblem, PolicyBundle, PolicyFile,
-    PolicyOptions, SERVICES_DATA_PATH, WORKLOAD_DATA_PATH,
+    Backend, BackendPreference, PolicyBundle, PolicyOptions, SERVICES_DATA_PATH, WORKLOAD_DATA_PATH,
 };
 pub use calls::SUPPORTED_BUILTINS;
 pub use cli::eval_command;
 pub use decision::{rule_named_by, Decision, DynamicMetadata};
 pub use engine::EvalError;
 pub use explain::{explain, explain_input, ExplainRequest};
+pub use files::{BundleError, CompileProblem, PolicyFile};
 pub use input::{AuthzInput, BodyInput, HttpAttributes, InputError, InputKind};
 pub use istio_import::{
     import_istio, IstioImport, IstioImportError, IstioImportOptions, Untranslated,

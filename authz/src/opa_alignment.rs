@@ -34,7 +34,7 @@ use regorus::unstable::{
     AssignOp, BoolOp, Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead, Span,
 };
 
-use crate::bundle::PolicyFile;
+use crate::files::PolicyFile;
 use crate::opa_builtins;
 use crate::rules::ref_name;
 use crate::syntax::{call_name, each_expr, rule_parts, rule_queries, Part};

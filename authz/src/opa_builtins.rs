@@ -16,11 +16,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use regorus::{Engine, Value};
 
-use crate::cidr_merge::{cidr_mask, ip_string, to4};
+use crate::go_net::{cidr_mask, ip_string, parse_ip, to4};
 use crate::go_unicode::{NOT_PRINTABLE, TO_LOWER, TO_UPPER};
 use crate::{cidr_merge, digests, input, tokens};
 
@@ -895,17 +894,6 @@ fn parse_hex_float(s: &str) -> Option<f64> {
 
 // ---------------------------------------------------------------------------------------------
 // Networks
-
-/// Go's `net.ParseIP` (through `netip.ParseAddr`; no zones), as 16 bytes or 4 for IPv4.
-pub(crate) fn parse_ip(s: &str) -> Option<Vec<u8>> {
-    if s.contains('%') {
-        return None;
-    }
-    match s.parse::<IpAddr>().ok()? {
-        IpAddr::V4(v4) => Some(v4.octets().to_vec()),
-        IpAddr::V6(v6) => Some(v6.octets().to_vec()),
-    }
-}
 
 /// Go's `net.ParseCIDR` for `cidr_merge.rs`: the masked address and the mask.
 pub(crate) fn go_parse_cidr(s: &str) -> Option<(Vec<u8>, Vec<u8>)> {

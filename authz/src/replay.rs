@@ -12,9 +12,11 @@ use std::io::{BufRead, Write};
 
 use serde::Serialize;
 
-use crate::bundle::{BundleError, PolicyBundle};
+use crate::bundle::PolicyBundle;
+use crate::cli::w;
 use crate::decision::{rule_named_by, Decision};
-use crate::testing::{w, TestFormat};
+use crate::files::BundleError;
+use crate::testing::TestFormat;
 
 /// How many example decisions a change group shows.
 const EXAMPLES_PER_GROUP: usize = 3;

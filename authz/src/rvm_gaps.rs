@@ -32,7 +32,7 @@ use regorus::unstable::{
 };
 use regorus::Value;
 
-use crate::bundle::PolicyFile;
+use crate::files::PolicyFile;
 use crate::rules::ref_name;
 use crate::syntax::{
     collect_nested_queries, direct_vars, each_expr, expr_parts, ref_start, rule_parts, stmt_parts,
@@ -656,7 +656,7 @@ fn literal(expr: &Ref<Expr>) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    use crate::bundle::PolicyFile;
+    use crate::files::PolicyFile;
 
     fn gap(rego: &str) -> Option<String> {
         let files = vec![PolicyFile {

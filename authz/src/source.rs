@@ -8,7 +8,7 @@ use std::path::Path;
 
 use regorus::{Engine, Value};
 
-use crate::bundle::{BundleError, CompileProblem, PolicyFile};
+use crate::files::{BundleError, CompileProblem, PolicyFile};
 
 /// Which files of a directory to read.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -21,9 +21,11 @@ use base64::Engine as _;
 use regorus::Value;
 use serde_json::json;
 
-use crate::bundle::{BundleError, PolicyBundle, PolicyFile, PolicyOptions};
+use crate::bundle::{PolicyBundle, PolicyOptions};
 use crate::calls;
+use crate::cli::w;
 use crate::explain::first_failing;
+use crate::files::{BundleError, PolicyFile};
 use crate::opa_alignment;
 use crate::rules::{self, DefinitionKind, ModuleOutline, RuleOutline};
 use crate::source::{self, condense_error, FileKind, TestFiles};
@@ -512,8 +514,4 @@ pub(crate) fn format_duration(d: Duration) -> String {
     } else {
         format!("{:.2}s", d.as_secs_f64())
     }
-}
-
-pub(crate) fn w(out: &mut dyn Write, args: std::fmt::Arguments<'_>) -> Result<(), BundleError> {
-    out.write_fmt(args).map_err(BundleError::output)
 }

@@ -8,7 +8,7 @@
 
 use regorus::unstable::TokenKind;
 
-use crate::bundle::PolicyFile;
+use crate::files::PolicyFile;
 use crate::fold::{tokenize, Tok};
 use crate::source::FileKind;
 

@@ -40,7 +40,7 @@ mod rego;
 use std::fmt;
 use std::path::Path;
 
-use crate::bundle::PolicyFile;
+use crate::files::PolicyFile;
 
 /// How [`import_istio`] reads the policies.
 #[derive(Clone, Debug)]

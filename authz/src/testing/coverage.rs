@@ -29,7 +29,7 @@ use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bundle::{BundleError, PolicyFile};
+use crate::files::{BundleError, PolicyFile};
 use crate::source;
 use crate::syntax::{expr_parts, rule_queries, Part};
 
