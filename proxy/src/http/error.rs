@@ -10,7 +10,30 @@ use crate::http::body::{self, Body};
 /// Header naming why the proxy, not the application, produced a response.
 pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-vigil-error");
 
-/// Why the proxy answered instead of the application.
+/// What failed underneath a [`ProxyError`]: the I/O, TLS or HTTP error itself when there
+/// is one (so its chain and kind survive), else a description.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Words before a cause ("HTTP/2 handshake: ..."), the cause itself kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct Context {
+    what: String,
+    #[source]
+    source: Cause,
+}
+
+/// `source` with `what` in front of it.
+pub fn context(what: impl Into<String>, source: impl Into<Cause>) -> Cause {
+    Box::new(Context {
+        what: what.into(),
+        source: source.into(),
+    })
+}
+
+/// Why the proxy answered instead of the application. The message names the failure in
+/// words a caller can act on (it is the body of the proxy's response); the error it came
+/// from, when there is one, is its `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no service known for {0:?}; check the Host header or the mesh's services")]
@@ -18,17 +41,26 @@ pub enum ProxyError {
     #[error("service {0} has no endpoints")]
     NoEndpoints(String),
     #[error("connecting to {endpoint} failed: {reason}")]
-    ConnectFailed { endpoint: String, reason: String },
+    ConnectFailed {
+        endpoint: String,
+        #[source]
+        reason: Cause,
+    },
     #[error("peer at {endpoint} did not prove identity {expected}: {reason}")]
     PeerIdentity {
         endpoint: String,
         expected: String,
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     #[error("upstream request failed: {0}")]
-    Upstream(String),
+    Upstream(#[source] Cause),
     #[error("the application on 127.0.0.1:{port} is unreachable: {reason}")]
-    AppUnreachable { port: u16, reason: String },
+    AppUnreachable {
+        port: u16,
+        #[source]
+        reason: Cause,
+    },
     #[error("this proxy has no workload certificate yet; it is still starting")]
     NotReady,
     #[error("tunnel target {0} is not a port this workload exposes")]
@@ -247,6 +279,28 @@ fn grpc_code(reason: &str, status: StatusCode) -> GrpcCode {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn a_failure_keeps_the_error_it_came_from() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = ProxyError::ConnectFailed {
+            endpoint: "10.0.0.7:15006".into(),
+            reason: context("HTTP/2 handshake", refused),
+        };
+        assert_eq!(
+            e.to_string(),
+            "connecting to 10.0.0.7:15006 failed: HTTP/2 handshake: connection refused"
+        );
+        let io = std::iter::successors(std::error::Error::source(&e), |e| e.source())
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the I/O error is in the chain");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        // A cause given in words has no error below it.
+        let e = ProxyError::Upstream("reset".into());
+        let words = std::error::Error::source(&e).expect("the words are the source");
+        assert_eq!(words.to_string(), "reset");
+        assert!(words.source().is_none());
+    }
 
     #[tokio::test]
     async fn a_grpc_caller_gets_the_proxys_refusals_as_grpc_status() {

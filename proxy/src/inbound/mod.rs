@@ -422,19 +422,20 @@ async fn http(
         None => forward,
     };
     let req = Request::from_parts(parts, forward);
-    let unreachable =
-        |reason: String| too_large(&exceeded, ProxyError::AppUnreachable { port, reason });
+    let unreachable = |reason: crate::http::error::Cause| {
+        too_large(&exceeded, ProxyError::AppUnreachable { port, reason })
+    };
     let mut response = if app_version == Version::HTTP_2 {
         let response = proxy.app_h2().request(req).await;
         response
             .map(|r| r.map(body::boxed))
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| unreachable(e.into()))?
     } else {
         proxy
             .app()
             .send(port, req)
             .await
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| unreachable(e.into()))?
     };
     let switched = match upgrade {
         Some((_, peer)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -521,7 +522,7 @@ async fn tunnel(
             .await
             .map_err(|e| ProxyError::AppUnreachable {
                 port,
-                reason: e.to_string(),
+                reason: e.into(),
             })?;
     let _ = app.set_nodelay(true);
     let upgrade = hyper::upgrade::on(&mut req);

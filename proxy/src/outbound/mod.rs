@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::control::state::{AppProtocol, MeshView, ServiceView};
 use crate::http::body::{self, Body};
-use crate::http::error::ProxyError;
+use crate::http::error::{context, ProxyError};
 use crate::http::headers::{strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL};
 use crate::telemetry::metrics::{Direction, Peer, TcpLabels};
 use crate::telemetry::observe::RequestObservation;
@@ -556,7 +556,7 @@ async fn egress_http(
                 limit: max_body.unwrap_or_default(),
             })
         }
-        Err(e) => return Err(ProxyError::Upstream(format!("egress to {dst}: {e}"))),
+        Err(e) => return Err(ProxyError::Upstream(context(format!("egress to {dst}"), e))),
     };
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -573,7 +573,7 @@ async fn egress_tcp(proxy: &Proxy, tcp: TcpStream, dst: SocketAddr) -> Result<()
         })?
         .map_err(|e| ProxyError::ConnectFailed {
             endpoint: dst.to_string(),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
     let _ = remote.set_nodelay(true);
     let labels = TcpLabels::new(Direction::outbound, &Peer::none(), Arc::from(EGRESS));
@@ -638,14 +638,17 @@ async fn opaque(proxy: &Proxy, tcp: TcpStream, target: &Target) -> Result<(), Pr
             .and_then(|v| v.to_str().ok())
             .unwrap_or("refused")
             .to_string();
-        return Err(ProxyError::Upstream(format!(
-            "peer refused the tunnel with {} ({reason})",
-            response.status()
-        )));
+        return Err(ProxyError::Upstream(
+            format!(
+                "peer refused the tunnel with {} ({reason})",
+                response.status()
+            )
+            .into(),
+        ));
     }
     let upgraded = hyper::upgrade::on(&mut response)
         .await
-        .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        .map_err(|e| ProxyError::Upstream(e.into()))?;
     let labels = TcpLabels::new(
         Direction::outbound,
         &tries.last_peer(),

@@ -24,7 +24,7 @@ use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustStore};
 
 use crate::control::state::EndpointView;
 use crate::http::body::Body;
-use crate::http::error::ProxyError;
+use crate::http::error::{context, Cause, ProxyError};
 use crate::transport::cork::UncorkingExecutor;
 
 /// Peers by address, then by the identity expected there (almost always one): a request
@@ -223,7 +223,7 @@ impl PeerPool {
             if let Err(e) = sender.ready().await {
                 let error = ProxyError::ConnectFailed {
                     endpoint: endpoint.address.to_string(),
-                    reason: format!("new connection closed at once: {e}"),
+                    reason: context("new connection closed at once", e),
                 };
                 return Err(SendError::unsent(error, request));
             }
@@ -232,7 +232,7 @@ impl PeerPool {
         sender.try_send_request(request).await.map_err(|mut e| {
             let unsent = e.take_message();
             SendError {
-                error: ProxyError::Upstream(e.into_error().to_string()),
+                error: ProxyError::Upstream(e.into_error().into()),
                 unsent,
             }
         })
@@ -316,7 +316,7 @@ impl PeerPool {
     }
 
     async fn connect(&self, endpoint: &EndpointView) -> Result<SendRequest<Body>, ProxyError> {
-        let connect_failed = |reason: String| ProxyError::ConnectFailed {
+        let connect_failed = |reason: Cause| ProxyError::ConnectFailed {
             endpoint: endpoint.address.to_string(),
             reason,
         };
@@ -326,7 +326,7 @@ impl PeerPool {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint.address))
             .await
             .map_err(|_| connect_failed("timed out".into()))?
-            .map_err(|e| connect_failed(e.to_string()))?;
+            .map_err(|e| connect_failed(e.into()))?;
         let _ = tcp.set_nodelay(true);
         let tls = vigil_identity::mtls_client_config(
             Some(self.svid.clone()),
@@ -350,9 +350,9 @@ impl PeerPool {
                 Some(r) => ProxyError::PeerIdentity {
                     endpoint: endpoint.address.to_string(),
                     expected: endpoint.spiffe_id.to_string(),
-                    reason: format!("{r}: {e}"),
+                    reason: context(r, e),
                 },
-                None => connect_failed(e.to_string()),
+                None => connect_failed(e.into()),
             }
         })?;
         crate::telemetry::metrics::HandshakeDirection::outbound.record(stream.get_ref().1);
@@ -369,7 +369,7 @@ impl PeerPool {
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| connect_failed(format!("HTTP/2 handshake: {e}")))?;
+            .map_err(|e| connect_failed(context("HTTP/2 handshake", e)))?;
         let address = endpoint.address;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
