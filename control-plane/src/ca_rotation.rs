@@ -11,7 +11,7 @@
 //! until every proxy's certificate chains to it; retire the old root, wait until no proxy
 //! trusts it any more.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,8 +110,8 @@ fn apply(live: &LiveCa, ca: CertificateAuthority, status: CaStatus) -> anyhow::R
     // Trust first: proxies holding a certificate of either root keep reaching discovery.
     live.trust.set(bundle.clone())?;
     live.own_svid
-        .set(crate::control_plane::issue_own(&ca, &live.own_id)?);
-    crate::control_plane::write_public_file(&live.bundle_path, &bundle.to_pem())?;
+        .set(crate::own_identity::issue_own(&ca, &live.own_id)?);
+    write_public_file(&live.bundle_path, &bundle.to_pem())?;
     let der: Vec<Vec<u8>> = bundle.roots().iter().map(|c| c.as_ref().to_vec()).collect();
     live.state.send_modify(|state| {
         let mut next = (**state).clone();
@@ -315,5 +315,14 @@ pub async fn rotate(
             Step::All => {}
         }
     }
+    Ok(())
+}
+
+/// Writes a file other processes read (the trust bundle) whole: into a temporary file
+/// first, then renamed over the old one.
+pub(crate) fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

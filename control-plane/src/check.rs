@@ -17,9 +17,9 @@ use serde::Serialize;
 use vigil_identity::{TlsOptions, TrustBundle, TrustStore};
 
 use crate::admin_client::{self, CertStatus};
-use crate::control_plane::{control_plane_id, DEFAULT_NAMESPACE};
 use crate::mesh::MeshFile;
 use crate::mesh_location::MeshLocation;
+use crate::own_identity::{control_plane_id, DEFAULT_NAMESPACE};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

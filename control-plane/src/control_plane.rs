@@ -13,12 +13,14 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use vigil_identity::{CertificateAuthority, SpiffeId, SvidStore, TlsOptions, TrustStore};
+use vigil_identity::{CertificateAuthority, SvidStore, TlsOptions, TrustStore};
 
+use crate::ca_rotation::write_public_file;
 use crate::discovery_service::{ConnectedProxies, DiscoveryService, MeshState};
 use crate::identity_service::IdentityService;
 use crate::inject::{webhook, InjectConfig};
 use crate::mesh::{MeshFile, PolicySettings};
+use crate::own_identity::{control_plane_id, issue_own, renew_own};
 use crate::{policy_source, tls_listener};
 
 /// How the control plane is started.
@@ -40,25 +42,6 @@ pub struct ControlPlaneOptions {
     /// Which of the mesh file's control-plane replicas this process is (0: the addresses
     /// of `control_plane:` itself, N: the Nth of `control_plane.replicas`).
     pub replica: usize,
-}
-
-/// Where `manifests/` install the control plane unless told otherwise.
-pub const DEFAULT_NAMESPACE: &str = "vigil-system";
-/// The control plane's Service and ServiceAccount (`manifests/base/control-plane.yaml`).
-pub const NAME: &str = "vigil-control-plane";
-
-/// The control plane's own identity, presented on 15012, 15010 and 15017:
-/// `spiffe://<trust domain>/ns/<namespace>/sa/vigil-control-plane`.
-pub fn control_plane_id(trust_domain: &str, namespace: &str) -> anyhow::Result<SpiffeId> {
-    SpiffeId::workload(trust_domain, namespace, NAME).with_context(|| {
-        format!("building the control plane's SPIFFE ID from trust domain {trust_domain:?} and namespace {namespace:?} (both must be DNS labels)")
-    })
-}
-
-/// The control plane's Service host in `namespace`, which proxies dial and the API server
-/// calls the webhook on.
-pub fn service_host(namespace: &str) -> String {
-    format!("{NAME}.{namespace}.svc")
 }
 
 /// Where proxies find the trust bundle in local mode.
@@ -297,38 +280,6 @@ fn load_ca(
     }
 }
 
-/// The control plane's serving certificate: its SPIFFE ID, and the DNS names of its
-/// Service in the namespace that ID names, which the API server verifies when it calls the
-/// injection webhook.
-pub(crate) fn issue_own(
-    ca: &CertificateAuthority,
-    id: &SpiffeId,
-) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
-    let mut names = vec!["localhost".to_string(), NAME.to_string()];
-    if let Some(namespace) = id.namespace() {
-        names.extend([format!("{NAME}.{namespace}"), service_host(namespace)]);
-    }
-    ca.issue_own(id, &names, Duration::from_secs(24 * 3600))
-        .context("issuing the control plane's own certificate")
-}
-
-/// Renews the control plane's own serving certificate well before it expires.
-pub(crate) async fn renew_own(
-    ca: Arc<ArcSwap<CertificateAuthority>>,
-    id: SpiffeId,
-    store: Arc<SvidStore>,
-) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
-        match issue_own(&ca.load(), &id) {
-            Ok(key) => store.set(key),
-            Err(e) => {
-                tracing::error!(error = %e, "renewing the control plane certificate failed; retrying in 12 h")
-            }
-        }
-    }
-}
-
 /// Polls the mesh file and the policy directory. A change that does not parse or
 /// compile is reported and ignored: the last good state stays in force.
 async fn watch_sources(
@@ -457,16 +408,12 @@ pub(crate) async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Resu
     })
 }
 
-pub(crate) fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_identity::SpiffeId;
+
+    use crate::own_identity::DEFAULT_NAMESPACE;
     use tokio_stream::StreamExt;
     use vigil_api::wire::Discovery;
 

@@ -32,7 +32,8 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 use vigil_identity::{SpiffeId, SvidStore, TlsOptions, TrustBundle, TrustStore, WorkloadKey};
 
-use crate::control_plane::{control_plane_id, trust_bundle_path, DEFAULT_NAMESPACE};
+use crate::control_plane::trust_bundle_path;
+use crate::own_identity::{control_plane_id, DEFAULT_NAMESPACE};
 
 const TRUST_DOMAIN: &str = "bench.local";
 const NAMESPACE: &str = "bench";

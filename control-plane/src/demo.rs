@@ -10,37 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::demo_mesh::{default_data_dir, mesh_path, MESH_YAML, POLICY_FILES};
 use crate::launcher::{self, LaunchOptions};
-
-/// `examples/demo/mesh.yaml`.
-pub const MESH_YAML: &str = include_str!("../../examples/demo/mesh.yaml");
-
-/// `examples/demo/policy/`: the Rego policy, its data and its tests.
-pub const POLICY_FILES: [(&str, &str); 3] = [
-    (
-        "policy.rego",
-        include_str!("../../examples/demo/policy/policy.rego"),
-    ),
-    (
-        "policy_test.rego",
-        include_str!("../../examples/demo/policy/policy_test.rego"),
-    ),
-    (
-        "data.json",
-        include_str!("../../examples/demo/policy/data.json"),
-    ),
-];
-
-/// Where the demo keeps its files when no `--data-dir` is given; `vigil check` looks for
-/// the demo's mesh file here too.
-pub fn default_data_dir() -> PathBuf {
-    std::env::temp_dir().join("vigil-demo")
-}
-
-/// The mesh file `vigil demo` writes into `data_dir`.
-pub fn mesh_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("mesh.yaml")
-}
 
 /// Writes the mesh file and the policy into `data_dir`; returns the mesh file's path.
 pub fn write_files(data_dir: &Path) -> anyhow::Result<PathBuf> {

@@ -76,7 +76,7 @@ pub async fn up(opts: LaunchOptions) -> anyhow::Result<()> {
         ca_key: None,
         ca_chain: None,
         reload_interval: Duration::from_secs(1),
-        namespace: control_plane::DEFAULT_NAMESPACE.to_string(),
+        namespace: crate::own_identity::DEFAULT_NAMESPACE.to_string(),
         replica: 0,
         dashboard: crate::dashboard::DashboardOptions {
             access: opts.dashboard.clone(),
@@ -300,8 +300,8 @@ fn check_ports(mesh: &MeshFile, mesh_file: &Path) -> anyhow::Result<()> {
             };
             // The demo writes its mesh file afresh on every start: editing it changes
             // nothing, so the way to other ports is a copy run with `vigil up`.
-            let is_demo =
-                std::fs::read_to_string(mesh_file).is_ok_and(|text| text == crate::demo::MESH_YAML);
+            let is_demo = std::fs::read_to_string(mesh_file)
+                .is_ok_and(|text| text == crate::demo_mesh::MESH_YAML);
             let elsewhere = if is_demo {
                 format!(
                     "or run the demo on other ports: copy {} (vigil demo rewrites it on every start), change the ports, and run `vigil up --mesh <the copy>`",

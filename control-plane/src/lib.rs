@@ -35,6 +35,7 @@ pub mod control_plane;
 pub mod control_plane_bench;
 pub mod dashboard;
 pub mod demo;
+pub mod demo_mesh;
 pub mod discovery_service;
 pub mod gateway;
 pub mod identity_service;
@@ -45,8 +46,10 @@ pub mod mesh;
 pub mod mesh_location;
 pub mod model;
 pub mod observe_cli;
+pub mod own_identity;
 pub mod policy_source;
 pub mod retry_hops;
+pub mod served_policy;
 pub mod tls_listener;
 
 #[cfg(test)]

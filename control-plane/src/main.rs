@@ -172,7 +172,7 @@ enum Command {
         #[arg(long, conflicts_with_all = ["mesh", "data_dir", "trust_bundle"])]
         kubernetes: bool,
         /// With --kubernetes: the namespace the control plane is installed in.
-        #[arg(long, default_value = vigil::control_plane::DEFAULT_NAMESPACE)]
+        #[arg(long, default_value = vigil::own_identity::DEFAULT_NAMESPACE)]
         namespace: String,
         /// With --kubernetes: the mesh's SPIFFE trust domain.
         #[arg(long, default_value = "cluster.local")]
@@ -198,7 +198,7 @@ enum Command {
         #[arg(long, env = "VIGIL_TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
         /// Namespace the control plane is installed in (proxies expect its identity there).
-        #[arg(long, env = "VIGIL_CONTROL_PLANE_NAMESPACE", default_value = vigil::control_plane::DEFAULT_NAMESPACE)]
+        #[arg(long, env = "VIGIL_CONTROL_PLANE_NAMESPACE", default_value = vigil::own_identity::DEFAULT_NAMESPACE)]
         control_plane_namespace: String,
         #[command(flatten)]
         sidecar: SidecarArgs,
@@ -243,7 +243,7 @@ struct ClusterArgs {
     trust_domain: String,
     /// The control plane's namespace: its CA Secret and policy objects live there, and its
     /// SPIFFE ID and webhook certificate name it (also in local mode).
-    #[arg(long, env = "POD_NAMESPACE", default_value = vigil::control_plane::DEFAULT_NAMESPACE)]
+    #[arg(long, env = "POD_NAMESPACE", default_value = vigil::own_identity::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Secret holding the CA (created on first start).
     #[arg(long, env = "VIGIL_CA_SECRET", default_value = "vigil-ca")]

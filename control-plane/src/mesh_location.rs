@@ -173,7 +173,7 @@ pub fn locate_with(explicit: Option<PathBuf>, record: &Path) -> Result<MeshLocat
                 found_by: FoundBy::RunningMesh,
             }),
             _ => {
-                let demo = crate::demo::mesh_path(&crate::demo::default_data_dir());
+                let demo = crate::demo_mesh::mesh_path(&crate::demo_mesh::default_data_dir());
                 let stale = if demo.exists() {
                     format!(
                         " ({} is left from an earlier demo, not read)",

@@ -178,7 +178,7 @@ impl MeshModel {
         &self,
         workload: &Workload,
         trust_bundle: &[Vec<u8>],
-        policy: Option<&crate::policy_source::ServedPolicy>,
+        policy: Option<&crate::served_policy::ServedPolicy>,
     ) -> EncodedSnapshot {
         let shared = self.shared_services();
         let mut snapshot = self.snapshot_with(&shared, workload, trust_bundle, policy, "", true);
@@ -204,7 +204,7 @@ impl MeshModel {
         shared: &SharedServices,
         workload: &Workload,
         trust_bundle: &[Vec<u8>],
-        policy: Option<&crate::policy_source::ServedPolicy>,
+        policy: Option<&crate::served_policy::ServedPolicy>,
         jwt_bundle: &str,
         send_policy: bool,
     ) -> EncodedSnapshot {
@@ -260,7 +260,7 @@ impl MeshModel {
 /// What the policy sent to `workload`'s proxy depends on: the bundle and candidate as
 /// encoded, and the workload's facts. Equal keys, equal bytes.
 pub fn policy_key(
-    policy: Option<&crate::policy_source::ServedPolicy>,
+    policy: Option<&crate::served_policy::ServedPolicy>,
     workload: &Workload,
 ) -> [u8; 32] {
     let mut digest = Sha256::new();

@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_path_retried_at_two_hops_is_found() {
-        let mut mesh = MeshFile::parse(crate::demo::MESH_YAML).expect("demo mesh");
+        let mut mesh = MeshFile::parse(crate::demo_mesh::MESH_YAML).expect("demo mesh");
         let calls: BTreeSet<(String, String)> = [
             ("loadgen", "web.shop"),
             ("web", "orders.shop"),

@@ -581,7 +581,7 @@ impl Dashboard {
                 })).collect::<Vec<_>>(),
             })
         };
-        let served_json = |served: &crate::policy_source::ServedPolicy| {
+        let served_json = |served: &crate::served_policy::ServedPolicy| {
             let mut v = bundle_json(&served.bundle);
             v["candidate"] = json!(served.candidate.as_ref().map(bundle_json));
             v
@@ -760,7 +760,7 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 fn expected_policy<'s>(
     state: &'s MeshState,
     name: &str,
-) -> Option<&'s crate::policy_source::ServedPolicy> {
+) -> Option<&'s crate::served_policy::ServedPolicy> {
     let workload = state.model.workloads.iter().find(|w| w.name == name)?;
     state.policies.for_workload(workload)
 }

@@ -154,7 +154,7 @@ impl InjectConfig {
             control_plane_namespace: namespace.to_string(),
             ..InjectConfig::default()
         }
-        .reached_at(&crate::control_plane::service_host(namespace))
+        .reached_at(&crate::own_identity::service_host(namespace))
     }
 
     /// This config with proxies dialling the control plane at `host`: identity on 15012,
@@ -170,7 +170,7 @@ impl InjectConfig {
 
 impl Default for InjectConfig {
     fn default() -> Self {
-        let namespace = crate::control_plane::DEFAULT_NAMESPACE;
+        let namespace = crate::own_identity::DEFAULT_NAMESPACE;
         InjectConfig {
             proxy_image: format!("vigil/proxy:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: None,
@@ -185,7 +185,7 @@ impl Default for InjectConfig {
             default_resources: ProxyResources::default(),
             interception: Interception::default(),
         }
-        .reached_at(&crate::control_plane::service_host(namespace))
+        .reached_at(&crate::own_identity::service_host(namespace))
     }
 }
 

@@ -66,9 +66,9 @@ fn pods_injected_by_a_control_plane_in_another_namespace_dial_and_expect_it_ther
 /// server does when it calls the webhook.
 async fn handshake(namespace: &str, dns_name: &'static str) -> Result<(), std::io::Error> {
     let ca = vigil_identity::CertificateAuthority::generate("cluster.local").expect("ca");
-    let id = crate::control_plane::control_plane_id("cluster.local", namespace).expect("id");
+    let id = crate::own_identity::control_plane_id("cluster.local", namespace).expect("id");
     let svid = vigil_identity::SvidStore::new();
-    svid.set(crate::control_plane::issue_own(&ca, &id).expect("own certificate"));
+    svid.set(crate::own_identity::issue_own(&ca, &id).expect("own certificate"));
     let server = vigil_identity::server_config(svid, &vigil_identity::TlsOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -112,12 +112,12 @@ async fn the_webhook_certificate_names_the_service_in_the_configured_namespace()
 
 #[test]
 fn the_control_plane_identity_names_its_namespace() {
-    let id = crate::control_plane::control_plane_id("corp.example", NAMESPACE).expect("id");
+    let id = crate::own_identity::control_plane_id("corp.example", NAMESPACE).expect("id");
     assert_eq!(
         id.to_string(),
         "spiffe://corp.example/ns/mesh-ops/sa/vigil-control-plane"
     );
-    let err = crate::control_plane::control_plane_id("corp.example", "Not/A_Label")
+    let err = crate::own_identity::control_plane_id("corp.example", "Not/A_Label")
         .expect_err("a namespace that is no DNS label");
     assert!(format!("{err:#}").contains("namespace"), "{err:#}");
 }

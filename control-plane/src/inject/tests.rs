@@ -661,9 +661,9 @@ async fn the_webhook_serves_reviews_over_tls_to_a_client_that_verifies_its_dns_n
     use std::sync::Arc;
 
     let ca = vigil_identity::CertificateAuthority::generate("cluster.local").expect("ca");
-    let id = crate::control_plane::control_plane_id("cluster.local", "vigil-system").expect("id");
+    let id = crate::own_identity::control_plane_id("cluster.local", "vigil-system").expect("id");
     let svid = vigil_identity::SvidStore::new();
-    svid.set(crate::control_plane::issue_own(&ca, &id).expect("own certificate"));
+    svid.set(crate::own_identity::issue_own(&ca, &id).expect("own certificate"));
     let tls = vigil_identity::server_config(
         svid,
         &vigil_identity::TlsOptions {

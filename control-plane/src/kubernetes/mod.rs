@@ -39,11 +39,12 @@ use kube::api::{Patch, PatchParams};
 use kube::Api;
 use vigil_identity::{SvidStore, TrustStore};
 
-use crate::control_plane::{bind, control_plane_id, issue_own, renew_own, serve, Serving};
+use crate::control_plane::{bind, serve, Serving};
 use crate::discovery_service::{ConnectedProxies, MeshState};
 use crate::identity_service::IdentityService;
 use crate::inject::InjectConfig;
 use crate::model::MeshModel;
+use crate::own_identity::{control_plane_id, issue_own, renew_own};
 use crate::policy_source;
 
 /// How cluster mode is started.

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use vigil_authz::{PolicyFile, PolicyOptions};
 
 use crate::mesh::PolicyTarget;
-use crate::policy_source::{self, AttachedPolicy, LoadedPolicy, ServedPolicies, ServedPolicy};
+use crate::policy_source::{self, AttachedPolicy, LoadedPolicy, ServedPolicies};
+use crate::served_policy::ServedPolicy;
 
 /// A Rego policy bundle for the mesh: modules, data and how they are evaluated.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
