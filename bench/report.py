@@ -20,6 +20,10 @@ ADDED_P99_TARGET_US = 500.0
 # Other processes using more than this many cores during a phase make its latency suspect.
 BUSY_CORES_LIMIT = 0.2
 RSS_TARGET_MB = 12.0
+# Against the HAProxy pair: Vigil's throughput at least this multiple of HAProxy's at maximum
+# rate; CPU per request and added p99 at most HAProxy's.
+THROUGHPUT_TARGET = 1.25
+POLICY_P99_TARGET_US = 5.0
 
 
 def load_env(out):
@@ -121,6 +125,35 @@ def load_paired(out, hz, nproc):
     return rounds
 
 
+def duration_us(text):
+    """A Rust `Duration` as `{:?}` prints it (`812.00ns`, `3.10µs`, `1.20ms`, `2.00s`), in µs."""
+    m = re.match(r"([\d.]+)(ns|µs|us|ms|s)$", text)
+    if not m:
+        return None
+    scale = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def load_policy(out):
+    """Rows of the policy bench's percentile pass: (policy, evaluator, requests, p50, p99,
+    p99.9, mean), times in µs."""
+    rows = []
+    p = os.path.join(out, "policy.txt")
+    if not os.path.exists(p):
+        return rows
+    line_re = re.compile(
+        r"^\s*(\S+)\s+(\S+)\s+(same request|distinct requests)\s+p50\s+(\S+)\s+p99\s+(\S+)\s+p99\.9\s+(\S+)\s+mean\s+(\S+)"
+    )
+    with open(p) as f:
+        for line in f:
+            m = line_re.match(line)
+            if m:
+                times = [duration_us(t) for t in m.groups()[3:]]
+                if None not in times:
+                    rows.append((m.group(1), m.group(2), m.group(3), *times))
+    return rows
+
+
 def main():
     out, dest = sys.argv[1], sys.argv[2]
     env = load_env(out)
@@ -130,6 +163,7 @@ def main():
     hz = os.sysconf("SC_CLK_TCK")
     nproc = int(env["nproc"]) if env.get("nproc", "").isdigit() else None
     paired = {r: v for r, v in load_paired(out, hz, nproc).items() if "vigil" in v and "haproxy" in v}
+    policy = load_policy(out)
     paired_thr = [v["vigil"][0] / v["haproxy"][0] for v in paired.values() if v["haproxy"][0]]
     paired_cpu = [v["vigil"][1] / v["haproxy"][1] for v in paired.values() if v["vigil"][1] and v["haproxy"][1]]
 
@@ -363,6 +397,34 @@ def main():
         at_max = rss_mb("vigil", "max", r)
         beside = f"; {at_max:.1f} MB at maximum rate" if at_max is not None else ""
         w(f"- Vigil {r} peak RSS at {env.get('rate')} req/s at most {RSS_TARGET_MB:.0f} MB: **{'PASS' if v <= RSS_TARGET_MB else 'FAIL'}** ({v:.1f} MB{beside})")
+    # Against the HAProxy pair: at maximum rate the paired rounds decide when there are any
+    # (their runs are seconds apart), the sequential phases otherwise.
+    def against(paired_values, sequential):
+        if paired_values:
+            return statistics.median(paired_values), f"median of {len(paired_values)} paired rounds; sequential phases {sequential:.2f}" if sequential is not None else f"median of {len(paired_values)} paired rounds"
+        return sequential, "sequential phases"
+
+    def verdict(ok):
+        return "PASS" if ok else "FAIL"
+
+    seq_thr = None if thr("haproxy", "max") in (None, 0) or thr("vigil", "max") is None else thr("vigil", "max") / thr("haproxy", "max")
+    v, how = against(paired_thr, seq_thr)
+    if v is not None:
+        w(f"- Vigil throughput at maximum rate at least {THROUGHPUT_TARGET:.2f}× HAProxy's: **{verdict(v >= THROUGHPUT_TARGET)}** ({v:.2f}×, {how})")
+    a, b = sum_cpu("vigil", "rate"), sum_cpu("haproxy", "rate")
+    if a is not None and b:
+        w(f"- Vigil CPU per request (both proxies) at {env.get('rate')} req/s at most HAProxy's: **{verdict(a <= b)}** ({a / b:.2f}×)")
+    a, b = sum_cpu("vigil", "max"), sum_cpu("haproxy", "max")
+    v, how = against(paired_cpu, a / b if a is not None and b else None)
+    if v is not None:
+        w(f"- Vigil CPU per request (both proxies) at maximum rate at most HAProxy's: **{verdict(v <= 1.0)}** ({v:.2f}×, {how})")
+    a, b = added_p99("vigil", "rate"), added_p99("haproxy", "rate")
+    if a is not None and b is not None:
+        w(f"- Vigil added p99 at {env.get('rate')} req/s at most HAProxy's: **{verdict(a <= b)}** ({a / 1000:+.3f} ms against {b / 1000:+.3f} ms)")
+    default_distinct = [r for r in policy if r[0] == "default" and r[2] == "distinct requests"]
+    if default_distinct:
+        p99 = default_distinct[0][4]
+        w(f"- Policy decision p99 of the shipped default policy, requests that all differ, at most {POLICY_P99_TARGET_US:.0f} µs: **{verdict(p99 <= POLICY_P99_TARGET_US)}** ({p99:.2f} µs)")
     for r in PROXY_ROLES["vigil"]:
         anon = [rss_split_mb("vigil", mode, r) for mode in MODES]
         anon = [a[0] for a in anon if a is not None]
@@ -401,6 +463,16 @@ def main():
             + ", ".join(f"{p} {v:,.0f} req/s" for p, v in wrks.items() if v is not None)
             + "."
         )
+        w("")
+    if policy:
+        w("## Policy decisions")
+        w("")
+        w("Per decision, input building included, 100,000 decisions each on one core (`cargo bench -p vigil-proxy --bench policy`): the same request again and again (a bundle whose decisions depend on its input alone answers it from the decisions its thread remembers), and requests that all differ (a query parameter counts up), each evaluated in full.")
+        w("")
+        w("| policy | evaluator | requests | p50 | p99 | p99.9 | mean |")
+        w("|---|---|---|---:|---:|---:|---:|")
+        for name, evaluator, what, p50, p99, p999, mean in policy:
+            w(f"| {name} | {evaluator} | {what} | {p50:.2f} µs | {p99:.2f} µs | {p999:.2f} µs | {mean:.2f} µs |")
         w("")
     handshakes = os.path.join(out, "handshakes.md")
     if os.path.exists(handshakes):

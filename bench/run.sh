@@ -16,6 +16,8 @@
 #   BENCH_PAIRED_ROUNDS=4  rounds of back-to-back maximum-rate runs, Vigil then HAProxy and the
 #                          other way round, compared pair by pair (0 = skip)
 #   BENCH_PAIRED_SECS=10   seconds of each of those runs
+#   BENCH_POLICY=1         time policy decisions of the shipped policies (0 = skip)
+#   BENCH_HANDSHAKES=1     time TLS handshakes, X25519 against X25519MLKEM768 (0 = skip)
 #   BENCH_IDLE_CONNECTIONS=500  idle client connections held open to price one (0 = skip)
 #   BENCH_LOADGEN_THREADS=1  BENCH_UPSTREAM_THREADS=1   runtime threads of loadgen/upstream
 #   BENCH_HAPROXY_ALPN=h2  protocol between the two HAProxies (h2 like Vigil, or http/1.1)
@@ -651,6 +653,16 @@ paired_rounds
 for step in "${FINISH[@]}"; do
     $step
 done
+
+# Policy decision latency, input building included, of the shipped policies
+# (proxy/benches/policy.rs): its percentile pass only (the filter matches none of its
+# criterion benchmarks). BENCH_POLICY=0 skips it.
+if [ "${BENCH_POLICY:-1}" != 0 ]; then
+    log "timing policy decisions (cargo bench -p vigil-proxy --bench policy)"
+    (cd "$ROOT" && cargo bench -q -p vigil-proxy --bench policy -- percentiles-only) >/dev/null 2>"$OUT/logs/policy.log" \
+        || log "the policy bench failed; see $OUT/logs/policy.log"
+    grep -E ' p50 .* p99 ' "$OUT/logs/policy.log" >"$OUT/policy.txt" || true
+fi
 
 # Handshake cost of the hybrid post-quantum key exchange, on the same machine after the
 # traffic runs (identity/benches/handshake.rs); BENCH_HANDSHAKES=0 skips it.
