@@ -102,6 +102,15 @@ def fmt_us(v):
     return f"{v:,.0f} µs" if v >= 100 else f"{v:.1f} µs"
 
 
+def idle_of(busy_ticks, wall, hz, nproc):
+    """Cores nobody used over `wall` seconds in which every process together ran
+    `busy_ticks`. A process that ends during the phase takes its earlier CPU time with it
+    unless its parent reaps it, so the busy time can come out a little low: clamped."""
+    if not nproc or wall <= 0:
+        return None
+    return min(float(nproc), max(0.0, nproc - busy_ticks / hz / wall))
+
+
 def load_paired(out, hz, nproc):
     """Per round of the paired maximum-rate runs: {round: {path: (req/s, CPU s per 10k of
     both proxies, idle cores)}}."""
@@ -118,9 +127,7 @@ def load_paired(out, hz, nproc):
                 continue
             wall = float(row["wall_s"])
             cpu = int(row["proxy_ticks"]) / hz * 10_000 / run["requests"] if run["requests"] else None
-            idle = None
-            if nproc and wall > 0:
-                idle = min(float(nproc), max(0.0, nproc - int(row["system_busy_ticks"]) / hz / wall))
+            idle = idle_of(int(row["system_busy_ticks"]), wall, hz, nproc)
             rounds.setdefault(int(row["round"]), {})[row["path"]] = (run["throughput_rps"], cpu, idle)
     return rounds
 
@@ -180,13 +187,10 @@ def main():
     def idle_cores(path, mode):
         """Cores nobody used during a phase: what a path leaves on the table at maximum rate."""
         ph = phases.get((path, mode))
-        if not ph or not env.get("nproc", "").isdigit():
+        if not ph:
             return None
         wall, busy, _ = ph
-        # A process that ends during the phase takes its earlier CPU time with it unless its
-        # parent reaps it, so the busy time can come out a little low: clamp.
-        cores = int(env["nproc"])
-        return min(float(cores), max(0.0, cores - busy / hz / wall))
+        return idle_of(busy, wall, hz, nproc)
 
     busiest = max((v for v in (other_cores(p, m) for p in PATHS for m in MODES) if v is not None), default=None)
     noisy = busiest is not None and busiest > BUSY_CORES_LIMIT
@@ -400,9 +404,12 @@ def main():
     # Against the HAProxy pair: at maximum rate the paired rounds decide when there are any
     # (their runs are seconds apart), the sequential phases otherwise.
     def against(paired_values, sequential):
-        if paired_values:
-            return statistics.median(paired_values), f"median of {len(paired_values)} paired rounds; sequential phases {sequential:.2f}" if sequential is not None else f"median of {len(paired_values)} paired rounds"
-        return sequential, "sequential phases"
+        if not paired_values:
+            return sequential, "sequential phases"
+        how = f"median of {len(paired_values)} paired rounds"
+        if sequential is not None:
+            how += f"; sequential phases {sequential:.2f}"
+        return statistics.median(paired_values), how
 
     def verdict(ok):
         return "PASS" if ok else "FAIL"

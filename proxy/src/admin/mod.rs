@@ -20,51 +20,49 @@ use crate::Proxy;
 
 /// Serves the admin listener.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    accept_loop(
-        listener,
-        "admin",
-        None,
-        ConnectionLimits::default(),
-        move |tcp, _| {
-            let proxy = proxy.clone();
-            async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(route(&proxy, req)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            }
-        },
-    )
+    serve_http1(listener, "admin", proxy, |proxy, req| async move {
+        route(&proxy, req)
+    })
     .await;
 }
 
 /// Serves `/metrics` on the metrics listener, with the proxy's `/ready` and `/live` and the
 /// app's rewritten kubelet probes (`/app-health/...`, see [`probes`]).
 pub async fn serve_metrics(listener: TcpListener, proxy: Arc<Proxy>) {
+    serve_http1(listener, "metrics", proxy, |proxy, req| async move {
+        let path = req.uri().path();
+        if path.starts_with(probes::PATH_PREFIX) {
+            proxy.config.app_probes.answer(path, req.headers()).await
+        } else {
+            health(&proxy, path)
+                .unwrap_or_else(|| crate::telemetry::metrics::respond(&proxy.metrics, &req))
+        }
+    })
+    .await;
+}
+
+/// Serves `listener` (`what` names it in logs) over plain HTTP/1, each request answered by
+/// `answer`: the local ports, which carry no mesh traffic.
+async fn serve_http1<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    proxy: Arc<Proxy>,
+    answer: F,
+) where
+    F: Fn(Arc<Proxy>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
     accept_loop(
         listener,
-        "metrics",
+        what,
         None,
         ConnectionLimits::default(),
         move |tcp, _| {
-            let proxy = proxy.clone();
+            let (proxy, answer) = (proxy.clone(), answer.clone());
             async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let proxy = proxy.clone();
-                    async move {
-                        let path = req.uri().path();
-                        let response = if path.starts_with(probes::PATH_PREFIX) {
-                            proxy.config.app_probes.answer(path, req.headers()).await
-                        } else {
-                            health(&proxy, path).unwrap_or_else(|| {
-                                crate::telemetry::metrics::respond(&proxy.metrics, &req)
-                            })
-                        };
-                        Ok::<_, Infallible>(response)
-                    }
+                let service = hyper::service::service_fn(move |req| {
+                    let response = answer(proxy.clone(), req);
+                    async move { Ok::<_, Infallible>(response.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
