@@ -414,10 +414,34 @@ def main():
     def verdict(ok):
         return "PASS" if ok else "FAIL"
 
+    def throughput_budget():
+        """The CPU per request the two proxies could spend, at most, for the throughput
+        target on this machine: every core busy, at the target rate, less what the load
+        generator and the upstream spent per request in Vigil's own maximum-rate phase."""
+        run, ph, ha = runs.get(("vigil", "max")), phases.get(("vigil", "max")), thr("haproxy", "max")
+        if not run or not ph or not ha or not nproc or not run.get("requests"):
+            return None
+        per_req = nproc / (THROUGHPUT_TARGET * ha)
+        driver = (run.get("loadgen_cpu_s", 0) + ph[2] / hz) / run["requests"]
+        proxies = per_req - driver
+        ours, theirs = sum_cpu("vigil", "max"), sum_cpu("haproxy", "max")
+        if proxies <= 0:
+            return (f"{THROUGHPUT_TARGET * ha:,.0f} req/s on {nproc} cores is {per_req * 1e6:.1f} µs of CPU per request, "
+                    f"less than the load generator and upstream alone spend ({driver * 1e6:.1f} µs)")
+        text = (f"{THROUGHPUT_TARGET * ha:,.0f} req/s on {nproc} cores with none idle is {per_req * 1e6:.1f} µs of CPU per request; "
+                f"the load generator and upstream took {driver * 1e6:.1f} µs, leaving the two proxies {proxies * 1e6:.1f} µs")
+        if ours is not None and theirs:
+            text += (f" ({proxies * 1e4 / theirs:.2f}× what HAProxy's pair spent, {theirs:.2f} CPU s per 10k); "
+                     f"Vigil's spent {ours * 100:.1f} µs")
+        return text
+
     seq_thr = None if thr("haproxy", "max") in (None, 0) or thr("vigil", "max") is None else thr("vigil", "max") / thr("haproxy", "max")
     v, how = against(paired_thr, seq_thr)
     if v is not None:
         w(f"- Vigil throughput at maximum rate at least {THROUGHPUT_TARGET:.2f}× HAProxy's: **{verdict(v >= THROUGHPUT_TARGET)}** ({v:.2f}×, {how})")
+        budget = throughput_budget()
+        if budget:
+            w(f"  - What that target asks of this machine: {budget}")
     a, b = sum_cpu("vigil", "rate"), sum_cpu("haproxy", "rate")
     if a is not None and b:
         w(f"- Vigil CPU per request (both proxies) at {env.get('rate')} req/s at most HAProxy's: **{verdict(a <= b)}** ({a / b:.2f}×)")
