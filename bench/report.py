@@ -141,6 +141,86 @@ def duration_us(text):
     return float(m.group(1)) * scale
 
 
+# Where profile samples go, in the order the report lists the parts.
+PARTS = [
+    "kernel (system calls, TCP, scheduling)",
+    "TLS and crypto",
+    "HTTP/2 framing (h2)",
+    "HTTP/1 and the HTTP types (hyper, http, httparse)",
+    "async runtime and service layers (tokio, futures, tower)",
+    "Vigil's own code",
+    "HAProxy's own code",
+    "memory copies (libc)",
+    "allocator (libc malloc and free)",
+    "Rust core and std (generic code inlined there)",
+    "other",
+]
+
+CRATE_PARTS = {
+    "h2": 2,
+    "hyper": 3, "hyper_util": 3, "http": 3, "httparse": 3, "http_body": 3, "http_body_util": 3, "httpdate": 3,
+    "rustls": 1, "tokio_rustls": 1, "rustls_pki_types": 1, "ring": 1,
+    "tokio": 4, "tokio_util": 4, "mio": 4, "futures": 4, "futures_util": 4, "futures_core": 4,
+    "tower": 4, "tower_service": 4, "tower_layer": 4,
+    "vigil_proxy": 5, "vigil_authz": 5, "vigil_identity": 5, "vigil_api": 5,
+    "core": 9, "alloc": 9, "std": 9,
+}
+
+
+def part_of(dso, kind, sym):
+    """Which of PARTS one profile line's function belongs to."""
+    base = os.path.basename(dso)
+    if kind == "k" or dso.startswith("[kernel"):
+        return PARTS[0]
+    if base.startswith(("libcrypto", "libssl")) or sym.startswith(("aws_lc", "mlkem", "mlk_")):
+        return PARTS[1]
+    if base.startswith("libc.so") or base.startswith("libc-"):
+        if re.search(r"mem(move|cpy|set|cmp)", sym):
+            return PARTS[7]
+        if re.search(r"malloc|free|_int_|unlink_chunk|tcache|realloc|calloc|consolidate", sym):
+            return PARTS[8]
+        return PARTS[10]
+    if base == "haproxy":
+        return PARTS[6]
+    # `<T as hyper::service::HttpService<B>>::call`: a blanket impl counts where its trait is.
+    crate = re.match(r"<[A-Z] as (?:dyn |mut )*([A-Za-z_][A-Za-z0-9_]*)::", sym) or re.match(
+        r"[<&\s]*(?:dyn |mut )*([A-Za-z_][A-Za-z0-9_]*)::", sym
+    )
+    if crate and crate.group(1) in CRATE_PARTS:
+        return PARTS[CRATE_PARTS[crate.group(1)]]
+    return PARTS[10]
+
+
+def load_profile(out, hz):
+    """{(path, role): ({part: share of samples}, CPU µs per request)} from the profile step."""
+    found = {}
+    tsv = os.path.join(out, "profile.tsv")
+    if not os.path.exists(tsv):
+        return found
+    line_re = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)$")
+    for row in csv.reader(open(tsv), delimiter="\t"):
+        if len(row) != 4:
+            continue
+        path, role, ticks, wall = row[0], row[1], int(row[2]), float(row[3])
+        try:
+            rps = json.load(open(os.path.join(out, f"profile-{path}.json")))["throughput_rps"]
+            lines = open(os.path.join(out, f"profile-{path}-{role}.txt")).read().splitlines()
+        except (OSError, ValueError, KeyError):
+            continue
+        shares = {}
+        for line in lines:
+            m = line_re.match(line)
+            if m:
+                part = part_of(m.group(2), m.group(3), m.group(4))
+                shares[part] = shares.get(part, 0.0) + float(m.group(1)) / 100
+        total = sum(shares.values())
+        if not total or not rps or wall <= 0:
+            continue
+        us_per_req = ticks / hz / (rps * wall) * 1e6
+        found[(path, role)] = ({k: v / total for k, v in shares.items()}, us_per_req)
+    return found
+
+
 def load_policy(out):
     """Rows of the policy bench's percentile pass: (policy, evaluator, requests, p50, p99,
     p99.9, mean), times in µs."""
@@ -463,6 +543,39 @@ def main():
             v = max(anon)
             w(f"- Vigil {r} private (anonymous) memory at most {RSS_TARGET_MB:.0f} MB: **{'PASS' if v <= RSS_TARGET_MB else 'FAIL'}** ({v:.1f} MB)")
     w("")
+
+    # Where the CPU goes, from the profile step.
+    profile = load_profile(out, hz)
+    if profile:
+        cols = [(p, r) for p in ("vigil", "haproxy") for r in PROXY_ROLES[p] if (p, r) in profile]
+        w("## Where the CPU goes at maximum rate")
+        w("")
+        w("`perf record` sampled each proxy (all its threads, kernel included) while the load generator ran at maximum rate once more; "
+          "each cell is the CPU per request that part of the proxy spent, in µs, and its share of the proxy's samples. "
+          "A function is counted where its own code is; generic code that the compiler placed in `core` or `std` shows there.")
+        w("")
+        w("| part | " + " | ".join(f"{p} {r}" for p, r in cols) + " |")
+        w("|---|" + "---:|" * len(cols))
+        for part in PARTS:
+            cells = []
+            for c in cols:
+                shares, us = profile[c]
+                v = shares.get(part, 0.0)
+                cells.append("–" if v < 0.0005 else f"{v * us:.1f} ({v * 100:.0f}%)")
+            if any(x != "–" for x in cells):
+                w(f"| {part} | " + " | ".join(cells) + " |")
+        w("| **total** | " + " | ".join(f"**{profile[c][1]:.1f}**" for c in cols) + " |")
+        w("")
+        sums = {}
+        for (p, r), (shares, us) in profile.items():
+            kernel = shares.get(PARTS[0], 0.0) * us
+            k, u = sums.get(p, (0.0, 0.0))
+            sums[p] = (k + kernel, u + us - kernel)
+        if "vigil" in sums and "haproxy" in sums:
+            (vk, vu), (hk, hu) = sums["vigil"], sums["haproxy"]
+            w(f"Both proxies together: Vigil {vu:.1f} µs per request outside the kernel and {vk:.1f} µs in it; "
+              f"HAProxy {hu:.1f} µs and {hk:.1f} µs.")
+            w("")
 
     # Conditions and cross-checks.
     w("## Conditions and cross-checks")

@@ -16,6 +16,8 @@
 #   BENCH_PAIRED_ROUNDS=4  rounds of back-to-back maximum-rate runs, Vigil then HAProxy and the
 #                          other way round, compared pair by pair (0 = skip)
 #   BENCH_PAIRED_SECS=10   seconds of each of those runs
+#   BENCH_PROFILE=10       seconds of a perf profile of each pair's proxies at maximum rate, for
+#                          the report's "where the CPU goes" table (0 = skip; needs perf)
 #   BENCH_POLICY=1         time policy decisions of the shipped policies (0 = skip)
 #   BENCH_HANDSHAKES=1     time TLS handshakes, X25519 against X25519MLKEM768 (0 = skip)
 #   BENCH_IDLE_CONNECTIONS=500  idle client connections held open to price one (0 = skip)
@@ -47,6 +49,7 @@ HAPROXY_ALPN=${BENCH_HAPROXY_ALPN:-h2}
 IDLE_CONNS=${BENCH_IDLE_CONNECTIONS:-500}
 PAIRED_ROUNDS=${BENCH_PAIRED_ROUNDS:-4}
 PAIRED_SECS=${BENCH_PAIRED_SECS:-10}
+PROFILE_SECS=${BENCH_PROFILE:-10}
 
 # Ports (all on 127.0.0.1).
 P_UPSTREAM=28082
@@ -308,6 +311,7 @@ if [ "${BENCH_SKIP_INSTALL:-0}" != 1 ]; then
     for tool in haproxy wrk openssl jq curl; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
+    if [ "$PROFILE_SECS" != 0 ] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
     if ((${#missing[@]})); then
         log "installing ${missing[*]} (apt-get)"
         apt-get update -qq >"$LOGS/apt.log" 2>&1 || { tail -20 "$LOGS/apt.log"; die "apt-get update failed"; }
@@ -318,6 +322,9 @@ fi
 for tool in haproxy wrk openssl jq curl python3 ss; do
     command -v "$tool" >/dev/null || die "$tool is required but not installed"
 done
+if [ "$PROFILE_SECS" != 0 ]; then
+    command -v perf >/dev/null || die "perf is required for the profile (apt-get install linux-perf), or set BENCH_PROFILE=0"
+fi
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     log "building release binaries (cargo build --release -p vigil -p vigil-proxy -p vigil-loadgen)"
@@ -637,6 +644,49 @@ paired_rounds() {
     done
 }
 
+# profile_pairs: where each proxy's CPU goes at maximum rate. For each pair still up, the load
+# generator runs PROFILE_SECS at maximum rate while `perf record` samples each proxy (all its
+# threads, kernel included) for the middle of that time; `perf report` then lists the share of
+# samples per binary and function, which report.py sorts into parts (kernel, TLS, HTTP/2, ...).
+profile_pairs() {
+    [ "$PROFILE_SECS" != 0 ] || return 0
+    local path port specs spec pids=() secs=$((PROFILE_SECS > 4 ? PROFILE_SECS - 2 : PROFILE_SECS))
+    for path in vigil haproxy; do
+        [ -n "${RUNNING[$path]:-}" ] || continue
+        read -r port specs <<<"${RUNNING[$path]}"
+        log "=== profile: $path at maximum rate, perf on each proxy for ${secs}s"
+        "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate 0 \
+            --duration "${PROFILE_SECS}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
+            --progress 0s --label "profile-$path" --out "$OUT/profile-$path.json" 2>>"$LOGS/loadgen.log" &
+        local lg=$! before=()
+        sleep 1
+        pids=()
+        for spec in $specs; do before+=("$(cpu_ticks "${spec#*=}")"); done
+        local t0 t1
+        t0=$(date +%s.%N)
+        for spec in $specs; do
+            perf record -q -F 999 -o "$OUT/perf-$path-${spec%%=*}.data" -p "${spec#*=}" -- sleep "$secs" \
+                >>"$LOGS/perf.log" 2>&1 &
+            pids+=($!)
+        done
+        wait "${pids[@]}" || log "perf record failed on $path (see $LOGS/perf.log); its profile is left out"
+        local i=0
+        t1=$(date +%s.%N)
+        for spec in $specs; do
+            printf '%s\t%s\t%s\t%s\n' "$path" "${spec%%=*}" "$(( $(cpu_ticks "${spec#*=}") - before[i] ))" \
+                "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')" >>"$OUT/profile.tsv"
+            i=$((i + 1))
+        done
+        wait "$lg" || die "load generator failed while profiling $path (see $LOGS/loadgen.log)"
+        for spec in $specs; do
+            [ -s "$OUT/perf-$path-${spec%%=*}.data" ] || continue
+            perf report -i "$OUT/perf-$path-${spec%%=*}.data" --no-children --sort dso,sym -g none -q --stdio \
+                >"$OUT/profile-$path-${spec%%=*}.txt" 2>>"$LOGS/perf.log" || true
+            rm -f "$OUT/perf-$path-${spec%%=*}.data"
+        done
+    done
+}
+
 # Every path stays up until the paired rounds are done (an idle pair costs the others no CPU
 # worth counting; the conditions table shows what other processes used).
 declare -A RUNNING=()
@@ -650,6 +700,7 @@ for path in $PATHS; do
     esac
 done
 paired_rounds
+profile_pairs
 for step in "${FINISH[@]}"; do
     $step
 done
