@@ -11,7 +11,7 @@
 //! until every proxy's certificate chains to it; retire the old root, wait until no proxy
 //! trusts it any more.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,7 +111,8 @@ fn apply(live: &LiveCa, ca: CertificateAuthority, status: CaStatus) -> anyhow::R
     live.trust.set(bundle.clone())?;
     live.own_svid
         .set(crate::own_identity::issue_own(&ca, &live.own_id)?);
-    write_public_file(&live.bundle_path, &bundle.to_pem())?;
+    vigil_identity::write_atomic(&live.bundle_path, bundle.to_pem().as_bytes(), 0o644)
+        .context("writing the trust bundle")?;
     let der: Vec<Vec<u8>> = bundle.roots().iter().map(|c| c.as_ref().to_vec()).collect();
     live.state.send_modify(|state| {
         let mut next = (**state).clone();
@@ -315,14 +316,5 @@ pub async fn rotate(
             Step::All => {}
         }
     }
-    Ok(())
-}
-
-/// Writes a file other processes read (the trust bundle) whole: into a temporary file
-/// first, then renamed over the old one.
-pub(crate) fn write_public_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

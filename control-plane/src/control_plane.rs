@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vigil_identity::{CertificateAuthority, SvidStore, TlsOptions, TrustStore};
 
-use crate::ca_rotation::write_public_file;
 use crate::discovery_service::{ConnectedProxies, DiscoveryService, MeshState};
 use crate::identity_service::IdentityService;
 use crate::inject::{webhook, InjectConfig};
@@ -65,7 +64,8 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
     let (ca, ca_dir, ca_status) = load_ca(&opts, &trust_domain)?;
     let ca = Arc::new(ca);
     let bundle_path = trust_bundle_path(&opts.data_dir);
-    write_public_file(&bundle_path, &ca.trust_bundle().to_pem())?;
+    vigil_identity::write_atomic(&bundle_path, ca.trust_bundle().to_pem().as_bytes(), 0o644)
+        .context("writing the trust bundle")?;
     tracing::info!(path = %bundle_path.display(), "trust bundle written; give it to proxies with --trust-bundle");
 
     let own_id = control_plane_id(&trust_domain, &opts.namespace)?;
@@ -79,7 +79,12 @@ pub async fn run(opts: ControlPlaneOptions) -> anyhow::Result<()> {
         vigil_identity::JwtSvidSigner::load_or_generate(&opts.data_dir.join("jwt-svid-key.pem"))
             .context("loading or creating the JWT-SVID key under the data directory")?,
     );
-    write_public_file(&opts.data_dir.join("jwt-bundle.json"), &jwt_signer.jwks())?;
+    vigil_identity::write_atomic(
+        &opts.data_dir.join("jwt-bundle.json"),
+        jwt_signer.jwks().as_bytes(),
+        0o644,
+    )
+    .context("writing the JWT bundle")?;
     let policies =
         policy_source::load_all(&mesh, &jwt_signer.jwks()).map_err(anyhow::Error::msg)?;
     for served in policies.all() {

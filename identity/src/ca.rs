@@ -701,8 +701,9 @@ fn create_dir_private(dir: &Path) -> Result<(), CaError> {
 }
 
 /// Writes `data` to `path` via a temp file created with `mode` from the start (never briefly
-/// world-readable), fsynced, then renamed over `path`.
-pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+/// world-readable), fsynced, then renamed over `path`: a reader sees the old file or the
+/// new one, never half of one.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     let io_err = |p: &Path| {
         let p = p.to_owned();
         move |source| CaError::Io { path: p, source }

@@ -51,7 +51,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use ca::{CaError, CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE};
+pub use ca::{write_atomic, CaError, CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE};
 pub use jwt_svid::{validate_jwt_svid, JwtSvidError, JwtSvidSigner};
 pub use rotation::{
     chain_root, root_name, CaDirectory, LoadedCa, RotationPhase, NEXT_CERT_FILE, NEXT_KEY_FILE,
