@@ -463,16 +463,19 @@ def main():
         w("")
 
     # Targets.
+    def verdict(ok):
+        return "PASS" if ok else "FAIL"
+
     w("## Targets")
     w("")
     ap = added_p99("vigil", "rate")
     if ap is not None:
         busy = max(other_cores("direct", "rate") or 0, other_cores("vigil", "rate") or 0)
         if busy > BUSY_CORES_LIMIT:
-            verdict = f"INCONCLUSIVE (other processes used {busy:.2f} cores during these phases)"
+            said = f"INCONCLUSIVE (other processes used {busy:.2f} cores during these phases)"
         else:
-            verdict = "PASS" if ap < ADDED_P99_TARGET_US else "FAIL"
-        w(f"- Vigil added p99 at {env.get('rate')} req/s under 0.5 ms: **{verdict}** ({ap / 1000:+.3f} ms)")
+            said = verdict(ap < ADDED_P99_TARGET_US)
+        w(f"- Vigil added p99 at {env.get('rate')} req/s under 0.5 ms: **{said}** ({ap / 1000:+.3f} ms)")
     # The RSS target is at the fixed rate; the maximum rate's peak is shown beside it.
     for r in PROXY_ROLES["vigil"]:
         v = rss_mb("vigil", "rate", r)
@@ -480,7 +483,7 @@ def main():
             continue
         at_max = rss_mb("vigil", "max", r)
         beside = f"; {at_max:.1f} MB at maximum rate" if at_max is not None else ""
-        w(f"- Vigil {r} peak RSS at {env.get('rate')} req/s at most {RSS_TARGET_MB:.0f} MB: **{'PASS' if v <= RSS_TARGET_MB else 'FAIL'}** ({v:.1f} MB{beside})")
+        w(f"- Vigil {r} peak RSS at {env.get('rate')} req/s at most {RSS_TARGET_MB:.0f} MB: **{verdict(v <= RSS_TARGET_MB)}** ({v:.1f} MB{beside})")
     # Against the HAProxy pair: at maximum rate the paired rounds decide when there are any
     # (their runs are seconds apart), the sequential phases otherwise.
     def against(paired_values, sequential):
@@ -490,9 +493,6 @@ def main():
         if sequential is not None:
             how += f"; sequential phases {sequential:.2f}"
         return statistics.median(paired_values), how
-
-    def verdict(ok):
-        return "PASS" if ok else "FAIL"
 
     def throughput_budget():
         """The CPU per request the two proxies could spend, at most, for the throughput
@@ -541,7 +541,7 @@ def main():
         anon = [a[0] for a in anon if a is not None]
         if anon:
             v = max(anon)
-            w(f"- Vigil {r} private (anonymous) memory at most {RSS_TARGET_MB:.0f} MB: **{'PASS' if v <= RSS_TARGET_MB else 'FAIL'}** ({v:.1f} MB)")
+            w(f"- Vigil {r} private (anonymous) memory at most {RSS_TARGET_MB:.0f} MB: **{verdict(v <= RSS_TARGET_MB)}** ({v:.1f} MB)")
     w("")
 
     # Where the CPU goes, from the profile step.

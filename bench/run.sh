@@ -186,6 +186,15 @@ smoke() { # path port
 }
 
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# seconds_since T0 [T1]: seconds from T0 to T1 (default now), both from `date +%s.%N`.
+seconds_since() { awk -v a="$1" -v b="${2:-$(date +%s.%N)}" 'BEGIN {printf "%.3f", b - a}'; }
+# load PORT RATE SECS LABEL PROGRESS: the load generator against a path (RATE 0: maximum
+# rate, closed loop), its JSON summary in $OUT/LABEL.json.
+load() {
+    "$BIN/vigil-loadgen" load --target "127.0.0.1:$1" --host server --rate "$2" \
+        --duration "$3s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
+        --progress "$5" --label "$4" --out "$OUT/$4.json"
+}
 vmhwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 # The resident set now, split: private anonymous memory (heap, stacks) and file-backed
 # pages (the binary's code and read-only data, which every process running the same
@@ -241,9 +250,7 @@ measure() {
 
     wait_quiet
     log "$path / $mode: ${WARMUP}s warm-up"
-    "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate "$rate" \
-        --duration "${WARMUP}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
-        --progress 0s --label "$path-$mode-warmup" --out "$OUT/$path-$mode-warmup.json" 2>>"$LOGS/loadgen.log" \
+    load "$port" "$rate" "$WARMUP" "$path-$mode-warmup" 0s 2>>"$LOGS/loadgen.log" \
         || die "load generator failed during warm-up of $path/$mode (see $LOGS/loadgen.log)"
 
     declare -A before=()
@@ -260,13 +267,11 @@ measure() {
     ub_before=$(cpu_ticks "$UPSTREAM_PID")
     t_before=$(date +%s.%N)
     log "$path / $mode: measuring ${DURATION}s ($([ "$rate" = 0 ] && echo "closed loop, max rate" || echo "open loop, $rate req/s"), $CONNS connections)"
-    "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate "$rate" \
-        --duration "${DURATION}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
-        --progress 5s --label "$path-$mode" --out "$OUT/$path-$mode.json" \
+    load "$port" "$rate" "$DURATION" "$path-$mode" 5s \
         || die "load generator failed on $path/$mode"
     local l_after
     l_after=$(load1)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$path" "$mode" "$(awk -v a="$t_before" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')" \
+    printf '%s\t%s\t%s\t%s\t%s\n' "$path" "$mode" "$(seconds_since "$t_before")" \
         "$(( $(sys_busy) - sb_before ))" "$(( $(cpu_ticks "$UPSTREAM_PID") - ub_before ))" >>"$PHASES"
     for spec in "$@"; do
         role=${spec%%=*} pid=${spec#*=}
@@ -615,13 +620,11 @@ paired_slice() {
     sb=$(sys_busy)
     ub=$(cpu_ticks "$UPSTREAM_PID")
     t=$(date +%s.%N)
-    "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate 0 \
-        --duration "${PAIRED_SECS}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
-        --progress 0s --label "paired-$round-$path" --out "$OUT/paired-$round-$path.json" 2>>"$LOGS/loadgen.log" \
+    load "$port" 0 "$PAIRED_SECS" "paired-$round-$path" 0s 2>>"$LOGS/loadgen.log" \
         || die "load generator failed in paired round $round on $path (see $LOGS/loadgen.log)"
     for spec in $specs; do after=$((after + $(cpu_ticks "${spec#*=}"))); done
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" \
-        "$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')" \
+        "$(seconds_since "$t")" \
         "$(( $(sys_busy) - sb ))" "$(( $(cpu_ticks "$UPSTREAM_PID") - ub ))" "$((after - before))" >>"$PAIRED"
     log "paired round $round, $path: $(jq -r '.throughput_rps | floor' "$OUT/paired-$round-$path.json") req/s"
 }
@@ -655,9 +658,7 @@ profile_pairs() {
         [ -n "${RUNNING[$path]:-}" ] || continue
         read -r port specs <<<"${RUNNING[$path]}"
         log "=== profile: $path at maximum rate, perf on each proxy for ${secs}s"
-        "$BIN/vigil-loadgen" load --target "127.0.0.1:$port" --host server --rate 0 \
-            --duration "${PROFILE_SECS}s" --connections "$CONNS" --threads "$LOADGEN_THREADS" \
-            --progress 0s --label "profile-$path" --out "$OUT/profile-$path.json" 2>>"$LOGS/loadgen.log" &
+        load "$port" 0 "$PROFILE_SECS" "profile-$path" 0s 2>>"$LOGS/loadgen.log" &
         local lg=$! before=()
         sleep 1
         pids=()
@@ -674,7 +675,7 @@ profile_pairs() {
         t1=$(date +%s.%N)
         for spec in $specs; do
             printf '%s\t%s\t%s\t%s\n' "$path" "${spec%%=*}" "$(( $(cpu_ticks "${spec#*=}") - before[i] ))" \
-                "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')" >>"$OUT/profile.tsv"
+                "$(seconds_since "$t0" "$t1")" >>"$OUT/profile.tsv"
             i=$((i + 1))
         done
         wait "$lg" || die "load generator failed while profiling $path (see $LOGS/loadgen.log)"
