@@ -201,7 +201,9 @@ impl Runner {
                 // The program has one entry point, compiled at instruction 0; `execute` runs it
                 // without the per-call name lookup and copy of `execute_entry_point_by_*`.
                 let result = run_vm(vm);
-                // Don't keep request data (tokens, bodies) alive until the next request.
+                // Let go of the document: a body-less one is filled again in place by the
+                // thread's next request (`AuthzInput::document_for`), which needs it unshared,
+                // and one with a body is not kept alive until the next request.
                 vm.set_input(Value::Undefined);
                 result.map_err(|e| EvalError(condense_error(&e)))
             }
