@@ -83,9 +83,7 @@ pub fn record_running(mesh_file: &Path, data_dir: &Path) -> RunningGuard {
     let previous = running_mesh(&path);
     if let Ok(json) = serde_json::to_string(&record) {
         // Written then renamed, so a reader never sees half a record.
-        let tmp = path.with_extension(format!("json.{}", record.pid));
-        let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
+        if let Err(e) = vigil_identity::write_atomic(&path, json.as_bytes(), 0o644) {
             tracing::warn!(path = %path.display(), error = %e, "cannot record the running mesh; vigil check/stat/tap will need --mesh");
         }
     }
@@ -115,7 +113,7 @@ impl Drop for RunningGuard {
             .and_then(|p| serde_json::to_string(p).ok());
         match back {
             Some(json) => {
-                let _ = std::fs::write(&self.path, json);
+                let _ = vigil_identity::write_atomic(&self.path, json.as_bytes(), 0o644);
             }
             None => {
                 let _ = std::fs::remove_file(&self.path);

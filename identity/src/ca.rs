@@ -702,7 +702,8 @@ fn create_dir_private(dir: &Path) -> Result<(), CaError> {
 
 /// Writes `data` to `path` via a temp file created with `mode` from the start (never briefly
 /// world-readable), fsynced, then renamed over `path`: a reader sees the old file or the
-/// new one, never half of one.
+/// new one, never half of one. The mode is set on the open file as well, so the umask does
+/// not narrow it: an installed plugin stays executable and a trust bundle readable by all.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     let io_err = |p: &Path| {
         let p = p.to_owned();
@@ -730,6 +731,12 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> 
     let _ = mode;
     let result = (|| {
         let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_err(&tmp))?;
+        }
         f.write_all(data).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         drop(f);

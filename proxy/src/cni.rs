@@ -481,16 +481,6 @@ pub fn primary_conflist(dir: &std::path::Path) -> Result<PathBuf, String> {
     })
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so the runtime never
-/// reads half a file; `mode` sets the permissions.
-pub fn write_atomically(path: &std::path::Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("vigil-tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use vigil_identity::write_atomic;
 use vigil_proxy::cni::{
-    chain_into, handle, plugin_entry, primary_conflist, unchain_from, write_atomically, Invocation,
+    chain_into, handle, plugin_entry, primary_conflist, unchain_from, Invocation,
 };
 
 /// Installs the plugin on the node it runs on.
@@ -131,7 +132,7 @@ async fn install(args: InstallArgs) -> Result<(), String> {
         };
     let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
     let binary = std::fs::read(&exe).map_err(|e| format!("reading {}: {e}", exe.display()))?;
-    write_atomically(&args.cni_bin_dir.join("vigil-cni"), &binary, 0o755).map_err(|e| {
+    write_atomic(&args.cni_bin_dir.join("vigil-cni"), &binary, 0o755).map_err(|e| {
         format!(
             "copying the plugin into {}: {e} (mount the node's CNI binary directory there)",
             args.cni_bin_dir.display()
@@ -175,7 +176,7 @@ fn refresh(args: &InstallArgs, own: &Path, entry: &serde_json::Value) -> Result<
         let from = args.service_account_dir.join(file);
         let contents =
             std::fs::read(&from).map_err(|e| format!("reading {}: {e}", from.display()))?;
-        write_atomically(&own.join(file), &contents, 0o600)
+        write_atomic(&own.join(file), &contents, 0o600)
             .map_err(|e| format!("writing {}: {e}", own.join(file).display()))?;
     }
     let list = primary_conflist(&args.cni_conf_dir)?;
@@ -195,6 +196,6 @@ fn read_json(path: &Path) -> Result<serde_json::Value, String> {
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    write_atomically(path, text.as_bytes(), 0o644)
+    write_atomic(path, text.as_bytes(), 0o644)
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
