@@ -16,6 +16,9 @@
 #   BENCH_PAIRED_ROUNDS=4  rounds of back-to-back maximum-rate runs, Vigil then HAProxy and the
 #                          other way round, compared pair by pair (0 = skip)
 #   BENCH_PAIRED_SECS=10   seconds of each of those runs
+#   BENCH_RATE_ROUNDS=4    rounds of back-to-back fixed-rate runs of direct, Vigil and HAProxy
+#                          (BENCH_PAIRED_SECS each, the order turned round every other round),
+#                          compared round by round (0 = skip)
 #   BENCH_PROFILE=10       seconds of a perf profile of each pair's proxies at maximum rate, for
 #                          the report's "where the CPU goes" table (0 = skip; needs perf)
 #   BENCH_POLICY=1         time policy decisions of the shipped policies (0 = skip)
@@ -49,6 +52,7 @@ HAPROXY_ALPN=${BENCH_HAPROXY_ALPN:-h2}
 IDLE_CONNS=${BENCH_IDLE_CONNECTIONS:-500}
 PAIRED_ROUNDS=${BENCH_PAIRED_ROUNDS:-4}
 PAIRED_SECS=${BENCH_PAIRED_SECS:-10}
+RATE_ROUNDS=${BENCH_RATE_ROUNDS:-4}
 PROFILE_SECS=${BENCH_PROFILE:-10}
 
 # Ports (all on 127.0.0.1).
@@ -68,6 +72,8 @@ PHASES="$OUT/phases.tsv" # path mode wall_s system_busy_ticks upstream_ticks
 printf 'path\tmode\twall_s\tsystem_busy_ticks\tupstream_ticks\n' >"$PHASES"
 PAIRED="$OUT/paired.tsv" # round path wall_s system_busy_ticks upstream_ticks proxy_ticks (both proxies)
 printf 'round\tpath\twall_s\tsystem_busy_ticks\tupstream_ticks\tproxy_ticks\n' >"$PAIRED"
+RATE_PAIRED="$OUT/rate-paired.tsv" # the same for the fixed-rate rounds
+cp "$PAIRED" "$RATE_PAIRED"
 
 T0=$(date +%s)
 log() { printf '\033[1m[bench %4ss]\033[0m %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
@@ -372,6 +378,7 @@ port_free_or_die $P_UPSTREAM $P_CP_DISCOVERY $P_CP_IDENTITY $P_CP_DASHBOARD \
     echo "haproxy_alpn=$HAPROXY_ALPN"
     echo "paired_rounds=$PAIRED_ROUNDS"
     echo "paired_secs=$PAIRED_SECS"
+    echo "rate_rounds=$RATE_ROUNDS"
     echo "load1_start=$(load1)"
     echo "note=${BENCH_NOTE:-}"
 } >"$OUT/env.txt"
@@ -387,6 +394,7 @@ wait_port $P_UPSTREAM "$UPSTREAM_PID"
 run_direct() {
     log "=== path: direct (loadgen → upstream)"
     run_modes direct $P_UPSTREAM
+    RUNNING[direct]="$P_UPSTREAM"
 }
 
 # idle_cost PATH PORT ROLE=PID...: the private memory each proxy holds per idle client
@@ -608,9 +616,15 @@ finish_haproxy() {
     stop_pid "$bp"
 }
 
-# paired_slice ROUND PATH: one maximum-rate run of PAIRED_SECS on a path that is up.
+# paired_slice ROUND PATH RATE: one run of PAIRED_SECS at RATE (0: maximum rate) on a path
+# that is up, recorded in paired.tsv (maximum rate) or rate-paired.tsv.
 paired_slice() {
-    local round=$1 path=$2 port specs spec pid before=0 after=0 sb ub t
+    local round=$1 path=$2 rate=$3 port specs spec pid before=0 after=0 sb ub t
+    local label="paired-$round-$path" tsv=$PAIRED
+    if [ "$rate" != 0 ]; then
+        label="rate-$label"
+        tsv=$RATE_PAIRED
+    fi
     read -r port specs <<<"${RUNNING[$path]}"
     for spec in $specs; do
         pid=${spec#*=}
@@ -620,13 +634,13 @@ paired_slice() {
     sb=$(sys_busy)
     ub=$(cpu_ticks "$UPSTREAM_PID")
     t=$(date +%s.%N)
-    load "$port" 0 "$PAIRED_SECS" "paired-$round-$path" 0s 2>>"$LOGS/loadgen.log" \
-        || die "load generator failed in paired round $round on $path (see $LOGS/loadgen.log)"
+    load "$port" "$rate" "$PAIRED_SECS" "$label" 0s 2>>"$LOGS/loadgen.log" \
+        || die "load generator failed in $label (see $LOGS/loadgen.log)"
     for spec in $specs; do after=$((after + $(cpu_ticks "${spec#*=}"))); done
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" \
         "$(seconds_since "$t")" \
-        "$(( $(sys_busy) - sb ))" "$(( $(cpu_ticks "$UPSTREAM_PID") - ub ))" "$((after - before))" >>"$PAIRED"
-    log "paired round $round, $path: $(jq -r '.throughput_rps | floor' "$OUT/paired-$round-$path.json") req/s"
+        "$(( $(sys_busy) - sb ))" "$(( $(cpu_ticks "$UPSTREAM_PID") - ub ))" "$((after - before))" >>"$tsv"
+    log "$label: $(jq -r '"\(.throughput_rps | floor) req/s, p99 \(.latency_us.p99 | floor) µs"' "$OUT/$label.json")"
 }
 
 # The maximum-rate phases above run one path after the other, and the machine's speed drifts
@@ -638,12 +652,30 @@ paired_rounds() {
     local round
     for round in $(seq 1 "$PAIRED_ROUNDS"); do
         if [ $((round % 2)) = 1 ]; then
-            paired_slice "$round" vigil
-            paired_slice "$round" haproxy
+            paired_slice "$round" vigil 0
+            paired_slice "$round" haproxy 0
         else
-            paired_slice "$round" haproxy
-            paired_slice "$round" vigil
+            paired_slice "$round" haproxy 0
+            paired_slice "$round" vigil 0
         fi
+    done
+}
+
+# The fixed-rate phases drift the same way, and their tail latency more than anything: an
+# HAProxy pair's added p99 at 1,000 req/s ran from 0.18 to 0.70 ms over three runs of the
+# same script. These rounds run the three paths back to back at the fixed rate (the direct
+# path gives each round its own baseline), turning the order round every other round.
+rate_rounds() {
+    [ "$RATE_ROUNDS" -gt 0 ] && [ -n "${RUNNING[direct]:-}" ] && [ -n "${RUNNING[vigil]:-}" ] \
+        && [ -n "${RUNNING[haproxy]:-}" ] || return 0
+    log "=== paired rounds: $RATE_ROUNDS × (direct, Vigil, HAProxy) at $RATE req/s, ${PAIRED_SECS}s each"
+    local round path order
+    for round in $(seq 1 "$RATE_ROUNDS"); do
+        order="vigil haproxy direct"
+        [ $((round % 2)) = 1 ] || order="direct haproxy vigil"
+        for path in $order; do
+            paired_slice "$round" "$path" "$RATE"
+        done
     done
 }
 
@@ -700,6 +732,7 @@ for path in $PATHS; do
         *) die "unknown path '$path' in BENCH_PATHS (use direct, vigil, haproxy)" ;;
     esac
 done
+rate_rounds
 paired_rounds
 profile_pairs
 for step in "${FINISH[@]}"; do
