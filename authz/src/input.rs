@@ -111,29 +111,38 @@ struct Shapes {
     pseudo_path: Value,
     empty_object: Value,
     empty_string: Value,
-    socket: Object,
-    peer_address: Object,
-    peer: Object,
-    peer_with_principal: Object,
-    peer_principal_only: Object,
-    attributes_tcp: Object,
-    attributes_http: Object,
-    request_http: Object,
-    http_attributes: Object,
-    http_attributes_with_body: Object,
-    doc_tcp: Object,
-    doc_http: Object,
+    socket: Shape,
+    peer_address: Shape,
+    peer: Shape,
+    peer_with_principal: Shape,
+    peer_principal_only: Shape,
+    attributes_tcp: Shape,
+    attributes_http: Shape,
+    request_http: Shape,
+    http_attributes: Shape,
+    http_attributes_with_body: Shape,
+    doc_tcp: Shape,
+    doc_http: Shape,
     version: Value,
     /// `{"encoding": "protojson", "ext_authz": "v3"}`, as OPA-Envoy sets it for v3 requests.
     version_value: Value,
 }
 
 /// A frozen object with these keys (values null), to clone and fill.
-/// Kept as a B-tree, not frozen: [`Filling`] walks its copies' values in key order, which
-/// only a B-tree object offers without searching for each key.
-fn shape(keys: &[&Value]) -> Object {
+/// A fixed-shape object of the document: a template to copy, and its keys in order.
+struct Shape {
+    /// Kept as a B-tree, not frozen: [`Filling`] walks its copies' values in key order, which
+    /// only a B-tree object offers without searching for each key.
+    template: Object,
+    keys: Box<[Value]>,
+}
+
+fn shape(keys: &[&Value]) -> Shape {
     let map: BTreeMap<Value, Value> = keys.iter().map(|k| ((*k).clone(), Value::Null)).collect();
-    Object::from(map)
+    Shape {
+        keys: map.keys().cloned().collect(),
+        template: Object::from(map),
+    }
 }
 
 /// An object of the document being filled in place, its values set in key order. It is the
@@ -149,9 +158,9 @@ struct Filling<'a> {
 }
 
 impl<'a> Filling<'a> {
-    fn new(slot: &'a mut Value, shape: &Object) -> Filling<'a> {
+    fn new(slot: &'a mut Value, shape: &Shape) -> Filling<'a> {
         if !matches!(slot, Value::Object(object) if same_keys(object, shape)) {
-            *slot = Value::Object(Rc::new(shape.clone()));
+            *slot = Value::Object(Rc::new(shape.template.clone()));
         }
         let object = match slot {
             Value::Object(object) => Rc::make_mut(object),
@@ -208,8 +217,12 @@ fn same_key(a: &Value, b: &Value) -> bool {
 
 /// Whether `object` has exactly the keys of `shape` (see [`same_key`]); an object made some
 /// other way only fails the test and is replaced.
-fn same_keys(object: &Object, shape: &Object) -> bool {
-    object.len() == shape.len() && object.keys().zip(shape.keys()).all(|(a, b)| same_key(a, b))
+fn same_keys(object: &Object, shape: &Shape) -> bool {
+    object.len() == shape.keys.len()
+        && object
+            .keys()
+            .zip(shape.keys.iter())
+            .all(|(a, b)| same_key(a, b))
 }
 
 impl Shapes {
