@@ -626,6 +626,13 @@ paired_slice() {
         tsv=$RATE_PAIRED
     fi
     read -r port specs <<<"${RUNNING[$path]}"
+    # A fixed-rate round's p99 is the 100th-worst of 10,000 requests: a path that has sat idle
+    # since its own phases (peer connections to open again, caches gone cold) would spend its
+    # first second on that. One second of unrecorded load first, as the phases have.
+    if [ "$rate" != 0 ]; then
+        load "$port" "$rate" 1 "$label-warmup" 0s 2>>"$LOGS/loadgen.log" \
+            || die "load generator failed warming up $label (see $LOGS/loadgen.log)"
+    fi
     for spec in $specs; do
         pid=${spec#*=}
         assert_alive "$pid"

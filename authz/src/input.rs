@@ -128,7 +128,6 @@ struct Shapes {
     version_value: Value,
 }
 
-/// A frozen object with these keys (values null), to clone and fill.
 /// A fixed-shape object of the document: a template to copy, and its keys in order.
 struct Shape {
     /// Kept as a B-tree, not frozen: [`Filling`] walks its copies' values in key order, which
@@ -150,9 +149,10 @@ fn shape(keys: &[&Value]) -> Shape {
 /// request's, see [`AuthzInput::document_for`]), else a copy of it or of the shape.
 ///
 /// Walking the values in order costs no key comparisons, where a lookup per key costs several.
-/// The code that fills an object names its keys in the shape's order; a key out of order, or
-/// one left unset (which would leave an earlier request's value in the document), panics,
-/// which fails the decision closed, and every shape is filled by the tests.
+/// The code that fills an object names its keys in the shape's order. A key out of order, or
+/// one left unset (which would leave an earlier request's value in the document), is a bug in
+/// that code: it panics rather than let such a document through, and the tests fill every
+/// shape after every other.
 struct Filling<'a> {
     entries: IterMut<'a>,
 }
