@@ -621,15 +621,13 @@ finish_haproxy() {
 paired_slice() {
     local round=$1 path=$2 rate=$3 port specs spec pid before=0 after=0 sb ub t
     local label="paired-$round-$path" tsv=$PAIRED
-    if [ "$rate" != 0 ]; then
-        label="rate-$label"
-        tsv=$RATE_PAIRED
-    fi
     read -r port specs <<<"${RUNNING[$path]}"
     # A fixed-rate round's p99 is the 100th-worst of 10,000 requests: a path that has sat idle
     # since its own phases (peer connections to open again, caches gone cold) would spend its
     # first second on that. One second of unrecorded load first, as the phases have.
     if [ "$rate" != 0 ]; then
+        label="rate-$label"
+        tsv=$RATE_PAIRED
         load "$port" "$rate" 1 "$label-warmup" 0s 2>>"$LOGS/loadgen.log" \
             || die "load generator failed warming up $label (see $LOGS/loadgen.log)"
     fi
@@ -656,15 +654,13 @@ paired_slice() {
 paired_rounds() {
     [ "$PAIRED_ROUNDS" -gt 0 ] && [ -n "${RUNNING[vigil]:-}" ] && [ -n "${RUNNING[haproxy]:-}" ] || return 0
     log "=== paired rounds: $PAIRED_ROUNDS × (Vigil, HAProxy) at maximum rate, ${PAIRED_SECS}s each"
-    local round
+    local round path order
     for round in $(seq 1 "$PAIRED_ROUNDS"); do
-        if [ $((round % 2)) = 1 ]; then
-            paired_slice "$round" vigil 0
-            paired_slice "$round" haproxy 0
-        else
-            paired_slice "$round" haproxy 0
-            paired_slice "$round" vigil 0
-        fi
+        order="vigil haproxy"
+        [ $((round % 2)) = 1 ] || order="haproxy vigil"
+        for path in $order; do
+            paired_slice "$round" "$path" 0
+        done
     done
 }
 
