@@ -13,10 +13,11 @@ use std::collections::BTreeSet;
 
 use regorus::Value;
 
+use crate::go_net::go_parse_cidr;
 use crate::go_net::{
     cidr_mask, default_mask, ip_mask, ip_string, mask_size, parse_ip, to16, to4, V4_IN_V6_PREFIX,
 };
-use crate::opa_builtins::{go_parse_cidr, Outcome, ABORTS};
+use crate::outcome::{Outcome, ABORTS};
 
 /// Go's `net.IPNet`.
 #[derive(Clone)]

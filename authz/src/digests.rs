@@ -7,7 +7,7 @@ use regorus::Value;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
-use crate::opa_builtins::{string_operand, Outcome};
+use crate::outcome::{string_operand, Outcome};
 
 /// The builtins evaluated here, with their number of arguments.
 pub(crate) const NAMES: &[(&str, u8)] = &[

@@ -110,3 +110,65 @@ pub(crate) fn ip_string(ip: &[u8]) -> String {
         Err(_) => format!("?{}", hex::encode(ip)),
     }
 }
+
+/// Go's `net.ParseCIDR` for `cidr_merge.rs`: the masked address and the mask.
+pub(crate) fn go_parse_cidr(s: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    parse_cidr(s).map(|n| (n.ip, n.mask))
+}
+
+/// A network as Go's `net.ParseCIDR` returns it: masked address and mask of equal length.
+pub(crate) struct Network {
+    pub(crate) ip: Vec<u8>,
+    pub(crate) mask: Vec<u8>,
+}
+
+/// Go's `net.ParseCIDR`.
+pub(crate) fn parse_cidr(s: &str) -> Option<Network> {
+    let (addr, prefix) = s.split_once('/')?;
+    let ip = parse_ip(addr)?;
+    let bits = ip.len() * 8;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.len() > 7 {
+        return None;
+    }
+    let ones: usize = prefix.parse().ok()?;
+    if ones > bits {
+        return None;
+    }
+    let mask = cidr_mask(ones, bits);
+    // Go keeps a 16-byte address with a 4-byte mask only for IPv4; masking drops to 4 bytes.
+    let ip: Vec<u8> = ip.iter().zip(&mask).map(|(a, m)| a & m).collect();
+    Some(Network { ip, mask })
+}
+
+impl Network {
+    /// Go's `net.IPNet.Contains`.
+    pub(crate) fn contains(&self, ip: &[u8]) -> bool {
+        let (nn, mask): (Vec<u8>, &[u8]) = match to4(&self.ip) {
+            Some(v4) => {
+                let mask = if self.mask.len() == 16 {
+                    &self.mask[12..]
+                } else {
+                    &self.mask[..]
+                };
+                (v4.to_vec(), mask)
+            }
+            None => (self.ip.clone(), &self.mask[..]),
+        };
+        let ip: Vec<u8> = match to4(ip) {
+            Some(v4) => v4.to_vec(),
+            None => ip.to_vec(),
+        };
+        ip.len() == nn.len()
+            && mask.len() == nn.len()
+            && (0..ip.len()).all(|i| nn[i] & mask[i] == ip[i] & mask[i])
+    }
+
+    /// The last address of the network.
+    pub(crate) fn last(&self) -> Vec<u8> {
+        self.ip
+            .iter()
+            .zip(&self.mask)
+            .map(|(a, m)| a | !m)
+            .collect()
+    }
+}

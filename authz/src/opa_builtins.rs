@@ -19,9 +19,11 @@ use std::fmt::Write as _;
 
 use regorus::{Engine, Value};
 
-use crate::go_net::{cidr_mask, ip_string, parse_ip, to4};
+use crate::go_net::{ip_string, parse_cidr, parse_ip};
 use crate::go_unicode::{NOT_PRINTABLE, TO_LOWER, TO_UPPER};
-use crate::{cidr_merge, digests, input, tokens};
+use crate::go_url::{parsed_query, unescape};
+use crate::outcome::{string_operand, Outcome, ABORTS};
+use crate::{cidr_merge, digests, tokens};
 
 /// The builtins evaluated here, with their number of arguments.
 pub(crate) const REPLACED: &[(&str, u8)] = &[
@@ -60,9 +62,6 @@ pub(crate) const REPLACED: &[(&str, u8)] = &[
 
 /// OPA builtins regorus lacks, evaluated here (besides `tokens.rs` and `digests.rs`).
 const ADDED: &[(&str, u8)] = &[("net.cidr_merge", 1)];
-
-/// Why a call failed, as OPA's builtin would report it.
-pub(crate) type Outcome = Result<Value, String>;
 
 /// Every builtin Vigil evaluates itself: those of [`REPLACED`], which regorus also has, and
 /// OPA's JWT and crypto builtins (`tokens.rs`, `digests.rs`), which it lacks.
@@ -104,10 +103,6 @@ fn settle(name: &str, args: &[Value], strict: bool) -> Result<Value, String> {
     }
 }
 
-/// Starts the message of a failure that ends OPA's whole evaluation, not just the call (a Go
-/// runtime error inside the builtin): Vigil's evaluation fails too, in any mode.
-pub(crate) const ABORTS: &str = "runtime error: ";
-
 fn evaluate(name: &str, args: &[Value]) -> Outcome {
     let arg = |i: usize| args.get(i).unwrap_or(&Value::Undefined);
     match name {
@@ -123,9 +118,9 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
         "urlquery.encode" => Ok(Value::from(query_escape(string_operand(arg(0), 1)?))),
         "urlquery.encode_object" => encode_object(arg(0)),
         "urlquery.decode" => {
-            input::unescape(string_operand(arg(0), 1)?, true).map(|s| Value::from(s.as_ref()))
+            unescape(string_operand(arg(0), 1)?, true).map(|s| Value::from(s.as_ref()))
         }
-        "urlquery.decode_object" => input::parsed_query(string_operand(arg(0), 1)?),
+        "urlquery.decode_object" => parsed_query(string_operand(arg(0), 1)?),
         "time.parse_rfc3339_ns" => parse_rfc3339_ns(string_operand(arg(0), 1)?),
         "regex.split" => regex_split(arg(0), arg(1)),
         "numbers.range_step" => range_step(arg(0), arg(1), arg(2)),
@@ -158,13 +153,6 @@ fn evaluate(name: &str, args: &[Value]) -> Outcome {
             .or_else(|| digests::evaluate(other, args))
             .unwrap_or_else(|| Err(format!("{other} is not evaluated by Vigil"))),
     }
-}
-
-pub(crate) fn string_operand(value: &Value, position: usize) -> Result<&str, String> {
-    value
-        .as_string()
-        .map(|s| s.as_ref())
-        .map_err(|_| format!("operand {position} must be string"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -894,67 +882,6 @@ fn parse_hex_float(s: &str) -> Option<f64> {
 
 // ---------------------------------------------------------------------------------------------
 // Networks
-
-/// Go's `net.ParseCIDR` for `cidr_merge.rs`: the masked address and the mask.
-pub(crate) fn go_parse_cidr(s: &str) -> Option<(Vec<u8>, Vec<u8>)> {
-    parse_cidr(s).map(|n| (n.ip, n.mask))
-}
-
-/// A network as Go's `net.ParseCIDR` returns it: masked address and mask of equal length.
-struct Network {
-    ip: Vec<u8>,
-    mask: Vec<u8>,
-}
-
-fn parse_cidr(s: &str) -> Option<Network> {
-    let (addr, prefix) = s.split_once('/')?;
-    let ip = parse_ip(addr)?;
-    let bits = ip.len() * 8;
-    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.len() > 7 {
-        return None;
-    }
-    let ones: usize = prefix.parse().ok()?;
-    if ones > bits {
-        return None;
-    }
-    let mask = cidr_mask(ones, bits);
-    // Go keeps a 16-byte address with a 4-byte mask only for IPv4; masking drops to 4 bytes.
-    let ip: Vec<u8> = ip.iter().zip(&mask).map(|(a, m)| a & m).collect();
-    Some(Network { ip, mask })
-}
-
-impl Network {
-    /// Go's `net.IPNet.Contains`.
-    fn contains(&self, ip: &[u8]) -> bool {
-        let (nn, mask): (Vec<u8>, &[u8]) = match to4(&self.ip) {
-            Some(v4) => {
-                let mask = if self.mask.len() == 16 {
-                    &self.mask[12..]
-                } else {
-                    &self.mask[..]
-                };
-                (v4.to_vec(), mask)
-            }
-            None => (self.ip.clone(), &self.mask[..]),
-        };
-        let ip: Vec<u8> = match to4(ip) {
-            Some(v4) => v4.to_vec(),
-            None => ip.to_vec(),
-        };
-        ip.len() == nn.len()
-            && mask.len() == nn.len()
-            && (0..ip.len()).all(|i| nn[i] & mask[i] == ip[i] & mask[i])
-    }
-
-    /// The last address of the network.
-    fn last(&self) -> Vec<u8> {
-        self.ip
-            .iter()
-            .zip(&self.mask)
-            .map(|(a, m)| a | !m)
-            .collect()
-    }
-}
 
 /// At most this many addresses are listed by `net.cidr_expand` (OPA lists more, slowly; a
 /// decision never waits on that).

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use regorus::Value;
 
-use crate::opa_builtins::{string_operand, Outcome};
+use crate::outcome::{string_operand, Outcome};
 use crate::token_keys::{
     check_signature, hmac_equal, keys_from_cert_or_jwk, Hash, PublicKey, Scheme, VerificationKey,
     Verifier,
