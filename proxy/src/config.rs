@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use vigil_identity::{SpiffeId, TrustBundle};
 
+use crate::http::limits::RequestLimits;
+
 /// Start-up configuration of one sidecar, and the command line that sets it: each field
 /// is one flag (and environment variable), so a setting is declared once, here.
 #[derive(Debug, Clone, clap::Args)]
@@ -88,7 +90,7 @@ pub struct ProxyConfig {
     #[command(flatten)]
     pub control_plane: ControlPlaneIdentity,
     #[command(flatten)]
-    pub limits: crate::transport::listener::ConnectionLimits,
+    pub limits: ConnectionLimits,
     /// Largest request head accepted (bytes); larger requests get 431.
     #[arg(long, env = "VIGIL_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
@@ -129,9 +131,9 @@ pub struct ProxyConfig {
         hide_env_values = true,
         default_value = "{}",
         hide_default_value = true,
-        value_parser = crate::admin::probes::AppProbes::from_json
+        value_parser = crate::probes::AppProbes::from_json
     )]
-    pub app_probes: crate::admin::probes::AppProbes,
+    pub app_probes: crate::probes::AppProbes,
     /// Serve the SPIFFE Workload API on this Unix socket, so the application can fetch an
     /// X.509-SVID, JWT-SVIDs and the bundles of its own identity (mode 0600: only the
     /// proxy's user, and the app if it runs as the same one, may connect). Off by default:
@@ -236,27 +238,26 @@ pub enum InboundMode {
     Permissive,
 }
 
-/// Limits on one request, applied on both traffic listeners. The command line is
-/// derived from these fields (one source for each setting).
+/// How many connections a listener takes.
 #[derive(Debug, Clone, Copy, clap::Args)]
-pub struct RequestLimits {
-    /// Longest request line (method and target, bytes); longer requests get 414.
-    #[arg(long, env = "VIGIL_MAX_REQUEST_LINE_BYTES", default_value_t = 16 * 1024)]
-    pub max_request_line_bytes: usize,
-    /// Most header fields in a request; more get 431.
-    #[arg(long, env = "VIGIL_MAX_HEADERS", default_value_t = 100)]
-    pub max_headers: usize,
-    /// Largest request body (bytes); larger requests get 413. No limit unless given.
-    #[arg(long = "max-request-body-bytes", env = "VIGIL_MAX_REQUEST_BODY_BYTES")]
-    pub max_body_bytes: Option<u64>,
+pub struct ConnectionLimits {
+    /// Most connections each traffic listener accepts.
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Most connections from one source address per listener.
+    #[arg(
+        long = "max-connections-per-source",
+        env = "VIGIL_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 50_000
+    )]
+    pub max_per_source: usize,
 }
 
-impl Default for RequestLimits {
+impl Default for ConnectionLimits {
     fn default() -> Self {
-        RequestLimits {
-            max_request_line_bytes: 16 * 1024,
-            max_headers: 100,
-            max_body_bytes: None,
+        ConnectionLimits {
+            max_connections: 100_000,
+            max_per_source: 50_000,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod http;
 pub mod inbound;
 pub mod interception;
 pub mod outbound;
+pub mod probes;
 pub mod residency;
 pub mod telemetry;
 pub use vigil_api::traffic;

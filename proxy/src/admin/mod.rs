@@ -3,8 +3,6 @@
 //! port).
 //! It never serves a private key.
 
-pub mod probes;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -14,8 +12,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::config::ConnectionLimits;
 use crate::http::body::{self, Body};
-use crate::transport::listener::{accept_loop, ConnectionLimits};
+use crate::probes;
+use crate::transport::listener::accept_loop;
 use crate::Proxy;
 
 /// Serves the admin listener.

@@ -11,9 +11,33 @@ use std::sync::Arc;
 use http::Request;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::config::RequestLimits;
 use crate::http::body::{Body, BodyError};
 use crate::http::error::ProxyError;
+
+/// Limits on one request, applied on both traffic listeners. The command line is
+/// derived from these fields (one source for each setting).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct RequestLimits {
+    /// Longest request line (method and target, bytes); longer requests get 414.
+    #[arg(long, env = "VIGIL_MAX_REQUEST_LINE_BYTES", default_value_t = 16 * 1024)]
+    pub max_request_line_bytes: usize,
+    /// Most header fields in a request; more get 431.
+    #[arg(long, env = "VIGIL_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+    /// Largest request body (bytes); larger requests get 413. No limit unless given.
+    #[arg(long = "max-request-body-bytes", env = "VIGIL_MAX_REQUEST_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_request_line_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: None,
+        }
+    }
+}
 
 /// Refuses a request whose line or headers are over the limits, or whose declared
 /// `content-length` is over the body limit.

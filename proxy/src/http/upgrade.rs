@@ -5,15 +5,11 @@
 //! both ends have switched, bytes flow between the two upgraded streams as in a tunnel.
 //!
 //! hyper does the framing on each side (`serve_connection_with_upgrades`, extended
-//! CONNECT, the legacy client's upgrades); this module only decides what is an upgrade
-//! and joins the two halves.
-
-use std::time::Duration;
+//! CONNECT, the legacy client's upgrades); this module only decides what is an upgrade,
+//! and [`crate::transport::serve::splice`] joins the two halves.
 
 use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::{Method, Request, Version};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade: websocket` with
 /// `Connection: upgrade`), if it is a `GET` that asks; upgrades to HTTP/2 (`h2c`) are not
@@ -33,31 +29,6 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     let name = protocol.to_str().ok()?;
     (asks && !name.trim().is_empty() && !name.to_ascii_lowercase().starts_with("h2c"))
         .then(|| protocol.clone())
-}
-
-/// Joins two upgraded streams once both sides have switched, until either ends or no
-/// byte crosses for `idle`.
-pub fn splice(a: OnUpgrade, b: OnUpgrade, idle: Duration, direction: &'static str) {
-    tokio::spawn(async move {
-        match tokio::try_join!(a, b) {
-            Ok((a, b)) => {
-                let tunneled = crate::transport::serve::tunnel(
-                    &mut TokioIo::new(a),
-                    &mut TokioIo::new(b),
-                    idle,
-                )
-                .await;
-                tracing::debug!(
-                    direction,
-                    sent = tunneled.forward,
-                    received = tunneled.backward,
-                    result = ?tunneled.result,
-                    "upgraded connection ended"
-                );
-            }
-            Err(e) => tracing::debug!(direction, error = %e, "upgrade did not complete"),
-        }
-    });
 }
 
 #[cfg(test)]

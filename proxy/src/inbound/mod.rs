@@ -333,7 +333,7 @@ async fn http(
             path,
             host: &host,
             scheme: if peer.is_some() { "https" } else { "http" },
-            protocol: crate::transport::serve::protocol_name(app_version),
+            protocol: crate::http::protocol_name(app_version),
             headers: &parts.headers,
             body: buffered.as_ref().map(|(bytes, truncated)| BodyInput {
                 bytes,
@@ -440,7 +440,7 @@ async fn http(
     let switched = match upgrade {
         Some((_, peer)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let app = hyper::upgrade::on(&mut response);
-            crate::http::upgrade::splice(peer, app, proxy.config.idle_timeout, "inbound");
+            crate::transport::serve::splice(peer, app, proxy.config.idle_timeout, "inbound");
             true
         }
         _ => false,

@@ -499,7 +499,7 @@ async fn forward(
                 http::HeaderValue::from_static("upgrade"),
             );
             headers.insert(http::header::UPGRADE, protocol);
-            crate::http::upgrade::splice(client, peer, proxy.config.idle_timeout, "outbound");
+            crate::transport::serve::splice(client, peer, proxy.config.idle_timeout, "outbound");
         }
     }
     Ok(response)

@@ -11,32 +11,9 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::ConnectionLimits;
 use crate::transport::drain::Drain;
 use crate::transport::workers::Workers;
-
-/// How many connections a listener takes.
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct ConnectionLimits {
-    /// Most connections each traffic listener accepts.
-    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 100_000)]
-    pub max_connections: usize,
-    /// Most connections from one source address per listener.
-    #[arg(
-        long = "max-connections-per-source",
-        env = "VIGIL_MAX_CONNECTIONS_PER_SOURCE",
-        default_value_t = 50_000
-    )]
-    pub max_per_source: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            max_connections: 100_000,
-            max_per_source: 50_000,
-        }
-    }
-}
 
 /// Counts a listener's open connections, in total and by source IP.
 struct Admission {

@@ -224,15 +224,6 @@ fn http2_server(
     builder
 }
 
-/// The protocol as the policy input, the tap and the access log name it.
-pub fn protocol_name(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    }
-}
-
 /// Whether a connection ended because the client sent bytes that are no valid HTTP
 /// request (hyper then answered 400, 414 or 431 itself before closing).
 pub fn malformed_request(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -242,6 +233,31 @@ pub fn malformed_request(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// How a tunnel ended, and what crossed it.
+/// Joins two upgraded streams once both sides have switched, until either ends or no
+/// byte crosses for `idle`.
+pub fn splice(
+    a: hyper::upgrade::OnUpgrade,
+    b: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    direction: &'static str,
+) {
+    tokio::spawn(async move {
+        match tokio::try_join!(a, b) {
+            Ok((a, b)) => {
+                let tunneled = tunnel(&mut TokioIo::new(a), &mut TokioIo::new(b), idle).await;
+                tracing::debug!(
+                    direction,
+                    sent = tunneled.forward,
+                    received = tunneled.backward,
+                    result = ?tunneled.result,
+                    "upgraded connection ended"
+                );
+            }
+            Err(e) => tracing::debug!(direction, error = %e, "upgrade did not complete"),
+        }
+    });
+}
+
 #[derive(Debug)]
 pub struct Tunneled {
     /// Bytes read from the first stream (and written to the second).

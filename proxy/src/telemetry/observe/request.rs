@@ -79,7 +79,7 @@ impl<'p> RequestObservation<'p> {
         direction: Direction,
         req: &mut Request<B>,
     ) -> RequestObservation<'p> {
-        let protocol = crate::transport::serve::protocol_name(req.version());
+        let protocol = crate::http::protocol_name(req.version());
         let head = proxy.observer.wants_records().then(|| Head {
             method: req.method().to_string(),
             // With its query: the observer cuts it for the tap and the access log unless
