@@ -11,7 +11,8 @@ use vigil_identity::{SpiffeId, TrustBundle};
 use crate::http::limits::RequestLimits;
 
 /// Start-up configuration of one sidecar, and the command line that sets it: each field
-/// is one flag (and environment variable), so a setting is declared once, here.
+/// is one flag (and environment variable), so a setting is declared once, here or, for
+/// the groups flattened in (request limits, tracing), beside the code that applies them.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyConfig {
     /// SPIFFE trust domain of the mesh.
