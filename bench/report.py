@@ -11,6 +11,8 @@ import statistics
 import sys
 
 PATHS = ["direct", "vigil", "haproxy"]
+# How the report names each path in running text.
+LABELS = {"direct": "direct", "vigil": "Vigil", "haproxy": "HAProxy"}
 MODES = ["rate", "max"]
 PROXY_ROLES = {
     "vigil": ["client-proxy", "server-proxy"],
@@ -113,7 +115,8 @@ def idle_of(busy_ticks, wall, hz, nproc):
 
 def load_paired(out, hz, nproc, prefix="paired"):
     """Per round of the paired runs (`paired`: maximum rate, `rate-paired`: fixed rate):
-    {round: {path: (req/s, CPU s per 10k of both proxies, idle cores, p99 µs)}}."""
+    {round: {path: (req/s, CPU s per 10k of both proxies, idle cores, p99 µs)}}, each round's
+    paths in the order they ran (the order of the rows run.sh wrote)."""
     rounds = {}
     p = os.path.join(out, f"{prefix}.tsv")
     if not os.path.exists(p):
@@ -472,7 +475,7 @@ def main():
         w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in sorted(rate_paired):
             d, v, h = (rate_paired[r][p] for p in PATHS)
-            order = "Vigil, HAProxy, direct" if r % 2 else "direct, HAProxy, Vigil"
+            order = ", ".join(LABELS[p] for p in rate_paired[r])
             w(
                 f"| {r} | {order} | {d[3]:,.0f} µs | {v[3]:,.0f} µs | {h[3]:,.0f} µs | {(v[3] - d[3]) / 1000:+.3f} ms | {(h[3] - d[3]) / 1000:+.3f} ms | "
                 f"{num(v[1], '.3f')} | {num(h[1], '.3f')} | {ratio(v[1], h[1])} |"
@@ -491,7 +494,7 @@ def main():
         for r in sorted(paired):
             v, h = paired[r]["vigil"], paired[r]["haproxy"]
             w(
-                f"| {r} | {'Vigil' if r % 2 else 'HAProxy'} | {v[0]:,.0f} | {h[0]:,.0f} | {ratio(v[0], h[0])} | {num(v[1], '.3f')} | {num(h[1], '.3f')} | "
+                f"| {r} | {LABELS[next(iter(paired[r]))]} | {v[0]:,.0f} | {h[0]:,.0f} | {ratio(v[0], h[0])} | {num(v[1], '.3f')} | {num(h[1], '.3f')} | "
                 f"{ratio(v[1], h[1])} | {num(v[2], '.2f')} / {num(h[2], '.2f')} |"
             )
         w("")

@@ -648,20 +648,28 @@ paired_slice() {
     log "$label: $(jq -r '"\(.throughput_rps | floor) req/s, p99 \(.latency_us.p99 | floor) µs"' "$OUT/$label.json")"
 }
 
+# alternating_rounds ROUNDS RATE PATH...: ROUNDS rounds of paired_slice at RATE over the paths,
+# in the order given in odd rounds and the reverse in even ones (ABBA), so neither path is
+# always the one that runs first.
+alternating_rounds() {
+    local rounds=$1 rate=$2 round k n
+    shift 2
+    local paths=("$@")
+    n=${#paths[@]}
+    for round in $(seq 1 "$rounds"); do
+        for ((k = 0; k < n; k++)); do
+            paired_slice "$round" "${paths[round % 2 ? k : n - 1 - k]}" "$rate"
+        done
+    done
+}
+
 # The maximum-rate phases above run one path after the other, and the machine's speed drifts
 # between them. Paired rounds put Vigil's and HAProxy's runs back to back, alternating which
-# goes first (ABBA), so each round's ratio compares the two under the same conditions.
+# goes first, so each round's ratio compares the two under the same conditions.
 paired_rounds() {
     [ "$PAIRED_ROUNDS" -gt 0 ] && [ -n "${RUNNING[vigil]:-}" ] && [ -n "${RUNNING[haproxy]:-}" ] || return 0
     log "=== paired rounds: $PAIRED_ROUNDS × (Vigil, HAProxy) at maximum rate, ${PAIRED_SECS}s each"
-    local round path order
-    for round in $(seq 1 "$PAIRED_ROUNDS"); do
-        order="vigil haproxy"
-        [ $((round % 2)) = 1 ] || order="haproxy vigil"
-        for path in $order; do
-            paired_slice "$round" "$path" 0
-        done
-    done
+    alternating_rounds "$PAIRED_ROUNDS" 0 vigil haproxy
 }
 
 # The fixed-rate phases drift the same way, and their tail latency more than anything: an
@@ -672,14 +680,7 @@ rate_rounds() {
     [ "$RATE_ROUNDS" -gt 0 ] && [ -n "${RUNNING[direct]:-}" ] && [ -n "${RUNNING[vigil]:-}" ] \
         && [ -n "${RUNNING[haproxy]:-}" ] || return 0
     log "=== paired rounds: $RATE_ROUNDS × (direct, Vigil, HAProxy) at $RATE req/s, ${PAIRED_SECS}s each"
-    local round path order
-    for round in $(seq 1 "$RATE_ROUNDS"); do
-        order="vigil haproxy direct"
-        [ $((round % 2)) = 1 ] || order="direct haproxy vigil"
-        for path in $order; do
-            paired_slice "$round" "$path" "$RATE"
-        done
-    done
+    alternating_rounds "$RATE_ROUNDS" "$RATE" vigil haproxy direct
 }
 
 # profile_pairs: where each proxy's CPU goes at maximum rate. For each pair still up, the load
