@@ -243,24 +243,23 @@ pub enum InboundMode {
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct ConnectionLimits {
     /// Most connections each traffic listener accepts.
-    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = ConnectionLimits::DEFAULT.max_connections)]
     pub max_connections: usize,
     /// Most connections from one source address per listener.
     #[arg(
         long = "max-connections-per-source",
         env = "VIGIL_MAX_CONNECTIONS_PER_SOURCE",
-        default_value_t = 50_000
+        default_value_t = ConnectionLimits::DEFAULT.max_per_source
     )]
     pub max_per_source: usize,
 }
 
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            max_connections: 100_000,
-            max_per_source: 50_000,
-        }
-    }
+impl ConnectionLimits {
+    /// The flags' defaults, also what the admin listener takes (it has no flags of its own).
+    pub const DEFAULT: ConnectionLimits = ConnectionLimits {
+        max_connections: 100_000,
+        max_per_source: 50_000,
+    };
 }
 
 /// HTTP/2 server limits.
@@ -281,15 +280,6 @@ pub struct Http2Limits {
         default_value_t = 64
     )]
     pub max_pending_resets: usize,
-}
-
-impl Default for Http2Limits {
-    fn default() -> Self {
-        Http2Limits {
-            max_concurrent_streams: 1024,
-            max_pending_resets: 64,
-        }
-    }
 }
 
 impl ProxyConfig {

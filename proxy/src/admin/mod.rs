@@ -56,7 +56,7 @@ async fn serve_http1<F, Fut>(
         listener,
         what,
         None,
-        ConnectionLimits::default(),
+        ConnectionLimits::DEFAULT,
         move |tcp, _| {
             let (proxy, answer) = (proxy.clone(), answer.clone());
             async move {

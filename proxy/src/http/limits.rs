@@ -29,16 +29,6 @@ pub struct RequestLimits {
     pub max_body_bytes: Option<u64>,
 }
 
-impl Default for RequestLimits {
-    fn default() -> Self {
-        RequestLimits {
-            max_request_line_bytes: 16 * 1024,
-            max_headers: 100,
-            max_body_bytes: None,
-        }
-    }
-}
-
 /// Refuses a request whose line or headers are over the limits, or whose declared
 /// `content-length` is over the body limit.
 pub fn check_head<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), ProxyError> {
