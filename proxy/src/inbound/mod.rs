@@ -220,7 +220,7 @@ async fn request(
         // request's future.
         Box::pin(tunnel(&proxy, &conn, req, observed.service.clone())).await
     } else {
-        http(&proxy, &conn, req).await
+        http(&proxy, &conn, req, &mut observed).await
     };
     let response = result.unwrap_or_else(|e| {
         tracing::debug!(peer = %observed.peer.identity, error = %e, "inbound request failed");
@@ -259,6 +259,7 @@ async fn http(
     proxy: &Proxy,
     conn: &Connection,
     mut req: Request<Incoming>,
+    observed: &mut RequestObservation<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     let mesh = proxy
         .discovery
@@ -290,7 +291,16 @@ async fn http(
     } else {
         app_version
     };
-    let host = authority(&req).unwrap_or_default().to_string();
+    // The authority the request names, as the policy sees it and as the app's `Host` when
+    // the request carries none (HTTP/2): one header value, copied at most once.
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(http::header::HOST).cloned(),
+    };
+    let host_name = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
     let status = proxy.identity.status();
     let own_id = status.as_ref().map(|s| s.spiffe_id.as_str());
     let peer = conn.principal();
@@ -331,7 +341,7 @@ async fn http(
             id: request_id,
             method: parts.method.as_str(),
             path,
-            host: &host,
+            host: host_name,
             scheme: if peer.is_some() { "https" } else { "http" },
             protocol: crate::http::protocol_name(app_version),
             headers: &parts.headers,
@@ -397,8 +407,8 @@ async fn http(
     let port = mesh.workload.app_port;
     if !headers.contains_key(http::header::HOST) {
         // The caller's authority; else, as HTTP/1.1 needs a Host, the app's own address.
-        let value = match HeaderValue::from_str(&host) {
-            Ok(caller) if !host.is_empty() => Some(caller),
+        let value = match host {
+            Some(caller) if !caller.is_empty() => Some(caller),
             _ => (app_version != Version::HTTP_2).then(|| app_host(port)),
         };
         if let Some(value) = value {
@@ -462,12 +472,10 @@ async fn http(
             parts.headers.append(n, v);
         }
     }
-    let mut response = Response::from_parts(parts, incoming);
-    response.extensions_mut().insert(PolicyOutcome("allow"));
-    if let Some(metadata) = metadata {
-        response.extensions_mut().insert(metadata);
-    }
-    Ok(response)
+    // Told to the observation, not carried on the response: an allowed request is the
+    // common case, and extensions cost three allocations.
+    observed.allowed(metadata);
+    Ok(Response::from_parts(parts, incoming))
 }
 
 /// A CONNECT stream: policy on the connection, then bytes both ways to the app port.

@@ -68,6 +68,8 @@ pub struct RequestObservation<'p> {
     pub route: Arc<str>,
     /// The peer (inbound: the caller; outbound: the endpoint that answered).
     pub peer: Peer,
+    /// An allow decision of this proxy's policy, with its metadata ([`Self::allowed`]).
+    allowed: Option<Option<PolicyMetadata>>,
     outcome: Option<Outcome>,
 }
 
@@ -137,8 +139,15 @@ impl<'p> RequestObservation<'p> {
             service: NO_SERVICE.clone(),
             route: default_route(),
             peer: Peer::none(),
+            allowed: None,
             outcome: None,
         }
+    }
+
+    /// This proxy's policy allowed the request, with this metadata. Responses that the
+    /// proxy made itself (denials, errors) say their outcome in their extensions instead.
+    pub fn allowed(&mut self, metadata: Option<PolicyMetadata>) {
+        self.allowed = Some(metadata);
     }
 
     /// Records what answered: the status, and the proxy's reason, policy outcome and
@@ -147,7 +156,12 @@ impl<'p> RequestObservation<'p> {
     /// header from whatever the app answers, so only the proxy can set it).
     pub fn answered<B>(&mut self, response: &Response<B>) {
         let extensions = response.extensions();
-        let policy = extensions.get::<PolicyOutcome>().map(|p| p.0).unwrap_or("");
+        let allowed = self.allowed.take();
+        let policy = match (extensions.get::<PolicyOutcome>(), &allowed) {
+            (Some(p), _) => p.0,
+            (None, Some(_)) => "allow",
+            (None, None) => "",
+        };
         let error = extensions.get::<LocalReason>().map(|r| r.0);
         let denied = policy == "deny"
             || (self.direction == Direction::outbound
@@ -162,7 +176,11 @@ impl<'p> RequestObservation<'p> {
             error,
             policy,
             denied,
-            metadata: extensions.get::<PolicyMetadata>().map(|m| m.0.clone()),
+            metadata: extensions
+                .get::<PolicyMetadata>()
+                .cloned()
+                .or(allowed.flatten())
+                .map(|m| m.0),
         });
     }
 }
