@@ -467,14 +467,18 @@ mod tests {
         let log = AttemptLog::default();
         assert_eq!(log.last_peer(), Peer::none());
         let states = Peers::default().states();
-        let m = mesh("v1", &["a"]);
+        let m = mesh("v1", &["a", "b"]);
         let endpoints = states.for_service(&m, &m.services[0]);
-        let state = &endpoints[0].state;
-        log.clone().record(state);
-        assert!(log.tried(&state.key));
+        let (a, b) = (&endpoints[0].state, &endpoints[1].state);
+        log.clone().record(a);
+        assert!(log.tried(&a.key) && !log.tried(&b.key));
         assert_eq!(log.count(), 1);
         let peer = log.last_peer();
         assert_eq!(&*peer.identity, "spiffe://vigil.local/ns/demo/sa/a");
         assert_eq!((&*peer.workload, &*peer.namespace), ("a", "demo"));
+        log.record(b);
+        assert!(log.tried(&a.key) && log.tried(&b.key));
+        assert_eq!(log.count(), 2);
+        assert_eq!(&*log.last_peer().workload, "b", "a retry's endpoint is the last");
     }
 }

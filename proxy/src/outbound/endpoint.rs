@@ -225,11 +225,29 @@ impl EndpointStates {
 /// What the tries of one request did, shared by all of them through the request's
 /// extensions: which endpoints were tried, so a retry goes elsewhere, and which was last.
 #[derive(Clone, Default)]
-pub struct AttemptLog(Arc<Mutex<Vec<Arc<EndpointState>>>>);
+pub struct AttemptLog(Arc<Mutex<Tried>>);
+
+/// The endpoints tried, in order. The first is held in place: most requests make one
+/// try, and a `Vec` would allocate for it.
+#[derive(Default)]
+struct Tried {
+    first: Option<Arc<EndpointState>>,
+    more: Vec<Arc<EndpointState>>,
+}
+
+impl Tried {
+    fn iter(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
+        self.first.iter().chain(&self.more)
+    }
+}
 
 impl AttemptLog {
     pub fn record(&self, endpoint: &Arc<EndpointState>) {
-        lock(&self.0).push(endpoint.clone());
+        let mut tried = lock(&self.0);
+        match tried.first {
+            None => tried.first = Some(endpoint.clone()),
+            Some(_) => tried.more.push(endpoint.clone()),
+        }
     }
 
     pub fn tried(&self, key: &EndpointKey) -> bool {
@@ -238,12 +256,13 @@ impl AttemptLog {
 
     /// Tries so far.
     pub fn count(&self) -> usize {
-        lock(&self.0).len()
+        lock(&self.0).iter().count()
     }
 
     /// The endpoint tried last, as metric labels; empty when none was.
     pub fn last_peer(&self) -> Peer {
         lock(&self.0)
+            .iter()
             .last()
             .map(|e| e.labels.clone())
             .unwrap_or_else(Peer::none)

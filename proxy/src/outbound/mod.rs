@@ -393,17 +393,24 @@ async fn forward(
         ));
     }
     crate::http::limits::check_head(&req, &proxy.config.request_limits)?;
-    let host = crate::http::headers::authority(&req)
-        .map(str::to_string)
+    // Kept apart from the request, which changes below, without copying it: a Host
+    // header's value shares the bytes hyper read it from.
+    let host = match req.uri().authority() {
+        Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(http::header::HOST).cloned(),
+    };
+    let host = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
         .ok_or_else(|| ProxyError::BadRequest("request has no Host header".into()))?;
-    let mut mesh = view_for(proxy, target, &host).await?;
+    let mut mesh = view_for(proxy, target, host).await?;
     let mut asked = false;
     let (stack, route) = loop {
-        let service = match destination(proxy, &mesh, target, &host)? {
+        let service = match destination(proxy, &mesh, target, host)? {
             Destination::Mesh(service) => service,
             Destination::Egress(dst) => {
                 observed.service = Arc::from(EGRESS);
-                return Box::pin(egress_http(proxy, dst, req, &host)).await;
+                return Box::pin(egress_http(proxy, dst, req, host)).await;
             }
         };
         let service_target = proxy.targets.get(proxy, &mesh, service);
@@ -439,7 +446,7 @@ async fn forward(
     if let Some(changes) = &route.request_headers {
         changes.apply(req.headers_mut());
     }
-    *req.uri_mut() = absolute_uri(std::mem::take(req.uri_mut()), &host)?;
+    *req.uri_mut() = absolute_uri(std::mem::take(req.uri_mut()), host)?;
     // An HTTP/1.1 upgrade (WebSocket) crosses to the peer as an extended CONNECT.
     let upgrade = crate::http::upgrade::requested(&req).map(|protocol| {
         let client = hyper::upgrade::on(&mut req);
