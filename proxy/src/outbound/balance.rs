@@ -479,6 +479,10 @@ mod tests {
         log.record(b);
         assert!(log.tried(&a.key) && log.tried(&b.key));
         assert_eq!(log.count(), 2);
-        assert_eq!(&*log.last_peer().workload, "b", "a retry's endpoint is the last");
+        assert_eq!(
+            &*log.last_peer().workload,
+            "b",
+            "a retry's endpoint is the last"
+        );
     }
 }
