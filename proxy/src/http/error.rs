@@ -159,22 +159,13 @@ impl ProxyError {
 
     /// The response the proxy sends for this error.
     pub fn into_response(self) -> Response<Body> {
-        let policy_error = matches!(self, ProxyError::PolicyError(_));
-        let mut response = local_response(self.status(), self.reason(), format!("vigil: {self}\n"));
-        if policy_error {
-            response.extensions_mut().insert(PolicyOutcome("error"));
-        }
-        response
+        local_response(self.status(), self.reason(), format!("vigil: {self}\n"))
     }
 }
 
 /// Marks a response the proxy produced itself, with its reason, for metrics and the tap.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalReason(pub &'static str);
-
-/// The policy outcome of an inbound request, for the tap and access log.
-#[derive(Debug, Clone, Copy)]
-pub struct PolicyOutcome(pub &'static str);
 
 /// A response produced by the proxy itself, marked with its reason.
 pub fn local_response(status: StatusCode, reason: &'static str, body: String) -> Response<Body> {

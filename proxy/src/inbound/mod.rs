@@ -18,7 +18,7 @@ use vigil_identity::SpiffeId;
 use crate::config::InboundMode;
 use crate::http::body::{self, Body};
 use crate::http::buffer::buffer_prefix;
-use crate::http::error::{local_response, PolicyOutcome, ProxyError, ERROR_HEADER};
+use crate::http::error::{local_response, ProxyError, ERROR_HEADER};
 use crate::http::headers::{
     authority, new_request_id, strip_hop_by_hop, strip_identity, ORIGINAL_PROTOCOL, PEER_IDENTITY,
     REQUEST_ID,
@@ -218,10 +218,13 @@ async fn request(
     let result = if opaque {
         // Boxed: a tunnel is rare, and inline its state would be copied with every
         // request's future.
-        Box::pin(tunnel(&proxy, &conn, req, observed.service.clone())).await
+        Box::pin(tunnel(&proxy, &conn, req, &mut observed)).await
     } else {
         http(&proxy, &conn, req, &mut observed).await
     };
+    if let Err(ProxyError::PolicyError(_)) = &result {
+        observed.policy("error", None);
+    }
     let response = result.unwrap_or_else(|e| {
         tracing::debug!(peer = %observed.peer.identity, error = %e, "inbound request failed");
         e.into_response()
@@ -379,11 +382,8 @@ async fn http(
             headers,
             ..
         } => {
-            let mut response = denied(status, body, headers);
-            if let Some(metadata) = metadata {
-                response.extensions_mut().insert(metadata);
-            }
-            return Ok(response);
+            observed.policy("deny", metadata);
+            return Ok(denied(status, body, headers));
         }
         Decision::Error { reason } => return Err(ProxyError::PolicyError(reason)),
     };
@@ -472,9 +472,7 @@ async fn http(
             parts.headers.append(n, v);
         }
     }
-    // Told to the observation, not carried on the response: an allowed request is the
-    // common case, and extensions cost three allocations.
-    observed.allowed(metadata);
+    observed.policy("allow", metadata);
     Ok(Response::from_parts(parts, incoming))
 }
 
@@ -483,7 +481,7 @@ async fn tunnel(
     proxy: &Proxy,
     conn: &Connection,
     mut req: Request<Incoming>,
-    service: Arc<str>,
+    observed: &mut RequestObservation<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     let mesh = proxy
         .discovery
@@ -522,7 +520,10 @@ async fn tunnel(
             body,
             headers,
             ..
-        } => return Ok(denied(status, body, headers)),
+        } => {
+            observed.policy("deny", None);
+            return Ok(denied(status, body, headers));
+        }
         Decision::Error { reason } => return Err(ProxyError::PolicyError(reason)),
     }
     let mut app =
@@ -537,7 +538,11 @@ async fn tunnel(
     let peer_address = conn.peer_address;
     let idle = proxy.config.idle_timeout;
     let metrics = proxy.metrics.clone();
-    let labels = TcpLabels::new(Direction::inbound, &conn.peer_labels, service);
+    let labels = TcpLabels::new(
+        Direction::inbound,
+        &conn.peer_labels,
+        observed.service.clone(),
+    );
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
@@ -555,16 +560,14 @@ async fn tunnel(
             }
         }
     });
-    let mut response = Response::new(body::empty());
-    response.extensions_mut().insert(PolicyOutcome("allow"));
-    Ok(response)
+    observed.policy("allow", None);
+    Ok(Response::new(body::empty()))
 }
 
 /// The policy's own answer: its status, body and headers, marked as a denial.
 fn denied(status: u16, body: String, headers: Vec<(String, String)>) -> Response<Body> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = local_response(status, "policy-denied", body);
-    response.extensions_mut().insert(PolicyOutcome("deny"));
     if !headers.is_empty() {
         response.headers_mut().remove(http::header::CONTENT_TYPE);
     }

@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
-use crate::http::error::{LocalReason, PolicyOutcome, ERROR_HEADER};
+use crate::http::error::{LocalReason, ERROR_HEADER};
 use crate::telemetry::metrics::Call;
 use crate::telemetry::metrics::{Direction, Peer};
 use crate::telemetry::observe::{now_secs, RequestRecord};
@@ -37,7 +37,7 @@ struct Outcome {
     metadata: Option<Arc<vigil_authz::DynamicMetadata>>,
 }
 
-/// The `dynamic_metadata` of the policy decision on a request, carried on its response.
+/// The `dynamic_metadata` of the policy decision on a request.
 #[derive(Clone)]
 pub struct PolicyMetadata(pub Arc<vigil_authz::DynamicMetadata>);
 
@@ -68,8 +68,9 @@ pub struct RequestObservation<'p> {
     pub route: Arc<str>,
     /// The peer (inbound: the caller; outbound: the endpoint that answered).
     pub peer: Peer,
-    /// An allow decision of this proxy's policy, with its metadata ([`Self::allowed`]).
-    allowed: Option<Option<PolicyMetadata>>,
+    /// This proxy's policy decision on the request, if it made one ([`Self::policy`]).
+    policy: &'static str,
+    metadata: Option<PolicyMetadata>,
     outcome: Option<Outcome>,
 }
 
@@ -139,29 +140,25 @@ impl<'p> RequestObservation<'p> {
             service: NO_SERVICE.clone(),
             route: default_route(),
             peer: Peer::none(),
-            allowed: None,
+            policy: "",
+            metadata: None,
             outcome: None,
         }
     }
 
-    /// This proxy's policy allowed the request, with this metadata. Responses that the
-    /// proxy made itself (denials, errors) say their outcome in their extensions instead.
-    pub fn allowed(&mut self, metadata: Option<PolicyMetadata>) {
-        self.allowed = Some(metadata);
+    /// What this proxy's policy said of the request (`allow`, `deny`, `error`), with the
+    /// decision's metadata, for the metrics, the tap and the access log.
+    pub fn policy(&mut self, outcome: &'static str, metadata: Option<PolicyMetadata>) {
+        (self.policy, self.metadata) = (outcome, metadata);
     }
 
-    /// Records what answered: the status, and the proxy's reason, policy outcome and
-    /// policy metadata the response carries. Outbound, a response the destination's proxy
+    /// Records what answered: the status, and the reason a response the proxy made
+    /// itself carries. Outbound, a response the destination's proxy
     /// marked `x-vigil-error: policy-denied` is a denial too (its inbound side strips that
     /// header from whatever the app answers, so only the proxy can set it).
     pub fn answered<B>(&mut self, response: &Response<B>) {
         let extensions = response.extensions();
-        let allowed = self.allowed.take();
-        let policy = match (extensions.get::<PolicyOutcome>(), &allowed) {
-            (Some(p), _) => p.0,
-            (None, Some(_)) => "allow",
-            (None, None) => "",
-        };
+        let policy = self.policy;
         let error = extensions.get::<LocalReason>().map(|r| r.0);
         let denied = policy == "deny"
             || (self.direction == Direction::outbound
@@ -176,11 +173,7 @@ impl<'p> RequestObservation<'p> {
             error,
             policy,
             denied,
-            metadata: extensions
-                .get::<PolicyMetadata>()
-                .cloned()
-                .or(allowed.flatten())
-                .map(|m| m.0),
+            metadata: self.metadata.take().map(|m| m.0),
         });
     }
 }
