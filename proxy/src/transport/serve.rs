@@ -232,7 +232,6 @@ pub fn malformed_request(error: &(dyn std::error::Error + 'static)) -> bool {
         .is_some_and(|e| e.is_parse() || e.is_parse_status() || e.is_parse_too_large())
 }
 
-/// How a tunnel ended, and what crossed it.
 /// Joins two upgraded streams once both sides have switched, until either ends or no
 /// byte crosses for `idle`.
 pub fn splice(
@@ -258,6 +257,7 @@ pub fn splice(
     });
 }
 
+/// How a tunnel ended, and what crossed it.
 #[derive(Debug)]
 pub struct Tunneled {
     /// Bytes read from the first stream (and written to the second).
